@@ -1,0 +1,49 @@
+"""Suite-wide guards: a test that leaks a thread or a file descriptor fails."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from tests.waiting import wait_until
+
+
+def _open_fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Fail a test that leaves threads running after it ends."""
+    before = set(threading.enumerate())
+    yield
+    def extra() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t not in before and t.is_alive()]
+    try:
+        wait_until(lambda: not extra(), timeout=5.0, message="test threads to end")
+    except AssertionError:
+        pytest.fail(f"leaked threads: {[t.name for t in extra()]}")
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_fds() -> Iterator[None]:
+    """Fail a test that leaves file descriptors open after it ends."""
+    before = _open_fds()
+    yield
+    def extra() -> set[int]:
+        return _open_fds() - before
+    try:
+        wait_until(lambda: not extra(), timeout=5.0, message="test fds to close")
+    except AssertionError:
+        leaked = {fd: _describe(fd) for fd in extra()}
+        pytest.fail(f"leaked file descriptors: {leaked}")
+
+
+def _describe(fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "?"

@@ -1,0 +1,265 @@
+"""The daemon's vocabulary: states, file identity, desired plugins, views, events,
+snapshots and the messages that reach the supervisor loop (leaf module, no I/O).
+
+Everything here is immutable, so any thread may read it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any, Protocol, TypeVar
+
+from volplugd.plugin.address import PluginAddress
+from volplugd.plugin.client import PluginClient
+
+T = TypeVar("T")
+
+
+class PluginState(StrEnum):
+    ACTIVATING = "activating"
+    READY = "ready"
+    UNHEALTHY = "unhealthy"
+    REJECTED = "rejected"
+
+
+class Kind(StrEnum):
+    SOCK = "sock"
+    SPEC = "spec"
+    JSON = "json"
+
+
+class EventType(StrEnum):
+    DISCOVERED = "discovered"
+    STATE_CHANGED = "state_changed"
+    EVICTED = "evicted"
+    RESCAN = "rescan"
+
+
+def rfc3339(ts: float | None) -> str | None:
+    """Wall-clock seconds to RFC 3339 UTC with milliseconds; None stays None."""
+    if ts is None:
+        return None
+    moment = dt.datetime.fromtimestamp(ts, tz=dt.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class FileIdentity:
+    """Same path, different identity: the plugin's socket or file was replaced."""
+
+    dev: int
+    ino: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileIdentity:
+        return cls(st.st_dev, st.st_ino, st.st_mtime_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredPlugin:
+    """One plugin as the filesystem says it should exist."""
+
+    name: str
+    address: PluginAddress
+    source: str
+    kind: Kind
+    identity: FileIdentity
+    warnings: tuple[str, ...] = ()
+
+
+DesiredState = Mapping[str, DesiredPlugin]
+
+
+@dataclass(frozen=True, slots=True)
+class PluginView:
+    """The published record of one plugin: the control API's ``Plugin`` object."""
+
+    name: str
+    address: str
+    source: str
+    kind: Kind
+    state: PluginState
+    registered_at: float
+    implements: tuple[str, ...] = ()
+    last_probe_at: float | None = None
+    last_success_at: float | None = None
+    last_error: str | None = None
+    consecutive_failures: int = 0
+    probe_latency_seconds: float | None = None
+    scope: str | None = None
+    warnings: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "address": self.address,
+            "source": self.source,
+            "kind": self.kind.value,
+            "state": self.state.value,
+            "implements": list(self.implements),
+            "registered_at": rfc3339(self.registered_at),
+            "last_probe_at": rfc3339(self.last_probe_at),
+            "last_success_at": rfc3339(self.last_success_at),
+            "last_error": self.last_error,
+            "consecutive_failures": self.consecutive_failures,
+            "probe_latency_seconds": self.probe_latency_seconds,
+            "capabilities": None if self.scope is None else {"scope": self.scope},
+            "warnings": list(self.warnings),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One entry of the bounded event log; ``seq`` increases by one per event."""
+
+    seq: int
+    time: float
+    type: EventType
+    plugin: str | None = None
+    from_state: PluginState | None = None
+    to_state: PluginState | None = None
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "time": rfc3339(self.time),
+            "type": self.type.value,
+            "plugin": self.plugin,
+            "from": None if self.from_state is None else self.from_state.value,
+            "to": None if self.to_state is None else self.to_state.value,
+            "reason": self.reason,
+        }
+
+
+def encode(obj: Any) -> bytes:
+    """The one JSON encoding of the control API (compact separators, UTF-8)."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What readers see: every plugin at one instant, with its JSON already encoded.
+
+    ``encoded[name]`` is the plugin's JSON, computed once when the view changed;
+    ``plugins_json()`` only joins bytes, so 1000 records cost no re-encoding.
+    """
+
+    plugins: Mapping[str, PluginView]
+    encoded: Mapping[str, bytes]
+    generation: int = 0
+    published_at: float = 0.0
+    counts: Mapping[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        counts = dict.fromkeys((s.value for s in PluginState), 0)
+        for view in self.plugins.values():
+            counts[view.state.value] += 1
+        object.__setattr__(self, "counts", MappingProxyType(counts))
+
+    def plugins_json(self, state: PluginState | None = None) -> bytes:
+        names = (n for n, v in self.plugins.items() if state is None or v.state is state)
+        return b'{"plugins":[' + b",".join(self.encoded[n] for n in names) + b"]}"
+
+
+EMPTY_SNAPSHOT = Snapshot(plugins=MappingProxyType({}), encoded=MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
+class RescanResult:
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, list[str]]:
+        return {"added": list(self.added), "removed": list(self.removed),
+                "changed": list(self.changed)}
+
+
+# --- Messages to the supervisor loop: named facts and commands --------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FsHint:
+    """Something changed at ``path`` (a hint from the watcher: verify by looking)."""
+
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rescan:
+    """Run a full scan. ``trigger`` is a metrics label: startup, periodic, overflow,
+    watcher_restart, manual, reload."""
+
+    trigger: str
+    reply: Future[RescanResult] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeNow:
+    """Probe ``name`` at once and answer with its view after the probe."""
+
+    name: str
+    reply: Future[PluginView]
+
+
+@dataclass(frozen=True, slots=True)
+class OperationFailed:
+    """A volume operation through the control API hit a timeout or transport failure."""
+
+    name: str
+    error: str
+    outcome: str
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Leave the loop."""
+
+
+class UnknownPlugin(LookupError):
+    """No plugin of that name is registered (the control API's 404 plugin_not_found)."""
+
+    def __init__(self, name: str):
+        super().__init__(f"no plugin named {name!r}")
+        self.name = name
+
+
+class PluginNotReady(RuntimeError):
+    """Fail fast: the plugin is not ready, so no request is sent (409 plugin_not_ready)."""
+
+    def __init__(self, view: PluginView):
+        detail = f": {view.last_error}" if view.last_error else ""
+        super().__init__(f"plugin {view.name} is {view.state.value}{detail}")
+        self.view = view
+
+
+class Commands(Protocol):
+    """The narrow interface the control API and metrics have to the daemon."""
+
+    def snapshot(self) -> Snapshot: ...
+
+    def events(self, since: int, wait: float = 0.0) -> tuple[Event, ...]:
+        """Events with ``seq > since``; waits up to ``wait`` s for the first one."""
+        ...
+
+    def rescan(self, timeout: float) -> RescanResult: ...
+
+    def probe(self, name: str, timeout: float) -> PluginView: ...
+
+    def call(self, name: str, op: Callable[[PluginClient], T]) -> T:
+        """Run one plugin-client call for a control request on the operations pool.
+
+        Raises UnknownPlugin, PluginNotReady (without contacting the plugin), or the
+        client's PluginError; timeouts and transport failures also reach the loop.
+        """
+        ...

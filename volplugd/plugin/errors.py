@@ -1,0 +1,95 @@
+"""The PluginError tree: the seed's sentinel errors as typed exceptions (leaf module).
+
+Each class carries ``outcome``, the bounded label the daemon uses for metrics and
+for telling a stale socket from a slow or failing plugin.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "NotAPlugin",
+    "NotAVolumePlugin",
+    "PluginAddressError",
+    "PluginBadResponse",
+    "PluginError",
+    "PluginRemoved",
+    "PluginReportedError",
+    "PluginTimeout",
+    "PluginUnreachable",
+]
+
+
+class PluginError(Exception):
+    """Any failure talking to one plugin; context lives in attributes."""
+
+    outcome: ClassVar[str] = "error"
+
+    def __init__(self, message: str, *, plugin: str = "", endpoint: str = "", volume: str = ""):
+        super().__init__(message)
+        self.message = message
+        self.plugin = plugin
+        self.endpoint = endpoint
+        self.volume = volume
+
+
+class NotAPlugin(PluginError):
+    """Activate did not answer 200 with a manifest: "target does not appear to be a valid plugin"."""
+
+    outcome = "bad_response"
+
+
+class NotAVolumePlugin(PluginError):
+    """The manifest lacks "VolumeDriver": "plugin is not a volume plugin"."""
+
+    outcome = "error"
+
+    def __init__(self, message: str, *, implements: tuple[str, ...] = (), plugin: str = "",
+                 endpoint: str = "", volume: str = ""):
+        super().__init__(message, plugin=plugin, endpoint=endpoint, volume=volume)
+        self.implements = implements
+
+
+class PluginRemoved(PluginError):
+    """The socket file is gone: "plugin is no longer available (shut down?)"."""
+
+    outcome = "refused"
+
+
+class PluginUnreachable(PluginError):
+    """Could not connect (refused: a stale socket file) or the connection broke."""
+
+    outcome = "refused"
+
+
+class PluginTimeout(PluginError):
+    """The whole call (connect, send, headers, body) exceeded its deadline."""
+
+    outcome = "timeout"
+
+
+class PluginBadResponse(PluginError):
+    """The answer could not be used: not JSON, wrong shape, or over the size cap."""
+
+    outcome = "bad_response"
+
+
+class PluginReportedError(PluginError):
+    """The plugin answered with a non-empty ``Err`` (kept verbatim in ``err``)."""
+
+    outcome = "plugin_error"
+
+    def __init__(self, message: str, *, err: str, plugin: str = "", endpoint: str = "",
+                 volume: str = ""):
+        super().__init__(message, plugin=plugin, endpoint=endpoint, volume=volume)
+        self.err = err
+
+
+class PluginAddressError(ValueError):
+    """A .sock/.spec/.json plugin file that cannot be turned into an address."""
+
+    def __init__(self, path: str, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
