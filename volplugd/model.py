@@ -263,3 +263,51 @@ class Commands(Protocol):
         client's PluginError; timeouts and transport failures also reach the loop.
         """
         ...
+
+
+class Observer(Protocol):
+    """What the supervisor reports as it works; the daemon wires it to metrics.
+
+    Called from the supervisor thread and worker threads: must not block or raise.
+    """
+
+    def request(self, plugin: str, endpoint: str, outcome: str, seconds: float) -> None:
+        """One plugin-client call ended (the client's ``on_request`` hook, plus name)."""
+
+    def probe(self, plugin: str, result: str, seconds: float) -> None:
+        """A health probe ended; result: success, timeout, refused, bad_response, error."""
+
+    def discovery(self, event: str) -> None:
+        """Discovery saw a plugin file: added, removed, changed, ignored."""
+
+    def rescan(self, trigger: str) -> None:
+        """A full scan ran; trigger: startup, periodic, overflow, watcher_restart,
+        manual, reload."""
+
+    def evicted(self, plugin: str, reason: str) -> None:
+        """A plugin left the registry; reason: removed, replaced, reload."""
+
+    def watcher(self, up: bool) -> None:
+        """The filesystem watcher is running (True) or down/restarting (False)."""
+
+
+class NullObserver:
+    """An Observer that records nothing (library use and unit tests)."""
+
+    def request(self, plugin: str, endpoint: str, outcome: str, seconds: float) -> None:
+        pass
+
+    def probe(self, plugin: str, result: str, seconds: float) -> None:
+        pass
+
+    def discovery(self, event: str) -> None:
+        pass
+
+    def rescan(self, trigger: str) -> None:
+        pass
+
+    def evicted(self, plugin: str, reason: str) -> None:
+        pass
+
+    def watcher(self, up: bool) -> None:
+        pass
