@@ -1,0 +1,138 @@
+"""Table tests of the supervisor's pure decisions (policy.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from volplugd import policy
+from volplugd.config import ProbeSettings
+from volplugd.model import DesiredPlugin, FileIdentity, Kind, PluginState
+from volplugd.plugin.address import PluginAddress
+
+PROBE = ProbeSettings(failure_threshold=3, success_threshold=2)
+
+
+def desired(name: str, ino: int = 1, path: str = "", warnings: tuple[str, ...] = ()
+            ) -> DesiredPlugin:
+    path = path or f"/run/docker/plugins/{name}.sock"
+    return DesiredPlugin(name, PluginAddress("unix", path), path, Kind.SOCK,
+                         FileIdentity(1, ino, 100), warnings)
+
+
+def tracked(name: str, state: PluginState = PluginState.READY, **kw: object) -> policy.Tracked:
+    t = policy.register(desired(name, **kw), token=1, now=0.0)  # type: ignore[arg-type]
+    return dataclasses.replace(t, view=dataclasses.replace(t.view, state=state))
+
+
+def test_plan_adds_removes_and_replaces_by_name() -> None:
+    """New names are added, vanished ones removed, a new inode at the same name replaced."""
+    actual = {"keep": tracked("keep"), "gone": tracked("gone"), "swap": tracked("swap")}
+    want = {"keep": desired("keep"), "swap": desired("swap", ino=2), "new": desired("new")}
+    result = policy.plan(want, actual)
+    assert [d.name for d in result.add] == ["new"]
+    assert result.remove == ("gone",)
+    assert [d.name for d in result.replace] == ["swap"]
+    assert result.rewarn == ()
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({"path": "/etc/docker/plugins/x.spec"}, "replace"), ({"warnings": ("shadows y",)}, "rewarn")],
+)
+def test_plan_address_change_replaces_warning_change_only_rewarns(
+    change: dict[str, object], field: str
+) -> None:
+    """A new address is a new plugin; new warnings alone do not re-activate it."""
+    result = policy.plan({"x": desired("x", **change)}, {"x": tracked("x")})  # type: ignore[arg-type]
+    assert [d.name for d in getattr(result, field)] == ["x"]
+    assert bool(result)
+
+
+def test_plan_of_equal_states_is_empty() -> None:
+    """Nothing to do when the filesystem matches the registry."""
+    assert not policy.plan({"a": desired("a")}, {"a": tracked("a")})
+
+
+@pytest.mark.parametrize(
+    ("failures", "delay"),
+    [(0, 0.0), (1, 0.5), (2, 1.0), (3, 2.0), (6, 16.0), (7, 30.0), (50, 30.0)],
+)
+def test_backoff_doubles_from_half_a_second_capped_at_30(failures: int, delay: float) -> None:
+    """Activation retries back off 0.5 s, 1 s, 2 s, ... up to 30 s."""
+    assert policy.backoff(failures) == delay
+
+
+def test_register_starts_activating_with_warnings() -> None:
+    """A discovered plugin is activating and carries its discovery warnings."""
+    t = policy.register(desired("a", warnings=("shadows b",)), token=7, now=5.0)
+    assert (t.state, t.token, t.view.registered_at, t.view.warnings) == (
+        PluginState.ACTIVATING, 7, 5.0, ("shadows b",))
+
+
+def test_activation_success_makes_ready_and_clears_error() -> None:
+    """Activation with VolumeDriver → ready, implements and scope recorded."""
+    t, _ = policy.activation_failed(tracked("a", PluginState.ACTIVATING), "refused", 1.0)
+    t = policy.activated(t, ("VolumeDriver",), "global", 2.0, 0.003)
+    assert (t.state, t.view.implements, t.view.scope, t.view.last_error,
+            t.view.consecutive_failures, t.activation_failures) == (
+        PluginState.READY, ("VolumeDriver",), "global", None, 0, 0)
+
+
+def test_activation_failures_stay_activating_and_back_off() -> None:
+    """Each failed activation keeps the error and doubles the delay."""
+    t = tracked("a", PluginState.ACTIVATING)
+    delays = []
+    for n in range(3):
+        t, delay = policy.activation_failed(t, f"error {n}", float(n))
+        delays.append(delay)
+    assert (t.state, t.view.last_error, t.activation_failures, delays) == (
+        PluginState.ACTIVATING, "error 2", 3, [0.5, 1.0, 2.0])
+
+
+def test_rejected_keeps_the_manifest_and_reason() -> None:
+    """A plugin that is not a volume driver is rejected with what it implements."""
+    t = policy.rejected(tracked("a", PluginState.ACTIVATING), ("NetworkDriver",), "nope", 1.0)
+    assert (t.state, t.view.implements, t.view.last_error) == (
+        PluginState.REJECTED, ("NetworkDriver",), "nope")
+
+
+PROBE_TABLE = [
+    # start state, results (True = success), expected state, consecutive failures
+    (PluginState.READY, [False, False], PluginState.READY, 2),
+    (PluginState.READY, [False, False, False], PluginState.UNHEALTHY, 3),
+    (PluginState.READY, [False, False, True, False, False], PluginState.READY, 2),
+    (PluginState.UNHEALTHY, [True], PluginState.UNHEALTHY, 0),
+    (PluginState.UNHEALTHY, [True, True], PluginState.READY, 0),
+    (PluginState.UNHEALTHY, [True, False, True], PluginState.UNHEALTHY, 0),
+]
+
+
+@pytest.mark.parametrize(("start", "results", "end", "failures"), PROBE_TABLE)
+def test_probe_results_move_between_ready_and_unhealthy(
+    start: PluginState, results: list[bool], end: PluginState, failures: int
+) -> None:
+    """failure_threshold failures make a ready plugin unhealthy; success_threshold heal it."""
+    t = tracked("a", start)
+    for i, ok in enumerate(results):
+        t = (policy.probe_succeeded(t, PROBE, float(i), 0.001) if ok
+             else policy.probe_failed(t, PROBE, "timed out", float(i)))
+    assert (t.state, t.view.consecutive_failures) == (end, failures)
+
+
+def test_probe_failure_keeps_last_success_time_and_records_error() -> None:
+    """A failed probe records its error without losing when the plugin last answered."""
+    t = policy.probe_succeeded(tracked("a"), PROBE, 10.0, 0.002)
+    t = policy.probe_failed(t, PROBE, "connection refused", 20.0)
+    assert (t.view.last_success_at, t.view.last_probe_at, t.view.last_error,
+            t.view.probe_latency_seconds) == (10.0, 20.0, "connection refused", 0.002)
+
+
+@pytest.mark.parametrize(
+    ("last_due", "now", "expected"),
+    [(100.0, 100.2, 110.0), (100.0, 109.0, 110.0), (100.0, 125.0, 130.0)],
+)
+def test_probe_due_keeps_phase_unless_late(last_due: float, now: float, expected: float) -> None:
+    """Probes keep their phase; a probe that ran late is not followed by a burst."""
+    assert policy.probe_due(last_due, 10.0, now) == expected

@@ -1,0 +1,75 @@
+"""The registry publishes immutable snapshots and keeps a bounded, numbered event log."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from volplugd.model import EventType, Kind, PluginState, PluginView
+from volplugd.registry import Registry
+
+
+def view(name: str, state: PluginState = PluginState.READY) -> PluginView:
+    return PluginView(name=name, address=f"unix:///p/{name}.sock", source=f"/p/{name}.sock",
+                      kind=Kind.SOCK, state=state, registered_at=0.0)
+
+
+def test_publish_encodes_each_view_once_and_counts_states() -> None:
+    """Unchanged views keep their encoded bytes (same object); counts cover every state."""
+    reg = Registry(clock=lambda: 1.0)
+    a, b = view("a"), view("b", PluginState.UNHEALTHY)
+    first = reg.publish([a, b])
+    second = reg.publish([a, view("b")])
+    assert second.encoded["a"] is first.encoded["a"]
+    assert second.encoded["b"] != first.encoded["b"]
+    assert dict(second.counts) == {"activating": 0, "ready": 2, "unhealthy": 0, "rejected": 0}
+    assert second.generation == first.generation + 1
+
+
+def test_plugins_json_is_the_contract_shape_with_a_state_filter() -> None:
+    """plugins_json() joins pre-encoded records into {"plugins": [...]} sorted as given."""
+    reg = Registry()
+    snap = reg.publish([view("a"), view("b", PluginState.REJECTED)])
+    assert [p["name"] for p in json.loads(snap.plugins_json())["plugins"]] == ["a", "b"]
+    only = json.loads(snap.plugins_json(PluginState.REJECTED))["plugins"]
+    assert [(p["name"], p["state"], p["capabilities"]) for p in only] == [("b", "rejected", None)]
+    assert json.loads(snap.plugins_json(PluginState.ACTIVATING)) == {"plugins": []}
+
+
+def test_events_are_numbered_bounded_and_filtered_by_since() -> None:
+    """Sequence numbers increase by one; only the newest max_events are kept."""
+    reg = Registry(max_events=3, clock=lambda: 0.0)
+    for i in range(5):
+        reg.record(EventType.DISCOVERED, f"p{i}", None, PluginState.ACTIVATING, "found")
+    assert [e.seq for e in reg.events(0)] == [3, 4, 5]
+    assert [e.seq for e in reg.events(4)] == [5]
+    assert reg.events(5) == ()
+    assert reg.events(0)[-1].to_json() == {
+        "seq": 5, "time": "1970-01-01T00:00:00.000Z", "type": "discovered", "plugin": "p4",
+        "from": None, "to": "activating", "reason": "found"}
+
+
+def test_events_wait_returns_when_an_event_arrives() -> None:
+    """A follower blocked in events(wait=...) wakes for the next event."""
+    reg = Registry()
+    got: list[int] = []
+    started = threading.Event()
+
+    def follow() -> None:
+        started.set()
+        got.extend(e.seq for e in reg.events(0, wait=30.0))
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    started.wait(5)
+    reg.record(EventType.RESCAN, reason="manual")
+    thread.join(10)
+    assert got == [1]
+
+
+def test_wait_returns_newer_snapshot_or_current_at_timeout() -> None:
+    """wait(after) hands out a newer generation, or the current one when time is up."""
+    reg = Registry()
+    snap = reg.publish([view("a")])
+    assert reg.wait(snap.generation - 1, timeout=0.0) is snap
+    assert reg.wait(snap.generation, timeout=0.01) is snap

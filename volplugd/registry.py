@@ -1,0 +1,84 @@
+"""The registry: the current immutable Snapshot and a bounded, numbered event log.
+
+Runs on: ``publish`` and ``record`` from the supervisor thread only; ``snapshot``,
+``wait`` and ``events`` from any thread. Readers never block the writer for longer
+than a reference swap under a condition.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from types import MappingProxyType
+
+from volplugd.model import (
+    EMPTY_SNAPSHOT,
+    Event,
+    EventType,
+    PluginState,
+    PluginView,
+    Snapshot,
+    encode,
+)
+
+
+class Registry:
+    """Publishes snapshots (re-encoding only views that changed) and keeps events."""
+
+    def __init__(self, *, max_events: int = 10_000, clock: Callable[[], float] = time.time):
+        self._snapshot = EMPTY_SNAPSHOT
+        self._events: deque[Event] = deque(maxlen=max_events)
+        self._seq = 0
+        self._clock = clock
+        self._changed = threading.Condition()
+
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    def publish(self, views: Iterable[PluginView]) -> Snapshot:
+        """Swap in a snapshot of ``views`` (given sorted by name)."""
+        old = self._snapshot
+        plugins = {v.name: v for v in views}
+        encoded = {
+            name: old.encoded[name] if old.plugins.get(name) is view else encode(view.to_json())
+            for name, view in plugins.items()
+        }
+        snap = Snapshot(MappingProxyType(plugins), MappingProxyType(encoded),
+                        generation=old.generation + 1, published_at=self._clock())
+        with self._changed:
+            self._snapshot = snap
+            self._changed.notify_all()
+        return snap
+
+    def wait(self, after_generation: int, timeout: float) -> Snapshot:
+        """The first snapshot newer than ``after_generation``, or the current one at timeout."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._snapshot.generation > after_generation, timeout)
+            return self._snapshot
+
+    def record(self, type_: EventType, plugin: str | None = None,
+               from_state: PluginState | None = None, to_state: PluginState | None = None,
+               reason: str = "") -> Event:
+        with self._changed:
+            self._seq += 1
+            event = Event(self._seq, self._clock(), type_, plugin, from_state, to_state, reason)
+            self._events.append(event)
+            self._changed.notify_all()
+        return event
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
+    def events(self, since: int, wait: float = 0.0) -> tuple[Event, ...]:
+        """Events with ``seq > since`` (the oldest kept first); waits up to ``wait`` s."""
+        with self._changed:
+            if wait > 0:
+                self._changed.wait_for(lambda: self._seq > since, wait)
+            if self._seq <= since or not self._events:
+                return ()
+            start = max(0, since + 1 - self._events[0].seq)
+            return tuple(itertools.islice(self._events, start, None))
