@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.harness import Daemon
 from tests.waiting import wait_until
 
 
@@ -47,3 +52,27 @@ def _describe(fd: int) -> str:
         return os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
         return "?"
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short temp dir (unix socket paths must stay under 108 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="vp-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(short_tmp: Path) -> Iterator[Callable[..., Daemon]]:
+    """Factory for real volplugd processes; each is stopped after the test."""
+    started: list[Daemon] = []
+
+    def make(**kw: Any) -> Daemon:
+        d = Daemon(short_tmp, **kw)
+        started.append(d)
+        return d
+
+    yield make
+    for d in started:
+        if d.proc is not None and d.proc.poll() is None:
+            d.stop()

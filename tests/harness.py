@@ -1,0 +1,150 @@
+"""Drive the real volplugd process: start it, talk HTTP over its control socket, stop it.
+
+Used by every system test; nothing here is mocked.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tests.waiting import wait_until
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over AF_UNIX (the control socket)."""
+
+    def __init__(self, path: str, timeout: float = 10.0):
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.unix_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def call(sock_path: str, method: str, path: str, body: Any = None,
+         timeout: float = 30.0) -> tuple[int, Any]:
+    """One request; returns (status, decoded JSON or raw bytes for non-JSON answers)."""
+    conn = UnixHTTPConnection(sock_path, timeout=timeout)
+    try:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {} if data is None else {"Content-Type": "application/json"}
+        conn.request(method, path, body=data, headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+        if resp.getheader("Content-Type", "").startswith("application/json"):
+            return resp.status, json.loads(raw)
+        return resp.status, raw
+    finally:
+        conn.close()
+
+
+class Daemon:
+    """A volplugd child process with its own plugin dirs and control socket."""
+
+    def __init__(self, workdir: Path, *, plugin_dirs: Sequence[Path] | None = None,
+                 args: Sequence[str] = (), config: str = "", env: dict[str, str] | None = None):
+        self.workdir = workdir
+        self.plugin_dirs = list(plugin_dirs or [workdir / "plugins"])
+        self.socket = str(workdir / "control.sock")
+        self.log_path = workdir / "volplugd.log"
+        self.config_path = workdir / "volplugd.toml"
+        self.config_path.write_text(config)
+        self.args = list(args)
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def argv(self) -> list[str]:
+        argv = [sys.executable, "-m", "volplugd", "--config", str(self.config_path),
+                "--control-socket", self.socket, "--log-format", "json", "--log-level", "debug"]
+        for d in self.plugin_dirs:
+            argv += ["--plugin-dir", str(d)]
+        if not any(a.startswith("--metrics-listen") or a == "--no-metrics" for a in self.args):
+            argv.append("--no-metrics")
+        return argv + self.args
+
+    def start(self, wait: bool = True) -> Daemon:
+        for d in self.plugin_dirs:
+            d.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=log, env=self.env,
+                                         cwd=self.workdir)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        wait_until(self._answers, timeout, message=f"volplugd to serve; log:\n{self.log()}")
+
+    def _answers(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"volplugd exited {self.proc.returncode}; log:\n{self.log()}")
+        try:
+            return call(self.socket, "GET", "/v1/health", timeout=2.0)[0] == 200
+        except OSError:
+            return False
+
+    def get(self, path: str) -> Any:
+        status, body = call(self.socket, "GET", path)
+        assert status == 200, (status, body)
+        return body
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        return call(self.socket, method, path, body)
+
+    def plugins(self) -> dict[str, dict[str, Any]]:
+        return {p["name"]: p for p in self.get("/v1/plugins")["plugins"]}
+
+    def wait_state(self, name: str, state: str | None, timeout: float = 15.0) -> dict[str, Any]:
+        """Wait until plugin ``name`` is in ``state`` (None: until it is gone)."""
+        def check() -> Any:
+            plugin = self.plugins().get(name)
+            if state is None:
+                return plugin is None
+            return plugin if plugin is not None and plugin["state"] == state else None
+        return wait_until(check, timeout, message=f"{name} -> {state}")  # type: ignore[no-any-return]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM and wait; returns the exit code (kills and fails after ``timeout``)."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"volplugd ignored SIGTERM; log:\n{self.log()}") from None
+        return self.proc.returncode
