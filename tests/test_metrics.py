@@ -1,0 +1,495 @@
+"""volplugd.metrics: values, label bounds, series lifetime, exposition and status page.
+
+Unit tests read values back with ``registry.get_sample_value``; the exposition is checked
+by the real ``promtool``, the status page by a real headless Chromium, and the format by
+a real Prometheus server scraping it over loopback.
+"""
+
+from __future__ import annotations
+
+import html.parser
+import json
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from types import MappingProxyType
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.waiting import wait_until
+from volplugd.metrics import (
+    MAX_ROUTES,
+    PROBE_BUCKETS,
+    REQUEST_BUCKETS,
+    STATUS_PAGE_HEADERS,
+    Metrics,
+    status_page,
+)
+from volplugd.model import EMPTY_SNAPSHOT, Kind, PluginState, PluginView, Snapshot
+
+REPO = Path(__file__).resolve().parent.parent
+HOSTILE = 'evil"\\\n<script>alert(1)</script>é'
+PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0;q=0.5,"
+                     "application/openmetrics-text;version=0.0.1;q=0.4,"
+                     "text/plain;version=0.0.4;q=0.3,*/*;q=0.2")
+
+
+def view(name: str, state: PluginState = PluginState.READY, **extra: object) -> PluginView:
+    return PluginView(name=name, address=f"unix:///run/docker/plugins/{name}.sock",
+                      source=f"/run/docker/plugins/{name}.sock", kind=Kind.SOCK, state=state,
+                      registered_at=1_700_000_000.0, **extra)  # type: ignore[arg-type]
+
+
+def snap(*views: PluginView, published_at: float = 0.0) -> Snapshot:
+    plugins = {v.name: v for v in views}
+    encoded = {v.name: json.dumps(v.to_json()).encode() for v in views}
+    return Snapshot(plugins=MappingProxyType(plugins), encoded=MappingProxyType(encoded),
+                    published_at=published_at)
+
+
+class Holder:
+    """The current snapshot, swapped by the test like the registry swaps it."""
+
+    def __init__(self, snapshot: Snapshot = EMPTY_SNAPSHOT):
+        self.current = snapshot
+
+    def __call__(self) -> Snapshot:
+        return self.current
+
+
+def make(snapshot: Snapshot = EMPTY_SNAPSHOT) -> tuple[Metrics, Holder]:
+    holder = Holder(snapshot)
+    return Metrics(holder, version="1.2.3"), holder
+
+
+def every_state() -> Snapshot:
+    return snap(view("a-activating", PluginState.ACTIVATING, last_error="connection refused"),
+                view("b-ready", PluginState.READY, last_success_at=1_700_000_100.5),
+                view("c-unhealthy", PluginState.UNHEALTHY, last_error="timeout after 5s"),
+                view("d-rejected", PluginState.REJECTED, implements=("NetworkDriver",)),
+                view(HOSTILE, PluginState.READY, last_success_at=1_700_000_200.0))
+
+
+def text(metrics: Metrics) -> str:
+    body, _ = metrics.exposition()
+    return body.decode()
+
+
+# ---------------------------------------------------------------- values
+
+
+def test_build_info_and_every_state_count_exist_with_no_plugins() -> None:
+    """An empty daemon still exports build_info and all four state counts at 0."""
+    m, _ = make()
+    assert m.registry.get_sample_value("volplugd_build_info", {"version": "1.2.3"}) == 1
+    for state in PluginState:
+        assert m.registry.get_sample_value("volplugd_plugins", {"state": state.value}) == 0
+
+
+def test_plugin_gauges_follow_the_snapshot() -> None:
+    """plugins{state}, plugin_up, plugin_state and last success come from the snapshot."""
+    m, _ = make(every_state())
+    get = m.registry.get_sample_value
+    assert [get("volplugd_plugins", {"state": s.value}) for s in PluginState] == [1, 2, 1, 1]
+    assert get("volplugd_plugin_up", {"plugin": "b-ready"}) == 1
+    assert get("volplugd_plugin_up", {"plugin": HOSTILE}) == 1
+    for name in ("a-activating", "c-unhealthy", "d-rejected"):
+        assert get("volplugd_plugin_up", {"plugin": name}) == 0
+    assert get("volplugd_plugin_state", {"plugin": "c-unhealthy", "state": "unhealthy"}) == 1
+    assert get("volplugd_plugin_state", {"plugin": "c-unhealthy", "state": "ready"}) is None
+    assert get("volplugd_plugin_last_success_timestamp_seconds",
+               {"plugin": "b-ready"}) == 1_700_000_100.5
+    assert get("volplugd_plugin_last_success_timestamp_seconds",
+               {"plugin": "a-activating"}) is None
+
+
+def test_probe_fills_counter_and_histogram_with_le_semantics() -> None:
+    """A probe lands in the first bucket whose bound is >= its duration; sum and count add up."""
+    m, _ = make(snap(view("p")))
+    m.probe("p", "success", PROBE_BUCKETS[0])
+    m.probe("p", "success", 0.003)
+    m.probe("p", "timeout", 7.5)
+    get = m.registry.get_sample_value
+    assert get("volplugd_plugin_probes_total", {"plugin": "p", "result": "success"}) == 2
+    assert get("volplugd_plugin_probes_total", {"plugin": "p", "result": "timeout"}) == 1
+    bucket = "volplugd_plugin_probe_duration_seconds_bucket"
+    assert get(bucket, {"plugin": "p", "le": "0.0005"}) == 1
+    assert get(bucket, {"plugin": "p", "le": "0.0025"}) == 1
+    assert get(bucket, {"plugin": "p", "le": "0.01"}) == 2
+    assert get(bucket, {"plugin": "p", "le": "5.0"}) == 2
+    assert get(bucket, {"plugin": "p", "le": "+Inf"}) == 3
+    assert get("volplugd_plugin_probe_duration_seconds_count", {"plugin": "p"}) == 3
+    assert get("volplugd_plugin_probe_duration_seconds_sum", {"plugin": "p"}) == pytest.approx(
+        PROBE_BUCKETS[0] + 0.003 + 7.5)
+
+
+def test_request_labels_endpoint_by_short_name_and_bounds_values() -> None:
+    """Endpoint paths become short names; unknown endpoints and outcomes get fallbacks."""
+    m, _ = make(snap(view("p")))
+    m.request("p", "/VolumeDriver.Create", "success", 0.02)
+    m.request("p", "create", "plugin_error", 0.03)
+    m.request("p", "/Plugin.Activate", "refused", 0.001)
+    m.request("p", "/VolumeDriver.Frobnicate", "success", 0.001)
+    m.request("p", "/VolumeDriver.Mount", "volume vol-1 is busy", 0.5)
+    get = m.registry.get_sample_value
+    total = "volplugd_plugin_requests_total"
+    assert get(total, {"plugin": "p", "endpoint": "create", "outcome": "success"}) == 1
+    assert get(total, {"plugin": "p", "endpoint": "create", "outcome": "plugin_error"}) == 1
+    assert get(total, {"plugin": "p", "endpoint": "activate", "outcome": "refused"}) == 1
+    assert get(total, {"plugin": "p", "endpoint": "other", "outcome": "success"}) == 1
+    assert get(total, {"plugin": "p", "endpoint": "mount", "outcome": "error"}) == 1
+    count = "volplugd_plugin_request_duration_seconds_count"
+    assert get(count, {"plugin": "p", "endpoint": "create"}) == 2
+    assert get("volplugd_plugin_request_duration_seconds_bucket",
+               {"plugin": "p", "endpoint": "mount", "le": "120.0"}) == 1
+    assert "vol-1" not in text(m)
+
+
+def test_histogram_has_every_bucket_and_ignores_impossible_durations() -> None:
+    """Each request histogram has len(REQUEST_BUCKETS)+1 buckets; NaN/negative count as 0 s."""
+    m, _ = make(snap(view("p")))
+    m.request("p", "list", "success", float("nan"))
+    m.request("p", "list", "success", -1.0)
+    lines = [line for line in text(m).splitlines()
+             if line.startswith("volplugd_plugin_request_duration_seconds_bucket")]
+    assert len(lines) == len(REQUEST_BUCKETS) + 1
+    get = m.registry.get_sample_value
+    labels = {"plugin": "p", "endpoint": "list"}
+    assert get("volplugd_plugin_request_duration_seconds_bucket", {**labels, "le": "0.0005"}) == 2
+    assert get("volplugd_plugin_request_duration_seconds_sum", labels) == 0
+
+
+def test_daemon_counters_start_at_zero_and_count_unknown_values_as_other() -> None:
+    """Discovery, rescan and eviction counters exist at 0 for every known value."""
+    m, _ = make()
+    m.discovery("added")
+    m.rescan("periodic")
+    m.rescan("because")
+    m.evicted("gone", "removed")
+    get = m.registry.get_sample_value
+    assert get("volplugd_discovery_events_total", {"event": "added"}) == 1
+    assert get("volplugd_discovery_events_total", {"event": "ignored"}) == 0
+    assert get("volplugd_rescans_total", {"trigger": "periodic"}) == 1
+    assert get("volplugd_rescans_total", {"trigger": "watcher_restart"}) == 0
+    assert get("volplugd_rescans_total", {"trigger": "other"}) == 1
+    assert get("volplugd_evictions_total", {"reason": "removed"}) == 1
+    assert get("volplugd_evictions_total", {"reason": "replaced"}) == 0
+
+
+def test_watcher_up_follows_reports() -> None:
+    """volplugd_watcher_up starts at 0 and follows watcher(up)."""
+    m, _ = make()
+    assert m.registry.get_sample_value("volplugd_watcher_up") == 0
+    m.watcher(True)
+    assert m.registry.get_sample_value("volplugd_watcher_up") == 1
+    m.watcher(False)
+    assert m.registry.get_sample_value("volplugd_watcher_up") == 0
+
+
+def test_control_requests_are_counted_and_route_labels_are_capped() -> None:
+    """Routes beyond MAX_ROUTES distinct values are counted as "other"."""
+    m, _ = make()
+    m.control_request("/v1/plugins/{name}", 404)
+    m.control_request("/v1/plugins/{name}", 404)
+    for i in range(MAX_ROUTES + 3):
+        m.control_request(f"/v1/raw/path-{i}", 200)
+    get = m.registry.get_sample_value
+    total = "volplugd_control_requests_total"
+    assert get(total, {"route": "/v1/plugins/{name}", "code": "404"}) == 2
+    assert get(total, {"route": "other", "code": "200"}) == 4
+    assert get(total, {"route": f"/v1/raw/path-{MAX_ROUTES}", "code": "200"}) is None
+
+
+def test_observer_methods_never_raise() -> None:
+    """A bad argument from a caller is logged, not raised into the supervisor or a worker."""
+    m, _ = make(snap(view("p")))
+    m.probe("p", "success", "soon")  # type: ignore[arg-type]
+    m.request("p", "list", "success", None)  # type: ignore[arg-type]
+    assert m.registry.get_sample_value("volplugd_plugin_probes_total",
+                                       {"plugin": "p", "result": "success"}) is None
+
+
+def test_concurrent_observations_are_all_counted_while_scraping() -> None:
+    """Probes from 4 threads during scrapes are neither lost nor torn."""
+    m, _ = make(snap(view("p"), view("q")))
+    def work() -> None:
+        for i in range(500):
+            m.probe("p" if i % 2 else "q", "success", 0.001)
+    threads = [threading.Thread(target=work, name=f"probe-{i}") for i in range(4)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        m.exposition()
+    for t in threads:
+        t.join()
+    get = m.registry.get_sample_value
+    for name in ("p", "q"):
+        assert get("volplugd_plugin_probe_duration_seconds_count", {"plugin": name}) == 1000
+        assert get("volplugd_plugin_probes_total", {"plugin": name, "result": "success"}) == 1000
+
+
+# ---------------------------------------------------------------- series lifetime
+
+
+def per_plugin_series(m: Metrics, plugin: str) -> list[str]:
+    needle = f'plugin="{plugin}"'
+    return [line for line in text(m).splitlines() if needle in line]
+
+
+def feed(m: Metrics, plugin: str) -> None:
+    m.probe(plugin, "success", 0.001)
+    m.request(plugin, "/VolumeDriver.List", "success", 0.002)
+
+
+def test_series_appear_with_a_plugin_and_vanish_when_it_is_evicted() -> None:
+    """Gauges vanish with the snapshot, counters and histograms with evicted()/forget()."""
+    m, holder = make(snap(view("p"), view("q")))
+    feed(m, "p")
+    feed(m, "q")
+    # up, state; probes_total, 9 buckets + sum + count; requests_total, 10 + 2
+    assert len(per_plugin_series(m, "p")) == 2 + 1 + 11 + 1 + 12
+    holder.current = snap(view("q"))
+    m.evicted("p", "removed")
+    assert per_plugin_series(m, "p") == []
+    assert per_plugin_series(m, "q") != []
+    holder.current = snap(view("p"), view("q"))  # same name again: a new plugin, from zero
+    assert m.registry.get_sample_value("volplugd_plugin_probes_total",
+                                       {"plugin": "p", "result": "success"}) is None
+    assert m.registry.get_sample_value("volplugd_plugin_up", {"plugin": "p"}) == 1
+
+
+def test_forget_drops_counters_of_a_plugin_still_in_the_snapshot() -> None:
+    """forget() alone removes the plugin's counters and histograms, not its gauges."""
+    m, _ = make(snap(view("p")))
+    feed(m, "p")
+    m.forget("p")
+    assert [line.split("{")[0] for line in per_plugin_series(m, "p")] == [
+        "volplugd_plugin_up", "volplugd_plugin_state"]
+
+
+def test_late_observation_of_an_evicted_plugin_is_hidden_then_dropped() -> None:
+    """A probe ending after eviction shows no series and is pruned after two scrapes."""
+    m, holder = make(snap(view("p")))
+    m.evicted("p", "removed")
+    holder.current = EMPTY_SNAPSHOT
+    feed(m, "p")  # a probe that was in flight when the plugin left
+    assert per_plugin_series(m, "p") == []
+    text(m)
+    holder.current = snap(view("p"))
+    assert m.registry.get_sample_value("volplugd_plugin_probes_total",
+                                       {"plugin": "p", "result": "success"}) is None
+
+
+def test_observation_before_first_publication_survives_one_scrape() -> None:
+    """A plugin's first probe may end before the snapshot lists it: it is not lost."""
+    m, holder = make()
+    feed(m, "new")
+    assert per_plugin_series(m, "new") == []
+    holder.current = snap(view("new"))
+    assert m.registry.get_sample_value("volplugd_plugin_probes_total",
+                                       {"plugin": "new", "result": "success"}) == 1
+
+
+# ---------------------------------------------------------------- exposition
+
+
+def test_exposition_is_text_format_without_created_series() -> None:
+    """Text 0.0.4, no `_created`, process and platform collectors present."""
+    m, _ = make(every_state())
+    feed(m, "b-ready")
+    m.control_request("/v1/health", 200)
+    body, content_type = m.exposition()
+    assert content_type == "text/plain; version=0.0.4; charset=utf-8"
+    families = {f.name for f in text_string_to_metric_families(body.decode())}
+    assert {"process_cpu_seconds", "python_info", "volplugd_plugin_up"} <= families
+    assert "_created" not in body.decode()
+
+
+def test_prometheus_accept_header_gets_text_and_openmetrics_only_gets_openmetrics() -> None:
+    """Prometheus' default Accept gets the fast text; an OpenMetrics-only client gets OM."""
+    m, _ = make(every_state())
+    assert m.exposition(PROMETHEUS_ACCEPT)[1].startswith("text/plain; version=0.0.4")
+    body, content_type = m.exposition("application/openmetrics-text; version=1.0.0")
+    assert content_type.startswith("application/openmetrics-text; version=1.0.0")
+    assert body.endswith(b"# EOF\n")
+    assert b'volplugd_plugin_up{plugin="b-ready"} 1.0' in body
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.skip("promtool not installed (Debian package `prometheus`; `make system-deps`)")
+    return path
+
+
+@pytest.mark.peer
+def test_promtool_check_metrics_is_clean_with_plugins_in_every_state() -> None:
+    """`promtool check metrics` reports nothing on a scrape with every state and outcome."""
+    m, _ = make(every_state())
+    for name in ("a-activating", "b-ready", "c-unhealthy", "d-rejected", HOSTILE):
+        for result in ("success", "timeout", "refused", "bad_response", "error"):
+            m.probe(name, result, 0.004)
+            m.request(name, "/Plugin.Activate", result, 0.004)
+    m.discovery("added")
+    m.rescan("startup")
+    m.control_request("/v1/plugins", 200)
+    body, _ = m.exposition()
+    done = subprocess.run([promtool(), "check", "metrics"], input=body, capture_output=True,
+                          timeout=60, check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
+
+
+# ---------------------------------------------------------------- status page
+
+
+class _Cells(html.parser.HTMLParser):
+    """Collects the text of each table cell and every tag name seen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cells: list[str] = []
+        self.tags: list[str] = []
+        self._in_cell = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        if tag == "td":
+            self._in_cell = True
+            self.cells.append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_cell = self._in_cell and tag != "td"
+
+    def handle_data(self, data: str) -> None:
+        if self._in_cell:
+            self.cells[-1] += data
+
+
+def test_status_page_escapes_untrusted_names_and_errors() -> None:
+    """A hostile plugin name and error text show as text, never as markup."""
+    page = status_page(snap(view(HOSTILE, PluginState.UNHEALTHY,
+                                 last_error='<img src=x onerror="alert(2)">')), "1.2.3")
+    parser = _Cells()
+    parser.feed(page.decode())
+    assert "script" not in parser.tags
+    assert "img" not in parser.tags
+    assert parser.cells[0] == HOSTILE
+    assert parser.cells[1] == "unhealthy"
+    assert parser.cells[4] == '<img src=x onerror="alert(2)">'
+
+
+def test_status_page_shows_version_counts_plugins_and_metrics_link() -> None:
+    """The page names the version, counts by state, one row per plugin, and links /metrics."""
+    page = status_page(every_state(), "1.2.3").decode()
+    assert "Version 1.2.3" in page
+    assert "activating: 1 · ready: 2 · unhealthy: 1 · rejected: 1" in page
+    assert page.count("<tr><td>") == 5
+    assert '<a href="metrics">' in page
+    assert "timeout after 5s" in page
+    assert dict(STATUS_PAGE_HEADERS)["Content-Type"] == "text/html; charset=utf-8"
+
+
+ARTEFACTS = REPO / "test-artifacts"
+
+
+@pytest.mark.peer
+def test_status_page_renders_in_headless_chromium(tmp_path: Path) -> None:
+    """Chromium parses the page into one row per plugin with the hostile name as text."""
+    browser = shutil.which("chromium")
+    if browser is None:
+        pytest.skip("chromium not installed (Debian package `chromium`; `make system-deps`)")
+    page = tmp_path / "status.html"
+    page.write_bytes(status_page(every_state(), "1.2.3"))
+    ARTEFACTS.mkdir(exist_ok=True)
+    shot = ARTEFACTS / "status-page.png"
+    argv = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,500"]
+    dom = subprocess.run([*argv, "--dump-dom", page.as_uri()], capture_output=True,
+                         timeout=90, check=True).stdout.decode()
+    subprocess.run([*argv, f"--screenshot={shot}", page.as_uri()], capture_output=True,
+                   timeout=90, check=True)
+    parser = _Cells()
+    parser.feed(dom)
+    assert parser.cells[::5] == sorted(["a-activating", "b-ready", "c-unhealthy", "d-rejected",
+                                        HOSTILE])
+    assert "script" not in parser.tags[parser.tags.index("body"):]
+    assert shot.read_bytes().startswith(b"\x89PNG")
+
+
+# ---------------------------------------------------------------- a real Prometheus
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def exporter() -> Iterator[tuple[Metrics, int]]:
+    """The exposition served over loopback HTTP on a free port, like --metrics-listen."""
+    m, _ = make(every_state())
+    def app(environ: dict[str, object], start_response: object) -> list[bytes]:
+        body, content_type = m.exposition(str(environ.get("HTTP_ACCEPT", "")))
+        start_response("200 OK", [("Content-Type", content_type)])  # type: ignore[operator]
+        return [body]
+    server: WSGIServer = make_server("127.0.0.1", 0, app, handler_class=_Quiet)  # type: ignore[arg-type]
+    thread = threading.Thread(target=server.serve_forever, name="exporter")
+    thread.start()
+    try:
+        yield m, server.server_port
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _query(port: int, promql: str) -> list[dict[str, object]]:
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return list(json.load(answer)["data"]["result"])
+    except OSError:
+        return []
+
+
+@pytest.mark.peer
+def test_real_prometheus_scrapes_and_queries_plugin_up(exporter: tuple[Metrics, int]) -> None:
+    """Prometheus (Debian package) scrapes the exposition and answers volplugd_plugin_up."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("prometheus not installed (Debian package `prometheus`; `make system-deps`)")
+    _, target = exporter
+    work = Path(tempfile.mkdtemp(dir="/tmp", prefix="vpprom"))
+    (work / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s}\nscrape_configs:\n- job_name: volplugd\n"
+        f"  static_configs: [{{targets: ['127.0.0.1:{target}']}}]\n")
+    port = _free_port()
+    with open(work / "log", "wb") as log:
+        server = subprocess.Popen([binary, f"--config.file={work / 'prometheus.yml'}",
+                                   f"--storage.tsdb.path={work / 'data'}",
+                                   f"--web.listen-address=127.0.0.1:{port}"],
+                                  stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        result = wait_until(lambda: _query(port, 'volplugd_plugin_up{plugin="b-ready"}'),
+                            timeout=60, message="prometheus to scrape volplugd_plugin_up")
+        assert result[0]["value"][1] == "1"  # type: ignore[index]
+        states = _query(port, "sum(volplugd_plugins)")
+        assert states[0]["value"][1] == "5"  # type: ignore[index]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
