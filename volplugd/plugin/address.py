@@ -1,13 +1,46 @@
-"""PluginAddress: where a plugin listens, parsed from .sock / .spec / .json files (pure)."""
+"""PluginAddress: where a plugin listens, parsed from .sock / .spec / .json files (pure).
+
+Follows Docker's ``pkg/plugins/discovery.go``: a ``.spec`` file holds one URL (trimmed)
+that must have a scheme; a ``.json`` file is ``{"Name", "Addr", "TLSConfig"}`` where the
+name is ignored (the file name is the plugin's name) and a TLSConfig without a CAFile
+means "skip verification". Docker would accept some addresses it can never dial (a
+relative unix path, a tcp URL without a port); these are rejected here with the reason.
+Every bad file raises ``PluginAddressError(path, problem)``.
+
+Runs on: whichever thread calls it (discovery's scan); no state, no network.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import stat
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import unquote
 
-__all__ = ["PluginAddress", "TLSConfig"]
+from volplugd.plugin.errors import PluginAddressError
+
+__all__ = [
+    "MAX_FILE_BYTES",
+    "PLUGIN_FILE_SUFFIXES",
+    "PluginAddress",
+    "TLSConfig",
+    "address_from_json",
+    "address_from_socket",
+    "address_from_spec",
+    "load_address",
+    "parse_url",
+]
 
 Scheme = Literal["unix", "tcp", "http", "https"]
+
+MAX_FILE_BYTES = 64 * 1024
+PLUGIN_FILE_SUFFIXES = (".sock", ".spec", ".json")
+_WANT = "(want unix://, tcp://, http:// or https://)"
+_NETWORK_SCHEMES: dict[str, Scheme] = {"tcp": "tcp", "http": "http", "https": "https"}
+_DEFAULT_PORTS = {"http": 80, "https": 443}  # tcp has none: Docker could not dial it
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +55,10 @@ class TLSConfig:
 
 @dataclass(frozen=True, slots=True)
 class PluginAddress:
-    """``scheme`` "unix" has a socket path as ``target``; the others "host:port"."""
+    """``scheme`` "unix" has a socket path as ``target``; the others "host:port".
+
+    ``tls`` matters only for https: None means verify against the system's CAs.
+    """
 
     scheme: Scheme
     target: str
@@ -35,3 +71,174 @@ class PluginAddress:
     @property
     def is_unix(self) -> bool:
         return self.scheme == "unix"
+
+
+def address_from_socket(path: str) -> PluginAddress:
+    """A ``.sock`` file is its own address."""
+    return PluginAddress("unix", path)
+
+
+def address_from_spec(path: str) -> PluginAddress:
+    """A ``.spec`` file: one URL. Like Docker, https skips certificate verification."""
+    url = _read_text(path).strip()
+    if not url:
+        raise PluginAddressError(path, f"file is empty; want one URL {_WANT}")
+    try:
+        address = parse_url(url)
+    except ValueError as err:
+        raise PluginAddressError(path, str(err)) from None
+    if address.scheme == "https":  # Docker's NewLocalPlugin sets InsecureSkipVerify
+        return PluginAddress("https", address.target, TLSConfig(insecure_skip_verify=True))
+    return address
+
+
+def address_from_json(path: str) -> PluginAddress:
+    """A ``.json`` file: Docker's ``{"Name", "Addr", "TLSConfig"}`` (Name is ignored)."""
+    text = _read_text(path)
+    if not text.strip():
+        raise PluginAddressError(path, 'file is empty; want a JSON object with "Addr"')
+    try:
+        spec = _decode_json(text)
+        addr = _field(spec, "Addr", str, "")
+        if not addr:
+            raise ValueError('missing "Addr"')
+        try:
+            address = parse_url(addr)
+        except ValueError as err:
+            raise ValueError(f'"Addr": {err}') from None
+        return PluginAddress(address.scheme, address.target, _tls_config(spec))
+    except ValueError as err:
+        raise PluginAddressError(path, str(err)) from None
+
+
+def load_address(path: str) -> PluginAddress:
+    """Parse a plugin file by its suffix: ``.sock``, ``.spec`` or ``.json``."""
+    loaders = {".sock": address_from_socket, ".spec": address_from_spec,
+               ".json": address_from_json}
+    loader = loaders.get(os.path.splitext(path)[1])
+    if loader is None:
+        raise PluginAddressError(path, "unknown plugin file type (want .sock, .spec or .json)")
+    return loader(path)
+
+
+def parse_url(url: str) -> PluginAddress:
+    """``unix:///abs/path``, ``tcp://host:port``, ``http(s)://host[:port]`` -> address.
+
+    Raises ValueError with the reason. A path, query or fragment after host:port is
+    ignored, as Docker ignores it.
+    """
+    if re.search(r"[\x00-\x1f\x7f]", url):
+        raise ValueError(f"URL contains a control character (want one URL on one line): {url!r}")
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme:
+        raise ValueError(f"URL has no scheme: {url!r} {_WANT}")
+    scheme = scheme.lower()  # as Go's url.Parse does
+    if scheme == "unix":
+        return PluginAddress("unix", _unix_path(url, rest))
+    network = _NETWORK_SCHEMES.get(scheme)
+    if network is not None:
+        return PluginAddress(network, _host_port(url, network, rest))
+    raise ValueError(f"unknown URL scheme {scheme!r} in {url!r} {_WANT}")
+
+
+def _unix_path(url: str, rest: str) -> str:
+    path = unquote(re.split(r"[?#]", rest, maxsplit=1)[0])
+    if not path.startswith("/"):  # "unix://x.sock" would make Go dial host "x.sock"
+        raise ValueError(f"unix:// needs an absolute socket path (unix:///path): {url!r}")
+    return path
+
+
+def _host_port(url: str, scheme: str, rest: str) -> str:
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0].rpartition("@")[2]
+    # host, or an IPv6 literal in brackets, then an optional ":port"
+    match = re.fullmatch(r"(\[[^\]]*\]|[^:\[\]]*)(?::(.*))?", authority)
+    if match is None or match[1] in ("", "[]") or re.search(r"\s", match[1]):
+        raise ValueError(f"{scheme}:// URL has no valid host: {url!r}")
+    return f"{match[1]}:{_port(url, scheme, match[2])}"
+
+
+def _port(url: str, scheme: str, text: str | None) -> int:
+    if not text:
+        if scheme not in _DEFAULT_PORTS:
+            raise ValueError(f"{scheme}:// URL needs a port (tcp://host:port): {url!r}")
+        return _DEFAULT_PORTS[scheme]
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"invalid port {text!r} in {url!r} (want 1-65535)")
+    return int(text)
+
+
+def _read_text(path: str) -> str:
+    """The file's text, at most MAX_FILE_BYTES; never blocks on a FIFO."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        raise PluginAddressError(path, err.strerror or str(err)) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PluginAddressError(path, "not a regular file")
+        data = os.read(fd, MAX_FILE_BYTES + 1)
+    except OSError as err:
+        raise PluginAddressError(path, err.strerror or str(err)) from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE_BYTES:
+        raise PluginAddressError(path, f"file is larger than {MAX_FILE_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise PluginAddressError(path, f"not UTF-8 text (byte {err.start})") from None
+
+
+def _decode_json(text: str) -> dict[str, Any]:
+    """The first JSON value, which must be an object; trailing text is ignored like Go's
+    json.Decoder does, so a file Docker accepts is accepted here."""
+    start = len(text) - len(text.lstrip())  # raw_decode refuses leading whitespace
+    try:
+        value, _ = json.JSONDecoder().raw_decode(text, start)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"invalid JSON: {err.msg} (line {err.lineno} column {err.colno})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"want a JSON object, got {_json_type(value)}")
+    return value
+
+
+def _tls_config(spec: dict[str, Any]) -> TLSConfig | None:
+    tls = _field(spec, "TLSConfig", dict, None)
+    if tls is None:
+        return None
+    ca_file = _field(tls, "CAFile", str, "", "TLSConfig.")
+    return TLSConfig(
+        ca_file=ca_file or None,
+        cert_file=_field(tls, "CertFile", str, "", "TLSConfig.") or None,
+        key_file=_field(tls, "KeyFile", str, "", "TLSConfig.") or None,
+        # Docker's rule: without a CA file there is nothing to verify against.
+        insecure_skip_verify=_field(tls, "InsecureSkipVerify", bool, False, "TLSConfig.")
+        or not ca_file,
+    )
+
+
+def _field(obj: dict[str, Any], key: str, kind: type, default: Any, prefix: str = "") -> Any:
+    """``obj[key]`` checked against ``kind``; missing or null gives ``default``.
+
+    Keys match case-insensitively when there is no exact match, as Go's encoding/json does.
+    """
+    if key in obj:
+        value = obj[key]
+    else:
+        value = next((v for k, v in obj.items() if k.casefold() == key.casefold()), None)
+    if value is None:
+        return default
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ValueError(f'"{prefix}{key}" must be {_TYPE_NAMES[kind]}, got {_json_type(value)}')
+    return value
+
+
+_TYPE_NAMES: dict[type, str] = {str: "a string", bool: "a boolean", dict: "an object"}
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    names = {dict: "object", list: "array", str: "string", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
