@@ -1,0 +1,237 @@
+"""The real Podman (Debian 4.3.1) as a client of plugins listed only by our drop-in.
+
+Podman runs as root with all its state in a temp folder (vfs storage, cgroupfs, file
+events, as in shared/peers/podman-client.sh). With ``CONTAINERS_CONF`` set Podman reads
+only that one file and no drop-in folder, so instead each podman command runs in a
+private mount namespace where ``<tmp>/etc`` is bind-mounted over ``/etc/containers``:
+Podman then reads ``/etc/containers/containers.conf`` and
+``/etc/containers/containers.conf.d/*.conf`` from our temp folder, exactly as on a host,
+and the host's /etc is never touched.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from types import MappingProxyType
+
+import pytest
+
+from tests.fakeplugin.behaviours import Hang
+from tests.fakeplugin.server import FakePlugin
+from tests.harness import Daemon
+from tests.waiting import wait_until
+from volplugd.config import PodmanSettings
+from volplugd.model import EMPTY_SNAPSHOT, Kind, PluginState, PluginView, Snapshot
+from volplugd.podman import DropinWriter
+
+pytestmark = pytest.mark.peer
+
+NAME = "fakevol"
+INSIDE_DROPIN = "/etc/containers/containers.conf.d/50-volplugd.conf"
+
+
+class PodmanSandbox:
+    """Podman with its config folder and all its state under ``root``."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.etc = root / "etc"
+        self.dropin = str(self.etc / "containers.conf.d" / "50-volplugd.conf")
+        (self.etc / "containers.conf.d").mkdir(parents=True)
+        for sub in ("store", "run", "tmp"):
+            (root / sub).mkdir()
+        # The administrator's file: engine settings for a sandbox, and no volume plugin.
+        (self.etc / "containers.conf").write_text(
+            "[engine]\n"
+            'cgroup_manager = "cgroupfs"\n'
+            'events_logger = "file"\n'
+            f'events_logfile_path = "{root}/events.log"\n'
+            f'tmp_dir = "{root}/tmp"\n'
+            f'static_dir = "{root}/store/libpod"\n'
+            f'volume_path = "{root}/store/volumes"\n')
+        (root / "storage.conf").write_text(
+            f'[storage]\ndriver = "vfs"\nrunroot = "{root}/run"\ngraphroot = "{root}/store"\n')
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if k != "CONTAINERS_CONF"}
+        env["CONTAINERS_STORAGE_CONF"] = str(self.root / "storage.conf")
+        script = 'mount --bind "$0" /etc/containers && exec podman "$@"'
+        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+                str(self.etc), *args]
+        return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120,
+                              check=False)
+
+
+@pytest.fixture
+def podman(short_tmp: Path) -> PodmanSandbox:
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed (apt-get install podman)")
+    if os.geteuid() != 0:
+        pytest.skip("needs root: rootless podman needs subuid/subgid setup")
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    sandbox = PodmanSandbox(short_tmp / "podman")
+    probe = sandbox.run("--version")
+    if probe.stderr.startswith(("unshare:", "mount:")):
+        pytest.skip(f"cannot bind-mount in a private mount namespace: {probe.stderr.strip()}")
+    assert probe.returncode == 0, probe.stderr
+    return sandbox
+
+
+def plugin_view(sock: str, state: PluginState = PluginState.READY) -> PluginView:
+    return PluginView(name=NAME, address=sock, source=sock, kind=Kind.SOCK, state=state,
+                      registered_at=1.0)
+
+
+def snapshot(*views: PluginView) -> Snapshot:
+    return Snapshot(MappingProxyType({v.name: v for v in views}), MappingProxyType({}),
+                    generation=1)
+
+
+def writer_for(sandbox: PodmanSandbox, timeout: int | None = None) -> DropinWriter:
+    settings = PodmanSettings(enabled=True, dropin=sandbox.dropin,
+                              volume_plugin_timeout=timeout)
+    return DropinWriter(settings, lambda after, wait: EMPTY_SNAPSHOT,
+                        search_paths=lambda: [str(sandbox.etc / "containers.conf")])
+
+
+def test_podman_reaches_a_plugin_listed_only_by_our_dropin(podman: PodmanSandbox,
+                                                          short_tmp: Path) -> None:
+    """create, inspect and rm through Podman reach the plugin with no hand-written entry."""
+    sock = str(short_tmp / "fakevol.sock")
+    with FakePlugin(sock) as plugin:
+        assert writer_for(podman, timeout=2).update(snapshot(plugin_view(sock)))
+        assert "volume_plugins" not in (podman.etc / "containers.conf").read_text()
+
+        created = podman.run("--log-level=debug", "volume", "create", "--driver", NAME, "v1")
+        assert created.returncode == 0, created.stderr
+        assert created.stdout == "v1\n"
+        assert f'Merged system config \\"{INSIDE_DROPIN}\\"' in created.stderr
+        inspected = podman.run("volume", "inspect", "v1")
+        assert inspected.returncode == 0, inspected.stderr
+        volume = json.loads(inspected.stdout)[0]
+        assert (volume["Name"], volume["Driver"], volume["Timeout"]) == ("v1", NAME, 2)
+        removed = podman.run("volume", "rm", "v1")
+        assert (removed.returncode, removed.stdout) == (0, "v1\n"), removed.stderr
+
+        assert plugin.volumes == {}
+        seen = [(r.path, r.body) for r in plugin.requests if r.path != "/Plugin.Activate"]
+        assert seen == [("/VolumeDriver.Get", b'{"Name":"v1"}'),
+                        ("/VolumeDriver.Create", b'{"Name":"v1"}'),
+                        ("/VolumeDriver.Get", b'{"Name":"v1"}'),
+                        ("/VolumeDriver.Get", b'{"Name":"v1"}'),
+                        ("/VolumeDriver.Remove", b'{"Name":"v1"}')]
+
+
+def test_stopped_plugin_before_and_after_the_dropin_update(podman: PodmanSandbox,
+                                                          short_tmp: Path) -> None:
+    """A plugin whose socket is gone: Podman names the missing socket while it is
+    listed, and says "no volume plugin with name" once the drop-in drops it."""
+    sock = str(short_tmp / "fakevol.sock")
+    writer = writer_for(podman)
+    with FakePlugin(sock):
+        writer.update(snapshot(plugin_view(sock)))
+        assert podman.run("volume", "create", "--driver", NAME, "v1").returncode == 0
+
+    before = podman.run("volume", "create", "--driver", NAME, "v2")
+    assert (before.returncode, before.stderr) == (125, (
+        f"Error: volume v2 uses volume plugin {NAME} but it could not be retrieved: "
+        f'cannot access plugin {NAME} socket "{sock}": stat {sock}: '
+        "no such file or directory\n"))
+
+    assert writer.update(snapshot()) is True  # volplugd evicted it
+    after = podman.run("volume", "create", "--driver", NAME, "v2")
+    assert (after.returncode, after.stderr) == (125, (
+        f"Error: volume v2 uses volume plugin {NAME} but it could not be retrieved: "
+        f"no volume plugin with name {NAME} available: required plugin missing\n"))
+    inspect = podman.run("volume", "inspect", "v1")
+    assert (inspect.returncode, inspect.stderr.splitlines()[-1]) == (
+        125, f"Error: volume v1 uses volume plugin {NAME} but it is not available, "
+             "cannot inspect: required plugin missing")
+
+
+def test_unhealthy_plugin_stays_listed_and_podman_names_the_failure(
+        podman: PodmanSandbox, short_tmp: Path) -> None:
+    """ready -> unhealthy leaves the drop-in unchanged; Podman reports the real cause
+    (a stale socket: connection refused) instead of "no volume plugin with name"."""
+    sock = str(short_tmp / "fakevol.sock")
+    writer = writer_for(podman)
+    plugin = FakePlugin(sock)
+    try:
+        writer.update(snapshot(plugin_view(sock)))
+    finally:
+        plugin.stop(unlink=False)  # dies, leaving its socket file behind
+    assert writer.update(snapshot(plugin_view(sock, PluginState.UNHEALTHY))) is False
+    out = podman.run("volume", "create", "--driver", NAME, "v2")
+    assert (out.returncode, out.stderr) == (125, (
+        f"Error: volume v2 uses volume plugin {NAME} but it could not be retrieved: "
+        f"sending request to plugin {NAME} activation endpoint: "
+        f'Post "http://plugin/Plugin.Activate": dial unix {sock}: connect: '
+        "connection refused\n"))
+
+
+def test_hanging_plugin_is_cut_off_by_the_timeout_from_our_dropin(
+        podman: PodmanSandbox, short_tmp: Path) -> None:
+    """volume_plugin_timeout from volplugd's settings reaches Podman: a hung plugin
+    fails after it with "context deadline exceeded"."""
+    sock = str(short_tmp / "fakevol.sock")
+    with FakePlugin(sock) as plugin:
+        plugin.set("/Plugin.Activate", Hang())
+        writer_for(podman, timeout=1).update(snapshot(plugin_view(sock, PluginState.UNHEALTHY)))
+        out = podman.run("volume", "create", "--driver", NAME, "v1")
+    assert (out.returncode, out.stderr) == (125, (
+        f"Error: volume v1 uses volume plugin {NAME} but it could not be retrieved: "
+        f"sending request to plugin {NAME} activation endpoint: "
+        'Post "http://plugin/Plugin.Activate": context deadline exceeded '
+        "(Client.Timeout exceeded while awaiting headers)\n"))
+
+
+@pytest.mark.system
+def test_real_daemon_keeps_podman_in_step(podman: PodmanSandbox, short_tmp: Path,
+                                          daemon: Callable[..., Daemon]) -> None:
+    """The volplugd process discovers a plugin, lists it for Podman, which uses it; the
+    plugin stops, volplugd drops it, and Podman says it is missing."""
+    if importlib.util.find_spec("volplugd.control.server") is None:
+        pytest.skip("volplugd.control.server has not landed yet: the daemon cannot start")
+    plugins = short_tmp / "plugins"
+    config = ("[probe]\ninterval = 1.0\ntimeout = 0.5\n"
+              f'[podman]\nenabled = true\ndropin = "{podman.dropin}"\n'
+              "volume_plugin_timeout = 2\n")
+    proc = daemon(plugin_dirs=[plugins], config=config).start()
+    sock = str(plugins / f"{NAME}.sock")
+    with FakePlugin(sock) as plugin:
+        settled = wait_until(lambda: _ready_or_stub(proc), 15, message=f"{NAME} ready")
+        if settled == "stub":
+            pytest.skip("volplugd.plugin.client is still the skeleton (NotImplementedError)")
+        wait_until(lambda: f'\n{NAME} = "{sock}"' in Path(podman.dropin).read_text(), 15,
+                   message="the drop-in lists the plugin")
+        for args in (("create", "--driver", NAME, "v1"), ("inspect", "v1"), ("rm", "v1")):
+            done = podman.run("volume", *args)
+            assert done.returncode == 0, done.stderr
+        paths = [r.path for r in plugin.requests]
+        assert "/VolumeDriver.Create" in paths
+        assert "/VolumeDriver.Remove" in paths
+    proc.wait_state(NAME, None)
+    wait_until(lambda: f"\n{NAME} = " not in Path(podman.dropin).read_text(), 15,
+               message="the drop-in no longer lists the plugin")
+    gone = podman.run("volume", "create", "--driver", NAME, "v2")
+    assert gone.stderr.endswith(
+        f"no volume plugin with name {NAME} available: required plugin missing\n")
+    assert proc.stop() == 0
+    assert Path(podman.dropin).exists()  # remove_on_stop is off by default
+
+
+def _ready_or_stub(proc: Daemon) -> str | None:
+    """"ready", or "stub" while the plugin client only raises NotImplementedError."""
+    plugin = proc.plugins().get(NAME)
+    if plugin is None:
+        return None
+    if plugin["state"] == "ready":
+        return "ready"
+    return "stub" if (plugin["last_error"] or "").startswith("NotImplementedError") else None
