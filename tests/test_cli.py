@@ -3,15 +3,20 @@ precedence, and the exact one-line errors with exit status 2."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.waiting import wait_until
 from volplugd import __version__
 from volplugd.cli import build_parser, flag_overrides, resolve_config_path
 from volplugd.config import (
@@ -167,6 +172,53 @@ def test_usage_errors_exit_2(args: list[str], last_line: str) -> None:
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr.startswith("usage: volplugd")
     assert done.stderr.splitlines()[-1] == last_line
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A short folder under /tmp: unix socket paths must stay under 108 bytes."""
+    path = Path(tempfile.mkdtemp(dir="/tmp", prefix="vp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def logged(path: Path) -> list[dict[str, object]]:
+    """The daemon's stderr so far, every complete line parsed as JSON."""
+    text = path.read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
+
+
+@pytest.mark.system
+def test_the_daemon_logs_json_and_sighup_rereads_the_file_under_the_same_flags(
+    short_dir: Path,
+) -> None:
+    """Running: JSON lines on a non-TTY stderr at the file's level; SIGHUP re-reads the
+    file (a new level shows) with the flags re-applied (--log-format json beats the
+    file's "console"); SIGTERM exits 0."""
+    (short_dir / "plugins").mkdir()
+    conf = short_dir / "volplugd.toml"
+    conf.write_text('[log]\nlevel = "warning"\nformat = "console"\n', encoding="utf-8")
+    stderr_path = short_dir / "stderr"
+    argv = [volplugd_script(), "--config", str(conf), "--log-format", "json", "--no-metrics",
+            "--plugin-dir", str(short_dir / "plugins"),
+            "--control-socket", str(short_dir / "c.sock")]
+    with stderr_path.open("w", encoding="utf-8") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        wait_until((short_dir / "c.sock").exists, timeout=30, message="the control socket")
+        assert [e for e in logged(stderr_path) if e["level"] == "info"] == []
+        conf.write_text('[log]\nlevel = "info"\nformat = "console"\n', encoding="utf-8")
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: any(e["level"] == "info" for e in logged(stderr_path)),
+                   timeout=30, message="an info line after SIGHUP")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert stderr_path.read_text(encoding="utf-8").endswith("\n")
+    assert logged(stderr_path)  # every line of it is JSON
 
 
 # ---------------------------------------------------------------- in-process helpers
