@@ -290,3 +290,16 @@ def test_script_mode_serves_until_sigterm(sock_path: str) -> None:
             proc.stdout.close()
     assert (proc.returncode, out) == (0, "fakeplugin stopped by SIGTERM\n")
     assert not os.path.exists(sock_path)
+
+
+def test_stopping_a_replaced_plugin_leaves_the_new_socket(sock_path: str) -> None:
+    """A plugin replaced at the same path does not unlink its successor's socket on stop()."""
+    old = FakePlugin(sock_path)
+    try:
+        with FakePlugin(sock_path, implements=("NetworkDriver",)) as new:
+            old.stop()
+            assert post(new.socket_path, "/Plugin.Activate")[::2] == (
+                200, b'{"Implements": ["NetworkDriver"]}')
+    finally:
+        old.stop()
+    assert not os.path.exists(sock_path)

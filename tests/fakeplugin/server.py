@@ -60,6 +60,7 @@ class FakePlugin:
         self._requests: list[Recorded] = []
         self._changed = threading.Condition()
         self._server = _Server(socket_path, self)
+        self._identity = _identity(socket_path)  # stop() unlinks only this very file
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
                                         name=f"fakeplugin {os.path.basename(socket_path)}")
         self._thread.start()
@@ -113,8 +114,8 @@ class FakePlugin:
         self._server.drop_connections()  # wake handlers blocked reading a keep-alive socket
         self._server.server_close()  # closes the listener and joins the connection threads
         self._thread.join()
-        if unlink:
-            _remove_socket_file(self.socket_path)
+        if unlink and _identity(self.socket_path) == self._identity:
+            os.unlink(self.socket_path)  # not a newer plugin's socket bound at the same path
 
     def start(self) -> FakePlugin:
         """Already listening since construction; kept so ``FakePlugin(p).start()`` reads well."""
@@ -228,6 +229,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: tests read ``requests`` instead of a log."""
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _remove_socket_file(path: str) -> None:
