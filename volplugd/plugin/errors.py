@@ -35,7 +35,8 @@ class PluginError(Exception):
 
 
 class NotAPlugin(PluginError):
-    """Activate did not answer 200 with a manifest: "target does not appear to be a valid plugin"."""
+    """Activate did not answer 200 with a manifest ("target does not appear to be a valid
+    plugin"), or the socket path is not a socket."""
 
     outcome = "bad_response"
 

@@ -1,0 +1,397 @@
+"""HTTP transport to one plugin: a keep-alive ``requests`` Session whose sockets obey a
+total deadline per call, plus a body reader with a size cap. Internal to the client.
+
+``requests``' ``timeout=`` bounds each socket wait, not the call (requests #4276): a
+plugin that drips one byte a second never times out. So every socket this transport
+opens is a *deadline socket*: before each wait (connect, send, receive — headers and
+body alike) it sets its own timeout to the time left until the calling thread's
+deadline, and fails with ``TimeoutError`` once none is left. The deadline travels in a
+thread-local set around the call; a connection serves one call at a time, on the
+calling thread, so the thread-local is always the right one.
+
+Unix sockets go through ``requests-unixsocket``'s adapter, pool and connection classes;
+TCP and TLS through ``requests``' own ``HTTPAdapter``; both with deadline sockets.
+
+Runs on: the threads that call PluginClient methods.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import quote
+
+import requests
+import requests_unixsocket
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import HTTPError as Urllib3Error
+
+from volplugd.plugin.address import PluginAddress, TLSConfig
+
+__all__ = ["BodyTooLarge", "Failure", "Transport", "classify", "deadline", "read_body", "strerror"]
+
+CHUNK = 64 * 1024
+_local = threading.local()
+
+
+class BodyTooLarge(Exception):
+    """The answer's body is larger than the cap; ``declared`` when Content-Length said so."""
+
+    def __init__(self, limit: int, declared: int | None = None) -> None:
+        super().__init__(limit, declared)
+        self.limit = limit
+        self.declared = declared
+
+
+@contextmanager
+def deadline(at: float) -> Iterator[None]:
+    """Every socket wait on this thread ends by ``at`` (``time.monotonic()``)."""
+    _local.deadline = at
+    try:
+        yield
+    finally:
+        _local.deadline = None
+
+
+def deadline_passed() -> bool:
+    """Whether this thread's deadline (if any) is over."""
+    at = getattr(_local, "deadline", None)
+    return at is not None and time.monotonic() >= at
+
+
+def _arm(sock: socket.socket) -> None:
+    """Set ``sock``'s timeout to the time left, or fail if there is none."""
+    at = getattr(_local, "deadline", None)
+    if at is None:
+        return
+    left = at - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("deadline passed")
+    sock.settimeout(left)
+
+
+class DeadlineSocket(socket.socket):
+    """A socket whose every wait is bounded by the calling thread's deadline."""
+
+    __slots__ = ()
+
+    def connect(self, address: Any) -> None:
+        _arm(self)
+        super().connect(address)
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        _arm(self)
+        return super().recv(bufsize, flags)
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        _arm(self)
+        return super().recv_into(buffer, nbytes, flags)
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        _arm(self)
+        return super().send(data, flags)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        _arm(self)  # sendall's timeout covers the whole send since Python 3.5
+        super().sendall(data, flags)
+
+
+class DeadlineSSLSocket(ssl.SSLSocket):
+    """The TLS twin of DeadlineSocket (``sendall`` goes through ``send``)."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        _arm(self)
+        super().do_handshake(block)
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        _arm(self)
+        return super().recv(buflen, flags)
+
+    def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
+        _arm(self)
+        return super().recv_into(buffer, nbytes, flags)
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        _arm(self)
+        return super().send(data, flags)
+
+
+def _adopt(sock: socket.socket) -> DeadlineSocket:
+    """The same connected socket as a DeadlineSocket (urllib3 creates plain ones)."""
+    timeout = sock.gettimeout()
+    adopted = DeadlineSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+    adopted.settimeout(timeout)
+    return adopted
+
+
+# -- unix sockets: requests-unixsocket, with deadline sockets and one pool per socket ----
+
+class _UnixConnection(requests_unixsocket.adapters.UnixHTTPConnection):  # type: ignore[misc]
+    """requests-unixsocket's connection, connecting a DeadlineSocket (closed on failure)."""
+
+    def __init__(self, socket_path: str, timeout: float | None) -> None:
+        super().__init__("http+unix://" + quote(socket_path, safe=""), timeout)
+        self.socket_path = socket_path
+
+    def connect(self) -> None:
+        sock = DeadlineSocket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.socket_path)
+        except BaseException:
+            sock.close()  # requests-unixsocket leaks it here
+            raise
+        self.sock = sock
+
+
+class _UnixPool(requests_unixsocket.adapters.UnixHTTPConnectionPool):  # type: ignore[misc]
+    """A pool of keep-alive connections to one socket path, ``maxsize`` kept idle."""
+
+    def __init__(self, socket_path: str, maxsize: int) -> None:
+        # Skip UnixHTTPConnectionPool.__init__: it fixes maxsize at 1 and replaces the
+        # pool's Timeout object with a number.
+        HTTPConnectionPool.__init__(self, "localhost", maxsize=maxsize)
+        self.socket_path = socket_path
+
+    def _new_conn(self) -> _UnixConnection:
+        return _UnixConnection(self.socket_path, None)  # urlopen sets the timeout per call
+
+
+class _UnixAdapter(requests_unixsocket.UnixAdapter):  # type: ignore[misc]
+    """Pools keyed by socket path: requests-unixsocket keys them by the whole URL, so
+    every endpoint got its own pool and its own connection."""
+
+    def __init__(self, socket_path: str, maxsize: int) -> None:
+        super().__init__(pool_connections=1)
+        self._pool = _UnixPool(socket_path, maxsize)
+
+    def get_connection(self, url: str, proxies: Mapping[str, str] | None = None) -> _UnixPool:
+        return self._pool
+
+    def close(self) -> None:
+        self._pool.close()
+        super().close()
+
+
+# -- TCP and TLS: requests' HTTPAdapter, with deadline sockets ------------------------
+
+class _HTTPConnection(HTTPConnection):
+    def _new_conn(self) -> socket.socket:
+        return _adopt(super()._new_conn())
+
+
+class _HTTPSConnection(HTTPSConnection):
+    def _new_conn(self) -> socket.socket:
+        return _adopt(super()._new_conn())
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+    def _validate_conn(self, conn: Any) -> None:
+        # urllib3 warns (InsecureRequestWarning) on every unverified request. A plugin's
+        # TLSConfig without a CA file *means* "do not verify" (Docker's rule): an
+        # operator's choice, not an accident worth a warning per call.
+        if conn.is_closed:
+            conn.connect()
+
+
+class _TCPAdapter(HTTPAdapter):
+    """requests' adapter with deadline sockets and this plugin's TLS context."""
+
+    def __init__(self, ssl_context: ssl.SSLContext | None, maxsize: int) -> None:
+        self._ssl_context = ssl_context
+        super().__init__(pool_connections=1, pool_maxsize=maxsize)
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False,
+                         **pool_kwargs: Any) -> None:
+        if self._ssl_context is not None:
+            pool_kwargs["ssl_context"] = self._ssl_context
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+def tls_context(tls: TLSConfig | None) -> tuple[ssl.SSLContext, bool]:
+    """(context, verify) for an https plugin. Raises OSError/ssl.SSLError on bad files.
+
+    No TLSConfig: verify against the system's CAs. A TLSConfig without a CA file, or
+    with InsecureSkipVerify: no verification (Docker's rule).
+    """
+    if tls is not None and (tls.insecure_skip_verify or not tls.ca_file):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        verify = False
+    else:
+        context = ssl.create_default_context(cafile=tls.ca_file if tls else None)
+        verify = True
+    if tls is not None and tls.cert_file:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    context.sslsocket_class = DeadlineSSLSocket
+    return context, verify
+
+
+class Transport:
+    """One keep-alive Session to one plugin; ``post`` then ``read_body`` in ``deadline``.
+
+    Requests are prepared once per endpoint and copied, and go straight to the
+    Session's adapter: none of Session.send's per-request features (cookies, redirects,
+    hooks, environment) apply to a plugin, and skipping them halves the CPU per call.
+    """
+
+    def __init__(self, address: PluginAddress, headers: Mapping[str, str], *,
+                 pool_size: int = 4) -> None:
+        self.session = requests.Session()
+        self.session.trust_env = False  # no proxies or .netrc from the environment
+        self.session.headers.clear()
+        self.verify = True
+        self._headers = dict(headers)
+        self._prepared: dict[str, requests.PreparedRequest] = {}
+        adapter: HTTPAdapter
+        if address.is_unix:
+            self.base_url = "http+unix://" + quote(address.target, safe="")
+            adapter = _UnixAdapter(address.target, pool_size)
+        else:
+            scheme = "https" if address.scheme == "https" else "http"  # tcp:// is plain
+            context = None
+            if scheme == "https":
+                context, self.verify = tls_context(address.tls)
+            self.base_url = f"{scheme}://{address.target}"
+            adapter = _TCPAdapter(context, pool_size)
+        self.session.mount(self.base_url.split("//")[0] + "//", adapter)
+        self._adapter = adapter
+
+    def post(self, endpoint: str, body: bytes, timeout: float) -> requests.Response:
+        """Send; return once the status line and headers are in (the body unread)."""
+        request = self._template(endpoint).copy()
+        request.headers["Content-Length"] = str(len(body))
+        request.body = body or None
+        return self._adapter.send(request, stream=True, timeout=timeout, verify=self.verify,
+                                  proxies={})
+
+    def _template(self, endpoint: str) -> requests.PreparedRequest:
+        template = self._prepared.get(endpoint)
+        if template is None:  # a race here only prepares the same request twice
+            template = requests.PreparedRequest()
+            template.prepare(method="POST", url=self.base_url + endpoint, headers=self._headers)
+            self._prepared[endpoint] = template
+        return template
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def read_body(response: requests.Response, limit: int) -> bytes:
+    """The whole body, or BodyTooLarge without holding more than ``limit`` + 1 bytes.
+
+    On success the connection goes back to the pool; on any failure it is closed, as a
+    half-read connection cannot carry another request.
+    """
+    raw = response.raw
+    try:
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise BodyTooLarge(limit, int(declared))
+        body = bytearray()
+        while chunk := raw.read(min(CHUNK, limit + 1 - len(body)), decode_content=False):
+            body += chunk
+            if len(body) > limit:
+                raise BodyTooLarge(limit)
+    except BaseException:
+        raw.close()
+        raw.release_conn()
+        raise
+    raw.release_conn()
+    return bytes(body)
+
+
+def discard(response: requests.Response) -> None:
+    """Close a response whose body will not be read."""
+    response.raw.close()
+    response.raw.release_conn()
+
+
+# -- what went wrong ----------------------------------------------------------------
+
+class Failure:
+    """Kinds returned by ``classify``."""
+
+    TIMEOUT = "timeout"
+    GONE = "gone"  # the socket file vanished between the check and the connect
+    REFUSED = "refused"
+    BROKEN = "broken"  # the connection ended before a complete answer
+    PROTOCOL = "protocol"  # what came back is not HTTP
+    OS = "os"  # any other socket error
+    OTHER = "other"
+
+
+# Most telling first: a timeout explains the errors it causes; RemoteDisconnected is
+# also an HTTPException, but it means a broken connection, not a bad answer.
+_KINDS: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], str], ...] = (
+    (TimeoutError, Failure.TIMEOUT),  # socket.timeout too (an alias since 3.10)
+    (FileNotFoundError, Failure.GONE),
+    (ConnectionRefusedError, Failure.REFUSED),
+    ((http.client.IncompleteRead, http.client.RemoteDisconnected, ConnectionResetError,
+      BrokenPipeError), Failure.BROKEN),
+    (http.client.HTTPException, Failure.PROTOCOL),
+)
+
+
+def classify(error: BaseException) -> tuple[str, str]:
+    """(kind, detail) for an exception raised by ``post`` or ``read_body``.
+
+    requests and urllib3 wrap the socket error that matters several layers deep (in
+    ``__cause__``, ``__context__``, ``args`` or ``reason``): look through all of them.
+    """
+    causes = list(_causes(error))
+    for types, kind in _KINDS:
+        for cause in causes:
+            if isinstance(cause, types):
+                return kind, _detail(kind, cause)
+    for cause in causes:
+        if isinstance(cause, OSError) and cause.strerror:
+            return Failure.OS, strerror(cause)
+    return Failure.OTHER, str(error) or type(error).__name__
+
+
+def _detail(kind: str, cause: BaseException) -> str:
+    if kind == Failure.TIMEOUT:
+        return "timed out"
+    if kind == Failure.BROKEN:
+        return "EOF: the plugin closed the connection before a complete answer"
+    if kind == Failure.PROTOCOL:
+        return f"not an HTTP answer ({type(cause).__name__}: {cause})"
+    return strerror(cause) if isinstance(cause, OSError) else str(cause)
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    todo: list[BaseException] = [error]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        linked: list[Any] = [current.__cause__, current.__context__, *current.args]
+        if isinstance(current, Urllib3Error):
+            linked.append(getattr(current, "reason", None))
+        todo.extend(item for item in linked if isinstance(item, BaseException))
+
+
+def strerror(error: OSError) -> str:
+    """The OS error's text the way Go words it: lower case ("connection refused")."""
+    text = error.strerror or str(error)
+    return text[:1].lower() + text[1:]
