@@ -1,0 +1,250 @@
+"""The supervisor loop in-process: real scans, real watchdog, real fake plugins."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fakeplugin import FakePlugin
+from tests.fakeplugin import behaviours as b
+from tests.waiting import wait_until
+from volplugd.config import DiscoverySettings, PluginSettings, ProbeSettings, Settings
+from volplugd.model import PluginNotReady, PluginState, PluginView, UnknownPlugin
+from volplugd.plugin.errors import PluginTimeout
+from volplugd.registry import Registry
+from volplugd.supervisor import Supervisor
+
+FAST = ProbeSettings(interval=0.2, timeout=0.3, failure_threshold=2, success_threshold=1)
+TIMEOUTS = {"activate": 0.5, "default": 0.5}
+
+
+class MissesEverything:
+    """A watcher that delivers no events: what an inotify overflow leaves behind."""
+
+    up = True
+
+    def __init__(self, dirs: object, put: object) -> None:
+        pass
+
+    def start(self) -> None:
+        pass
+
+    def refresh(self) -> bool:
+        return False
+
+    def set_dirs(self, dirs: object) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+
+@pytest.fixture
+def plugins_dir(short_tmp: Path) -> Path:
+    path = short_tmp / "plugins"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def start(plugins_dir: Path) -> Iterator[Callable[..., Supervisor]]:
+    """Start a Supervisor on its own thread watching ``plugins_dir``; stopped after."""
+    running: list[Supervisor] = []
+
+    def make(probe: ProbeSettings = FAST, rescan: float = 30.0, watch: bool = True
+             ) -> Supervisor:
+        settings = Settings(discovery=DiscoverySettings(dirs=(str(plugins_dir),),
+                                                        rescan_interval=rescan),
+                            probe=probe, plugin=PluginSettings(timeouts=TIMEOUTS))
+        extra = {} if watch else {"watcher_factory": MissesEverything}
+        sup = Supervisor(settings, Registry(), workers=4, op_workers=2, **extra)  # type: ignore[arg-type]
+        sup.start()
+        running.append(sup)
+        return sup
+
+    yield make
+    for sup in running:
+        sup.stop()
+        sup.join(5)
+
+
+@pytest.fixture
+def fakes(plugins_dir: Path) -> Iterator[Callable[..., FakePlugin]]:
+    """Fake plugins at ``plugins_dir/<name>.sock``, stopped after the test."""
+    made: list[FakePlugin] = []
+
+    def make(name: str, **kw: object) -> FakePlugin:
+        fp = FakePlugin(str(plugins_dir / f"{name}.sock"), **kw).start()  # type: ignore[arg-type]
+        made.append(fp)
+        return fp
+
+    yield make
+    for fp in made:
+        fp.stop()
+
+
+def state_of(sup: Supervisor, name: str) -> PluginState | None:
+    view = sup.snapshot().plugins.get(name)
+    return None if view is None else view.state
+
+
+def wait_state(sup: Supervisor, name: str, state: PluginState | None,
+               timeout: float = 10.0) -> PluginView | None:
+    wait_until(lambda: state_of(sup, name) is state, timeout, message=f"{name} -> {state}")
+    return sup.snapshot().plugins.get(name)
+
+
+def event_kinds(sup: Supervisor, name: str) -> list[tuple[str, str | None]]:
+    return [(e.type.value, e.to_state.value if e.to_state else None)
+            for e in sup.events(0) if e.plugin == name]
+
+
+def test_plugins_present_at_start_are_tried_before_started(
+        start: Callable[..., Supervisor], fakes: Callable[..., FakePlugin]) -> None:
+    """wait_started() returns once every plugin present at start has been activated."""
+    for i in range(5):
+        fakes(f"p{i}")
+    sup = start()
+    assert sup.wait_started(10)
+    assert dict(sup.snapshot().counts)["ready"] == 5
+
+
+def test_socket_appears_ready_then_disappears_evicted(
+        start: Callable[..., Supervisor], fakes: Callable[..., FakePlugin]) -> None:
+    """A new socket is discovered and activated; its removal evicts it."""
+    sup = start()
+    assert sup.wait_started(10)
+    fp = fakes("alpha")
+    view = wait_state(sup, "alpha", PluginState.READY)
+    assert view is not None
+    assert (view.implements, view.scope, view.kind.value) == (("VolumeDriver",), "local", "sock")
+    fp.stop()
+    wait_state(sup, "alpha", None)
+    assert event_kinds(sup, "alpha") == [
+        ("discovered", "activating"), ("state_changed", "ready"), ("evicted", None)]
+
+
+def test_replaced_socket_is_evicted_and_activated_again(
+        start: Callable[..., Supervisor], fakes: Callable[..., FakePlugin],
+        plugins_dir: Path) -> None:
+    """A new socket at the same path (new inode) is a new plugin registration."""
+    sup = start()
+    first = fakes("swap")
+    wait_state(sup, "swap", PluginState.READY)
+    first.stop(unlink=False)
+    os.unlink(plugins_dir / "swap.sock")
+    fakes("swap", implements=("NetworkDriver",))
+    wait_state(sup, "swap", PluginState.REJECTED)
+    kinds = [k for k, _ in event_kinds(sup, "swap")]
+    assert kinds[:3] == ["discovered", "state_changed", "evicted"]
+    assert kinds[-2:] == ["discovered", "state_changed"]
+
+
+def test_not_a_volume_driver_is_rejected_with_the_seed_message(
+        start: Callable[..., Supervisor], fakes: Callable[..., FakePlugin]) -> None:
+    """Implements without VolumeDriver → rejected, with what it provides."""
+    sup = start()
+    fakes("net", implements=("NetworkDriver",))
+    view = wait_state(sup, "net", PluginState.REJECTED)
+    assert view is not None
+    assert view.implements == ("NetworkDriver",)
+    assert view.last_error == ("plugin net does not implement volume plugin, instead provides "
+                               "NetworkDriver: plugin is not a volume plugin")
+
+
+def test_hung_plugin_turns_unhealthy_and_recovers(
+        start: Callable[..., Supervisor], fakes: Callable[..., FakePlugin]) -> None:
+    """failure_threshold timed-out probes → unhealthy; answering again → ready."""
+    sup = start()
+    fp = fakes("slowpoke")
+    wait_state(sup, "slowpoke", PluginState.READY)
+    fp.set("/Plugin.Activate", b.Hang())
+    view = wait_state(sup, "slowpoke", PluginState.UNHEALTHY)
+    assert view is not None
+    assert view.consecutive_failures >= 2
+    assert "timed out" in (view.last_error or "")
+    fp.reset("/Plugin.Activate")
+    view = wait_state(sup, "slowpoke", PluginState.READY)
+    assert view is not None
+    assert view.last_error is None
+
+
+def test_stale_socket_keeps_activating_with_refused_error(
+        start: Callable[..., Supervisor], fakes: Callable[..., FakePlugin]) -> None:
+    """A socket file nobody listens on stays activating; last_error says refused."""
+    fp = fakes("stale")
+    fp.stop(unlink=False)
+    sup = start()
+    assert sup.wait_started(10)
+    view = wait_until(lambda: sup.snapshot().plugins.get("stale"), message="stale listed")
+    assert view.state is PluginState.ACTIVATING
+    assert "refused" in (view.last_error or "")
+    wait_until(lambda: sup.snapshot().plugins["stale"].consecutive_failures >= 2,
+               message="a retry with backoff")
+
+
+def test_fail_fast_for_plugins_that_are_not_ready(
+        start: Callable[..., Supervisor], fakes: Callable[..., FakePlugin]) -> None:
+    """call() raises PluginNotReady without sending anything; unknown names raise."""
+    fp = fakes("stale")
+    fp.stop(unlink=False)
+    sup = start()
+    assert sup.wait_started(10)
+    with pytest.raises(PluginNotReady, match=r"^plugin stale is activating: .*refused"):
+        sup.call("stale", lambda client: client.list())
+    with pytest.raises(UnknownPlugin, match="no plugin named 'ghost'"):
+        sup.call("ghost", lambda client: client.list())
+
+
+def test_operation_timeouts_count_towards_health(
+        start: Callable[..., Supervisor], fakes: Callable[..., FakePlugin]) -> None:
+    """Timed-out volume calls make a plugin unhealthy before any probe fails."""
+    sup = start(probe=ProbeSettings(interval=60.0, timeout=0.3, failure_threshold=2))
+    fp = fakes("vols")
+    wait_state(sup, "vols", PluginState.READY)
+    fp.set("/VolumeDriver.List", b.Hang())
+    for _ in range(2):
+        with pytest.raises(PluginTimeout):
+            sup.call("vols", lambda client: client.list(timeout=0.2))
+    wait_state(sup, "vols", PluginState.UNHEALTHY)
+    with pytest.raises(PluginNotReady):
+        sup.call("vols", lambda client: client.list())
+
+
+def test_probe_now_answers_with_the_view_after_the_probe(
+        start: Callable[..., Supervisor], fakes: Callable[..., FakePlugin]) -> None:
+    """probe() runs a probe at once and returns the updated view."""
+    sup = start(probe=ProbeSettings(interval=60.0, timeout=0.3))
+    fp = fakes("p")
+    first = wait_state(sup, "p", PluginState.READY)
+    assert first is not None
+    before = len(fp.requests)
+    view = sup.probe("p", timeout=5)
+    assert len(fp.requests) > before
+    assert view.last_probe_at is not None
+    assert first.last_probe_at is not None
+    assert view.last_probe_at >= first.last_probe_at
+    with pytest.raises(UnknownPlugin):
+        sup.probe("ghost", timeout=5)
+
+
+def test_manual_rescan_reports_added_and_removed(
+        start: Callable[..., Supervisor], plugins_dir: Path,
+        fakes: Callable[..., FakePlugin]) -> None:
+    """With events missed, rescan() finds what changed and reports it."""
+    gone = fakes("gone")
+    sup = start(watch=False)
+    assert sup.wait_started(10)
+    assert sup.rescan(5).to_json() == {"added": [], "removed": [], "changed": []}
+    gone.stop()
+    fakes("late")
+    assert sup.rescan(5).to_json() == {"added": ["late"], "removed": ["gone"], "changed": []}
+    wait_state(sup, "late", PluginState.READY)
+    assert [e.reason for e in sup.events(0) if e.type.value == "rescan"] == [
+        "startup", "manual", "manual"]

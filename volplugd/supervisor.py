@@ -1,0 +1,617 @@
+"""The supervisor: THE loop that owns plugin state, and the Commands the API uses.
+
+The loop drains its queue (filesystem hints, scan requests, I/O results, commands),
+reconciles the scanned desired state against what it tracks (``policy.plan``),
+submits activations and probes to a bounded pool of daemon threads (at most one
+operation per plugin registration in flight), applies the results through the pure
+transitions of ``policy`` and publishes an immutable snapshot.
+
+Runs on: ``run()`` on one thread (the daemon's main thread); ``put`` and the
+Commands methods from any thread; jobs on the worker pools.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Protocol, TypeVar
+
+from volplugd import policy
+from volplugd.config import ProbeSettings, Settings
+from volplugd.discovery import ScanResult, Watcher, scan
+from volplugd.log import get_logger
+from volplugd.model import (
+    Commands,
+    DesiredPlugin,
+    Event,
+    EventType,
+    FsHint,
+    NullObserver,
+    Observer,
+    OperationFailed,
+    PluginNotReady,
+    PluginState,
+    PluginView,
+    ProbeNow,
+    Rescan,
+    RescanResult,
+    Snapshot,
+    Stop,
+    UnknownPlugin,
+)
+from volplugd.plugin.client import PluginClient
+from volplugd.plugin.errors import (
+    NotAVolumePlugin,
+    PluginError,
+    PluginRemoved,
+    PluginTimeout,
+    PluginUnreachable,
+)
+from volplugd.registry import Registry
+
+T = TypeVar("T")
+log = get_logger(__name__)
+
+LAZY_PUBLISH = 0.5  # seconds a timestamp-only change may wait before it is published
+STATUS_EVERY = 1.0  # at most one status callback a second
+MAX_BATCH = 1000    # messages handled per loop iteration before publishing
+
+
+class WatcherLike(Protocol):
+    def start(self) -> None: ...
+    def refresh(self) -> bool: ...
+    def set_dirs(self, dirs: Sequence[str]) -> None: ...
+    @property
+    def up(self) -> bool: ...
+    def stop(self) -> None: ...
+    def join(self, timeout: float | None = None) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Reload:
+    """Re-read the configuration (SIGHUP)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """An activation or probe job finished (a fact from a worker thread)."""
+
+    kind: str  # "activate" | "probe"
+    name: str
+    token: int
+    result: Any  # (implements, scope) | True | an exception
+    seconds: float
+
+
+class WorkerPool:
+    """A fixed set of daemon threads: a call hung in a plugin never holds up exit."""
+
+    def __init__(self, size: int, name: str):
+        self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = \
+            queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+                         for i in range(size)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        future: Future[T] = Future()
+        self._jobs.put((future, fn))
+        return future
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn = job
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as err:  # noqa: BLE001 - the caller gets every failure
+                    future.set_exception(err)
+
+    def stop(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+
+    def join(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+
+@dataclass
+class _Schedule:
+    """When each registration next needs work; a heap with lazy deletion."""
+
+    heap: list[tuple[float, int, str]] = field(default_factory=list)
+    due: dict[int, float] = field(default_factory=dict)
+
+    def at(self, when: float, token: int, name: str) -> None:
+        self.due[token] = when
+        heapq.heappush(self.heap, (when, token, name))
+
+    def forget(self, token: int) -> None:
+        self.due.pop(token, None)
+
+    def pop_due(self, now: float) -> list[tuple[float, int, str]]:
+        out = []
+        while self.heap and self.heap[0][0] <= now:
+            when, token, name = heapq.heappop(self.heap)
+            if self.due.get(token) == when:
+                del self.due[token]
+                out.append((when, token, name))
+        return out
+
+    def next_time(self) -> float | None:
+        while self.heap and self.due.get(self.heap[0][1]) != self.heap[0][0]:
+            heapq.heappop(self.heap)
+        return self.heap[0][0] if self.heap else None
+
+
+class Supervisor(Commands):
+    """Owns every plugin's state; everything else talks to it through messages."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        *,
+        observer: Observer | None = None,
+        scanner: Callable[[Sequence[str]], ScanResult] = scan,
+        watcher_factory: Callable[[Sequence[str], Callable[[object], None]], WatcherLike]
+        = Watcher,
+        reload: Callable[[], Settings | None] | None = None,
+        heartbeat: tuple[float, Callable[[], None]] | None = None,
+        on_status: Callable[[Mapping[str, int]], None] | None = None,
+        on_started: Callable[[], None] | None = None,
+        workers: int = 16,
+        op_workers: int = 16,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ):
+        self._settings = settings
+        self._registry = registry
+        self._observer = observer or NullObserver()
+        self._scan = scanner
+        self._reload = reload
+        self._heartbeat = heartbeat
+        self._on_status = on_status
+        self._on_started = on_started
+        self._clock = clock
+        self._wall = wall
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._watcher = watcher_factory(settings.discovery.dirs, self.put)
+        self._pool = WorkerPool(workers, "volplugd-probe")
+        self._ops = WorkerPool(op_workers, "volplugd-op")
+        self._tracked: dict[str, policy.Tracked] = {}
+        self._names: list[str] = []  # sorted names, maintained on membership change
+        self._clients: dict[str, tuple[PluginClient, int]] = {}
+        self._schedule = _Schedule()
+        self._inflight: set[int] = set()
+        self._dispatched_due: dict[int, float] = {}
+        self._waiters: dict[str, list[Future[PluginView]]] = {}
+        self._tokens = itertools.count(1)
+        self._ignored_logged: set[tuple[str, str]] = set()
+        self._startup_pending: set[int] = set()
+        self._started = threading.Event()
+        self._stopped = threading.Event()
+        self._urgent = False
+        self._lazy_since: float | None = None
+        self._next_rescan = 0.0
+        self._next_beat = 0.0
+        self._next_status = 0.0
+        self._last_counts: Mapping[str, int] | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- the Commands interface (any thread) -------------------------------------
+
+    def put(self, message: object) -> None:
+        self._queue.put(message)
+
+    def snapshot(self) -> Snapshot:
+        return self._registry.snapshot()
+
+    def events(self, since: int, wait: float = 0.0) -> tuple[Event, ...]:
+        return self._registry.events(since, wait)
+
+    def rescan(self, timeout: float) -> RescanResult:
+        reply: Future[RescanResult] = Future()
+        self.put(Rescan("manual", reply))
+        return reply.result(timeout)
+
+    def probe(self, name: str, timeout: float) -> PluginView:
+        if name not in self.snapshot().plugins:
+            raise UnknownPlugin(name)
+        reply: Future[PluginView] = Future()
+        self.put(ProbeNow(name, reply))
+        return reply.result(timeout)
+
+    def call(self, name: str, op: Callable[[PluginClient], T]) -> T:
+        view = self.snapshot().plugins.get(name)
+        if view is None:
+            raise UnknownPlugin(name)
+        entry = self._clients.get(name)
+        if view.state is not PluginState.READY or entry is None:
+            raise PluginNotReady(view)
+        client, token = entry
+        try:
+            return self._ops.submit(partial(op, client)).result()
+        except (PluginTimeout, PluginUnreachable, PluginRemoved) as err:
+            self.put(OperationFailed(name, str(err), err.outcome, token))
+            raise
+
+    def wait_started(self, timeout: float) -> bool:
+        """True once the first scan is reconciled and each plugin found then was tried."""
+        return self._started.wait(timeout)
+
+    # --- life cycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run the loop on its own thread (tests, embedding); the daemon calls run()."""
+        self._thread = threading.Thread(target=self.run, name="volplugd-supervisor")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.put(Stop())
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._stopped.wait(timeout)
+
+    def run(self) -> None:
+        """The loop. Returns after a Stop message, with workers told to stop."""
+        try:
+            self._watcher.start()
+            self._full_scan("startup", self._clock())
+            while self._iterate():
+                pass
+        finally:
+            self._shutdown()
+
+    def _iterate(self) -> bool:
+        batch = [self._next_message()]
+        while len(batch) < MAX_BATCH:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        now = self._clock()
+        if any(isinstance(m, Stop) for m in batch):
+            return False
+        hinted = False
+        for message in batch:
+            hinted |= isinstance(message, FsHint)
+            self._handle(message, now)
+        if hinted:
+            self._apply_scan(self._scan_dirs(), now)
+        self._tick(now)
+        return True
+
+    def _next_message(self) -> object:
+        wake = [self._next_rescan]
+        if self._heartbeat is not None:
+            wake.append(self._next_beat)
+        if self._lazy_since is not None:
+            wake.append(self._lazy_since + LAZY_PUBLISH)
+        if self._on_status is not None and self.snapshot().counts != self._last_counts:
+            wake.append(self._next_status)
+        nxt = self._schedule.next_time()
+        if nxt is not None:
+            wake.append(nxt)
+        try:
+            return self._queue.get(timeout=max(0.0, min(wake) - self._clock()))
+        except queue.Empty:
+            return None
+
+    def _handle(self, message: object, now: float) -> None:
+        match message:
+            case Done():
+                self._apply_done(message, now)
+            case Rescan(trigger=trigger, reply=reply):
+                result = self._full_scan(trigger, now)
+                if reply is not None and not reply.done():
+                    reply.set_result(result)
+            case ProbeNow():
+                self._probe_now(message, now)
+            case OperationFailed():
+                self._apply_operation_failed(message, now)
+            case Reload():
+                self._apply_reload(now)
+
+    def _tick(self, now: float) -> None:
+        for when, token, name in self._schedule.pop_due(now):
+            self._dispatch(name, token, when)
+        if now >= self._next_rescan:
+            self._full_scan("periodic", now)
+        if self._heartbeat is not None and now >= self._next_beat:
+            interval, beat = self._heartbeat
+            beat()
+            self._next_beat = now + interval
+        lazy = self._lazy_since
+        if self._urgent or (lazy is not None and now - lazy >= LAZY_PUBLISH):
+            self._publish()
+        self._report_status(now)
+
+    def _shutdown(self) -> None:
+        self._watcher.stop()
+        self._pool.stop()
+        self._ops.stop()
+        for client, _ in self._clients.values():
+            client.close()
+        for name in list(self._waiters):
+            self._fail_waiters(name, UnknownPlugin(name))
+        self._watcher.join(2.0)
+        self._stopped.set()
+        self._started.set()
+
+    # --- discovery -> desired state -> plan ---------------------------------------
+
+    def _scan_dirs(self) -> ScanResult:
+        return self._scan(self._settings.discovery.dirs)
+
+    def _full_scan(self, trigger: str, now: float) -> RescanResult:
+        result = self._apply_scan(self._scan_dirs(), now)
+        self._observer.rescan(trigger)
+        self._registry.record(EventType.RESCAN, reason=trigger)
+        self._next_rescan = now + self._settings.discovery.rescan_interval
+        if self._watcher.refresh():
+            log.warning("watcher_restarted")
+            self._observer.rescan("watcher_restart")
+            more = self._apply_scan(self._scan_dirs(), now)
+            result = RescanResult(result.added + more.added, result.removed + more.removed,
+                                  result.changed + more.changed)
+        self._observer.watcher(self._watcher.up)
+        if trigger == "startup":
+            self._startup_pending = {t.token for t in self._tracked.values()}
+            self._check_started()
+        return result
+
+    def _apply_scan(self, found: ScanResult, now: float) -> RescanResult:
+        self._log_ignored(found)
+        plan = policy.plan(found.desired, self._tracked)
+        for name in plan.remove:
+            self._evict(name, "removed")
+        for want in plan.replace:
+            self._evict(want.name, "replaced")
+            self._register(want, now)
+        for want in plan.add:
+            self._register(want, now)
+        for want in plan.rewarn:
+            self._update(policy.rewarned(self._tracked[want.name], want), urgent=True)
+        if plan:
+            self._urgent = True
+        return RescanResult(tuple(w.name for w in plan.add), plan.remove,
+                            tuple(w.name for w in plan.replace))
+
+    def _log_ignored(self, found: ScanResult) -> None:
+        current = {(i.path, i.reason) for i in found.ignored}
+        for path, reason in sorted(current - self._ignored_logged):
+            log.warning("plugin_file_ignored", path=path, reason=reason)
+            self._observer.discovery("ignored")
+        self._ignored_logged = current
+
+    def _register(self, want: DesiredPlugin, now: float) -> None:
+        token = next(self._tokens)
+        tracked = policy.register(want, token, self._wall())
+        self._tracked[want.name] = tracked
+        self._names = sorted(self._tracked)
+        self._clients[want.name] = (self._make_client(want), token)
+        self._registry.record(EventType.DISCOVERED, want.name, None, PluginState.ACTIVATING,
+                              want.source)
+        self._observer.discovery("added")
+        for warning in want.warnings:
+            log.warning("plugin_shadowing", plugin=want.name, warning=warning)
+        log.info("plugin_discovered", plugin=want.name, address=want.address.url,
+                 source=want.source)
+        self._schedule.at(now, token, want.name)
+
+    def _make_client(self, want: DesiredPlugin) -> PluginClient:
+        settings = self._settings.plugin
+        hook = partial(self._observer.request, want.name)
+        return PluginClient(want.name, want.address, timeouts=settings.timeouts,
+                            max_response_bytes=settings.max_response_bytes, on_request=hook)
+
+    def _evict(self, name: str, reason: str) -> None:
+        tracked = self._tracked.pop(name)
+        self._names = sorted(self._tracked)
+        self._schedule.forget(tracked.token)
+        self._startup_pending.discard(tracked.token)
+        client, _ = self._clients.pop(name)
+        client.close()
+        self._registry.record(EventType.EVICTED, name, tracked.state, None, reason)
+        self._observer.evicted(name, reason)
+        self._observer.discovery("removed" if reason == "removed" else "changed")
+        log.info("plugin_evicted", plugin=name, reason=reason, state=tracked.state.value)
+        self._fail_waiters(name, UnknownPlugin(name))
+        self._urgent = True
+        self._check_started()
+
+    # --- jobs on the worker pool ------------------------------------------------
+
+    def _dispatch(self, name: str, token: int, due: float) -> None:
+        """Submit the work a registration needs; ``due`` keeps the probe phase."""
+        tracked = self._tracked.get(name)
+        if tracked is None or tracked.token != token or token in self._inflight:
+            return
+        client, _ = self._clients[name]
+        if tracked.state is PluginState.ACTIVATING or tracked.state is PluginState.REJECTED:
+            job: Callable[[], object] = partial(self._activate_job, client)
+            kind = "activate"
+        else:
+            job = partial(self._probe_job, client, self._settings.probe)
+            kind = "probe"
+        self._inflight.add(token)
+        self._dispatched_due[token] = due
+        self._pool.submit(partial(self._run_job, kind, name, token, job))
+
+    def _run_job(self, kind: str, name: str, token: int, job: Callable[[], object]) -> None:
+        started = time.monotonic()
+        try:
+            result: object = job()
+        except Exception as err:  # noqa: BLE001 - every failure becomes a fact for the loop
+            result = err
+        self.put(Done(kind, name, token, result, time.monotonic() - started))
+
+    def _activate_job(self, client: PluginClient) -> tuple[tuple[str, ...], str]:
+        manifest = client.activate()
+        timeout = self._settings.plugin.timeouts.get("activate")
+        return manifest.implements, client.capabilities(timeout=timeout).scope
+
+    @staticmethod
+    def _probe_job(client: PluginClient, settings: ProbeSettings) -> bool:
+        call: Callable[..., object] = {
+            "/VolumeDriver.Capabilities": client.capabilities,
+            "/VolumeDriver.List": client.list,
+        }.get(settings.endpoint, client.activate)
+        call(timeout=settings.timeout)
+        return True
+
+    # --- applying results -------------------------------------------------------
+
+    def _apply_done(self, done: Done, now: float) -> None:
+        self._inflight.discard(done.token)
+        due = self._dispatched_due.pop(done.token, now)
+        tracked = self._tracked.get(done.name)
+        if tracked is None or tracked.token != done.token:
+            return  # evicted or replaced while the job ran
+        if done.kind == "activate":
+            self._apply_activation(tracked, done, now)
+            self._startup_pending.discard(done.token)
+            self._check_started()
+        else:
+            self._apply_probe(tracked, done, due, now)
+        view = self._tracked[done.name].view
+        for reply in self._waiters.pop(done.name, []):
+            if not reply.done():
+                reply.set_result(view)
+
+    def _apply_activation(self, tracked: policy.Tracked, done: Done, now: float) -> None:
+        result, wall = done.result, self._wall()
+        if isinstance(result, NotAVolumePlugin):
+            self._update(policy.rejected(tracked, result.implements, str(result), wall))
+        elif isinstance(result, BaseException):
+            new, delay = policy.activation_failed(tracked, _describe(result), wall)
+            self._update(new)
+            log.warning("plugin_activation_failed", plugin=tracked.desired.name,
+                        error=new.view.last_error, attempt=new.activation_failures,
+                        retry_in=delay)
+            self._schedule.at(now + delay, tracked.token, tracked.desired.name)
+        else:
+            implements, scope = result
+            self._update(policy.activated(tracked, implements, scope, wall, done.seconds))
+            interval = self._settings.probe.interval
+            self._schedule.at(now + random.uniform(0.1, 1.0) * interval,  # noqa: S311 - jitter
+                              tracked.token, tracked.desired.name)
+
+    def _apply_probe(self, tracked: policy.Tracked, done: Done, due: float, now: float) -> None:
+        settings, wall = self._settings.probe, self._wall()
+        if isinstance(done.result, BaseException):
+            label = _probe_label(done.result)
+            new = policy.probe_failed(tracked, settings, _describe(done.result), wall)
+        else:
+            label = "success"
+            new = policy.probe_succeeded(tracked, settings, wall, done.seconds)
+        self._observer.probe(tracked.desired.name, label, done.seconds)
+        self._update(new)
+        self._schedule.at(policy.probe_due(due, settings.interval, now),
+                          tracked.token, tracked.desired.name)
+
+    def _apply_operation_failed(self, failed: OperationFailed, now: float) -> None:
+        tracked = self._tracked.get(failed.name)
+        if tracked is None or tracked.token != failed.token:
+            return
+        if tracked.state in (PluginState.READY, PluginState.UNHEALTHY):
+            self._update(policy.probe_failed(tracked, self._settings.probe, failed.error,
+                                             self._wall()))
+
+    def _probe_now(self, message: ProbeNow, now: float) -> None:
+        tracked = self._tracked.get(message.name)
+        if tracked is None:
+            message.reply.set_exception(UnknownPlugin(message.name))
+            return
+        self._waiters.setdefault(message.name, []).append(message.reply)
+        self._schedule.forget(tracked.token)
+        self._dispatch(message.name, tracked.token, now)
+
+    def _update(self, new: policy.Tracked, *, urgent: bool = False) -> None:
+        """Store a new record; a state change is an event, a log line, and urgent."""
+        name = new.desired.name
+        old = self._tracked[name]
+        self._tracked[name] = new
+        if old.state is not new.state:
+            reason = new.view.last_error or "ok"
+            self._registry.record(EventType.STATE_CHANGED, name, old.state, new.state, reason)
+            log.info("plugin_state_changed", plugin=name, **{"from": old.state.value},
+                     to=new.state.value, reason=reason,
+                     latency_ms=_ms(new.view.probe_latency_seconds))
+            urgent = True
+        if urgent:
+            self._urgent = True
+        elif self._lazy_since is None:
+            self._lazy_since = self._clock()
+
+    def _fail_waiters(self, name: str, error: Exception) -> None:
+        for reply in self._waiters.pop(name, []):
+            if not reply.done():
+                reply.set_exception(error)
+
+    def _check_started(self) -> None:
+        if not self._startup_pending and not self._started.is_set():
+            self._publish()
+            self._started.set()
+            if self._on_started is not None:
+                self._on_started()
+
+    # --- publishing and reload --------------------------------------------------
+
+    def _publish(self) -> None:
+        tracked = self._tracked
+        self._registry.publish(tracked[name].view for name in self._names)
+        self._urgent = False
+        self._lazy_since = None
+
+    def _report_status(self, now: float) -> None:
+        if self._on_status is None or now < self._next_status:
+            return
+        counts = self._registry.snapshot().counts
+        if counts != self._last_counts:
+            self._last_counts = counts
+            self._next_status = now + STATUS_EVERY
+            self._on_status(counts)
+
+    def _apply_reload(self, now: float) -> None:
+        new = self._reload() if self._reload is not None else None
+        if new is None:
+            return
+        old, self._settings = self._settings, new
+        if new.plugin != old.plugin:
+            for name, (client, token) in list(self._clients.items()):
+                client.close()
+                self._clients[name] = (self._make_client(self._tracked[name].desired), token)
+        if new.discovery.dirs != old.discovery.dirs:
+            self._watcher.set_dirs(new.discovery.dirs)
+        log.info("config_reloaded")
+        self._full_scan("reload", now)
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, PluginError):
+        return str(err)
+    return f"{type(err).__name__}: {err}"
+
+
+def _probe_label(err: BaseException) -> str:
+    outcome = err.outcome if isinstance(err, PluginError) else "error"
+    return outcome if outcome in ("timeout", "refused", "bad_response") else "error"
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
