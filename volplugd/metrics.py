@@ -20,8 +20,9 @@ import html
 import math
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
+from itertools import accumulate
 from threading import Lock
-from typing import ParamSpec
+from typing import NamedTuple, ParamSpec
 
 import structlog
 from prometheus_client import (
@@ -109,21 +110,24 @@ def _label(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
-class _Histogram:
-    """Non-cumulative bucket counts (the last is +Inf) and the sum of observations."""
+class _Histogram(NamedTuple):
+    """Non-cumulative bucket counts (the last is +Inf) and the sum of observations.
 
-    __slots__ = ("counts", "total")
+    Immutable: an observation makes a new value (a few hundred ns, next to a plugin call
+    of ~0.5 ms), so a scrape copies references, not bucket lists.
+    """
 
-    def __init__(self, size: int, counts: list[int] | None = None, total: float = 0.0):
-        self.counts = counts if counts is not None else [0] * size
-        self.total = total
+    counts: tuple[int, ...]
+    total: float
 
-    def observe(self, bounds: tuple[float, ...], seconds: float) -> None:
-        self.counts[bisect_left(bounds, seconds)] += 1  # le: a value equal to a bound is in
-        self.total += seconds
+    @classmethod
+    def empty(cls, bounds: tuple[float, ...]) -> _Histogram:
+        return cls((0,) * (len(bounds) + 1), 0.0)
 
-    def copy(self) -> _Histogram:
-        return _Histogram(0, list(self.counts), self.total)
+    def observe(self, bounds: tuple[float, ...], seconds: float) -> _Histogram:
+        i = bisect_left(bounds, seconds)  # le: a value equal to a bound belongs to it
+        counts = self.counts
+        return _Histogram((*counts[:i], counts[i] + 1, *counts[i + 1:]), self.total + seconds)
 
 
 class _PluginSeries:
@@ -133,7 +137,7 @@ class _PluginSeries:
 
     def __init__(self) -> None:
         self.probes: dict[str, int] = {}
-        self.probe_hist = _Histogram(len(PROBE_BUCKETS) + 1)
+        self.probe_hist = _Histogram.empty(PROBE_BUCKETS)
         self.requests: dict[tuple[str, str], int] = {}
         self.request_hists: dict[str, _Histogram] = {}
         self.stale = False  # absent from the snapshot at the last scrape
@@ -141,9 +145,9 @@ class _PluginSeries:
     def copy(self) -> _PluginSeries:
         twin = _PluginSeries()
         twin.probes = dict(self.probes)
-        twin.probe_hist = self.probe_hist.copy()
+        twin.probe_hist = self.probe_hist
         twin.requests = dict(self.requests)
-        twin.request_hists = {k: h.copy() for k, h in self.request_hists.items()}
+        twin.request_hists = dict(self.request_hists)
         return twin
 
 
@@ -195,10 +199,8 @@ class Metrics:
             series = self._series(plugin)
             key = (label, outcome)
             series.requests[key] = series.requests.get(key, 0) + 1
-            hist = series.request_hists.get(label)
-            if hist is None:
-                hist = series.request_hists[label] = _Histogram(len(REQUEST_BUCKETS) + 1)
-            hist.observe(REQUEST_BUCKETS, seconds)
+            hist = series.request_hists.get(label) or _Histogram.empty(REQUEST_BUCKETS)
+            series.request_hists[label] = hist.observe(REQUEST_BUCKETS, seconds)
 
     @_never_raise
     def probe(self, plugin: str, result: str, seconds: float) -> None:
@@ -208,7 +210,7 @@ class Metrics:
         with self._lock:
             series = self._series(plugin)
             series.probes[result] = series.probes.get(result, 0) + 1
-            series.probe_hist.observe(PROBE_BUCKETS, seconds)
+            series.probe_hist = series.probe_hist.observe(PROBE_BUCKETS, seconds)
 
     @_never_raise
     def discovery(self, event: str) -> None:
@@ -322,25 +324,29 @@ class _Text:
         number = str(value) if isinstance(value, int) else _number(value)
         self.lines.append(f"{name}{{{labels}}} {number}\n" if labels else f"{name} {number}\n")
 
-    def histogram(self, name: str, labels: str, les: tuple[str, ...], hist: _Histogram) -> None:
-        cumulative = 0
-        append = self.lines.append
-        for le, count in zip(les, hist.counts, strict=True):
-            cumulative += count
-            append(f'{name}_bucket{{{labels},le="{le}"}} {cumulative}\n')
-        append(f"{name}_sum{{{labels}}} {_number(hist.total)}\n")
-        append(f"{name}_count{{{labels}}} {cumulative}\n")
+    def histogram(self, template: str, labels: str, hist: _Histogram) -> None:
+        """All lines of one histogram child in one ``str.format`` call (the hot loop)."""
+        cumulative = tuple(accumulate(hist.counts))
+        self.lines.append(template.format(labels, *cumulative, _number(hist.total),
+                                          cumulative[-1]))
 
     def text(self) -> str:
         return "".join(self.lines)
 
 
-def _les(bounds: tuple[float, ...]) -> tuple[str, ...]:
-    return (*(_number(b) for b in bounds), "+Inf")
+def _histogram_template(name: str, bounds: tuple[float, ...]) -> str:
+    """Format template of one histogram child: {0} labels, {1}.. cumulative buckets,
+    then sum and count."""
+    les = (*(_number(b) for b in bounds), "+Inf")
+    lines = [f'{name}_bucket{{{{{{0}},le="{le}"}}}} {{{i}}}\n' for i, le in enumerate(les, 1)]
+    lines.append(f"{name}_sum{{{{{{0}}}}}} {{{len(les) + 1}}}\n")
+    lines.append(f"{name}_count{{{{{{0}}}}}} {{{len(les) + 2}}}\n")
+    return "".join(lines)
 
 
-_PROBE_LES = _les(PROBE_BUCKETS)
-_REQUEST_LES = _les(REQUEST_BUCKETS)
+_PROBE_TEMPLATE = _histogram_template("volplugd_plugin_probe_duration_seconds", PROBE_BUCKETS)
+_REQUEST_TEMPLATE = _histogram_template("volplugd_plugin_request_duration_seconds",
+                                        REQUEST_BUCKETS)
 
 
 def _counter(out: _Text, name: str, label: str, help_text: str, counts: dict[str, int]) -> None:
@@ -405,7 +411,7 @@ def _plugin_counters(out: _Text, views: list[PluginView],
     out.family(name, "histogram", "Duration of health probes.")
     for labels, s in present:
         if s.probes:
-            out.histogram(name, labels, _PROBE_LES, s.probe_hist)
+            out.histogram(_PROBE_TEMPLATE, labels, s.probe_hist)
     out.family("volplugd_plugin_requests_total", "counter",
                "Plugin API calls by endpoint and outcome.")
     for labels, s in present:
@@ -416,7 +422,7 @@ def _plugin_counters(out: _Text, views: list[PluginView],
     out.family(name, "histogram", "Duration of plugin API calls by endpoint.")
     for labels, s in present:
         for endpoint, hist in sorted(s.request_hists.items()):
-            out.histogram(name, f'{labels},endpoint="{endpoint}"', _REQUEST_LES, hist)
+            out.histogram(_REQUEST_TEMPLATE, f'{labels},endpoint="{endpoint}"', hist)
 
 
 # ---------------------------------------------------------------- status page
