@@ -26,7 +26,7 @@ from typing import Any, Protocol, TypeVar
 
 from volplugd import policy
 from volplugd.config import ProbeSettings, Settings
-from volplugd.discovery import ScanResult, Watcher, scan
+from volplugd.discovery import ScanResult, Watcher, plugin_path_of, scan, scan_one
 from volplugd.log import get_logger
 from volplugd.model import (
     Commands,
@@ -164,7 +164,6 @@ class Supervisor(Commands):
         registry: Registry,
         *,
         observer: Observer | None = None,
-        scanner: Callable[[Sequence[str]], ScanResult] = scan,
         watcher_factory: Callable[[Sequence[str], Callable[[object], None]], WatcherLike]
         = Watcher,
         reload: Callable[[], Settings | None] | None = None,
@@ -179,7 +178,6 @@ class Supervisor(Commands):
         self._settings = settings
         self._registry = registry
         self._observer = observer or NullObserver()
-        self._scan = scanner
         self._reload = reload
         self._heartbeat = heartbeat
         self._on_status = on_status
@@ -286,12 +284,11 @@ class Supervisor(Commands):
         now = self._clock()
         if any(isinstance(m, Stop) for m in batch):
             return False
-        hinted = False
+        hints = [m.path for m in batch if isinstance(m, FsHint)]
         for message in batch:
-            hinted |= isinstance(message, FsHint)
             self._handle(message, now)
-        if hinted:
-            self._apply_scan(self._scan_dirs(), now)
+        if hints:
+            self._apply_hints(hints, now)
         self._tick(now)
         return True
 
@@ -355,7 +352,18 @@ class Supervisor(Commands):
     # --- discovery -> desired state -> plan ---------------------------------------
 
     def _scan_dirs(self) -> ScanResult:
-        return self._scan(self._settings.discovery.dirs)
+        return scan(self._settings.discovery.dirs)
+
+    def _apply_hints(self, paths: list[str], now: float) -> None:
+        """Re-resolve only the plugins the hinted paths concern; anything else
+        (a plugin folder itself appearing or going) gets a full scan."""
+        dirs = self._settings.discovery.dirs
+        names = {plugin_path_of(path, dirs) for path in paths}
+        if None in names:
+            self._apply_scan(self._scan_dirs(), now)
+            return
+        for name in sorted(n for n in names if n is not None):
+            self._apply_scan(scan_one(name, dirs), now, only=name)
 
     def _full_scan(self, trigger: str, now: float) -> RescanResult:
         result = self._apply_scan(self._scan_dirs(), now)
@@ -374,9 +382,14 @@ class Supervisor(Commands):
             self._check_started()
         return result
 
-    def _apply_scan(self, found: ScanResult, now: float) -> RescanResult:
-        self._log_ignored(found)
-        plan = policy.plan(found.desired, self._tracked)
+    def _apply_scan(self, found: ScanResult, now: float, only: str | None = None
+                    ) -> RescanResult:
+        """Reconcile a scan: of everything, or (``only``) of one plugin name."""
+        self._log_ignored(found, partial=only is not None)
+        actual = self._tracked
+        if only is not None:
+            actual = {only: self._tracked[only]} if only in self._tracked else {}
+        plan = policy.plan(found.desired, actual)
         for name in plan.remove:
             self._evict(name, "removed")
         for want in plan.replace:
@@ -391,12 +404,13 @@ class Supervisor(Commands):
         return RescanResult(tuple(w.name for w in plan.add), plan.remove,
                             tuple(w.name for w in plan.replace))
 
-    def _log_ignored(self, found: ScanResult) -> None:
+    def _log_ignored(self, found: ScanResult, partial: bool) -> None:
+        """Log each ignored file once; a full scan forgets files that were fixed."""
         current = {(i.path, i.reason) for i in found.ignored}
         for path, reason in sorted(current - self._ignored_logged):
             log.warning("plugin_file_ignored", path=path, reason=reason)
             self._observer.discovery("ignored")
-        self._ignored_logged = current
+        self._ignored_logged = self._ignored_logged | current if partial else current
 
     def _register(self, want: DesiredPlugin, now: float) -> None:
         token = next(self._tokens)
