@@ -122,7 +122,7 @@ def test_service_settings() -> None:
     assert s["RuntimeDirectoryPreserve"] == ["yes"]
     assert s["CapabilityBoundingSet"] == [""]
     assert s["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
-    assert s["ReadWritePaths"] == ["/etc/containers/containers.conf.d"]
+    assert s["ReadWritePaths"] == ["-/etc/containers/containers.conf.d"]
     assert s["Also"] == ["volplugd.socket"]
 
 

@@ -75,7 +75,8 @@ class Notifier:
         return True
 
     def ready(self, status: str | None = None) -> None:
-        self.notify("READY=1", *(() if status is None else (_status_field(status),)))
+        fields = ["READY=1"] if status is None else ["READY=1", _status_field(status)]
+        self.notify(*fields)
 
     def reloading(self) -> None:
         # systemd 253+ (Type=notify-reload) wants the CLOCK_MONOTONIC time of the
