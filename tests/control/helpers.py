@@ -1,0 +1,147 @@
+"""Calling the control app two ways: as a WSGI callable with a fake environ, and over
+a real unix socket with http.client (no third-party client in the loop)."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import socket
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from wsgiref.util import setup_testing_defaults
+
+import requests
+from requests_unixsocket.adapters import UnixAdapter
+
+from volplugd.control.access import Peer
+
+ROOT = Peer(pid=4242, uid=0, gid=0)
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def error(self) -> tuple[str, str]:
+        doc = self.json()["error"]
+        return doc["code"], doc["message"]
+
+
+def _payload(body: bytes | Mapping[str, Any] | None) -> bytes:
+    if body is None:
+        return b""
+    return body if isinstance(body, bytes) else json.dumps(body).encode()
+
+
+def wsgi(app: Callable[..., Iterable[bytes]], method: str, target: str, *,
+         body: bytes | Mapping[str, Any] | None = None, peer: Peer | None = ROOT,
+         groups: frozenset[int] | None = None,
+         environ: Mapping[str, Any] | None = None) -> Answer:
+    """One request straight into the WSGI app, as our server would build its environ."""
+    env: dict[str, Any] = {}
+    setup_testing_defaults(env)
+    path, _, query = target.partition("?")
+    data = _payload(body)
+    env.update({"REQUEST_METHOD": method, "QUERY_STRING": query,
+                "PATH_INFO": urllib.parse.unquote(path, "latin-1"),
+                "volplugd.raw_path": path, "wsgi.input": io.BytesIO(data),
+                "CONTENT_LENGTH": str(len(data)) if data else ""})
+    if peer is not None:
+        env["volplugd.peer"] = peer
+        env["volplugd.groups"] = groups if groups is not None else frozenset({peer.gid})
+    env.update(environ or {})
+    seen: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc: Any = None) -> Any:
+        seen["status"], seen["headers"] = int(status.split(maxsplit=1)[0]), dict(headers)
+        return lambda _: None
+
+    result = app(env, start_response)
+    try:
+        out = b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    return Answer(seen["status"], seen["headers"], out)
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over AF_UNIX: the request bytes are exactly what curl would send."""
+
+    def __init__(self, path: str, timeout: float = 10.0):
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.unix_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def fetch(sock_path: str, method: str, target: str, *,
+          body: bytes | Mapping[str, Any] | None = None,
+          headers: Mapping[str, str] | None = None, timeout: float = 10.0) -> Answer:
+    """One request on a fresh connection through the real server."""
+    conn = UnixHTTPConnection(sock_path, timeout)
+    try:
+        conn.request(method, target, body=_payload(body) if body is not None else None,
+                     headers=dict(headers or {}))
+        resp = conn.getresponse()
+        return Answer(resp.status, dict(resp.getheaders()), resp.read())
+    finally:
+        conn.close()
+
+
+def raw_exchange(sock_path: str, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send raw bytes, read until the server closes: for protocol-level cases."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(sock_path)
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def status_of(raw: bytes) -> int:
+    return int(raw.split(b" ", 2)[1])
+
+
+def json_of(raw: bytes) -> Any:
+    return json.loads(raw.split(b"\r\n\r\n", 1)[1])
+
+
+class _OneSocketAdapter(UnixAdapter):  # type: ignore[misc]
+    """Sends every request of the session to one unix socket, whatever the URL's host."""
+
+    def __init__(self, path: str):
+        super().__init__(timeout=30)
+        self._socket_url = "http+unix://" + urllib.parse.quote(path, safe="")
+
+    def get_connection(self, url: str, proxies: Any = None) -> Any:
+        return super().get_connection(self._socket_url, proxies)
+
+
+def unix_session(path: str) -> requests.Session:
+    """A requests Session whose http://localhost/... requests go to ``path``: lets
+    tools that want a base URL (schemathesis) talk to the control socket."""
+    session = requests.Session()
+    session.trust_env = False
+    session.mount("http://localhost", _OneSocketAdapter(path))
+    return session

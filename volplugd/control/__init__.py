@@ -1,0 +1,21 @@
+"""The control API: a WSGI app (``make_app``) served on a unix socket
+(``ControlServer``), plus the read-only TCP metrics listener (``TcpMetricsServer``).
+
+The contract is ``openapi.json`` beside this file, also served at ``GET /openapi.json``.
+"""
+
+from volplugd.control.access import AccessPolicy, Peer
+from volplugd.control.app import ROUTES, make_app, make_metrics_app, openapi_document
+from volplugd.control.server import ControlServer, ControlSocketError, TcpMetricsServer
+
+__all__ = [
+    "ROUTES",
+    "AccessPolicy",
+    "ControlServer",
+    "ControlSocketError",
+    "Peer",
+    "TcpMetricsServer",
+    "make_app",
+    "make_metrics_app",
+    "openapi_document",
+]

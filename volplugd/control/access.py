@@ -1,0 +1,91 @@
+"""Who may do what on the control socket: peer credentials → allow, read-only, or refuse.
+
+The rule is pure (``decide``) so it is unit-testable with a fake environ; the group
+lookup (``groups_of``) is the one part that asks NSS and is cached briefly.
+Runs on: control connection threads.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import threading
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import NamedTuple
+
+__all__ = ["READ_METHODS", "AccessPolicy", "Grant", "Peer", "decide", "groups_of"]
+
+READ_METHODS = frozenset({"GET", "HEAD"})
+
+
+class Peer(NamedTuple):
+    """SO_PEERCRED of one connection: the process that connected, as the kernel saw it."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+class Grant(Enum):
+    ALL = "all"
+    READ = "read"
+    NONE = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class AccessPolicy:
+    """Root and ``admin_gids`` members may do everything; ``read_gids`` members GET/HEAD."""
+
+    admin_gids: frozenset[int] = frozenset()
+    read_gids: frozenset[int] = frozenset()
+
+    def grant(self, peer: Peer | None, groups: frozenset[int]) -> Grant:
+        """What this peer may do. No credentials at all (not a unix socket) → nothing."""
+        if peer is None:
+            return Grant.NONE
+        if peer.uid == 0 or groups & self.admin_gids:
+            return Grant.ALL
+        if groups & self.read_gids:
+            return Grant.READ
+        return Grant.NONE
+
+
+def decide(policy: AccessPolicy, peer: Peer | None, groups: frozenset[int],
+           method: str) -> bool:
+    """True if ``peer`` (member of ``groups``) may send a request with ``method``."""
+    grant = policy.grant(peer, groups)
+    return grant is Grant.ALL or (grant is Grant.READ and method in READ_METHODS)
+
+
+_CACHE_SECONDS = 10.0  # a group change reaches volplugd within this; NSS is not asked per request
+_CACHE_MAX = 256
+_cache: dict[tuple[int, int], tuple[float, frozenset[int]]] = {}
+_cache_lock = threading.Lock()
+
+
+def groups_of(uid: int, gid: int) -> frozenset[int]:
+    """The uid's groups (primary ``gid`` included), as ``id`` would list them.
+
+    A uid without a passwd entry (a container's, say) has only its primary gid.
+    """
+    now = time.monotonic()
+    with _cache_lock:
+        hit = _cache.get((uid, gid))
+    if hit is not None and now - hit[0] < _CACHE_SECONDS:
+        return hit[1]
+    groups = _lookup(uid, gid)
+    with _cache_lock:
+        if len(_cache) >= _CACHE_MAX:
+            _cache.clear()
+        _cache[(uid, gid)] = (now, groups)
+    return groups
+
+
+def _lookup(uid: int, gid: int) -> frozenset[int]:
+    try:
+        name = pwd.getpwuid(uid).pw_name
+        return frozenset(os.getgrouplist(name, gid)) | {gid}
+    except (KeyError, OSError):
+        return frozenset({gid})
