@@ -11,12 +11,14 @@ and the host's /etc is never touched.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import MappingProxyType
 
@@ -192,46 +194,154 @@ def test_hanging_plugin_is_cut_off_by_the_timeout_from_our_dropin(
         "(Client.Timeout exceeded while awaiting headers)\n"))
 
 
+def daemon_landed() -> None:
+    for module in ("volplugd.daemon", "volplugd.control.server"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} has not landed yet: the daemon cannot start")
+
+
+def daemon_config(sandbox: PodmanSandbox) -> str:
+    return ("[probe]\ninterval = 1.0\ntimeout = 0.5\nfailure_threshold = 1\n"
+            f'[podman]\nenabled = true\ndropin = "{sandbox.dropin}"\n'
+            "volume_plugin_timeout = 2\n")
+
+
+def lists(sandbox: PodmanSandbox, name: str, sock: str | None) -> bool:
+    """The drop-in lists ``name`` at ``sock`` (None: does not list ``name`` at all)."""
+    try:
+        text = Path(sandbox.dropin).read_text()
+    except FileNotFoundError:
+        return False
+    return f'\n{name} = "{sock}"\n' in text if sock else f"\n{name} = " not in text
+
+
+@contextlib.contextmanager
+def paused(proc: Daemon) -> Iterator[None]:
+    """SIGSTOP the daemon: what Podman says before volplugd reacts, deterministically."""
+    proc.signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        proc.signal(signal.SIGCONT)
+
+
 @pytest.mark.system
 def test_real_daemon_keeps_podman_in_step(podman: PodmanSandbox, short_tmp: Path,
                                           daemon: Callable[..., Daemon]) -> None:
-    """The volplugd process discovers a plugin, lists it for Podman, which uses it; the
-    plugin stops, volplugd drops it, and Podman says it is missing."""
-    if importlib.util.find_spec("volplugd.control.server") is None:
-        pytest.skip("volplugd.control.server has not landed yet: the daemon cannot start")
+    """The volplugd process lists a discovered plugin for Podman, which uses it; when the
+    plugin dies it stays listed while unhealthy, and is dropped once its socket is gone."""
+    daemon_landed()
     plugins = short_tmp / "plugins"
-    config = ("[probe]\ninterval = 1.0\ntimeout = 0.5\n"
-              f'[podman]\nenabled = true\ndropin = "{podman.dropin}"\n'
-              "volume_plugin_timeout = 2\n")
-    proc = daemon(plugin_dirs=[plugins], config=config).start()
+    proc = daemon(plugin_dirs=[plugins], config=daemon_config(podman)).start()
     sock = str(plugins / f"{NAME}.sock")
     with FakePlugin(sock) as plugin:
-        settled = wait_until(lambda: _ready_or_stub(proc), 15, message=f"{NAME} ready")
-        if settled == "stub":
-            pytest.skip("volplugd.plugin.client is still the skeleton (NotImplementedError)")
-        wait_until(lambda: f'\n{NAME} = "{sock}"' in Path(podman.dropin).read_text(), 15,
-                   message="the drop-in lists the plugin")
+        proc.wait_state(NAME, "ready")
+        wait_until(lambda: lists(podman, NAME, sock), 15, message="the drop-in lists it")
         for args in (("create", "--driver", NAME, "v1"), ("inspect", "v1"), ("rm", "v1")):
             done = podman.run("volume", *args)
             assert done.returncode == 0, done.stderr
         paths = [r.path for r in plugin.requests]
-        assert "/VolumeDriver.Create" in paths
-        assert "/VolumeDriver.Remove" in paths
-    proc.wait_state(NAME, None)
-    wait_until(lambda: f"\n{NAME} = " not in Path(podman.dropin).read_text(), 15,
-               message="the drop-in no longer lists the plugin")
-    gone = podman.run("volume", "create", "--driver", NAME, "v2")
-    assert gone.stderr.endswith(
+        assert {"/VolumeDriver.Create", "/VolumeDriver.Remove"} <= set(paths)
+        plugin.stop(unlink=False)  # dies, leaving its socket: volplugd marks it unhealthy
+        proc.wait_state(NAME, "unhealthy")
+        assert lists(podman, NAME, sock)
+        refused = podman.run("volume", "create", "--driver", NAME, "v2")
+        assert refused.stderr.endswith(f"dial unix {sock}: connect: connection refused\n")
+
+    with FakePlugin(sock) as plugin:  # a new socket at the path: a new plugin to volplugd
+        proc.wait_state(NAME, "ready")
+        wait_until(lambda: lists(podman, NAME, sock), 15, message="listed again")
+        with paused(proc):
+            plugin.stop()  # the socket file goes too
+            before = podman.run("volume", "create", "--driver", NAME, "v2")
+    assert before.stderr.endswith(f"stat {sock}: no such file or directory\n")
+    wait_until(lambda: lists(podman, NAME, None), 15, message="the drop-in drops it")
+    after = podman.run("volume", "create", "--driver", NAME, "v2")
+    assert after.stderr.endswith(
         f"no volume plugin with name {NAME} available: required plugin missing\n")
     assert proc.stop() == 0
     assert Path(podman.dropin).exists()  # remove_on_stop is off by default
 
 
-def _ready_or_stub(proc: Daemon) -> str | None:
-    """"ready", or "stub" while the plugin client only raises NotImplementedError."""
-    plugin = proc.plugins().get(NAME)
-    if plugin is None:
-        return None
-    if plugin["state"] == "ready":
-        return "ready"
-    return "stub" if (plugin["last_error"] or "").startswith("NotImplementedError") else None
+BUTTERVOLUME_SCRIPT = Path(__file__).resolve().parents[2] / "shared/peers/start-buttervolume.sh"
+BUTTERVOLUME_VERSION = "3.13"  # the launcher's default
+# The venv is shared by every run (installing takes ~20 s); each test gets its own
+# btrfs image, so no volume of an earlier run is ever seen.
+BUTTERVOLUME_VENV = f"/tmp/volplugd-tests-buttervolume-{BUTTERVOLUME_VERSION}"
+
+
+def buttervolume_venv() -> str:
+    """The shared venv with buttervolume installed, marked the way the launcher checks."""
+    marker = Path(BUTTERVOLUME_VENV) / f".ok-buttervolume-{BUTTERVOLUME_VERSION}"
+    if not marker.exists():
+        for argv in (["python3", "-m", "venv", BUTTERVOLUME_VENV],
+                     [f"{BUTTERVOLUME_VENV}/bin/pip", "install", "-q",
+                      "--disable-pip-version-check", f"buttervolume=={BUTTERVOLUME_VERSION}"]):
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=600,
+                                  check=False)
+            if done.returncode != 0:
+                pytest.skip(f"cannot install buttervolume: {done.stderr.strip()[-300:]}")
+        marker.touch()
+    return BUTTERVOLUME_VENV
+
+
+@pytest.fixture
+def buttervolume(short_tmp: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """buttervolume (PyPI), a real third-party plugin, on its own loop-mounted btrfs."""
+    if not BUTTERVOLUME_SCRIPT.exists():
+        pytest.skip(f"{BUTTERVOLUME_SCRIPT} is missing (shared/ beside the repository)")
+    if shutil.which("mkfs.btrfs") is None:
+        pytest.skip("btrfs-progs is not installed (apt-get install btrfs-progs)")
+    workdir = short_tmp / "bv"
+    workdir.mkdir()
+    (workdir / "venv").symlink_to(buttervolume_venv())
+    sock = str(short_tmp / "plugins" / "btrfs.sock")
+    with open(short_tmp / "buttervolume.log", "wb") as log_file:
+        proc = subprocess.Popen(["bash", str(BUTTERVOLUME_SCRIPT), sock, str(workdir)],
+                                stdout=log_file, stderr=log_file)
+    try:
+        yield sock, proc  # the launcher execs buttervolume: proc is the plugin itself
+    finally:
+        proc.terminate()  # buttervolume unlinks its socket and exits
+        proc.wait(30)
+        subprocess.run(["umount", str(workdir / "btrfs")], check=False, capture_output=True)
+
+
+@pytest.mark.system
+def test_real_daemon_with_buttervolume(podman: PodmanSandbox, short_tmp: Path,
+                                       daemon: Callable[..., Daemon],
+                                       buttervolume: tuple[str, subprocess.Popen[bytes]]
+                                       ) -> None:
+    """buttervolume shows up in Podman through volplugd alone; when it stops, Podman
+    names its missing socket until volplugd drops it, then says the plugin is missing."""
+    daemon_landed()
+    sock, plugin = buttervolume
+    proc = daemon(plugin_dirs=[short_tmp / "plugins"], config=daemon_config(podman)).start()
+    wait_until(lambda: lists(podman, "btrfs", sock), 60,
+               message=f"buttervolume listed; its log:\n{_read(short_tmp / 'buttervolume.log')}")
+    for args in (("create", "--driver", "btrfs", "v1"), ("inspect", "v1"), ("rm", "v1")):
+        done = podman.run("volume", *args)
+        assert done.returncode == 0, done.stderr
+    log = (short_tmp / "buttervolume.log").read_text()
+    assert "Request: /VolumeDriver.Create {'Name': 'v1'}" in log
+    assert "Request: /VolumeDriver.Remove {'Name': 'v1'}" in log
+    assert podman.run("volume", "create", "--driver", "btrfs", "v2").returncode == 0
+
+    with paused(proc):
+        plugin.terminate()  # buttervolume unlinks its socket and exits
+        plugin.wait(30)
+        before = podman.run("volume", "inspect", "v2")
+    assert before.returncode == 125
+    assert (f'cannot access plugin btrfs socket \\"{sock}\\": stat {sock}: '
+            "no such file or directory") in before.stderr
+    wait_until(lambda: lists(podman, "btrfs", None), 15, message="the drop-in drops it")
+    after = podman.run("volume", "inspect", "v2")
+    assert (after.returncode, after.stderr.splitlines()[-1]) == (
+        125, "Error: volume v2 uses volume plugin btrfs but it is not available, cannot "
+             "inspect: required plugin missing")
+    assert "no volume plugin with name btrfs available: required plugin missing" in after.stderr
+    assert proc.stop() == 0
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
