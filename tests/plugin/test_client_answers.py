@@ -44,7 +44,7 @@ def where(endpoint: str, volume: str) -> str:
 @pytest.mark.parametrize(("endpoint", "call", "volume"), VOLUME_CALLS, ids=IDS)
 def test_err_on_a_200_is_an_error(fake: FakePlugin, client: PluginClient, endpoint: str,
                                   call: Callable[[PluginClient], object], volume: str) -> None:
-    """A non-empty Err on a 200 (buttervolume's way) is a PluginReportedError, worded as the seed."""
+    """A non-empty Err on a 200 (buttervolume's way) is an error, worded as the seed's."""
     fake.set(endpoint, b.ErrOn200("boom: it failed"))
     with pytest.raises(PluginReportedError) as caught:
         call(client)
@@ -57,7 +57,7 @@ def test_err_on_a_200_is_an_error(fake: FakePlugin, client: PluginClient, endpoi
 
 @pytest.mark.parametrize(("endpoint", "call", "volume"), VOLUME_CALLS, ids=IDS)
 @pytest.mark.parametrize("status", [400, 500])
-def test_err_with_an_error_status(fake: FakePlugin, client: PluginClient, endpoint: str,
+def test_err_with_an_error_status(fake: FakePlugin, client: PluginClient, *, endpoint: str,
                                   call: Callable[[PluginClient], object], volume: str,
                                   status: int) -> None:
     """400 or 500 with {"Err": ...} reports the plugin's Err verbatim."""
@@ -137,7 +137,7 @@ def test_any_content_type_is_accepted(sock_path: str,
 def test_a_200_that_is_not_json_is_a_bad_response(fake: FakePlugin, client: PluginClient,
                                                   endpoint: str, what: str,
                                                   call: Callable[[PluginClient], object]) -> None:
-    """A 200 whose body is not JSON is PluginBadResponse (Podman calls a garbage Create a success)."""
+    """A 200 whose body is not JSON is a bad response (Podman takes a garbage Create as done)."""
     fake.set(endpoint, b.Garbage(b"this is not json"))
     with pytest.raises(PluginBadResponse) as caught:
         call(client)
@@ -169,7 +169,7 @@ def test_a_200_that_is_not_json_is_a_bad_response(fake: FakePlugin, client: Plug
      "not a JSON object but a list"),
 ], ids=lambda value: value if isinstance(value, str) and " " in value else "")
 def test_a_200_of_the_wrong_shape_is_a_bad_response(
-        fake: FakePlugin, client: PluginClient, endpoint: str,
+        fake: FakePlugin, client: PluginClient, *, endpoint: str,
         call: Callable[[PluginClient], object], answer: object, problem: str) -> None:
     """Wrong types or a missing required member are errors, never silently zero values."""
     fake.set(endpoint, b.Json(answer))
@@ -205,7 +205,7 @@ def test_activate_error_status_is_not_a_plugin(fake: FakePlugin, client: PluginC
 ])
 def test_activate_garbage_is_not_a_plugin(fake: FakePlugin, client: PluginClient,
                                           behaviour: b.Behaviour, problem: str) -> None:
-    """An Activate answer that is no manifest is NotAPlugin, worded as the seed's unmarshal error."""
+    """An Activate answer that is no manifest is NotAPlugin, worded as the seed's."""
     fake.set("/Plugin.Activate", behaviour)
     with pytest.raises(NotAPlugin) as caught:
         client.activate()
@@ -302,7 +302,8 @@ def test_stale_socket_is_unreachable(fake: FakePlugin, client: PluginClient,
     fake.stop(unlink=False)
     with pytest.raises(PluginUnreachable) as caught:
         call(client)
-    assert str(caught.value) == f"{prefix}: dial unix {fake.socket_path}: connect: connection refused"
+    assert str(caught.value) == (
+        f"{prefix}: dial unix {fake.socket_path}: connect: connection refused")
     assert caught.value.outcome == "refused"
     assert isinstance(_root(caught.value), ConnectionRefusedError)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -61,7 +61,7 @@ class Gate(b.Behaviour):
 
 
 @pytest.fixture
-def timed() -> Iterator[Callable[[Callable[[], object]], tuple[BaseException | None, float]]]:
+def timed() -> Callable[[Callable[[], object]], tuple[BaseException | None, float]]:
     """Run a call; return (the exception it raised or None, seconds it took)."""
     def run(call: Callable[[], object]) -> tuple[BaseException | None, float]:
         start = time.monotonic()
@@ -70,7 +70,7 @@ def timed() -> Iterator[Callable[[Callable[[], object]], tuple[BaseException | N
         except Exception as err:
             return err, time.monotonic() - start
         return None, time.monotonic() - start
-    yield run
+    return run
 
 
 def test_a_drip_faster_than_any_read_timeout_ends_at_the_deadline(

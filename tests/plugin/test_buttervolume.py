@@ -1,0 +1,134 @@
+"""The client against a real third-party plugin: buttervolume 3.13 from PyPI on btrfs.
+
+Started with ``shared/peers/start-buttervolume.sh`` (``shared/`` sits beside the
+repository, in CI too) on its own loop-mounted btrfs image. The venv is cached across
+runs in ``/var/tmp`` (installing takes ~15 s); everything else is per run.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.waiting import wait_until
+from volplugd.plugin import PluginAddress, PluginClient, PluginReportedError
+
+pytestmark = pytest.mark.peer
+
+REPO = Path(__file__).resolve().parents[2]
+LAUNCHER = REPO.parent / "shared" / "peers" / "start-buttervolume.sh"
+VERSION = "3.13"
+VENV = Path(f"/var/tmp/volplugd-test-buttervolume-{VERSION}")
+
+
+@dataclass(frozen=True)
+class Buttervolume:
+    sock: str
+    volumes: str  # where buttervolume keeps its subvolumes
+    log: Path
+
+
+def _preconditions() -> None:
+    if not LAUNCHER.exists():
+        pytest.skip(f"{LAUNCHER} is missing (shared/ must sit beside the repository)")
+    if os.geteuid() != 0:
+        pytest.skip("buttervolume needs root to loop-mount a btrfs image")
+    if shutil.which("mkfs.btrfs") is None:
+        pytest.skip("btrfs-progs is not installed (apt-get install btrfs-progs)")
+    with open("/proc/filesystems") as table:
+        if "btrfs" not in table.read().split():
+            pytest.skip("the kernel has no btrfs support (/proc/filesystems)")
+
+
+def _venv() -> Path:
+    """The cached venv, installed once; a lock keeps parallel workers from racing."""
+    VENV.parent.mkdir(parents=True, exist_ok=True)
+    marker = VENV / f".ok-buttervolume-{VERSION}"
+    with open(f"{VENV}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not marker.exists():
+            for argv in (["python3", "-m", "venv", "--clear", str(VENV)],
+                         [str(VENV / "bin/pip"), "install", "-q", "--disable-pip-version-check",
+                          f"buttervolume=={VERSION}"]):
+                subprocess.run(argv, check=True, capture_output=True, timeout=600)
+            marker.touch()
+    return VENV
+
+
+@pytest.fixture(scope="module")
+def buttervolume() -> Iterator[Buttervolume]:
+    """buttervolume running on a fresh loop-mounted btrfs; stopped and unmounted after."""
+    _preconditions()
+    workdir = Path(tempfile.mkdtemp(dir="/tmp", prefix="vpbv"))
+    (workdir / "venv").symlink_to(_venv())
+    sock, log = str(workdir / "bv.sock"), workdir / "launcher.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["bash", str(LAUNCHER), sock, str(workdir)], stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: os.path.exists(sock) or proc.poll() is not None, timeout=120,
+                   message="buttervolume's socket")
+        assert proc.poll() is None, f"buttervolume exited:\n{log.read_text()}"
+        if not os.path.ismount(workdir / "btrfs"):
+            pytest.skip("no loop-mounted btrfs here (the launcher fell back to a plain dir, "
+                        "where every Create fails): " + log.read_text().strip()[-200:])
+        yield Buttervolume(sock, str(workdir / "btrfs" / "volumes"), log)
+    finally:
+        proc.terminate()  # buttervolume unlinks its socket and exits
+        proc.wait(30)
+        subprocess.run(["umount", str(workdir / "btrfs")], check=False, capture_output=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def client(buttervolume: Buttervolume) -> Iterator[PluginClient]:
+    with PluginClient("buttervolume", PluginAddress("unix", buttervolume.sock)) as made:
+        yield made
+
+
+def test_whole_volume_lifecycle(buttervolume: Buttervolume, client: PluginClient) -> None:
+    """activate, create, list, get, path, mount, unmount, remove: a real btrfs subvolume."""
+    assert client.activate().implements == ("VolumeDriver",)
+    assert client.capabilities().scope == "local"
+    client.create("lifecycle")
+    where = f"{buttervolume.volumes}/lifecycle"
+    assert "lifecycle" in [v.name for v in client.list()]
+    volume = client.get("lifecycle")
+    assert (volume.name, volume.mountpoint) == ("lifecycle", where)
+    assert client.path("lifecycle") == where
+    assert client.mount("lifecycle", "c1") == where
+    assert os.path.isdir(where)
+    client.unmount("lifecycle", "c1")
+    client.remove("lifecycle")
+    assert not os.path.exists(where)
+    assert "lifecycle" not in [v.name for v in client.list()]
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda c: c.create("bad@name"), 'on /VolumeDriver.Create on volume bad@name in volume '
+     'plugin buttervolume: "@" is illegal in a volume name'),
+    (lambda c: c.create("v4", {"copyonwrite": "maybe"}), 'on /VolumeDriver.Create on volume v4 '
+     'in volume plugin buttervolume: Invalid option for copyonwrite: maybe. Set to "true" or '
+     '"false".'),
+    (lambda c: c.get("nope"), "on /VolumeDriver.Get on volume nope in volume plugin "
+     "buttervolume: nope: no such volume"),
+    (lambda c: c.mount("nope", "c1"), "on /VolumeDriver.Mount on volume nope in volume plugin "
+     "buttervolume: nope: no such volume"),
+    (lambda c: c.remove("nope"), "on /VolumeDriver.Remove on volume nope in volume plugin "
+     "buttervolume: nope: no such volume"),
+], ids=["illegal-name", "bad-option", "get-missing", "mount-missing", "remove-missing"])
+def test_errors_sent_with_200_are_errors(client: PluginClient, call: object,
+                                         message: str) -> None:
+    """buttervolume answers every failure with 200 {"Err": ...}: each one is raised."""
+    with pytest.raises(PluginReportedError) as caught:
+        call(client)  # type: ignore[operator]
+    assert str(caught.value) == message
+    assert caught.value.err == message.split("buttervolume: ", 1)[1]
