@@ -121,6 +121,8 @@ CASES: list[tuple[str, dict[str, str], dict[str, tuple[str, Kind, tuple[str, ...
     ("two links to one socket are one plugin, not a duplicate",
      {"d0/foo/foo.sock": "sock", "d0/foo.sock": "link:d0/foo/foo.sock"},
      {"foo": ("d0/foo.sock", Kind.SOCK, ())}, []),
+    ("a file where a plugin folder could be", {"d0/foo": "text:", "d1/foo.sock": "sock"},
+     {"foo": ("d1/foo.sock", Kind.SOCK, ())}, []),
     ("several plugins", {"d0/a.sock": "sock", "d0/b/b.sock": "sock", "d1/c.spec": "text:" + SPEC},
      {"a": ("d0/a.sock", Kind.SOCK, ()), "b": ("d0/b/b.sock", Kind.SOCK, ()),
       "c": ("d1/c.spec", Kind.SPEC, ())}, []),
@@ -154,7 +156,7 @@ def test_scan_table(base: Path, layout: dict[str, str],
 @pytest.mark.parametrize(("layout", "want"), [c[1:3] for c in CASES], ids=[c[0] for c in CASES])
 def test_scan_one_agrees_with_scan(base: Path, layout: dict[str, str],
                                    want: dict[str, object]) -> None:
-    """scan_one(name) finds exactly what the full scan finds for that name."""
+    """scan_one(name) finds what the full scan finds for that name, and no other complaint."""
     build(base, layout)
     dirs = [str(base / d) for d in DIRS]
     full = scan(dirs)
@@ -162,6 +164,7 @@ def test_scan_one_agrees_with_scan(base: Path, layout: dict[str, str],
         one = scan_one(name, dirs)
         assert dict(one.desired) == ({name: full.desired[name]} if name in full.desired else {})
         assert one.dirs_present == full.dirs_present
+        assert set(one.ignored) <= set(full.ignored)
 
 
 def test_bad_spec_is_ignored_with_its_problem_and_the_next_candidate_wins(base: Path) -> None:

@@ -19,9 +19,11 @@ import os
 import re
 import stat
 import threading
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import NamedTuple
 
 import structlog
 from watchdog.events import (
@@ -53,6 +55,8 @@ _KINDS = {".sock": Kind.SOCK, ".spec": Kind.SPEC, ".json": Kind.JSON}
 # Docker's order inside one directory: flat before nested, .spec before .json.
 _POSITION = {(Kind.SOCK, False): 0, (Kind.SOCK, True): 1, (Kind.SPEC, False): 0,
              (Kind.SPEC, True): 1, (Kind.JSON, False): 2, (Kind.JSON, True): 3}
+_WRONG_TYPE = {Kind.SOCK: "not a socket", Kind.SPEC: "not a regular file",
+               Kind.JSON: "not a regular file"}
 _MANAGED = re.compile(r"[0-9a-f]{64}")  # Docker's managed (v2) plugin folders
 
 
@@ -71,8 +75,7 @@ class ScanResult:
     dirs_present: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class _Candidate:
+class _Candidate(NamedTuple):  # a tuple: scans build a thousand of these
     rank: tuple[int, int, int]
     name: str
     path: str
@@ -89,15 +92,21 @@ class _Found:
         self.present: list[str] = []
 
     def add(self, path: str, name: str, kind: Kind, order: int, nested: bool) -> None:
-        st = _stat(path, self.ignored)
-        if st is None:
+        try:
+            st = os.stat(path)  # follows symlinks: a plugin's identity is its target's
+        except OSError as err:
+            _unstattable(path, err, self.ignored)
             return
-        problem = _wrong_type(kind, st.st_mode)
-        if problem:
-            self.ignored.append(Ignored(path, problem))
+        if not (stat.S_ISSOCK(st.st_mode) if kind is Kind.SOCK else stat.S_ISREG(st.st_mode)):
+            self.ignored.append(Ignored(path, _WRONG_TYPE[kind]))
             return
         rank = (0 if kind is Kind.SOCK else 1, order, _POSITION[kind, nested])
-        self.candidates.setdefault(name, []).append(_Candidate(rank, name, path, kind, st))
+        candidate = _Candidate(rank, name, path, kind, st)
+        others = self.candidates.get(name)
+        if others is None:
+            self.candidates[name] = [candidate]
+        else:
+            others.append(candidate)
 
     def result(self) -> ScanResult:
         desired = {}
@@ -193,8 +202,8 @@ def _consider(entry: os.DirEntry[str], order: int, found: _Found) -> None:
     name = entry.name
     if name.startswith("."):
         return
-    stem, suffix = os.path.splitext(name)
-    kind = _KINDS.get(suffix)
+    stem, dot, suffix = name.rpartition(".")
+    kind = _KINDS.get(dot + suffix) if stem else None
     if kind is not None:
         found.add(entry.path, stem, kind, order, nested=False)
     elif not _MANAGED.fullmatch(name) and _is_dir(entry):
@@ -220,28 +229,22 @@ def _is_dir(entry: os.DirEntry[str]) -> bool:
         return False
 
 
-def _stat(path: str, ignored: list[Ignored]) -> os.stat_result | None:
-    """stat() following symlinks: a plugin's identity is its target's."""
-    try:
-        return os.stat(path)
-    except FileNotFoundError:
-        if os.path.islink(path):
-            ignored.append(Ignored(path, "dangling symlink"))
-        return None  # otherwise it vanished during the scan
-    except OSError as err:
+def _unstattable(path: str, err: OSError, ignored: list[Ignored]) -> None:
+    if not isinstance(err, FileNotFoundError | NotADirectoryError):
         ignored.append(Ignored(path, f"cannot stat: {err.strerror}"))
-        return None
-
-
-def _wrong_type(kind: Kind, mode: int) -> str | None:
-    if kind is Kind.SOCK:
-        return None if stat.S_ISSOCK(mode) else "not a socket"
-    return None if stat.S_ISREG(mode) else "not a regular file"
+    elif os.path.islink(path):
+        ignored.append(Ignored(path, "dangling symlink"))
+    # else there is no such file (or it vanished during the scan): nothing to say
 
 
 def _choose(candidates: list[_Candidate], ignored: list[Ignored]) -> DesiredPlugin | None:
     """The best usable candidate; the others it shadows become warnings."""
-    candidates.sort(key=lambda c: c.rank)
+    if len(candidates) == 1:  # the common case, kept cheap
+        best = candidates[0]
+        address = _address(best, ignored)
+        return None if address is None else DesiredPlugin(
+            best.name, address, best.path, best.kind, FileIdentity.of(best.st))
+    candidates.sort()  # by rank first; ranks are unique per candidate path
     for i, best in enumerate(candidates):
         address = _address(best, ignored)
         if address is None:
@@ -352,7 +355,7 @@ class _Hints(FileSystemEventHandler):
                 if raw:
                     self._hint(os.fsdecode(raw))
         except BaseException:  # noqa: BLE001 -- a raising handler kills watchdog's observer
-            self._watcher.lost_hints = True  # refresh() reports it: the caller rescans
+            self._watcher.lost.append(True)  # refresh() reports it: the caller rescans
 
     def _hint(self, real_path: str) -> None:
         path = self._shown + real_path[len(self._real):]
@@ -364,12 +367,9 @@ class _Hints(FileSystemEventHandler):
 def _classify(path: str, dirs: tuple[str, ...]) -> FsHint | Rescan | None:
     """A path inside a plugin dir is a hint; a plugin dir (or its parent) coming or going
     means the watches must be re-armed; anything else next to a parent is noise."""
-    for root in dirs:
-        if _inside(path, root):
-            return FsHint(path) if plugin_path_of(path, (root,)) else None
-        if path == root or _inside(root, path):
-            return Rescan("watcher_restart")
-    return None
+    if any(path == root or _inside(root, path) for root in dirs):
+        return Rescan("watcher_restart")  # first: a plugin dir may lie inside another
+    return FsHint(path) if plugin_path_of(path, dirs) else None
 
 
 class Watcher:
@@ -381,7 +381,9 @@ class Watcher:
     def __init__(self, dirs: Sequence[str], put: Callable[[object], None]) -> None:
         self.dirs = _normalized(dirs)  # swapped whole; read by the handler thread
         self.put = put
-        self.lost_hints = False  # set by the handler when ``put`` failed
+        # A ``put`` failed on a watchdog thread. deque.append/popleft are atomic, and a
+        # signal that lands while refresh() reads it is covered by the rescan it asks for.
+        self.lost: deque[bool] = deque(maxlen=1)
         self._lock = threading.Lock()
         self._observer: _Observer | None = None
         self._watches: dict[_Spec, ObservedWatch] = {}
@@ -413,8 +415,10 @@ class Watcher:
                 return False
             changed = self._ensure_observer()
             changed |= self._settle()
-            lost, self.lost_hints = self.lost_hints, False
-            return changed or lost
+            if self.lost:
+                self.lost.popleft()
+                return True
+            return changed
 
     def set_dirs(self, dirs: Sequence[str]) -> None:
         with self._lock:
@@ -498,4 +502,4 @@ class Watcher:
         try:
             self.put(Rescan("overflow"))
         except BaseException:  # noqa: BLE001 -- must not kill watchdog's reader thread
-            self.lost_hints = True
+            self.lost.append(True)
