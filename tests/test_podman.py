@@ -23,6 +23,7 @@ from volplugd.model import EMPTY_SNAPSHOT, Kind, PluginState, PluginView, Snapsh
 from volplugd.podman import (
     GENERATED_MARK,
     SYSTEM_DROPIN,
+    AdminFiles,
     DropinWriter,
     ForeignFileError,
     config_search_paths,
@@ -213,6 +214,19 @@ def test_declared_plugins_survives_broken_files_and_logs_them(tmp_path: Path) ->
     with capture_logs() as logs:
         assert declared_plugins([broken, odd, mixed]) == {"ok": "/ok"}
     assert [(e["event"], e["path"]) for e in logs] == [("podman_config_unparsable", broken)]
+
+
+def test_admin_files_are_reparsed_and_logged_only_when_they_change(tmp_path: Path) -> None:
+    """A broken file is logged once, not per snapshot; an edit is picked up at once."""
+    admin = tmp_path / "admin.conf"
+    write(admin, "[engine\n")
+    files = AdminFiles()
+    with capture_logs() as logs:
+        assert files.declared([str(admin)]) == {}
+        assert files.declared([str(admin)]) == {}
+    assert [e["event"] for e in logs] == ["podman_config_unparsable"]
+    write(admin, '[engine.volume_plugins]\nfixed = "/f"\n')
+    assert files.declared([str(admin), str(tmp_path / "missing.conf")]) == {"fixed": "/f"}
 
 
 def test_rootless_search_order_adds_the_user_files(tmp_path: Path) -> None:

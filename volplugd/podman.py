@@ -34,8 +34,11 @@ from volplugd.model import Kind, PluginState, PluginView, Snapshot
 __all__ = [
     "GENERATED_MARK",
     "LISTED_STATES",
+    "SYSTEM_DROPIN",
+    "AdminFiles",
     "DropinPlan",
     "DropinWriter",
+    "ForeignFileError",
     "config_search_paths",
     "declared_plugins",
     "default_dropin_path",
@@ -244,6 +247,30 @@ def declared_plugins(paths: Sequence[str] | None = None) -> dict[str, str]:
     return declared
 
 
+class AdminFiles:
+    """declared_plugins() for a long-lived reader: a file is parsed (and a broken one
+    logged) again only when its inode, mtime or size changed, not on every snapshot."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[tuple[int, int, int], dict[str, str]]] = {}
+
+    def declared(self, paths: Sequence[str]) -> dict[str, str]:
+        declared: dict[str, str] = {}
+        seen = {}
+        for path in paths:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+            cached = self._seen.get(path)
+            plugins = cached[1] if cached and cached[0] == key else _plugins_in(path)
+            seen[path] = (key, plugins)
+            declared.update(plugins)
+        self._seen = seen
+        return declared
+
+
 def _plugins_in(path: str) -> dict[str, str]:
     try:
         with open(path, "rb") as f:
@@ -356,6 +383,7 @@ class DropinWriter:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="podman-dropin", daemon=True)
         self._log = log.bind(component="podman", path=settings.dropin)
+        self._admin = AdminFiles()
         self._last_skipped: Mapping[str, str] = {}
         self._last_error = ""
 
@@ -381,7 +409,7 @@ class DropinWriter:
         Raises ForeignFileError if the path holds a file volplugd did not write,
         OSError if it cannot be written.
         """
-        declared = declared_plugins(self._declared_paths())
+        declared = self._admin.declared(self._declared_paths())
         plan = plan_dropin(snapshot, declared)
         self._log_skipped(plan.skipped)
         if not _is_ours(self.path):
@@ -418,6 +446,7 @@ class DropinWriter:
                     self._last_error = ""
             except Exception as err:  # noqa: BLE001 - the thread must survive and say why
                 self._log_error("podman_dropin_failed", err)
+                self._stopping.wait(self._tick)  # no busy loop if the failure persists
         self._finish()
 
     def _log_error(self, event: str, err: Exception) -> None:
