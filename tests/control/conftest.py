@@ -48,7 +48,7 @@ def build_app(commands: MemoryCommands, access: AccessPolicy | None = None,
 
     return make_app(commands, metrics=metrics,
                     on_request=None if seen is None else (lambda r, s: seen.append((r, s))),
-                    version="9.9.9", started_at=time.monotonic(),
+                    version="9.9.9", started_at=time.time(),
                     access=access or AccessPolicy())
 
 
@@ -96,7 +96,8 @@ def serving(app: Any, path: str, **kw: Any) -> Iterator[ControlServer]:
         yield server
     finally:
         server.stop()
-        assert server.join(10.0), "control server threads did not end"
+        server.join(10.0)
+        assert not server.is_alive()
 
 
 @pytest.fixture

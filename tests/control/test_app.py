@@ -372,7 +372,7 @@ def test_metrics_route(commands: MemoryCommands) -> None:
     import time
 
     from volplugd.control import AccessPolicy, make_app
-    off = make_app(commands, metrics=None, version="1", started_at=time.monotonic(),
+    off = make_app(commands, metrics=None, version="1", started_at=time.time(),
                    access=AccessPolicy())
     assert wsgi(off, "GET", "/metrics").error == ("not_found", "metrics are turned off")
 

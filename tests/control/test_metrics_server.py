@@ -4,25 +4,34 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 from collections.abc import Iterator
 
 import pytest
 
 from volplugd.control import TcpMetricsServer, make_metrics_app
+from volplugd.control.server import split_listen
+
+
+def _metrics() -> tuple[bytes, str]:
+    return b"volplugd_up 1\n", "text/plain; version=0.0.4"
+
+
+def _page() -> bytes:
+    return b"<html>status</html>"
 
 
 @pytest.fixture
 def metrics_server() -> Iterator[TcpMetricsServer]:
     seen: list[tuple[str, int]] = []
-    app = make_metrics_app(lambda: (b"volplugd_up 1\n", "text/plain; version=0.0.4"),
-                           lambda: b"<html>status</html>",
-                           on_request=lambda r, s: seen.append((r, s)))
-    server = TcpMetricsServer(app, "127.0.0.1", 0)
+    server = TcpMetricsServer(_metrics, _page, listen="127.0.0.1:0",
+                              on_request=lambda r, s: seen.append((r, s)))
     server.start()
     server.seen = seen  # type: ignore[attr-defined]
     yield server
     server.stop()
-    assert server.join(5.0)
+    server.join(5.0)
+    assert not server.is_alive()
 
 
 def _get(server: TcpMetricsServer, method: str, target: str) -> http.client.HTTPResponse:
@@ -72,3 +81,51 @@ def test_head_on_metrics(metrics_server: TcpMetricsServer) -> None:
     resp = _get(metrics_server, "HEAD", "/metrics")
     assert resp.status == 200
     assert resp.getheader("Content-Length") == "14"
+
+
+def test_a_wsgi_app_with_host_and_port() -> None:
+    """The other form: any WSGI app, host and port given apart; still read-only."""
+    server = TcpMetricsServer(make_metrics_app(_metrics, _page), host="127.0.0.1", port=0)
+    server.start()
+    try:
+        assert _get(server, "GET", "/metrics").status == 200
+        assert _get(server, "POST", "/metrics").status == 405
+    finally:
+        server.stop()
+        server.join(5.0)
+        assert not server.is_alive()
+
+
+def test_inherited_listening_socket_is_served() -> None:
+    """Socket activation: a listening TCP socket handed over is served and then closed."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    server = TcpMetricsServer(_metrics, _page, sock=sock)
+    server.start()
+    try:
+        assert server.port == sock.getsockname()[1]
+        assert _get(server, "GET", "/").status == 200
+    finally:
+        server.stop()
+        server.join(5.0)
+        assert not server.is_alive()
+    assert sock.fileno() == -1
+
+
+@pytest.mark.parametrize(("listen", "parsed"), [
+    ("127.0.0.1:9612", ("127.0.0.1", 9612)),
+    ("[::1]:9612", ("::1", 9612)),
+    (":9612", ("", 9612)),
+    ("localhost:0", ("localhost", 0)),
+])
+def test_split_listen(listen: str, parsed: tuple[str, int]) -> None:
+    """HOST:PORT, with IPv6 in brackets; an empty host means every interface."""
+    assert split_listen(listen) == parsed
+
+
+@pytest.mark.parametrize("listen", ["9612", "host:", "host:http", "host:70000"])
+def test_split_listen_refuses_garbage(listen: str) -> None:
+    """Anything else is a ValueError naming the value."""
+    with pytest.raises(ValueError, match="is not HOST:PORT"):
+        split_listen(listen)

@@ -248,7 +248,8 @@ def test_inherited_socket_is_served_and_never_unlinked(sockdir: str,
         assert fetch(path, "GET", "/v1/health").status == 200
     finally:
         server.stop()
-        assert server.join(5.0)
+        server.join(5.0)
+        assert not server.is_alive()
     assert os.path.exists(path)
     assert sock.fileno() == -1  # closed: it was handed over
 
@@ -539,7 +540,8 @@ def test_stop_is_prompt_with_streams_and_slow_clients(sockdir: str,
         wait_until(lambda: server.connections == 3, message="three connections")
         server.stop()
         server.stop()  # idempotent
-        assert server.join(5.0)
+        server.join(5.0)
+        assert not server.is_alive()
         assert _dropped(slow)
     assert all(f.ended() for f in followers)
     assert not os.path.exists(path)

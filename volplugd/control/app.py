@@ -51,7 +51,10 @@ from volplugd.plugin.errors import (
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-__all__ = ["ERRORS", "FOLLOW_POLL_SECONDS", "ROUTES", "make_app", "make_metrics_app"]
+__all__ = [
+    "ERRORS", "FOLLOW_POLL_SECONDS", "ROUTES", "AccessPolicy", "make_app", "make_metrics_app",
+    "openapi_document",
+]
 
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
@@ -529,8 +532,8 @@ def make_app(commands: Commands, *, metrics: Callable[[], tuple[bytes, str]] | N
              on_request: Callable[[str, int], None] | None = None, version: str,
              started_at: float, access: AccessPolicy, probe_timeout: float = 10.0,
              rescan_timeout: float = 10.0,
-             clock: Callable[[], float] = time.monotonic) -> WSGIApplication:
-    """The control API. ``started_at`` is a reading of ``clock`` (monotonic by default).
+             clock: Callable[[], float] = time.time) -> WSGIApplication:
+    """The control API. ``started_at`` is a reading of ``clock`` (``time.time()``).
 
     ``on_request(route, status)`` is told each answer; ``route`` is a template such as
     "/v1/plugins/{name}" or "unmatched", so its values are bounded.

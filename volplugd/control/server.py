@@ -20,16 +20,17 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import structlog
 
+from volplugd.control.app import make_metrics_app
 from volplugd.control.connection import Site, serve_connection
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
 
-__all__ = ["BACKLOG", "ControlServer", "ControlSocketError", "TcpMetricsServer"]
+__all__ = ["BACKLOG", "ControlServer", "ControlSocketError", "TcpMetricsServer", "split_listen"]
 
 BACKLOG = 128
 _MAX_UNIX_PATH = 107  # sun_path is 108 bytes with the terminating NUL
@@ -88,8 +89,8 @@ class _Listener:
         if self._thread is None:
             self._discard_unstarted()
 
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait for the accept and connection threads; True if all ended in time.
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the accept and connection threads (see ``is_alive()`` after).
 
         A connection thread blocked inside the app (a plugin call) ends when that
         call returns; the threads are daemons, so they never hold up the process exit.
@@ -97,12 +98,17 @@ class _Listener:
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._thread is not None:
             self._thread.join(_left(deadline))
-        with self._cond:
-            threads = list(self._conns.values())
-        for thread in threads:
+        for thread in self._threads():
             thread.join(_left(deadline))
-        return not (self._thread is not None and self._thread.is_alive()) and \
-            not any(t.is_alive() for t in threads)
+
+    def is_alive(self) -> bool:
+        """True while the accept thread or any connection thread still runs."""
+        accepting = self._thread is not None and self._thread.is_alive()
+        return accepting or any(t.is_alive() for t in self._threads())
+
+    def _threads(self) -> list[threading.Thread]:
+        with self._cond:
+            return list(self._conns.values())
 
     @property
     def connections(self) -> int:
@@ -348,32 +354,68 @@ def _chgrp(path: str, gid: int, group: str | None) -> None:
 
 class TcpMetricsServer(_Listener):
     """The metrics port: GET and HEAD only (anything else 405), so nothing on TCP can
-    change state. ``port`` 0 picks a free port; ``.port`` says which after ``start()``.
+    change state.
+
+    Give either a WSGI ``app``, or the ``metrics`` callable with a ``status_page``
+    callable (served at ``/metrics`` and ``/``). The address is ``listen``
+    ("HOST:PORT", "[::1]:PORT") or ``host`` and ``port``; port 0 picks a free port and
+    ``.port`` says which after ``start()``. With ``sock`` (socket activation) that
+    listening socket is served instead.
     """
 
-    def __init__(self, app: WSGIApplication, host: str, port: int, *,
+    def __init__(self, app: WSGIApplication | Callable[[], tuple[bytes, str]],
+                 status_page: Callable[[], bytes] | None = None, *,
+                 listen: str | None = None, host: str | None = None, port: int | None = None,
+                 sock: socket.socket | None = None,
+                 on_request: Callable[[str, int], None] | None = None,
                  max_connections: int = 16, read_timeout: float = 10.0):
-        super().__init__(app, name="metrics", max_connections=max_connections, max_follow=1,
+        if status_page is not None:
+            metrics = cast("Callable[[], tuple[bytes, str]]", app)
+            app = make_metrics_app(metrics, status_page, on_request)
+        super().__init__(cast("WSGIApplication", app), name="metrics",
+                         max_connections=max_connections, max_follow=1,
                          read_timeout=read_timeout, read_only=True)
-        self.host = host.strip("[]")
-        self.port = port
+        if listen:
+            host, port = split_listen(listen)
+        if sock is None and port is None:
+            raise ValueError("TcpMetricsServer needs listen, host and port, or a socket")
+        self.host = host or ""
+        self.port = port or 0
+        self._inherited = sock
 
     def _open(self) -> socket.socket:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
-            sock.listen(BACKLOG)
-        except BaseException:
-            sock.close()
-            raise
+        sock = self._inherited or _bind_tcp(self.host, self.port)
         self.port = sock.getsockname()[1]
         self.site.base_environ["SERVER_PORT"] = str(self.port)
         return sock
+
+    def _discard_unstarted(self) -> None:
+        if self._inherited is not None:
+            self._inherited.close()
 
     def _prepare(self, conn: socket.socket) -> None:
         conn.setblocking(True)
         # headers and body leave in separate writes at times; no Nagle delay for them
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """ "127.0.0.1:9612" → ("127.0.0.1", 9612); "[::1]:9612" → ("::1", 9612)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"listen address {listen!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _bind_tcp(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
