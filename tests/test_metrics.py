@@ -16,7 +16,7 @@ import tempfile
 import threading
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import MappingProxyType
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -24,6 +24,9 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.fakeplugin import FakePlugin
+from tests.fakeplugin import behaviours as fb
+from tests.harness import Daemon
 from tests.waiting import wait_until
 from volplugd.metrics import (
     MAX_ROUTES,
@@ -440,7 +443,7 @@ def exporter() -> Iterator[tuple[Metrics, int]]:
         body, content_type = m.exposition(str(environ.get("HTTP_ACCEPT", "")))
         start_response("200 OK", [("Content-Type", content_type)])  # type: ignore[operator]
         return [body]
-    server: WSGIServer = make_server("127.0.0.1", 0, app, handler_class=_Quiet)  # type: ignore[arg-type]
+    server: WSGIServer = make_server("127.0.0.1", 0, app, handler_class=_Quiet)
     thread = threading.Thread(target=server.serve_forever, name="exporter")
     thread.start()
     try:
@@ -493,3 +496,100 @@ def test_real_prometheus_scrapes_and_queries_plugin_up(exporter: tuple[Metrics, 
         server.terminate()
         server.wait(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- a live daemon
+
+LIVE_CONFIG = """
+[probe]
+interval = 0.3
+timeout = 0.25
+failure_threshold = 1
+endpoint = "/VolumeDriver.List"
+[plugin]
+timeouts = { activate = 0.5, default = 2.0 }
+"""
+# plugin -> (how its probes are answered once it is ready, the probe result that gives)
+PROBE_FAULTS = {
+    "slow": (fb.Hang(), "timeout"),
+    "garbage": (fb.Garbage(), "bad_response"),
+    "failing": (fb.ErrOn200("backend offline"), "error"),
+}
+
+
+def scrape(d: Daemon) -> str:
+    status, body = d.call("GET", "/metrics")
+    assert status == 200, (status, body)
+    return bytes(body).decode()
+
+
+def sample(text_: str, name: str, **labels: str) -> float | None:
+    """One sample's value from a scrape, or None."""
+    for family in text_string_to_metric_families(text_):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return float(s.value)
+    return None
+
+
+@pytest.fixture
+def fakes(short_tmp: Path) -> Iterator[dict[str, FakePlugin]]:
+    """Fake plugins in short_tmp/plugins: ok, rejected, stuck, refused and PROBE_FAULTS."""
+    folder = short_tmp / "plugins"
+    folder.mkdir()
+    made = {name: FakePlugin(str(folder / f"{name}.sock"))
+            for name in ("ok", "refused", *PROBE_FAULTS)}
+    made["rejected"] = FakePlugin(str(folder / "rejected.sock"), implements=("NetworkDriver",))
+    made["stuck"] = FakePlugin(str(folder / "stuck.sock"))
+    made["stuck"].set("/Plugin.Activate", fb.Hang())
+    try:
+        yield made
+    finally:
+        for plugin in made.values():
+            plugin.stop()
+
+
+@pytest.mark.system
+@pytest.mark.peer
+def test_live_daemon_scrape_covers_every_state_and_probe_result(
+        daemon: Callable[..., Daemon], fakes: dict[str, FakePlugin]) -> None:
+    """A running daemon's /metrics has each state and each probe result a fake plugin
+    provokes, passes `promtool check metrics`, and drops an evicted plugin's series."""
+    d = daemon(config=LIVE_CONFIG).start()
+    for name in ("ok", "refused", *PROBE_FAULTS):
+        d.wait_state(name, "ready")
+    for name, (behaviour, _) in PROBE_FAULTS.items():
+        fakes[name].set("/VolumeDriver.List", behaviour)
+    fakes["refused"].stop(unlink=False)  # a stale socket: connect() is refused
+    for name in ("refused", *PROBE_FAULTS):
+        d.wait_state(name, "unhealthy")
+    d.wait_state("rejected", "rejected")
+    d.wait_state("stuck", "activating")
+    expected = {"ok": "success", "refused": "refused",
+                **{name: result for name, (_, result) in PROBE_FAULTS.items()}}
+
+    def complete() -> str | None:
+        t = scrape(d)
+        wanted = [("volplugd_plugin_probes_total", {"plugin": n, "result": r})
+                  for n, r in expected.items()]
+        wanted.append(("volplugd_plugin_requests_total",
+                       {"plugin": "stuck", "endpoint": "activate", "outcome": "timeout"}))
+        return t if all(sample(t, name, **labels) for name, labels in wanted) else None
+
+    text_ = wait_until(complete, timeout=15, message="every probe result in /metrics") or ""
+    for state, count in (("ready", 1), ("unhealthy", 4), ("activating", 1), ("rejected", 1)):
+        assert sample(text_, "volplugd_plugins", state=state) == count
+    assert sample(text_, "volplugd_plugin_up", plugin="ok") == 1
+    assert sample(text_, "volplugd_plugin_up", plugin="slow") == 0
+    assert sample(text_, "volplugd_plugin_requests_total", plugin="failing", endpoint="list",
+                  outcome="plugin_error")
+    assert sample(text_, "volplugd_control_requests_total", route="/v1/plugins", code="200")
+    done = subprocess.run([promtool(), "check", "metrics"], input=text_.encode(),
+                          capture_output=True, timeout=60, check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
+
+    fakes["ok"].stop()  # the socket file goes: evicted
+    d.wait_state("ok", None)
+    wait_until(lambda: 'plugin="ok"' not in scrape(d), timeout=10,
+               message="the evicted plugin's series to vanish")
+    assert sample(scrape(d), "volplugd_evictions_total", reason="removed") == 1
