@@ -391,3 +391,13 @@ def _root(error: BaseException) -> BaseException:
         if nested is None:
             return seen
         seen = nested
+
+
+def test_a_restarted_plugin_is_reached_again(sock_path: str, fake: FakePlugin,
+                                             client: PluginClient) -> None:
+    """A plugin replaced at the same path: the dead keep-alive connection is not reused."""
+    client.create("v1")
+    fake.stop()
+    with FakePlugin(sock_path) as restarted:
+        assert client.list() == []
+        assert [r.path for r in restarted.requests] == ["/VolumeDriver.List"]
