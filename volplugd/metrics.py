@@ -151,6 +151,10 @@ class _PluginSeries:
         return twin
 
 
+# discovery events, rescans, evictions, control requests: copies taken for one scrape
+_Totals = tuple[dict[str, int], dict[str, int], dict[str, int], dict[tuple[str, str], int]]
+
+
 class _ParsedCollector:
     """Registry adapter: ``collect()`` parses the renderer's text (one source of truth)."""
 
@@ -274,8 +278,9 @@ class Metrics:
         with self._lock:
             counts[key] = counts.get(key, 0) + 1
 
-    def _take(self, snapshot: Snapshot) -> dict[str, _PluginSeries]:
-        """Copy the series of the snapshot's plugins under the lock, and prune the rest.
+    def _take(self, snapshot: Snapshot) -> tuple[dict[str, _PluginSeries], _Totals]:
+        """Copy the counters and the snapshot's plugins' series under the lock (cheap:
+        histograms are immutable), and prune series of plugins the snapshot lacks.
 
         A series whose plugin is absent from two scrapes in a row with no observation
         between is dropped: a probe that ended after its plugin was forgotten must not
@@ -287,16 +292,15 @@ class Metrics:
                     del self._plugins[name]
                 else:
                     self._plugins[name].stale = True
-            return {name: s.copy() for name, s in self._plugins.items()
-                    if name in snapshot.plugins}
+            series = {name: s.copy() for name, s in self._plugins.items()
+                      if name in snapshot.plugins}
+            return series, (dict(self._discovery), dict(self._rescans),
+                            dict(self._evictions), dict(self._control))
 
     def _render(self) -> str:
         """The ``volplugd_`` families in text format 0.0.4."""
         snapshot = self._snapshot()
-        series = self._take(snapshot)
-        with self._lock:
-            totals = (dict(self._discovery), dict(self._rescans), dict(self._evictions),
-                      dict(self._control))
+        series, totals = self._take(snapshot)
         views = sorted(snapshot.plugins.values(), key=lambda v: v.name)
         out = _Text()
         _daemon_families(out, self._version, snapshot, self._watcher_up, totals)
@@ -356,8 +360,7 @@ def _counter(out: _Text, name: str, label: str, help_text: str, counts: dict[str
 
 
 def _daemon_families(out: _Text, version: str, snapshot: Snapshot, watcher_up: bool,
-                     totals: tuple[dict[str, int], dict[str, int], dict[str, int],
-                                   dict[tuple[str, str], int]]) -> None:
+                     totals: _Totals) -> None:
     """Families about the daemon as a whole (bounded, a few dozen lines)."""
     discovery, rescans, evictions, control = totals
     out.family("volplugd_build_info", "gauge", "Always 1; the version label says which build runs.")
