@@ -563,8 +563,8 @@ class Supervisor(Commands):
         if old.state is not new.state:
             reason = new.view.last_error or "ok"
             self._registry.record(EventType.STATE_CHANGED, name, old.state, new.state, reason)
-            log.info("plugin_state_changed", plugin=name, **{"from": old.state.value},
-                     to=new.state.value, reason=reason,
+            log.info(_STATE_EVENTS[new.state], plugin=name, address=new.view.address,
+                     **{"from": old.state.value}, reason=reason,
                      latency_ms=_ms(new.view.probe_latency_seconds))
             urgent = True
         if urgent:
@@ -614,6 +614,14 @@ class Supervisor(Commands):
             self._watcher.set_dirs(new.discovery.dirs)
         log.info("config_reloaded")
         self._full_scan("reload", now)
+
+
+_STATE_EVENTS = {
+    PluginState.READY: "plugin_ready",
+    PluginState.UNHEALTHY: "plugin_unhealthy",
+    PluginState.REJECTED: "plugin_rejected",
+    PluginState.ACTIVATING: "plugin_activating",
+}
 
 
 def _describe(err: BaseException) -> str:

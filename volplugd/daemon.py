@@ -1,0 +1,186 @@
+"""The composition root: build every part, start them in order, turn signals into
+messages, and stop everything in reverse order.
+
+Start order: metrics → supervisor (not yet running) → control socket → TCP metrics
+listener → Podman drop-in writer → signal handlers → the supervisor loop on this (the
+main) thread. READY=1 goes out from the loop once the first scan is reconciled and
+every plugin found then has been tried; by then the sockets are bound.
+
+Runs on: the main thread; signal handlers only enqueue.
+"""
+
+from __future__ import annotations
+
+import grp
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from types import FrameType
+
+from volplugd import __version__, log
+from volplugd.config import ConfigError, ControlSettings, Settings
+from volplugd.control.app import AccessPolicy, make_app
+from volplugd.control.server import ControlServer, TcpMetricsServer
+from volplugd.metrics import Metrics, status_page
+from volplugd.model import Stop
+from volplugd.podman import DropinWriter
+from volplugd.registry import Registry
+from volplugd.supervisor import Reload, Supervisor
+from volplugd.systemd import Notifier, listen_fds
+
+logger = log.get_logger(__name__)
+
+STOP_JOIN = 1.0  # seconds each part gets to finish after it was told to stop
+
+
+def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT; returns the process exit code."""
+    try:
+        return Daemon(settings, reload).run()
+    except ConfigError as err:
+        logger.error("config_error", error=str(err))
+        return 2
+
+
+def access_policy(control: ControlSettings) -> AccessPolicy:
+    """Group names from the config to gids; an unknown group is a config error."""
+    def gids(key: str, names: tuple[str, ...]) -> frozenset[int]:
+        try:
+            return frozenset(grp.getgrnam(name).gr_gid for name in names)
+        except KeyError as err:
+            raise ConfigError(f"control.{key}", f"unknown group {err.args[0]}") from err
+    return AccessPolicy(admin_gids=gids("admin_groups", control.admin_groups),
+                        read_gids=gids("read_groups", control.read_groups))
+
+
+class Daemon:
+    """One volplugd process: every long-lived part and the order they live in."""
+
+    def __init__(self, settings: Settings, reload: Callable[[], Settings] | None = None):
+        self.settings = settings
+        self._reload_settings = reload
+        self.started_at = time.time()
+        self.notifier = Notifier()
+        self.registry = Registry()
+        self.metrics = Metrics(self.registry.snapshot, version=__version__)
+        interval = self.notifier.watchdog_interval
+        self.supervisor = Supervisor(
+            settings, self.registry, observer=self.metrics, reload=self._reload,
+            heartbeat=None if interval is None else (interval, self.notifier.watchdog),
+            on_status=self._report_status, on_started=self._on_started,
+        )
+        self._stoppers: list[tuple[str, Callable[[], None], Callable[[float], None]]] = []
+
+    def run(self) -> int:
+        try:
+            self._start_servers()
+        except BaseException:
+            self._stop_all()
+            raise
+        previous = self._install_signals()
+        threading.excepthook = _log_thread_crash
+        logger.info("volplugd_starting", version=__version__,
+                    dirs=list(self.settings.discovery.dirs),
+                    control_socket=self.settings.control.socket,
+                    metrics_listen=self.settings.metrics.listen or None)
+        try:
+            self.supervisor.run()
+        finally:
+            self.notifier.stopping()
+            logger.info("volplugd_stopping")
+            self._stop_all()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            self.notifier.close()
+        logger.info("volplugd_stopped")
+        return 0
+
+    def _start_servers(self) -> None:
+        inherited = listen_fds()
+        control_sock = inherited.pop("control", None)
+        if control_sock is None and len(inherited) == 1 and "metrics" not in inherited:
+            control_sock = inherited.popitem()[1]
+        app = make_app(self.supervisor, metrics=self.metrics.exposition,
+                       on_request=self.metrics.control_request, version=__version__,
+                       started_at=self.started_at, access=access_policy(self.settings.control))
+        control = self.settings.control
+        server = ControlServer(app, path=control.socket, mode=control.mode, group=control.group,
+                               sock=control_sock)
+        self._start("control", server.start, server.stop, server.join)
+        listen, metrics_sock = self.settings.metrics.listen, inherited.pop("metrics", None)
+        if listen or metrics_sock is not None:
+            tcp = TcpMetricsServer(self.metrics.exposition, self._status_page, listen=listen,
+                                   sock=metrics_sock)
+            self._start("metrics", tcp.start, tcp.stop, tcp.join)
+            logger.info("metrics_listening", host=tcp.host, port=tcp.port)
+        if self.settings.podman.enabled:
+            writer = DropinWriter(self.settings.podman, self.registry.wait)
+            self._start("podman", writer.start, writer.stop, writer.join)
+
+    def _start(self, name: str, start: Callable[[], None], stop: Callable[[], None],
+               join: Callable[[float], None]) -> None:
+        start()
+        self._stoppers.append((name, stop, join))
+
+    def _stop_all(self) -> None:
+        """Stop in reverse start order; nobody waits on a hung plugin call."""
+        while self._stoppers:
+            name, stop, join = self._stoppers.pop()
+            try:
+                stop()
+                join(STOP_JOIN)
+            except Exception:  # one part failing to stop must not keep the others running
+                logger.exception("stop_failed", part=name)
+
+    def _install_signals(self) -> dict[int, Callable[[int, FrameType | None], object] | int]:
+        def enqueue(message: object) -> Callable[[int, FrameType | None], None]:
+            return lambda signum, frame: self.supervisor.put(message)
+        previous = {}
+        for signum, message in ((signal.SIGTERM, Stop()), (signal.SIGINT, Stop()),
+                                (signal.SIGHUP, Reload())):
+            previous[signum] = signal.signal(signum, enqueue(message))
+        return {s: h for s, h in previous.items() if h is not None}
+
+    # --- callbacks from the supervisor loop ---------------------------------------
+
+    def _on_started(self) -> None:
+        counts = self.registry.snapshot().counts
+        self.notifier.ready(_status_text(counts))
+        logger.info("volplugd_ready", **dict(counts))
+
+    def _report_status(self, counts: Mapping[str, int]) -> None:
+        """Counts changed (the supervisor sends at most one a second)."""
+        self.notifier.status(_status_text(counts))
+
+    def _reload(self) -> Settings | None:
+        if self._reload_settings is None:
+            return None
+        self.notifier.reloading()
+        try:
+            new = self._reload_settings()
+        except ConfigError as err:
+            logger.error("config_reload_failed", error=str(err))
+            return None
+        finally:
+            self.notifier.ready()
+        log.configure(new.log.format, new.log.level)
+        unchanged = ("control", "metrics", "podman")
+        for key in unchanged:
+            if getattr(new, key) != getattr(self.settings, key):
+                logger.warning("config_needs_restart", section=key)
+        self.settings = new
+        return new
+
+    def _status_page(self) -> bytes:
+        return status_page(self.registry.snapshot(), __version__)
+
+
+def _status_text(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{n} {state}" for state, n in counts.items())
+
+
+def _log_thread_crash(args: threading.ExceptHookArgs) -> None:
+    name = args.thread.name if args.thread is not None else "?"
+    logger.critical("thread_crashed", thread=name, error=repr(args.exc_value),
+                    exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
