@@ -2,12 +2,13 @@
 for one plugin, and hardened.
 
 Same endpoints, headers, request bodies and error wording as the seed; and then:
-a total deadline per call and a cap on the answer's size (see ``transport``), a
+a total deadline per call and a cap on the answer's size (``transport``), a
 non-empty ``Err`` on a 200 is an error, a non-JSON error answer keeps its text, JSON
 keys match case-insensitively (as Go's decoder does), Capabilities, TCP and TLS.
 
 The client neither logs nor touches metrics: it returns results, raises PluginError
 subclasses, and calls the optional ``on_request(endpoint, outcome, seconds)`` hook.
+Wire format: ``protocol``; sockets and limits: ``transport``; what broke: ``failures``.
 
 Runs on: any thread; calls may run concurrently (one keep-alive pool per client).
 """
@@ -16,8 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
-import math
 import os
 import stat
 import time
@@ -25,8 +24,6 @@ import warnings
 from collections.abc import Callable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
-
-from urllib3.util import SKIP_HEADER
 
 from volplugd.plugin import transport
 from volplugd.plugin.address import PluginAddress
@@ -40,6 +37,7 @@ from volplugd.plugin.errors import (
     PluginTimeout,
     PluginUnreachable,
 )
+from volplugd.plugin.failures import Failure, classify, strerror
 from volplugd.plugin.models import (
     Capabilities,
     JsonObject,
@@ -53,6 +51,30 @@ from volplugd.plugin.models import (
     parse_mountpoint,
     parse_volume,
     parse_volumes,
+)
+from volplugd.plugin.protocol import (
+    ACCEPT,
+    ACTIVATE,
+    CAPABILITIES,
+    CONTENT_TYPE,
+    CREATE,
+    DEFAULT_TIMEOUTS,
+    ENDPOINTS,
+    GET,
+    KEYS,
+    LIST,
+    MOUNT,
+    PATH,
+    REMOVE,
+    UNMOUNT,
+    VOLUME_DRIVER,
+    encode_json,
+    encode_options,
+    error_text,
+    headers_for,
+    positive_seconds,
+    resolve_timeouts,
+    user_agent,
 )
 
 __all__ = [
@@ -71,42 +93,19 @@ __all__ = [
     "UNMOUNT",
     "OnRequest",
     "PluginClient",
+    "resolve_timeouts",
+    "user_agent",
 ]
 
 OnRequest = Callable[[str, str, float], None]
 T = TypeVar("T")
 
-ACTIVATE = "/Plugin.Activate"
-CAPABILITIES = "/VolumeDriver.Capabilities"
-CREATE = "/VolumeDriver.Create"
-REMOVE = "/VolumeDriver.Remove"
-GET = "/VolumeDriver.Get"
-LIST = "/VolumeDriver.List"
-PATH = "/VolumeDriver.Path"
-MOUNT = "/VolumeDriver.Mount"
-UNMOUNT = "/VolumeDriver.Unmount"
-ENDPOINTS = (ACTIVATE, CAPABILITIES, CREATE, REMOVE, GET, LIST, PATH, MOUNT, UNMOUNT)
-
-CONTENT_TYPE = "application/vnd.docker.plugins.v1.1+json"  # what Podman sends
-ACCEPT = "application/vnd.docker.plugins.v1.2+json"  # what Docker sends
-
-#: Seconds per call, after Docker's; a ``timeouts`` key missing falls back to "default".
-DEFAULT_TIMEOUTS: Mapping[str, float] = MappingProxyType({
-    "activate": 5.0, "capabilities": 60.0, "create": 120.0, "remove": 60.0, "get": 60.0,
-    "list": 60.0, "path": 60.0, "mount": 120.0, "unmount": 60.0, "default": 60.0,
-})
-_KEYS = {endpoint: endpoint.rsplit(".", 1)[1].lower() for endpoint in ENDPOINTS}
 _FAILURES: Mapping[str, type[PluginError]] = MappingProxyType({
-    transport.Failure.REFUSED: PluginUnreachable,  # a stale socket file: nobody listens
-    transport.Failure.BROKEN: PluginUnreachable,
-    transport.Failure.OS: PluginUnreachable,
-    transport.Failure.PROTOCOL: PluginBadResponse,
+    Failure.REFUSED: PluginUnreachable,  # a stale socket file: nobody listens
+    Failure.BROKEN: PluginUnreachable,
+    Failure.OS: PluginUnreachable,
+    Failure.PROTOCOL: PluginBadResponse,
 })
-ERROR_TEXT_BYTES = 1024  # a non-JSON error answer is cut to this
-VOLUME_DRIVER = "VolumeDriver"
-# Go's encoder escapes these (HTML safety); Podman's bodies carry them escaped.
-_GO_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
-                             "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
 class PluginClient:
@@ -127,7 +126,7 @@ class PluginClient:
         self._setup_error: OSError | None = None
         self._transport: transport.Transport | None = None
         try:
-            self._transport = transport.Transport(address, _headers(address))
+            self._transport = transport.Transport(address, headers_for(address))
         except OSError as err:  # unreadable TLS files (ssl.SSLError too): every call says so
             self._setup_error = err
 
@@ -144,7 +143,7 @@ class PluginClient:
                timeout: float | None = None) -> None:
         request: dict[str, Any] = {"Name": volume}
         if options:  # omitted when empty, as Podman does
-            request["Opts"] = _options(options)
+            request["Opts"] = encode_options(options)
         self._call(CREATE, request, volume, timeout, self._checked(CREATE, volume, _nothing))
 
     def remove(self, volume: str, *, timeout: float | None = None) -> None:
@@ -209,7 +208,7 @@ class PluginClient:
                   seconds: float, started: float) -> tuple[int, bytes]:
         """(status, body) of one POST, all of it within ``seconds`` of ``started``."""
         link = self._check_usable(endpoint, volume)
-        body = b"" if request is None else _encode(request)
+        body = b"" if request is None else encode_json(request)
         with transport.deadline(started + seconds):
             try:
                 response = link.post(endpoint, body, seconds)
@@ -241,7 +240,7 @@ class PluginClient:
         except FileNotFoundError as err:
             raise self._removed(endpoint, volume) from err
         except OSError as err:
-            raise PluginUnreachable(f"accessing plugin {self.name}: {transport.strerror(err)}",
+            raise PluginUnreachable(f"accessing plugin {self.name}: {strerror(err)}",
                                     **self._ctx(endpoint, volume)) from err
         if not stat.S_ISSOCK(mode):
             raise NotAPlugin(f'volume {self.name} path "{self.address.target}" is not a unix '
@@ -281,7 +280,7 @@ class PluginClient:
         """An interpreter: non-200 or a non-empty Err is reported; else ``parse`` the 200."""
         def interpret(status: int, body: bytes) -> T:
             if status != 200:
-                raise self._reported(endpoint, volume, _error_text(body))
+                raise self._reported(endpoint, volume, error_text(body))
             try:
                 obj = decode_object(body)
                 err = parse_err(obj)
@@ -289,7 +288,7 @@ class PluginClient:
                     return parse(obj)
             except ResponseError as bad:
                 raise PluginBadResponse(
-                    f"unmarshalling volume plugin {self.name} {_KEYS[endpoint]} response: "
+                    f"unmarshalling volume plugin {self.name} {KEYS[endpoint]} response: "
                     f"{bad}", **self._ctx(endpoint, volume)) from bad
             raise self._reported(endpoint, volume, err)
         return interpret
@@ -323,15 +322,15 @@ class PluginClient:
 
     def _transport_error(self, err: Exception, phase: str, endpoint: str, volume: str,
                          seconds: float) -> PluginError:
-        kind, detail = transport.classify(err)
+        kind, detail = classify(err)
         ctx = self._ctx(endpoint, volume)
         prefix = self._prefix(phase, endpoint)
-        if kind == transport.Failure.TIMEOUT or transport.deadline_passed():
+        if kind == Failure.TIMEOUT or transport.deadline_passed():
             return PluginTimeout(f"{prefix}: timed out: no complete answer within {seconds:g} s",
                                  **ctx)
-        if kind == transport.Failure.GONE:
+        if kind == Failure.GONE:
             return self._removed(endpoint, volume)
-        if kind == transport.Failure.REFUSED:
+        if kind == Failure.REFUSED:
             detail = f"{self._dial()}: connect: {detail}"
         return _FAILURES.get(kind, PluginError)(f"{prefix}: {detail}", **ctx)
 
@@ -342,8 +341,8 @@ class PluginClient:
     # -- settings and the hook ----------------------------------------------------------
     def _seconds(self, endpoint: str, timeout: float | None) -> float:
         if timeout is None:
-            return self._timeouts[_KEYS[endpoint]]
-        return _positive(timeout, "timeout")
+            return self._timeouts[KEYS[endpoint]]
+        return positive_seconds(timeout, "timeout")
 
     def _report(self, endpoint: str, outcome: str, seconds: float) -> None:
         """Call on_request; what it raises never changes the call's result or error.
@@ -362,75 +361,9 @@ class PluginClient:
                               f"{err!r}; ignored", RuntimeWarning, stacklevel=4)
 
 
-def resolve_timeouts(given: Mapping[str, float] | None) -> dict[str, float]:
-    """Seconds per timeout key; keys missing from ``given`` use its "default", if any."""
-    given = dict(given or {})
-    unknown = sorted(set(given) - set(DEFAULT_TIMEOUTS))
-    if unknown:
-        raise ValueError(f"unknown timeout keys {unknown} (known: {sorted(DEFAULT_TIMEOUTS)})")
-    checked = {key: _positive(value, f"timeouts[{key!r}]") for key, value in given.items()}
-    fallback = checked.get("default")
-    return {key: checked.get(key, default if fallback is None else fallback)
-            for key, default in DEFAULT_TIMEOUTS.items()}
-
-
-def _positive(value: float, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{what} must be a number of seconds, not {value!r}")
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{what} must be a positive number of seconds, not {value!r}")
-    return float(value)
-
-
-def _options(options: Mapping[str, str]) -> dict[str, str]:
-    """Create's Opts, sorted by key as Go's encoder writes a map."""
-    for key, value in options.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise TypeError(f"volume options must map str to str, not {key!r}: {value!r}")
-    return dict(sorted(options.items()))
-
-
-def _encode(request: dict[str, Any]) -> bytes:
-    """Compact JSON, byte for byte what Go's encoding/json writes for these requests."""
-    text = json.dumps(request, separators=(",", ":"), ensure_ascii=False)
-    return text.translate(_GO_ESCAPES).encode("utf-8", errors="replace")
-
-
-def _error_text(body: bytes) -> str:
-    """A non-200 answer's error: its ``Err`` if it is a JSON object, else its text."""
-    try:
-        return parse_err(decode_object(body))
-    except ResponseError:
-        text = body[:ERROR_TEXT_BYTES].decode("utf-8", errors="replace").strip()
-        return text + "…" if len(body) > ERROR_TEXT_BYTES else text
-
-
 def _mountpoint(*, required: bool) -> Callable[[JsonObject], str]:
     return functools.partial(parse_mountpoint, required=required)
 
 
 def _nothing(_: JsonObject) -> None:
     return None
-
-
-def _headers(address: PluginAddress) -> dict[str, str]:
-    """Podman's headers in Podman's order, plus Docker's Accept; nothing requests adds."""
-    headers = {"Host": "plugin"} if address.is_unix else {}  # TCP: the real host:port
-    headers.update({
-        "User-Agent": user_agent(),
-        "Content-Length": "0",  # placeholder: set per request, keeps this position
-        "Content-Type": CONTENT_TYPE,
-        "Accept": ACCEPT,
-        "Accept-Encoding": SKIP_HEADER,  # else http.client adds "Accept-Encoding: identity"
-    })
-    return headers
-
-
-@functools.cache
-def user_agent() -> str:
-    """``volplugd/<installed version>``; plain ``volplugd`` when run from a source tree."""
-    from importlib import metadata
-    try:
-        return f"volplugd/{metadata.version('volplugd')}"
-    except metadata.PackageNotFoundError:
-        return "volplugd"
