@@ -412,3 +412,9 @@ def test_ready_plugin_list_helper_view_is_ready() -> None:
     """The test helper builds ready views by default (guards the fixtures)."""
     assert view("x").state is PluginState.READY
     assert MemoryClient("x").list() == []
+
+
+def test_any_wsgi_server_works_without_the_raw_path(app) -> None:  # type: ignore[no-untyped-def]
+    """Without volplugd.raw_path (another WSGI server) routing uses PATH_INFO."""
+    ans = wsgi(app, "GET", "/v1/plugins/demo", environ={"volplugd.raw_path": None})
+    assert ans.json()["name"] == "demo"

@@ -9,13 +9,10 @@ Runs on: control connection threads (never the supervisor thread).
 
 from __future__ import annotations
 
-import http
 import json
-import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -26,16 +23,26 @@ from volplugd.control.inputs import (
     BodyTooLarge,
     InvalidRequest,
     check_volume_name,
-    content_length,
     follow_flag,
     mount_id,
-    path_segments,
-    query,
     read_json_object,
     since_seq,
     state_filter,
     volume_options,
 )
+from volplugd.control.routing import (
+    JSON,
+    NDJSON,
+    Handler,
+    MethodNotAllowed,
+    NotFound,
+    Reply,
+    Request,
+    WsgiBase,
+    json_reply,
+    raw_reply,
+)
+from volplugd.control.stream import FollowStream, follow_slot, ndjson
 from volplugd.model import Commands, PluginNotReady, UnknownPlugin, encode
 from volplugd.plugin.errors import (
     NotAPlugin,
@@ -49,17 +56,12 @@ from volplugd.plugin.errors import (
 )
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
 
 __all__ = [
-    "ERRORS", "FOLLOW_POLL_SECONDS", "ROUTES", "AccessPolicy", "make_app", "make_metrics_app",
+    "ERRORS", "ROUTES", "AccessPolicy", "make_app", "make_metrics_app",
     "openapi_document",
 ]
-
-JSON = "application/json"
-NDJSON = "application/x-ndjson"
-FOLLOW_POLL_SECONDS = 0.25  # how soon a follow stream notices a stop or a gone client
-UNMATCHED = "unmatched"  # the metrics route label of a path that matches no route
 
 _log = structlog.get_logger()
 
@@ -69,16 +71,6 @@ _log = structlog.get_logger()
 
 class _Forbidden(Exception):
     pass
-
-
-class _NotFound(Exception):
-    pass
-
-
-class _MethodNotAllowed(Exception):
-    def __init__(self, allow: Iterable[str]):
-        self.allow = ", ".join(sorted(allow))
-        super().__init__(f"allowed: {self.allow}")
 
 
 class _TooManyStreams(Exception):
@@ -92,10 +84,10 @@ class _MetricsOff(Exception):
 ERRORS: Mapping[type[BaseException], tuple[int, str]] = {
     InvalidRequest: (400, "invalid_request"),
     _Forbidden: (403, "forbidden"),
-    _NotFound: (404, "not_found"),
+    NotFound: (404, "not_found"),
     _MetricsOff: (404, "not_found"),
     UnknownPlugin: (404, "plugin_not_found"),
-    _MethodNotAllowed: (405, "method_not_allowed"),
+    MethodNotAllowed: (405, "method_not_allowed"),
     PluginNotReady: (409, "plugin_not_ready"),
     BodyTooLarge: (413, "request_too_large"),
     _TooManyStreams: (429, "too_many_streams"),
@@ -112,7 +104,7 @@ ERRORS: Mapping[type[BaseException], tuple[int, str]] = {
 
 _MESSAGES: Mapping[type[BaseException], str] = {
     _Forbidden: "this user may not do that on the control socket",
-    _NotFound: "no such route",
+    NotFound: "no such route",
     _MetricsOff: "metrics are turned off",
     _TooManyStreams: "too many open follow streams; try again later",
     TimeoutError: "the daemon did not answer in time; try again",
@@ -135,25 +127,6 @@ def _message(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-# --- Replies -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    status: int
-    body: bytes | Iterable[bytes] = b""
-    content_type: str | None = JSON
-    headers: tuple[tuple[str, str], ...] = ()
-
-
-def _json(status: int, obj: Any) -> Reply:
-    return Reply(status, encode(obj))
-
-
-def _raw(status: int, body: bytes, content_type: str = JSON) -> Reply:
-    return Reply(status, body, content_type)
-
-
 def error_reply(exc: BaseException) -> Reply:
     """The JSON error answer for any exception (500 internal_error if unlisted)."""
     status, code = _status_and_code(exc)
@@ -162,22 +135,12 @@ def error_reply(exc: BaseException) -> Reply:
         message = "internal error; the daemon logged it"
     else:
         message = _message(exc)
-    headers = (("Allow", exc.allow),) if isinstance(exc, _MethodNotAllowed) else ()
+    headers = (("Allow", exc.allow),) if isinstance(exc, MethodNotAllowed) else ()
     return Reply(status, encode({"error": {"code": code, "message": message}}), JSON, headers)
 
 
-# --- Requests and routes ---------------------------------------------------------------
+# --- The route table and the apps ---------------------------------------------------
 
-
-@dataclass(slots=True)
-class Request:
-    environ: WSGIEnvironment
-    method: str
-    params: dict[str, str]
-    query: dict[str, str] = field(default_factory=dict)
-
-
-Handler = Callable[[Request], Reply]
 
 ROUTES: Mapping[str, frozenset[str]] = {
     "/v1/health": frozenset({"GET"}),
@@ -198,121 +161,7 @@ ROUTES: Mapping[str, frozenset[str]] = {
 """Every route and its methods (HEAD is implied by GET); the OpenAPI test checks this."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Match:
-    template: str
-    handlers: Mapping[str, Handler]
-    params: dict[str, str]
-
-
-class _Router:
-    """Matches path segments against templates; ``{x}`` takes one non-empty segment."""
-
-    def __init__(self, table: Mapping[str, Mapping[str, Handler]]):
-        self._routes = [(t, tuple(t.split("/")[1:]), h) for t, h in table.items()]
-
-    def match(self, segments: list[str]) -> _Match | None:
-        for template, parts, handlers in self._routes:
-            params = _bind(parts, segments)
-            if params is not None:
-                return _Match(template, handlers, params)
-        return None
-
-
-def _bind(parts: tuple[str, ...], segments: list[str]) -> dict[str, str] | None:
-    if len(parts) != len(segments):
-        return None
-    params: dict[str, str] = {}
-    for part, segment in zip(parts, segments, strict=True):
-        if part.startswith("{"):
-            if not segment:
-                return None
-            params[part[1:-1]] = segment
-        elif part != segment:
-            return None
-    return params
-
-
-# --- The WSGI application ------------------------------------------------------------------
-
-
-class _WsgiBase:
-    """Routing, errors, HEAD and the metrics hook, shared by both apps."""
-
-    def __init__(self, table: Mapping[str, Mapping[str, Handler]],
-                 on_request: Callable[[str, int], None] | None):
-        self._router = _Router(table)
-        self._on_request = on_request
-
-    def __call__(self, environ: WSGIEnvironment,
-                 start_response: StartResponse) -> Iterable[bytes]:
-        method = str(environ.get("REQUEST_METHOD", "GET")).upper()
-        route, reply = self._answer(environ, method)
-        if self._on_request is not None:
-            self._on_request(route, reply.status)
-        start_response(_status_line(reply.status), _headers(reply))
-        if method == "HEAD":
-            _close(reply.body)
-            return []
-        return [reply.body] if isinstance(reply.body, bytes) else reply.body
-
-    def _answer(self, environ: WSGIEnvironment, method: str) -> tuple[str, Reply]:
-        bad_path: InvalidRequest | None = None
-        found: _Match | None = None
-        try:
-            found = self._router.match(path_segments(environ))
-        except InvalidRequest as exc:
-            bad_path = exc
-        route = UNMATCHED if found is None else found.template
-        try:
-            self._admit(environ, method)
-            if bad_path is not None:
-                raise bad_path
-            return route, self._dispatch(found, environ, method)
-        except Exception as exc:  # noqa: BLE001 — every failure becomes a JSON error
-            return route, error_reply(exc)
-
-    def _admit(self, environ: WSGIEnvironment, method: str) -> None:
-        """Checks before routing (access; body size); raises to refuse."""
-        content_length(environ)
-
-    def _dispatch(self, found: _Match | None, environ: WSGIEnvironment,
-                  method: str) -> Reply:
-        if found is None:
-            raise _NotFound
-        handler = found.handlers.get("GET" if method == "HEAD" else method)
-        if handler is None:
-            raise _MethodNotAllowed(_allow(found.handlers))
-        return handler(Request(environ, method, found.params, query(environ)))
-
-
-def _allow(handlers: Mapping[str, Handler]) -> set[str]:
-    return set(handlers) | ({"HEAD"} if "GET" in handlers else set())
-
-
-def _status_line(status: int) -> str:
-    try:
-        return f"{status} {http.HTTPStatus(status).phrase}"
-    except ValueError:
-        return f"{status} Unknown"
-
-
-def _headers(reply: Reply) -> list[tuple[str, str]]:
-    headers = list(reply.headers)
-    if reply.content_type is not None:
-        headers.append(("Content-Type", reply.content_type))
-    if isinstance(reply.body, bytes) and reply.status not in {204, 304}:
-        headers.append(("Content-Length", str(len(reply.body))))
-    return headers
-
-
-def _close(body: bytes | Iterable[bytes]) -> None:
-    close = getattr(body, "close", None)
-    if close is not None:
-        close()
-
-
-class ControlApp(_WsgiBase):
+class ControlApp(WsgiBase):
     """The control socket's routes over a ``Commands``."""
 
     def __init__(self, commands: Commands, *, metrics: Callable[[], tuple[bytes, str]] | None,
@@ -328,7 +177,7 @@ class ControlApp(_WsgiBase):
         self._rescan_timeout = rescan_timeout
         self._clock = clock
         self._openapi = _openapi_bytes()
-        super().__init__(self._table(), on_request)
+        super().__init__(self._table(), on_request, error_reply)
 
     def _table(self) -> dict[str, dict[str, Handler]]:
         handlers: dict[tuple[str, str], Handler] = {
@@ -354,7 +203,7 @@ class ControlApp(_WsgiBase):
             table.setdefault(template, {})[method] = handler
         return table
 
-    def _admit(self, environ: WSGIEnvironment, method: str) -> None:
+    def admit(self, environ: WSGIEnvironment, method: str) -> None:
         peer: Peer | None = environ.get("volplugd.peer")
         groups: frozenset[int] = environ.get("volplugd.groups", frozenset())
         if not decide(self._access, peer, groups, method):
@@ -363,63 +212,64 @@ class ControlApp(_WsgiBase):
                          uid=None if peer is None else peer.uid,
                          pid=None if peer is None else peer.pid)
             raise _Forbidden
-        super()._admit(environ, method)
+        super().admit(environ, method)
 
     # -- reads: the snapshot and its pre-encoded JSON --
 
     def health(self, req: Request) -> Reply:
         snapshot = self._commands.snapshot()
-        return _json(200, {"status": "ok", "version": self._version,
+        return json_reply(200, {"status": "ok", "version": self._version,
                            "uptime_seconds": round(self._clock() - self._started_at, 3),
                            "plugins": dict(snapshot.counts)})
 
     def plugins(self, req: Request) -> Reply:
         state = state_filter(req.query)
-        return _raw(200, self._commands.snapshot().plugins_json(state))
+        return raw_reply(200, self._commands.snapshot().plugins_json(state))
 
     def plugin(self, req: Request) -> Reply:
         name = req.params["name"]
         encoded = self._commands.snapshot().encoded.get(name)
         if encoded is None:
             raise UnknownPlugin(name)
-        return _raw(200, encoded)
+        return raw_reply(200, encoded)
 
     def events(self, req: Request) -> Reply:
         since = since_seq(req.query)
         if not follow_flag(req.query) or req.method == "HEAD":
-            lines = b"".join(_ndjson(self._commands.events(since, wait=0.0)))
-            return _raw(200, lines, NDJSON)
-        release = _follow_slot(req.environ)
-        stream = FollowStream(self._commands, since, req.environ, release)
-        return Reply(200, stream, NDJSON)
+            lines = b"".join(ndjson(self._commands.events(since, wait=0.0)))
+            return raw_reply(200, lines, NDJSON)
+        release = follow_slot(req.environ)
+        if release is None:
+            raise _TooManyStreams
+        return Reply(200, FollowStream(self._commands, since, req.environ, release), NDJSON)
 
     def metrics(self, req: Request) -> Reply:
         if self._metrics is None:
             raise _MetricsOff
         body, content_type = self._metrics()
-        return _raw(200, body, content_type)
+        return raw_reply(200, body, content_type)
 
     def openapi(self, req: Request) -> Reply:
-        return _raw(200, self._openapi)
+        return raw_reply(200, self._openapi)
 
     # -- commands to the daemon --
 
     def probe(self, req: Request) -> Reply:
         view = self._commands.probe(req.params["name"], self._probe_timeout)
-        return _json(200, view.to_json())
+        return json_reply(200, view.to_json())
 
     def rescan(self, req: Request) -> Reply:
-        return _json(200, self._commands.rescan(self._rescan_timeout).to_json())
+        return json_reply(200, self._commands.rescan(self._rescan_timeout).to_json())
 
     # -- volume operations: through the plugin client, failing fast --
 
     def capabilities(self, req: Request) -> Reply:
         caps = self._commands.call(req.params["name"], lambda c: c.capabilities())
-        return _json(200, {"scope": caps.scope})
+        return json_reply(200, {"scope": caps.scope})
 
     def volumes(self, req: Request) -> Reply:
         found = self._commands.call(req.params["name"], lambda c: c.list())
-        return _json(200, {"volumes": [v.to_json() for v in found]})
+        return json_reply(200, {"volumes": [v.to_json() for v in found]})
 
     def create_volume(self, req: Request) -> Reply:
         plugin = req.params["name"]
@@ -444,7 +294,7 @@ class ControlApp(_WsgiBase):
     def volume(self, req: Request) -> Reply:
         volume = check_volume_name(req.params["volume"], "volume")
         found = self._commands.call(req.params["name"], lambda c: c.get(volume))
-        return _json(200, found.to_json())
+        return json_reply(200, found.to_json())
 
     def remove_volume(self, req: Request) -> Reply:
         volume = check_volume_name(req.params["volume"], "volume")
@@ -454,13 +304,13 @@ class ControlApp(_WsgiBase):
     def volume_path(self, req: Request) -> Reply:
         volume = check_volume_name(req.params["volume"], "volume")
         mountpoint = self._commands.call(req.params["name"], lambda c: c.path(volume))
-        return _json(200, {"mountpoint": mountpoint})
+        return json_reply(200, {"mountpoint": mountpoint})
 
     def mount(self, req: Request) -> Reply:
         volume = check_volume_name(req.params["volume"], "volume")
         ident = mount_id(read_json_object(req.environ))
         mountpoint = self._commands.call(req.params["name"], lambda c: c.mount(volume, ident))
-        return _json(200, {"mountpoint": mountpoint})
+        return json_reply(200, {"mountpoint": mountpoint})
 
     def unmount(self, req: Request) -> Reply:
         volume = check_volume_name(req.params["volume"], "volume")
@@ -472,50 +322,6 @@ class ControlApp(_WsgiBase):
 def _volume_url(plugin: str, volume: str) -> str:
     quote = urllib.parse.quote
     return f"/v1/plugins/{quote(plugin, safe='')}/volumes/{quote(volume, safe='')}"
-
-
-def _ndjson(events: Iterable[Any]) -> Iterator[bytes]:
-    for event in events:
-        yield encode(event.to_json()) + b"\n"
-
-
-def _follow_slot(environ: WSGIEnvironment) -> Callable[[], None]:
-    """Take one of the server's follow-stream slots, or refuse with 429."""
-    acquire: Callable[[], Callable[[], None] | None] | None = environ.get("volplugd.follow_slot")
-    if acquire is None:
-        return lambda: None
-    release = acquire()
-    if release is None:
-        raise _TooManyStreams
-    return release
-
-
-class FollowStream:
-    """``GET /v1/events?follow=1``: NDJSON lines as events happen, until the server
-    stops or the client goes away. A class, not a generator, so ``close()`` frees the
-    follow slot even if the server never started iterating.
-    """
-
-    def __init__(self, commands: Commands, since: int, environ: WSGIEnvironment,
-                 release: Callable[[], None]):
-        self._commands = commands
-        self._since = since
-        self._stopping: threading.Event = environ.get("volplugd.stopping", threading.Event())
-        self._gone: Callable[[], bool] = environ.get("volplugd.disconnected", lambda: False)
-        self._release: Callable[[], None] | None = release
-
-    def __iter__(self) -> Iterator[bytes]:
-        yield b""  # makes the server send the headers now, before the first event
-        while not self._stopping.is_set() and not self._gone():
-            events = self._commands.events(self._since, wait=FOLLOW_POLL_SECONDS)
-            if events:
-                self._since = events[-1].seq
-                yield b"".join(_ndjson(events))
-
-    def close(self) -> None:
-        release, self._release = self._release, None
-        if release is not None:
-            release()
 
 
 def _openapi_bytes() -> bytes:
@@ -543,7 +349,7 @@ def make_app(commands: Commands, *, metrics: Callable[[], tuple[bytes, str]] | N
                       rescan_timeout=rescan_timeout, clock=clock)
 
 
-class _MetricsApp(_WsgiBase):
+class _MetricsApp(WsgiBase):
     """The TCP listener's app: ``/metrics`` and ``/``, GET and HEAD only."""
 
     def __init__(self, metrics: Callable[[], tuple[bytes, str]], status_page: Callable[[], bytes],
@@ -551,14 +357,14 @@ class _MetricsApp(_WsgiBase):
         self._metrics = metrics
         self._status_page = status_page
         super().__init__({"/metrics": {"GET": self.metrics}, "/": {"GET": self.index}},
-                         on_request)
+                         on_request, error_reply)
 
     def metrics(self, req: Request) -> Reply:
         body, content_type = self._metrics()
-        return _raw(200, body, content_type)
+        return raw_reply(200, body, content_type)
 
     def index(self, req: Request) -> Reply:
-        return _raw(200, self._status_page(), "text/html; charset=utf-8")
+        return raw_reply(200, self._status_page(), "text/html; charset=utf-8")
 
 
 def make_metrics_app(metrics: Callable[[], tuple[bytes, str]], status_page: Callable[[], bytes],

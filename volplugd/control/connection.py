@@ -27,7 +27,8 @@ from wsgiref.simple_server import WSGIRequestHandler
 import structlog
 
 from volplugd.control.access import Peer, groups_of
-from volplugd.control.app import JSON
+from volplugd.control.routing import JSON
+from volplugd.control.sockio import Body, HeadTooLarge, Reader, Writer
 from volplugd.model import encode
 
 if TYPE_CHECKING:
@@ -65,90 +66,6 @@ class Site:
         "SCRIPT_NAME": "", "CONTENT_LENGTH": "", "REMOTE_HOST": ""})
 
 
-class _HeadTooLarge(Exception):
-    pass
-
-
-class _Reader(io.RawIOBase):
-    """Socket reads under one deadline per request, and a byte budget for the head."""
-
-    def __init__(self, sock: socket.socket):
-        self._sock = sock
-        self.deadline = float("inf")
-        self.budget: int | None = None
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("request not received within read_timeout")
-        view = memoryview(buffer)
-        if self.budget is not None:
-            if self.budget <= 0:
-                raise _HeadTooLarge
-            view = view[: self.budget]
-        self._sock.settimeout(remaining)
-        count = self._sock.recv_into(view)
-        if self.budget is not None:
-            self.budget -= count
-        return count
-
-
-class _Writer(io.RawIOBase):
-    """Socket writes that give up after ``timeout`` (a client that stops reading)."""
-
-    def __init__(self, sock: socket.socket, timeout: float):
-        self._sock = sock
-        self._timeout = timeout
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        self._sock.settimeout(self._timeout)
-        self._sock.sendall(data)
-        return len(data)
-
-
-class _Body(io.RawIOBase):
-    """``wsgi.input``: exactly Content-Length bytes; asks for them (100 Continue) lazily."""
-
-    def __init__(self, rfile: io.BufferedReader[_Reader], length: int,
-                 ask: Callable[[], None]):
-        self._rfile = rfile
-        self.remaining = length
-        self._ask = ask
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if self.remaining <= 0:
-            return 0
-        self._ask()
-        view = memoryview(buffer)[: self.remaining]
-        count = self._rfile.readinto(view)
-        if count == 0:  # the client closed early: no more body will come
-            self.remaining = 0
-        self.remaining -= count
-        return count
-
-    def readline(self, size: int | None = -1) -> bytes:
-        limit = self.remaining if size is None or size < 0 else min(size, self.remaining)
-        if limit <= 0:
-            return b""
-        self._ask()
-        line = self._rfile.readline(limit)
-        self.remaining = 0 if not line else self.remaining - len(line)
-        return line
-
-    def drain(self) -> None:
-        while self.remaining > 0 and self.read(min(self.remaining, 65536)):
-            pass
-
-
 class _Handler(SimpleHandler):
     """wsgiref's response side: HTTP/1.1, keep-alive decided as headers go out."""
 
@@ -160,7 +77,7 @@ class _Handler(SimpleHandler):
     headers: Headers | None  # set by wsgiref (undocumented, so not in its stubs)
     status: str | None
 
-    def __init__(self, conn: _Connection, environ: dict[str, Any], body: _Body):
+    def __init__(self, conn: _Connection, environ: dict[str, Any], body: Body):
         super().__init__(body, cast(IO[bytes], conn.out), sys.stderr, environ)
         self.conn = conn
         self.completed = False
@@ -207,13 +124,13 @@ class _Connection(WSGIRequestHandler):
     def setup(self) -> None:
         self.site: Site = self.server
         self.connection = sock = self.request
-        self._reader = _Reader(sock)
+        self._reader = Reader(sock)
         self.rfile = self.inp = io.BufferedReader(self._reader, 16 * 1024)
-        self.wfile = self.out = io.BufferedWriter(_Writer(sock, self.site.read_timeout),
+        self.wfile = self.out = io.BufferedWriter(Writer(sock, self.site.read_timeout),
                                                   64 * 1024)
         self.peer, self.groups = _credentials(sock)
         self._expecting = False
-        self._body: _Body | None = None
+        self._body: Body | None = None
         self._refused = False  # a protocol error: the client may still be sending
 
     def handle(self) -> None:
@@ -252,7 +169,7 @@ class _Connection(WSGIRequestHandler):
             if not first and not self._wait_while_idle():
                 return False
             return self._read_head()
-        except _HeadTooLarge:
+        except HeadTooLarge:
             self.send_error(431, "request head is over the limit")
         except TimeoutError:
             _log.info("control_client_too_slow", pid=self.peer and self.peer.pid,
@@ -291,7 +208,7 @@ class _Connection(WSGIRequestHandler):
         length = self._framing()
         if length is None:
             return
-        self._body = body = _Body(self.inp, length, self._send_continue)
+        self._body = body = Body(self.inp, length, self._send_continue)
         handler = _Handler(self, self._environ(), body)
         handler.run(self.site.app)
         try:

@@ -63,7 +63,7 @@ def path_segments(environ: Mapping[str, Any]) -> list[str]:
     WSGI server gives only the decoded PATH_INFO (latin-1 per PEP 3333).
     """
     raw = environ.get("volplugd.raw_path")
-    if raw is None:
+    if not raw:
         decoded = str(environ.get("PATH_INFO", "")).encode("latin-1").decode("utf-8", "replace")
         return decoded.split("/")[1:]
     try:
