@@ -60,7 +60,7 @@ class Daemon:
     def __init__(self, workdir: Path, *, plugin_dirs: Sequence[Path] | None = None,
                  args: Sequence[str] = (), config: str = "", env: dict[str, str] | None = None):
         self.workdir = workdir
-        self.plugin_dirs = list(plugin_dirs or [workdir / "plugins"])
+        self.plugin_dirs = list(plugin_dirs) if plugin_dirs is not None else [workdir / "plugins"]
         self.socket = str(workdir / "control.sock")
         self.log_path = workdir / "volplugd.log"
         self.config_path = workdir / "volplugd.toml"
@@ -131,6 +131,13 @@ class Daemon:
             except ValueError:
                 continue
         return out
+
+    def wait_log(self, event: str, timeout: float = 15.0, nth: int = 1) -> dict[str, Any]:
+        """Wait for the ``nth`` JSON log line whose event is ``event``; return it."""
+        def found() -> dict[str, Any] | None:
+            hits = [e for e in self.log_events() if e.get("event") == event]
+            return hits[nth - 1] if len(hits) >= nth else None
+        return wait_until(found, timeout, message=f"log event {event}")  # type: ignore[return-value]
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None

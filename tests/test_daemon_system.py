@@ -1,0 +1,193 @@
+"""volplugd as a real process, driven through its control socket, with fake plugins."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fakeplugin import FakePlugin
+from tests.fakeplugin import behaviours as b
+from tests.harness import Daemon
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.system
+
+FAST = """
+[probe]
+interval = 0.3
+timeout = 0.3
+failure_threshold = 2
+[plugin]
+timeouts = { activate = 0.5, default = 1.0 }
+"""
+
+
+@pytest.fixture
+def fakes() -> Iterator[Callable[..., FakePlugin]]:
+    """Fake plugins at any socket path, stopped after the test."""
+    made: list[FakePlugin] = []
+
+    def make(path: Path, **kw: object) -> FakePlugin:
+        fp = FakePlugin(str(path), **kw)  # type: ignore[arg-type]
+        made.append(fp)
+        return fp
+
+    yield make
+    for fp in made:
+        fp.stop()
+
+
+def events(d: Daemon, plugin: str) -> list[tuple[str, str | None, str]]:
+    body = d.get("/v1/events?since=0")
+    lines = [json.loads(line) for line in body.decode().splitlines()]
+    return [(e["type"], e["to"], e["reason"]) for e in lines if e["plugin"] == plugin]
+
+
+def test_socket_appears_ready_and_disappears_evicted(
+        daemon: Callable[..., Daemon], fakes: Callable[..., FakePlugin]) -> None:
+    """A plugin socket is activated when it appears and evicted when it goes."""
+    d = daemon(config=FAST).start()
+    fp = fakes(d.plugin_dirs[0] / "alpha.sock")
+    plugin = d.wait_state("alpha", "ready")
+    assert (plugin["kind"], plugin["implements"], plugin["capabilities"]) == (
+        "sock", ["VolumeDriver"], {"scope": "local"})
+    fp.stop()
+    d.wait_state("alpha", None)
+    assert events(d, "alpha") == [("discovered", "activating", plugin["source"]),
+                                  ("state_changed", "ready", "ok"), ("evicted", None, "removed")]
+    status, body = d.call("GET", "/v1/plugins/alpha")
+    assert (status, body["error"]["code"]) == (404, "plugin_not_found")
+
+
+def test_replaced_socket_is_activated_again(
+        daemon: Callable[..., Daemon], fakes: Callable[..., FakePlugin]) -> None:
+    """A new socket at the same path is evicted as 'replaced' and activated anew."""
+    d = daemon(config=FAST).start()
+    path = d.plugin_dirs[0] / "swap.sock"
+    old = fakes(path)
+    first = d.wait_state("swap", "ready")
+    old.stop(unlink=False)
+    os.unlink(path)
+    fakes(path)
+    wait_until(lambda: ("evicted", None, "replaced") in events(d, "swap")
+               or ("evicted", None, "removed") in events(d, "swap"), message="old one evicted")
+    second = d.wait_state("swap", "ready")
+    assert second["registered_at"] >= first["registered_at"]
+    assert events(d, "swap")[-1] == ("state_changed", "ready", "ok")
+
+
+def test_not_a_volume_driver_is_rejected(
+        daemon: Callable[..., Daemon], fakes: Callable[..., FakePlugin]) -> None:
+    """A plugin implementing only NetworkDriver is listed as rejected, never probed."""
+    d = daemon(config=FAST).start()
+    fakes(d.plugin_dirs[0] / "net.sock", implements=("NetworkDriver",))
+    plugin = d.wait_state("net", "rejected")
+    assert plugin["implements"] == ["NetworkDriver"]
+    assert plugin["last_error"].endswith("plugin is not a volume plugin")
+    assert [p["name"] for p in d.get("/v1/plugins?state=rejected")["plugins"]] == ["net"]
+
+
+def test_hung_plugin_goes_unhealthy_and_recovers(
+        daemon: Callable[..., Daemon], fakes: Callable[..., FakePlugin]) -> None:
+    """Probes that time out make a plugin unhealthy; answers make it ready again."""
+    d = daemon(config=FAST).start()
+    fp = fakes(d.plugin_dirs[0] / "slow.sock")
+    d.wait_state("slow", "ready")
+    fp.set("/Plugin.Activate", b.Hang())
+    plugin = d.wait_state("slow", "unhealthy")
+    assert "timed out" in plugin["last_error"]
+    status, body = d.call("GET", "/v1/plugins/slow/volumes")
+    assert (status, body["error"]["code"]) == (409, "plugin_not_ready")
+    fp.reset()
+    assert d.wait_state("slow", "ready")["last_error"] is None
+
+
+def test_stale_socket_is_told_apart_from_a_slow_plugin(
+        daemon: Callable[..., Daemon], fakes: Callable[..., FakePlugin]) -> None:
+    """A socket file nobody listens on stays activating with a 'refused' error."""
+    d = daemon(config=FAST)
+    d.plugin_dirs[0].mkdir(parents=True)
+    fakes(d.plugin_dirs[0] / "stale.sock").stop(unlink=False)
+    d.start()
+    plugin = wait_until(lambda: (d.plugins().get("stale") or {}).get("last_error"),
+                        message="an activation error")
+    assert "refused" in plugin
+    assert d.plugins()["stale"]["state"] == "activating"
+
+
+def test_plugin_dir_created_late_and_recreated_is_watched(
+        daemon: Callable[..., Daemon], fakes: Callable[..., FakePlugin],
+        short_tmp: Path) -> None:
+    """A plugin dir missing at start, then deleted and recreated, is still watched."""
+    late = short_tmp / "late" / "plugins"
+    d = daemon(config=FAST, plugin_dirs=[late])
+    d.start(wait=False)
+    shutil.rmtree(short_tmp / "late", ignore_errors=True)
+    d.wait_ready()
+    late.mkdir(parents=True)
+    first = fakes(late / "one.sock")
+    d.wait_state("one", "ready")
+    first.stop()
+    shutil.rmtree(late)
+    d.wait_state("one", None)
+    late.mkdir()
+    fakes(late / "two.sock")
+    d.wait_state("two", "ready")
+
+
+def test_many_sockets_present_at_start_are_ready_once_serving(
+        daemon: Callable[..., Daemon], fakes: Callable[..., FakePlugin],
+        short_tmp: Path) -> None:
+    """200 plugins present at start are all ready once the daemon says it is ready."""
+    d = daemon(config=FAST)
+    d.plugin_dirs[0].mkdir(parents=True)
+    for i in range(200):
+        fakes(d.plugin_dirs[0] / f"p{i:03}.sock")
+    d.start()
+    ready = d.wait_log("volplugd_ready")
+    assert (ready["ready"], ready["activating"]) == (200, 0)
+    assert d.get("/v1/health")["plugins"]["ready"] == 200
+
+
+def test_sigterm_with_a_hung_plugin_exits_promptly(
+        daemon: Callable[..., Daemon], fakes: Callable[..., FakePlugin]) -> None:
+    """Nobody waits on a hung plugin call at shutdown: SIGTERM exits 0."""
+    d = daemon(config="[plugin]\ntimeouts = { activate = 300.0, default = 300.0 }\n")
+    d.plugin_dirs[0].mkdir(parents=True)
+    fp = fakes(d.plugin_dirs[0] / "hang.sock")
+    fp.set("*", b.Hang())
+    d.start()
+    fp.wait_requests(1)
+    assert d.stop(timeout=10.0) == 0  # the hung call would hold it 300 s
+    assert not Path(d.socket).exists()
+    assert [e["event"] for e in d.log_events()][-2:] == ["volplugd_stopping", "volplugd_stopped"]
+
+
+def test_sighup_reloads_dirs_and_probe_settings_keeping_unchanged_plugins(
+        daemon: Callable[..., Daemon], fakes: Callable[..., FakePlugin],
+        short_tmp: Path) -> None:
+    """SIGHUP re-reads the config: new dirs are watched, plugins still present are kept."""
+    one, two = short_tmp / "one", short_tmp / "two"
+    d = daemon(config=FAST, plugin_dirs=[])
+    d.config_path.write_text(FAST + f'[discovery]\ndirs = ["{one}"]\n')
+    one.mkdir()
+    two.mkdir()
+    fakes(one / "keep.sock")
+    d.start()
+    kept = d.wait_state("keep", "ready")
+    fakes(two / "new.sock")
+    d.config_path.write_text(FAST + f'[discovery]\ndirs = ["{one}", "{two}"]\n')
+    d.signal(signal.SIGHUP)
+    d.wait_state("new", "ready")
+    assert d.plugins()["keep"]["registered_at"] == kept["registered_at"]
+    d.config_path.write_text("[probe]\nintervall = 1\n")
+    d.signal(signal.SIGHUP)
+    failure = d.wait_log("config_reload_failed")
+    assert failure["error"] == 'probe.intervall: unknown key (did you mean "interval"?)'
+    assert d.get("/v1/health")["plugins"]["ready"] == 2
