@@ -558,6 +558,10 @@ def test_live_daemon_scrape_covers_every_state_and_probe_result(
     d = daemon(config=LIVE_CONFIG).start()
     for name in ("ok", "refused", *PROBE_FAULTS):
         d.wait_state(name, "ready")
+    fakes["ok"].set("/VolumeDriver.Create", fb.ErrOn200("no space left"))
+    assert d.call("GET", "/v1/plugins/ok/volumes")[0] == 200
+    assert d.call("POST", "/v1/plugins/ok/volumes", {"name": "v1"})[0] == 502
+    fakes["ok"].reset()
     for name, (behaviour, _) in PROBE_FAULTS.items():
         fakes[name].set("/VolumeDriver.List", behaviour)
     fakes["refused"].stop(unlink=False)  # a stale socket: connect() is refused
@@ -573,7 +577,7 @@ def test_live_daemon_scrape_covers_every_state_and_probe_result(
         wanted = [("volplugd_plugin_probes_total", {"plugin": n, "result": r})
                   for n, r in expected.items()]
         wanted.append(("volplugd_plugin_requests_total",
-                       {"plugin": "stuck", "endpoint": "activate", "outcome": "timeout"}))
+                       {"plugin": "ok", "endpoint": "list", "outcome": "success"}))
         return t if all(sample(t, name, **labels) for name, labels in wanted) else None
 
     text_ = wait_until(complete, timeout=15, message="every probe result in /metrics") or ""
@@ -581,8 +585,11 @@ def test_live_daemon_scrape_covers_every_state_and_probe_result(
         assert sample(text_, "volplugd_plugins", state=state) == count
     assert sample(text_, "volplugd_plugin_up", plugin="ok") == 1
     assert sample(text_, "volplugd_plugin_up", plugin="slow") == 0
-    assert sample(text_, "volplugd_plugin_requests_total", plugin="failing", endpoint="list",
-                  outcome="plugin_error")
+    assert sample(text_, "volplugd_plugin_requests_total", plugin="ok", endpoint="create",
+                  outcome="plugin_error") == 1
+    # probes and activations are counted as probes, never as volume requests
+    assert 'volplugd_plugin_requests_total{plugin="failing"' not in text_
+    assert 'volplugd_plugin_requests_total{plugin="stuck"' not in text_
     assert sample(text_, "volplugd_control_requests_total", route="/v1/plugins", code="200")
     done = subprocess.run([promtool(), "check", "metrics"], input=text_.encode(),
                           capture_output=True, timeout=60, check=False)

@@ -91,10 +91,14 @@ class Done:
     seconds: float
 
 
+_worker = threading.local()
+
+
 class WorkerPool:
     """A fixed set of daemon threads: a call hung in a plugin never holds up exit."""
 
     def __init__(self, size: int, name: str):
+        self.name = name
         self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = \
             queue.SimpleQueue()
         self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
@@ -108,6 +112,7 @@ class WorkerPool:
         return future
 
     def _work(self) -> None:
+        _worker.pool = self.name
         while (job := self._jobs.get()) is not None:
             future, fn = job
             if future.set_running_or_notify_cancel():
@@ -429,9 +434,14 @@ class Supervisor(Commands):
 
     def _make_client(self, want: DesiredPlugin) -> PluginClient:
         settings = self._settings.plugin
-        hook = partial(self._observer.request, want.name)
         return PluginClient(want.name, want.address, timeouts=settings.timeouts,
-                            max_response_bytes=settings.max_response_bytes, on_request=hook)
+                            max_response_bytes=settings.max_response_bytes,
+                            on_request=partial(self._on_request, want.name))
+
+    def _on_request(self, name: str, endpoint: str, outcome: str, seconds: float) -> None:
+        """Count volume operations only: probes and activations have their own metrics."""
+        if getattr(_worker, "pool", None) == self._ops.name:
+            self._observer.request(name, endpoint, outcome, seconds)
 
     def _evict(self, name: str, reason: str) -> None:
         tracked = self._tracked.pop(name)
