@@ -4,30 +4,15 @@ fuzz (schemathesis) against a live server: no undocumented status, no 500, no ha
 from __future__ import annotations
 
 import json
-from collections import Counter
-from collections.abc import Sequence
-from typing import Any
 
 import pytest
-import schemathesis
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from openapi_spec_validator import validate
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_headers_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
 from tests.control.conftest import Live
+from tests.control.fuzz import fuzz_operations
 from tests.control.helpers import unix_session
 from volplugd.control import ROUTES, openapi_document
 from volplugd.control.app import ERRORS
-
-FUZZ_EXAMPLES = 15  # per operation: 16 operations x 15 keeps the run to seconds
-CHECKS = [status_code_conformance, content_type_conformance, response_schema_conformance,
-          response_headers_conformance]
 
 
 def test_document_is_valid_openapi_3_1() -> None:
@@ -66,36 +51,6 @@ def test_plugin_schema_matches_the_model() -> None:
 
     schema = openapi_document()["components"]["schemas"]["Plugin"]
     assert set(schema["required"]) == set(view("x").to_json())
-
-
-def fuzz_operations(base_url: str, session: Any, plugins: Sequence[str] = (), *,
-                    max_examples: int = FUZZ_EXAMPLES) -> Counter[int]:
-    """Run every documented operation with generated inputs; count the statuses seen.
-
-    Reusable against the real daemon: give it the socket's base URL, a session, and
-    plugin names worth hitting (a generated name is almost never a registered one).
-    ``follow`` is forced off: an open stream never ends, by design.
-    """
-    schema = schemathesis.openapi.from_dict(openapi_document())
-    statuses: Counter[int] = Counter()
-    for result in schema.get_all_operations():
-        operation = result.ok()
-
-        @given(case=operation.as_strategy(), plugin=st.sampled_from([None, *plugins]))
-        @settings(max_examples=max_examples, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck), derandomize=True)
-        def check(case: Any, plugin: str | None) -> None:
-            if case.query:
-                case.query.pop("follow", None)
-            if plugin is not None and case.path_parameters and "name" in case.path_parameters:
-                case.path_parameters["name"] = plugin
-            response = case.call(base_url=base_url, session=session, timeout=10)
-            statuses[response.status_code] += 1
-            assert response.status_code != 500, response.text
-            case.validate_response(response, checks=CHECKS)
-
-        check()
-    return statuses
 
 
 def test_fuzz_live_server(live: Live) -> None:
