@@ -1,9 +1,9 @@
 """The composition root: build every part, start them in order, turn signals into
 messages, and stop everything in reverse order.
 
-Start order: metrics → supervisor (not yet running) → control socket → TCP metrics
-listener → Podman drop-in writer → signal handlers → the supervisor loop on this (the
-main) thread. READY=1 goes out from the loop once the first scan is reconciled and
+Start order: metrics → supervisor (not yet running) → signal handlers → control
+socket → TCP metrics listener → Podman drop-in writer → the supervisor loop on this
+(the main) thread. READY=1 goes out from the loop once the first scan is reconciled and
 every plugin found then has been tried; by then the sockets are bound.
 
 Runs on: the main thread; signal handlers only enqueue.
@@ -73,13 +73,15 @@ class Daemon:
         self._stoppers: list[tuple[str, Callable[[], None], Callable[[float], None]]] = []
 
     def run(self) -> int:
+        # Handlers first: a SIGHUP that arrives once the socket is visible must not kill us.
+        previous = self._install_signals()
+        threading.excepthook = _log_thread_crash
         try:
             self._start_servers()
         except BaseException:
             self._stop_all()
+            _restore(previous)
             raise
-        previous = self._install_signals()
-        threading.excepthook = _log_thread_crash
         logger.info("volplugd_starting", version=__version__,
                     dirs=list(self.settings.discovery.dirs),
                     control_socket=self.settings.control.socket,
@@ -90,8 +92,7 @@ class Daemon:
             self.notifier.stopping()
             logger.info("volplugd_stopping")
             self._stop_all()
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+            _restore(previous)
             self.notifier.close()
         logger.info("volplugd_stopped")
         return 0
@@ -174,6 +175,11 @@ class Daemon:
 
     def _status_page(self) -> bytes:
         return status_page(self.registry.snapshot(), __version__)
+
+
+def _restore(previous: Mapping[int, Callable[[int, FrameType | None], object] | int]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 def _status_text(counts: Mapping[str, int]) -> str:
