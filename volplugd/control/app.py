@@ -42,6 +42,7 @@ from volplugd.control.routing import (
     json_reply,
     raw_reply,
 )
+from volplugd.control.sockio import RequestTimeout
 from volplugd.control.stream import FollowStream, follow_slot, ndjson
 from volplugd.model import Commands, PluginNotReady, UnknownPlugin, encode
 from volplugd.plugin.errors import (
@@ -88,6 +89,7 @@ ERRORS: Mapping[type[BaseException], tuple[int, str]] = {
     _MetricsOff: (404, "not_found"),
     UnknownPlugin: (404, "plugin_not_found"),
     MethodNotAllowed: (405, "method_not_allowed"),
+    RequestTimeout: (408, "request_timeout"),
     PluginNotReady: (409, "plugin_not_ready"),
     BodyTooLarge: (413, "request_too_large"),
     _TooManyStreams: (429, "too_many_streams"),
@@ -111,30 +113,25 @@ _MESSAGES: Mapping[type[BaseException], str] = {
 }
 
 
-def _status_and_code(exc: BaseException) -> tuple[int, str]:
-    for cls in type(exc).__mro__:
-        if cls in ERRORS:
-            return ERRORS[cls]
-    return 500, "internal_error"
+def _listed(exc: BaseException) -> type[BaseException] | None:
+    """The nearest class of ``exc`` that the table lists."""
+    return next((cls for cls in type(exc).__mro__ if cls in ERRORS), None)
 
 
-def _message(exc: BaseException) -> str:
+def _message(exc: BaseException, listed: type[BaseException]) -> str:
     if isinstance(exc, PluginReportedError):
         return exc.err  # the plugin's own Err, verbatim
-    for cls in type(exc).__mro__:
-        if cls in _MESSAGES:
-            return _MESSAGES[cls]
-    return str(exc) or type(exc).__name__
+    return _MESSAGES.get(listed) or str(exc) or type(exc).__name__
 
 
 def error_reply(exc: BaseException) -> Reply:
     """The JSON error answer for any exception (500 internal_error if unlisted)."""
-    status, code = _status_and_code(exc)
-    if status == 500:
+    listed = _listed(exc)
+    if listed is None:
         _log.error("control_request_failed", exc_info=exc)
-        message = "internal error; the daemon logged it"
+        status, code, message = 500, "internal_error", "internal error; the daemon logged it"
     else:
-        message = _message(exc)
+        (status, code), message = ERRORS[listed], _message(exc, listed)
     headers = (("Allow", exc.allow),) if isinstance(exc, MethodNotAllowed) else ()
     return Reply(status, encode({"error": {"code": code, "message": message}}), JSON, headers)
 

@@ -218,7 +218,10 @@ class _Connection(WSGIRequestHandler):
         if not handler.completed:
             self.close_connection = True
         elif body.remaining and not self.close_connection:
-            body.drain()
+            try:
+                body.drain()
+            except OSError:  # too slow, or gone: this connection is done
+                self.close_connection = True
 
     def _framing(self) -> int | None:
         """The body length, or None after refusing a request we cannot frame."""

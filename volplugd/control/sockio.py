@@ -12,11 +12,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Body", "HeadTooLarge", "Reader", "Writer"]
+__all__ = ["Body", "HeadTooLarge", "Reader", "RequestTimeout", "Writer"]
 
 
 class HeadTooLarge(Exception):
     """The request head went over its byte budget."""
+
+
+class RequestTimeout(TimeoutError):
+    """The client did not send its whole request within read_timeout (408)."""
 
 
 class Reader(io.RawIOBase):
@@ -33,14 +37,17 @@ class Reader(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
-            raise TimeoutError("request not received within read_timeout")
+            raise RequestTimeout("the request did not arrive within the read timeout")
         view = memoryview(buffer)
         if self.budget is not None:
             if self.budget <= 0:
                 raise HeadTooLarge
             view = view[: self.budget]
         self._sock.settimeout(remaining)
-        count = self._sock.recv_into(view)
+        try:
+            count = self._sock.recv_into(view)
+        except TimeoutError:
+            raise RequestTimeout("the request did not arrive within the read timeout") from None
         if self.budget is not None:
             self.budget -= count
         return count
