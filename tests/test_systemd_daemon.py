@@ -382,9 +382,11 @@ def test_socket_activated_by_systemd_socket_activate(
         pytest.skip("systemd-socket-activate is missing (Debian package systemd)")
     plugins("fake")
     path = str(short_tmp / "control.sock")
-    # The tool passes on only the -E variables (plus LISTEN_*), as systemd would.
+    # The tool passes on only the -E variables (plus LISTEN_*), as systemd would;
+    # PYTHONPATH too when set, so that the tree under test is the one that runs.
+    keep = ["-E", "PYTHONPATH"] if "PYTHONPATH" in os.environ else []
     d = service(launcher=[tool, f"--listen={path}", "--fdname=control",
-                          "-E", f"NOTIFY_SOCKET={notify.name}"])
+                          "-E", f"NOTIFY_SOCKET={notify.name}", *keep])
     d.start(wait=False)
     wait_until(lambda: os.path.exists(path) or d.proc is None or d.proc.poll() is not None,
                WAIT, message="systemd-socket-activate to listen")
