@@ -118,7 +118,7 @@ class Daemon:
             if state is None:
                 return plugin is None
             return plugin if plugin is not None and plugin["state"] == state else None
-        return wait_until(check, timeout, message=f"{name} -> {state}")  # type: ignore[no-any-return]
+        return wait_until(check, timeout, message=f"{name} -> {state}")  # type: ignore[no-any-return,unused-ignore]
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -137,7 +137,9 @@ class Daemon:
         def found() -> dict[str, Any] | None:
             hits = [e for e in self.log_events() if e.get("event") == event]
             return hits[nth - 1] if len(hits) >= nth else None
-        return wait_until(found, timeout, message=f"log event {event}")  # type: ignore[return-value]
+        hit = wait_until(found, timeout, message=f"log event {event}")
+        assert hit is not None
+        return hit
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None
