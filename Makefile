@@ -4,10 +4,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # Run as root: the real Docker plugin folders and /run/volplugd. As a user: ./run/.
 ifeq ($(shell id -u),0)
+TRY_DIR  := /run/docker/plugins
+TRY_SOCK := /run/volplugd/control.sock
 RUN_ARGS ?= --config etc/volplugd/volplugd.toml
 else
-RUN_ARGS ?= --config etc/volplugd/volplugd.toml --plugin-dir $(CURDIR)/run/plugins \
-            --control-socket $(CURDIR)/run/control.sock
+TRY_DIR  := $(CURDIR)/run/plugins
+TRY_SOCK := $(CURDIR)/run/control.sock
+RUN_ARGS ?= --config etc/volplugd/volplugd.toml --plugin-dir $(TRY_DIR) \
+            --control-socket $(TRY_SOCK)
 endif
 PYTEST_ARGS ?= -n 2
 
@@ -24,9 +28,11 @@ $(BIN)/.dev: pyproject.toml
 	touch $@ $(BIN)/.runtime
 
 run: $(BIN)/.runtime
-	@mkdir -p run/plugins
-	@echo "volplugd: try a plugin with: $(BIN)/python -m tests.fakeplugin <plugin-dir>/demo.sock"
-	@echo "          then: $(BIN)/volplugctl --socket <control socket> ls"
+	@mkdir -p $(TRY_DIR)
+	@echo "volplugd: watching $(TRY_DIR) (and the other configured folders); control socket $(TRY_SOCK)"
+	@echo "  try it, in another shell:  $(BIN)/python -m tests.fakeplugin $(TRY_DIR)/demo.sock"
+	@echo "                             $(BIN)/volplugctl --socket $(TRY_SOCK) ls"
+	@echo "  metrics and status page:   http://127.0.0.1:9612/   (Ctrl-C stops volplugd)"
 	$(BIN)/volplugd $(RUN_ARGS)
 
 system-deps:
