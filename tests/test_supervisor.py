@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -248,3 +249,13 @@ def test_manual_rescan_reports_added_and_removed(
     wait_state(sup, "late", PluginState.READY)
     assert [e.reason for e in sup.events(0) if e.type.value == "rescan"] == [
         "startup", "manual", "manual"]
+
+
+def test_an_idle_loop_keeps_running_so_its_age_shows_liveness(
+        start: Callable[..., Supervisor]) -> None:
+    """With nothing to do the loop still runs every second: loop_age() stays small."""
+    sup = start(watch=False)
+    assert sup.wait_started(10)
+    began = time.monotonic()
+    wait_until(lambda: time.monotonic() - began > 2.5 and sup.loop_age() < 1.5, timeout=10,
+               message="the idle loop to have run recently")

@@ -248,6 +248,10 @@ class Commands(Protocol):
 
     def snapshot(self) -> Snapshot: ...
 
+    def loop_age(self) -> float:
+        """Seconds since the supervisor loop last ran (it runs at least once a second)."""
+        ...
+
     def events(self, since: int, wait: float = 0.0) -> tuple[Event, ...]:
         """Events with ``seq > since``; waits up to ``wait`` s for the first one."""
         ...

@@ -63,6 +63,7 @@ log = get_logger(__name__)
 LAZY_PUBLISH = 0.5  # seconds a timestamp-only change may wait before it is published
 STATUS_EVERY = 1.0  # at most one status callback a second
 MAX_BATCH = 1000    # messages handled per loop iteration before publishing
+LIVENESS = 1.0      # the loop runs at least this often, so its age shows a wedged loop
 
 
 class WatcherLike(Protocol):
@@ -210,6 +211,7 @@ class Supervisor(Commands):
         self._next_rescan = 0.0
         self._next_beat = 0.0
         self._next_status = 0.0
+        self._last_iteration = clock()
         self._last_counts: Mapping[str, int] | None = None
         self._thread: threading.Thread | None = None
 
@@ -220,6 +222,9 @@ class Supervisor(Commands):
 
     def snapshot(self) -> Snapshot:
         return self._registry.snapshot()
+
+    def loop_age(self) -> float:
+        return max(0.0, self._clock() - self._last_iteration)
 
     def events(self, since: int, wait: float = 0.0) -> tuple[Event, ...]:
         return self._registry.events(since, wait)
@@ -286,7 +291,7 @@ class Supervisor(Commands):
                 batch.append(self._queue.get_nowait())
             except queue.Empty:
                 break
-        now = self._clock()
+        now = self._last_iteration = self._clock()
         if any(isinstance(m, Stop) for m in batch):
             return False
         hints = [m.path for m in batch if isinstance(m, FsHint)]
@@ -298,7 +303,7 @@ class Supervisor(Commands):
         return True
 
     def _next_message(self) -> object:
-        wake = [self._next_rescan]
+        wake = [self._next_rescan, self._clock() + LIVENESS]
         if self._heartbeat is not None:
             wake.append(self._next_beat)
         if self._lazy_since is not None:

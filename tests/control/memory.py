@@ -151,6 +151,11 @@ class MemoryCommands:
         self.views[plugin.name] = plugin
         self.clients[plugin.name] = client or MemoryClient(plugin.name)
 
+    loop_age_seconds: float = 0.0
+
+    def loop_age(self) -> float:
+        return self.loop_age_seconds
+
     def snapshot(self) -> Snapshot:
         views = {n: self.views[n] for n in sorted(self.views)}
         encoded = {n: encode(v.to_json()) for n, v in views.items()}

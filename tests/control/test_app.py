@@ -38,6 +38,17 @@ def test_health_reports_version_uptime_and_counts(app) -> None:  # type: ignore[
     assert doc["plugins"] == {"activating": 1, "ready": 1, "unhealthy": 1, "rejected": 0}
 
 
+def test_health_says_stalled_when_the_supervisor_loop_stopped_running(
+        commands: MemoryCommands) -> None:
+    """A loop that has not run for 10 s makes health say "stalled" (snapshot may be stale)."""
+    commands.loop_age_seconds = 0.25
+    fresh = wsgi(build_app(commands), "GET", "/v1/health").json()
+    commands.loop_age_seconds = 42.0
+    stale = wsgi(build_app(commands), "GET", "/v1/health").json()
+    assert (fresh["status"], fresh["loop_age_seconds"]) == ("ok", 0.25)
+    assert (stale["status"], stale["loop_age_seconds"]) == ("stalled", 42.0)
+
+
 def test_plugins_lists_the_snapshot_sorted(app) -> None:  # type: ignore[no-untyped-def]
     """GET /v1/plugins answers the snapshot's pre-encoded records, sorted by name."""
     ans = wsgi(app, "GET", "/v1/plugins")

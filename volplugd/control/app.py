@@ -82,6 +82,8 @@ class _MetricsOff(Exception):
     pass
 
 
+STALLED_AFTER = 10.0  # seconds without a supervisor loop iteration (it runs every second)
+
 ERRORS: Mapping[type[BaseException], tuple[int, str]] = {
     InvalidRequest: (400, "invalid_request"),
     _Forbidden: (403, "forbidden"),
@@ -215,8 +217,11 @@ class ControlApp(WsgiBase):
 
     def health(self, req: Request) -> Reply:
         snapshot = self._commands.snapshot()
-        return json_reply(200, {"status": "ok", "version": self._version,
+        age = self._commands.loop_age()
+        return json_reply(200, {"status": "ok" if age < STALLED_AFTER else "stalled",
+                           "version": self._version,
                            "uptime_seconds": round(self._clock() - self._started_at, 3),
+                           "loop_age_seconds": round(age, 3),
                            "plugins": dict(snapshot.counts)})
 
     def plugins(self, req: Request) -> Reply:
