@@ -405,6 +405,17 @@ def test_health_rescan_and_capabilities(canned: Canned) -> None:
         ("GET", "/v1/health"), ("POST", "/v1/rescan"), ("GET", "/v1/plugins/p/capabilities")]
 
 
+def test_health_other_than_ok_exits_1(canned: Canned) -> None:
+    """A daemon reporting "stalled" (its loop stopped): the document, then exit 1."""
+    canned.on("GET", "/v1/health", {"status": "stalled", "version": "0.1.0",
+                                     "uptime_seconds": 99.0, "loop_age_seconds": 75.5,
+                                     "plugins": {}})
+    status, out, err = run(canned, "health")
+    assert (status, out.splitlines()[0]) == (1, "status:           stalled")
+    assert err == ("volplugctl: daemon_stalled: volplugd reports status stalled (its loop last "
+                   "ran 75.5s ago)\n")
+
+
 EVENTS = [
     {"seq": 1, "time": "2026-01-01T00:00:00.000Z", "type": "discovered", "plugin": "p",
      "from": None, "to": "activating", "reason": "/run/docker/plugins/p.sock"},

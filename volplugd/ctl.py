@@ -272,10 +272,16 @@ def fields(doc: Mapping[str, Any], now: float, color: bool) -> list[str]:
 def _value(key: str, value: Any, now: float, color: bool) -> str:
     if value is None or value in ([], {}):
         return "-"
-    if key == "state" or key in ("from", "to"):
+    if key in ("state", "from", "to"):
         return paint(str(value), str(value), color)
     if key.endswith(("_at", "time")) and isinstance(value, str):
         return f"{value} ({ago(value, now)})"
+    return _plain(value)
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, float):
+        return str(round(value, 6))  # probe latencies: microseconds are enough
     if isinstance(value, list):
         return ", ".join(str(v) for v in value)
     if isinstance(value, dict):
@@ -369,8 +375,15 @@ def cmd_probe(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_health(ctx: Context, args: argparse.Namespace) -> int:
-    _show(ctx, ctx.client.call("GET", "/v1/health"))
-    return EXIT_OK
+    """Exit 0 only if the daemon reports "ok" (not, say, "stalled"), for health checks."""
+    health = _show(ctx, ctx.client.call("GET", "/v1/health"))
+    status = health.get("status")
+    if status == "ok":
+        return EXIT_OK
+    age = health.get("loop_age_seconds")
+    detail = f" (its loop last ran {age}s ago)" if age is not None else ""
+    _complain(ctx.err, f"daemon_{status}: volplugd reports status {status}{detail}")
+    return EXIT_ERROR
 
 
 def cmd_rescan(ctx: Context, args: argparse.Namespace) -> int:
