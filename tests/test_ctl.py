@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from volplugd import ctl
+from volplugd.ctl import cli, render
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPLETION = ROOT / "etc" / "bash_completion.d" / "volplugctl"
@@ -153,7 +153,7 @@ def run(canned: Canned | str, *argv: str, env: dict[str, str] | None = None,
     """``main()`` in-process against a socket; returns (status, stdout, stderr)."""
     path = canned if isinstance(canned, str) else canned.path
     out, err = stdout or io.StringIO(), io.StringIO()
-    status = ctl.main(["--socket", path, *argv], environ=env or {}, stdout=out, stderr=err)
+    status = cli.main(["--socket", path, *argv], environ=env or {}, stdout=out, stderr=err)
     return status, out.getvalue() if stdout is None else "", err.getvalue()
 
 
@@ -177,7 +177,7 @@ def plugin(name: str, state: str = "ready", last_error: str | None = None) -> di
 
 def test_global_options_are_accepted_before_and_after_the_command() -> None:
     """--socket/--json/--timeout work on either side of the command, as completion uses."""
-    parser = ctl.build_parser()
+    parser = cli.build_parser()
     before = parser.parse_args(["--socket", "/s", "--json", "ls"])
     after = parser.parse_args(["ls", "--json", "--socket", "/s", "--timeout", "2"])
     assert (before.socket, before.json) == ("/s", True)
@@ -189,7 +189,7 @@ def test_global_options_are_accepted_before_and_after_the_command() -> None:
 
 def test_volume_create_collects_options_in_order() -> None:
     """-o KEY=VALUE repeats; the value may hold "=" or be empty."""
-    args = ctl.build_parser().parse_args(
+    args = cli.build_parser().parse_args(
         ["volume", "create", "p", "v", "-o", "size=1G", "--opt", "a=b=c", "-o", "empty="])
     assert (args.plugin, args.volume) == ("p", "v")
     assert args.options == [("size", "1G"), ("a", "b=c"), ("empty", "")]
@@ -213,7 +213,7 @@ def test_volume_create_collects_options_in_order() -> None:
 def test_usage_errors_exit_2_with_argparse_message(
         argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     """A usage error is exit 2 and argparse's one-line reason on stderr; nothing is sent."""
-    assert ctl.main(argv, environ={}) == 2
+    assert cli.main(argv, environ={}) == 2
     err = capsys.readouterr().err
     assert err.startswith("usage: volplugctl")
     assert message in err.splitlines()[-1]
@@ -223,9 +223,9 @@ def test_version_and_help_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
     """--version prints "volplugctl VERSION"; --help lists every command and the exit codes."""
     from volplugd import __version__
 
-    assert ctl.main(["--version"], environ={}) == 0
+    assert cli.main(["--version"], environ={}) == 0
     assert capsys.readouterr().out == f"volplugctl {__version__}\n"
-    assert ctl.main(["--help"], environ={}) == 0
+    assert cli.main(["--help"], environ={}) == 0
     text = capsys.readouterr().out
     for command in ("ls", "inspect", "probe", "events", "rescan", "health", "capabilities",
                     "volume"):
@@ -235,12 +235,27 @@ def test_version_and_help_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_socket_path_comes_from_flag_then_environment_then_default() -> None:
     """--socket wins over $VOLPLUGD_SOCKET, which wins over /run/volplugd/control.sock."""
-    parser = ctl.build_parser()
+    parser = cli.build_parser()
     env = {"VOLPLUGD_SOCKET": "/env.sock"}
-    assert ctl.socket_path(parser.parse_args(["--socket", "/flag.sock", "ls"]), env) == "/flag.sock"
-    assert ctl.socket_path(parser.parse_args(["ls"]), env) == "/env.sock"
-    assert ctl.socket_path(parser.parse_args(["ls"]), {"VOLPLUGD_SOCKET": ""}) == ctl.DEFAULT_SOCKET
-    assert ctl.DEFAULT_SOCKET == "/run/volplugd/control.sock"
+    assert cli.socket_path(parser.parse_args(["--socket", "/flag.sock", "ls"]), env) == "/flag.sock"
+    assert cli.socket_path(parser.parse_args(["ls"]), env) == "/env.sock"
+    assert cli.socket_path(parser.parse_args(["ls"]), {"VOLPLUGD_SOCKET": ""}) == cli.DEFAULT_SOCKET
+    assert cli.DEFAULT_SOCKET == "/run/volplugd/control.sock"
+
+
+def test_a_whole_run_loads_none_of_the_daemons_modules(short_tmp: Path) -> None:
+    """volplugctl, run to the end, never loads the daemon, watchdog, prometheus_client,
+    structlog (nor asyncio, which structlog drags in) — what keeps it starting fast."""
+    code = ("import sys; from volplugd.ctl import main; "
+            f"main(['--socket', {str(short_tmp / 'x.sock')!r}, 'ls']); "
+            "print(' '.join(sorted(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    loaded = set(done.stdout.split())
+    heavy = {"watchdog", "prometheus_client", "structlog", "asyncio", "volplugd.daemon",
+             "volplugd.supervisor", "volplugd.control", "volplugd.plugin", "requests"}
+    assert "volplugd.ctl.cli" in loaded
+    assert loaded & heavy == set()
 
 
 # --- Rendering ----------------------------------------------------------------------------------
@@ -248,7 +263,7 @@ def test_socket_path_comes_from_flag_then_environment_then_default() -> None:
 
 def test_table_aligns_columns_and_leaves_no_trailing_spaces() -> None:
     """Every column starts at the same offset in each line, like docker's tables."""
-    lines = ctl.table(["NAME", "STATE", "LAST ERROR"],
+    lines = render.table(["NAME", "STATE", "LAST ERROR"],
                       [["a", "ready", "-"], ["longer-name", "unhealthy", "timeout after 5.0s"]])
     assert lines == [
         "NAME          STATE       LAST ERROR",
@@ -260,7 +275,7 @@ def test_table_aligns_columns_and_leaves_no_trailing_spaces() -> None:
 def test_table_cuts_the_flexible_column_to_the_width() -> None:
     """The flex column is cut with "…" so each line fits; the other columns stay whole."""
     error = "connection refused: " + "x" * 80
-    lines = ctl.table(["NAME", "STATE", "LAST ERROR"], [["p", "unhealthy", error]],
+    lines = render.table(["NAME", "STATE", "LAST ERROR"], [["p", "unhealthy", error]],
                       width=40, flex=2)
     assert all(len(line) <= 40 for line in lines)
     assert lines[1] == "p      unhealthy   connection refused: …"
@@ -270,8 +285,8 @@ def test_table_colours_only_the_state_and_keeps_alignment() -> None:
     """On a TTY the state is wrapped in its colour; padding stays outside the colour."""
     rows = [["a", "ready", "x"], ["b", "unhealthy", "y"], ["c", "activating", "z"],
             ["d", "rejected", "w"]]
-    coloured = ctl.table(["NAME", "STATE", "E"], rows, color_column=1, color=True)
-    plain = ctl.table(["NAME", "STATE", "E"], rows, color_column=1, color=False)
+    coloured = render.table(["NAME", "STATE", "E"], rows, color_column=1, color=True)
+    plain = render.table(["NAME", "STATE", "E"], rows, color_column=1, color=False)
     assert [ANSI.sub("", line) for line in coloured] == plain
     assert coloured[1] == "a      \x1b[32mready\x1b[0m        x"
     assert "\x1b[31munhealthy\x1b[0m" in coloured[2]
@@ -288,8 +303,8 @@ def test_ago_renders_relative_times(seconds: int, text: str) -> None:
     """RFC 3339 stamps become "3s ago"; a clock skew never shows a negative age."""
     now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp()
     moment = datetime.fromtimestamp(now - seconds, tz=UTC).isoformat().replace("+00:00", "Z")
-    assert ctl.ago(moment, now) == text
-    assert ctl.ago(None, now) == "-"
+    assert render.ago(moment, now) == text
+    assert render.ago(None, now) == "-"
 
 
 @pytest.fixture
@@ -307,23 +322,23 @@ def test_color_only_on_a_terminal_without_no_color(
         tty: tuple[int, io.TextIOWrapper]) -> None:
     """Colour needs a TTY; NO_COLOR (any non-empty value) or TERM=dumb turns it off."""
     _, terminal = tty
-    assert ctl.use_color(terminal, {}) is True
-    assert ctl.use_color(terminal, {"NO_COLOR": "1"}) is False
-    assert ctl.use_color(terminal, {"NO_COLOR": ""}) is True
-    assert ctl.use_color(terminal, {"TERM": "dumb"}) is False
-    assert ctl.use_color(io.StringIO(), {}) is False
+    assert render.use_color(terminal, {}) is True
+    assert render.use_color(terminal, {"NO_COLOR": "1"}) is False
+    assert render.use_color(terminal, {"NO_COLOR": ""}) is True
+    assert render.use_color(terminal, {"TERM": "dumb"}) is False
+    assert render.use_color(io.StringIO(), {}) is False
 
 
 def test_width_from_columns_then_the_terminal_else_none(
         tty: tuple[int, io.TextIOWrapper]) -> None:
     """Tables fit $COLUMNS, else the terminal's width; piped output is never cut."""
     _, terminal = tty
-    assert ctl.terminal_width(terminal, {}) == 100
-    assert ctl.terminal_width(terminal, {"COLUMNS": "132"}) == 132
-    assert ctl.terminal_width(io.StringIO(), {}) is None
+    assert render.terminal_width(terminal, {}) == 100
+    assert render.terminal_width(terminal, {"COLUMNS": "132"}) == 132
+    assert render.terminal_width(io.StringIO(), {}) is None
     read, write = os.pipe()
     with open(read, "rb") as _, open(write, "w") as pipe:
-        assert ctl.terminal_width(pipe, {}) is None
+        assert render.terminal_width(pipe, {}) is None
 
 
 def test_ls_on_a_terminal_is_coloured_and_fits_it(
@@ -511,7 +526,7 @@ def test_socket_from_environment_is_used_and_named(short_tmp: Path) -> None:
     """Without --socket, $VOLPLUGD_SOCKET is the socket the error names."""
     path = str(short_tmp / "env.sock")
     out, err = io.StringIO(), io.StringIO()
-    status = ctl.main(["ls"], environ={"VOLPLUGD_SOCKET": path}, stdout=out, stderr=err)
+    status = cli.main(["ls"], environ={"VOLPLUGD_SOCKET": path}, stdout=out, stderr=err)
     assert (status, err.getvalue()) == (
         3, f"volplugctl: cannot reach volplugd at {path}: No such file or directory {HINT}\n")
 

@@ -1,0 +1,136 @@
+"""How volplugctl shows answers to people: aligned tables, key: value lines, event lines.
+
+Colour (the plugin state) only on a terminal and never with ``NO_COLOR``; tables fit the
+terminal's width by cutting one flexible column. Pure functions of their arguments.
+Runs on: the main thread of the volplugctl process.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+TYPE_CHECKING = False  # typing costs ~3 ms at start-up: the types are for mypy only
+if TYPE_CHECKING:
+    from typing import Any, TextIO
+
+__all__ = ["ago", "event_line", "fields", "paint", "table", "terminal_width", "truncate",
+           "use_color"]
+
+STATE_COLORS: Mapping[str, str] = {  # SGR codes, as docker/podman-like tools colour them
+    "ready": "32", "unhealthy": "31", "activating": "33", "rejected": "35",
+}
+COLUMN_GAP = "   "
+MIN_FLEX_WIDTH = 12  # a truncated column keeps at least this many characters
+
+
+def use_color(stream: TextIO, environ: Mapping[str, str]) -> bool:
+    """Colour only on a terminal, and never with NO_COLOR set (no-color.org) or TERM=dumb."""
+    if environ.get("NO_COLOR") or environ.get("TERM") == "dumb":
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or fake stream
+        return False
+
+
+def terminal_width(stream: TextIO, environ: Mapping[str, str]) -> int | None:
+    """Columns to fit tables into: $COLUMNS, else the terminal's; None when piped."""
+    columns = environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    try:
+        return os.get_terminal_size(stream.fileno()).columns if stream.isatty() else None
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def paint(text: str, state: str | None, color: bool) -> str:
+    code = STATE_COLORS.get(state or "")
+    return f"\x1b[{code}m{text}\x1b[0m" if color and code else text
+
+
+def ago(stamp: str | None, now: float) -> str:
+    """An RFC 3339 time as "3s ago" / "5m ago" / "2h ago" / "4d ago"; "-" when unknown."""
+    if not stamp:
+        return "-"
+    import datetime as dt  # only the commands that show times pay for it
+
+    try:
+        then = dt.datetime.fromisoformat(stamp).timestamp()
+    except ValueError:
+        return stamp
+    seconds = max(0, int(now - then))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def truncate(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, width: int | None = None,
+          flex: int | None = None, color_column: int | None = None,
+          color: bool = False) -> list[str]:
+    """Aligned columns like docker/podman. Column ``flex`` is cut to fit ``width``;
+    column ``color_column`` holds a state and is coloured (padding stays uncoloured)."""
+    cells = [list(row) for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    if width is not None and flex is not None:
+        others = sum(w for i, w in enumerate(widths) if i != flex)
+        room = max(width - others - len(COLUMN_GAP) * (len(headers) - 1), MIN_FLEX_WIDTH)
+        for row in cells:
+            row[flex] = truncate(row[flex], room)
+        widths[flex] = max([len(headers[flex])] + [len(r[flex]) for r in cells])
+    lines = [_line(list(headers), widths, None, False)]
+    lines += [_line(row, widths, color_column, color) for row in cells]
+    return lines
+
+
+def _line(cells: list[str], widths: list[int], color_column: int | None, color: bool) -> str:
+    out = []
+    for i, cell in enumerate(cells):
+        pad = " " * (widths[i] - len(cell)) if i < len(cells) - 1 else ""
+        out.append((paint(cell, cell, color) if i == color_column else cell) + pad)
+    return COLUMN_GAP.join(out).rstrip()
+
+
+def fields(doc: Mapping[str, Any], now: float, color: bool) -> list[str]:
+    """``key: value`` lines, keys aligned; times also as "(3s ago)", lists comma-joined."""
+    width = max((len(k) for k in doc), default=0) + 1
+    return [f"{key + ':':<{width}} {_value(key, value, now, color)}".rstrip()
+            for key, value in doc.items()]
+
+
+def _value(key: str, value: Any, now: float, color: bool) -> str:
+    if value is None or value in ([], {}):
+        return "-"
+    if key in ("state", "from", "to"):
+        return paint(str(value), str(value), color)
+    if key.endswith(("_at", "time")) and isinstance(value, str):
+        return f"{value} ({ago(value, now)})"
+    return _plain(value)
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, float):
+        return str(round(value, 6))  # probe latencies: microseconds are enough
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
+def event_line(event: Mapping[str, Any], color: bool) -> str:
+    """One event: time, seq, type, plugin, transition, reason."""
+    before, after = event.get("from"), event.get("to")
+    change = ""
+    if before or after:
+        change = f"{paint(before or '', before, color)} -> {paint(after or '', after, color)}"
+    parts = [str(event.get("time")), f"{event.get('seq', '?'):>4}",
+             f"{event.get('type', '?'):<13}", str(event.get("plugin") or "-"),
+             change.strip(), str(event.get("reason") or "")]
+    return "  ".join(p for p in parts if p)
