@@ -52,6 +52,7 @@ class Answer:
     stream: list[bytes] | None = None
     drop: bool = False  # close without answering
     hang: bool = False  # never answer (until the server stops)
+    raw: bytes | None = None  # these exact bytes, then close
 
 
 @dataclass
@@ -97,6 +98,10 @@ class _Handler(BaseHTTPRequestHandler):
         if answer.hang:
             self.server.canned.stopping.wait()
         if answer.drop or answer.hang:
+            self.close_connection = True
+            return
+        if answer.raw is not None:
+            self.wfile.write(answer.raw)
             self.close_connection = True
             return
         self.send_response(answer.status)
@@ -453,13 +458,16 @@ def test_events_one_line_each_and_ndjson_with_json(canned: Canned) -> None:
     assert run(canned, "events", "--json") == (0, NDJSON.decode(), "")
 
 
-def test_events_follow_prints_the_stream_until_it_ends(canned: Canned) -> None:
-    """--follow --since N asks for follow=1 and prints each streamed line; a clean end is 0."""
+def test_events_follow_prints_the_stream_and_exits_3_when_it_ends(canned: Canned) -> None:
+    """--follow --since N asks for follow=1 and prints each streamed line; only volplugd
+    going away ends a follow stream, so its end is exit 3 with a line saying so."""
     lines = NDJSON.splitlines(keepends=True)
     canned.on("GET", "/v1/events?since=1&follow=1",
               Answer(200, stream=lines[1:], content_type="application/x-ndjson"))
     status, out, err = run(canned, "events", "--follow", "--since", "1", "--json")
-    assert (status, out, err) == (0, b"".join(lines[1:]).decode(), "")
+    assert (status, out) == (3, b"".join(lines[1:]).decode())
+    assert err == (f"volplugctl: cannot reach volplugd at {canned.path}: the event stream "
+                   f"ended {HINT}\n")
 
 
 def test_volume_commands_send_the_documented_requests(canned: Canned) -> None:
@@ -568,6 +576,14 @@ def test_unanswered_request_times_out_with_exit_1(canned: Canned) -> None:
     canned.on("POST", "/v1/rescan", Answer(hang=True))
     assert run(canned, "--timeout", "0.2", "rescan") == (
         1, "", "volplugctl: timeout: volplugd did not answer within 0.2s\n")
+
+
+def test_broken_http_from_the_daemon_exits_1(canned: Canned) -> None:
+    """An answer shorter than its Content-Length: bad_response, not a traceback."""
+    canned.on("GET", "/v1/health", Answer(raw=b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n"
+                                               b"Content-Type: application/json\r\n\r\n{}"))
+    assert run(canned, "health") == (
+        1, "", "volplugctl: bad_response: volplugd answered with broken HTTP (IncompleteRead)\n")
 
 
 def test_invalid_json_from_the_daemon_exits_1(canned: Canned) -> None:

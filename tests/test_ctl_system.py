@@ -225,6 +225,26 @@ def test_events_list_and_follow(running: tuple[Daemon, FakePlugin],
     assert (follow.returncode, err) == (0, "")
 
 
+def test_follow_ends_with_exit_3_when_volplugd_stops(
+        running: tuple[Daemon, FakePlugin]) -> None:
+    """A follower is told when volplugd stops: the stream ends, exit 3, one line."""
+    d, _ = running
+    follow = subprocess.Popen([VOLPLUGCTL, "--socket", d.socket, "--json", "events",
+                               "--follow"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        assert follow.stdout is not None
+        assert json.loads(follow.stdout.readline())["seq"] == 1  # the stream is open
+        assert d.stop() == 0
+        _, err = follow.communicate(timeout=30)
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+            follow.communicate()
+    assert (follow.returncode, err) == (
+        3, f"volplugctl: cannot reach volplugd at {d.socket}: the event stream ended {HINT}\n")
+
+
 def test_stopped_daemon_exits_3_with_the_hint(running: tuple[Daemon, FakePlugin]) -> None:
     """Once volplugd is gone: exit 3 naming the socket, the reason and the hint."""
     d, _ = running

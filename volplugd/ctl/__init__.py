@@ -7,8 +7,8 @@ each, ``cli`` parses arguments and maps failures to exit codes.
 
 Exit status: 0 success; 1 an error from the daemon or a plugin (one line on stderr,
 ``volplugctl: <code>: <message>``); 2 a usage error; 3 the daemon is not reachable.
-``events --follow`` ends with 0 on Ctrl-C; a closed stdout (``| head``) ends quietly
-with 0. Runs on: the main thread of the volplugctl process.
+``events --follow`` ends with 0 on Ctrl-C and with 3 when volplugd stops; a closed
+stdout (``| head``) ends quietly with 0. Runs on: the main thread of the volplugctl process.
 """
 
 from volplugd.ctl.cli import main

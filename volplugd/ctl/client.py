@@ -72,10 +72,8 @@ class Client:
         response = self._open(method, target, body)
         try:
             data = response.read()
-        except TimeoutError:
-            raise self._timed_out() from None
-        except OSError as err:
-            raise Unreachable(_reason(err)) from err
+        except _BROKEN as err:
+            raise self._failure(err) from err
         finally:
             self.close()
         if response.status >= 300:
@@ -90,6 +88,8 @@ class Client:
                 raise error_from(response.status, response.read())
             while line := response.readline():
                 yield line
+        except _BROKEN as err:  # volplugd went away mid-stream (a clean end is no error)
+            raise self._failure(err) from err
         finally:
             self.close()
 
@@ -107,25 +107,27 @@ class Client:
         if data is not None:
             headers["Content-Type"] = "application/json"
         try:
-            conn.request(method, target, body=data, headers=headers)
-        except OSError as err:  # connect() failed: no socket file, nobody listening, EACCES
-            self.close()
-            raise Unreachable(_reason(err)) from err
-        sock = conn.sock  # getresponse() may drop the reference; the stream still needs it
-        try:
+            conn.request(method, target, body=data, headers=headers)  # connect()s first
+            sock = conn.sock  # getresponse() may drop it; the stream still needs it
             response = conn.getresponse()
-        except TimeoutError:
+        except _BROKEN as err:
             self.close()
-            raise self._timed_out() from None
-        except OSError as err:
-            self.close()
-            raise Unreachable(_reason(err)) from err
+            raise self._failure(err) from err
         if stream and sock is not None:
             sock.settimeout(None)  # a quiet event stream is normal, not a failure
         return response
 
-    def _timed_out(self) -> DaemonError:
-        return DaemonError("timeout", f"volplugd did not answer within {self.timeout:g}s")
+    def _failure(self, err: Exception) -> Exception:
+        """What a transport failure means to the user (and so which exit code)."""
+        if isinstance(err, TimeoutError):
+            return DaemonError("timeout", f"volplugd did not answer within {self.timeout:g}s")
+        if isinstance(err, OSError):  # no socket file, nobody listening, EACCES, reset
+            return Unreachable(_reason(err))
+        return DaemonError("bad_response", f"volplugd answered with broken HTTP "
+                                           f"({type(err).__name__})")
+
+
+_BROKEN = (OSError, http.client.HTTPException)
 
 
 def _reason(err: OSError) -> str:

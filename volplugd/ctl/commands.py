@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator, Sequence
 
-from volplugd.ctl.client import Client, decode, one_line, quote
+from volplugd.ctl.client import Client, Unreachable, decode, one_line, quote
 from volplugd.ctl.render import ago, event_line, fields, table
 
 TYPE_CHECKING = False  # typing costs ~3 ms at start-up: the types are for mypy only
@@ -127,7 +127,8 @@ def cmd_events(ctx: Context, args: argparse.Namespace) -> int:
         _print_events(ctx, ctx.client.lines(target + "&follow=1"), flush=True)
     except KeyboardInterrupt:  # the normal way to stop following: not a failure
         ctx.client.close()
-    return EXIT_OK
+        return EXIT_OK
+    raise Unreachable("the event stream ended")  # volplugd ends it only when stopping
 
 
 def _print_events(ctx: Context, lines: Iterator[bytes] | list[bytes],
