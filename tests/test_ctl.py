@@ -250,7 +250,8 @@ def test_socket_path_comes_from_flag_then_environment_then_default() -> None:
 
 def test_a_whole_run_loads_none_of_the_daemons_modules(short_tmp: Path) -> None:
     """volplugctl, run to the end, never loads the daemon, watchdog, prometheus_client,
-    structlog (nor asyncio, which structlog drags in) — what keeps it starting fast."""
+    structlog (nor asyncio, which structlog drags in), nor http.client with its email and
+    ssl imports, typing or dataclasses: what keeps it starting fast."""
     code = ("import sys; from volplugd.ctl import main; "
             f"main(['--socket', {str(short_tmp / 'x.sock')!r}, 'ls']); "
             "print(' '.join(sorted(sys.modules)))")
@@ -258,7 +259,8 @@ def test_a_whole_run_loads_none_of_the_daemons_modules(short_tmp: Path) -> None:
                           timeout=60, check=True)
     loaded = set(done.stdout.split())
     heavy = {"watchdog", "prometheus_client", "structlog", "asyncio", "volplugd.daemon",
-             "volplugd.supervisor", "volplugd.control", "volplugd.plugin", "requests"}
+             "volplugd.supervisor", "volplugd.control", "volplugd.plugin", "requests",
+             "http.client", "email", "ssl", "typing", "dataclasses"}
     assert "volplugd.ctl.cli" in loaded
     assert loaded & heavy == set()
 
@@ -578,12 +580,35 @@ def test_unanswered_request_times_out_with_exit_1(canned: Canned) -> None:
         1, "", "volplugctl: timeout: volplugd did not answer within 0.2s\n")
 
 
-def test_broken_http_from_the_daemon_exits_1(canned: Canned) -> None:
-    """An answer shorter than its Content-Length: bad_response, not a traceback."""
-    canned.on("GET", "/v1/health", Answer(raw=b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n"
-                                               b"Content-Type: application/json\r\n\r\n{}"))
+HEAD_200 = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+
+
+@pytest.mark.parametrize(("raw", "problem"), [
+    (HEAD_200 + b"Content-Length: 100\r\n\r\n{}",
+     "the answer is shorter than its Content-Length"),
+    (b"SSH-2.0-OpenSSH_9.2\r\n", "not an HTTP/1.x status line: b'SSH-2.0-OpenSSH_9.2\\r\\n'"),
+    (HEAD_200 + b"Content-Length: many\r\n\r\n{}", "not a length: 'many'"),
+    (HEAD_200 + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n", "not a length: b'zz\\r\\n'"),
+    (HEAD_200 + b"no colon here\r\n\r\n", "not a header line: b'no colon here\\r\\n'"),
+    (HEAD_200 + b"X: y\r\n" * 101 + b"\r\n", "more than 100 header lines"),
+], ids=["short-body", "not-http", "bad-length", "bad-chunk", "bad-header", "many-headers"])
+def test_broken_http_from_the_socket_exits_1(canned: Canned, raw: bytes, problem: str) -> None:
+    """Whatever answers on the socket speaks broken HTTP: bad_response naming the fault."""
+    canned.on("GET", "/v1/health", Answer(raw=raw))
     assert run(canned, "health") == (
-        1, "", "volplugctl: bad_response: volplugd answered with broken HTTP (IncompleteRead)\n")
+        1, "", f"volplugctl: bad_response: volplugd answered with broken HTTP: {problem}\n")
+
+
+@pytest.mark.parametrize("raw", [
+    HEAD_200 + b"Transfer-Encoding: chunked\r\n\r\n"
+    b"7\r\n{\"scope\r\n9;ext=1\r\n\": \"x\"}\n\r\n0\r\nTrailer: t\r\n\r\n",
+    b"HTTP/1.1 100 Continue\r\n\r\n" + HEAD_200 + b"Content-Length: 14\r\n\r\n{\"scope\": \"x\"}",
+    HEAD_200 + b"\r\n{\"scope\": \"x\"}",
+], ids=["chunked", "interim-100", "close-delimited"])
+def test_every_http_body_framing_is_read(canned: Canned, raw: bytes) -> None:
+    """Chunked (with extensions and trailers), after a 100, or up to the close: same body."""
+    canned.on("GET", "/v1/plugins/p/capabilities", Answer(raw=raw))
+    assert run(canned, "capabilities", "p") == (0, "scope: x\n", "")
 
 
 def test_invalid_json_from_the_daemon_exits_1(canned: Canned) -> None:

@@ -1,17 +1,19 @@
 """The control socket's client: one HTTP/1.1 request per connection over AF_UNIX.
 
-``http.client`` with a unix-socket ``connect``; the daemon's ``{"error": {"code",
-"message"}}`` answers become ``DaemonError``, a socket nobody answers on ``Unreachable``.
+HTTP itself is in ``wire``; here the daemon's ``{"error": {"code", "message"}}``
+answers become ``DaemonError``, a socket nobody answers on ``Unreachable``, and a
+request that gets no answer in ``timeout`` seconds a ``timeout`` error.
 Runs on: the main thread of the volplugctl process.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import urllib.parse
 from collections.abc import Iterator
+
+from volplugd.ctl import wire
 
 TYPE_CHECKING = False  # typing costs ~3 ms at start-up: the types are for mypy only
 if TYPE_CHECKING:
@@ -41,36 +43,18 @@ class DaemonError(Exception):
         self.message = message
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    """http.client over AF_UNIX: only ``connect`` differs."""
-
-    def __init__(self, path: str, timeout: float):
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.unix_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 class Client:
     """One request per connection to the control socket at ``path``."""
 
     def __init__(self, path: str, timeout: float = DEFAULT_TIMEOUT):
         self.path = path
         self.timeout = timeout
-        self._conn: _UnixConnection | None = None
+        self._sock: socket.socket | None = None
 
     def call(self, method: str, target: str, body: Any = None) -> bytes:
         """The body of a 2xx answer; DaemonError for an error answer."""
-        response = self._open(method, target, body)
         try:
+            response = self._open(method, target, body)
             data = response.read()
         except _BROKEN as err:
             raise self._failure(err) from err
@@ -81,59 +65,42 @@ class Client:
         return data
 
     def lines(self, target: str) -> Iterator[bytes]:
-        """The lines of a streamed (NDJSON) answer, as they arrive, without a timeout."""
-        response = self._open("GET", target, None, stream=True)
+        """The lines of a streamed (NDJSON) answer as they arrive, with no read timeout."""
         try:
+            response = self._open("GET", target, None)
             if response.status >= 300:
                 raise error_from(response.status, response.read())
-            while line := response.readline():
-                yield line
+            if self._sock is not None:
+                self._sock.settimeout(None)  # a quiet event stream is normal, not a failure
+            yield from response.lines()
         except _BROKEN as err:  # volplugd went away mid-stream (a clean end is no error)
             raise self._failure(err) from err
         finally:
             self.close()
 
     def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
 
-    def _open(self, method: str, target: str, body: Any,
-              stream: bool = False) -> http.client.HTTPResponse:
+    def _open(self, method: str, target: str, body: Any) -> wire.Response:
         self.close()
-        self._conn = conn = _UnixConnection(self.path, self.timeout)
+        self._sock = sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.path)  # no socket file, nobody listening, EACCES: OSError
         data = None if body is None else json.dumps(body).encode()
-        headers = {"Accept": "application/json"}
-        if data is not None:
-            headers["Content-Type"] = "application/json"
-        try:
-            conn.request(method, target, body=data, headers=headers)  # connect()s first
-            sock = conn.sock  # getresponse() may drop it; the stream still needs it
-            response = conn.getresponse()
-        except _BROKEN as err:
-            self.close()
-            raise self._failure(err) from err
-        if stream and sock is not None:
-            sock.settimeout(None)  # a quiet event stream is normal, not a failure
-        return response
+        return wire.exchange(sock, method, target, data)
 
     def _failure(self, err: Exception) -> Exception:
         """What a transport failure means to the user (and so which exit code)."""
         if isinstance(err, TimeoutError):
             return DaemonError("timeout", f"volplugd did not answer within {self.timeout:g}s")
-        if isinstance(err, OSError):  # no socket file, nobody listening, EACCES, reset
-            return Unreachable(_reason(err))
-        return DaemonError("bad_response", f"volplugd answered with broken HTTP "
-                                           f"({type(err).__name__})")
+        if isinstance(err, OSError):
+            return Unreachable(err.strerror or str(err) or type(err).__name__)
+        return DaemonError("bad_response", f"volplugd answered with broken HTTP: {err}")
 
 
-_BROKEN = (OSError, http.client.HTTPException)
-
-
-def _reason(err: OSError) -> str:
-    if isinstance(err, http.client.RemoteDisconnected):
-        return "the connection closed before an answer"
-    return err.strerror or str(err) or type(err).__name__
+_BROKEN = (OSError, wire.BrokenHTTP)
 
 
 def error_from(status: int, body: bytes) -> DaemonError:
