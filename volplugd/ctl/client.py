@@ -97,10 +97,19 @@ class Client:
             return DaemonError("timeout", f"volplugd did not answer within {self.timeout:g}s")
         if isinstance(err, OSError):
             return Unreachable(err.strerror or str(err) or type(err).__name__)
-        return DaemonError("bad_response", f"volplugd answered with broken HTTP: {err}")
+        return DaemonError("bad_response", f"volplugd answered with broken HTTP: {_why(err)}")
 
 
 _BROKEN = (OSError, wire.BrokenHTTP)
+
+
+def _why(err: Exception) -> str:
+    """http.client's complaint in words (its IncompleteRead prints as a repr)."""
+    if isinstance(err, wire.IncompleteRead):
+        return f"the answer ended early ({len(err.partial)} bytes read)"
+    if isinstance(err, wire.BadStatusLine):
+        return f"not an HTTP status line: {str(err.args[0]).strip()[:80]!r}"
+    return str(err)
 
 
 def error_from(status: int, body: bytes) -> DaemonError:
