@@ -57,6 +57,9 @@ clean:
 # install: inside it names PREFIX (scripts' #! lines, units), so it runs once moved to /.
 PREFIX  ?= /opt/volplugd
 UNITDIR ?= /etc/systemd/system
+# install: links to the commands on PATH, and volplugctl's bash completion.
+BINDIR  ?= /usr/local/bin
+COMPDIR ?= /usr/share/bash-completion/completions
 # install: fixed, as in the unit: ExecStart= passes --config $(CONFDIR)/volplugd.toml.
 CONFDIR := /etc/volplugd
 # install: the default config as last installed, to tell an edited config from an old default.
@@ -88,6 +91,10 @@ install:
 	  sed "s|/opt/volplugd/|$(PREFIX)/|g" systemd/$$u > $(DESTDIR)$(UNITDIR)/$$u && \
 	  chmod 0644 $(DESTDIR)$(UNITDIR)/$$u || exit 1; done
 	install -D -m 0644 docs/install.md $(DESTDIR)$(PREFIX)/share/doc/volplugd/install.md
+	install -d $(DESTDIR)$(BINDIR)
+	ln -sfn $(PREFIX)/bin/volplugd $(DESTDIR)$(BINDIR)/volplugd
+	ln -sfn $(PREFIX)/bin/volplugctl $(DESTDIR)$(BINDIR)/volplugctl
+	install -D -m 0644 etc/bash_completion.d/volplugctl $(DESTDIR)$(COMPDIR)/volplugctl
 	@# The config: install the default unless the current one was edited (then .dist beside it).
 	@install -d -m 0755 $(DESTDIR)$(CONFDIR)
 	@conf=$(DESTDIR)$(CONFDIR)/volplugd.toml; \
@@ -108,6 +115,11 @@ uninstall:
 	@case "$(PREFIX)" in /*) ;; *) echo "uninstall: PREFIX must be absolute: $(PREFIX)" >&2; exit 2;; esac
 	-@if $(SYSTEMD_UP); then systemctl disable --now volplugd.socket volplugd.service; fi
 	rm -f $(DESTDIR)$(UNITDIR)/volplugd.service $(DESTDIR)$(UNITDIR)/volplugd.socket
+	@# The command links only if they still point into PREFIX.
+	@for c in volplugd volplugctl; do \
+	  [ "$$(readlink $(DESTDIR)$(BINDIR)/$$c)" = "$(PREFIX)/bin/$$c" ] && rm -f $(DESTDIR)$(BINDIR)/$$c; \
+	done; true
+	rm -f $(DESTDIR)$(COMPDIR)/volplugctl
 	@conf=$(DESTDIR)$(CONFDIR)/volplugd.toml; \
 	if [ -e $$conf ] && ! cmp -s $$conf $(SHIPPED_CONF) && ! cmp -s $$conf etc/volplugd/volplugd.toml; then \
 	  echo "uninstall: kept your changed $$conf"; else rm -f $$conf; fi; \

@@ -74,6 +74,10 @@ def test_tree(installed: Path) -> None:
     assert not (installed / (CONF + ".dist")).exists()
     for unit in ("volplugd.service", "volplugd.socket"):
         assert (installed / UNITDIR / unit).stat().st_mode & 0o777 == 0o644
+    for command in ("volplugd", "volplugctl"):
+        assert os.readlink(installed / "usr/local/bin" / command) == f"{PREFIX}/bin/{command}"
+    completion = installed / "usr/share/bash-completion/completions/volplugctl"
+    assert completion.read_bytes() == (REPO / "etc/bash_completion.d/volplugctl").read_bytes()
 
 
 def test_units_name_prefix(installed: Path) -> None:
