@@ -22,8 +22,8 @@ from tests.waiting import wait_until
 class UnixHTTPConnection(http.client.HTTPConnection):
     """http.client over AF_UNIX (the control socket)."""
 
-    def __init__(self, path: str, timeout: float = 10.0):
-        super().__init__("localhost", timeout=timeout)
+    def __init__(self, path: str, timeout: float = 10.0, host: str = "localhost"):
+        super().__init__(host, timeout=timeout)
         self.unix_path = path
 
     def connect(self) -> None:

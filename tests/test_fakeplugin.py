@@ -25,6 +25,7 @@ import pytest
 
 from tests.fakeplugin import FakePlugin
 from tests.fakeplugin import behaviours as b
+from tests.harness import UnixHTTPConnection
 
 REPO = Path(__file__).resolve().parent.parent
 # Exactly what podman 4.3.1 sends (shared/peers/README.md 5.1): one keep-alive connection.
@@ -37,22 +38,9 @@ PODMAN_CREATE = (b"POST /VolumeDriver.Create HTTP/1.1\r\nHost: plugin\r\n"
                  b'{"Name":"vol1"}')
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """http.client over a unix socket."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__("plugin", timeout=30)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
-
-
 def post(path: str, endpoint: str, body: Any = None) -> tuple[int, str, bytes]:
     """One POST on a fresh connection: (status, Content-Type, body)."""
-    conn = UnixHTTPConnection(path)
+    conn = UnixHTTPConnection(path, timeout=30, host="plugin")
     try:
         data = b"" if body is None else json.dumps(body).encode()
         conn.request("POST", endpoint, body=data)

@@ -10,16 +10,11 @@ from __future__ import annotations
 import html.parser
 import json
 import shutil
-import socket
 import subprocess
-import tempfile
 import threading
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import MappingProxyType
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -425,77 +420,6 @@ def test_status_page_renders_in_headless_chromium(tmp_path: Path) -> None:
                                         HOSTILE])
     assert "script" not in parser.tags[parser.tags.index("body"):]
     assert shot.read_bytes().startswith(b"\x89PNG")
-
-
-# ---------------------------------------------------------------- a real Prometheus
-
-
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def exporter() -> Iterator[tuple[Metrics, int]]:
-    """The exposition served over loopback HTTP on a free port, like --metrics-listen."""
-    m, _ = make(every_state())
-    def app(environ: dict[str, object], start_response: object) -> list[bytes]:
-        body, content_type = m.exposition(str(environ.get("HTTP_ACCEPT", "")))
-        start_response("200 OK", [("Content-Type", content_type)])  # type: ignore[operator]
-        return [body]
-    server: WSGIServer = make_server("127.0.0.1", 0, app, handler_class=_Quiet)
-    thread = threading.Thread(target=server.serve_forever, name="exporter")
-    thread.start()
-    try:
-        yield m, server.server_port
-    finally:
-        server.shutdown()
-        thread.join()
-        server.server_close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _query(port: int, promql: str) -> list[dict[str, object]]:
-    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-    try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            return list(json.load(answer)["data"]["result"])
-    except OSError:
-        return []
-
-
-@pytest.mark.peer
-def test_real_prometheus_scrapes_and_queries_plugin_up(exporter: tuple[Metrics, int]) -> None:
-    """Prometheus (Debian package) scrapes the exposition and answers volplugd_plugin_up."""
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.skip("prometheus not installed (Debian package `prometheus`; `make system-deps`)")
-    _, target = exporter
-    work = Path(tempfile.mkdtemp(dir="/tmp", prefix="vpprom"))
-    (work / "prometheus.yml").write_text(
-        "global: {scrape_interval: 1s}\nscrape_configs:\n- job_name: volplugd\n"
-        f"  static_configs: [{{targets: ['127.0.0.1:{target}']}}]\n")
-    port = _free_port()
-    with open(work / "log", "wb") as log:
-        server = subprocess.Popen([binary, f"--config.file={work / 'prometheus.yml'}",
-                                   f"--storage.tsdb.path={work / 'data'}",
-                                   f"--web.listen-address=127.0.0.1:{port}"],
-                                  stdout=subprocess.DEVNULL, stderr=log)
-    try:
-        result = wait_until(lambda: _query(port, 'volplugd_plugin_up{plugin="b-ready"}'),
-                            timeout=60, message="prometheus to scrape volplugd_plugin_up")
-        assert result[0]["value"][1] == "1"  # type: ignore[index]
-        states = _query(port, "sum(volplugd_plugins)")
-        assert states[0]["value"][1] == "5"  # type: ignore[index]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- a live daemon

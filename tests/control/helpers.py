@@ -3,7 +3,6 @@ a real unix socket with http.client (no third-party client in the loop)."""
 
 from __future__ import annotations
 
-import http.client
 import io
 import json
 import socket
@@ -16,6 +15,7 @@ from wsgiref.util import setup_testing_defaults
 import requests
 from requests_unixsocket.adapters import UnixAdapter
 
+from tests.harness import UnixHTTPConnection
 from volplugd.control.access import Peer
 
 ROOT = Peer(pid=4242, uid=0, gid=0)
@@ -73,24 +73,6 @@ def wsgi(app: Callable[..., Iterable[bytes]], method: str, target: str, *,
         if close is not None:
             close()
     return Answer(seen["status"], seen["headers"], out)
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """http.client over AF_UNIX: the request bytes are exactly what curl would send."""
-
-    def __init__(self, path: str, timeout: float = 10.0):
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.unix_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 def fetch(sock_path: str, method: str, target: str, *,
