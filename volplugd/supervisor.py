@@ -12,7 +12,6 @@ Commands methods from any thread; jobs on the worker pools.
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import queue
 import random
@@ -20,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
@@ -56,6 +55,7 @@ from volplugd.plugin.errors import (
     PluginUnreachable,
 )
 from volplugd.registry import Registry
+from volplugd.scheduling import Schedule, WorkerPool, current_pool
 
 T = TypeVar("T")
 log = get_logger(__name__)
@@ -90,75 +90,6 @@ class Done:
     token: int
     result: Any  # (implements, scope) | True | an exception
     seconds: float
-
-
-_worker = threading.local()
-
-
-class WorkerPool:
-    """A fixed set of daemon threads: a call hung in a plugin never holds up exit."""
-
-    def __init__(self, size: int, name: str):
-        self.name = name
-        self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = \
-            queue.SimpleQueue()
-        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
-                         for i in range(size)]
-        for thread in self._threads:
-            thread.start()
-
-    def submit(self, fn: Callable[[], T]) -> Future[T]:
-        future: Future[T] = Future()
-        self._jobs.put((future, fn))
-        return future
-
-    def _work(self) -> None:
-        _worker.pool = self.name
-        while (job := self._jobs.get()) is not None:
-            future, fn = job
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn())
-                except BaseException as err:  # noqa: BLE001 - the caller gets every failure
-                    future.set_exception(err)
-
-    def stop(self) -> None:
-        for _ in self._threads:
-            self._jobs.put(None)
-
-    def join(self, timeout: float | None = None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-
-
-@dataclass
-class _Schedule:
-    """When each registration next needs work; a heap with lazy deletion."""
-
-    heap: list[tuple[float, int, str]] = field(default_factory=list)
-    due: dict[int, float] = field(default_factory=dict)
-
-    def at(self, when: float, token: int, name: str) -> None:
-        self.due[token] = when
-        heapq.heappush(self.heap, (when, token, name))
-
-    def forget(self, token: int) -> None:
-        self.due.pop(token, None)
-
-    def pop_due(self, now: float) -> list[tuple[float, int, str]]:
-        out = []
-        while self.heap and self.heap[0][0] <= now:
-            when, token, name = heapq.heappop(self.heap)
-            if self.due.get(token) == when:
-                del self.due[token]
-                out.append((when, token, name))
-        return out
-
-    def next_time(self) -> float | None:
-        while self.heap and self.due.get(self.heap[0][1]) != self.heap[0][0]:
-            heapq.heappop(self.heap)
-        return self.heap[0][0] if self.heap else None
 
 
 class Supervisor(Commands):
@@ -197,7 +128,7 @@ class Supervisor(Commands):
         self._tracked: dict[str, policy.Tracked] = {}
         self._names: list[str] = []  # sorted names, maintained on membership change
         self._clients: dict[str, tuple[PluginClient, int]] = {}
-        self._schedule = _Schedule()
+        self._schedule = Schedule()
         self._inflight: set[int] = set()
         self._dispatched_due: dict[int, float] = {}
         self._waiters: dict[str, list[Future[PluginView]]] = {}
@@ -445,7 +376,7 @@ class Supervisor(Commands):
 
     def _on_request(self, name: str, endpoint: str, outcome: str, seconds: float) -> None:
         """Count volume operations only: probes and activations have their own metrics."""
-        if getattr(_worker, "pool", None) == self._ops.name:
+        if current_pool() == self._ops.name:
             self._observer.request(name, endpoint, outcome, seconds)
 
     def _evict(self, name: str, reason: str) -> None:

@@ -1,0 +1,92 @@
+"""Machinery of the supervisor: a pool of daemon threads, and a schedule of due times.
+
+Runs on: ``Schedule`` on the supervisor thread only; ``WorkerPool.submit`` from any
+thread, its jobs on its own threads.
+"""
+
+from __future__ import annotations
+
+import heapq
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_worker = threading.local()
+
+
+def current_pool() -> str | None:
+    """The name of the WorkerPool running the calling thread, if any."""
+    name: str | None = getattr(_worker, "pool", None)
+    return name
+
+
+class WorkerPool:
+    """A fixed set of daemon threads: a call hung in a plugin never holds up exit."""
+
+    def __init__(self, size: int, name: str):
+        self.name = name
+        self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = \
+            queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+                         for i in range(size)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        future: Future[T] = Future()
+        self._jobs.put((future, fn))
+        return future
+
+    def _work(self) -> None:
+        _worker.pool = self.name
+        while (job := self._jobs.get()) is not None:
+            future, fn = job
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as err:  # noqa: BLE001 - the caller gets every failure
+                    future.set_exception(err)
+
+    def stop(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+
+    def join(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+
+@dataclass
+class Schedule:
+    """When each registration next needs work; a heap with lazy deletion."""
+
+    heap: list[tuple[float, int, str]] = field(default_factory=list)
+    due: dict[int, float] = field(default_factory=dict)
+
+    def at(self, when: float, token: int, name: str) -> None:
+        self.due[token] = when
+        heapq.heappush(self.heap, (when, token, name))
+
+    def forget(self, token: int) -> None:
+        self.due.pop(token, None)
+
+    def pop_due(self, now: float) -> list[tuple[float, int, str]]:
+        out = []
+        while self.heap and self.heap[0][0] <= now:
+            when, token, name = heapq.heappop(self.heap)
+            if self.due.get(token) == when:
+                del self.due[token]
+                out.append((when, token, name))
+        return out
+
+    def next_time(self) -> float | None:
+        while self.heap and self.due.get(self.heap[0][1]) != self.heap[0][0]:
+            heapq.heappop(self.heap)
+        return self.heap[0][0] if self.heap else None
