@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from volplugd.scheduling import Schedule, WorkerPool, current_pool
@@ -38,7 +40,7 @@ def test_pool_threads_are_daemon_threads() -> None:
     """A job hung in a plugin must never keep the interpreter from exiting."""
     pool = WorkerPool(1, "daemonic")
     try:
-        assert pool.submit(lambda: __import__("threading").current_thread().daemon).result(10)
+        assert pool.submit(lambda: threading.current_thread().daemon).result(10)
     finally:
         pool.stop()
         pool.join(10)
