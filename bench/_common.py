@@ -247,11 +247,20 @@ def serve_main(argv: Sequence[str]) -> int:
 # --- the bench side ---------------------------------------------------------------
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, in seconds (from /proc/PID/stat)."""
+def proc_cpu_split(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process, in seconds (from /proc/PID/stat)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, in seconds."""
+    return sum(proc_cpu_split(pid))
+
+
+def proc_threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
 
 
 def proc_rss_bytes(pid: int) -> int:
@@ -573,6 +582,12 @@ def summarize_collapsed(text: str, top: int) -> str:
 
 
 # --- small helpers ----------------------------------------------------------------
+
+
+def exit_cleanly_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so every ``finally``/ExitStack stops what it
+    started (the daemon, the responder) and removes the scratch folder."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 @contextlib.contextmanager

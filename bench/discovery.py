@@ -113,6 +113,7 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, metavar="FILE",
                         help="py-spy the daemon while sampling; raw stacks to FILE")
     args = parser.parse_args()
+    c.exit_cleanly_on_sigterm()
     POLL_GAP[0] = args.poll_gap
     count = args.samples or (50 if args.quick else 200)
     background = args.background if args.background is not None else \

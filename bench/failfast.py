@@ -215,6 +215,7 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, metavar="FILE",
                         help="py-spy the daemon during the list phase; raw stacks to FILE")
     args = parser.parse_args()
+    c.exit_cleanly_on_sigterm()
     count = args.plugins or (200 if args.quick else 1000)
     seconds = 1.0 if args.quick else 4.0
     c.fd_limit_for(2 * count + 64)

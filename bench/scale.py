@@ -37,7 +37,7 @@ RSS_GOAL = 80e6
 LATENESS_GOAL = 1.0
 INTERVAL = 10.0
 BUDGET, QUICK_BUDGET = 90.0, 20.0  # seconds the whole script may take
-STOP_ALLOWANCE = 3.0  # stopping the daemon and the responder, reading the request log
+STOP_ALLOWANCE = 6.0  # stopping the daemon and the responder, reading the request log
 MIN_WINDOW = 10.0  # (b)'s shortest window at the 10 s interval, whatever the budget
 
 IMPORT_RSS = """
@@ -70,7 +70,7 @@ def part_a(count: int, window: float, profile: Path | None) -> bool:
         took = daemon.wait_ready(count, timeout=60)
         print(f"  all {count} ready {took:.1f} s after the control socket answered")
         profiler = None if profile is None else c.Profiler(daemon.pid, profile)
-        d_cpu, r_cpu, served = daemon.cpu_seconds(), responder.cpu_seconds(), \
+        d_split, r_cpu, served = c.proc_cpu_split(daemon.pid), responder.cpu_seconds(), \
             responder.served()
         start = time.monotonic()
         rss: list[int] = []
@@ -78,7 +78,10 @@ def part_a(count: int, window: float, profile: Path | None) -> bool:
             rss.append(daemon.rss_bytes())
             time.sleep(min(1.0, max(0.0, window - elapsed)))
         elapsed = time.monotonic() - start
-        d_cpu = (daemon.cpu_seconds() - d_cpu) / elapsed
+        user, system = (b - a for a, b in zip(d_split, c.proc_cpu_split(daemon.pid),
+                                                  strict=True))
+        d_cpu, d_sys = (user + system) / elapsed, system / elapsed
+        threads = c.proc_threads(daemon.pid)
         r_cpu = (responder.cpu_seconds() - r_cpu) / elapsed
         rate = (responder.served() - served) / elapsed
         if profiler is not None:
@@ -87,6 +90,7 @@ def part_a(count: int, window: float, profile: Path | None) -> bool:
     rows = [
         ["volplugd CPU, % of one core", f"{d_cpu * 100:.2f}", f"<= {CPU_GOAL * 100:.0f}",
          c.verdict(d_cpu <= CPU_GOAL)],
+        ["  of which in the kernel (stime)", f"{d_sys * 100:.2f}", f"{threads} threads", ""],
         ["responder CPU for the same probes (baseline)", f"{r_cpu * 100:.2f}",
          f"x{d_cpu / r_cpu:.1f}" if r_cpu else "-", ""],
         ["volplugd RSS peak, MB", f"{peak / 1e6:.1f}", f"<= {RSS_GOAL / 1e6:.0f}",
@@ -124,7 +128,8 @@ def probes_of(seen: list[tuple[float, str]]) -> list[float]:
 @dataclass
 class Lateness:
     phase: list[float] = field(default_factory=list)  # every probe
-    steady: list[float] = field(default_factory=list)  # probes after all were ready
+    # probes from half an interval after all were ready: the start-up backlog is gone
+    steady: list[float] = field(default_factory=list)
     deviation: list[float] = field(default_factory=list)  # |interval - configured|
     plugins: int = 0  # plugins probed at least twice
 
@@ -141,7 +146,7 @@ def lateness(requests: dict[str, list[tuple[float, str]]], interval: float,
         least = min(offsets)
         out.phase += [o - least for o in offsets]
         out.steady += [o - least for o, a in zip(offsets, arrivals, strict=True)
-                       if a >= all_ready]
+                       if a >= all_ready + interval / 2]
         # an early interval is the previous probe's lateness: count both signs
         out.deviation += [abs(b - a - interval) for a, b in itertools.pairwise(arrivals)]
     return out
@@ -181,16 +186,19 @@ def part_b(count: int, interval: float, deadline: float, profile: Path | None) -
     rows = [[label, f"{c.percentile(v, 50):.3f}", f"{c.percentile(v, 99):.3f}",
              f"{max(v, default=float('nan')):.3f}", len(v)] for label, v in (
         ("lateness vs least-late probe, all probes, s", found.phase),
-        ("  the same, probes after all were ready, s", found.steady),
+        ("  the same, from interval/2 after all ready, s", found.steady),
         ("|interval - configured|, s", found.deviation))]
     print(c.table(rows, ["", "p50", "p99", "max", "n"]))
     print(f"  {probed} of {count} plugins probed at least twice; volplugd CPU "
           f"{d_cpu * 100:.0f} % of a core; responder capacity {cap:.0f} req/s from one client "
           f"vs {count / interval:.0f} probes/s needed (x{cap * interval / count:.0f})")
-    ok = probed >= count * 0.2 and late <= LATENESS_GOAL
-    print(f"  goal p99 lateness <= {LATENESS_GOAL:.0f} s (over >= 20 % of the plugins "
-          f"seen probed twice): {c.verdict(ok)}")
-    return ok
+    steady = c.percentile(found.steady, 99)
+    enough = probed >= count * 0.2
+    print(f"  goal p99 lateness <= {LATENESS_GOAL:.0f} s: all probes (start-up included) "
+          f"{c.verdict(enough and late <= LATENESS_GOAL)}; steady state "
+          f"{c.verdict(enough and steady <= LATENESS_GOAL)}"
+          + ("" if enough else " (too few plugins seen probed twice)"))
+    return enough and late <= LATENESS_GOAL
 
 
 def main() -> int:
@@ -201,6 +209,7 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, metavar="FILE",
                         help="py-spy the daemon during the window(s); raw stacks to FILE")
     args = parser.parse_args()
+    c.exit_cleanly_on_sigterm()
     began = time.monotonic()
     print(f"scale: {c.machine_line()}")
     results = []
