@@ -29,6 +29,7 @@ from volplugd.podman import (
     config_search_paths,
     declared_plugins,
     default_dropin_path,
+    for_user,
     plan_dropin,
     render_dropin,
     toml_string,
@@ -516,3 +517,14 @@ def test_stop_before_start_and_join_without_start_are_harmless(dropin: str,
     writer.start()
     writer.join(1)
     assert contents(dropin) is None
+
+
+def test_a_rootless_volplugd_at_the_default_path_writes_the_users_dropin() -> None:
+    """Non-root with the default path: the user's containers.conf.d; otherwise unchanged."""
+    default = PodmanSettings(enabled=True)
+    env = {"XDG_CONFIG_HOME": "/home/u/.config"}
+    assert for_user(default, 1000, env).dropin == (
+        "/home/u/.config/containers/containers.conf.d/50-volplugd.conf")
+    assert for_user(default, 0, env) == default
+    chosen = PodmanSettings(enabled=True, dropin="/srv/podman/50-volplugd.conf")
+    assert for_user(chosen, 1000, env) == chosen

@@ -12,6 +12,7 @@ Runs on: the main thread; signal handlers only enqueue.
 from __future__ import annotations
 
 import grp
+import os
 import signal
 import threading
 import time
@@ -24,7 +25,7 @@ from volplugd.control.app import AccessPolicy, make_app
 from volplugd.control.server import ControlServer, TcpMetricsServer
 from volplugd.metrics import Metrics, status_page
 from volplugd.model import Stop
-from volplugd.podman import DropinWriter
+from volplugd.podman import DropinWriter, for_user
 from volplugd.registry import Registry
 from volplugd.supervisor import Reload, Supervisor
 from volplugd.systemd import Notifier, listen_fds
@@ -116,7 +117,8 @@ class Daemon:
             self._start("metrics", tcp.start, tcp.stop, tcp.join)
             logger.info("metrics_listening", host=tcp.host, port=tcp.port)
         if self.settings.podman.enabled:
-            writer = DropinWriter(self.settings.podman, self.registry.wait)
+            podman = for_user(self.settings.podman, os.getuid())
+            writer = DropinWriter(podman, self.registry.wait)
             self._start("podman", writer.start, writer.stop, writer.join)
 
     def _start(self, name: str, start: Callable[[], None], stop: Callable[[], None],

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import NamedTuple
 
-import structlog
 from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
@@ -43,13 +42,14 @@ from watchdog.observers.api import BaseObserver, EventEmitter, ObservedWatch
 from watchdog.observers.inotify import InotifyEmitter
 from watchdog.observers.inotify_c import InotifyEvent, InotifyFD
 
+from volplugd.log import get_logger
 from volplugd.model import DesiredPlugin, FileIdentity, FsHint, Kind, Rescan
 from volplugd.plugin.address import PluginAddress, address_from_socket, load_address
 from volplugd.plugin.errors import PluginAddressError
 
 __all__ = ["Ignored", "ScanResult", "Watcher", "plugin_path_of", "scan", "scan_one"]
 
-log = structlog.get_logger("volplugd.discovery")
+log = get_logger(__name__)
 
 _KINDS = {".sock": Kind.SOCK, ".spec": Kind.SPEC, ".json": Kind.JSON}
 # Docker's order inside one directory: flat before nested, .spec before .json.

@@ -24,7 +24,6 @@ from itertools import accumulate
 from threading import Lock
 from typing import NamedTuple, ParamSpec
 
-import structlog
 from prometheus_client import (
     CollectorRegistry,
     GCCollector,
@@ -38,6 +37,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
+from volplugd.log import get_logger
 from volplugd.model import PluginState, PluginView, Snapshot, rfc3339
 
 __all__ = [
@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 P = ParamSpec("P")
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 # Unix-socket calls take ~0.5 ms when healthy; probes are cut at probe.timeout (5 s by
 # default), operations at their deadline (up to 120 s). Each bucket costs one line per

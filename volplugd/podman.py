@@ -14,6 +14,7 @@ files, write); ``start``/``stop``/``join`` from the daemon's main thread. The pu
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import pwd
 import re
@@ -25,10 +26,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
-import structlog
-
 from volplugd import __version__
 from volplugd.config import PodmanSettings
+from volplugd.log import get_logger
 from volplugd.model import Kind, PluginState, PluginView, Snapshot
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "config_search_paths",
     "declared_plugins",
     "default_dropin_path",
+    "for_user",
     "plan_dropin",
     "render_dropin",
     "socket_path",
@@ -49,7 +50,7 @@ __all__ = [
     "write_if_changed",
 ]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 DROPIN_NAME = "50-volplugd.conf"
 SYSTEM_DROPIN = f"/etc/containers/containers.conf.d/{DROPIN_NAME}"
@@ -201,6 +202,15 @@ def default_dropin_path(uid: int, environ: Mapping[str, str] | None = None) -> s
         return SYSTEM_DROPIN
     return os.path.join(_user_config_home(uid, environ), "containers",
                         "containers.conf.d", DROPIN_NAME)
+
+
+def for_user(settings: PodmanSettings, uid: int,
+             environ: Mapping[str, str] | None = None) -> PodmanSettings:
+    """A volplugd run by a non-root user with the default path keeps that user's
+    rootless drop-in instead of the system one it could not write."""
+    if uid != 0 and settings.dropin == SYSTEM_DROPIN:
+        return dataclasses.replace(settings, dropin=default_dropin_path(uid, environ))
+    return settings
 
 
 def _user_config_home(uid: int, environ: Mapping[str, str] | None) -> str:

@@ -46,6 +46,7 @@ def test_unprivileged_request_is_403_and_logged(commands: MemoryCommands) -> Non
     assert ans.status == 403
     assert ans.error == ("forbidden", "this user may not do that on the control socket")
     assert logs == [{"event": "control_request_forbidden", "log_level": "warning",
+                     "logger_name": "volplugd.control.app",
                      "method": "GET", "path": "/v1/plugins", "uid": 1000, "pid": 77}]
 
 

@@ -16,8 +16,6 @@ from collections.abc import Callable, Mapping
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from volplugd.control.access import AccessPolicy, Peer, decide
 from volplugd.control.inputs import (
     BodyTooLarge,
@@ -44,6 +42,7 @@ from volplugd.control.routing import (
 )
 from volplugd.control.sockio import RequestTimeout
 from volplugd.control.stream import FollowStream, follow_slot, ndjson
+from volplugd.log import get_logger
 from volplugd.model import Commands, PluginNotReady, UnknownPlugin, encode
 from volplugd.plugin.errors import (
     NotAPlugin,
@@ -64,7 +63,7 @@ __all__ = [
     "openapi_document",
 ]
 
-_log = structlog.get_logger()
+_log = get_logger(__name__)
 
 
 # --- Errors: internal conditions, and the one table every failure goes through ------

@@ -24,11 +24,10 @@ from wsgiref.handlers import SimpleHandler
 from wsgiref.headers import Headers
 from wsgiref.simple_server import WSGIRequestHandler
 
-import structlog
-
 from volplugd.control.access import Peer, groups_of
 from volplugd.control.routing import JSON
 from volplugd.control.sockio import Body, HeadTooLarge, Reader, Writer
+from volplugd.log import get_logger
 from volplugd.model import encode
 
 if TYPE_CHECKING:
@@ -47,7 +46,7 @@ _READ_METHODS = frozenset({"GET", "HEAD"})
 _PROTOCOL_CODES = {405: "method_not_allowed", 413: "request_too_large",
                    414: "request_too_large", 431: "request_too_large"}
 
-_log = structlog.get_logger()
+_log = get_logger(__name__)
 
 
 @dataclass

@@ -19,9 +19,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import structlog
-
 from volplugd.control.connection import Site, serve_connection
+from volplugd.log import get_logger
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -29,7 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["BACKLOG", "Listener"]
 
 BACKLOG = 128
-_log = structlog.get_logger()
+_log = get_logger(__name__)
 
 
 class Listener:
