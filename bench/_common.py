@@ -106,6 +106,7 @@ class _Server:
         self.sel = selectors.DefaultSelector()
         self.ctl = ctl
         self.plugins: dict[str, _Plugin] = {}
+        self.directory = ""
         self.served = 0
         self.sel.register(ctl, selectors.EVENT_READ, None)
 
@@ -116,6 +117,7 @@ class _Server:
         self.sel.register(listener, selectors.EVENT_READ, plugin)
 
     def bind(self, directory: str, prefix: str, count: int) -> None:
+        self.directory = directory
         for i in range(count):
             name = f"{prefix}{i:05d}"
             path = os.path.join(directory, f"{name}.sock")
@@ -205,6 +207,10 @@ class _Server:
             with open(arg, "w") as out:
                 json.dump({n: p.seen for n, p in self.plugins.items()}, out)
             self.ctl.send(b"ok")
+        elif cmd == "bind":  # "bind PREFIX COUNT": more plugins, in the first folder
+            prefix, count = arg.split()
+            self.bind(self.directory, prefix, int(count))
+            self.ctl.send(b"ok")
         elif cmd == "served":
             self.ctl.send(str(self.served).encode())
         elif cmd == "quit":
@@ -293,6 +299,13 @@ class Responder:
     def adopt(self, name: str, listener: socket.socket) -> None:
         """Serve an already listening socket (we keep no copy's ownership: close yours)."""
         socket.send_fds(self._ctl, [f"adopt {name}".encode()], [listener.fileno()])
+
+    def bind(self, prefix: str, count: int) -> None:
+        """Bind ``count`` more plugins ``{prefix}{i:05d}.sock`` (returns once bound)."""
+        self._ctl.send(f"bind {prefix} {count}".encode())
+        if self._ctl.recv(64) != b"ok":
+            raise RuntimeError("responder bind failed")
+        self.names += [f"{prefix}{i:05d}" for i in range(count)]
 
     def close(self, name: str) -> None:
         self._ctl.send(f"close {name}".encode())
@@ -452,6 +465,15 @@ class Daemon:
         while (counts := self.counts()).get("ready", 0) < count:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {counts} after {timeout} s (want {count} ready)")
+            time.sleep(0.05)
+        return time.monotonic() - start
+
+    def wait_ready_by(self, count: int, deadline: float) -> float | None:
+        """Seconds until ``count`` plugins were ready, or None at ``deadline``."""
+        start = time.monotonic()
+        while self.counts().get("ready", 0) < count:
+            if time.monotonic() > deadline:
+                return None
             time.sleep(0.05)
         return time.monotonic() - start
 
