@@ -198,7 +198,8 @@ def part_b(setup: Setup, count: int, interval: float, deadline: float,
     if profiler is not None:
         profiler.stop()
     requests = setup.responder.requests(setup.work)
-    when = f"all {count} ready {took:.1f} s later" if took is not None \
+    after = "after they appeared" if grow > 0 else "after the control socket answered"
+    when = f"all {count} ready {took:.1f} s {after}" if took is not None \
         else f"only {ready} ready when the budget ran out"
     print(f"  {when}; watched {end - start:.0f} s")
     found = lateness(requests, interval, start, all_ready)
