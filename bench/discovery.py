@@ -13,6 +13,7 @@ Beside each, the baseline from the same run: a raw inotify watch on the same fol
 read by this process (no watchdog), seeing the same bind/unlink: the latency floor of
 any inotify-driven discovery. Goal: p99 ≤ 5 ms for bind→ready and for unlink→404.
 Usage: .venv/bin/python bench/discovery.py [--quick] [--samples N] [--background N]
+Runs on: the main thread only (inotify is read with select, not a thread).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ with ``probe.timeout = 2``, ``probe.failure_threshold = 1`` and a forced probe m
    client, the two interleaved so machine load hits both alike) and with 8 concurrent
    keep-alive clients: p50/p99 and requests/s. Goal: p99 <= 10 ms.
 Usage: .venv/bin/python bench/failfast.py [--quick] [--plugins N] [--profile FILE]
+Runs on: the main thread; the 8-client phase adds one thread per client.
 """
 
 from __future__ import annotations

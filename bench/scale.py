@@ -23,6 +23,7 @@
 Budget: (a) + (b) by default in <= 90 s; ``--part b`` takes ~50 s and shows the steady
 state over 2.5 intervals. Usage:
     .venv/bin/python bench/scale.py [--quick] [--part a|b|both] [--profile FILE]
+Runs on: the main thread only.
 """
 
 from __future__ import annotations
