@@ -191,3 +191,20 @@ def test_sighup_reloads_dirs_and_probe_settings_keeping_unchanged_plugins(
     failure = d.wait_log("config_reload_failed")
     assert failure["error"] == 'probe.intervall: unknown key (did you mean "interval"?)'
     assert d.get("/v1/health")["plugins"]["ready"] == 2
+
+
+def test_a_second_daemon_on_the_same_socket_fails_clearly_and_the_first_keeps_serving(
+        daemon: Callable[..., Daemon], short_tmp: Path) -> None:
+    """Start-up refuses a control socket another volplugd serves: exit 1, one log line."""
+    first = daemon(config=FAST).start()
+    (short_tmp / "second").mkdir()
+    second = Daemon(short_tmp / "second", plugin_dirs=first.plugin_dirs, config=FAST)
+    second.socket = first.socket
+    second.start(wait=False)
+    assert second.proc is not None
+    assert second.proc.wait(timeout=30) == 1
+    failure = second.wait_log("startup_failed")
+    assert failure["error"] == (f"[Errno 98] another process is listening on it: "
+                                f"'{first.socket}'")
+    assert "Traceback" not in second.log()
+    assert first.get("/v1/health")["status"] == "ok"

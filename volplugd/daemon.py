@@ -79,10 +79,14 @@ class Daemon:
         threading.excepthook = _log_thread_crash
         try:
             self._start_servers()
-        except BaseException:
+        except BaseException as err:
             self._stop_all()
             _restore(previous)
-            raise
+            if not isinstance(err, OSError):
+                raise
+            # A socket in use, a folder that cannot be created, a port taken: one clear line.
+            logger.error("startup_failed", error=str(err))
+            return 1
         logger.info("volplugd_starting", version=__version__,
                     dirs=list(self.settings.discovery.dirs),
                     control_socket=self.settings.control.socket,
