@@ -14,12 +14,16 @@ def view(name: str, state: PluginState = PluginState.READY) -> PluginView:
                       kind=Kind.SOCK, state=state, registered_at=0.0)
 
 
+def views(*items: PluginView) -> dict[str, PluginView]:
+    return {v.name: v for v in items}
+
+
 def test_publish_encodes_each_view_once_and_counts_states() -> None:
     """Unchanged views keep their encoded bytes (same object); counts cover every state."""
     reg = Registry(clock=lambda: 1.0)
     a, b = view("a"), view("b", PluginState.UNHEALTHY)
-    first = reg.publish([a, b])
-    second = reg.publish([a, view("b")])
+    first = reg.publish(views(a, b))
+    second = reg.publish(views(a, view("b")), changed={"b"})
     assert second.encoded["a"] is first.encoded["a"]
     assert second.encoded["b"] != first.encoded["b"]
     assert dict(second.counts) == {"activating": 0, "ready": 2, "unhealthy": 0, "rejected": 0}
@@ -29,7 +33,7 @@ def test_publish_encodes_each_view_once_and_counts_states() -> None:
 def test_plugins_json_is_the_contract_shape_with_a_state_filter() -> None:
     """plugins_json() joins pre-encoded records into {"plugins": [...]} sorted as given."""
     reg = Registry()
-    snap = reg.publish([view("a"), view("b", PluginState.REJECTED)])
+    snap = reg.publish(views(view("a"), view("b", PluginState.REJECTED)))
     assert [p["name"] for p in json.loads(snap.plugins_json())["plugins"]] == ["a", "b"]
     only = json.loads(snap.plugins_json(PluginState.REJECTED))["plugins"]
     assert [(p["name"], p["state"], p["capabilities"]) for p in only] == [("b", "rejected", None)]
@@ -70,6 +74,21 @@ def test_events_wait_returns_when_an_event_arrives() -> None:
 def test_wait_returns_newer_snapshot_or_current_at_timeout() -> None:
     """wait(after) hands out a newer generation, or the current one when time is up."""
     reg = Registry()
-    snap = reg.publish([view("a")])
+    snap = reg.publish(views(view("a")))
     assert reg.wait(snap.generation - 1, timeout=0.0) is snap
     assert reg.wait(snap.generation, timeout=0.01) is snap
+
+
+def test_incremental_publish_recounts_and_reencodes_only_changed_names() -> None:
+    """Removals and additions among ``changed`` keep counts and encodings exact."""
+    reg = Registry()
+    a, b, c = view("a"), view("b", PluginState.UNHEALTHY), view("c", PluginState.ACTIVATING)
+    first = reg.publish(views(a, b, c))
+    b2 = view("b")
+    second = reg.publish(views(a, b2, view("d", PluginState.REJECTED)), changed={"b", "c", "d"})
+    full = Registry().publish(views(a, b2, view("d", PluginState.REJECTED)))
+    assert dict(second.counts) == dict(full.counts) == {
+        "activating": 0, "ready": 2, "unhealthy": 0, "rejected": 1}
+    assert dict(second.encoded) == dict(full.encoded)
+    assert second.encoded["a"] is first.encoded["a"]
+    assert second.plugins_json() == full.plugins_json()

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
 
@@ -150,24 +151,32 @@ class Snapshot:
     """What readers see: every plugin at one instant, with its JSON already encoded.
 
     ``encoded[name]`` is the plugin's JSON, computed once when the view changed;
-    ``plugins_json()`` only joins bytes, so 1000 records cost no re-encoding.
+    ``plugins_json()`` only joins bytes, and the unfiltered list is joined once per
+    snapshot, so 1000 records cost no re-encoding per request.
     """
 
     plugins: Mapping[str, PluginView]
     encoded: Mapping[str, bytes]
     generation: int = 0
     published_at: float = 0.0
-    counts: Mapping[str, int] = field(init=False)
+    counts: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        counts = dict.fromkeys((s.value for s in PluginState), 0)
-        for view in self.plugins.values():
-            counts[view.state.value] += 1
-        object.__setattr__(self, "counts", MappingProxyType(counts))
+        if not self.counts:  # not given: count (the registry keeps counts incrementally)
+            counts = dict.fromkeys((s.value for s in PluginState), 0)
+            for view in self.plugins.values():
+                counts[view.state.value] += 1
+            object.__setattr__(self, "counts", MappingProxyType(counts))
 
     def plugins_json(self, state: PluginState | None = None) -> bytes:
-        names = (n for n, v in self.plugins.items() if state is None or v.state is state)
+        if state is None:
+            return self._all_json
+        names = (n for n, v in self.plugins.items() if v.state is state)
         return b'{"plugins":[' + b",".join(self.encoded[n] for n in names) + b"]}"
+
+    @cached_property
+    def _all_json(self) -> bytes:
+        return b'{"plugins":[' + b",".join(self.encoded[n] for n in self.plugins) + b"]}"
 
 
 EMPTY_SNAPSHOT = Snapshot(plugins=MappingProxyType({}), encoded=MappingProxyType({}))

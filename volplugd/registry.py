@@ -11,7 +11,7 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 
 from volplugd.model import (
@@ -38,16 +38,28 @@ class Registry:
     def snapshot(self) -> Snapshot:
         return self._snapshot
 
-    def publish(self, views: Iterable[PluginView]) -> Snapshot:
-        """Swap in a snapshot of ``views`` (given sorted by name)."""
+    def publish(self, views: Mapping[str, PluginView],
+                changed: Iterable[str] | None = None) -> Snapshot:
+        """Swap in a snapshot of ``views`` (sorted by name). Only the ``changed`` names
+        (default: all) are re-encoded and recounted, so a publish costs O(changes)
+        apart from one C-level copy of each mapping."""
         old = self._snapshot
-        plugins = {v.name: v for v in views}
-        encoded = {
-            name: old.encoded[name] if old.plugins.get(name) is view else encode(view.to_json())
-            for name, view in plugins.items()
-        }
-        snap = Snapshot(MappingProxyType(plugins), MappingProxyType(encoded),
-                        generation=old.generation + 1, published_at=self._clock())
+        names = views.keys() | old.plugins.keys() if changed is None else changed
+        encoded = dict(old.encoded)
+        counts = dict(old.counts)
+        for name in names:
+            before, after = old.plugins.get(name), views.get(name)
+            if before is after:
+                continue
+            if before is not None:
+                counts[before.state.value] -= 1
+                del encoded[name]
+            if after is not None:
+                counts[after.state.value] += 1
+                encoded[name] = encode(after.to_json())
+        snap = Snapshot(MappingProxyType(dict(views)), MappingProxyType(encoded),
+                        generation=old.generation + 1, published_at=self._clock(),
+                        counts=MappingProxyType(counts))
         with self._changed:
             self._snapshot = snap
             self._changed.notify_all()

@@ -64,6 +64,7 @@ LAZY_PUBLISH = 0.5  # seconds a timestamp-only change may wait before it is publ
 STATUS_EVERY = 1.0  # at most one status callback a second
 MAX_BATCH = 1000    # messages handled per loop iteration before publishing
 LIVENESS = 1.0      # the loop runs at least this often, so its age shows a wedged loop
+HINTS_PER_SCAN = 32  # more hinted names than this in one batch: one full scan is cheaper
 
 
 class WatcherLike(Protocol):
@@ -123,10 +124,13 @@ class Supervisor(Commands):
         self._wall = wall
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._watcher = watcher_factory(settings.discovery.dirs, self.put)
+        self._activations = WorkerPool(workers, "volplugd-activate")
         self._pool = WorkerPool(workers, "volplugd-probe")
         self._ops = WorkerPool(op_workers, "volplugd-op")
         self._tracked: dict[str, policy.Tracked] = {}
-        self._names: list[str] = []  # sorted names, maintained on membership change
+        self._views: dict[str, PluginView] = {}  # what the next snapshot shows, by name
+        self._changed: set[str] = set()  # names whose view changed since the last publish
+        self._resort = False  # membership changed: re-sort _views at the next publish
         self._clients: dict[str, tuple[PluginClient, int]] = {}
         self._schedule = Schedule()
         self._inflight: set[int] = set()
@@ -280,6 +284,7 @@ class Supervisor(Commands):
 
     def _shutdown(self) -> None:
         self._watcher.stop()
+        self._activations.stop()
         self._pool.stop()
         self._ops.stop()
         for client, _ in self._clients.values():
@@ -300,7 +305,7 @@ class Supervisor(Commands):
         (a plugin folder itself appearing or going) gets a full scan."""
         dirs = self._settings.discovery.dirs
         names = {plugin_path_of(path, dirs) for path in paths}
-        if None in names:
+        if None in names or len(names) > HINTS_PER_SCAN:
             self._apply_scan(self._scan_dirs(), now)
             return
         for name in sorted(n for n in names if n is not None):
@@ -357,7 +362,7 @@ class Supervisor(Commands):
         token = next(self._tokens)
         tracked = policy.register(want, token, self._wall())
         self._tracked[want.name] = tracked
-        self._names = sorted(self._tracked)
+        self._show(want.name, tracked.view)
         self._clients[want.name] = (self._make_client(want), token)
         self._registry.record(EventType.DISCOVERED, want.name, None, PluginState.ACTIVATING,
                               want.source)
@@ -381,7 +386,7 @@ class Supervisor(Commands):
 
     def _evict(self, name: str, reason: str) -> None:
         tracked = self._tracked.pop(name)
-        self._names = sorted(self._tracked)
+        self._show(name, None)
         self._schedule.forget(tracked.token)
         self._startup_pending.discard(tracked.token)
         client, _ = self._clients.pop(name)
@@ -403,14 +408,15 @@ class Supervisor(Commands):
             return
         client, _ = self._clients[name]
         if tracked.state is PluginState.ACTIVATING or tracked.state is PluginState.REJECTED:
+            # Activations have their own pool: a burst of new plugins must not delay probes.
             job: Callable[[], object] = partial(self._activate_job, client)
-            kind = "activate"
+            kind, pool = "activate", self._activations
         else:
             job = partial(self._probe_job, client, self._settings.probe)
-            kind = "probe"
+            kind, pool = "probe", self._pool
         self._inflight.add(token)
         self._dispatched_due[token] = due
-        self._pool.submit(partial(self._run_job, kind, name, token, job))
+        pool.submit(partial(self._run_job, kind, name, token, job))
 
     def _run_job(self, kind: str, name: str, token: int, job: Callable[[], object]) -> None:
         started = time.monotonic()
@@ -506,6 +512,7 @@ class Supervisor(Commands):
         name = new.desired.name
         old = self._tracked[name]
         self._tracked[name] = new
+        self._show(name, new.view)
         if old.state is not new.state:
             reason = new.view.last_error or "ok"
             self._registry.record(EventType.STATE_CHANGED, name, old.state, new.state, reason)
@@ -532,9 +539,22 @@ class Supervisor(Commands):
 
     # --- publishing and reload --------------------------------------------------
 
+    def _show(self, name: str, view: PluginView | None) -> None:
+        """Record a view change for the next publish (None: the plugin is gone)."""
+        if view is None:
+            del self._views[name]
+            self._resort = True
+        else:
+            self._resort |= name not in self._views
+            self._views[name] = view
+        self._changed.add(name)
+
     def _publish(self) -> None:
-        tracked = self._tracked
-        self._registry.publish(tracked[name].view for name in self._names)
+        if self._resort:
+            self._views = {name: self._views[name] for name in sorted(self._views)}
+            self._resort = False
+        self._registry.publish(self._views, self._changed)
+        self._changed = set()
         self._urgent = False
         self._lazy_since = None
 
