@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -259,3 +260,22 @@ def test_an_idle_loop_keeps_running_so_its_age_shows_liveness(
     began = time.monotonic()
     wait_until(lambda: time.monotonic() - began > 2.5 and sup.loop_age() < 1.5, timeout=10,
                message="the idle loop to have run recently")
+
+
+def test_a_burst_of_new_sockets_is_discovered_in_full(
+        start: Callable[..., Supervisor], plugins_dir: Path) -> None:
+    """300 sockets bound at once (more hints than one batch resolves name by name) all
+    end up registered; nothing listens, so they stay activating."""
+    sup = start()
+    assert sup.wait_started(10)
+    socks = []
+    try:
+        for i in range(300):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.bind(str(plugins_dir / f"b{i:03}.sock"))
+        wait_until(lambda: sup.snapshot().counts["activating"] == 300, timeout=30,
+                   message="all 300 registered")
+    finally:
+        for sock in socks:
+            sock.close()

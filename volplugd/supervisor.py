@@ -65,6 +65,7 @@ STATUS_EVERY = 1.0  # at most one status callback a second
 MAX_BATCH = 1000    # messages handled per loop iteration before publishing
 LIVENESS = 1.0      # the loop runs at least this often, so its age shows a wedged loop
 HINTS_PER_SCAN = 32  # more hinted names than this in one batch: one full scan is cheaper
+BURST_SCAN_DELAY = 0.25  # during a burst, one full scan covers the hints of this long
 
 
 class WatcherLike(Protocol):
@@ -124,7 +125,9 @@ class Supervisor(Commands):
         self._wall = wall
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._watcher = watcher_factory(settings.discovery.dirs, self.put)
-        self._activations = WorkerPool(workers, "volplugd-activate")
+        # Few activation threads: enough to overlap I/O; more would only take CPU (the
+        # GIL) from probes while a burst of new plugins is activated.
+        self._activations = WorkerPool(max(2, workers // 4), "volplugd-activate")
         self._pool = WorkerPool(workers, "volplugd-probe")
         self._ops = WorkerPool(op_workers, "volplugd-op")
         self._tracked: dict[str, policy.Tracked] = {}
@@ -147,6 +150,7 @@ class Supervisor(Commands):
         self._next_beat = 0.0
         self._next_status = 0.0
         self._last_iteration = clock()
+        self._burst_scan: float | None = None  # when a full scan covers a burst of hints
         self._last_counts: Mapping[str, int] | None = None
         self._thread: threading.Thread | None = None
 
@@ -248,6 +252,8 @@ class Supervisor(Commands):
         nxt = self._schedule.next_time()
         if nxt is not None:
             wake.append(nxt)
+        if self._burst_scan is not None:
+            wake.append(self._burst_scan)
         try:
             return self._queue.get(timeout=max(0.0, min(wake) - self._clock()))
         except queue.Empty:
@@ -269,6 +275,9 @@ class Supervisor(Commands):
                 self._apply_reload(now)
 
     def _tick(self, now: float) -> None:
+        if self._burst_scan is not None and now >= self._burst_scan:
+            self._burst_scan = None
+            self._apply_scan(self._scan_dirs(), now)
         for when, token, name in self._schedule.pop_due(now):
             self._dispatch(name, token, when)
         if now >= self._next_rescan:
@@ -305,13 +314,18 @@ class Supervisor(Commands):
         (a plugin folder itself appearing or going) gets a full scan."""
         dirs = self._settings.discovery.dirs
         names = {plugin_path_of(path, dirs) for path in paths}
-        if None in names or len(names) > HINTS_PER_SCAN:
+        if None in names:
             self._apply_scan(self._scan_dirs(), now)
+            return
+        if len(names) > HINTS_PER_SCAN or self._burst_scan is not None:
+            # A burst: one full scan shortly covers these hints and any that follow.
+            self._burst_scan = self._burst_scan or now + BURST_SCAN_DELAY
             return
         for name in sorted(n for n in names if n is not None):
             self._apply_scan(scan_one(name, dirs), now, only=name)
 
     def _full_scan(self, trigger: str, now: float) -> RescanResult:
+        self._burst_scan = None  # this scan covers every hint so far
         result = self._apply_scan(self._scan_dirs(), now)
         self._observer.rescan(trigger)
         self._registry.record(EventType.RESCAN, reason=trigger)
