@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from tests.control.conftest import Live, build_app, serving
 from tests.control.helpers import (
@@ -335,6 +336,29 @@ def test_silent_client_is_dropped_while_others_are_served(sockdir: str,
             assert fetch(path, "GET", "/v1/health").status == 200
         assert _dropped(slow)
         wait_until(lambda: server.connections == 0, message="slow connection closed")
+
+
+def test_an_idle_keep_alive_timing_out_is_not_reported_as_a_slow_client(
+        sockdir: str, commands: MemoryCommands) -> None:
+    """After an answer, a quiet keep-alive connection is closed as idle (debug); a request
+    that started and stalled is the one logged as too slow."""
+    path = os.path.join(sockdir, "c.sock")
+    with capture_logs() as logs, serving(build_app(commands), path, read_timeout=0.5) as server:
+        idle = UnixHTTPConnection(path)
+        try:
+            idle.request("GET", "/v1/health")
+            idle.getresponse().read()
+            wait_until(lambda: server.connections == 0, message="the idle connection closed")
+        finally:
+            idle.close()
+        with socket.socket(socket.AF_UNIX) as slow:
+            slow.connect(path)
+            slow.sendall(b"GET /v1/hea")
+            assert _dropped(slow)
+        wait_until(lambda: server.connections == 0, message="the slow connection closed")
+    events = [(e["event"], e["log_level"]) for e in logs if e["event"].startswith("control_")]
+    assert events == [("control_idle_connection_closed", "debug"),
+                      ("control_client_too_slow", "info")]
 
 
 def test_dripping_client_is_dropped_at_the_deadline(sockdir: str,

@@ -164,15 +164,20 @@ class _Connection(WSGIRequestHandler):
     def _next_request(self, first: bool) -> bool:
         self._reader.deadline = time.monotonic() + self.site.read_timeout
         self._reader.budget = MAX_HEAD_BYTES
+        idle = not first
         try:
-            if not first and not self._wait_while_idle():
+            if idle and not self._wait_while_idle():
                 return False
+            idle = False
             return self._read_head()
         except HeadTooLarge:
             self.send_error(431, "request head is over the limit")
         except TimeoutError:
-            _log.info("control_client_too_slow", pid=self.peer and self.peer.pid,
-                      timeout=self.site.read_timeout)
+            # An idle keep-alive connection timing out is normal; a request that started
+            # and did not finish in time is a slow (or hostile) client.
+            event = "control_idle_connection_closed" if idle else "control_client_too_slow"
+            (_log.debug if idle else _log.info)(event, pid=self.peer and self.peer.pid,
+                                                 timeout=self.site.read_timeout)
         except OSError:
             pass  # reset, or shut down by stop()
         return False
