@@ -192,6 +192,19 @@ def test_watcher_up_follows_reports() -> None:
     assert m.registry.get_sample_value("volplugd_watcher_up") == 0
 
 
+def test_probe_lateness_is_one_unlabelled_histogram() -> None:
+    """Dispatch lateness goes into volplugd_probe_lateness_seconds, with no plugin label."""
+    m, _ = make()
+    for seconds in (0.002, 0.3, 7.0):
+        m.probe_lateness(seconds)
+    get = m.registry.get_sample_value
+    assert get("volplugd_probe_lateness_seconds_bucket", {"le": "0.01"}) == 1
+    assert get("volplugd_probe_lateness_seconds_bucket", {"le": "0.5"}) == 2
+    assert get("volplugd_probe_lateness_seconds_bucket", {"le": "30.0"}) == 3
+    assert get("volplugd_probe_lateness_seconds_count") == 3
+    assert get("volplugd_probe_lateness_seconds_sum") == pytest.approx(7.302)
+
+
 def test_control_requests_are_counted_and_route_labels_are_capped() -> None:
     """Routes beyond MAX_ROUTES distinct values are counted as "other"."""
     m, _ = make()
@@ -515,6 +528,7 @@ def test_live_daemon_scrape_covers_every_state_and_probe_result(
     assert 'volplugd_plugin_requests_total{plugin="failing"' not in text_
     assert 'volplugd_plugin_requests_total{plugin="stuck"' not in text_
     assert sample(text_, "volplugd_control_requests_total", route="/v1/plugins", code="200")
+    assert (sample(text_, "volplugd_probe_lateness_seconds_count") or 0) > 0
     done = subprocess.run([promtool(), "check", "metrics"], input=text_.encode(),
                           capture_output=True, timeout=60, check=False)
     assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")

@@ -56,6 +56,7 @@ log = get_logger(__name__)
 # plugin per scrape, so there are few of them.
 PROBE_BUCKETS = (0.0005, 0.001, 0.0025, 0.01, 0.05, 0.25, 1.0, 5.0)
 REQUEST_BUCKETS = (0.0005, 0.0025, 0.01, 0.05, 0.25, 1.0, 5.0, 30.0, 120.0)
+LATENESS_BUCKETS = (0.01, 0.1, 0.5, 1.0, 5.0, 30.0)
 
 # The bounded label values. Anything else a caller passes is counted under a fallback,
 # so a bug upstream can never turn a volume name or an error text into a label.
@@ -152,7 +153,8 @@ class _PluginSeries:
 
 
 # discovery events, rescans, evictions, control requests: copies taken for one scrape
-_Totals = tuple[dict[str, int], dict[str, int], dict[str, int], dict[tuple[str, str], int]]
+_Totals = tuple[dict[str, int], dict[str, int], dict[str, int], dict[tuple[str, str], int],
+                "_Histogram"]
 
 
 class _ParsedCollector:
@@ -182,6 +184,7 @@ class Metrics:
         self._control: dict[tuple[str, str], int] = {}
         self._routes: set[str] = set()
         self._watcher_up = watcher_up
+        self._lateness = _Histogram.empty(LATENESS_BUCKETS)
         # The process/platform/GC collectors are cheap; generate_latest() writes them.
         self._runtime = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self._runtime)
@@ -236,6 +239,13 @@ class Metrics:
     def watcher(self, up: bool) -> None:
         """Record whether the filesystem watcher runs (volplugd_watcher_up)."""
         self._watcher_up = bool(up)
+
+    @_never_raise
+    def probe_lateness(self, seconds: float) -> None:
+        """Time from a probe's due moment to its dispatch (no per-plugin label)."""
+        seconds = _seconds(seconds)
+        with self._lock:
+            self._lateness = self._lateness.observe(LATENESS_BUCKETS, seconds)
 
     # ------------------------------------------------------------ other inputs
 
@@ -295,7 +305,7 @@ class Metrics:
             series = {name: s.copy() for name, s in self._plugins.items()
                       if name in snapshot.plugins}
             return series, (dict(self._discovery), dict(self._rescans),
-                            dict(self._evictions), dict(self._control))
+                            dict(self._evictions), dict(self._control), self._lateness)
 
     def _render(self) -> str:
         """The ``volplugd_`` families in text format 0.0.4."""
@@ -338,19 +348,23 @@ class _Text:
         return "".join(self.lines)
 
 
-def _histogram_template(name: str, bounds: tuple[float, ...]) -> str:
-    """Format template of one histogram child: {0} labels, {1}.. cumulative buckets,
-    then sum and count."""
+def _histogram_template(name: str, bounds: tuple[float, ...], labelled: bool = True) -> str:
+    """Format template of one histogram child: {0} labels (unused when not
+    ``labelled``), {1}.. cumulative buckets, then sum and count."""
     les = (*(_number(b) for b in bounds), "+Inf")
-    lines = [f'{name}_bucket{{{{{{0}},le="{le}"}}}} {{{i}}}\n' for i, le in enumerate(les, 1)]
-    lines.append(f"{name}_sum{{{{{{0}}}}}} {{{len(les) + 1}}}\n")
-    lines.append(f"{name}_count{{{{{{0}}}}}} {{{len(les) + 2}}}\n")
+    first = "{{{0}," if labelled else "{{"
+    lines = [f'{name}_bucket{first}le="{le}"}}}} {{{i}}}\n' for i, le in enumerate(les, 1)]
+    braces = "{{{0}}}" if labelled else ""
+    lines.append(f"{name}_sum{braces} {{{len(les) + 1}}}\n")
+    lines.append(f"{name}_count{braces} {{{len(les) + 2}}}\n")
     return "".join(lines)
 
 
 _PROBE_TEMPLATE = _histogram_template("volplugd_plugin_probe_duration_seconds", PROBE_BUCKETS)
 _REQUEST_TEMPLATE = _histogram_template("volplugd_plugin_request_duration_seconds",
                                         REQUEST_BUCKETS)
+_LATENESS_TEMPLATE = _histogram_template("volplugd_probe_lateness_seconds", LATENESS_BUCKETS,
+                                         labelled=False)
 
 
 def _counter(out: _Text, name: str, label: str, help_text: str, counts: dict[str, int]) -> None:
@@ -362,7 +376,7 @@ def _counter(out: _Text, name: str, label: str, help_text: str, counts: dict[str
 def _daemon_families(out: _Text, version: str, snapshot: Snapshot, watcher_up: bool,
                      totals: _Totals) -> None:
     """Families about the daemon as a whole (bounded, a few dozen lines)."""
-    discovery, rescans, evictions, control = totals
+    discovery, rescans, evictions, control, lateness = totals
     out.family("volplugd_build_info", "gauge", "Always 1; the version label says which build runs.")
     out.sample("volplugd_build_info", f'version="{_label(version)}"', 1)
     out.family("volplugd_plugins", "gauge", "Registered plugins by state.")
@@ -377,6 +391,9 @@ def _daemon_families(out: _Text, version: str, snapshot: Snapshot, watcher_up: b
              "by trigger.", rescans)
     _counter(out, "volplugd_evictions_total", "reason",
              "Plugins removed from the registry, by reason.", evictions)
+    out.family("volplugd_probe_lateness_seconds", "histogram",
+               "Time from a probe's due moment to its dispatch: the scheduler's slack.")
+    out.histogram(_LATENESS_TEMPLATE, "", lateness)
     out.family("volplugd_control_requests_total", "counter",
                "Control API requests answered, by route template and HTTP status code.")
     for (route, code), count in sorted(control.items()):

@@ -303,6 +303,9 @@ class Observer(Protocol):
     def watcher(self, up: bool) -> None:
         """The filesystem watcher is running (True) or down/restarting (False)."""
 
+    def probe_lateness(self, seconds: float) -> None:
+        """A probe was dispatched ``seconds`` after it was due (the scheduler's slack)."""
+
 
 class NullObserver:
     """An Observer that records nothing (library use and unit tests)."""
@@ -323,4 +326,7 @@ class NullObserver:
         pass
 
     def watcher(self, up: bool) -> None:
+        pass
+
+    def probe_lateness(self, seconds: float) -> None:
         pass

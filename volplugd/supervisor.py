@@ -279,7 +279,7 @@ class Supervisor(Commands):
             self._burst_scan = None
             self._apply_scan(self._scan_dirs(), now)
         for when, token, name in self._schedule.pop_due(now):
-            self._dispatch(name, token, when)
+            self._dispatch(name, token, when, now)
         if now >= self._next_rescan:
             self._full_scan("periodic", now)
         if self._heartbeat is not None and now >= self._next_beat:
@@ -415,7 +415,7 @@ class Supervisor(Commands):
 
     # --- jobs on the worker pool ------------------------------------------------
 
-    def _dispatch(self, name: str, token: int, due: float) -> None:
+    def _dispatch(self, name: str, token: int, due: float, now: float) -> None:
         """Submit the work a registration needs; ``due`` keeps the probe phase."""
         tracked = self._tracked.get(name)
         if tracked is None or tracked.token != token or token in self._inflight:
@@ -428,6 +428,7 @@ class Supervisor(Commands):
         else:
             job = partial(self._probe_job, client, self._settings.probe)
             kind, pool = "probe", self._pool
+            self._observer.probe_lateness(now - due)
         self._inflight.add(token)
         self._dispatched_due[token] = due
         pool.submit(partial(self._run_job, kind, name, token, job))
@@ -519,7 +520,7 @@ class Supervisor(Commands):
             return
         self._waiters.setdefault(message.name, []).append(message.reply)
         self._schedule.forget(tracked.token)
-        self._dispatch(message.name, tracked.token, now)
+        self._dispatch(message.name, tracked.token, now, now)
 
     def _update(self, new: policy.Tracked, *, urgent: bool = False) -> None:
         """Store a new record; a state change is an event, a log line, and urgent."""
