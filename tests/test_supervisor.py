@@ -6,6 +6,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,16 @@ from tests.fakeplugin import FakePlugin
 from tests.fakeplugin import behaviours as b
 from tests.waiting import wait_until
 from volplugd.config import DiscoverySettings, PluginSettings, ProbeSettings, Settings
-from volplugd.model import PluginNotReady, PluginState, PluginView, UnknownPlugin
+from volplugd.model import (
+    PluginNotReady,
+    PluginState,
+    PluginView,
+    Rescan,
+    RescanResult,
+    Stop,
+    Stopping,
+    UnknownPlugin,
+)
 from volplugd.plugin.errors import PluginTimeout
 from volplugd.registry import Registry
 from volplugd.supervisor import Supervisor
@@ -279,3 +289,15 @@ def test_a_burst_of_new_sockets_is_discovered_in_full(
     finally:
         for sock in socks:
             sock.close()
+
+
+def test_requests_queued_with_stop_are_answered_not_left_waiting(
+        start: Callable[..., Supervisor]) -> None:
+    """A rescan queued behind Stop gets an error at once instead of a timeout."""
+    sup = start(watch=False)
+    assert sup.wait_started(10)
+    reply: Future[RescanResult] = Future()
+    sup.put(Stop())
+    sup.put(Rescan("manual", reply))
+    with pytest.raises(Stopping, match="volplugd is stopping"):
+        reply.result(timeout=10)

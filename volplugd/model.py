@@ -243,6 +243,13 @@ class UnknownPlugin(LookupError):
         self.name = name
 
 
+class Stopping(RuntimeError):
+    """The daemon is shutting down: the request will not be handled (503 unavailable)."""
+
+    def __init__(self) -> None:
+        super().__init__("volplugd is stopping")
+
+
 class PluginNotReady(RuntimeError):
     """Fail fast: the plugin is not ready, so no request is sent (409 plugin_not_ready)."""
 

@@ -44,6 +44,7 @@ from volplugd.model import (
     RescanResult,
     Snapshot,
     Stop,
+    Stopping,
     UnknownPlugin,
 )
 from volplugd.plugin.client import PluginClient
@@ -170,15 +171,20 @@ class Supervisor(Commands):
 
     def rescan(self, timeout: float) -> RescanResult:
         reply: Future[RescanResult] = Future()
-        self.put(Rescan("manual", reply))
+        self._ask(Rescan("manual", reply))
         return reply.result(timeout)
 
     def probe(self, name: str, timeout: float) -> PluginView:
         if name not in self.snapshot().plugins:
             raise UnknownPlugin(name)
         reply: Future[PluginView] = Future()
-        self.put(ProbeNow(name, reply))
+        self._ask(ProbeNow(name, reply))
         return reply.result(timeout)
+
+    def _ask(self, message: Rescan | ProbeNow) -> None:
+        if self._stopped.is_set():
+            raise Stopping()
+        self.put(message)
 
     def call(self, name: str, op: Callable[[PluginClient], T]) -> T:
         view = self.snapshot().plugins.get(name)
@@ -232,6 +238,8 @@ class Supervisor(Commands):
                 break
         now = self._last_iteration = self._clock()
         if any(isinstance(m, Stop) for m in batch):
+            for message in batch:
+                _refuse(message)
             return False
         hints = [m.path for m in batch if isinstance(m, FsHint)]
         for message in batch:
@@ -292,6 +300,12 @@ class Supervisor(Commands):
         self._report_status(now)
 
     def _shutdown(self) -> None:
+        self._stopped.set()
+        while True:  # nobody waits out a timeout for a loop that has left
+            try:
+                _refuse(self._queue.get_nowait())
+            except queue.Empty:
+                break
         self._watcher.stop()
         self._activations.stop()
         self._pool.stop()
@@ -301,7 +315,6 @@ class Supervisor(Commands):
         for name in list(self._waiters):
             self._fail_waiters(name, UnknownPlugin(name))
         self._watcher.join(2.0)
-        self._stopped.set()
         self._started.set()
 
     # --- discovery -> desired state -> plan ---------------------------------------
@@ -603,6 +616,13 @@ _STATE_EVENTS = {
     PluginState.REJECTED: "plugin_rejected",
     PluginState.ACTIVATING: "plugin_activating",
 }
+
+
+def _refuse(message: object) -> None:
+    """Answer a request that the loop will never handle."""
+    reply = message.reply if isinstance(message, Rescan | ProbeNow) else None
+    if reply is not None and not reply.done():
+        reply.set_exception(Stopping())
 
 
 def _describe(err: BaseException) -> str:

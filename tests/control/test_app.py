@@ -10,7 +10,7 @@ from tests.control.conftest import build_app
 from tests.control.helpers import wsgi
 from tests.control.memory import MemoryClient, MemoryCommands, view
 from volplugd.control.app import ROUTES, openapi_document
-from volplugd.model import EventType, PluginState, RescanResult
+from volplugd.model import EventType, PluginState, RescanResult, Stopping
 from volplugd.plugin.errors import (
     NotAPlugin,
     PluginBadResponse,
@@ -102,6 +102,14 @@ def test_probe_that_times_out_is_503(commands: MemoryCommands) -> None:
     ans = wsgi(build_app(commands), "POST", "/v1/plugins/demo/probe")
     assert ans.status == 503
     assert ans.error == ("unavailable", "the daemon did not answer in time; try again")
+
+
+def test_rescan_while_stopping_is_503(commands: MemoryCommands) -> None:
+    """A request the stopping loop will never handle is 503 unavailable, at once."""
+    commands.rescan_error = Stopping()
+    ans = wsgi(build_app(commands), "POST", "/v1/rescan")
+    assert ans.status == 503
+    assert ans.error == ("unavailable", "volplugd is stopping")
 
 
 def test_rescan_answers_what_changed(commands: MemoryCommands) -> None:

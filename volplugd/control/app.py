@@ -43,7 +43,7 @@ from volplugd.control.routing import (
 from volplugd.control.sockio import RequestTimeout
 from volplugd.control.stream import FollowStream, follow_slot, ndjson
 from volplugd.log import get_logger
-from volplugd.model import Commands, PluginNotReady, UnknownPlugin, encode
+from volplugd.model import Commands, PluginNotReady, Stopping, UnknownPlugin, encode
 from volplugd.plugin.errors import (
     NotAPlugin,
     NotAVolumePlugin,
@@ -103,6 +103,7 @@ ERRORS: Mapping[type[BaseException], tuple[int, str]] = {
     PluginError: (502, "plugin_error"),
     PluginTimeout: (504, "plugin_timeout"),
     TimeoutError: (503, "unavailable"),  # the daemon's own wait (probe, rescan) ran out
+    Stopping: (503, "unavailable"),
 }
 
 _MESSAGES: Mapping[type[BaseException], str] = {
