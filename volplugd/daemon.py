@@ -82,9 +82,10 @@ class Daemon:
         except BaseException as err:
             self._stop_all()
             _restore(previous)
-            if not isinstance(err, OSError):
+            if not isinstance(err, OSError | ValueError):
                 raise
-            # A socket in use, a folder that cannot be created, a port taken: one clear line.
+            # A socket in use, a folder that cannot be created, a port taken, malformed
+            # LISTEN_FDS from the service manager: one clear line, not a traceback.
             logger.error("startup_failed", error=str(err))
             return 1
         logger.info("volplugd_starting", version=__version__,
