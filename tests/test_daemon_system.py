@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -208,3 +209,19 @@ def test_a_second_daemon_on_the_same_socket_fails_clearly_and_the_first_keeps_se
                                 f"'{first.socket}'")
     assert "Traceback" not in second.log()
     assert first.get("/v1/health")["status"] == "ok"
+
+
+def test_malformed_socket_activation_variables_fail_start_up_clearly(
+        daemon: Callable[..., Daemon]) -> None:
+    """LISTEN_FDS that is not a number (for this pid): exit 1 and one startup_failed line."""
+    d = daemon(config=FAST)
+    d.plugin_dirs[0].mkdir(parents=True)
+    argv = ["sh", "-c", 'export LISTEN_PID=$$ LISTEN_FDS=abc; exec "$@"', "sh", *d.argv()]
+    with open(d.log_path, "ab") as log:
+        proc = subprocess.run(argv, stdout=log, stderr=log, env=d.env, timeout=60,
+                              check=False)
+    assert proc.returncode == 1
+    assert d.wait_log("startup_failed")["error"] == (
+        "LISTEN_FDS: not a non-negative integer: 'abc'")
+    assert "Traceback" not in d.log()
+    assert not Path(d.socket).exists()
