@@ -85,7 +85,7 @@ def names_in(expr: str) -> set[str]:
 def test_promtool_check_rules_passes() -> None:
     """`promtool check rules` accepts the rules file (9 rules)."""
     code, out = run("check", "rules", RULES)
-    assert (code, out.strip().splitlines()[-1].strip()) == (0, "SUCCESS: 9 rules found")
+    assert (code, out.strip().splitlines()[-1].strip()) == (0, "SUCCESS: 10 rules found")
 
 
 @pytest.mark.peer
@@ -104,7 +104,7 @@ def test_rule_tests_cover_every_alert_firing_and_not_firing() -> None:
     quiet = {c["alertname"] for c in cases if not c["exp_alerts"]}
     assert alerts == {"VolplugdDown", "VolplugdWatcherDown", "VolplugdPluginDown",
                       "VolplugdPluginFlapping", "VolplugdSlowProbes",
-                      "VolplugdPluginStuckActivating"}
+                      "VolplugdPluginStuckActivating", "VolplugdProbesLate"}
     assert (firing, quiet) == (alerts, alerts)
 
 
