@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.waiting import wait_until
 from volplugd.plugin import (
     PluginAddress,
     PluginClient,
@@ -40,6 +41,9 @@ class TCPPlugin:
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.raw: list[bytes] = []
         self.drip: set[str] = set()
+        self.accepted = 0  # connections the plugin took, and those that ended
+        self.ended = 0
+        self.count_lock = threading.Lock()
         self.stopping = threading.Event()
         self.server = _Server(("127.0.0.1", 0), _Handler)
         self.server.plugin = self
@@ -74,6 +78,16 @@ class _Handler(socketserver.BaseRequestHandler):
     server: _Server
 
     def handle(self) -> None:
+        plugin = self.server.plugin
+        with plugin.count_lock:
+            plugin.accepted += 1
+        try:
+            self._handle()
+        finally:
+            with plugin.count_lock:
+                plugin.ended += 1
+
+    def _handle(self) -> None:
         self.request.settimeout(0.05)  # so stop() is never stuck behind a keep-alive read
         pending = b""
         while not self.server.plugin.stopping.is_set():
@@ -152,6 +166,18 @@ def test_tcp_plugin_gets_the_same_requests(plugin: TCPPlugin, scheme: str,
         wire(host, "/VolumeDriver.Create", b'{"Name":"v1","Opts":{"size":"1G"}}'),
         wire(host, "/VolumeDriver.Mount", b'{"Name":"v1","ID":"c1"}'),
     ]
+
+
+def test_tcp_calls_share_one_connection_that_close_ends(
+        plugin: TCPPlugin, clients: Callable[..., PluginClient]) -> None:
+    """Calls to several endpoints reuse one keep-alive TCP connection; close() ends it."""
+    client = clients(PluginAddress("tcp", f"127.0.0.1:{plugin.port}"))
+    client.activate()
+    client.create("v1")
+    client.mount("v1", "c1")
+    assert (len(plugin.raw), plugin.accepted, plugin.ended) == (3, 1, 0)
+    client.close()
+    wait_until(lambda: plugin.ended == 1, message="the plugin to see the connection end")
 
 
 def test_tcp_refused_is_unreachable(clients: Callable[..., PluginClient]) -> None:

@@ -215,7 +215,7 @@ class PluginClient:
             except Exception as err:
                 raise self._transport_error(err, "send", endpoint, volume, seconds) from err
             try:
-                return response.status_code, transport.read_body(response, self._limit)
+                return response.status, transport.read_body(response, self._limit)
             except transport.BodyTooLarge as err:
                 raise PluginBadResponse(self._too_large(endpoint, err), **self._ctx(
                     endpoint, volume)) from err

@@ -1,5 +1,6 @@
-"""HTTP transport to one plugin: a keep-alive ``requests`` Session whose sockets obey a
-total deadline per call, plus a body reader with a size cap. Internal to the client.
+"""HTTP transport to one plugin: a keep-alive connection pool, set up by ``requests``'
+(or ``requests-unixsocket``'s) adapter, whose sockets obey a total deadline per call,
+plus a body reader with a size cap. Internal to the client.
 
 ``requests``' ``timeout=`` bounds each socket wait, not the call (requests #4276): a
 plugin that drips one byte a second never times out. So every socket this transport
@@ -31,12 +32,15 @@ import requests_unixsocket
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.response import BaseHTTPResponse
+from urllib3.util import Retry, Timeout
 
 from volplugd.plugin.address import PluginAddress, TLSConfig
 
 __all__ = ["BodyTooLarge", "Transport", "deadline", "deadline_passed", "read_body"]
 
 CHUNK = 64 * 1024
+_NO_RETRIES = Retry(0, read=False)  # what requests' adapter passes: fail at once
 _local = threading.local()
 
 
@@ -242,62 +246,79 @@ def tls_context(tls: TLSConfig | None) -> tuple[ssl.SSLContext, bool]:
 
 
 class Transport:
-    """One keep-alive Session to one plugin; ``post`` then ``read_body`` in ``deadline``.
+    """One keep-alive connection pool to one plugin; ``post`` then ``read_body`` in
+    ``deadline``.
 
-    Requests are prepared once per endpoint and copied, and go straight to the
-    Session's adapter: none of Session.send's per-request features (cookies, redirects,
-    hooks, environment) apply to a plugin, and skipping them halves the CPU per call.
+    Requests go straight to the urllib3 pool that requests' (or requests-unixsocket's)
+    adapter set up: none of the Session's or the adapter's per-request work (cookies,
+    redirects, hooks, environment, PreparedRequest copies, Response objects) applies to
+    a plugin, and skipping it more than halves the CPU per call. The pool gets what the
+    adapter would pass it: no retries, no redirects, the body unread.
     """
 
     def __init__(self, address: PluginAddress, headers: Mapping[str, str], *,
                  pool_size: int = 4) -> None:
-        self.session = requests.Session()
-        self.session.trust_env = False  # no proxies or .netrc from the environment
-        self.session.headers.clear()
         self.verify = True
-        self._headers = dict(headers)
-        self._prepared: dict[str, requests.PreparedRequest] = {}
-        adapter: HTTPAdapter
+        self._headers = dict(headers)  # ordered: the wire order of the headers
+        self._timeouts: dict[float, Timeout] = {}
+        self._pool: HTTPConnectionPool | None = None
+        self._adapter: HTTPAdapter
         if address.is_unix:
             self.base_url = "http+unix://" + quote(address.target, safe="")
-            adapter = _UnixAdapter(address.target, pool_size)
+            unix = _UnixAdapter(address.target, pool_size)
+            self._adapter, self._pool = unix, unix._pool
         else:
             scheme = "https" if address.scheme == "https" else "http"  # tcp:// is plain
             context = None
             if scheme == "https":
                 context, self.verify = tls_context(address.tls)
             self.base_url = f"{scheme}://{address.target}"
-            adapter = _TCPAdapter(context, pool_size)
-        self.session.mount(self.base_url.split("//")[0] + "//", adapter)
-        self._adapter = adapter
+            self._adapter = _TCPAdapter(context, pool_size)
 
-    def post(self, endpoint: str, body: bytes, timeout: float) -> requests.Response:
+    def post(self, endpoint: str, body: bytes, timeout: float) -> BaseHTTPResponse:
         """Send; return once the status line and headers are in (the body unread)."""
-        request = self._template(endpoint).copy()
-        request.headers["Content-Length"] = str(len(body))
-        request.body = body or None
-        return self._adapter.send(request, stream=True, timeout=timeout, verify=self.verify,
-                                  proxies={})
+        headers = self._headers.copy()
+        headers["Content-Length"] = str(len(body))  # keeps its place in the order
+        return self._connection_pool().urlopen(
+            "POST", endpoint, body=body or None, headers=headers, retries=_NO_RETRIES,
+            redirect=False, assert_same_host=False, timeout=self._timeout(timeout),
+            preload_content=False, decode_content=False, chunked=False)
 
-    def _template(self, endpoint: str) -> requests.PreparedRequest:
-        template = self._prepared.get(endpoint)
-        if template is None:  # a race here only prepares the same request twice
-            template = requests.PreparedRequest()
-            template.prepare(method="POST", url=self.base_url + endpoint, headers=self._headers)
-            self._prepared[endpoint] = template
-        return template
+    def _timeout(self, seconds: float) -> Timeout:
+        # urllib3 clones the Timeout it is given, so one per value can be shared.
+        timeout = self._timeouts.get(seconds)
+        if timeout is None:
+            timeout = self._timeouts[seconds] = Timeout(connect=seconds, read=seconds)
+        return timeout
+
+    def _connection_pool(self) -> HTTPConnectionPool:
+        """The pool requests' adapter would pick for this plugin (one host: one pool)."""
+        pool = self._pool
+        if pool is None:  # a race here only looks the same pool up twice
+            request = requests.PreparedRequest()
+            request.prepare(method="POST", url=self.base_url + "/", headers=self._headers)
+            found = self._adapter.get_connection_with_tls_context(
+                request, self.verify, proxies={}, cert=None)
+            assert isinstance(found, HTTPConnectionPool)  # http(s) URLs always give one
+            self._adapter.cert_verify(found, request.url, self.verify, None)  # type: ignore[no-untyped-call]
+            self._pool = pool = found
+        return pool
 
     def close(self) -> None:
-        self.session.close()
+        # urllib3 closes a pool's connections when the pool is collected, and this
+        # object holds the pool: close it here.
+        if self._pool is not None:
+            self._pool.close()
+        self._adapter.close()
 
 
-def read_body(response: requests.Response, limit: int) -> bytes:
+def read_body(response: BaseHTTPResponse, limit: int) -> bytes:
     """The whole body, or BodyTooLarge without holding more than ``limit`` + 1 bytes.
 
     On success the connection goes back to the pool; on any failure it is closed, as a
     half-read connection cannot carry another request.
     """
-    raw = response.raw
+    raw = response
     try:
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > limit:
