@@ -119,11 +119,12 @@ def probe_succeeded(t: Tracked, settings: ProbeSettings, now: float, latency: fl
     state = t.state
     if state is PluginState.UNHEALTHY and successes >= settings.success_threshold:
         state = PluginState.READY
+    # One replace per record: this runs for every probe, and replace() is not cheap.
+    last_error = None if state is PluginState.READY else t.view.last_error
     view = dataclasses.replace(t.view, state=state, last_probe_at=now, last_success_at=now,
-                               consecutive_failures=0, probe_latency_seconds=latency)
-    if state is PluginState.READY:
-        view = dataclasses.replace(view, last_error=None)
-    return dataclasses.replace(t, view=view, successes=successes)
+                               last_error=last_error, consecutive_failures=0,
+                               probe_latency_seconds=latency)
+    return Tracked(t.desired, view, t.token, t.activation_failures, successes)
 
 
 def probe_failed(t: Tracked, settings: ProbeSettings, error: str, now: float) -> Tracked:
