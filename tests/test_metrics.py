@@ -23,15 +23,9 @@ from tests.fakeplugin import FakePlugin
 from tests.fakeplugin import behaviours as fb
 from tests.harness import Daemon
 from tests.waiting import wait_until
-from volplugd.metrics import (
-    MAX_ROUTES,
-    PROBE_BUCKETS,
-    REQUEST_BUCKETS,
-    STATUS_PAGE_HEADERS,
-    Metrics,
-    status_page,
-)
+from volplugd.metrics import MAX_ROUTES, PROBE_BUCKETS, REQUEST_BUCKETS, Metrics
 from volplugd.model import EMPTY_SNAPSHOT, Kind, PluginState, PluginView, Snapshot
+from volplugd.statuspage import STATUS_PAGE_HEADERS, status_page
 
 REPO = Path(__file__).resolve().parent.parent
 HOSTILE = 'evil"\\\n<script>alert(1)</script>é'

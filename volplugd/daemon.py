@@ -23,10 +23,11 @@ from volplugd import __version__, log
 from volplugd.config import ConfigError, ControlSettings, Settings
 from volplugd.control.app import AccessPolicy, make_app
 from volplugd.control.server import ControlServer, TcpMetricsServer
-from volplugd.metrics import Metrics, status_page
+from volplugd.metrics import Metrics
 from volplugd.model import Stop
 from volplugd.podman import DropinWriter, for_user
 from volplugd.registry import Registry
+from volplugd.statuspage import status_page
 from volplugd.supervisor import Reload, Supervisor
 from volplugd.systemd import Notifier, listen_fds
 

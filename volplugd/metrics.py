@@ -1,5 +1,5 @@
-"""Prometheus metrics: the daemon's Observer, a scrape-time view of the snapshot, and the
-status page of the TCP metrics listener.
+"""Prometheus metrics: the daemon's Observer and a scrape-time view of the snapshot (the
+HTML status page lives in ``volplugd.statuspage``).
 
 Per-plugin gauges are read from ``snapshot()`` at scrape time, so an evicted plugin's
 series vanish with it; its counters and histograms live here and are dropped by
@@ -9,14 +9,13 @@ small text renderer with few buckets instead of ``generate_latest()``; the regis
 ``collect()`` parses that same text, so both paths always agree.
 
 Runs on: the Observer methods on the supervisor and worker threads (one short lock, they
-never block on I/O and never raise); ``exposition()`` and ``status_page()`` on the
-control and metrics HTTP threads.
+never block on I/O and never raise); ``exposition()`` on the control and metrics HTTP
+threads.
 """
 
 from __future__ import annotations
 
 import functools
-import html
 import math
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
@@ -38,14 +37,12 @@ from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
 from volplugd.log import get_logger
-from volplugd.model import PluginState, PluginView, Snapshot, rfc3339
+from volplugd.model import PluginState, PluginView, Snapshot
 
 __all__ = [
     "PROBE_BUCKETS",
     "REQUEST_BUCKETS",
-    "STATUS_PAGE_HEADERS",
     "Metrics",
-    "status_page",
 ]
 
 P = ParamSpec("P")
@@ -73,12 +70,6 @@ _ENDPOINT_LABEL = {
     **{f"/VolumeDriver.{name.capitalize()}": name for name in ENDPOINTS[1:]},
 }
 MAX_ROUTES = 64  # route labels are templates; more than this means a caller passes paths
-
-STATUS_PAGE_HEADERS = (
-    ("Content-Type", "text/html; charset=utf-8"),
-    ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'"),
-    ("X-Content-Type-Options", "nosniff"),
-)
 
 
 def _never_raise(method: Callable[P, None]) -> Callable[P, None]:
@@ -443,43 +434,3 @@ def _plugin_counters(out: _Text, views: list[PluginView],
     for labels, s in present:
         for endpoint, hist in sorted(s.request_hists.items()):
             out.histogram(_REQUEST_TEMPLATE, f'{labels},endpoint="{endpoint}"', hist)
-
-
-# ---------------------------------------------------------------- status page
-
-_CSS = (
-    "body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}"
-    "table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:.25em .6em;"
-    "text-align:left;vertical-align:top}th{background:#f4f4f4;white-space:nowrap}"
-    ".ready{color:#1a7f37}.unhealthy{color:#c62828}.activating{color:#9a6700}"
-    ".rejected{color:#666}td.err{font-family:monospace;white-space:pre-wrap;max-width:40em}"
-)
-
-
-def status_page(snapshot: Snapshot, version: str) -> bytes:
-    """The TCP listener's landing page: counts, one row per plugin, a link to /metrics.
-
-    Every value from a plugin (name, address, error) is untrusted and HTML-escaped.
-    """
-    counts = " · ".join(f"{state.value}: {snapshot.counts[state.value]}" for state in PluginState)
-    rows = "".join(_status_row(v) for v in sorted(snapshot.plugins.values(), key=lambda v: v.name))
-    published = rfc3339(snapshot.published_at or None)
-    updated = f" · updated {html.escape(published)}" if published else ""
-    page = (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>volplugd</title><style>{_CSS}</style></head><body>"
-        f"<h1>volplugd</h1><p>Version {html.escape(version)} · "
-        f'<a href="metrics">Metrics</a></p>'
-        f"<p>{counts}{updated}</p>"
-        "<table><thead><tr><th>Plugin</th><th>State</th><th>Address</th><th>Last probe</th>"
-        f"<th>Last error</th></tr></thead><tbody>{rows}</tbody></table></body></html>\n"
-    )
-    return page.encode()
-
-
-def _status_row(view: PluginView) -> str:
-    name, state, address, probed, error = (html.escape(text) for text in (
-        view.name, view.state.value, view.address, rfc3339(view.last_probe_at) or "never",
-        view.last_error or ""))
-    return (f'<tr><td>{name}</td><td class="{state}">{state}</td><td>{address}</td>'
-            f'<td>{probed}</td><td class="err">{error}</td></tr>')

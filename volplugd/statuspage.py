@@ -1,0 +1,60 @@
+"""The HTML status page of the TCP metrics listener: counts, one row per plugin, and a
+link to /metrics, rendered from one registry snapshot.
+
+Every value that comes from a plugin (name, address, error text) is untrusted and
+HTML-escaped; ``STATUS_PAGE_HEADERS`` are the headers meant to go with it (a CSP that
+allows no script).
+
+Runs on: the metrics HTTP threads (one render per request; pure, no locks, no I/O).
+"""
+
+from __future__ import annotations
+
+import html
+
+from volplugd.model import PluginState, PluginView, Snapshot, rfc3339
+
+__all__ = ["STATUS_PAGE_HEADERS", "status_page"]
+
+STATUS_PAGE_HEADERS = (
+    ("Content-Type", "text/html; charset=utf-8"),
+    ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'"),
+    ("X-Content-Type-Options", "nosniff"),
+)
+
+_CSS = (
+    "body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}"
+    "table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:.25em .6em;"
+    "text-align:left;vertical-align:top}th{background:#f4f4f4;white-space:nowrap}"
+    ".ready{color:#1a7f37}.unhealthy{color:#c62828}.activating{color:#9a6700}"
+    ".rejected{color:#666}td.err{font-family:monospace;white-space:pre-wrap;max-width:40em}"
+)
+
+
+def status_page(snapshot: Snapshot, version: str) -> bytes:
+    """The TCP listener's landing page: counts, one row per plugin, a link to /metrics.
+
+    Every value from a plugin (name, address, error) is untrusted and HTML-escaped.
+    """
+    counts = " · ".join(f"{state.value}: {snapshot.counts[state.value]}" for state in PluginState)
+    rows = "".join(_status_row(v) for v in sorted(snapshot.plugins.values(), key=lambda v: v.name))
+    published = rfc3339(snapshot.published_at or None)
+    updated = f" · updated {html.escape(published)}" if published else ""
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>volplugd</title><style>{_CSS}</style></head><body>"
+        f"<h1>volplugd</h1><p>Version {html.escape(version)} · "
+        f'<a href="metrics">Metrics</a></p>'
+        f"<p>{counts}{updated}</p>"
+        "<table><thead><tr><th>Plugin</th><th>State</th><th>Address</th><th>Last probe</th>"
+        f"<th>Last error</th></tr></thead><tbody>{rows}</tbody></table></body></html>\n"
+    )
+    return page.encode()
+
+
+def _status_row(view: PluginView) -> str:
+    name, state, address, probed, error = (html.escape(text) for text in (
+        view.name, view.state.value, view.address, rfc3339(view.last_probe_at) or "never",
+        view.last_error or ""))
+    return (f'<tr><td>{name}</td><td class="{state}">{state}</td><td>{address}</td>'
+            f'<td>{probed}</td><td class="err">{error}</td></tr>')
