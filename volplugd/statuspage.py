@@ -2,8 +2,7 @@
 link to /metrics, rendered from one registry snapshot.
 
 Every value that comes from a plugin (name, address, error text) is untrusted and
-HTML-escaped; ``STATUS_PAGE_HEADERS`` are the headers meant to go with it (a CSP that
-allows no script).
+HTML-escaped; the metrics listener sends it with a CSP that allows no script.
 
 Runs on: the metrics HTTP threads (one render per request; pure, no locks, no I/O).
 """
@@ -14,13 +13,7 @@ import html
 
 from volplugd.model import PluginState, PluginView, Snapshot, rfc3339
 
-__all__ = ["STATUS_PAGE_HEADERS", "status_page"]
-
-STATUS_PAGE_HEADERS = (
-    ("Content-Type", "text/html; charset=utf-8"),
-    ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'"),
-    ("X-Content-Type-Options", "nosniff"),
-)
+__all__ = ["status_page"]
 
 _CSS = (
     "body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}"

@@ -56,6 +56,9 @@ def test_metrics_and_status_page(metrics_server: TcpMetricsServer) -> None:
     page = _get(metrics_server, "GET", "/")
     assert page.body == b"<html>status</html>"  # type: ignore[attr-defined]
     assert page.getheader("Content-Type") == "text/html; charset=utf-8"
+    assert page.getheader("Content-Security-Policy") == (
+        "default-src 'none'; style-src 'unsafe-inline'")
+    assert page.getheader("X-Content-Type-Options") == "nosniff"
     assert metrics_server.seen == [("/metrics", 200), ("/", 200)]  # type: ignore[attr-defined]
 
 

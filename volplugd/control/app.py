@@ -366,7 +366,14 @@ class _MetricsApp(WsgiBase):
         return raw_reply(200, body, content_type)
 
     def index(self, req: Request) -> Reply:
-        return raw_reply(200, self._status_page(), "text/html; charset=utf-8")
+        return Reply(200, self._status_page(), "text/html; charset=utf-8", STATUS_PAGE_HEADERS)
+
+
+# The status page shows untrusted text (plugin names, errors): no script may ever run.
+STATUS_PAGE_HEADERS = (
+    ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'"),
+    ("X-Content-Type-Options", "nosniff"),
+)
 
 
 def make_metrics_app(metrics: Callable[[], tuple[bytes, str]], status_page: Callable[[], bytes],
