@@ -1,0 +1,249 @@
+"""Discovery's scan: which plugins the filesystem says should exist.
+
+``scan(dirs)`` is the truth: it reads the plugin directories (Docker's rules: sockets
+beat spec files, an earlier directory beats a later one) and returns the desired state.
+``scan_one`` answers the same for one name, ``plugin_path_of`` maps a changed path to the
+plugin it concerns. All are pure apart from reading the filesystem and never raise for
+filesystem trouble.
+Runs on: the supervisor thread (``scan``/``scan_one``); ``plugin_path_of``,
+``normalized_dirs`` and ``is_inside`` also on watchdog's dispatcher thread, via the watcher.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import NamedTuple
+
+from volplugd.model import DesiredPlugin, FileIdentity, Kind
+from volplugd.plugin.address import PluginAddress, address_from_socket, load_address
+from volplugd.plugin.errors import PluginAddressError
+
+__all__ = ["Ignored", "ScanResult", "is_inside", "normalized_dirs", "plugin_path_of", "scan",
+           "scan_one"]
+
+_KINDS = {".sock": Kind.SOCK, ".spec": Kind.SPEC, ".json": Kind.JSON}
+# Docker's order inside one directory: flat before nested, .spec before .json.
+_POSITION = {(Kind.SOCK, False): 0, (Kind.SOCK, True): 1, (Kind.SPEC, False): 0,
+             (Kind.SPEC, True): 1, (Kind.JSON, False): 2, (Kind.JSON, True): 3}
+_WRONG_TYPE = {Kind.SOCK: "not a socket", Kind.SPEC: "not a regular file",
+               Kind.JSON: "not a regular file"}
+_MANAGED = re.compile(r"[0-9a-f]{64}")  # Docker's managed (v2) plugin folders
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """A file that looks like a plugin's but is not used, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    desired: Mapping[str, DesiredPlugin]  # name -> winner, sorted by name
+    ignored: tuple[Ignored, ...]  # the caller logs each (path, reason) once
+    dirs_present: tuple[str, ...]
+
+
+class _Candidate(NamedTuple):  # a tuple: scans build a thousand of these
+    rank: tuple[int, int, int]
+    name: str
+    path: str
+    kind: Kind
+    st: os.stat_result
+
+
+class _Found:
+    """What one scan collects before the winners are chosen."""
+
+    def __init__(self) -> None:
+        self.candidates: dict[str, list[_Candidate]] = {}
+        self.ignored: list[Ignored] = []
+        self.present: list[str] = []
+
+    def add(self, path: str, name: str, kind: Kind, order: int, nested: bool) -> None:
+        try:
+            st = os.stat(path)  # follows symlinks: a plugin's identity is its target's
+        except OSError as err:
+            _unstattable(path, err, self.ignored)
+            return
+        if not (stat.S_ISSOCK(st.st_mode) if kind is Kind.SOCK else stat.S_ISREG(st.st_mode)):
+            self.ignored.append(Ignored(path, _WRONG_TYPE[kind]))
+            return
+        rank = (0 if kind is Kind.SOCK else 1, order, _POSITION[kind, nested])
+        candidate = _Candidate(rank, name, path, kind, st)
+        others = self.candidates.get(name)
+        if others is None:
+            self.candidates[name] = [candidate]
+        else:
+            others.append(candidate)
+
+    def result(self) -> ScanResult:
+        desired = {}
+        for name in sorted(self.candidates):
+            winner = _choose(self.candidates[name], self.ignored)
+            if winner is not None:
+                desired[name] = winner
+        return ScanResult(MappingProxyType(desired), tuple(self.ignored), tuple(self.present))
+
+
+def scan(dirs: Sequence[str]) -> ScanResult:
+    """Every plugin the directories offer, resolved by Docker's precedence."""
+    found = _Found()
+    for order, root in _existing_dirs(dirs, found):
+        _scan_dir(root, order, found)
+    return found.result()
+
+
+def scan_one(name: str, dirs: Sequence[str]) -> ScanResult:
+    """What ``scan(dirs)`` would say about ``name`` alone, looking at its paths only."""
+    found = _Found()
+    for order, root in _existing_dirs(dirs, found):
+        if not _is_plugin_name(name):
+            continue
+        for kind, suffix in ((Kind.SOCK, ".sock"), (Kind.SPEC, ".spec"), (Kind.JSON, ".json")):
+            found.add(os.path.join(root, name + suffix), name, kind, order, nested=False)
+            if not _MANAGED.fullmatch(name):
+                found.add(os.path.join(root, name, name + suffix), name, kind, order, nested=True)
+    return found.result()
+
+
+def plugin_path_of(path: str, dirs: Sequence[str]) -> str | None:
+    """The plugin name whose files a changed ``path`` may concern, or None."""
+    path = os.path.abspath(path)
+    for root in normalized_dirs(dirs):
+        if not is_inside(path, root):
+            continue
+        first, _, rest = path[len(root):].lstrip("/").partition("/")
+        stem, suffix = os.path.splitext(first)
+        if not rest and suffix in _KINDS:
+            return stem if _is_plugin_name(stem) else None
+        # A plugin's folder, or something in it (Docker's managed folders are not ours).
+        return first if _is_plugin_name(first) and not _MANAGED.fullmatch(first) else None
+    return None
+
+
+def _is_plugin_name(name: str) -> bool:
+    return bool(name) and not name.startswith(".") and "/" not in name
+
+
+def normalized_dirs(dirs: Sequence[str]) -> tuple[str, ...]:
+    """The dirs as absolute paths, each once, in their configured order."""
+    return tuple(dict.fromkeys(os.path.abspath(d) for d in dirs))
+
+
+def is_inside(path: str, root: str) -> bool:
+    """True if ``path`` lies strictly below ``root`` (both absolute)."""
+    return path.startswith(root if root.endswith("/") else root + "/")
+
+
+def _existing_dirs(dirs: Sequence[str], found: _Found) -> list[tuple[int, str]]:
+    """The configured directories that exist, each real directory once (first wins)."""
+    seen: set[tuple[int, int]] = set()
+    existing = []
+    for order, root in enumerate(normalized_dirs(dirs)):
+        try:
+            st = os.stat(root)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # a missing directory is normal: it may appear later
+        except OSError as err:
+            found.ignored.append(Ignored(root, f"cannot stat: {err.strerror}"))
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            found.ignored.append(Ignored(root, "not a directory"))
+        elif (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            existing.append((order, root))
+            found.present.append(root)
+    return existing
+
+
+def _scan_dir(root: str, order: int, found: _Found) -> None:
+    try:
+        with os.scandir(root) as entries:
+            for entry in entries:
+                _consider(entry, order, found)
+    except FileNotFoundError:
+        return  # removed while we looked: the next scan will not see it either
+    except OSError as err:
+        found.ignored.append(Ignored(root, f"cannot read: {err.strerror}"))
+
+
+def _consider(entry: os.DirEntry[str], order: int, found: _Found) -> None:
+    """One entry of a plugin directory: a plugin file, a plugin's folder, or noise."""
+    name = entry.name
+    if name.startswith("."):
+        return
+    stem, dot, suffix = name.rpartition(".")
+    kind = _KINDS.get(dot + suffix) if stem else None
+    if kind is not None:
+        found.add(entry.path, stem, kind, order, nested=False)
+    elif not _MANAGED.fullmatch(name) and _is_dir(entry):
+        _scan_folder(entry.path, name, order, found)
+
+
+def _scan_folder(folder: str, name: str, order: int, found: _Found) -> None:
+    """``<name>/<name>.sock|.spec|.json``; anything else in the folder is not ours."""
+    wanted = {name + suffix: kind for suffix, kind in _KINDS.items()}
+    try:
+        with os.scandir(folder) as entries:
+            hits = [(e.path, wanted[e.name]) for e in entries if e.name in wanted]
+    except OSError:
+        return  # a folder we cannot read holds no plugin we could use
+    for path, kind in hits:
+        found.add(path, name, kind, order, nested=True)
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _unstattable(path: str, err: OSError, ignored: list[Ignored]) -> None:
+    if not isinstance(err, FileNotFoundError | NotADirectoryError):
+        ignored.append(Ignored(path, f"cannot stat: {err.strerror}"))
+    elif os.path.islink(path):
+        ignored.append(Ignored(path, "dangling symlink"))
+    # else there is no such file (or it vanished during the scan): nothing to say
+
+
+def _choose(candidates: list[_Candidate], ignored: list[Ignored]) -> DesiredPlugin | None:
+    """The best usable candidate; the others it shadows become warnings."""
+    if len(candidates) == 1:  # the common case, kept cheap
+        best = candidates[0]
+        address = _address(best, ignored)
+        return None if address is None else DesiredPlugin(
+            best.name, address, best.path, best.kind, FileIdentity.of(best.st))
+    candidates.sort()  # by rank first; ranks are unique per candidate path
+    for i, best in enumerate(candidates):
+        address = _address(best, ignored)
+        if address is None:
+            continue
+        # Two links to the same file are one plugin, not a duplicate.
+        shadowed = [c.path for c in candidates[i + 1:] if not _same_file(c.st, best.st)]
+        ignored.extend(Ignored(p, f"shadowed by {best.path}") for p in shadowed)
+        return DesiredPlugin(best.name, address, best.path, best.kind, FileIdentity.of(best.st),
+                             warnings=tuple(f"shadows {p}" for p in shadowed))
+    return None
+
+
+def _address(candidate: _Candidate, ignored: list[Ignored]) -> PluginAddress | None:
+    try:
+        if candidate.kind is Kind.SOCK:
+            return address_from_socket(candidate.path)
+        return load_address(candidate.path)
+    except PluginAddressError as err:
+        if os.path.lexists(candidate.path):  # else it vanished between stat and read
+            ignored.append(Ignored(candidate.path, err.problem))
+    return None
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
