@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.fakeplugin, and volplugd when not installed
 
 from volplugd.plugin import PluginAddress, PluginClient  # noqa: E402
-from volplugd.plugin.client import ACCEPT, CONTENT_TYPE, user_agent  # noqa: E402
+from volplugd.plugin.protocol import ACCEPT, CONTENT_TYPE, user_agent  # noqa: E402
 
 GOAL = 6.0
 REQUEST = (

@@ -13,7 +13,7 @@ from tests.fakeplugin import FakePlugin
 from tests.fakeplugin import behaviours as b
 from tests.fakeplugin.exchange import Exchange
 from volplugd.plugin import DEFAULT_TIMEOUTS, PluginBadResponse, PluginClient, PluginTimeout
-from volplugd.plugin.client import resolve_timeouts
+from volplugd.plugin.protocol import resolve_timeouts
 
 MIB = 1024 * 1024
 

@@ -23,7 +23,7 @@ from volplugd.plugin import (
     PluginUnreachable,
     TLSConfig,
 )
-from volplugd.plugin.client import user_agent
+from volplugd.plugin.protocol import user_agent
 
 ANSWERS = {
     "/Plugin.Activate": b'{"Implements": ["VolumeDriver"]}',

@@ -20,21 +20,7 @@ from volplugd.plugin.address import (
     load_address,
     parse_url,
 )
-from volplugd.plugin.client import (
-    ACTIVATE,
-    CAPABILITIES,
-    CREATE,
-    DEFAULT_TIMEOUTS,
-    ENDPOINTS,
-    GET,
-    LIST,
-    MOUNT,
-    PATH,
-    REMOVE,
-    UNMOUNT,
-    OnRequest,
-    PluginClient,
-)
+from volplugd.plugin.client import OnRequest, PluginClient
 from volplugd.plugin.errors import (
     NotAPlugin,
     NotAVolumePlugin,
@@ -47,6 +33,19 @@ from volplugd.plugin.errors import (
     PluginUnreachable,
 )
 from volplugd.plugin.models import Capabilities, Manifest, Volume
+from volplugd.plugin.protocol import (
+    ACTIVATE,
+    CAPABILITIES,
+    CREATE,
+    DEFAULT_TIMEOUTS,
+    ENDPOINTS,
+    GET,
+    LIST,
+    MOUNT,
+    PATH,
+    REMOVE,
+    UNMOUNT,
+)
 
 __all__ = [
     "ACTIVATE",

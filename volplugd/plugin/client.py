@@ -53,13 +53,9 @@ from volplugd.plugin.models import (
     parse_volumes,
 )
 from volplugd.plugin.protocol import (
-    ACCEPT,
     ACTIVATE,
     CAPABILITIES,
-    CONTENT_TYPE,
     CREATE,
-    DEFAULT_TIMEOUTS,
-    ENDPOINTS,
     GET,
     KEYS,
     LIST,
@@ -74,28 +70,9 @@ from volplugd.plugin.protocol import (
     headers_for,
     positive_seconds,
     resolve_timeouts,
-    user_agent,
 )
 
-__all__ = [
-    "ACCEPT",
-    "ACTIVATE",
-    "CAPABILITIES",
-    "CONTENT_TYPE",
-    "CREATE",
-    "DEFAULT_TIMEOUTS",
-    "ENDPOINTS",
-    "GET",
-    "LIST",
-    "MOUNT",
-    "PATH",
-    "REMOVE",
-    "UNMOUNT",
-    "OnRequest",
-    "PluginClient",
-    "resolve_timeouts",
-    "user_agent",
-]
+__all__ = ["OnRequest", "PluginClient"]
 
 OnRequest = Callable[[str, str, float], None]
 T = TypeVar("T")
