@@ -673,3 +673,29 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "serve":
     sys.exit(serve_main(sys.argv[2:]))
+
+
+@dataclass
+class Setup:
+    """A work dir, one responder serving ``count`` plugin sockets in ``work/plugins``, and
+    a daemon watching them; the exit stack stops both and removes the dir."""
+
+    work: Path
+    responder: Responder
+    daemon: Daemon
+
+    @property
+    def plugins(self) -> Path:
+        return self.work / "plugins"
+
+    @classmethod
+    def start(cls, stack: contextlib.ExitStack, count: int, config: str = "",
+              prefix: str = "vps") -> Setup:
+        work = stack.enter_context(workdir(prefix))
+        (work / "plugins").mkdir()
+        responder = Responder(work / "plugins", count)
+        stack.callback(responder.stop)
+        daemon = Daemon(work, work / "plugins", config)
+        stack.callback(daemon.stop)
+        daemon.wait_serving()
+        return cls(work, responder, daemon)

@@ -222,14 +222,8 @@ def main() -> int:
     c.fd_limit_for(2 * count + 64)
     print(f"failfast: {count} ready plugins + 1 hung; {c.machine_line()}")
     with contextlib.ExitStack() as stack:
-        work = stack.enter_context(c.workdir("vpf"))
-        plugins = work / "plugins"
-        plugins.mkdir()
-        responder = c.Responder(plugins, count)
-        stack.callback(responder.stop)
-        daemon = c.Daemon(work, plugins, CONFIG)
-        stack.callback(daemon.stop)
-        daemon.wait_serving()
+        setup = c.Setup.start(stack, count, CONFIG, prefix="vpf")
+        plugins, responder, daemon = setup.plugins, setup.responder, setup.daemon
         make_hung(plugins, responder, daemon, count)
         print("1. a volume call to an unhealthy (hung) plugin")
         _, _, first = fail_fast(daemon, plugins, args.requests or 200)

@@ -52,27 +52,6 @@ print(open("/proc/self/status").read().split("VmRSS:")[1].split()[0])
 """
 
 
-@dataclass
-class Setup:
-    """One responder and one daemon, shared by (a) and (b) in the default run."""
-
-    work: Path
-    responder: c.Responder
-    daemon: c.Daemon
-
-    @classmethod
-    def start(cls, stack: contextlib.ExitStack, count: int, config: str = "") -> Setup:
-        work = stack.enter_context(c.workdir("vps"))
-        plugins = work / "plugins"
-        plugins.mkdir()
-        responder = c.Responder(plugins, count)
-        stack.callback(responder.stop)
-        daemon = c.Daemon(work, plugins, config)
-        stack.callback(daemon.stop)
-        daemon.wait_serving()
-        return cls(work, responder, daemon)
-
-
 def import_floor() -> int:
     """RSS of a process that has imported everything the daemon imports."""
     out = subprocess.run([sys.executable, "-c", IMPORT_RSS], capture_output=True, text=True,
@@ -81,7 +60,7 @@ def import_floor() -> int:
     return int(out.stdout) * 1024
 
 
-def part_a(setup: Setup, count: int, window: float, profile: Path | None) -> bool:
+def part_a(setup: c.Setup, count: int, window: float, profile: Path | None) -> bool:
     print(f"(a) {count} plugins at the default interval ({INTERVAL:.0f} s), "
           f"{window:.0f} s window")
     daemon, responder = setup.daemon, setup.responder
@@ -175,7 +154,7 @@ def lateness(requests: dict[str, list[tuple[float, str]]], interval: float, sinc
     return out
 
 
-def part_b(setup: Setup, count: int, interval: float, deadline: float,
+def part_b(setup: c.Setup, count: int, interval: float, deadline: float,
            profile: Path | None) -> bool:
     """Grow ``setup`` to ``count`` plugins (a no-op when it has them) and watch the probes
     until ``deadline``, or 2.5 intervals after all are ready if that comes first."""
@@ -241,7 +220,7 @@ def main() -> int:
     results = []
     with contextlib.ExitStack() as stack:
         if args.part in ("a", "both"):
-            setup = Setup.start(stack, count_a)
+            setup = c.Setup.start(stack, count_a)
             window = args.window or (4.0 if args.quick else 60.0)
             results.append(part_a(setup, count_a, window, args.profile))
         if args.part in ("b", "both"):
@@ -249,7 +228,7 @@ def main() -> int:
                 config = "" if interval_b == INTERVAL else \
                     f"[probe]\ninterval = {interval_b}\ntimeout = {interval_b / 2}\n"
                 stack.close()  # (a)'s daemon, if any, is not the one (b) needs
-                setup = Setup.start(stack, count_b, config)
+                setup = c.Setup.start(stack, count_b, config)
             results.append(part_b(setup, count_b, interval_b, deadline, args.profile))
     print(f"scale: {c.verdict(all(results))} ({time.monotonic() - began:.0f} s)")
     return 0
