@@ -10,7 +10,6 @@ from collections.abc import Iterator
 import pytest
 
 from volplugd.control import TcpMetricsServer, make_metrics_app
-from volplugd.control.server import split_listen
 
 
 def _metrics() -> tuple[bytes, str]:
@@ -114,21 +113,3 @@ def test_inherited_listening_socket_is_served() -> None:
         server.join(5.0)
         assert not server.is_alive()
     assert sock.fileno() == -1
-
-
-@pytest.mark.parametrize(("listen", "parsed"), [
-    ("127.0.0.1:9612", ("127.0.0.1", 9612)),
-    ("[::1]:9612", ("::1", 9612)),
-    (":9612", ("", 9612)),
-    ("localhost:0", ("localhost", 0)),
-])
-def test_split_listen(listen: str, parsed: tuple[str, int]) -> None:
-    """HOST:PORT, with IPv6 in brackets; an empty host means every interface."""
-    assert split_listen(listen) == parsed
-
-
-@pytest.mark.parametrize("listen", ["9612", "host:", "host:http", "host:70000"])
-def test_split_listen_refuses_garbage(listen: str) -> None:
-    """Anything else is a ValueError naming the value."""
-    with pytest.raises(ValueError, match="is not HOST:PORT"):
-        split_listen(listen)

@@ -15,13 +15,14 @@ import stat
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
+from volplugd.config import parse_listen
 from volplugd.control.app import make_metrics_app
 from volplugd.control.listener import BACKLOG, Listener
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
 
-__all__ = ["BACKLOG", "ControlServer", "ControlSocketError", "TcpMetricsServer", "split_listen"]
+__all__ = ["BACKLOG", "ControlServer", "ControlSocketError", "TcpMetricsServer"]
 
 _MAX_UNIX_PATH = 107  # sun_path is 108 bytes with the terminating NUL
 
@@ -178,7 +179,7 @@ class TcpMetricsServer(Listener):
                          max_connections=max_connections, max_follow=1,
                          read_timeout=read_timeout, read_only=True)
         if listen:
-            host, port = split_listen(listen)
+            host, port = parse_listen(listen)
         if sock is None and port is None:
             raise ValueError("TcpMetricsServer needs listen, host and port, or a socket")
         self.host = host or ""
@@ -199,14 +200,6 @@ class TcpMetricsServer(Listener):
         conn.setblocking(True)
         # headers and body leave in separate writes at times; no Nagle delay for them
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    """ "127.0.0.1:9612" → ("127.0.0.1", 9612); "[::1]:9612" → ("::1", 9612)."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"listen address {listen!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
 
 
 def _bind_tcp(host: str, port: int) -> socket.socket:
