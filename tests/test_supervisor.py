@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,13 +71,14 @@ def start(plugins_dir: Path) -> Iterator[Callable[..., Supervisor]]:
     """Start a Supervisor on its own thread watching ``plugins_dir``; stopped after."""
     running: list[Supervisor] = []
 
-    def make(probe: ProbeSettings = FAST, rescan: float = 30.0, watch: bool = True
-             ) -> Supervisor:
+    def make(probe: ProbeSettings = FAST, rescan: float = 30.0, watch: bool = True,
+             **extra: Any) -> Supervisor:
         settings = Settings(discovery=DiscoverySettings(dirs=(str(plugins_dir),),
                                                         rescan_interval=rescan),
                             probe=probe, plugin=PluginSettings(timeouts=TIMEOUTS))
-        extra = {} if watch else {"watcher_factory": MissesEverything}
-        sup = Supervisor(settings, Registry(), workers=4, op_workers=2, **extra)  # type: ignore[arg-type]
+        if not watch:
+            extra["watcher_factory"] = MissesEverything
+        sup = Supervisor(settings, Registry(), workers=4, op_workers=2, **extra)
         sup.start()
         running.append(sup)
         return sup
@@ -301,3 +304,21 @@ def test_requests_queued_with_stop_are_answered_not_left_waiting(
     sup.put(Rescan("manual", reply))
     with pytest.raises(Stopping, match="volplugd is stopping"):
         reply.result(timeout=10)
+
+
+def test_status_reports_follow_the_counts_at_most_once_a_second(
+        start: Callable[..., Supervisor], fakes: Callable[..., FakePlugin]) -> None:
+    """on_status (systemd's STATUS=) gets changed counts, never twice within a second,
+    and the last report is the final state."""
+    reports: list[tuple[float, dict[str, int]]] = []
+    sup = start(on_status=lambda counts: reports.append((time.monotonic(), dict(counts))))
+    assert sup.wait_started(10)
+    for i in range(3):
+        fakes(f"s{i}")
+    wait_until(lambda: reports and reports[-1][1]["ready"] == 3, timeout=15,
+               message="a report with all three ready")
+    assert len(reports) >= 2  # the empty start, then changes as the plugins turn ready
+    # spacing is enforced on the loop's clock; 0.1 s allows for the callback's own delay
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(reports)]
+    assert all(gap >= 0.9 for gap in gaps), gaps
+    assert all(a[1] != b[1] for a, b in itertools.pairwise(reports))

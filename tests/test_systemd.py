@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.waiting import wait_until
-from volplugd.systemd import Notifier, StatusThrottle, listen_fds
+from volplugd.systemd import Notifier, listen_fds
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -174,23 +174,6 @@ def test_watchdog_interval(receiver: Receiver, watchdog_env: dict[str, str],
         assert n.watchdog_interval == interval
     finally:
         n.close()
-
-
-def test_status_throttle_sends_changes_at_most_once_per_interval(
-        notifier: Notifier, receiver: Receiver) -> None:
-    """StatusThrottle sends a change once, holds changes for min_interval, then the latest."""
-    now = [100.0]
-    throttle = StatusThrottle(notifier, min_interval=1.0, clock=lambda: now[0])
-    assert throttle.update("1 ready") is True
-    assert throttle.update("1 ready") is False
-    now[0] += 0.5
-    assert throttle.update("2 ready") is False
-    assert throttle.update("3 ready") is False
-    now[0] += 0.5
-    assert throttle.update("3 ready") is True
-    now[0] += 5.0
-    assert throttle.update("3 ready") is False
-    assert [receiver.next(), receiver.next()] == [b"STATUS=1 ready", b"STATUS=3 ready"]
 
 
 # -- listen_fds ---------------------------------------------------------------------

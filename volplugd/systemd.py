@@ -15,9 +15,9 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping
 
-__all__ = ["Notifier", "StatusThrottle", "listen_fds"]
+__all__ = ["Notifier", "listen_fds"]
 
 SD_LISTEN_FDS_START = 3  # the first inherited fd, fixed by the protocol
 _LISTEN_VARS = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
@@ -104,31 +104,6 @@ class Notifier:
 def _status_field(text: str) -> str:
     # A newline would start a new assignment in the datagram.
     return "STATUS=" + " ".join(text.splitlines())
-
-
-class StatusThrottle:
-    """Sends STATUS= only when the text changed, at most once per ``min_interval``.
-
-    Call ``update(text)`` with the current text on every loop iteration: a change
-    that arrives too soon is sent by the first call after the interval has passed.
-    """
-
-    def __init__(self, notifier: Notifier, min_interval: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic):
-        self._notifier = notifier
-        self._min_interval = min_interval
-        self._clock = clock
-        self._sent: str | None = None
-        self._sent_at = float("-inf")
-
-    def update(self, text: str) -> bool:
-        """True when ``text`` was sent now."""
-        now = self._clock()
-        if text == self._sent or now - self._sent_at < self._min_interval:
-            return False
-        self._notifier.status(text)
-        self._sent, self._sent_at = text, now
-        return True
 
 
 def listen_fds(env: MutableMapping[str, str] | None = None,
