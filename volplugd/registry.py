@@ -81,10 +81,6 @@ class Registry:
             self._changed.notify_all()
         return event
 
-    @property
-    def last_seq(self) -> int:
-        return self._seq
-
     def events(self, since: int, wait: float = 0.0) -> tuple[Event, ...]:
         """Events with ``seq > since`` (the oldest kept first); waits up to ``wait`` s."""
         with self._changed:
