@@ -19,6 +19,7 @@ import contextlib
 import functools
 import os
 import stat
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -69,6 +70,7 @@ from volplugd.plugin.protocol import (
     error_text,
     headers_for,
     positive_seconds,
+    request_bytes,
     resolve_timeouts,
 )
 
@@ -96,16 +98,13 @@ class PluginClient:
             raise ValueError(f"max_response_bytes must be positive, not {max_response_bytes}")
         self.name = name
         self.address = address
+        self.max_response_bytes = max_response_bytes
         self._timeouts = resolve_timeouts(timeouts)
-        self._limit = max_response_bytes
         self._on_request = on_request
         self._closed = False
-        self._setup_error: OSError | None = None
-        self._transport: transport.Transport | None = None
-        try:
-            self._transport = transport.Transport(address, headers_for(address))
-        except OSError as err:  # unreadable TLS files (ssl.SSLError too): every call says so
-            self._setup_error = err
+        self._headers = headers_for(address)
+        self._transport: transport.Transport | None = None  # set up on the first call
+        self._transport_lock = threading.Lock()
 
     # -- the endpoints ------------------------------------------------------------------
     def activate(self, *, timeout: float | None = None) -> Manifest:
@@ -151,8 +150,9 @@ class PluginClient:
     def close(self) -> None:
         """Close the keep-alive connections; later calls raise PluginError. Idempotent."""
         self._closed = True
-        if self._transport is not None:
-            self._transport.close()
+        with self._transport_lock:
+            if self._transport is not None:
+                self._transport.close()
 
     def __enter__(self) -> PluginClient:
         return self
@@ -163,6 +163,42 @@ class PluginClient:
 
     def __repr__(self) -> str:
         return f"PluginClient({self.name!r}, {self.address.url!r})"
+
+    # -- the same calls, with the I/O driven by a volplugd.plugin.multiplex.Multiplexer ---
+    def begin(self, endpoint: str, timeout: float | None = None) -> tuple[bytes, float]:
+        """(request bytes, seconds allowed) for a call without a body — Activate,
+        Capabilities or List — after the checks a call makes before sending.
+
+        Raises PluginError as the call would (closed client, socket file gone...)."""
+        if endpoint not in self._answers():
+            raise ValueError(f"{endpoint} cannot be driven from outside; "
+                             f"only {sorted(self._answers())}")
+        seconds = self._seconds(endpoint, timeout)
+        self._check_open(endpoint, "")
+        if self.address.is_unix:
+            self._verify_reachable(endpoint, "")
+        return request_bytes(endpoint, self._headers, b""), seconds
+
+    def conclude(self, endpoint: str, status: int, body: bytes) -> object:
+        """What the call returns for this answer; raises PluginError as the call would."""
+        return self._answers()[endpoint](status, body)
+
+    def failure(self, error: Exception, phase: str, endpoint: str,
+                seconds: float) -> PluginError:
+        """The call's PluginError for an I/O failure: ``phase`` "send" until the answer's
+        head is in, "read" after; BodyTooLarge for an answer over the cap."""
+        if isinstance(error, transport.BodyTooLarge):
+            return PluginBadResponse(self._too_large(endpoint, error),
+                                     **self._ctx(endpoint, ""))
+        return self._transport_error(error, phase, endpoint, "", seconds)
+
+    def report(self, endpoint: str, outcome: str, seconds: float) -> None:
+        """Call the ``on_request`` hook, as every call does."""
+        self._report(endpoint, outcome, seconds)
+
+    def _answers(self) -> dict[str, Callable[[int, bytes], object]]:
+        return {ACTIVATE: self._manifest, CAPABILITIES: self._capabilities,
+                LIST: self._checked(LIST, "", parse_volumes)}
 
     # -- one call: deadline, exchange, interpretation, hook --------------------------------
     def _call(self, endpoint: str, request: dict[str, Any] | None, volume: str,
@@ -192,7 +228,7 @@ class PluginClient:
             except Exception as err:
                 raise self._transport_error(err, "send", endpoint, volume, seconds) from err
             try:
-                return response.status, transport.read_body(response, self._limit)
+                return response.status, transport.read_body(response, self.max_response_bytes)
             except transport.BodyTooLarge as err:
                 raise PluginBadResponse(self._too_large(endpoint, err), **self._ctx(
                     endpoint, volume)) from err
@@ -201,15 +237,28 @@ class PluginClient:
 
     def _check_usable(self, endpoint: str, volume: str) -> transport.Transport:
         """The seed's verifyReachable (the socket file still exists), and our own state."""
+        self._check_open(endpoint, volume)
+        link = self._transport or self._set_up(endpoint, volume)
+        if self.address.is_unix:
+            self._verify_reachable(endpoint, volume)
+        return link
+
+    def _check_open(self, endpoint: str, volume: str) -> None:
         if self._closed:
             raise PluginError(f"client for plugin {self.name} is closed",
                               **self._ctx(endpoint, volume))
-        if self._transport is None:
-            raise PluginError(f"setting up TLS for plugin {self.name}: {self._setup_error}",
-                              **self._ctx(endpoint, volume)) from self._setup_error
-        if self.address.is_unix:
-            self._verify_reachable(endpoint, volume)
-        return self._transport
+
+    def _set_up(self, endpoint: str, volume: str) -> transport.Transport:
+        """The keep-alive pool, made on the first call: a client that is only ever driven
+        by a Multiplexer (the daemon's probes) never pays for requests' set-up."""
+        with self._transport_lock:
+            if self._transport is None:
+                try:
+                    self._transport = transport.Transport(self.address, self._headers)
+                except OSError as err:  # unreadable TLS files (ssl.SSLError too)
+                    raise PluginError(f"setting up TLS for plugin {self.name}: {err}",
+                                      **self._ctx(endpoint, volume)) from err
+            return self._transport
 
     def _verify_reachable(self, endpoint: str, volume: str) -> None:
         try:

@@ -40,6 +40,7 @@ __all__ = [
     "error_text",
     "headers_for",
     "positive_seconds",
+    "request_bytes",
     "resolve_timeouts",
     "user_agent",
 ]
@@ -129,6 +130,17 @@ def headers_for(address: PluginAddress) -> dict[str, str]:
         "Accept-Encoding": SKIP_HEADER,  # else http.client adds "Accept-Encoding: identity"
     })
     return headers
+
+
+def request_bytes(endpoint: str, headers: Mapping[str, str], body: bytes) -> bytes:
+    """The whole request as http.client writes it from ``headers_for``'s headers."""
+    lines = [f"POST {endpoint} HTTP/1.1"]
+    for name, value in headers.items():
+        if name == "Content-Length":
+            lines.append(f"{name}: {len(body)}")
+        elif value is not SKIP_HEADER:
+            lines.append(f"{name}: {value}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
 @functools.cache
