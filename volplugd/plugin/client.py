@@ -103,6 +103,7 @@ class PluginClient:
         self._on_request = on_request
         self._closed = False
         self._headers = headers_for(address)
+        self._requests: dict[str, bytes] = {}  # body-less requests' bytes, by endpoint
         self._transport: transport.Transport | None = None  # set up on the first call
         self._transport_lock = threading.Lock()
 
@@ -165,19 +166,25 @@ class PluginClient:
         return f"PluginClient({self.name!r}, {self.address.url!r})"
 
     # -- the same calls, with the I/O driven by a volplugd.plugin.multiplex.Multiplexer ---
-    def begin(self, endpoint: str, timeout: float | None = None) -> tuple[bytes, float]:
+    def begin(self, endpoint: str, timeout: float | None = None, *,
+              connected: bool = False) -> tuple[bytes, float]:
         """(request bytes, seconds allowed) for a call without a body — Activate,
-        Capabilities or List — after the checks a call makes before sending.
+        Capabilities or List — after the checks a call makes before sending. With
+        ``connected`` (a kept-alive connection will carry it) the socket file is not
+        checked: the open connection already shows the plugin is there.
 
         Raises PluginError as the call would (closed client, socket file gone...)."""
-        if endpoint not in self._answers():
-            raise ValueError(f"{endpoint} cannot be driven from outside; "
-                             f"only {sorted(self._answers())}")
+        request = self._requests.get(endpoint)
+        if request is None:
+            if endpoint not in self._answers():
+                raise ValueError(f"{endpoint} cannot be driven from outside; "
+                                 f"only {sorted(self._answers())}")
+            request = self._requests[endpoint] = request_bytes(endpoint, self._headers, b"")
         seconds = self._seconds(endpoint, timeout)
         self._check_open(endpoint, "")
-        if self.address.is_unix:
+        if self.address.is_unix and not connected:
             self._verify_reachable(endpoint, "")
-        return request_bytes(endpoint, self._headers, b""), seconds
+        return request, seconds
 
     def conclude(self, endpoint: str, status: int, body: bytes) -> object:
         """What the call returns for this answer; raises PluginError as the call would."""

@@ -81,8 +81,7 @@ class JsonObject(dict[str, Any]):
 def decode_object(body: bytes) -> JsonObject:
     """The JSON object in ``body``; a top-level ``null`` reads as ``{}`` (as in Go)."""
     try:
-        value = json.loads(body.decode("utf-8", errors="replace"),
-                           object_pairs_hook=JsonObject, parse_constant=_reject_constant)
+        value = _DECODER.decode(body.decode("utf-8", errors="replace"))
     except ValueError as err:  # JSONDecodeError is a ValueError
         raise ResponseError(f"not JSON: {err}") from err
     except RecursionError as err:  # a hostile "[[[[..." body
@@ -205,3 +204,7 @@ def _kind(value: Any) -> str:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+# One decoder for every answer: json.loads with options builds a new one per call.
+_DECODER = json.JSONDecoder(object_pairs_hook=JsonObject, parse_constant=_reject_constant)

@@ -10,7 +10,8 @@ connection per key. llhttp (through httptools) parses the answers.
 
 Unix sockets only: TCP and TLS plugins are few, and ``PluginClient`` serves them.
 
-Runs on: one thread (``call``, ``poll``, ``forget``, ``close``); ``wake`` from any thread.
+Runs on: one thread (``call``, ``poll``, ``forget``, ``close``); ``wake`` from any thread,
+also after ``close`` (then it does nothing).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import itertools
 import os
 import selectors
 import socket
+import threading
 import time
 from collections.abc import Callable, Hashable
 
@@ -81,8 +83,8 @@ class _Answer:
 class _Call:
     """One call in flight: its request, its connection and what came back so far."""
 
-    __slots__ = ("answer", "client", "deadline", "done", "endpoint", "fresh", "head_bytes",
-                 "key", "pending", "received", "request", "seconds", "sock", "started")
+    __slots__ = ("answer", "client", "deadline", "done", "endpoint", "head_bytes", "key",
+                 "pending", "received", "request", "reused", "seconds", "sock", "started")
 
     def __init__(self, key: Hashable, client: PluginClient, endpoint: str, done: Done, *,
                  request: bytes, seconds: float, started: float) -> None:
@@ -90,20 +92,14 @@ class _Call:
         self.request, self.seconds, self.started = request, seconds, started
         self.deadline = started + seconds
         self.sock: socket.socket | None = None
-        self.fresh = True  # the connection was made for this call (not a kept-alive one)
+        self.reused = False  # on a kept-alive connection
         self.pending = memoryview(request)  # still to send
         self.received = False
         self.head_bytes = 0
         self.answer = _Answer(client.max_response_bytes)
 
 
-class _Idle:
-    """A kept-alive connection between calls; any byte or EOF on it ends it."""
-
-    __slots__ = ("key",)
-
-    def __init__(self, key: Hashable) -> None:
-        self.key = key
+_WAKE = object()  # the selector data of the wake-up pipe; a connection's is its key
 
 
 class Multiplexer:
@@ -113,7 +109,8 @@ class Multiplexer:
         self._clock = clock
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, _WAKE)
+        self._wake_lock = threading.Lock()
         self._calls: dict[Hashable, _Call] = {}
         self._idle: dict[Hashable, socket.socket] = {}
         self._timers: list[tuple[float, int, _Call]] = []  # deadlines and connect retries
@@ -129,7 +126,7 @@ class Multiplexer:
             raise RuntimeError(f"a call for {key!r} is already in flight")
         started = self._clock()
         try:
-            request, seconds = client.begin(endpoint, timeout)
+            request, seconds = client.begin(endpoint, timeout, connected=key in self._idle)
         except PluginError as err:
             client.report(endpoint, err.outcome, 0.0)
             failed = _Call(key, client, endpoint, done, request=b"", seconds=0.0, started=started)
@@ -152,8 +149,10 @@ class Multiplexer:
 
     def wake(self) -> None:
         """Make a ``poll`` on another thread return now. Any thread; never blocks."""
-        with contextlib.suppress(BlockingIOError):  # full: poll is bound to wake anyway
-            os.write(self._wake_w, b"\0")
+        with self._wake_lock:  # close() must not free the fd under a write
+            if self._wake_w >= 0:
+                with contextlib.suppress(BlockingIOError):  # full: poll wakes anyway
+                    os.write(self._wake_w, b"\0")
 
     def poll(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for I/O or ``wake``; run the ``done`` of every
@@ -163,14 +162,15 @@ class Multiplexer:
             timeout = 0.0
         elif self._timers:
             timeout = min(timeout, self._timers[0][0] - now)
-        for key, mask in self._selector.select(max(0.0, timeout)):
-            data = key.data
-            if isinstance(data, _Call):
-                self._on_ready(data, mask)
-            elif isinstance(data, _Idle):
-                self._close(self._idle.pop(data.key, None))  # EOF or stray bytes
-            else:
+        for ready, mask in self._selector.select(max(0.0, timeout)):
+            if ready.data is _WAKE:
                 self._drain_wake()
+                continue
+            call = self._calls.get(ready.data)
+            if call is not None and call.sock is ready.fileobj:
+                self._on_ready(call, mask)
+            elif self._idle.get(ready.data) is ready.fileobj:  # EOF or stray bytes
+                self._close(self._idle.pop(ready.data))
         self._run_timers(self._clock())
         finished, self._finished = self._finished, []
         for call, result in finished:
@@ -181,15 +181,16 @@ class Multiplexer:
         for key in list(self._calls) + list(self._idle):
             self.forget(key)
         self._selector.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        with self._wake_lock:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_w = -1
 
     # -- connecting and sending ---------------------------------------------------------
     def _connect(self, call: _Call) -> None:
-        sock = self._idle.pop(call.key, None)
-        if sock is not None:  # still registered: _send only swaps the key's data
-            call.fresh = False
-        else:
+        sock = self._idle.pop(call.key, None)  # still registered, under the same key
+        call.reused = sock is not None
+        if sock is None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             sock.setblocking(False)
             code = sock.connect_ex(call.client.address.target)
@@ -212,20 +213,30 @@ class Multiplexer:
         except BlockingIOError:
             sent = 0
         except OSError as err:
-            self._broken(call, err)
+            if call.reused and len(call.pending) == len(call.request):
+                # The plugin closed the kept-alive connection before any of this request
+                # reached it (a unix socket says so at once): send it on a new one.
+                self._close(call.sock)
+                call.sock = None
+                self._connect(call)
+            else:
+                self._fail(call, err, self._phase(call))
             return
         call.pending = call.pending[sent:]
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if call.pending else 0)
-        key = self._selector.get_map().get(call.sock)
-        if key is None:
-            self._selector.register(call.sock, events, call)
-        elif key.events != events or key.data is not call:
-            self._selector.modify(call.sock, events, call)
+        self._watch(call.sock, call.key, selectors.EVENT_WRITE if call.pending else 0)
 
     # -- receiving ----------------------------------------------------------------------
+    def _watch(self, sock: socket.socket, key: Hashable, write: int = 0) -> None:
+        """Readable always (an answer, or the end of an idle connection); writable while
+        a request is only partly sent."""
+        events = selectors.EVENT_READ | write
+        found = self._selector.get_map().get(sock)
+        if found is None:
+            self._selector.register(sock, events, key)
+        elif found.events != events:
+            self._selector.modify(sock, events, key)
+
     def _on_ready(self, call: _Call, mask: int) -> None:
-        if self._calls.get(call.key) is not call:
-            return  # finished earlier in this same round
         if mask & selectors.EVENT_WRITE and call.pending:
             self._send(call)
         if mask & selectors.EVENT_READ:
@@ -238,14 +249,14 @@ class Multiplexer:
         except BlockingIOError:
             return
         except OSError as err:
-            self._broken(call, err)
+            self._fail(call, err, self._phase(call))
             return
         answer = call.answer
         if not data:
             if answer.head_done and answer.until_close:
                 self._succeed(call, keep=False)  # an HTTP/1.0-style body ends at EOF
-            else:
-                self._broken(call, ConnectionResetError("EOF"))
+            else:  # never sent again: the plugin may have acted on it (Go does the same)
+                self._fail(call, ConnectionResetError("EOF"), self._phase(call))
             return
         first, call.received = not call.received, True
         try:
@@ -263,20 +274,9 @@ class Multiplexer:
         if not answer.head_done:
             call.head_bytes += len(data)
             if call.head_bytes > MAX_HEAD:
-                self._fail(call, http.client.LineTooLong(f"header section over {MAX_HEAD} "
-                                                         "bytes"), "send")
+                self._fail(call, http.client.LineTooLong("header section"), "send")
         elif answer.complete:
             self._succeed(call, keep=answer.keep_alive)
-
-    def _broken(self, call: _Call, err: OSError) -> None:
-        """The connection ended or failed. A kept-alive connection that the plugin had
-        closed before our request reached it is not a failure: retry on a new one."""
-        if not call.fresh and not call.received:
-            self._close(call.sock)
-            call.sock, call.fresh, call.pending = None, True, memoryview(call.request)
-            self._connect(call)
-            return
-        self._fail(call, err, self._phase(call))
 
     @staticmethod
     def _phase(call: _Call) -> str:
@@ -309,7 +309,7 @@ class Multiplexer:
             return
         if keep:
             self._idle[call.key] = sock
-            self._selector.modify(sock, selectors.EVENT_READ, _Idle(call.key))
+            self._watch(sock, call.key)
         else:
             self._close(sock)
 
