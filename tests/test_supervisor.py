@@ -15,6 +15,7 @@ import pytest
 
 from tests.fakeplugin import FakePlugin
 from tests.fakeplugin import behaviours as b
+from tests.plugin.test_client_tcp import TCPPlugin
 from tests.waiting import wait_until
 from volplugd.config import DiscoverySettings, PluginSettings, ProbeSettings, Settings
 from volplugd.model import (
@@ -202,6 +203,49 @@ def test_stale_socket_keeps_activating_with_refused_error(
     assert "refused" in (view.last_error or "")
     wait_until(lambda: sup.snapshot().plugins["stale"].consecutive_failures >= 2,
                message="a retry with backoff")
+
+
+def test_an_activation_retry_is_not_started_early(
+        start: Callable[..., Supervisor], fakes: Callable[..., FakePlugin]) -> None:
+    """Probes due soon start together, but an activation retry waits its whole back-off."""
+    fp = fakes("stale")
+    fp.stop(unlink=False)
+    # A 10 s interval lets probes start up to 0.2 s early; the first back-off is 0.5 s.
+    sup = start(probe=ProbeSettings(interval=10.0, timeout=0.3))
+    first = wait_until(lambda: _failed(sup, "stale", 1), message="first activation failed")
+
+    def second_after_nudging() -> PluginView | None:
+        sup.put(Rescan("manual"))  # keep the loop waking up, as API requests would
+        return _failed(sup, "stale", 2)
+
+    second = wait_until(second_after_nudging, message="second activation failed")
+    assert first.last_probe_at is not None
+    assert second.last_probe_at is not None
+    assert second.last_probe_at - first.last_probe_at >= 0.5
+
+
+def _failed(sup: Supervisor, name: str, times: int) -> PluginView | None:
+    view = sup.snapshot().plugins.get(name)
+    return view if view is not None and view.consecutive_failures == times else None
+
+
+def test_a_tcp_plugin_is_activated_and_probed(start: Callable[..., Supervisor],
+                                              plugins_dir: Path) -> None:
+    """A .spec plugin on TCP (served by worker threads, not the multiplexer) gets ready,
+    takes its scope from Capabilities, and is probed."""
+    plugin = TCPPlugin()
+    try:
+        (plugins_dir / "far.spec").write_text(f"tcp://127.0.0.1:{plugin.port}\n")
+        sup = start()
+        view = wait_state(sup, "far", PluginState.READY)
+        assert view is not None
+        assert view.scope == "global"
+        wait_until(lambda: len(plugin.raw) >= 3, message="a probe after the activation")
+        endpoints = [raw.split(b" ")[1] for raw in plugin.raw[:3]]
+        assert endpoints == [b"/Plugin.Activate", b"/VolumeDriver.Capabilities",
+                             b"/Plugin.Activate"]
+    finally:
+        plugin.stop()
 
 
 def test_fail_fast_for_plugins_that_are_not_ready(

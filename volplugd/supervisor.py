@@ -1,10 +1,15 @@
 """The supervisor: THE loop that owns plugin state, and the Commands the API uses.
 
 The loop drains its queue (filesystem hints, scan requests, I/O results, commands),
-reconciles the scanned desired state against what it tracks (``policy.plan``),
-submits activations and probes to a bounded pool of daemon threads (at most one
-operation per plugin registration in flight), applies the results through the pure
-transitions of ``policy`` and publishes an immutable snapshot.
+reconciles the scanned desired state against what it tracks (``policy.plan``), starts
+activations and probes (at most one per plugin registration in flight), applies the
+results through the pure transitions of ``policy`` and publishes an immutable snapshot.
+
+Activations and probes of unix-socket plugins are non-blocking exchanges that the loop
+itself multiplexes (``plugin.multiplex``): it waits on their sockets and on its queue at
+once, so a probe costs no thread hand-off and a hung plugin costs only a socket. TCP and
+TLS plugins are called on a small pool of daemon threads; volume operations from the API
+on another.
 
 Runs on: ``run()`` on one thread (the daemon's main thread); ``put`` and the
 Commands methods from any thread; jobs on the worker pools.
@@ -55,6 +60,9 @@ from volplugd.plugin.errors import (
     PluginTimeout,
     PluginUnreachable,
 )
+from volplugd.plugin.models import Capabilities, Manifest
+from volplugd.plugin.multiplex import Multiplexer
+from volplugd.plugin.protocol import ACTIVATE, CAPABILITIES
 from volplugd.registry import Registry
 from volplugd.scheduling import Schedule, WorkerPool, current_pool
 
@@ -65,6 +73,10 @@ LAZY_PUBLISH = 0.5  # seconds a timestamp-only change may wait before it is publ
 STATUS_EVERY = 1.0  # at most one status callback a second
 MAX_BATCH = 1000    # messages handled per loop iteration before publishing
 LIVENESS = 1.0      # the loop runs at least this often, so its age shows a wedged loop
+# A probe due within this share of the interval (at most MAX_EARLY s) starts with the one
+# that woke the loop: one wake-up then serves several probes, which is most of the CPU saved.
+EARLY_SHARE = 0.02
+MAX_EARLY = 0.2
 HINTS_PER_SCAN = 32  # more hinted names than this in one batch: one full scan is cheaper
 BURST_SCAN_DELAY = 0.25  # during a burst, one full scan covers the hints of this long
 
@@ -86,13 +98,22 @@ class Reload:
 
 @dataclass(frozen=True, slots=True)
 class Done:
-    """An activation or probe job finished (a fact from a worker thread)."""
+    """An activation or probe finished (a fact from a worker thread or the multiplexer)."""
 
     kind: str  # "activate" | "probe"
     name: str
     token: int
     result: Any  # (implements, scope) | True | an exception
     seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """A multiplexed activation or probe: whose, and when it started (loop clock)."""
+
+    name: str
+    token: int
+    started: float
 
 
 class Supervisor(Commands):
@@ -126,10 +147,8 @@ class Supervisor(Commands):
         self._wall = wall
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._watcher = watcher_factory(settings.discovery.dirs, self.put)
-        # Few activation threads: enough to overlap I/O; more would only take CPU (the
-        # GIL) from probes while a burst of new plugins is activated.
-        self._activations = WorkerPool(max(2, workers // 4), "volplugd-activate")
-        self._pool = WorkerPool(workers, "volplugd-probe")
+        self._mux = Multiplexer()  # activations and probes of unix-socket plugins
+        self._pool = WorkerPool(workers, "volplugd-tcp")  # the same for TCP/TLS plugins
         self._ops = WorkerPool(op_workers, "volplugd-op")
         self._tracked: dict[str, policy.Tracked] = {}
         self._views: dict[str, PluginView] = {}  # what the next snapshot shows, by name
@@ -159,6 +178,7 @@ class Supervisor(Commands):
 
     def put(self, message: object) -> None:
         self._queue.put(message)
+        self._mux.wake()
 
     def snapshot(self) -> Snapshot:
         return self._registry.snapshot()
@@ -230,7 +250,9 @@ class Supervisor(Commands):
             self._shutdown()
 
     def _iterate(self) -> bool:
-        batch = [self._next_message()]
+        # Results of multiplexed calls are applied inside poll; messages after it.
+        self._mux.poll(0.0 if not self._queue.empty() else self._sleep_time())
+        batch: list[object] = []
         while len(batch) < MAX_BATCH:
             try:
                 batch.append(self._queue.get_nowait())
@@ -249,7 +271,9 @@ class Supervisor(Commands):
         self._tick(now)
         return True
 
-    def _next_message(self) -> object:
+    def _sleep_time(self) -> float:
+        """Seconds until the loop has something to do unless a message or an answer
+        comes first."""
         wake = [self._next_rescan, self._clock() + LIVENESS]
         if self._heartbeat is not None:
             wake.append(self._next_beat)
@@ -262,10 +286,7 @@ class Supervisor(Commands):
             wake.append(nxt)
         if self._burst_scan is not None:
             wake.append(self._burst_scan)
-        try:
-            return self._queue.get(timeout=max(0.0, min(wake) - self._clock()))
-        except queue.Empty:
-            return None
+        return max(0.0, min(wake) - self._clock())
 
     def _handle(self, message: object, now: float) -> None:
         match message:
@@ -286,8 +307,12 @@ class Supervisor(Commands):
         if self._burst_scan is not None and now >= self._burst_scan:
             self._burst_scan = None
             self._apply_scan(self._scan_dirs(), now)
-        for when, token, name in self._schedule.pop_due(now):
-            self._dispatch(name, token, when, now)
+        early = min(MAX_EARLY, self._settings.probe.interval * EARLY_SHARE)
+        for when, token, name in self._schedule.pop_due(now + early):
+            if when > now and not self._probing(name, token):
+                self._schedule.at(when, token, name)  # activation retries keep their time
+            else:
+                self._dispatch(name, token, when, now)
         if now >= self._next_rescan:
             self._full_scan("periodic", now)
         if self._heartbeat is not None and now >= self._next_beat:
@@ -307,7 +332,7 @@ class Supervisor(Commands):
             except queue.Empty:
                 break
         self._watcher.stop()
-        self._activations.stop()
+        self._mux.close()
         self._pool.stop()
         self._ops.stop()
         for client, _ in self._clients.values():
@@ -416,6 +441,9 @@ class Supervisor(Commands):
         self._show(name, None)
         self._schedule.forget(tracked.token)
         self._startup_pending.discard(tracked.token)
+        self._mux.forget(tracked.token)  # its call, if any, never reports
+        self._inflight.discard(tracked.token)
+        self._dispatched_due.pop(tracked.token, None)
         client, _ = self._clients.pop(name)
         client.close()
         self._registry.record(EventType.EVICTED, name, tracked.state, None, reason)
@@ -426,25 +454,57 @@ class Supervisor(Commands):
         self._urgent = True
         self._check_started()
 
-    # --- jobs on the worker pool ------------------------------------------------
+    # --- activations and probes ------------------------------------------------
+
+    def _probing(self, name: str, token: int) -> bool:
+        tracked = self._tracked.get(name)
+        return tracked is not None and tracked.token == token and tracked.state in (
+            PluginState.READY, PluginState.UNHEALTHY)
 
     def _dispatch(self, name: str, token: int, due: float, now: float) -> None:
-        """Submit the work a registration needs; ``due`` keeps the probe phase."""
+        """Start the work a registration needs; ``due`` keeps the probe phase."""
         tracked = self._tracked.get(name)
         if tracked is None or tracked.token != token or token in self._inflight:
             return
         client, _ = self._clients[name]
-        if tracked.state is PluginState.ACTIVATING or tracked.state is PluginState.REJECTED:
-            # Activations have their own pool: a burst of new plugins must not delay probes.
-            job: Callable[[], object] = partial(self._activate_job, client)
-            kind, pool = "activate", self._activations
-        else:
-            job = partial(self._probe_job, client, self._settings.probe)
-            kind, pool = "probe", self._pool
+        activate = tracked.state in (PluginState.ACTIVATING, PluginState.REJECTED)
+        if not activate:
             self._observer.probe_lateness(now - due)
         self._inflight.add(token)
         self._dispatched_due[token] = due
-        pool.submit(partial(self._run_job, kind, name, token, job))
+        if not client.address.is_unix:
+            job: Callable[[], object] = (partial(self._activate_job, client) if activate
+                                         else partial(self._probe_job, client,
+                                                      self._settings.probe))
+            kind = "activate" if activate else "probe"
+            self._pool.submit(partial(self._run_job, kind, name, token, job))
+        elif activate:
+            self._mux.call(token, client, ACTIVATE,
+                           partial(self._activated, _Job(name, token, now), client))
+        else:
+            probe = self._settings.probe
+            self._mux.call(token, client, probe.endpoint,
+                           partial(self._probed, _Job(name, token, now)), probe.timeout)
+
+    def _activated(self, job: _Job, client: PluginClient, result: object, _: float) -> None:
+        """Activate answered (multiplexed): ask for the scope, as ``_activate_job`` does."""
+        if isinstance(result, Manifest):
+            self._mux.call(job.token, client, CAPABILITIES,
+                           partial(self._scoped, job, result.implements),
+                           self._settings.plugin.timeouts.get("activate"))
+        else:
+            self._finish(job, "activate", result)
+
+    def _scoped(self, job: _Job, implements: tuple[str, ...], result: object, _: float) -> None:
+        scope = result.scope if isinstance(result, Capabilities) else None
+        self._finish(job, "activate", result if scope is None else (implements, scope))
+
+    def _probed(self, job: _Job, result: object, _: float) -> None:
+        self._finish(job, "probe", result if isinstance(result, BaseException) else True)
+
+    def _finish(self, job: _Job, kind: str, result: object) -> None:
+        now = self._clock()
+        self._apply_done(Done(kind, job.name, job.token, result, now - job.started), now)
 
     def _run_job(self, kind: str, name: str, token: int, job: Callable[[], object]) -> None:
         started = time.monotonic()

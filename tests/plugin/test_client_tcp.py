@@ -27,6 +27,7 @@ from volplugd.plugin.protocol import user_agent
 
 ANSWERS = {
     "/Plugin.Activate": b'{"Implements": ["VolumeDriver"]}',
+    "/VolumeDriver.Capabilities": b'{"Capabilities": {"Scope": "global"}}',
     "/VolumeDriver.Create": b'{"Err": ""}',
     "/VolumeDriver.Mount": b'{"Mountpoint": "/tcp/v1", "Err": ""}',
 }
