@@ -136,3 +136,17 @@ def test_probe_failure_keeps_last_success_time_and_records_error() -> None:
 def test_probe_due_keeps_phase_unless_late(last_due: float, now: float, expected: float) -> None:
     """Probes keep their phase; a probe that ran late is not followed by a burst."""
     assert policy.probe_due(last_due, 10.0, now) == expected
+
+
+def test_a_probe_success_keeps_every_field_it_does_not_set() -> None:
+    """probe_succeeded builds the view field by field: none of the others may be lost."""
+    t = tracked("a", state=PluginState.UNHEALTHY, warnings=("shadows b",))
+    t = dataclasses.replace(t, view=dataclasses.replace(
+        t.view, implements=("VolumeDriver",), last_probe_at=1.0, last_success_at=0.5,
+        last_error="boom", consecutive_failures=4, probe_latency_seconds=0.3, scope="global"))
+    defaults = {f.name: f.default for f in dataclasses.fields(t.view)}
+    assert [n for n, d in defaults.items() if getattr(t.view, n) == d] == []  # all set
+    new = policy.probe_succeeded(t, PROBE, 9.0, 0.002)  # 1 of 2 successes: still unhealthy
+    assert new.view == dataclasses.replace(
+        t.view, last_probe_at=9.0, last_success_at=9.0, consecutive_failures=0,
+        probe_latency_seconds=0.002)

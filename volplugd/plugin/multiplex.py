@@ -84,7 +84,8 @@ class _Call:
     """One call in flight: its request, its connection and what came back so far."""
 
     __slots__ = ("answer", "client", "deadline", "done", "endpoint", "head_bytes", "key",
-                 "pending", "received", "request", "reused", "seconds", "sock", "started")
+                 "pending", "received", "request", "reused", "seconds", "sock", "started",
+                 "writing")
 
     def __init__(self, key: Hashable, client: PluginClient, endpoint: str, done: Done, *,
                  request: bytes, seconds: float, started: float) -> None:
@@ -93,6 +94,7 @@ class _Call:
         self.deadline = started + seconds
         self.sock: socket.socket | None = None
         self.reused = False  # on a kept-alive connection
+        self.writing = False  # the selector also waits for room to send the rest
         self.pending = memoryview(request)  # still to send
         self.received = False
         self.head_bytes = 0
@@ -203,6 +205,8 @@ class Multiplexer:
                 sock.close()
                 self._fail(call, _os_error(code), "send")
                 return
+            # Registered until closed: readable is an answer, or the end of an idle one.
+            self._selector.register(sock, selectors.EVENT_READ, call.key)
         call.sock = sock
         self._send(call)
 
@@ -223,18 +227,15 @@ class Multiplexer:
                 self._fail(call, err, self._phase(call))
             return
         call.pending = call.pending[sent:]
-        self._watch(call.sock, call.key, selectors.EVENT_WRITE if call.pending else 0)
+        if bool(call.pending) != call.writing:  # writable matters only mid-request
+            self._writable(call.sock, call.key, writing=not call.writing)
+            call.writing = not call.writing
+
+    def _writable(self, sock: socket.socket, key: Hashable, *, writing: bool) -> None:
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0)
+        self._selector.modify(sock, events, key)
 
     # -- receiving ----------------------------------------------------------------------
-    def _watch(self, sock: socket.socket, key: Hashable, write: int = 0) -> None:
-        """Readable always (an answer, or the end of an idle connection); writable while
-        a request is only partly sent."""
-        events = selectors.EVENT_READ | write
-        found = self._selector.get_map().get(sock)
-        if found is None:
-            self._selector.register(sock, events, key)
-        elif found.events != events:
-            self._selector.modify(sock, events, key)
 
     def _on_ready(self, call: _Call, mask: int) -> None:
         if mask & selectors.EVENT_WRITE and call.pending:
@@ -309,7 +310,8 @@ class Multiplexer:
             return
         if keep:
             self._idle[call.key] = sock
-            self._watch(sock, call.key)
+            if call.writing:  # answered before it was all sent
+                self._writable(sock, call.key, writing=False)
         else:
             self._close(sock)
 
@@ -326,8 +328,7 @@ class Multiplexer:
     def _close(self, sock: socket.socket | None) -> None:
         if sock is None:
             return
-        if sock in self._selector.get_map():
-            self._selector.unregister(sock)
+        self._selector.unregister(sock)
         sock.close()
 
     def _drain_wake(self) -> None:
