@@ -31,9 +31,9 @@ def test_publish_encodes_each_view_once_and_counts_states() -> None:
 
 
 def test_plugins_json_is_the_contract_shape_with_a_state_filter() -> None:
-    """plugins_json() joins pre-encoded records into {"plugins": [...]} sorted as given."""
+    """plugins_json() joins pre-encoded records into {"plugins": [...]}, sorted by name."""
     reg = Registry()
-    snap = reg.publish(views(view("a"), view("b", PluginState.REJECTED)))
+    snap = reg.publish(views(view("b", PluginState.REJECTED), view("a")))
     assert [p["name"] for p in json.loads(snap.plugins_json())["plugins"]] == ["a", "b"]
     only = json.loads(snap.plugins_json(PluginState.REJECTED))["plugins"]
     assert [(p["name"], p["state"], p["capabilities"]) for p in only] == [("b", "rejected", None)]
@@ -92,3 +92,14 @@ def test_incremental_publish_recounts_and_reencodes_only_changed_names() -> None
     assert dict(second.encoded) == dict(full.encoded)
     assert second.encoded["a"] is first.encoded["a"]
     assert second.plugins_json() == full.plugins_json()
+
+
+def test_a_plugin_added_later_is_listed_in_name_order() -> None:
+    """Views come in discovery order; every list, filtered or not, is sorted by name."""
+    reg = Registry()
+    reg.publish(views(view("c"), view("a")))
+    snap = reg.publish(views(view("c"), view("a"), view("b")), changed={"b"})
+    assert snap.names == ("a", "b", "c")
+    assert [p["name"] for p in json.loads(snap.plugins_json())["plugins"]] == ["a", "b", "c"]
+    ready = json.loads(snap.plugins_json(PluginState.READY))["plugins"]
+    assert [p["name"] for p in ready] == ["a", "b", "c"]

@@ -152,7 +152,9 @@ class Snapshot:
 
     ``encoded[name]`` is the plugin's JSON, computed once when the view changed;
     ``plugins_json()`` only joins bytes, and the unfiltered list is joined once per
-    snapshot, so 1000 records cost no re-encoding per request.
+    snapshot, so 1000 records cost no re-encoding per request. ``plugins`` is in no
+    particular order (a new plugin must not cost a re-sort of all): ``names`` is sorted,
+    once per snapshot, when first read.
     """
 
     plugins: Mapping[str, PluginView]
@@ -171,12 +173,18 @@ class Snapshot:
     def plugins_json(self, state: PluginState | None = None) -> bytes:
         if state is None:
             return self._all_json
-        names = (n for n, v in self.plugins.items() if v.state is state)
+        plugins = self.plugins
+        names = (n for n in self.names if plugins[n].state is state)
         return b'{"plugins":[' + b",".join(self.encoded[n] for n in names) + b"]}"
 
     @cached_property
+    def names(self) -> tuple[str, ...]:
+        """Every plugin's name, sorted."""
+        return tuple(sorted(self.plugins))
+
+    @cached_property
     def _all_json(self) -> bytes:
-        return b'{"plugins":[' + b",".join(self.encoded[n] for n in self.plugins) + b"]}"
+        return b'{"plugins":[' + b",".join(self.encoded[n] for n in self.names) + b"]}"
 
 
 EMPTY_SNAPSHOT = Snapshot(plugins=MappingProxyType({}), encoded=MappingProxyType({}))

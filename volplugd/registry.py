@@ -40,7 +40,7 @@ class Registry:
 
     def publish(self, views: Mapping[str, PluginView],
                 changed: Iterable[str] | None = None) -> Snapshot:
-        """Swap in a snapshot of ``views`` (sorted by name). Only the ``changed`` names
+        """Swap in a snapshot of ``views`` (in any order). Only the ``changed`` names
         (default: all) are re-encoded and recounted, so a publish costs O(changes)
         apart from one C-level copy of each mapping."""
         old = self._snapshot

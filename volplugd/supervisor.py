@@ -153,7 +153,6 @@ class Supervisor(Commands):
         self._tracked: dict[str, policy.Tracked] = {}
         self._views: dict[str, PluginView] = {}  # what the next snapshot shows, by name
         self._changed: set[str] = set()  # names whose view changed since the last publish
-        self._resort = False  # membership changed: re-sort _views at the next publish
         self._clients: dict[str, tuple[PluginClient, int]] = {}
         self._schedule = Schedule()
         self._inflight: set[int] = set()
@@ -631,16 +630,11 @@ class Supervisor(Commands):
         """Record a view change for the next publish (None: the plugin is gone)."""
         if view is None:
             del self._views[name]
-            self._resort = True
         else:
-            self._resort |= name not in self._views
             self._views[name] = view
         self._changed.add(name)
 
     def _publish(self) -> None:
-        if self._resort:
-            self._views = {name: self._views[name] for name in sorted(self._views)}
-            self._resort = False
         self._registry.publish(self._views, self._changed)
         self._changed = set()
         self._urgent = False
