@@ -9,6 +9,12 @@ one at a time, in the plugin dir on tmpfs:
   socket over one keep-alive connection until it answers ``"state": "ready"``;
 * then t0 just before ``unlink()``, polling until the same GET answers 404.
 
+Two clients, each for SAMPLES sockets: one that polls tightly (a client hammering the
+API: its own requests take most of the daemon's CPU, and each hand-off inside the
+daemon waits for the GIL behind them), and one that waits on the event stream
+(``GET /v1/events?follow=1``) for the plugin's ``ready`` (or ``evicted``) event before
+it polls (a client that leaves the daemon alone). Both end with the same GET.
+
 Beside each, the baseline from the same run: a raw inotify watch on the same folder,
 read by this process (no watchdog), seeing the same bind/unlink: the latency floor of
 any inotify-driven discovery. Goal: p99 ≤ 5 ms for bind→ready and for unlink→404.
@@ -64,12 +70,46 @@ def poll_until(client: c.RawClient, target: str, done: bytes | int, t0: float,
             time.sleep(POLL_GAP[0])
 
 
+class Events:
+    """The daemon's event stream, followed on its own connection (close-delimited NDJSON)."""
+
+    def __init__(self, path: str):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(WAIT)
+        self.sock.connect(path)
+        self.sock.sendall(b"GET /v1/events?since=0&follow=1 HTTP/1.1\r\nHost: volplugd\r\n\r\n")
+        self.pending = b""
+        head, _, self.pending = self._until(b"\r\n\r\n").partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise SystemExit(f"event stream refused: {head[:80]!r}")
+
+    def _until(self, marker: bytes) -> bytes:
+        while marker not in self.pending:
+            data = self.sock.recv(65536)
+            if not data:
+                raise SystemExit("event stream ended")
+            self.pending += data
+        return self.pending
+
+    def wait_for(self, plugin: str, kind: str, to: str | None = None) -> None:
+        """Read events until ``plugin``'s event of type ``kind`` (and state ``to``)."""
+        while True:
+            line, _, self.pending = self._until(b"\n").partition(b"\n")
+            event = json.loads(line)
+            if event["plugin"] == plugin and event["type"] == kind and event["to"] == to:
+                return
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 @dataclass
 class Setup:
     plugins: Path
     responder: c.Responder
     daemon: c.Daemon
     ino: c.Inotify
+    events: Events | None = None  # None: poll tightly
 
 
 def one(name: str, setup: Setup, samples: Samples) -> None:
@@ -86,6 +126,8 @@ def one(name: str, setup: Setup, samples: Samples) -> None:
     sock.close()  # the responder holds its own copy now
     seen = ino.wait_for(f"{name}.sock", c.IN_CREATE, WAIT)
     samples.inotify_add.append(float("inf") if seen is None else seen - t0)
+    if setup.events is not None:
+        setup.events.wait_for(name, "state_changed", "ready")
     samples.ready.append(poll_until(daemon.client, target, b'"state":"ready"', t0, samples))
 
     t0 = time.monotonic()
@@ -93,6 +135,8 @@ def one(name: str, setup: Setup, samples: Samples) -> None:
     os.unlink(path)
     seen = ino.wait_for(f"{name}.sock", c.IN_DELETE, WAIT)
     samples.inotify_del.append(float("inf") if seen is None else seen - t0)
+    if setup.events is not None:
+        setup.events.wait_for(name, "evicted")
     samples.gone.append(poll_until(daemon.client, target, 404, t0, samples))
     responder.close(name)
 
@@ -111,9 +155,12 @@ def main() -> int:
     parser.add_argument("--poll-gap", type=float, default=0.0, metavar="SECONDS",
                         help="sleep between control-socket polls (default 0: tight); "
                              "shows how much the polling itself costs the daemon")
+    parser.add_argument("--client", choices=sorted(CLIENTS), action="append",
+                        help="which client(s) to run (default: poll, then events)")
     parser.add_argument("--profile", type=Path, metavar="FILE",
                         help="py-spy the daemon while sampling; raw stacks to FILE")
     args = parser.parse_args()
+    args.client = args.client or ["poll", "events"]
     c.exit_cleanly_on_sigterm()
     POLL_GAP[0] = args.poll_gap
     count = args.samples or (50 if args.quick else 200)
@@ -136,21 +183,35 @@ def main() -> int:
               f"{time.monotonic() - started:.1f} s ({took:.1f} s after the control socket)")
         ino = c.Inotify(plugins)
         stack.callback(ino.close)
-        samples = Samples()
-        profiler = None if args.profile is None else c.Profiler(daemon.pid, args.profile)
-        cpu0, wall0 = daemon.cpu_seconds(), time.monotonic()
-        setup = Setup(plugins, responder, daemon, ino)
-        for i in range(count):
-            one(f"new{i:03d}", setup, samples)
-        cpu = (daemon.cpu_seconds() - cpu0) / (time.monotonic() - wall0)
-        if profiler is not None:
-            profiler.stop()
-        report(samples, cpu)
-        stages(daemon, samples)
-        ok = samples.timeouts == 0 and max(c.percentile(samples.ready, 99),
-                                           c.percentile(samples.gone, 99)) <= GOAL
-        print(f"goal: p99 bind→ready and unlink→404 <= {GOAL * 1e3:.0f} ms: {c.verdict(ok)}")
+        verdicts = []
+        for client in args.client:
+            events = None
+            if client == "events":
+                events = Events(str(daemon.socket))
+                stack.callback(events.close)
+            print(f"\nclient: {CLIENTS[client]}")
+            samples = Samples()
+            profiler = None if args.profile is None else c.Profiler(daemon.pid, args.profile)
+            cpu0, wall0 = daemon.cpu_seconds(), time.monotonic()
+            setup = Setup(plugins, responder, daemon, ino, events)
+            for i in range(count):
+                one(f"{client}{i:03d}", setup, samples)
+            cpu = (daemon.cpu_seconds() - cpu0) / (time.monotonic() - wall0)
+            if profiler is not None:
+                profiler.stop()
+                args.profile = None  # one profile: of the first client
+            report(samples, cpu)
+            stages(daemon, samples, client)
+            ok = samples.timeouts == 0 and max(c.percentile(samples.ready, 99),
+                                               c.percentile(samples.gone, 99)) <= GOAL
+            verdicts.append(f"{client} {c.verdict(ok)}")
+        print(f"\ngoal: p99 bind→ready and unlink→404 <= {GOAL * 1e3:.0f} ms: "
+              f"{', '.join(verdicts)}")
     return 0
+
+
+CLIENTS = {"poll": "polls GET /v1/plugins/{name} tightly from t0",
+           "events": "waits for the plugin's event on /v1/events?follow=1, then GETs"}
 
 
 def report(samples: Samples, cpu: float) -> None:
@@ -169,7 +230,7 @@ def report(samples: Samples, cpu: float) -> None:
 STAGES = {"plugin_discovered": "add", "plugin_ready": "add", "plugin_evicted": "del"}
 
 
-def stages(daemon: c.Daemon, samples: Samples) -> None:
+def stages(daemon: c.Daemon, samples: Samples, prefix: str) -> None:
     """Where the time goes, from the daemon's own log lines (wall-clock timestamps):
     bind → plugin_discovered (watcher + loop) → plugin_ready (activation) and
     unlink → plugin_evicted. Activation retries would show up here too."""
@@ -181,7 +242,7 @@ def stages(daemon: c.Daemon, samples: Samples) -> None:
             event, plugin = record.get("event"), record.get("plugin", "")
             if event == "plugin_activation_failed":
                 failed.append(f"{plugin}: {record.get('error')}")
-            if event in STAGES and plugin.startswith("new"):
+            if event in STAGES and plugin.startswith(prefix):
                 when = datetime.fromisoformat(record["timestamp"]).timestamp()
                 logged.setdefault((plugin, event), when)
     spans: dict[str, list[float]] = {"bind → plugin_discovered logged": [],

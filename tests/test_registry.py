@@ -46,6 +46,8 @@ def test_events_are_numbered_bounded_and_filtered_by_since() -> None:
     for i in range(5):
         reg.record(EventType.DISCOVERED, f"p{i}", None, PluginState.ACTIVATING, "found")
     assert [e.seq for e in reg.events(0)] == [3, 4, 5]
+    assert [e.seq for e in reg.events(2)] == [3, 4, 5]
+    assert [e.seq for e in reg.events(3)] == [4, 5]
     assert [e.seq for e in reg.events(4)] == [5]
     assert reg.events(5) == ()
     assert reg.events(0)[-1].to_json() == {

@@ -30,6 +30,7 @@ class Registry:
 
     def __init__(self, *, max_events: int = 10_000, clock: Callable[[], float] = time.time):
         self._snapshot = EMPTY_SNAPSHOT
+        self._encoded: dict[str, bytes] = {}  # the current snapshot's encoded, unwrapped
         self._events: deque[Event] = deque(maxlen=max_events)
         self._seq = 0
         self._clock = clock
@@ -45,7 +46,7 @@ class Registry:
         apart from one C-level copy of each mapping."""
         old = self._snapshot
         names = views.keys() | old.plugins.keys() if changed is None else changed
-        encoded = dict(old.encoded)
+        encoded = self._encoded.copy()  # a dict's copy is one C loop; a mappingproxy's is not
         counts = dict(old.counts)
         for name in names:
             before, after = old.plugins.get(name), views.get(name)
@@ -60,6 +61,7 @@ class Registry:
         snap = Snapshot(MappingProxyType(dict(views)), MappingProxyType(encoded),
                         generation=old.generation + 1, published_at=self._clock(),
                         counts=MappingProxyType(counts))
+        self._encoded = encoded
         with self._changed:
             self._snapshot = snap
             self._changed.notify_all()
@@ -88,5 +90,6 @@ class Registry:
                 self._changed.wait_for(lambda: self._seq > since, wait)
             if self._seq <= since or not self._events:
                 return ()
-            start = max(0, since + 1 - self._events[0].seq)
-            return tuple(itertools.islice(self._events, start, None))
+            # From the newest end: a follower asks for the last few of 10 000 events.
+            newest = itertools.islice(reversed(self._events), self._seq - max(since, 0))
+            return tuple(reversed(list(newest)))
