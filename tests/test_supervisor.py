@@ -30,7 +30,7 @@ from volplugd.model import (
 )
 from volplugd.plugin.errors import PluginTimeout
 from volplugd.registry import Registry
-from volplugd.supervisor import Supervisor
+from volplugd.supervisor import SECOND_CHANCE, Supervisor
 
 FAST = ProbeSettings(interval=0.2, timeout=0.3, failure_threshold=2, success_threshold=1)
 TIMEOUTS = {"activate": 0.5, "default": 0.5}
@@ -222,6 +222,21 @@ def test_an_activation_retry_is_not_started_early(
     assert first.last_probe_at is not None
     assert second.last_probe_at is not None
     assert second.last_probe_at - first.last_probe_at >= 0.5
+
+
+def test_a_first_refusal_gets_a_second_chance_before_the_backoff(
+        start: Callable[..., Supervisor], plugins_dir: Path) -> None:
+    """A socket found bound but not listening is tried again after SECOND_CHANCE; only
+    that second refusal is recorded, and the back-off starts from it."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(str(plugins_dir / "late.sock"))  # and never listens
+        sup = start()
+        view = wait_until(lambda: _failed(sup, "late", 1), message="a recorded failure")
+        assert view.last_probe_at is not None
+        assert view.last_probe_at - view.registered_at >= SECOND_CHANCE
+        assert view.last_error == ("sending request to plugin late activation endpoint: "
+                                   f"dial unix {plugins_dir}/late.sock: connect: "
+                                   "connection refused")
 
 
 def _failed(sup: Supervisor, name: str, times: int) -> PluginView | None:

@@ -60,6 +60,7 @@ from volplugd.plugin.errors import (
     PluginTimeout,
     PluginUnreachable,
 )
+from volplugd.plugin.failures import Failure, classify
 from volplugd.plugin.models import Capabilities, Manifest
 from volplugd.plugin.multiplex import Multiplexer
 from volplugd.plugin.protocol import ACTIVATE, CAPABILITIES
@@ -77,6 +78,7 @@ LIVENESS = 1.0      # the loop runs at least this often, so its age shows a wedg
 # that woke the loop: one wake-up then serves several probes, which is most of the CPU saved.
 EARLY_SHARE = 0.02
 MAX_EARLY = 0.2
+SECOND_CHANCE = 0.02  # a first activation refused: bound but not yet listening; retry
 HINTS_PER_SCAN = 32  # more hinted names than this in one batch: one full scan is cheaper
 BURST_SCAN_DELAY = 0.25  # during a burst, one full scan covers the hints of this long
 
@@ -161,6 +163,7 @@ class Supervisor(Commands):
         self._tokens = itertools.count(1)
         self._ignored_logged: set[tuple[str, str]] = set()
         self._startup_pending: set[int] = set()
+        self._second_chance: set[int] = set()  # registrations refused once, retried soon
         self._started = threading.Event()
         self._stopped = threading.Event()
         self._urgent = False
@@ -441,6 +444,7 @@ class Supervisor(Commands):
         self._schedule.forget(tracked.token)
         self._startup_pending.discard(tracked.token)
         self._mux.forget(tracked.token)  # its call, if any, never reports
+        self._second_chance.discard(tracked.token)
         self._inflight.discard(tracked.token)
         self._dispatched_due.pop(tracked.token, None)
         client, _ = self._clients.pop(name)
@@ -536,9 +540,9 @@ class Supervisor(Commands):
         if tracked is None or tracked.token != done.token:
             return  # evicted or replaced while the job ran
         if done.kind == "activate":
-            self._apply_activation(tracked, done, now)
-            self._startup_pending.discard(done.token)
-            self._check_started()
+            if self._apply_activation(tracked, done, now):
+                self._startup_pending.discard(done.token)
+                self._check_started()
         else:
             self._apply_probe(tracked, done, due, now)
         view = self._tracked[done.name].view
@@ -546,10 +550,17 @@ class Supervisor(Commands):
             if not reply.done():
                 reply.set_result(view)
 
-    def _apply_activation(self, tracked: policy.Tracked, done: Done, now: float) -> None:
+    def _apply_activation(self, tracked: policy.Tracked, done: Done, now: float) -> bool:
+        """Apply an activation's result; False while it is only given a second chance."""
         result, wall = done.result, self._wall()
         if isinstance(result, NotAVolumePlugin):
             self._update(policy.rejected(tracked, result.implements, str(result), wall))
+        elif _refused(result) and tracked.token not in self._second_chance:
+            # A plugin binds its socket (we see it) a moment before it listens: a refusal
+            # right after discovery is that moment. Look again soon, before the back-off.
+            self._second_chance.add(tracked.token)
+            self._schedule.at(now + SECOND_CHANCE, tracked.token, tracked.desired.name)
+            return False
         elif isinstance(result, BaseException):
             new, delay = policy.activation_failed(tracked, _describe(result), wall)
             self._update(new)
@@ -563,6 +574,7 @@ class Supervisor(Commands):
             interval = self._settings.probe.interval
             self._schedule.at(now + random.uniform(0.1, 1.0) * interval,  # noqa: S311 - jitter
                               tracked.token, tracked.desired.name)
+        return True
 
     def _apply_probe(self, tracked: policy.Tracked, done: Done, due: float, now: float) -> None:
         settings, wall = self._settings.probe, self._wall()
@@ -677,6 +689,12 @@ def _refuse(message: object) -> None:
     reply = message.reply if isinstance(message, Rescan | ProbeNow) else None
     if reply is not None and not reply.done():
         reply.set_exception(Stopping())
+
+
+def _refused(result: object) -> bool:
+    """Nobody listens on the socket (not: the file is gone, or any other failure)."""
+    cause = result.__cause__ if isinstance(result, PluginUnreachable) else None
+    return cause is not None and classify(cause)[0] == Failure.REFUSED
 
 
 def _describe(err: BaseException) -> str:

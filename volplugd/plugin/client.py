@@ -195,9 +195,12 @@ class PluginClient:
         """The call's PluginError for an I/O failure: ``phase`` "send" until the answer's
         head is in, "read" after; BodyTooLarge for an answer over the cap."""
         if isinstance(error, transport.BodyTooLarge):
-            return PluginBadResponse(self._too_large(endpoint, error),
-                                     **self._ctx(endpoint, ""))
-        return self._transport_error(error, phase, endpoint, "", seconds)
+            failure: PluginError = PluginBadResponse(self._too_large(endpoint, error),
+                                                     **self._ctx(endpoint, ""))
+        else:
+            failure = self._transport_error(error, phase, endpoint, "", seconds)
+        failure.__cause__ = error  # as ``raise ... from error`` would set it
+        return failure
 
     def report(self, endpoint: str, outcome: str, seconds: float) -> None:
         """Call the ``on_request`` hook, as every call does."""
