@@ -105,3 +105,36 @@ def test_a_plugin_added_later_is_listed_in_name_order() -> None:
     assert [p["name"] for p in json.loads(snap.plugins_json())["plugins"]] == ["a", "b", "c"]
     ready = json.loads(snap.plugins_json(PluginState.READY))["plugins"]
     assert [p["name"] for p in ready] == ["a", "b", "c"]
+
+
+class CountedView(PluginView):
+    """A view that counts its encodings."""
+
+    __slots__ = ()
+    encoded: list[str] = []  # reset by the test that uses it
+
+    def to_json(self) -> dict[str, object]:
+        CountedView.encoded.append(self.name)
+        return super().to_json()
+
+
+def counted(name: str) -> PluginView:
+    return CountedView(name=name, address=f"unix:///p/{name}.sock", source=f"/p/{name}.sock",
+                       kind=Kind.SOCK, state=PluginState.READY, registered_at=0.0)
+
+
+def test_a_record_is_encoded_when_first_read_and_once_per_view() -> None:
+    """Publishing encodes nothing; a read encodes a view once, and later snapshots reuse
+    the bytes of every view that did not change."""
+    CountedView.encoded = []
+    reg = Registry()
+    a, b = counted("a"), counted("b")
+    first = reg.publish(views(a, b))
+    second = reg.publish(views(a, counted("b")), changed={"b"})
+    assert CountedView.encoded == []
+    assert first.encoded["a"] is second.encoded["a"]
+    assert CountedView.encoded == ["a"]
+    json.loads(second.plugins_json())
+    assert CountedView.encoded == ["a", "b"]
+    assert json.loads(first.encoded["b"])["name"] == "b"  # the old snapshot, its own view
+    assert CountedView.encoded == ["a", "b", "b"]

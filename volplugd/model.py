@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -146,15 +146,46 @@ def encode(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+class JsonRecords(Mapping[str, bytes]):
+    """Each plugin's JSON record, encoded when first read and then reused for as long as
+    its view is the same object. The cache is shared by successive snapshots: a plugin
+    probed a thousand times but never read is never encoded, and one read once per
+    change is encoded once per change. Any thread; two readers may both encode the same
+    view (the same bytes), which is cheaper than a lock on every read.
+    """
+
+    __slots__ = ("_cache", "_plugins")
+
+    def __init__(self, plugins: Mapping[str, PluginView],
+                 cache: dict[str, tuple[PluginView, bytes]]):
+        self._plugins = plugins
+        self._cache = cache
+
+    def __getitem__(self, name: str) -> bytes:
+        view = self._plugins[name]
+        hit = self._cache.get(name)
+        if hit is not None and hit[0] is view:
+            return hit[1]
+        data = encode(view.to_json())
+        self._cache[name] = (view, data)
+        return data
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._plugins)
+
+    def __len__(self) -> int:
+        return len(self._plugins)
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """What readers see: every plugin at one instant, with its JSON already encoded.
 
-    ``encoded[name]`` is the plugin's JSON, computed once when the view changed;
-    ``plugins_json()`` only joins bytes, and the unfiltered list is joined once per
-    snapshot, so 1000 records cost no re-encoding per request. ``plugins`` is in no
-    particular order (a new plugin must not cost a re-sort of all): ``names`` is sorted,
-    once per snapshot, when first read.
+    ``encoded[name]`` is the plugin's JSON, encoded at most once per version of its
+    view (``JsonRecords``); ``plugins_json()`` only joins bytes, and the unfiltered list
+    is joined once per snapshot, so 1000 records cost no re-encoding per request.
+    ``plugins`` is in no particular order (a new plugin must not cost a re-sort of all):
+    ``names`` is sorted, once per snapshot, when first read.
     """
 
     plugins: Mapping[str, PluginView]

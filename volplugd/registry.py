@@ -18,10 +18,10 @@ from volplugd.model import (
     EMPTY_SNAPSHOT,
     Event,
     EventType,
+    JsonRecords,
     PluginState,
     PluginView,
     Snapshot,
-    encode,
 )
 
 
@@ -30,7 +30,7 @@ class Registry:
 
     def __init__(self, *, max_events: int = 10_000, clock: Callable[[], float] = time.time):
         self._snapshot = EMPTY_SNAPSHOT
-        self._encoded: dict[str, bytes] = {}  # the current snapshot's encoded, unwrapped
+        self._json: dict[str, tuple[PluginView, bytes]] = {}  # shared by the snapshots
         self._events: deque[Event] = deque(maxlen=max_events)
         self._seq = 0
         self._clock = clock
@@ -42,11 +42,11 @@ class Registry:
     def publish(self, views: Mapping[str, PluginView],
                 changed: Iterable[str] | None = None) -> Snapshot:
         """Swap in a snapshot of ``views`` (in any order). Only the ``changed`` names
-        (default: all) are re-encoded and recounted, so a publish costs O(changes)
-        apart from one C-level copy of each mapping."""
+        (default: all) are recounted, so a publish costs O(changes) apart from one
+        C-level copy of ``views``. Nothing is encoded here: a record is encoded when a
+        reader first asks for it (``JsonRecords``), once per version of the view."""
         old = self._snapshot
         names = views.keys() | old.plugins.keys() if changed is None else changed
-        encoded = self._encoded.copy()  # a dict's copy is one C loop; a mappingproxy's is not
         counts = dict(old.counts)
         for name in names:
             before, after = old.plugins.get(name), views.get(name)
@@ -54,14 +54,14 @@ class Registry:
                 continue
             if before is not None:
                 counts[before.state.value] -= 1
-                del encoded[name]
             if after is not None:
                 counts[after.state.value] += 1
-                encoded[name] = encode(after.to_json())
-        snap = Snapshot(MappingProxyType(dict(views)), MappingProxyType(encoded),
+            else:
+                self._json.pop(name, None)
+        plugins = MappingProxyType(dict(views))
+        snap = Snapshot(plugins, JsonRecords(plugins, self._json),
                         generation=old.generation + 1, published_at=self._clock(),
                         counts=MappingProxyType(counts))
-        self._encoded = encoded
         with self._changed:
             self._snapshot = snap
             self._changed.notify_all()
