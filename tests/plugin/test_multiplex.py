@@ -306,6 +306,25 @@ def test_one_call_per_key_until_forget(mux: Multiplexer, silent: PluginClient) -
     assert results == {}
 
 
+def test_forget_drops_a_result_not_yet_handed_over(fake: FakePlugin, mux: Multiplexer,
+                                                  make_client: Make) -> None:
+    """A result waiting for the next poll is dropped by ``forget``, also when an earlier
+    ``done`` in the same poll forgets it."""
+    closed, results = make_client(), Results()
+    closed.close()
+    mux.call("early", closed, ACTIVATE, collect(results, "early"))  # fails at once
+    mux.forget("early")
+
+    def forget_late(result: object, seconds: float) -> None:
+        mux.forget("late")
+        collect(results, "first")(result, seconds)
+
+    mux.call("first", closed, ACTIVATE, forget_late)
+    mux.call("late", closed, ACTIVATE, collect(results, "late"))
+    mux.poll(0.0)
+    assert list(results) == ["first"]
+
+
 # -- failures before any answer: delivered through done, never raised --------------------
 
 REFUSED = "{}: dial unix {}: connect: connection refused"

@@ -26,6 +26,7 @@ import selectors
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Hashable
 
 import httptools
@@ -83,7 +84,7 @@ class _Answer:
 class _Call:
     """One call in flight: its request, its connection and what came back so far."""
 
-    __slots__ = ("answer", "client", "deadline", "done", "endpoint", "head_bytes", "key",
+    __slots__ = ("answer", "client", "deadline", "done", "dropped", "endpoint", "head_bytes", "key",
                  "pending", "received", "request", "reused", "seconds", "sock", "started",
                  "writing")
 
@@ -95,6 +96,7 @@ class _Call:
         self.sock: socket.socket | None = None
         self.reused = False  # on a kept-alive connection
         self.writing = False  # the selector also waits for room to send the rest
+        self.dropped = False  # forgotten after it finished, before its done() ran
         self.pending = memoryview(request)  # still to send
         self.received = False
         self.head_bytes = 0
@@ -117,7 +119,7 @@ class Multiplexer:
         self._idle: dict[Hashable, socket.socket] = {}
         self._timers: list[tuple[float, int, _Call]] = []  # deadlines and connect retries
         self._seq = itertools.count()
-        self._finished: list[tuple[_Call, object]] = []  # results not yet handed over
+        self._finished: deque[tuple[_Call, object]] = deque()  # results not handed over
 
     # -- the interface ------------------------------------------------------------------
     def call(self, key: Hashable, client: PluginClient, endpoint: str, done: Done,
@@ -140,13 +142,17 @@ class Multiplexer:
         self._connect(call)
 
     def busy(self, key: Hashable) -> bool:
+        """Whether a call for ``key`` is in flight."""
         return key in self._calls
 
     def forget(self, key: Hashable) -> None:
-        """Drop ``key``'s call (its ``done`` is never called) and its connection."""
+        """Drop ``key``'s call (its ``done`` is never called, even if it has already
+        finished and only waits to be handed over) and its connection."""
         call = self._calls.pop(key, None)
         if call is not None:
             self._close(call.sock)
+        for ended, _ in self._finished:
+            ended.dropped |= ended.key == key
         self._close(self._idle.pop(key, None))
 
     def wake(self) -> None:
@@ -174,9 +180,10 @@ class Multiplexer:
             elif self._idle.get(ready.data) is ready.fileobj:  # EOF or stray bytes
                 self._close(self._idle.pop(ready.data))
         self._run_timers(self._clock())
-        finished, self._finished = self._finished, []
-        for call, result in finished:
-            call.done(result, self._clock() - call.started)
+        while self._finished:  # a done() may forget a key, or start a call that ends at once
+            call, result = self._finished.popleft()
+            if not call.dropped:
+                call.done(result, self._clock() - call.started)
 
     def close(self) -> None:
         """Close every connection and the selector; pending calls are dropped."""
