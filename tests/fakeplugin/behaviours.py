@@ -18,7 +18,7 @@ from tests.fakeplugin.exchange import Exchange
 
 __all__ = [
     "Behaviour", "CloseMidAnswer", "Disconnect", "Drip", "ErrOn200", "Garbage", "Hang",
-    "HtmlError", "HugeBody", "Implements", "Json", "Normal", "Slow", "Status", "StatusErr",
+    "HtmlError", "HugeBody", "Implements", "Json", "Normal", "Raw", "Slow", "Status", "StatusErr",
     "parse",
 ]
 
@@ -103,6 +103,17 @@ class Garbage(Behaviour):
 
     def respond(self, ex: Exchange) -> None:
         ex.send(200, self.body)
+
+
+class Raw(Behaviour):
+    """Answers with these bytes, whatever they are (not HTTP, chunked...), then closes."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def respond(self, ex: Exchange) -> None:
+        ex.write(self.data)
+        ex.close()
 
 
 class HtmlError(Behaviour):

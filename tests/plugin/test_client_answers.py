@@ -10,7 +10,6 @@ import pytest
 
 from tests.fakeplugin import FakePlugin
 from tests.fakeplugin import behaviours as b
-from tests.fakeplugin.exchange import Exchange
 from volplugd.plugin import (
     Capabilities,
     NotAPlugin,
@@ -342,21 +341,10 @@ def test_closed_without_answer_is_unreachable_and_not_retried(fake: FakePlugin,
     assert [r.path for r in fake.requests] == ["/VolumeDriver.Create"]
 
 
-class RawAnswer(b.Behaviour):
-    """Answers with these bytes, whatever they are, then closes."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def respond(self, ex: Exchange) -> None:
-        ex.write(self.data)
-        ex.close()
-
-
 def test_an_answer_that_is_not_http_is_a_bad_response(fake: FakePlugin,
                                                       client: PluginClient) -> None:
     """Bytes that are not an HTTP status line are PluginBadResponse."""
-    fake.set("/VolumeDriver.List", RawAnswer(b"SSH-2.0-OpenSSH_9.2\r\n\r\n"))
+    fake.set("/VolumeDriver.List", b.Raw(b"SSH-2.0-OpenSSH_9.2\r\n\r\n"))
     with pytest.raises(PluginBadResponse) as caught:
         client.list()
     assert str(caught.value) == (

@@ -47,17 +47,6 @@ Make = Callable[..., PluginClient]
 Conns = list[socket.socket]
 
 
-class Raw(b.Behaviour):
-    """Answers with these bytes, whatever they are, then closes."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def respond(self, ex: Exchange) -> None:
-        ex.write(self.data)
-        ex.close()
-
-
 class EndlessHead(b.Behaviour):
     """A status line, then 1 KiB headers until the client goes away (the write fails)."""
 
@@ -178,9 +167,9 @@ CASES: dict[str, tuple[b.Behaviour, float | None, bool]] = {
     "http10-status-err": (b.StatusErr(400, "bad"), None, True),
     "close-mid": (b.CloseMidAnswer(), None, False),
     "disconnect": (b.Disconnect(), None, False),
-    "ssh-banner": (Raw(b"SSH-2.0-OpenSSH_9.2\r\n\r\n"), None, False),
-    "chunked": (Raw(CHUNKED), None, False),
-    "eof-ended": (Raw(EOF_ENDED), None, False),
+    "ssh-banner": (b.Raw(b"SSH-2.0-OpenSSH_9.2\r\n\r\n"), None, False),
+    "chunked": (b.Raw(CHUNKED), None, False),
+    "eof-ended": (b.Raw(EOF_ENDED), None, False),
 }
 
 
@@ -203,7 +192,7 @@ def test_the_result_is_the_blocking_clients(sock_path: str, mux: Multiplexer, ma
 def test_answers_without_a_length_are_read_whole(fake: FakePlugin, mux: Multiplexer,
                                                  client: PluginClient, raw: bytes) -> None:
     """A chunked answer, and one without Content-Length that ends at EOF, parse completely."""
-    fake.set(ACTIVATE, Raw(raw))
+    fake.set(ACTIVATE, b.Raw(raw))
     assert run(mux, client, ACTIVATE) == VOLUME_DRIVER
 
 
