@@ -555,7 +555,8 @@ class Supervisor(Commands):
         result, wall = done.result, self._wall()
         if isinstance(result, NotAVolumePlugin):
             self._update(policy.rejected(tracked, result.implements, str(result), wall))
-        elif _refused(result) and tracked.token not in self._second_chance:
+        elif (_refused(result) and not tracked.activation_failures
+              and tracked.token not in self._second_chance):
             # A plugin binds its socket (we see it) a moment before it listens: a refusal
             # right after discovery is that moment. Look again soon, before the back-off.
             self._second_chance.add(tracked.token)

@@ -245,9 +245,10 @@ class Multiplexer:
     # -- receiving ----------------------------------------------------------------------
 
     def _on_ready(self, call: _Call, mask: int) -> None:
+        sock = call.sock
         if mask & selectors.EVENT_WRITE and call.pending:
-            self._send(call)
-        if mask & selectors.EVENT_READ:
+            self._send(call)  # may end the call, or move it to a new connection
+        if mask & selectors.EVENT_READ and call.sock is sock and self._calls.get(call.key) is call:
             self._receive(call)
 
     def _receive(self, call: _Call) -> None:
