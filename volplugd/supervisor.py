@@ -5,11 +5,10 @@ reconciles the scanned desired state against what it tracks (``policy.plan``), s
 activations and probes (at most one per plugin registration in flight), applies the
 results through the pure transitions of ``policy`` and publishes an immutable snapshot.
 
-Activations and probes of unix-socket plugins are non-blocking exchanges that the loop
-itself multiplexes (``plugin.multiplex``): it waits on their sockets and on its queue at
-once, so a probe costs no thread hand-off and a hung plugin costs only a socket. TCP and
-TLS plugins are called on a small pool of daemon threads; volume operations from the API
-on another.
+Activations and probes go through ``calls``: for unix-socket plugins they are
+non-blocking exchanges that the loop itself multiplexes (its wait covers their sockets
+and its queue at once), so a probe costs no thread hand-off and a hung plugin costs only
+a socket. Volume operations from the API run on a pool of daemon threads.
 
 Runs on: ``run()`` on one thread (the daemon's main thread); ``put`` and the
 Commands methods from any thread; jobs on the worker pools.
@@ -26,10 +25,11 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from volplugd import policy
-from volplugd.config import ProbeSettings, Settings
+from volplugd.calls import Calls, Done
+from volplugd.config import Settings
 from volplugd.discovery import ScanResult, Watcher, plugin_path_of, scan, scan_one
 from volplugd.log import get_logger
 from volplugd.model import (
@@ -61,9 +61,6 @@ from volplugd.plugin.errors import (
     PluginUnreachable,
 )
 from volplugd.plugin.failures import Failure, classify
-from volplugd.plugin.models import Capabilities, Manifest
-from volplugd.plugin.multiplex import Multiplexer
-from volplugd.plugin.protocol import ACTIVATE, CAPABILITIES
 from volplugd.registry import Registry
 from volplugd.scheduling import Schedule, WorkerPool, current_pool
 
@@ -98,26 +95,6 @@ class Reload:
     """Re-read the configuration (SIGHUP)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Done:
-    """An activation or probe finished (a fact from a worker thread or the multiplexer)."""
-
-    kind: str  # "activate" | "probe"
-    name: str
-    token: int
-    result: Any  # (implements, scope) | True | an exception
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class _Job:
-    """A multiplexed activation or probe: whose, and when it started (loop clock)."""
-
-    name: str
-    token: int
-    started: float
-
-
 class Supervisor(Commands):
     """Owns every plugin's state; everything else talks to it through messages."""
 
@@ -149,8 +126,7 @@ class Supervisor(Commands):
         self._wall = wall
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._watcher = watcher_factory(settings.discovery.dirs, self.put)
-        self._mux = Multiplexer()  # activations and probes of unix-socket plugins
-        self._pool = WorkerPool(workers, "volplugd-tcp")  # the same for TCP/TLS plugins
+        self._calls = Calls(self._apply_result, self.put, workers=workers, clock=clock)
         self._ops = WorkerPool(op_workers, "volplugd-op")
         self._tracked: dict[str, policy.Tracked] = {}
         self._views: dict[str, PluginView] = {}  # what the next snapshot shows, by name
@@ -180,7 +156,7 @@ class Supervisor(Commands):
 
     def put(self, message: object) -> None:
         self._queue.put(message)
-        self._mux.wake()
+        self._calls.wake()
 
     def snapshot(self) -> Snapshot:
         return self._registry.snapshot()
@@ -253,7 +229,7 @@ class Supervisor(Commands):
 
     def _iterate(self) -> bool:
         # Results of multiplexed calls are applied inside poll; messages after it.
-        self._mux.poll(0.0 if not self._queue.empty() else self._sleep_time())
+        self._calls.poll(0.0 if not self._queue.empty() else self._sleep_time())
         batch: list[object] = []
         while len(batch) < MAX_BATCH:
             try:
@@ -334,8 +310,7 @@ class Supervisor(Commands):
             except queue.Empty:
                 break
         self._watcher.stop()
-        self._mux.close()
-        self._pool.stop()
+        self._calls.close()
         self._ops.stop()
         for client, _ in self._clients.values():
             client.close()
@@ -443,7 +418,7 @@ class Supervisor(Commands):
         self._show(name, None)
         self._schedule.forget(tracked.token)
         self._startup_pending.discard(tracked.token)
-        self._mux.forget(tracked.token)  # its call, if any, never reports
+        self._calls.forget(tracked.token)  # its call, if any, never reports
         self._second_chance.discard(tracked.token)
         self._inflight.discard(tracked.token)
         self._dispatched_due.pop(tracked.token, None)
@@ -470,68 +445,20 @@ class Supervisor(Commands):
         if tracked is None or tracked.token != token or token in self._inflight:
             return
         client, _ = self._clients[name]
-        activate = tracked.state in (PluginState.ACTIVATING, PluginState.REJECTED)
-        if not activate:
-            self._observer.probe_lateness(now - due)
         self._inflight.add(token)
         self._dispatched_due[token] = due
-        if not client.address.is_unix:
-            job: Callable[[], object] = (partial(self._activate_job, client) if activate
-                                         else partial(self._probe_job, client,
-                                                      self._settings.probe))
-            kind = "activate" if activate else "probe"
-            self._pool.submit(partial(self._run_job, kind, name, token, job))
-        elif activate:
-            self._mux.call(token, client, ACTIVATE,
-                           partial(self._activated, _Job(name, token, now), client))
+        if tracked.state in (PluginState.ACTIVATING, PluginState.REJECTED):
+            timeout = self._settings.plugin.timeouts.get("activate")  # for Capabilities
+            self._calls.activate(name, token, client, timeout)
         else:
-            probe = self._settings.probe
-            self._mux.call(token, client, probe.endpoint,
-                           partial(self._probed, _Job(name, token, now)), probe.timeout)
-
-    def _activated(self, job: _Job, client: PluginClient, result: object, _: float) -> None:
-        """Activate answered (multiplexed): ask for the scope, as ``_activate_job`` does."""
-        if isinstance(result, Manifest):
-            self._mux.call(job.token, client, CAPABILITIES,
-                           partial(self._scoped, job, result.implements),
-                           self._settings.plugin.timeouts.get("activate"))
-        else:
-            self._finish(job, "activate", result)
-
-    def _scoped(self, job: _Job, implements: tuple[str, ...], result: object, _: float) -> None:
-        scope = result.scope if isinstance(result, Capabilities) else None
-        self._finish(job, "activate", result if scope is None else (implements, scope))
-
-    def _probed(self, job: _Job, result: object, _: float) -> None:
-        self._finish(job, "probe", result if isinstance(result, BaseException) else True)
-
-    def _finish(self, job: _Job, kind: str, result: object) -> None:
-        now = self._clock()
-        self._apply_done(Done(kind, job.name, job.token, result, now - job.started), now)
-
-    def _run_job(self, kind: str, name: str, token: int, job: Callable[[], object]) -> None:
-        started = time.monotonic()
-        try:
-            result: object = job()
-        except Exception as err:  # noqa: BLE001 - every failure becomes a fact for the loop
-            result = err
-        self.put(Done(kind, name, token, result, time.monotonic() - started))
-
-    def _activate_job(self, client: PluginClient) -> tuple[tuple[str, ...], str]:
-        manifest = client.activate()
-        timeout = self._settings.plugin.timeouts.get("activate")
-        return manifest.implements, client.capabilities(timeout=timeout).scope
-
-    @staticmethod
-    def _probe_job(client: PluginClient, settings: ProbeSettings) -> bool:
-        call: Callable[..., object] = {
-            "/VolumeDriver.Capabilities": client.capabilities,
-            "/VolumeDriver.List": client.list,
-        }.get(settings.endpoint, client.activate)
-        call(timeout=settings.timeout)
-        return True
+            self._observer.probe_lateness(now - due)
+            self._calls.probe(name, token, client, self._settings.probe)
 
     # --- applying results -------------------------------------------------------
+
+    def _apply_result(self, done: Done) -> None:
+        """A multiplexed activation or probe finished (called inside ``Calls.poll``)."""
+        self._apply_done(done, self._clock())
 
     def _apply_done(self, done: Done, now: float) -> None:
         self._inflight.discard(done.token)
