@@ -27,6 +27,14 @@ def calls() -> Iterator[tuple[Calls, list[Done], queue.SimpleQueue[object]]]:
     subject.close()
 
 
+@pytest.fixture
+def plugin(short_tmp: Path) -> Iterator[tuple[FakePlugin, PluginClient]]:
+    """A fake unix-socket plugin "u" and a client for it."""
+    path = str(short_tmp / "u.sock")
+    with FakePlugin(path) as fake, PluginClient("u", PluginAddress("unix", path)) as client:
+        yield fake, client
+
+
 def poll_until_done(calls: Calls, done: list[Done]) -> Done:
     def finished() -> bool:
         calls.poll(0.05)
@@ -36,32 +44,30 @@ def poll_until_done(calls: Calls, done: list[Done]) -> Done:
 
 
 def test_a_unix_activation_is_activate_then_capabilities(
-        short_tmp: Path, calls: tuple[Calls, list[Done], queue.SimpleQueue[object]]) -> None:
+        plugin: tuple[FakePlugin, PluginClient],
+        calls: tuple[Calls, list[Done], queue.SimpleQueue[object]]) -> None:
     """Both calls on the multiplexer, one Done with (implements, scope), on the poller."""
-    subject, done, put = calls
-    with FakePlugin(str(short_tmp / "u.sock")) as fake, \
-            PluginClient("u", PluginAddress("unix", str(short_tmp / "u.sock"))) as client:
-        subject.activate("u", 7, client, 2.0)
-        result = poll_until_done(subject, done)
-        assert (result.kind, result.name, result.token) == ("activate", "u", 7)
-        assert result.result == (("VolumeDriver",), "local")
-        assert [r.path for r in fake.requests] == [ACTIVATE, CAPABILITIES]
+    (fake, client), (subject, done, put) = plugin, calls
+    subject.activate("u", 7, client, 2.0)
+    result = poll_until_done(subject, done)
+    assert (result.kind, result.name, result.token) == ("activate", "u", 7)
+    assert result.result == (("VolumeDriver",), "local")
+    assert [r.path for r in fake.requests] == [ACTIVATE, CAPABILITIES]
     assert put.empty()
 
 
 def test_a_unix_probe_that_times_out_is_a_done_with_the_error(
-        short_tmp: Path, calls: tuple[Calls, list[Done], queue.SimpleQueue[object]]) -> None:
+        plugin: tuple[FakePlugin, PluginClient],
+        calls: tuple[Calls, list[Done], queue.SimpleQueue[object]]) -> None:
     """A hung plugin's probe ends at its timeout as Done(probe, PluginTimeout)."""
-    subject, done, _ = calls
-    with FakePlugin(str(short_tmp / "h.sock")) as fake, \
-            PluginClient("h", PluginAddress("unix", str(short_tmp / "h.sock"))) as client:
-        fake.set(ACTIVATE, b.Hang())
-        subject.probe("h", 3, client, ProbeSettings(interval=1.0, timeout=0.2))
-        result = poll_until_done(subject, done)
-        assert (result.kind, result.token) == ("probe", 3)
-        assert isinstance(result.result, PluginTimeout)
-        assert str(result.result) == ("sending request to plugin h activation endpoint: "
-                                      "timed out: no complete answer within 0.2 s")
+    (fake, client), (subject, done, _) = plugin, calls
+    fake.set(ACTIVATE, b.Hang())
+    subject.probe("u", 3, client, ProbeSettings(interval=1.0, timeout=0.2))
+    result = poll_until_done(subject, done)
+    assert (result.kind, result.token) == ("probe", 3)
+    assert isinstance(result.result, PluginTimeout)
+    assert str(result.result) == ("sending request to plugin u activation endpoint: "
+                                  "timed out: no complete answer within 0.2 s")
 
 
 def test_a_tcp_activation_runs_on_the_pool_and_is_put(
