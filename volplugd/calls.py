@@ -60,7 +60,8 @@ class Calls:
         self._put = put
         self._clock = clock
         self._mux = Multiplexer()
-        self._pool = WorkerPool(workers, "volplugd-tcp")
+        self._workers = workers
+        self._pool: WorkerPool | None = None  # started for the first TCP/TLS plugin
 
     def activate(self, name: str, token: int, client: PluginClient,
                  capabilities_timeout: float | None) -> None:
@@ -96,7 +97,8 @@ class Calls:
 
     def close(self) -> None:
         self._mux.close()
-        self._pool.stop()
+        if self._pool is not None:
+            self._pool.stop()
 
     # -- multiplexed: the loop's thread ---------------------------------------------
     def _activated(self, job: _Job, client: PluginClient, timeout: float | None,
@@ -120,6 +122,8 @@ class Calls:
 
     # -- TCP and TLS: the pool's threads ----------------------------------------------
     def _submit(self, kind: str, name: str, token: int, job: Callable[[], object]) -> None:
+        if self._pool is None:
+            self._pool = WorkerPool(self._workers, "volplugd-tcp")
         self._pool.submit(partial(self._run, kind, name, token, job))
 
     def _run(self, kind: str, name: str, token: int, job: Callable[[], object]) -> None:
