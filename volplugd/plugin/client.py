@@ -176,9 +176,9 @@ class PluginClient:
         Raises PluginError as the call would (closed client, socket file gone...)."""
         request = self._requests.get(endpoint)
         if request is None:
-            if endpoint not in self._answers():
+            if endpoint not in self._answers:
                 raise ValueError(f"{endpoint} cannot be driven from outside; "
-                                 f"only {sorted(self._answers())}")
+                                 f"only {sorted(self._answers)}")
             request = self._requests[endpoint] = request_bytes(endpoint, self._headers, b"")
         seconds = self._seconds(endpoint, timeout)
         self._check_open(endpoint, "")
@@ -188,7 +188,7 @@ class PluginClient:
 
     def conclude(self, endpoint: str, status: int, body: bytes) -> object:
         """What the call returns for this answer; raises PluginError as the call would."""
-        return self._answers()[endpoint](status, body)
+        return self._answers[endpoint](status, body)
 
     def failure(self, error: Exception, phase: str, endpoint: str,
                 seconds: float) -> PluginError:
@@ -206,7 +206,9 @@ class PluginClient:
         """Call the ``on_request`` hook, as every call does."""
         self._report(endpoint, outcome, seconds)
 
+    @functools.cached_property
     def _answers(self) -> dict[str, Callable[[int, bytes], object]]:
+        """The interpreters of the calls ``begin`` allows (built once, read per answer)."""
         return {ACTIVATE: self._manifest, CAPABILITIES: self._capabilities,
                 LIST: self._checked(LIST, "", parse_volumes)}
 
