@@ -5,18 +5,27 @@ Used by every system test; nothing here is mocked.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.waiting import wait_until
+
+PACKAGE = Path(__file__).resolve().parents[1] / "volplugd"
+SYSTEM_PYTHON = "/usr/bin/python3"
+NOBODY = 65534
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -52,6 +61,43 @@ def call(sock_path: str, method: str, path: str, body: Any = None,
         return resp.status, raw
     finally:
         conn.close()
+
+
+@contextlib.contextmanager
+def readable_package() -> Iterator[Path]:
+    """A world-readable temp folder holding a copy of the ``volplugd`` package.
+
+    Another uid cannot import the checkout when it sits in a 0700 folder (root's home,
+    ``mktemp -d``); it imports this copy instead (``PYTHONPATH``), with the system Python.
+    """
+    root = Path(tempfile.mkdtemp(prefix="vp-pkg-", dir="/tmp"))
+    try:
+        shutil.copytree(PACKAGE, root / "volplugd", ignore=shutil.ignore_patterns("__pycache__"))
+        for path in [root, *root.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run_as(uid: int, argv: Sequence[str], *, pythonpath: Path | None = None,
+           timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` as ``uid`` (its gid the same number, no supplementary groups).
+
+    It starts in ``/`` with a bare environment, so nothing of the checkout (the working
+    directory, the venv, ``sys.path``) has to be readable by that uid. Skips the test
+    where switching users is impossible (no ``setpriv``, not root).
+    """
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    if os.geteuid() != 0:
+        pytest.skip(f"switching to uid {uid} needs root")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    return subprocess.run(
+        ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv],
+        capture_output=True, text=True, timeout=timeout, check=False, cwd="/", env=env)
 
 
 class Daemon:

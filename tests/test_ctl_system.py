@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,17 +19,15 @@ import pytest
 
 from tests.fakeplugin import FakePlugin
 from tests.fakeplugin import behaviours as b
-from tests.harness import Daemon
+from tests.harness import NOBODY, SYSTEM_PYTHON, Daemon, readable_package, run_as
 from tests.plugin import test_buttervolume as bv
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.system
 butter = bv.buttervolume  # that module's fixture (module scope), reused as is under this name
 
-REPO = Path(__file__).resolve().parents[1]
 VOLPLUGCTL = str(Path(sys.executable).with_name("volplugctl"))
 HINT = "(is volplugd running? set --socket or VOLPLUGD_SOCKET)"
-NOBODY = 65534
 # Fast probes so that a hung plugin turns unhealthy within about a second (used only
 # where a plugin is meant to fail: elsewhere a loaded machine must not flip states).
 FAST_PROBES = ["--probe-interval", "0.5", "--probe-timeout", "0.4", "--failure-threshold", "1"]
@@ -257,17 +254,12 @@ def test_stopped_daemon_exits_3_with_the_hint(running: tuple[Daemon, FakePlugin]
 
 
 def _as_nobody(d: Daemon, *argv: str) -> subprocess.CompletedProcess[str]:
-    if shutil.which("setpriv") is None:
-        pytest.skip("setpriv (util-linux) is not installed")
-    if os.geteuid() != 0:
-        pytest.skip("switching to uid 65534 needs root")
-    # The venv's interpreter lives under /root (0700); the system Python runs the module.
+    # The checkout and the venv's interpreter may sit in a 0700 folder (root's home):
+    # the system Python runs a world-readable copy of the package (volplugctl is stdlib).
     code = "import sys; from volplugd.ctl import main; sys.exit(main())"
-    return subprocess.run(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-         "/usr/bin/python3", "-c", code, "--socket", d.socket, *argv],
-        capture_output=True, text=True, timeout=60, check=False,
-        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO)})
+    with readable_package() as copy:
+        return run_as(NOBODY, [SYSTEM_PYTHON, "-P", "-B", "-c", code, "--socket", d.socket,
+                               *argv], pythonpath=copy)
 
 
 def test_other_users_get_permission_denied_or_forbidden(
