@@ -48,6 +48,7 @@ class ConfigError(ValueError):
 class DiscoverySettings:
     dirs: tuple[str, ...] = DEFAULT_DIRS
     rescan_interval: float = 30.0
+    trust: tuple[str, ...] = ()  # folders trusted whatever their owner and modes
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,7 +359,8 @@ _HOSTNAME = re.compile(rf"{_LABEL}(\.{_LABEL})*\.?")
 # tests prove this table names every field of every dataclass.
 _SECTIONS: Mapping[str, tuple[type, Mapping[str, Check]]] = {
     "discovery": (DiscoverySettings, {
-        "dirs": _array_of(_path, allow_empty=False), "rescan_interval": _seconds}),
+        "dirs": _array_of(_path, allow_empty=False), "rescan_interval": _seconds,
+        "trust": _array_of(_path, allow_empty=True)}),
     "probe": (ProbeSettings, {
         "interval": _seconds, "timeout": _seconds, "failure_threshold": _count,
         "success_threshold": _count, "endpoint": _endpoint}),

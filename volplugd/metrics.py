@@ -38,6 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from volplugd.log import get_logger
 from volplugd.model import PluginState, PluginView, Snapshot
+from volplugd.plugin.text import safe_text
 
 __all__ = [
     "PROBE_BUCKETS",
@@ -98,7 +99,9 @@ def _number(value: float) -> str:
 
 
 def _label(value: str) -> str:
-    """Escape a label value for the text format (backslash, newline, double quote)."""
+    """Escape a label value for the text format (backslash, newline, double quote); a
+    lone surrogate (never valid UTF-8) is first escaped visibly by ``safe_text``."""
+    value = safe_text(value, None)
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 

@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 from volplugd.plugin.address import PluginAddress
 from volplugd.plugin.client import PluginClient
+from volplugd.plugin.text import json_printable, safe_value
 
 T = TypeVar("T")
 
@@ -142,8 +143,18 @@ class Event:
 
 
 def encode(obj: Any) -> bytes:
-    """The one JSON encoding of the control API (compact separators, UTF-8)."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    """The one JSON encoding of the control API (compact separators, always valid UTF-8;
+    control characters and bidi overrides always as ``\\uXXXX`` escapes).
+
+    Outside text is made safe where it enters; should a lone surrogate get here anyway
+    (a bug, or text from a path no one checked), it is escaped visibly (``\\xff``,
+    ``\\ud800``) instead of failing the whole answer.
+    """
+    text = json_printable(json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return encode(safe_value(obj, None))
 
 
 class JsonRecords(Mapping[str, bytes]):

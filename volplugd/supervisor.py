@@ -322,7 +322,7 @@ class Supervisor(Commands):
     # --- discovery -> desired state -> plan ---------------------------------------
 
     def _scan_dirs(self) -> ScanResult:
-        return scan(self._settings.discovery.dirs)
+        return scan(self._settings.discovery.dirs, self._settings.discovery.trust)
 
     def _apply_hints(self, paths: list[str], now: float) -> None:
         """Re-resolve only the plugins the hinted paths concern; anything else
@@ -337,7 +337,8 @@ class Supervisor(Commands):
             self._burst_scan = self._burst_scan or now + BURST_SCAN_DELAY
             return
         for name in sorted(n for n in names if n is not None):
-            self._apply_scan(scan_one(name, dirs), now, only=name)
+            self._apply_scan(scan_one(name, dirs, self._settings.discovery.trust), now,
+                             only=name)
 
     def _full_scan(self, trigger: str, now: float) -> RescanResult:
         self._burst_scan = None  # this scan covers every hint so far
@@ -373,6 +374,7 @@ class Supervisor(Commands):
         for want in plan.add:
             self._register(want, now)
         for want in plan.rewarn:
+            _log_warnings(want, known=self._tracked[want.name].desired.warnings)
             self._update(policy.rewarned(self._tracked[want.name], want), urgent=True)
         if plan:
             self._urgent = True
@@ -396,8 +398,7 @@ class Supervisor(Commands):
         self._registry.record(EventType.DISCOVERED, want.name, None, PluginState.ACTIVATING,
                               want.source)
         self._observer.discovery("added")
-        for warning in want.warnings:
-            log.warning("plugin_shadowing", plugin=want.name, warning=warning)
+        _log_warnings(want)
         log.info("plugin_discovered", plugin=want.name, address=want.address.url,
                  source=want.source)
         self._schedule.at(now, token, want.name)
@@ -610,6 +611,14 @@ _STATE_EVENTS = {
     PluginState.REJECTED: "plugin_rejected",
     PluginState.ACTIVATING: "plugin_activating",
 }
+
+
+def _log_warnings(want: DesiredPlugin, known: tuple[str, ...] = ()) -> None:
+    """Each of a plugin's file warnings (shadowing, an untrusted folder, https without
+    verification) once per registration, and again only when it is new."""
+    for warning in want.warnings:
+        if warning not in known:
+            log.warning("plugin_warning", plugin=want.name, warning=warning)
 
 
 def _refuse(message: object) -> None:

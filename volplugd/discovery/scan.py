@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import NamedTuple
 
+from volplugd.discovery.trust import UNTRUSTED, Trust
 from volplugd.model import DesiredPlugin, FileIdentity, Kind
 from volplugd.plugin.address import PluginAddress, address_from_socket, load_address
 from volplugd.plugin.errors import PluginAddressError
@@ -61,7 +62,8 @@ class _Candidate(NamedTuple):  # a tuple: scans build a thousand of these
 class _Found:
     """What one scan collects before the winners are chosen."""
 
-    def __init__(self) -> None:
+    def __init__(self, trusted: Sequence[str]) -> None:
+        self.trust = Trust(trusted)  # one per scan: each folder is judged once
         self.candidates: dict[str, list[_Candidate]] = {}
         self.ignored: list[Ignored] = []
         self.present: list[str] = []
@@ -86,23 +88,25 @@ class _Found:
     def result(self) -> ScanResult:
         desired = {}
         for name in sorted(self.candidates):
-            winner = _choose(self.candidates[name], self.ignored)
+            winner = _choose(self.candidates[name], self.ignored, self.trust)
             if winner is not None:
                 desired[name] = winner
         return ScanResult(MappingProxyType(desired), tuple(self.ignored), tuple(self.present))
 
 
-def scan(dirs: Sequence[str]) -> ScanResult:
-    """Every plugin the directories offer, resolved by Docker's precedence."""
-    found = _Found()
+def scan(dirs: Sequence[str], trusted: Sequence[str] = ()) -> ScanResult:
+    """Every plugin the directories offer, resolved by Docker's precedence. Paths in
+    ``trusted`` (``discovery.trust``) are trusted whatever their modes (see ``trust``)."""
+    found = _Found(trusted)
     for order, root in _existing_dirs(dirs, found):
         _scan_dir(root, order, found)
     return found.result()
 
 
-def scan_one(name: str, dirs: Sequence[str]) -> ScanResult:
-    """What ``scan(dirs)`` would say about ``name`` alone, looking at its paths only."""
-    found = _Found()
+def scan_one(name: str, dirs: Sequence[str], trusted: Sequence[str] = ()) -> ScanResult:
+    """What ``scan(dirs, trusted)`` would say about ``name`` alone, looking at its paths
+    only."""
+    found = _Found(trusted)
     for order, root in _existing_dirs(dirs, found):
         if not _is_plugin_name(name):
             continue
@@ -214,34 +218,69 @@ def _unstattable(path: str, err: OSError, ignored: list[Ignored]) -> None:
     # else there is no such file (or it vanished during the scan): nothing to say
 
 
-def _choose(candidates: list[_Candidate], ignored: list[Ignored]) -> DesiredPlugin | None:
+def _choose(candidates: list[_Candidate], ignored: list[Ignored], trust: Trust
+            ) -> DesiredPlugin | None:
     """The best usable candidate; the others it shadows become warnings."""
     if len(candidates) == 1:  # the common case, kept cheap
-        best = candidates[0]
-        address = _address(best, ignored)
-        return None if address is None else DesiredPlugin(
-            best.name, address, best.path, best.kind, FileIdentity.of(best.st))
+        return _desired(candidates[0], (), ignored, trust)
     candidates.sort()  # by rank first; ranks are unique per candidate path
     for i, best in enumerate(candidates):
-        address = _address(best, ignored)
-        if address is None:
-            continue
         # Two links to the same file are one plugin, not a duplicate.
         shadowed = [c.path for c in candidates[i + 1:] if not _same_file(c.st, best.st)]
+        desired = _desired(best, tuple(f"shadows {p}" for p in shadowed), ignored, trust)
+        if desired is None:
+            continue
         ignored.extend(Ignored(p, f"shadowed by {best.path}") for p in shadowed)
-        return DesiredPlugin(best.name, address, best.path, best.kind, FileIdentity.of(best.st),
-                             warnings=tuple(f"shadows {p}" for p in shadowed))
+        return desired
     return None
 
 
-def _address(candidate: _Candidate, ignored: list[Ignored]) -> PluginAddress | None:
+def _desired(candidate: _Candidate, warnings: tuple[str, ...], ignored: list[Ignored],
+             trust: Trust) -> DesiredPlugin | None:
+    """The plugin ``candidate`` offers, with its warnings; None if it offers none."""
+    untrusted = trust.plugin_file(candidate.path, candidate.st,
+                                  nested=_is_nested(candidate))
+    address = _address(candidate, ignored, untrusted)
+    if address is None:
+        return None
+    if untrusted is not None:
+        warnings = (UNTRUSTED + untrusted, *warnings)
+    if address.tls is not None and address.tls.insecure_skip_verify:
+        warnings = (*warnings, _UNVERIFIED[candidate.kind])
+    return DesiredPlugin(candidate.name, address, candidate.path, candidate.kind,
+                         FileIdentity.of(candidate.st), warnings=warnings)
+
+
+# An https plugin without certificate verification: anyone on the path can pose as it.
+_UNVERIFIED = {
+    Kind.SPEC: "https without certificate verification (a .spec file's https address "
+               "is never verified, as in Docker)",
+    Kind.JSON: "https without certificate verification (TLSConfig has no CAFile, or "
+               "InsecureSkipVerify)",
+    Kind.SOCK: "https without certificate verification",
+}
+
+
+_NESTED = frozenset(position for (_, nested), position in _POSITION.items() if nested)
+
+
+def _is_nested(candidate: _Candidate) -> bool:
+    return candidate.rank[2] in _NESTED
+
+
+def _address(candidate: _Candidate, ignored: list[Ignored], untrusted: str | None
+             ) -> PluginAddress | None:
     try:
         if candidate.kind is Kind.SOCK:
             return address_from_socket(candidate.path)
-        return load_address(candidate.path)
+        # A file in an untrusted folder must not make root read key or certificate files.
+        return load_address(candidate.path, tls_files=untrusted is None)
     except PluginAddressError as err:
         if os.path.lexists(candidate.path):  # else it vanished between stat and read
-            ignored.append(Ignored(candidate.path, err.problem))
+            reason = err.problem
+            if untrusted is not None:
+                reason += f"; {UNTRUSTED}{untrusted}"
+            ignored.append(Ignored(candidate.path, reason))
     return None
 
 

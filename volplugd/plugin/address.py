@@ -92,8 +92,13 @@ def address_from_spec(path: str) -> PluginAddress:
     return address
 
 
-def address_from_json(path: str) -> PluginAddress:
-    """A ``.json`` file: Docker's ``{"Name", "Addr", "TLSConfig"}`` (Name is ignored)."""
+def address_from_json(path: str, *, tls_files: bool = True) -> PluginAddress:
+    """A ``.json`` file: Docker's ``{"Name", "Addr", "TLSConfig"}`` (Name is ignored).
+
+    With ``tls_files=False`` a TLSConfig that names a CAFile, CertFile or KeyFile is
+    refused (PluginAddressError): the caller does not trust the file to choose which
+    key and certificate files the process reads, so no address naming them is made.
+    """
     text = _read_text(path)
     if not text.strip():
         raise PluginAddressError(path, 'file is empty; want a JSON object with "Addr"')
@@ -106,16 +111,25 @@ def address_from_json(path: str) -> PluginAddress:
             address = parse_url(addr)
         except ValueError as err:
             raise ValueError(f'"Addr": {err}') from None
-        return PluginAddress(address.scheme, address.target, _tls_config(spec))
+        tls = _tls_config(spec)
+        if not tls_files and tls is not None:
+            _refuse_tls_files(tls)
+        return PluginAddress(address.scheme, address.target, tls)
     except ValueError as err:
         raise PluginAddressError(path, str(err)) from None
 
 
-def load_address(path: str) -> PluginAddress:
-    """Parse a plugin file by its suffix: ``.sock``, ``.spec`` or ``.json``."""
-    loaders = {".sock": address_from_socket, ".spec": address_from_spec,
-               ".json": address_from_json}
-    loader = loaders.get(os.path.splitext(path)[1])
+def load_address(path: str, *, tls_files: bool = True) -> PluginAddress:
+    """Parse a plugin file by its suffix: ``.sock``, ``.spec`` or ``.json``.
+
+    ``tls_files=False``: a ``.json`` may not name key or certificate files (see
+    ``address_from_json``).
+    """
+    suffix = os.path.splitext(path)[1]
+    if suffix == ".json":
+        return address_from_json(path, tls_files=tls_files)
+    loaders = {".sock": address_from_socket, ".spec": address_from_spec}
+    loader = loaders.get(suffix)
     if loader is None:
         raise PluginAddressError(path, "unknown plugin file type (want .sock, .spec or .json)")
     return loader(path)
@@ -216,6 +230,14 @@ def _tls_config(spec: dict[str, Any]) -> TLSConfig | None:
         insecure_skip_verify=_field(tls, "InsecureSkipVerify", bool, False, "TLSConfig.")
         or not ca_file,
     )
+
+
+def _refuse_tls_files(tls: TLSConfig) -> None:
+    named = [key for key, value in (("CAFile", tls.ca_file), ("CertFile", tls.cert_file),
+                                    ("KeyFile", tls.key_file)) if value]
+    if named:
+        raise ValueError(f"TLSConfig names {', '.join(named)}: key and certificate files "
+                         "named by this file are not read")
 
 
 def _field(obj: dict[str, Any], key: str, kind: type, default: Any, prefix: str = "") -> Any:

@@ -21,11 +21,12 @@ import pwd
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from volplugd import __version__
 from volplugd.config import PodmanSettings
+from volplugd.discovery.trust import untrusted_reason
 from volplugd.log import get_logger
 from volplugd.model import Kind, PluginState, PluginView, Snapshot
 
@@ -131,26 +132,35 @@ class DropinPlan:
     entries: Mapping[str, str]       # name -> socket path, sorted by name
     skipped: Mapping[str, str]       # name -> why Podman cannot use the name
     left_to_admin: tuple[str, ...]   # usable, but declared by the administrator
+    # name -> why its folder is untrusted: never listed (docs/podman.md, "Trust")
+    untrusted: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 def plan_dropin(snapshot: Snapshot, declared: Mapping[str, str]) -> DropinPlan:
-    """Decide which plugins of ``snapshot`` the drop-in lists (pure)."""
+    """Decide which plugins of ``snapshot`` the drop-in lists (pure). A plugin from an
+    untrusted folder is never listed: whoever may write that folder must not get to
+    name a socket in Podman's system configuration."""
     entries: dict[str, str] = {}
     skipped: dict[str, str] = {}
+    untrusted: dict[str, str] = {}
     left: list[str] = []
     for name in sorted(snapshot.plugins):
         view = snapshot.plugins[name]
         path = socket_path(view)
         if view.state not in LISTED_STATES or path is None:
             continue
+        distrust = untrusted_reason(view.warnings)
         problem = name_problem(name) or _path_problem(path)
-        if problem:
+        if distrust is not None:
+            untrusted[name] = distrust
+        elif problem:
             skipped[name] = problem
         elif name in declared:
             left.append(name)
         else:
             entries[name] = path
-    return DropinPlan(MappingProxyType(entries), MappingProxyType(skipped), tuple(left))
+    return DropinPlan(MappingProxyType(entries), MappingProxyType(skipped), tuple(left),
+                      MappingProxyType(untrusted))
 
 
 def _path_problem(path: str) -> str | None:
@@ -185,13 +195,23 @@ def render_plan(plan: DropinPlan, settings: PodmanSettings) -> str:
     if plan.skipped:
         lines += ["", "# Skipped, Podman cannot use these names:"]
         lines += [f"#   {_comment_name(n)}: {why}" for n, why in plan.skipped.items()]
+    if plan.untrusted:
+        lines += ["", "# Left out, untrusted: others may write their plugin folder or file"]
+        lines += ["# (see \"Trust of plugin folders\" in volplugd's docs/config.md):"]
+        lines += [f"#   {_comment_name(n)}: {_comment_text(why)}"
+                  for n, why in plan.untrusted.items()]
     return "\n".join(lines) + "\n"
 
 
 def _comment_name(name: str) -> str:
     """``name`` quoted in plain ASCII, safe inside a comment whatever it contains."""
-    escaped = name.encode("ascii", "backslashreplace").decode("ascii")
-    return '"' + "".join(c if " " <= c < "\x7f" else f"\\x{ord(c):02x}" for c in escaped) + '"'
+    return '"' + _comment_text(name) + '"'
+
+
+def _comment_text(text: str) -> str:
+    """``text`` in plain printable ASCII: no line break can end the comment early."""
+    escaped = text.encode("ascii", "backslashreplace").decode("ascii")
+    return "".join(c if " " <= c < "\x7f" else f"\\x{ord(c):02x}" for c in escaped)
 
 
 # --- Where Podman reads its configuration ----------------------------------------

@@ -127,6 +127,7 @@ class DropinWriter:
         self._log = log.bind(component="podman", path=settings.dropin)
         self._admin = AdminFiles()
         self._last_skipped: Mapping[str, str] = {}
+        self._last_untrusted: Mapping[str, str] = {}
         self._last_error = ""
 
     @property
@@ -154,13 +155,15 @@ class DropinWriter:
         declared = self._admin.declared(self._declared_paths())
         plan = plan_dropin(snapshot, declared)
         self._log_skipped(plan.skipped)
+        self._log_untrusted(plan.untrusted)
         if not _is_ours(self.path):
             raise ForeignFileError(self.path)
         changed = write_if_changed(self.path, render_plan(plan, self._settings))
         if changed:
             self._log.info("podman_dropin_written", plugins=list(plan.entries),
                            left_to_admin=list(plan.left_to_admin),
-                           skipped=sorted(plan.skipped), generation=snapshot.generation)
+                           skipped=sorted(plan.skipped), untrusted=sorted(plan.untrusted),
+                           generation=snapshot.generation)
         return changed
 
     def _declared_paths(self) -> list[str]:
@@ -173,6 +176,13 @@ class DropinWriter:
             if self._last_skipped.get(name) != why:
                 self._log.warning("podman_plugin_skipped", plugin=name, reason=why)
         self._last_skipped = skipped
+
+    def _log_untrusted(self, untrusted: Mapping[str, str]) -> None:
+        """One log line per plugin newly left out because it is untrusted."""
+        for name, why in untrusted.items():
+            if self._last_untrusted.get(name) != why:
+                self._log.warning("podman_plugin_untrusted", plugin=name, reason=why)
+        self._last_untrusted = untrusted
 
     def _run(self) -> None:
         generation = -1
