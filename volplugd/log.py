@@ -6,6 +6,12 @@ key/values (``log.info("plugin_ready", plugin=name, activation_ms=12.5)``). The 
 ``logging`` records of libraries (watchdog, the WSGI server) at WARNING and above are
 rendered by the same renderer into the same stream.
 
+Every string value (and a stdlib record's message) passes ``safe_text`` on its way:
+a lone surrogate is escaped and a value is cut to 4 KiB, so a plugin's text can neither
+fail a log line nor make it huge. The console format also escapes control characters
+(``printable``): a plugin named ``evil\x1b]0;...`` cannot drive the reader's terminal.
+JSON lines are ASCII (json escapes every control character itself).
+
 Level changes reach the proxies that ``get_logger()`` returns, because loggers are not
 cached; a logger made concrete with ``.bind()`` keeps the level it was bound with, so
 bind per use, not once for the life of the process.
@@ -20,6 +26,8 @@ from typing import TextIO, cast
 
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, Processor
+
+from volplugd.plugin.text import printable, safe_text
 
 # The handler this module put on the root logger, so a second configure() replaces
 # it instead of printing every stdlib record twice.
@@ -37,7 +45,8 @@ def configure(fmt: str, level: str, stream: TextIO | None = None) -> None:
     renderer = _renderer(fmt, tty)
     threshold = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
-        processors=[*_shared_processors(), *_exception_processors(renderer), renderer],
+        processors=[*_shared_processors(), *_exception_processors(renderer),
+                    *_rendering(renderer)],
         wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=structlog.WriteLoggerFactory(file=out),
         # Not cached: the proxies held by modules must see a new level after SIGHUP.
@@ -83,7 +92,32 @@ def _shared_processors() -> list[Processor]:
         _name_logger,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _safe_values,
     ]
+
+
+def _safe_values(_: object, __: str, event: EventDict) -> EventDict:
+    """Every string value made safe: no lone surrogate, at most 4 KiB. Tracebacks are
+    added later (``format_exc_info``), so they are kept whole."""
+    for key, value in event.items():
+        if isinstance(value, str):
+            event[key] = safe_text(value)
+    return event
+
+
+def _printable_values(_: object, __: str, event: EventDict) -> EventDict:
+    """For people: control characters in string values (and the event) escaped."""
+    for key, value in event.items():
+        if isinstance(value, str) and key not in ("exception", "stack"):
+            event[key] = printable(value)
+    return event
+
+
+def _rendering(renderer: Processor) -> list[Processor]:
+    """The last steps: the console's text is made printable first; JSON escapes itself."""
+    if isinstance(renderer, structlog.dev.ConsoleRenderer):
+        return [_printable_values, renderer]
+    return [renderer]
 
 
 def _name_logger(_: object, __: str, event: EventDict) -> EventDict:
@@ -105,7 +139,8 @@ def _route_stdlib(stream: TextIO, renderer: Processor, level: int) -> None:
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.add_logger_name, *_shared_processors(),
                            *_exception_processors(renderer)],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    *_rendering(renderer)],
     )
     handler = logging.StreamHandler(stream)
     handler.set_name(_HANDLER_NAME)

@@ -1,8 +1,10 @@
 """The HTML status page of the TCP metrics listener: counts, one row per plugin, and a
 link to /metrics, rendered from one registry snapshot.
 
-Every value that comes from a plugin (name, address, error text) is untrusted and
-HTML-escaped; the metrics listener sends it with a CSP that allows no script.
+Every value that comes from a plugin (name, address, error text) is untrusted: its
+control characters, bidi overrides and any lone surrogate are escaped visibly
+(``printable``), then it is HTML-escaped; the metrics listener sends it with a CSP that
+allows no script.
 
 Runs on: the metrics HTTP threads (one render per request; pure, no locks, no I/O).
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import html
 
 from volplugd.model import PluginState, PluginView, Snapshot, rfc3339
+from volplugd.plugin.text import printable
 
 __all__ = ["status_page"]
 
@@ -36,7 +39,7 @@ def status_page(snapshot: Snapshot, version: str) -> bytes:
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>volplugd</title><style>{_CSS}</style></head><body>"
-        f"<h1>volplugd</h1><p>Version {html.escape(version)} · "
+        f"<h1>volplugd</h1><p>Version {_escape(version)} · "
         f'<a href="metrics">Metrics</a></p>'
         f"<p>{counts}{updated}</p>"
         "<table><thead><tr><th>Plugin</th><th>State</th><th>Address</th><th>Last probe</th>"
@@ -46,8 +49,13 @@ def status_page(snapshot: Snapshot, version: str) -> bytes:
 
 
 def _status_row(view: PluginView) -> str:
-    name, state, address, probed, error = (html.escape(text) for text in (
+    name, state, address, probed, error = (_escape(text) for text in (
         view.name, view.state.value, view.address, rfc3339(view.last_probe_at) or "never",
         view.last_error or ""))
     return (f'<tr><td>{name}</td><td class="{state}">{state}</td><td>{address}</td>'
             f'<td>{probed}</td><td class="err">{error}</td></tr>')
+
+
+def _escape(text: str) -> str:
+    """Text from outside as HTML text that shows every character it holds."""
+    return html.escape(printable(text))

@@ -272,7 +272,7 @@ def test_longest_allowed_name_passes(app) -> None:  # type: ignore[no-untyped-de
     ("/v1/plugins/demo/volumes/a%00b", "volume: must not contain control characters "
                                        "(NUL included)"),
     ("/v1/plugins/demo/volumes/..", 'volume: must not be "." or ".."'),
-    ("/v1/plugins/demo/volumes/%ff", "path: percent-encoded bytes are not UTF-8"),
+    ("/v1/plugins/demo/volumes/%ff", "path: bytes (raw or percent-encoded) are not UTF-8"),
 ])
 def test_volume_path_segment_is_validated(app, target: str, message: str) -> None:  # type: ignore[no-untyped-def]
     """Volume names in the path are checked before a plugin sees them."""

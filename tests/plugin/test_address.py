@@ -47,26 +47,27 @@ def test_spec_file_gives_the_address(tmp_path: Path, content: str,
 @pytest.mark.parametrize(("content", "problem"), [
     ("", f"file is empty; want one URL {WANT}"),
     (" \n\t\n", f"file is empty; want one URL {WANT}"),
-    ("localhost:8080", f"URL has no scheme: 'localhost:8080' {WANT}"),
-    ("://h:1", f"URL has no scheme: '://h:1' {WANT}"),
-    ("udp://h:1", f"unknown URL scheme 'udp' in 'udp://h:1' {WANT}"),
-    ("unix://var/lib/docker/plugins/echo.sock", "unix:// needs an absolute socket path "
-     "(unix:///path): 'unix://var/lib/docker/plugins/echo.sock'"),
-    ("unix://", "unix:// needs an absolute socket path (unix:///path): 'unix://'"),
-    ("tcp://localhost", "tcp:// URL needs a port (tcp://host:port): 'tcp://localhost'"),
-    ("tcp://:8080", "tcp:// URL has no valid host: 'tcp://:8080'"),
-    ("http://[::1", "http:// URL has no valid host: 'http://[::1'"),
-    ("tcp://h:0", "invalid port '0' in 'tcp://h:0' (want 1-65535)"),
-    ("tcp://h:65536", "invalid port '65536' in 'tcp://h:65536' (want 1-65535)"),
-    ("https://h:x", "invalid port 'x' in 'https://h:x' (want 1-65535)"),
-    ("unix:///a.sock\nunix:///b.sock", "URL contains a control character (want one URL on "
-     "one line): 'unix:///a.sock\\nunix:///b.sock'"),
+    ("localhost:8080", f"URL has no scheme {WANT}"),
+    ("://h:1", f"URL has no scheme {WANT}"),
+    ("udp://h:1", f"unknown URL scheme {WANT}"),
+    ("unix://var/lib/docker/plugins/echo.sock",
+     "unix:// needs an absolute socket path (unix:///path)"),
+    ("unix://", "unix:// needs an absolute socket path (unix:///path)"),
+    ("tcp://localhost", "tcp:// URL needs a port (tcp://host:port)"),
+    ("tcp://:8080", "tcp:// URL has no valid host"),
+    ("http://[::1", "http:// URL has no valid host"),
+    ("tcp://h:0", "invalid port (want 1-65535)"),
+    ("tcp://h:65536", "invalid port (want 1-65535)"),
+    ("https://h:x", "invalid port (want 1-65535)"),
+    ("unix:///a.sock\nunix:///b.sock",
+     "URL contains a control character (want one URL on one line)"),
     (b"\xfftcp://h:1", "not UTF-8 text (byte 0)"),
     ("tcp://h:1" + " " * MAX_FILE_BYTES, "file is larger than 65536 bytes"),
 ])
 def test_bad_spec_file_names_the_problem(tmp_path: Path, content: str | bytes,
                                          problem: str) -> None:
-    """Each kind of bad .spec file raises PluginAddressError with a precise problem."""
+    """Each kind of bad .spec file raises PluginAddressError with a precise problem that
+    never quotes the file (it may be a symlink to a secret)."""
     path = write(tmp_path, "p.spec", content)
     with pytest.raises(PluginAddressError) as caught:
         address_from_spec(path)
@@ -114,7 +115,7 @@ def test_json_file_gives_the_address_and_tls(tmp_path: Path, content: str,
     ('{"Addr": ""}', 'missing "Addr"'),
     ('{"Addr": 5}', '"Addr" must be a string, got number'),
     ('{"Addr": true}', '"Addr" must be a string, got boolean'),
-    ('{"Addr": "localhost:8080"}', f"\"Addr\": URL has no scheme: 'localhost:8080' {WANT}"),
+    ('{"Addr": "localhost:8080"}', f"\"Addr\": URL has no scheme {WANT}"),
     ('{"Addr": "tcp://h:1", "TLSConfig": "yes"}', '"TLSConfig" must be an object, got string'),
     ('{"Addr": "tcp://h:1", "TLSConfig": {"InsecureSkipVerify": "true"}}',
      '"TLSConfig.InsecureSkipVerify" must be a boolean, got string'),

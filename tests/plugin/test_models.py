@@ -52,9 +52,10 @@ def test_bodies_that_are_no_json_object(body: bytes, problem: str) -> None:
     assert str(caught.value) == problem
 
 
-def test_invalid_utf8_is_replaced_like_go() -> None:
-    """Invalid UTF-8 inside strings becomes U+FFFD, as Go's decoder does, not an error."""
-    assert parse_err(decode_object(b'{"Err": "bad \xff byte"}')) == "bad \ufffd byte"
+def test_invalid_utf8_is_escaped_visibly() -> None:
+    """Invalid UTF-8 inside strings becomes a visible \\xff escape (Go would write
+    U+FFFD, which hides the byte), not an error and never a surrogate."""
+    assert parse_err(decode_object(b'{"Err": "bad \xff byte"}')) == "bad \\xff byte"
 
 
 def test_volume_members() -> None:

@@ -1,7 +1,10 @@
 """Checking what a control client sends: path segments, query values, JSON bodies.
 
 Every failure is an ``InvalidRequest`` naming the field, so the API's 400 says exactly
-what to fix. Pure functions over environ values. Runs on: control connection threads.
+what to fix. Text that is not valid UTF-8 (raw bytes in the path, percent-escapes of
+them, lone surrogates from JSON ``\ud800`` escapes) is refused here, where it enters;
+what an error quotes of the request passes ``safe_text``.
+Pure functions over environ values. Runs on: control connection threads.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from collections.abc import Mapping
 from typing import IO, Any
 
 from volplugd.model import PluginState
+from volplugd.plugin.text import is_utf8, safe_text
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -41,6 +45,7 @@ class InvalidRequest(ValueError):
     """400 invalid_request: ``field`` is what the client must fix."""
 
     def __init__(self, field: str, problem: str):
+        field = safe_text(field, 256)  # an options key is the client's text
         super().__init__(f"{field}: {problem}")
         self.field = field
         self.problem = problem
@@ -60,16 +65,25 @@ def path_segments(environ: Mapping[str, Any]) -> list[str]:
 
     So ``a%2Fb`` stays one segment (and is refused as a name later) instead of
     becoming two. Our server passes the raw path as ``volplugd.raw_path``; any other
-    WSGI server gives only the decoded PATH_INFO (latin-1 per PEP 3333).
+    WSGI server gives only the decoded PATH_INFO (latin-1 per PEP 3333). Either way the
+    bytes must be UTF-8: anything else is refused, never guessed at.
     """
     raw = environ.get("volplugd.raw_path")
     if not raw:
-        decoded = str(environ.get("PATH_INFO", "")).encode("latin-1").decode("utf-8", "replace")
-        return decoded.split("/")[1:]
+        return _utf8(str(environ.get("PATH_INFO", ""))).split("/")[1:]
+    return [_utf8(p, unquote=True) for p in str(raw).split("/")[1:]]
+
+
+def _utf8(latin1: str, *, unquote: bool = False) -> str:
+    """A WSGI string (each byte one latin-1 character) read as the UTF-8 it should be."""
     try:
-        return [urllib.parse.unquote(p, errors="strict") for p in raw.split("/")[1:]]
+        data = latin1.encode("latin-1")
+    except UnicodeEncodeError:  # not a WSGI byte string: text already
+        data = latin1.encode("utf-8", errors="surrogateescape")
+    try:
+        return (urllib.parse.unquote_to_bytes(data) if unquote else data).decode("utf-8")
     except UnicodeDecodeError:
-        raise InvalidRequest("path", "percent-encoded bytes are not UTF-8") from None
+        raise InvalidRequest("path", "bytes (raw or percent-encoded) are not UTF-8") from None
 
 
 def query(environ: Mapping[str, Any]) -> dict[str, str]:
@@ -172,4 +186,6 @@ def volume_options(doc: Mapping[str, Any]) -> dict[str, str]:
     for key, value in options.items():
         if not isinstance(value, str):
             raise InvalidRequest(f"options.{key}", "must be a string")
+        if not (is_utf8(key) and is_utf8(value)):
+            raise InvalidRequest(f"options.{key}", "must be valid Unicode (no lone surrogates)")
     return dict(options)

@@ -14,6 +14,7 @@ import urllib.parse
 from collections.abc import Iterator
 
 from volplugd.ctl import wire
+from volplugd.ctl.render import printable
 
 TYPE_CHECKING = False  # typing costs ~3 ms at start-up: the types are for mypy only
 if TYPE_CHECKING:
@@ -123,8 +124,8 @@ def error_from(status: int, body: bytes) -> DaemonError:
 
 
 def one_line(text: str) -> str:
-    """A message (a plugin's Err may span lines) as one line for stderr."""
-    return "; ".join(part.strip() for part in text.splitlines() if part.strip())
+    """A message (a plugin's Err may span lines) as one printable line for stderr."""
+    return printable("; ".join(part.strip() for part in text.splitlines() if part.strip()))
 
 
 def quote(name: str) -> str:

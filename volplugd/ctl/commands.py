@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Iterator, Sequence
 
 from volplugd.ctl.client import Client, Unreachable, decode, one_line, quote
-from volplugd.ctl.render import ago, event_line, fields, table
+from volplugd.ctl.render import ago, event_line, fields, printable, table
 
 TYPE_CHECKING = False  # typing costs ~3 ms at start-up: the types are for mypy only
 if TYPE_CHECKING:
@@ -197,4 +197,4 @@ def _print_name(ctx: Context, data: bytes, key: str) -> None:
     if ctx.json:
         ctx.raw(data)
     else:
-        ctx.write([str(decode(data).get(key) or "")])
+        ctx.write([printable(str(decode(data).get(key) or ""))])

@@ -1,27 +1,53 @@
 """How volplugctl shows answers to people: aligned tables, key: value lines, event lines.
 
 Colour (the plugin state) only on a terminal and never with ``NO_COLOR``; tables fit the
-terminal's width by cutting one flexible column. Pure functions of their arguments.
+terminal's width by cutting one flexible column. Every value shown comes from outside
+(plugin names, addresses, a plugin's error text) and is passed through ``printable``
+first: control characters and bidi overrides are escaped visibly (``\x1b``), so a plugin
+named ``evil\x1b]0;...`` cannot drive the terminal. (The same rule as the daemon's
+``volplugd.plugin.text.printable``, kept here because volplugctl must not import the
+plugin client.) Pure functions of their arguments.
 Runs on: the main thread of the volplugctl process.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 
 TYPE_CHECKING = False  # typing costs ~3 ms at start-up: the types are for mypy only
 if TYPE_CHECKING:
     from typing import Any, TextIO
 
-__all__ = ["ago", "event_line", "fields", "paint", "table", "terminal_width", "truncate",
-           "use_color"]
+__all__ = ["ago", "event_line", "fields", "paint", "printable", "table", "terminal_width",
+           "truncate", "use_color"]
 
 STATE_COLORS: Mapping[str, str] = {  # SGR codes, as docker/podman-like tools colour them
     "ready": "32", "unhealthy": "31", "activating": "33", "rejected": "35",
 }
 COLUMN_GAP = "   "
 MIN_FLEX_WIDTH = 12  # a truncated column keeps at least this many characters
+# C0, DEL, C1; ALM, LRM, RLM; LS, PS; LRE..RLO; LRI..PDI; lone surrogates.
+_UNPRINTABLE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """``text`` with control, separator, bidi-override and surrogate characters escaped
+    visibly (``\\x1b``, ``\\n``, ``\\u202e``): what a terminal may be shown."""
+    if _UNPRINTABLE.search(text) is None:
+        return text
+    return _UNPRINTABLE.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match[0]
+    code = ord(char)
+    if char in _SHORT:
+        return _SHORT[char]
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def use_color(stream: TextIO, environ: Mapping[str, str]) -> bool:
@@ -76,7 +102,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, width: int |
           color: bool = False) -> list[str]:
     """Aligned columns like docker/podman. Column ``flex`` is cut to fit ``width``;
     column ``color_column`` holds a state and is coloured (padding stays uncoloured)."""
-    cells = [list(row) for row in rows]
+    cells = [[printable(cell) for cell in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     if width is not None and flex is not None:
         others = sum(w for i, w in enumerate(widths) if i != flex)
@@ -99,8 +125,8 @@ def _line(cells: list[str], widths: list[int], color_column: int | None, color: 
 
 def fields(doc: Mapping[str, Any], now: float, color: bool) -> list[str]:
     """``key: value`` lines, keys aligned; times also as "(3s ago)", lists comma-joined."""
-    width = max((len(k) for k in doc), default=0) + 1
-    return [f"{key + ':':<{width}} {_value(key, value, now, color)}".rstrip()
+    width = max((len(printable(k)) for k in doc), default=0) + 1
+    return [f"{printable(key) + ':':<{width}} {_value(key, value, now, color)}".rstrip()
             for key, value in doc.items()]
 
 
@@ -108,10 +134,10 @@ def _value(key: str, value: Any, now: float, color: bool) -> str:
     if value is None or value in ([], {}):
         return "-"
     if key in ("state", "from", "to"):
-        return paint(str(value), str(value), color)
+        return paint(printable(str(value)), str(value), color)
     if key.endswith(("_at", "time")) and isinstance(value, str):
-        return f"{value} ({ago(value, now)})"
-    return _plain(value)
+        return printable(f"{value} ({ago(value, now)})")
+    return printable(_plain(value))
 
 
 def _plain(value: Any) -> str:
@@ -129,8 +155,9 @@ def event_line(event: Mapping[str, Any], color: bool) -> str:
     before, after = event.get("from"), event.get("to")
     change = ""
     if before or after:
-        change = f"{paint(before or '', before, color)} -> {paint(after or '', after, color)}"
-    parts = [str(event.get("time")), f"{event.get('seq', '?'):>4}",
-             f"{event.get('type', '?'):<13}", str(event.get("plugin") or "-"),
-             change.strip(), str(event.get("reason") or "")]
+        change = (f"{paint(printable(str(before or '')), before, color)} -> "
+                  f"{paint(printable(str(after or '')), after, color)}")
+    parts = [printable(str(event.get("time"))), printable(f"{event.get('seq', '?'):>4}"),
+             printable(f"{event.get('type', '?'):<13}"), printable(str(event.get("plugin") or "-")),
+             change.strip(), printable(str(event.get("reason") or ""))]
     return "  ".join(p for p in parts if p)

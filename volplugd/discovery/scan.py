@@ -4,7 +4,8 @@
 beat spec files, an earlier directory beats a later one) and returns the desired state.
 ``scan_one`` answers the same for one name, ``plugin_path_of`` maps a changed path to the
 plugin it concerns. All are pure apart from reading the filesystem and never raise for
-filesystem trouble.
+filesystem trouble. A plugin whose name is not valid UTF-8 is skipped (``Ignored``, with
+its path escaped): it could be shown only by a name that is not its own.
 Runs on: the supervisor thread (``scan``/``scan_one``); ``plugin_path_of``,
 ``normalized_dirs`` and ``is_inside`` also on watchdog's dispatcher thread, via the watcher.
 """
@@ -23,6 +24,7 @@ from volplugd.discovery.trust import UNTRUSTED, Trust
 from volplugd.model import DesiredPlugin, FileIdentity, Kind
 from volplugd.plugin.address import PluginAddress, address_from_socket, load_address
 from volplugd.plugin.errors import PluginAddressError
+from volplugd.plugin.text import is_utf8, safe_text
 
 __all__ = ["Ignored", "ScanResult", "is_inside", "normalized_dirs", "plugin_path_of", "scan",
            "scan_one"]
@@ -34,14 +36,20 @@ _POSITION = {(Kind.SOCK, False): 0, (Kind.SOCK, True): 1, (Kind.SPEC, False): 0,
 _WRONG_TYPE = {Kind.SOCK: "not a socket", Kind.SPEC: "not a regular file",
                Kind.JSON: "not a regular file"}
 _MANAGED = re.compile(r"[0-9a-f]{64}")  # Docker's managed (v2) plugin folders
+NOT_UTF8 = "plugin name is not valid UTF-8 (the plugin is skipped)"
 
 
 @dataclass(frozen=True, slots=True)
 class Ignored:
-    """A file that looks like a plugin's but is not used, and why."""
+    """A file that looks like a plugin's but is not used, and why. Both are text to
+    show: a path that is not UTF-8 is kept with its bytes escaped (``\\xff``)."""
 
     path: str
     reason: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", safe_text(self.path, None))
+        object.__setattr__(self, "reason", safe_text(self.reason))
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,9 @@ class _Found:
             st = os.stat(path)  # follows symlinks: a plugin's identity is its target's
         except OSError as err:
             _unstattable(path, err, self.ignored)
+            return
+        if not is_utf8(name):  # it could not be named faithfully in JSON, metrics or logs
+            self.ignored.append(Ignored(path, NOT_UTF8))
             return
         if not (stat.S_ISSOCK(st.st_mode) if kind is Kind.SOCK else stat.S_ISREG(st.st_mode)):
             self.ignored.append(Ignored(path, _WRONG_TYPE[kind]))

@@ -1,12 +1,16 @@
 """The PluginError tree: the seed's sentinel errors as typed exceptions (leaf module).
 
 Each class carries ``outcome``, the bounded label the daemon uses for metrics and
-for telling a stale socket from a slow or failing plugin.
+for telling a stale socket from a slow or failing plugin. Every message (and a
+plugin's ``Err``) passes ``text.safe_text`` here, where all of them are made: whatever a
+plugin or a file put into it, it is encodable UTF-8 of at most 4 KiB.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
+
+from volplugd.plugin.text import safe_text
 
 __all__ = [
     "NotAPlugin",
@@ -27,6 +31,7 @@ class PluginError(Exception):
     outcome: ClassVar[str] = "error"
 
     def __init__(self, message: str, *, plugin: str = "", endpoint: str = "", volume: str = ""):
+        message = safe_text(message)
         super().__init__(message)
         self.message = message
         self.plugin = plugin
@@ -77,20 +82,25 @@ class PluginBadResponse(PluginError):
 
 
 class PluginReportedError(PluginError):
-    """The plugin answered with a non-empty ``Err`` (kept verbatim in ``err``)."""
+    """The plugin answered with a non-empty ``Err`` (kept in ``err``, made safe: escaped
+    and cut to 4 KiB)."""
 
     outcome = "plugin_error"
 
     def __init__(self, message: str, *, err: str, plugin: str = "", endpoint: str = "",
                  volume: str = ""):
         super().__init__(message, plugin=plugin, endpoint=endpoint, volume=volume)
-        self.err = err
+        self.err = safe_text(err)
 
 
 class PluginAddressError(ValueError):
-    """A .sock/.spec/.json plugin file that cannot be turned into an address."""
+    """A .sock/.spec/.json plugin file that cannot be turned into an address.
+
+    ``problem`` says what is wrong with the file, never what the file says.
+    """
 
     def __init__(self, path: str, problem: str):
-        super().__init__(f"{path}: {problem}")
+        problem = safe_text(problem)
+        super().__init__(safe_text(f"{path}: {problem}"))
         self.path = path
         self.problem = problem

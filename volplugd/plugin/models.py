@@ -5,6 +5,11 @@ structs, because that is what real plugins are tested against: keys match fields
 case-insensitively and the last matching key wins, ``null`` means "absent", unknown keys
 are ignored. Unlike Go, a value of the wrong type is an error, never silently zero.
 
+Every string an answer gives (Err, Name, Mountpoint, Implements, Status's keys and
+values...) leaves here through ``text.safe_text``: bytes that are not UTF-8 read as
+visible ``\xff`` escapes (Go would read U+FFFD), a lone surrogate from a ``\ud800``
+escape as ``\ud800``, and each string is cut to 4 KiB with a visible marker.
+
 Runs on: whichever thread calls the client; no state.
 """
 
@@ -15,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
+
+from volplugd.plugin.text import safe_text
 
 __all__ = [
     "Capabilities",
@@ -81,7 +88,9 @@ class JsonObject(dict[str, Any]):
 def decode_object(body: bytes) -> JsonObject:
     """The JSON object in ``body``; a top-level ``null`` reads as ``{}`` (as in Go)."""
     try:
-        value = _DECODER.decode(body.decode("utf-8", errors="replace"))
+        # surrogateescape: a byte that is not UTF-8 survives decoding as U+DC80..U+DCFF,
+        # which safe_text turns into a visible \xNN when the string is taken out.
+        value = _DECODER.decode(body.decode("utf-8", errors="surrogateescape"))
     except ValueError as err:  # JSONDecodeError is a ValueError
         raise ResponseError(f"not JSON: {err}") from err
     except RecursionError as err:  # a hostile "[[[[..." body
@@ -113,7 +122,7 @@ def parse_manifest(obj: JsonObject) -> Manifest:
     implements = _typed(obj, "Implements", list, "a list of strings") or []
     if not all(isinstance(item, str) for item in implements):
         raise ResponseError("Implements is not a list of strings")
-    return Manifest(tuple(implements))
+    return Manifest(tuple(safe_text(item) for item in implements))
 
 
 def parse_capabilities(obj: JsonObject) -> Capabilities:
@@ -175,16 +184,17 @@ def _typed(obj: JsonObject, name: str, kind: type, wanted: str) -> Any:
     value = field(obj, name)
     if value is not None and not isinstance(value, kind):
         raise ResponseError(f"{name} is {_kind(value)}, not {wanted}")
-    return value
+    return safe_text(value) if isinstance(value, str) else value
 
 
 def _plain(value: Any) -> Any:
-    """JsonObject → dict all the way down, so callers see ordinary JSON values."""
+    """JsonObject → dict all the way down, so callers see ordinary JSON values; every
+    string (keys too) made safe."""
     if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
+        return {safe_text(key): _plain(item) for key, item in value.items()}
     if isinstance(value, list):
         return [_plain(item) for item in value]
-    return value
+    return safe_text(value) if isinstance(value, str) else value
 
 
 def _fold(key: str) -> str:

@@ -115,7 +115,7 @@ def error_text(body: bytes) -> str:
     try:
         return parse_err(decode_object(body))
     except ResponseError:
-        text = body[:ERROR_TEXT_BYTES].decode("utf-8", errors="replace").strip()
+        text = body[:ERROR_TEXT_BYTES].decode("utf-8", errors="backslashreplace").strip()
         return text + "…" if len(body) > ERROR_TEXT_BYTES else text
 
 
