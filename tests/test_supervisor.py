@@ -79,7 +79,7 @@ def start(plugins_dir: Path) -> Iterator[Callable[..., Supervisor]]:
                             probe=probe, plugin=PluginSettings(timeouts=TIMEOUTS))
         if not watch:
             extra["watcher_factory"] = MissesEverything
-        sup = Supervisor(settings, Registry(), workers=4, op_workers=2, **extra)
+        sup = Supervisor(settings, Registry(), workers=4, **extra)
         sup.start()
         running.append(sup)
         return sup

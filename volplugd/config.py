@@ -64,6 +64,7 @@ class ProbeSettings:
 class PluginSettings:
     max_response_bytes: int = 16 * 1024 * 1024
     timeouts: Mapping[str, float] = field(default_factory=lambda: DEFAULT_TIMEOUTS)
+    max_in_flight: int = 4  # volume operations at once per plugin; more wait, then 503
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,7 +365,8 @@ _SECTIONS: Mapping[str, tuple[type, Mapping[str, Check]]] = {
     "probe": (ProbeSettings, {
         "interval": _seconds, "timeout": _seconds, "failure_threshold": _count,
         "success_threshold": _count, "endpoint": _endpoint}),
-    "plugin": (PluginSettings, {"max_response_bytes": _count, "timeouts": _timeouts}),
+    "plugin": (PluginSettings, {"max_response_bytes": _count, "timeouts": _timeouts,
+                                "max_in_flight": _count}),
     "control": (ControlSettings, {
         "socket": _socket_path, "mode": _mode, "group": _text,
         "read_groups": _array_of(_text, allow_empty=True),

@@ -128,9 +128,10 @@ class _Histogram(NamedTuple):
 class _PluginSeries:
     """One plugin's counters and histograms (mutated only under ``Metrics._lock``)."""
 
-    __slots__ = ("probe_hist", "probes", "request_hists", "requests", "stale")
+    __slots__ = ("busy", "probe_hist", "probes", "request_hists", "requests", "stale")
 
     def __init__(self) -> None:
+        self.busy = 0  # operations refused with 503 plugin_busy
         self.probes: dict[str, int] = {}
         self.probe_hist = _Histogram.empty(PROBE_BUCKETS)
         self.requests: dict[tuple[str, str], int] = {}
@@ -139,6 +140,7 @@ class _PluginSeries:
 
     def copy(self) -> _PluginSeries:
         twin = _PluginSeries()
+        twin.busy = self.busy
         twin.probes = dict(self.probes)
         twin.probe_hist = self.probe_hist
         twin.requests = dict(self.requests)
@@ -212,6 +214,12 @@ class Metrics:
             series = self._series(plugin)
             series.probes[result] = series.probes.get(result, 0) + 1
             series.probe_hist = series.probe_hist.observe(PROBE_BUCKETS, seconds)
+
+    @_never_raise
+    def busy(self, plugin: str) -> None:
+        """Count one volume operation refused because the plugin had its most in flight."""
+        with self._lock:
+            self._series(plugin).busy += 1
 
     @_never_raise
     def discovery(self, event: str) -> None:
@@ -437,3 +445,8 @@ def _plugin_counters(out: _Text, views: list[PluginView],
     for labels, s in present:
         for endpoint, hist in sorted(s.request_hists.items()):
             out.histogram(_REQUEST_TEMPLATE, f'{labels},endpoint="{endpoint}"', hist)
+    out.family("volplugd_plugin_busy_total", "counter", "Volume operations refused with "
+               "503 plugin_busy: the plugin had plugin.max_in_flight operations in flight.")
+    for labels, s in present:
+        if s.busy:
+            out.sample("volplugd_plugin_busy_total", labels, s.busy)

@@ -309,6 +309,17 @@ class PluginNotReady(RuntimeError):
         self.view = view
 
 
+class PluginBusy(RuntimeError):
+    """The plugin has its most operations in flight and no slot came free within the
+    short wait: refused at once, nothing sent (503 plugin_busy, ``Retry-After``)."""
+
+    def __init__(self, name: str, in_flight: int, retry_after: int):
+        super().__init__(f"plugin {name} is busy ({in_flight} operations in flight)")
+        self.name = name
+        self.in_flight = in_flight
+        self.retry_after = retry_after
+
+
 class Commands(Protocol):
     """The narrow interface the control API and metrics have to the daemon."""
 
@@ -327,10 +338,11 @@ class Commands(Protocol):
     def probe(self, name: str, timeout: float) -> PluginView: ...
 
     def call(self, name: str, op: Callable[[PluginClient], T]) -> T:
-        """Run one plugin-client call for a control request on the operations pool.
+        """Run one plugin-client call for a control request on the caller's thread.
 
-        Raises UnknownPlugin, PluginNotReady (without contacting the plugin), or the
-        client's PluginError; timeouts and transport failures also reach the loop.
+        Raises UnknownPlugin, PluginNotReady, PluginBusy (these without contacting the
+        plugin), or the client's PluginError; timeouts and transport failures also
+        reach the loop.
         """
         ...
 
@@ -346,6 +358,9 @@ class Observer(Protocol):
 
     def probe(self, plugin: str, result: str, seconds: float) -> None:
         """A health probe ended; result: success, timeout, refused, bad_response, error."""
+
+    def busy(self, plugin: str) -> None:
+        """A volume operation was refused: the plugin had its most in flight."""
 
     def discovery(self, event: str) -> None:
         """Discovery saw a plugin file: added, removed, changed, ignored."""
@@ -371,6 +386,9 @@ class NullObserver:
         pass
 
     def probe(self, plugin: str, result: str, seconds: float) -> None:
+        pass
+
+    def busy(self, plugin: str) -> None:
         pass
 
     def discovery(self, event: str) -> None:

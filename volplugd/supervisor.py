@@ -8,10 +8,11 @@ results through the pure transitions of ``policy`` and publishes an immutable sn
 Activations and probes go through ``calls``: for unix-socket plugins they are
 non-blocking exchanges that the loop itself multiplexes (its wait covers their sockets
 and its queue at once), so a probe costs no thread hand-off and a hung plugin costs only
-a socket. Volume operations from the API run on a pool of daemon threads.
+a socket. Volume operations from the API run on the request's own thread, at most
+``plugin.max_in_flight`` per plugin (``Slots``): a hung plugin holds its own slots only.
 
 Runs on: ``run()`` on one thread (the daemon's main thread); ``put`` and the
-Commands methods from any thread; jobs on the worker pools.
+Commands methods from any thread; TCP jobs on the calls' pool.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 from volplugd import policy
-from volplugd.calls import Calls, Done
+from volplugd.calls import Activated, Calls, Done
 from volplugd.config import Settings
 from volplugd.discovery import ScanResult, Watcher, plugin_path_of, scan, scan_one
 from volplugd.log import get_logger
@@ -41,6 +42,7 @@ from volplugd.model import (
     NullObserver,
     Observer,
     OperationFailed,
+    PluginBusy,
     PluginNotReady,
     PluginState,
     PluginView,
@@ -62,7 +64,7 @@ from volplugd.plugin.errors import (
 )
 from volplugd.plugin.failures import Failure, classify
 from volplugd.registry import Registry
-from volplugd.scheduling import Schedule, WorkerPool, current_pool
+from volplugd.scheduling import Schedule, Slots
 
 T = TypeVar("T")
 log = get_logger(__name__)
@@ -78,6 +80,10 @@ MAX_EARLY = 0.2
 SECOND_CHANCE = 0.02  # a first activation refused: bound but not yet listening; retry
 HINTS_PER_SCAN = 32  # more hinted names than this in one batch: one full scan is cheaper
 BURST_SCAN_DELAY = 0.25  # during a burst, one full scan covers the hints of this long
+SLOT_WAIT = 1.0  # an operation waits this long at most for one of its plugin's slots
+BUSY_RETRY_AFTER = 1  # seconds, the Retry-After of a 503 plugin_busy
+
+_operation = threading.local()  # .active: this thread runs a volume operation now
 
 
 class WatcherLike(Protocol):
@@ -93,6 +99,14 @@ class WatcherLike(Protocol):
 @dataclass(frozen=True, slots=True)
 class Reload:
     """Re-read the configuration (SIGHUP)."""
+
+
+class _Entry(NamedTuple):
+    """What API threads need of a registration: its client, token and operation slots."""
+
+    client: PluginClient
+    token: int
+    slots: Slots
 
 
 class Supervisor(Commands):
@@ -111,7 +125,6 @@ class Supervisor(Commands):
         on_status: Callable[[Mapping[str, int]], None] | None = None,
         on_started: Callable[[], None] | None = None,
         workers: int = 16,
-        op_workers: int = 16,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ):
@@ -127,11 +140,10 @@ class Supervisor(Commands):
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._watcher = watcher_factory(settings.discovery.dirs, self.put)
         self._calls = Calls(self._apply_result, self.put, workers=workers, clock=clock)
-        self._ops = WorkerPool(op_workers, "volplugd-op")
         self._tracked: dict[str, policy.Tracked] = {}
         self._views: dict[str, PluginView] = {}  # what the next snapshot shows, by name
         self._changed: set[str] = set()  # names whose view changed since the last publish
-        self._clients: dict[str, tuple[PluginClient, int]] = {}
+        self._clients: dict[str, _Entry] = {}
         self._schedule = Schedule()
         self._inflight: set[int] = set()
         self._dispatched_due: dict[int, float] = {}
@@ -191,12 +203,18 @@ class Supervisor(Commands):
         entry = self._clients.get(name)
         if view.state is not PluginState.READY or entry is None:
             raise PluginNotReady(view)
-        client, token = entry
+        if not entry.slots.acquire(SLOT_WAIT):
+            self._observer.busy(name)
+            raise PluginBusy(name, entry.slots.limit, BUSY_RETRY_AFTER)
+        _operation.active = True
         try:
-            return self._ops.submit(partial(op, client)).result()
+            return op(entry.client)
         except (PluginTimeout, PluginUnreachable, PluginRemoved) as err:
-            self.put(OperationFailed(name, str(err), err.outcome, token))
+            self.put(OperationFailed(name, str(err), err.outcome, entry.token))
             raise
+        finally:
+            _operation.active = False
+            entry.slots.release()
 
     def wait_started(self, timeout: float) -> bool:
         """True once the first scan is reconciled and each plugin found then was tried."""
@@ -311,9 +329,8 @@ class Supervisor(Commands):
                 break
         self._watcher.stop()
         self._calls.close()
-        self._ops.stop()
-        for client, _ in self._clients.values():
-            client.close()
+        for entry in self._clients.values():
+            entry.client.close()
         for name in list(self._waiters):
             self._fail_waiters(name, UnknownPlugin(name))
         self._watcher.join(2.0)
@@ -394,7 +411,8 @@ class Supervisor(Commands):
         tracked = policy.register(want, token, self._wall())
         self._tracked[want.name] = tracked
         self._show(want.name, tracked.view)
-        self._clients[want.name] = (self._make_client(want), token)
+        self._clients[want.name] = _Entry(self._make_client(want), token,
+                                          Slots(self._settings.plugin.max_in_flight))
         self._registry.record(EventType.DISCOVERED, want.name, None, PluginState.ACTIVATING,
                               want.source)
         self._observer.discovery("added")
@@ -411,7 +429,7 @@ class Supervisor(Commands):
 
     def _on_request(self, name: str, endpoint: str, outcome: str, seconds: float) -> None:
         """Count volume operations only: probes and activations have their own metrics."""
-        if current_pool() == self._ops.name:
+        if getattr(_operation, "active", False):
             self._observer.request(name, endpoint, outcome, seconds)
 
     def _evict(self, name: str, reason: str) -> None:
@@ -423,8 +441,7 @@ class Supervisor(Commands):
         self._second_chance.discard(tracked.token)
         self._inflight.discard(tracked.token)
         self._dispatched_due.pop(tracked.token, None)
-        client, _ = self._clients.pop(name)
-        client.close()
+        self._clients.pop(name).client.close()
         self._registry.record(EventType.EVICTED, name, tracked.state, None, reason)
         self._observer.evicted(name, reason)
         self._observer.discovery("removed" if reason == "removed" else "changed")
@@ -445,7 +462,7 @@ class Supervisor(Commands):
         tracked = self._tracked.get(name)
         if tracked is None or tracked.token != token or token in self._inflight:
             return
-        client, _ = self._clients[name]
+        client = self._clients[name].client
         self._inflight.add(token)
         self._dispatched_due[token] = due
         if tracked.state in (PluginState.ACTIVATING, PluginState.REJECTED):
@@ -497,9 +514,12 @@ class Supervisor(Commands):
                         error=new.view.last_error, attempt=new.activation_failures,
                         retry_in=delay)
             self._schedule.at(now + delay, tracked.token, tracked.desired.name)
-        else:
-            implements, scope = result
-            self._update(policy.activated(tracked, implements, scope, wall, done.seconds))
+        elif isinstance(result, Activated):
+            self._update(policy.activated(tracked, result.implements, result.scope, wall,
+                                          done.seconds, warning=result.warning))
+            if result.warning is not None:
+                log.warning("plugin_capabilities_odd", plugin=tracked.desired.name,
+                            warning=result.warning)
             interval = self._settings.probe.interval
             self._schedule.at(now + random.uniform(0.1, 1.0) * interval,  # noqa: S311 - jitter
                               tracked.token, tracked.desired.name)
@@ -596,9 +616,11 @@ class Supervisor(Commands):
             return
         old, self._settings = self._settings, new
         if new.plugin != old.plugin:
-            for name, (client, token) in list(self._clients.items()):
-                client.close()
-                self._clients[name] = (self._make_client(self._tracked[name].desired), token)
+            for name, entry in list(self._clients.items()):
+                entry.client.close()
+                entry.slots.resize(new.plugin.max_in_flight)
+                client = self._make_client(self._tracked[name].desired)
+                self._clients[name] = entry._replace(client=client)
         if new.discovery.dirs != old.discovery.dirs:
             self._watcher.set_dirs(new.discovery.dirs)
         log.info("config_reloaded")

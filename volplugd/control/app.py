@@ -43,7 +43,14 @@ from volplugd.control.routing import (
 from volplugd.control.sockio import RequestTimeout
 from volplugd.control.stream import FollowStream, follow_slot, ndjson
 from volplugd.log import get_logger
-from volplugd.model import Commands, PluginNotReady, Stopping, UnknownPlugin, encode
+from volplugd.model import (
+    Commands,
+    PluginBusy,
+    PluginNotReady,
+    Stopping,
+    UnknownPlugin,
+    encode,
+)
 from volplugd.plugin.errors import (
     NotAPlugin,
     NotAVolumePlugin,
@@ -102,6 +109,7 @@ ERRORS: Mapping[type[BaseException], tuple[int, str]] = {
     PluginRemoved: (502, "plugin_unreachable"),
     PluginError: (502, "plugin_error"),
     PluginTimeout: (504, "plugin_timeout"),
+    PluginBusy: (503, "plugin_busy"),  # with Retry-After
     TimeoutError: (503, "unavailable"),  # the daemon's own wait (probe, rescan) ran out
     Stopping: (503, "unavailable"),
 }
@@ -134,7 +142,11 @@ def error_reply(exc: BaseException) -> Reply:
         status, code, message = 500, "internal_error", "internal error; the daemon logged it"
     else:
         (status, code), message = ERRORS[listed], _message(exc, listed)
-    headers = (("Allow", exc.allow),) if isinstance(exc, MethodNotAllowed) else ()
+    headers: tuple[tuple[str, str], ...] = ()
+    if isinstance(exc, MethodNotAllowed):
+        headers = (("Allow", exc.allow),)
+    elif isinstance(exc, PluginBusy):
+        headers = (("Retry-After", str(exc.retry_after)),)
     return Reply(status, encode({"error": {"code": code, "message": message}}), JSON, headers)
 
 
@@ -288,7 +300,7 @@ class ControlApp(WsgiBase):
         """The created volume as the plugin's Get reports it, else just its name."""
         try:
             return dict(self._commands.call(plugin, lambda c: c.get(volume)).to_json())
-        except (PluginError, PluginNotReady, UnknownPlugin) as err:
+        except (PluginError, PluginNotReady, PluginBusy, UnknownPlugin) as err:
             _log.info("control_get_after_create_failed", plugin=plugin, volume=volume,
                       error=str(err))
             return {"name": volume}

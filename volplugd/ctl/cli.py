@@ -152,7 +152,8 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
                         f"(is volplugd running? set --socket or {SOCKET_ENV})")
         return c.EXIT_UNREACHABLE
     except DaemonError as error:
-        c.complain(err, f"{error.code}: {error.message}")
+        retry = "" if error.retry_after is None else f"; retry in {error.retry_after} s"
+        c.complain(err, f"{error.code}: {error.message}{retry}")
         return c.EXIT_ERROR
     except BrokenPipeError:  # `volplugctl ... | head`: the reader is done, and so are we
         _silence(out)

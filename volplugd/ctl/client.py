@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = ["DEFAULT_TIMEOUT", "Client", "DaemonError", "Unreachable", "decode", "error_from",
-           "one_line", "quote"]
+           "one_line", "quote", "retry_after"]
 
 DEFAULT_TIMEOUT = 300.0  # the daemon bounds plugin calls itself (create: 120 s); this guards
 #                          against a wedged daemon only
@@ -36,12 +36,14 @@ class Unreachable(Exception):
 
 
 class DaemonError(Exception):
-    """The daemon answered with an error (exit 1): its ``code`` and ``message``."""
+    """The daemon answered with an error (exit 1): its ``code`` and ``message``, and
+    its ``Retry-After`` in seconds when it sent one (503 plugin_busy)."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, retry_after: int | None = None):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.retry_after = retry_after
 
 
 class Client:
@@ -62,7 +64,9 @@ class Client:
         finally:
             self.close()
         if response.status >= 300:
-            raise error_from(response.status, data)
+            error = error_from(response.status, data)
+            error.retry_after = retry_after(response.headers.get("retry-after"))
+            raise error
         return data
 
     def lines(self, target: str) -> Iterator[bytes]:
@@ -121,6 +125,13 @@ def error_from(status: int, body: bytes) -> DaemonError:
     except (ValueError, KeyError, TypeError):
         text = one_line(body.decode("utf-8", "replace")) or "no error message"
         return DaemonError(f"http_{status}", text)
+
+
+def retry_after(value: str | None) -> int | None:
+    """A ``Retry-After`` of delay-seconds (the only form volplugd sends), else None."""
+    if value is None or not value.isascii() or not value.isdigit() or len(value) > 9:
+        return None
+    return int(value)
 
 
 def one_line(text: str) -> str:
