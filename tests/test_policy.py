@@ -80,6 +80,24 @@ def test_activation_success_makes_ready_and_clears_error() -> None:
         PluginState.READY, ("VolumeDriver",), "global", None, 0, 0)
 
 
+WEIRD = "Capabilities: unknown scope 'weird'; treated as local"
+
+
+def test_an_odd_capabilities_answer_is_ready_with_a_warning_after_the_files() -> None:
+    """A warning from activation is shown after the file's warnings, kept by probes and
+    a rescan's new file warnings, and dropped by an activation without one."""
+    t = tracked("a", PluginState.ACTIVATING, warnings=("shadows b",))
+    t = policy.activated(t, ("VolumeDriver",), "local", 2.0, 0.003, warning=WEIRD)
+    assert (t.state, t.view.scope, t.view.warnings) == (
+        PluginState.READY, "local", ("shadows b", WEIRD))
+    t = policy.probe_succeeded(t, PROBE, 3.0, 0.001)
+    assert t.view.warnings == ("shadows b", WEIRD)
+    t = policy.rewarned(t, desired("a", warnings=("shadows c",)))
+    assert t.view.warnings == ("shadows c", WEIRD)
+    t = policy.activated(t, ("VolumeDriver",), "global", 4.0, 0.003)
+    assert (t.view.scope, t.view.warnings, t.notes) == ("global", ("shadows c",), ())
+
+
 def test_activation_failures_stay_activating_and_back_off() -> None:
     """Each failed activation keeps the error and doubles the delay."""
     t = tracked("a", PluginState.ACTIVATING)
@@ -146,7 +164,9 @@ def test_a_probe_success_keeps_every_field_it_does_not_set() -> None:
         last_error="boom", consecutive_failures=4, probe_latency_seconds=0.3, scope="global"))
     defaults = {f.name: f.default for f in dataclasses.fields(t.view)}
     assert [n for n, d in defaults.items() if getattr(t.view, n) == d] == []  # all set
+    t = dataclasses.replace(t, notes=("odd",), activation_failures=2)
     new = policy.probe_succeeded(t, PROBE, 9.0, 0.002)  # 1 of 2 successes: still unhealthy
+    assert (new.notes, new.activation_failures, new.successes) == (("odd",), 2, 1)
     assert new.view == dataclasses.replace(
         t.view, last_probe_at=9.0, last_success_at=9.0, consecutive_failures=0,
         probe_latency_seconds=0.002)

@@ -7,7 +7,10 @@ way the outcome comes back as one ``Done``: to ``on_done`` on the loop thread
 (multiplexed), or as a message through ``put`` (pool).
 
 An activation is Activate then, if it answered, Capabilities for the scope; a probe is
-one call to the configured endpoint.
+one call to the configured endpoint. Capabilities never fails an activation: an odd
+answer (an unknown scope, garbage, a timeout) makes the scope "local", as Docker does,
+with a warning for the plugin's view; an error answer is "local" without one (the
+endpoint is optional). Both transports share ``scope_of`` for this.
 
 Runs on: the supervisor thread (every method but ``wake``); pool threads (TCP jobs);
 ``wake`` from any thread.
@@ -23,12 +26,13 @@ from typing import Any
 
 from volplugd.config import ProbeSettings
 from volplugd.plugin.client import PluginClient
-from volplugd.plugin.models import Capabilities, Manifest
+from volplugd.plugin.errors import PluginBadResponse, PluginError
+from volplugd.plugin.models import Capabilities, Manifest, UnknownScope
 from volplugd.plugin.multiplex import Multiplexer
 from volplugd.plugin.protocol import ACTIVATE, CAPABILITIES, LIST
 from volplugd.scheduling import WorkerPool
 
-__all__ = ["Calls", "Done"]
+__all__ = ["Activated", "Calls", "Done", "scope_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +42,18 @@ class Done:
     kind: str  # "activate" | "probe"
     name: str
     token: int
-    result: Any  # (implements, scope) | True | an exception
+    result: Any  # Activated | True | an exception
     seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Activated:
+    """An activation's success: what the plugin implements, its scope, and a warning
+    when Capabilities answered oddly (the scope is then "local")."""
+
+    implements: tuple[str, ...]
+    scope: str
+    warning: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,11 +125,13 @@ class Calls:
             self._finish(job, "activate", result)
 
     def _scoped(self, job: _Job, implements: tuple[str, ...], result: object, _: float) -> None:
-        scope = result.scope if isinstance(result, Capabilities) else None
-        self._finish(job, "activate", result if scope is None else (implements, scope))
+        if isinstance(result, Capabilities | PluginError):
+            self._finish(job, "activate", Activated(implements, *scope_of(result)))
+        else:  # not a plugin's answer but a bug: the activation fails and is retried
+            self._finish(job, "activate", result)
 
     def _probed(self, job: _Job, result: object, _: float) -> None:
-        self._finish(job, "probe", result if isinstance(result, BaseException) else True)
+        self._finish(job, "probe", True if answered(result) else result)
 
     def _finish(self, job: _Job, kind: str, result: object) -> None:
         self._on_done(Done(kind, job.name, job.token, result, self._clock() - job.started))
@@ -135,10 +151,30 @@ class Calls:
         self._put(Done(kind, name, token, result, time.monotonic() - started))
 
 
-def _activate_job(client: PluginClient,
-                  capabilities_timeout: float | None) -> tuple[tuple[str, ...], str]:
+def scope_of(result: Capabilities | PluginError) -> tuple[str, str | None]:
+    """(scope, warning) from Capabilities' answer or failure: never a failed activation."""
+    if isinstance(result, Capabilities):
+        return result.scope, None
+    cause = result.__cause__
+    if isinstance(cause, UnknownScope):
+        return "local", f"Capabilities: unknown scope {cause.scope!r}; treated as local"
+    return "local", f"Capabilities failed ({result}); treated as local"
+
+
+def answered(result: object) -> bool:
+    """A probe's success: any answer but an error, and an unknown scope is an answer."""
+    if isinstance(result, PluginBadResponse):
+        return isinstance(result.__cause__, UnknownScope)
+    return not isinstance(result, BaseException)
+
+
+def _activate_job(client: PluginClient, capabilities_timeout: float | None) -> Activated:
     manifest = client.activate()
-    return manifest.implements, client.capabilities(timeout=capabilities_timeout).scope
+    try:
+        caps: Capabilities | PluginError = client.capabilities(timeout=capabilities_timeout)
+    except PluginError as err:
+        caps = err
+    return Activated(manifest.implements, *scope_of(caps))
 
 
 def _probe_job(client: PluginClient, settings: ProbeSettings) -> bool:
@@ -146,5 +182,9 @@ def _probe_job(client: PluginClient, settings: ProbeSettings) -> bool:
         CAPABILITIES: client.capabilities,
         LIST: client.list,
     }.get(settings.endpoint, client.activate)
-    call(timeout=settings.timeout)
+    try:
+        call(timeout=settings.timeout)
+    except PluginBadResponse as err:
+        if not answered(err):
+            raise
     return True

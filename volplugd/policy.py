@@ -23,7 +23,8 @@ class Tracked:
     """The supervisor's record of one plugin: what it was registered as, and its view.
 
     ``token`` is unique per registration, so a result that arrives after the plugin
-    was evicted or replaced is recognised as stale and dropped.
+    was evicted or replaced is recognised as stale and dropped. ``notes`` are the last
+    activation's warnings; the view shows the file's warnings, then these.
     """
 
     desired: DesiredPlugin
@@ -31,6 +32,7 @@ class Tracked:
     token: int
     activation_failures: int = 0
     successes: int = 0
+    notes: tuple[str, ...] = ()
 
     @property
     def state(self) -> PluginState:
@@ -83,19 +85,22 @@ def register(want: DesiredPlugin, token: int, now: float) -> Tracked:
 
 
 def rewarned(t: Tracked, want: DesiredPlugin) -> Tracked:
-    return dataclasses.replace(t, desired=want,
-                               view=dataclasses.replace(t.view, warnings=want.warnings))
+    view = dataclasses.replace(t.view, warnings=want.warnings + t.notes)
+    return dataclasses.replace(t, desired=want, view=view)
 
 
 def activated(t: Tracked, implements: tuple[str, ...], scope: str, now: float,
-              latency: float) -> Tracked:
-    """Activation answered with "VolumeDriver": the plugin is ready."""
+              latency: float, *, warning: str | None = None) -> Tracked:
+    """Activation answered with "VolumeDriver": the plugin is ready. A ``warning`` (an
+    odd Capabilities answer) is shown until the next activation."""
+    notes = () if warning is None else (warning,)
     view = dataclasses.replace(
         t.view, state=PluginState.READY, implements=implements, scope=scope,
         last_probe_at=now, last_success_at=now, last_error=None, consecutive_failures=0,
-        probe_latency_seconds=latency,
+        probe_latency_seconds=latency, warnings=t.desired.warnings + notes,
     )
-    return dataclasses.replace(t, view=view, activation_failures=0, successes=0)
+    return dataclasses.replace(t, view=view, activation_failures=0, successes=0,
+                               notes=notes)
 
 
 def rejected(t: Tracked, implements: tuple[str, ...], error: str, now: float) -> Tracked:
@@ -126,7 +131,7 @@ def probe_succeeded(t: Tracked, settings: ProbeSettings, now: float, latency: fl
                       last_error=None if state is PluginState.READY else v.last_error,
                       consecutive_failures=0, probe_latency_seconds=latency, scope=v.scope,
                       warnings=v.warnings)
-    return Tracked(t.desired, view, t.token, t.activation_failures, successes)
+    return Tracked(t.desired, view, t.token, t.activation_failures, successes, t.notes)
 
 
 def probe_failed(t: Tracked, settings: ProbeSettings, error: str, now: float) -> Tracked:

@@ -28,6 +28,7 @@ __all__ = [
     "JsonObject",
     "Manifest",
     "ResponseError",
+    "UnknownScope",
     "Volume",
     "decode_object",
     "parse_capabilities",
@@ -73,6 +74,17 @@ class Manifest:
 
 class ResponseError(ValueError):
     """An answer that cannot be used; the client words it per endpoint."""
+
+
+class UnknownScope(ResponseError):
+    """Capabilities named a scope that is neither "local" nor "global" (``scope``).
+
+    The answer is odd, not broken: Docker uses such a driver as "local" (and warns).
+    """
+
+    def __init__(self, scope: str):
+        super().__init__(f"unknown Scope {scope!r} (want \"local\" or \"global\")")
+        self.scope = scope
 
 
 class JsonObject(dict[str, Any]):
@@ -136,7 +148,7 @@ def parse_capabilities(obj: JsonObject) -> Capabilities:
         return Capabilities("local")
     if scope == "global":
         return Capabilities("global")
-    raise ResponseError(f"unknown Scope {scope!r} (want \"local\" or \"global\")")
+    raise UnknownScope(scope)
 
 
 def parse_volume(obj: JsonObject) -> Volume:
