@@ -17,12 +17,12 @@ from tests.fakeplugin import FakePlugin
 from tests.fakeplugin import behaviours as b
 from tests.waiting import wait_until
 from volplugd.config import DiscoverySettings, PluginSettings, ProbeSettings, Settings
-from volplugd.model import NullObserver, PluginBusy, PluginState
+from volplugd.model import EventType, NullObserver, PluginBusy, PluginState
 from volplugd.plugin.client import PluginClient
 from volplugd.plugin.errors import PluginReportedError, PluginTimeout
 from volplugd.plugin.protocol import LIST
 from volplugd.registry import Registry
-from volplugd.supervisor import Supervisor
+from volplugd.supervisor import Reload, Supervisor
 
 PROBE = ProbeSettings(interval=0.5, timeout=0.3, failure_threshold=3)
 TIMEOUTS = {"activate": 0.5, "list": 120.0, "default": 0.5}
@@ -200,3 +200,31 @@ def test_a_slot_is_released_however_the_call_ends(
     for _ in range(3):  # a leaked slot: each of these would wait 1 s, then be refused
         assert sup.call("one", lambda c: c.list()) == []
     assert sup.snapshot().plugins["one"].state is PluginState.READY
+
+
+def test_a_reload_with_a_new_bound_applies_to_registered_plugins(
+        plugins_dir: Path, recorder: Recorder, fakes: Callable[..., FakePlugin]) -> None:
+    """SIGHUP's new plugin.max_in_flight resizes the slots of plugins already known."""
+    def settings(bound: int) -> Settings:
+        return Settings(discovery=DiscoverySettings(dirs=(str(plugins_dir),)), probe=PROBE,
+                        plugin=PluginSettings(timeouts=TIMEOUTS, max_in_flight=bound))
+
+    sup = Supervisor(settings(4), Registry(), observer=recorder, workers=2,
+                     reload=lambda: settings(1))
+    sup.start()
+    fp = fakes("p")
+    try:
+        ready(sup, "p")
+        sup.put(Reload())
+        wait_until(lambda: any(e.type is EventType.RESCAN and e.reason == "reload"
+                               for e in sup.events(0)), message="reloaded")
+        fp.set(LIST, b.Hang())
+        callers = Callers(sup, "p", 1)
+        wait_until(lambda: lists(fp) == 1, message="1 in flight")
+        with pytest.raises(PluginBusy, match=r"^plugin p is busy \(1 operation in flight\)$"):
+            sup.call("p", lambda c: c.list())
+        fp.stop()
+        callers.join()
+    finally:
+        sup.stop()
+        sup.join(5)

@@ -314,7 +314,8 @@ class PluginBusy(RuntimeError):
     short wait: refused at once, nothing sent (503 plugin_busy, ``Retry-After``)."""
 
     def __init__(self, name: str, in_flight: int, retry_after: int):
-        super().__init__(f"plugin {name} is busy ({in_flight} operations in flight)")
+        many = "operation" if in_flight == 1 else "operations"
+        super().__init__(f"plugin {name} is busy ({in_flight} {many} in flight)")
         self.name = name
         self.in_flight = in_flight
         self.retry_after = retry_after
