@@ -2,11 +2,14 @@
 
 ``scan`` (pure, the truth; see ``scan.py``) and ``Watcher`` (inotify hints; see
 ``watcher.py``) are siblings: the watcher uses the scan's path helpers, never the reverse.
+``trust`` (which plugin folders may speak for root; see ``trust.py``) is used by the scan.
 This package only re-exports their public names.
 Runs on: nothing itself; see each module for its threads.
 """
 
 from volplugd.discovery.scan import Ignored, ScanResult, plugin_path_of, scan, scan_one
+from volplugd.discovery.trust import UNTRUSTED, Trust, untrusted_reason
 from volplugd.discovery.watcher import Watcher
 
-__all__ = ["Ignored", "ScanResult", "Watcher", "plugin_path_of", "scan", "scan_one"]
+__all__ = ["UNTRUSTED", "Ignored", "ScanResult", "Trust", "Watcher", "plugin_path_of", "scan",
+           "scan_one", "untrusted_reason"]

@@ -5,7 +5,9 @@ beat spec files, an earlier directory beats a later one) and returns the desired
 ``scan_one`` answers the same for one name, ``plugin_path_of`` maps a changed path to the
 plugin it concerns. All are pure apart from reading the filesystem and never raise for
 filesystem trouble. A plugin whose name is not valid UTF-8 is skipped (``Ignored``, with
-its path escaped): it could be shown only by a name that is not its own.
+its path escaped): it could be shown only by a name that is not its own. Each winner's
+folders are judged by ``trust`` (once per scan): an untrusted plugin leads its warnings
+with ``untrusted: <why>``, and its ``.json`` may not name key or certificate files.
 Runs on: the supervisor thread (``scan``/``scan_one``); ``plugin_path_of``,
 ``normalized_dirs`` and ``is_inside`` also on watchdog's dispatcher thread, via the watcher.
 """
