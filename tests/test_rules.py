@@ -49,6 +49,7 @@ def exported_names() -> set[str]:
     for reason in EVICTION_REASONS:
         m.evicted("gone", reason)
     m.control_request("/v1/health", 200)
+    m.busy("b-ready")
     body, _ = m.exposition()
     lines = body.decode().splitlines()
     return {re.split(r"[{ ]", line, maxsplit=1)[0] for line in lines if not line.startswith("#")}
@@ -85,7 +86,7 @@ def names_in(expr: str) -> set[str]:
 def test_promtool_check_rules_passes() -> None:
     """`promtool check rules` accepts the rules file (9 rules)."""
     code, out = run("check", "rules", RULES)
-    assert (code, out.strip().splitlines()[-1].strip()) == (0, "SUCCESS: 10 rules found")
+    assert (code, out.strip().splitlines()[-1].strip()) == (0, "SUCCESS: 11 rules found")
 
 
 @pytest.mark.peer
@@ -104,7 +105,8 @@ def test_rule_tests_cover_every_alert_firing_and_not_firing() -> None:
     quiet = {c["alertname"] for c in cases if not c["exp_alerts"]}
     assert alerts == {"VolplugdDown", "VolplugdWatcherDown", "VolplugdPluginDown",
                       "VolplugdPluginFlapping", "VolplugdSlowProbes",
-                      "VolplugdPluginStuckActivating", "VolplugdProbesLate"}
+                      "VolplugdPluginStuckActivating", "VolplugdProbesLate",
+                      "VolplugdPluginBusy"}
     assert (firing, quiet) == (alerts, alerts)
 
 
