@@ -149,6 +149,9 @@ def test_48_hung_calls_on_one_plugin_never_delay_another_plugins_operation(
     assert {(o.name, o.in_flight, o.retry_after) for o in callers.outcomes
             if isinstance(o, PluginBusy)} == {("stuck", 4, 1)}
     assert recorder.busy_for == ["stuck"] * 44
+    # only volume operations are counted as requests (probes, activations: elsewhere),
+    # though they now run on the caller's thread rather than a pool of their own
+    assert recorder.requests == [("good", LIST, "success")]
     stuck.stop()  # the hung calls end: the plugin went away under them
     callers.join()
     assert len(callers.outcomes) == 48
