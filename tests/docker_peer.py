@@ -70,7 +70,7 @@ class DockerPeer:
 
     def __init__(self, volplugd_config: str = "") -> None:
         self.dockerd_path, self.cli = preconditions()
-        self.root = Path(tempfile.mkdtemp(prefix="vpdk-", dir="/tmp"))
+        self.root = Path(tempfile.mkdtemp(prefix="vpdk-", dir="/tmp")).resolve()
         self.sock = str(self.root / "docker.sock")
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.unmounts: list[str] = []
@@ -166,27 +166,31 @@ class DockerPeer:
     def close(self) -> None:
         """Stop everything by PID; fail if anything had to be killed in the namespace."""
         problems = []
-        if self.dockerd is not None:  # first: it must not call plugins that are going
-            problems += _stop(self.dockerd, "dockerd", 30.0)
-        for name, proc in reversed(self.procs):
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGCONT)  # a test may have stopped it
-            problems += _stop(proc, name, 30.0)
-        if self.volplugd is not None and self.volplugd.proc is not None:
-            code = self.volplugd.stop()
-            if code != 0:
-                problems.append(f"volplugd exited {code}")
-        for mount in self.unmounts:
-            subprocess.run(self.inside(["umount", mount]), capture_output=True, check=False)
-        if self.holder.poll() is None:
-            left = self.members()
-            for pid in left:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                problems.append(f"left in the namespace: {pid} {_comm(pid)}")
-            wait_until(lambda: not self.members(), 30, message="the namespace to empty")
-        self._end_holder()
-        shutil.rmtree(self.root, ignore_errors=True)
+        try:
+            if self.dockerd is not None:  # first: it must not call plugins that are going
+                problems += _stop(self.dockerd, "dockerd", 30.0)
+            for name, proc in reversed(self.procs):
+                if proc.poll() is None:
+                    os.kill(proc.pid, signal.SIGCONT)  # a test may have stopped it
+                problems += _stop(proc, name, 30.0)
+            if self.volplugd is not None and self.volplugd.proc is not None:
+                try:
+                    if (code := self.volplugd.stop()) != 0:
+                        problems.append(f"volplugd exited {code}")
+                except AssertionError as err:  # it ignored SIGTERM and was killed
+                    problems.append(str(err)[:500])
+            for mount in self.unmounts:
+                subprocess.run(self.inside(["umount", mount]), capture_output=True,
+                               check=False)
+            if self.holder.poll() is None:
+                for pid in self.members():
+                    problems.append(f"left in the namespace: {pid} {_comm(pid)}")
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                wait_until(lambda: not self.members(), 30, message="the namespace to empty")
+        finally:
+            self._end_holder()
+            shutil.rmtree(self.root, ignore_errors=True)
         if problems:
             raise AssertionError("; ".join(problems))
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import pytest
 
 from tests.docker_peer import PLUGINS, DockerPeer, start_buttervolume
 from tests.harness import Daemon
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.peer, pytest.mark.system]
 
@@ -167,3 +169,22 @@ def _ns(pid: str) -> str:
         return os.readlink(f"/proc/{pid}/ns/mnt")
     except OSError:
         return ""
+
+
+def test_teardown_kills_and_names_a_stray_process() -> None:
+    """A process in the namespace that close() did not start is killed, and close() fails
+    naming it: nothing outlives the peer unnoticed."""
+    peer = DockerPeer(CONFIG)
+    stray = subprocess.Popen(peer.inside(["sleep", "600"]))
+    try:
+        wait_until(lambda: stray.pid in peer.members(), 10, message="the stray in the namespace")
+    except BaseException:
+        stray.kill()
+        stray.wait()
+        peer.close()
+        raise
+    with pytest.raises(AssertionError) as caught:
+        peer.close()
+    assert str(caught.value) == f"left in the namespace: {stray.pid} sleep"
+    assert stray.wait(10) == -signal.SIGKILL
+    assert not peer.root.exists()
