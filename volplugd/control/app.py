@@ -130,7 +130,7 @@ def _listed(exc: BaseException) -> type[BaseException] | None:
 
 def _message(exc: BaseException, listed: type[BaseException]) -> str:
     if isinstance(exc, PluginReportedError):
-        return exc.err  # the plugin's own Err, verbatim
+        return exc.err  # the plugin's own Err (made safe: escaped, at most 4 KiB)
     return _MESSAGES.get(listed) or str(exc) or type(exc).__name__
 
 
