@@ -18,15 +18,6 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-_worker = threading.local()
-
-
-def current_pool() -> str | None:
-    """The name of the WorkerPool running the calling thread, if any."""
-    name: str | None = getattr(_worker, "pool", None)
-    return name
-
-
 class WorkerPool:
     """A fixed set of daemon threads: a call hung in a plugin never holds up exit."""
 
@@ -45,7 +36,6 @@ class WorkerPool:
         return future
 
     def _work(self) -> None:
-        _worker.pool = self.name
         while (job := self._jobs.get()) is not None:
             future, fn = job
             if future.set_running_or_notify_cancel():
