@@ -42,6 +42,10 @@ from volplugd.plugin.text import (
 )
 
 MARKER = re.compile(r"…\((\d+) bytes cut\)$")
+# Any character (surrogates included), with the hostile ones drawn often.
+HOSTILE = st.sampled_from(["\udcff", "\udc80", "\ud800", "\x1b", "\x07", "\n", "\r", "\x9b",
+                           "\u202e", "\u2028", "\x00", "\x7f", '"', "\\", "<", "&", "é", "😀"])
+ANY_TEXT = st.text(alphabet=st.one_of(st.characters(exclude_categories=[]), HOSTILE))
 SLOW = settings(max_examples=60, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -114,7 +118,7 @@ def test_json_printable_keeps_the_value_and_escapes_c1_and_bidi() -> None:
 # --- the text module: properties ------------------------------------------------------------
 
 
-@given(st.text(alphabet=st.characters(), max_size=3000))
+@given(st.one_of(ANY_TEXT, st.text(max_size=3000), st.text(HOSTILE, min_size=1000)))
 def test_safe_text_is_always_encodable_and_bounded(raw: str) -> None:
     """Any str (surrogates included) comes out UTF-8-encodable and at most 4 KiB."""
     out = safe_text(raw)
@@ -123,7 +127,7 @@ def test_safe_text_is_always_encodable_and_bounded(raw: str) -> None:
         assert out == raw
 
 
-@given(st.text(alphabet=st.characters()))
+@given(ANY_TEXT)
 def test_printable_leaves_nothing_a_terminal_obeys(raw: str) -> None:
     """No C0/DEL/C1, separator, bidi or surrogate survives printable; it is idempotent."""
     out = printable(raw)
@@ -301,8 +305,7 @@ def test_any_plugin_error_message_is_safe() -> None:
 
 
 @settings(max_examples=80, deadline=None)
-@given(name=st.text(min_size=1, max_size=40), error=st.text(max_size=200),
-       address=st.text(max_size=40))
+@given(name=ANY_TEXT.filter(bool), error=ANY_TEXT, address=ANY_TEXT)
 def test_every_renderer_survives_any_str_even_surrogates(name: str, error: str,
                                                          address: str) -> None:
     """A view with lone surrogates and control characters anywhere still renders in

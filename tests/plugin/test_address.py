@@ -121,6 +121,11 @@ def test_json_file_gives_the_address_and_tls(tmp_path: Path, content: str,
      '"TLSConfig.InsecureSkipVerify" must be a boolean, got string'),
     ('{"Addr": "tcp://h:1", "TLSConfig": {"CAFile": 1}}',
      '"TLSConfig.CAFile" must be a string, got number'),
+    ('{"Addr": "tcp://h\\ud800:1"}', '"Addr" must be valid Unicode (it has a lone surrogate)'),
+    ('{"Addr": "tcp://h:1", "TLSConfig": {"CAFile": "/\\udcff"}}',
+     '"TLSConfig.CAFile" must be valid Unicode (it has a lone surrogate)'),
+    ('{"Addr": "tcp://h:1", "x": "\\q secret"}',
+     "invalid JSON: Invalid \\escape (line 1 column 29)"),
 ])
 def test_bad_json_file_names_the_problem(tmp_path: Path, content: str, problem: str) -> None:
     """Each kind of bad .json file raises PluginAddressError with a precise problem."""

@@ -5,7 +5,9 @@ that must have a scheme; a ``.json`` file is ``{"Name", "Addr", "TLSConfig"}`` w
 name is ignored (the file name is the plugin's name) and a TLSConfig without a CAFile
 means "skip verification". Docker would accept some addresses it can never dial (a
 relative unix path, a tcp URL without a port); these are rejected here with the reason.
-Every bad file raises ``PluginAddressError(path, problem)``.
+Every bad file raises ``PluginAddressError(path, problem)``, where ``problem`` says what
+is wrong (size, encoding, JSON error position, missing key, not a URL) and never quotes
+the file: a ``.spec`` symlink to a secret must not print the secret into a log.
 
 Runs on: whichever thread calls it (discovery's scan); no state, no network.
 """
@@ -21,6 +23,7 @@ from typing import Any, Literal
 from urllib.parse import unquote
 
 from volplugd.plugin.errors import PluginAddressError
+from volplugd.plugin.text import is_utf8
 
 __all__ = [
     "MAX_FILE_BYTES",
@@ -84,8 +87,8 @@ def address_from_spec(path: str) -> PluginAddress:
     if not url:
         raise PluginAddressError(path, f"file is empty; want one URL {_WANT}")
     try:
-        address = parse_url(url)
-    except ValueError as err:
+        address = _parse_url(url)
+    except _BadURL as err:
         raise PluginAddressError(path, str(err)) from None
     if address.scheme == "https":  # Docker's NewLocalPlugin sets InsecureSkipVerify
         return PluginAddress("https", address.target, TLSConfig(insecure_skip_verify=True))
@@ -108,8 +111,8 @@ def address_from_json(path: str, *, tls_files: bool = True) -> PluginAddress:
         if not addr:
             raise ValueError('missing "Addr"')
         try:
-            address = parse_url(addr)
-        except ValueError as err:
+            address = _parse_url(addr)
+        except _BadURL as err:
             raise ValueError(f'"Addr": {err}') from None
         tls = _tls_config(spec)
         if not tls_files and tls is not None:
@@ -138,46 +141,58 @@ def load_address(path: str, *, tls_files: bool = True) -> PluginAddress:
 def parse_url(url: str) -> PluginAddress:
     """``unix:///abs/path``, ``tcp://host:port``, ``http(s)://host[:port]`` -> address.
 
-    Raises ValueError with the reason. A path, query or fragment after host:port is
-    ignored, as Docker ignores it.
+    Raises ValueError with the reason and the URL. A path, query or fragment after
+    host:port is ignored, as Docker ignores it.
     """
+    try:
+        return _parse_url(url)
+    except _BadURL as err:
+        raise ValueError(f"{err}: {url!r}") from None
+
+
+class _BadURL(ValueError):
+    """What is wrong with a URL, worded without quoting any of it (it may be a file's
+    secret content)."""
+
+
+def _parse_url(url: str) -> PluginAddress:
     if re.search(r"[\x00-\x1f\x7f]", url):
-        raise ValueError(f"URL contains a control character (want one URL on one line): {url!r}")
+        raise _BadURL("URL contains a control character (want one URL on one line)")
     scheme, sep, rest = url.partition("://")
     if not sep or not scheme:
-        raise ValueError(f"URL has no scheme: {url!r} {_WANT}")
+        raise _BadURL(f"URL has no scheme {_WANT}")
     scheme = scheme.lower()  # as Go's url.Parse does
     if scheme == "unix":
-        return PluginAddress("unix", _unix_path(url, rest))
+        return PluginAddress("unix", _unix_path(rest))
     network = _NETWORK_SCHEMES.get(scheme)
     if network is not None:
-        return PluginAddress(network, _host_port(url, network, rest))
-    raise ValueError(f"unknown URL scheme {scheme!r} in {url!r} {_WANT}")
+        return PluginAddress(network, _host_port(network, rest))
+    raise _BadURL(f"unknown URL scheme {_WANT}")
 
 
-def _unix_path(url: str, rest: str) -> str:
+def _unix_path(rest: str) -> str:
     path = unquote(re.split(r"[?#]", rest, maxsplit=1)[0])
     if not path.startswith("/"):  # "unix://x.sock" would make Go dial host "x.sock"
-        raise ValueError(f"unix:// needs an absolute socket path (unix:///path): {url!r}")
+        raise _BadURL("unix:// needs an absolute socket path (unix:///path)")
     return path
 
 
-def _host_port(url: str, scheme: str, rest: str) -> str:
+def _host_port(scheme: str, rest: str) -> str:
     authority = re.split(r"[/?#]", rest, maxsplit=1)[0].rpartition("@")[2]
     # host, or an IPv6 literal in brackets, then an optional ":port"
     match = re.fullmatch(r"(\[[^\]]*\]|[^:\[\]]*)(?::(.*))?", authority)
     if match is None or match[1] in ("", "[]") or re.search(r"\s", match[1]):
-        raise ValueError(f"{scheme}:// URL has no valid host: {url!r}")
-    return f"{match[1]}:{_port(url, scheme, match[2])}"
+        raise _BadURL(f"{scheme}:// URL has no valid host")
+    return f"{match[1]}:{_port(scheme, match[2])}"
 
 
-def _port(url: str, scheme: str, text: str | None) -> int:
+def _port(scheme: str, text: str | None) -> int:
     if not text:
         if scheme not in _DEFAULT_PORTS:
-            raise ValueError(f"{scheme}:// URL needs a port (tcp://host:port): {url!r}")
+            raise _BadURL(f"{scheme}:// URL needs a port (tcp://host:port)")
         return _DEFAULT_PORTS[scheme]
     if not text.isdigit() or not 0 < int(text) < 65536:
-        raise ValueError(f"invalid port {text!r} in {url!r} (want 1-65535)")
+        raise _BadURL("invalid port (want 1-65535)")
     return int(text)
 
 
@@ -211,10 +226,25 @@ def _decode_json(text: str) -> dict[str, Any]:
         value, _ = json.JSONDecoder().raw_decode(text, start)
     except json.JSONDecodeError as err:
         raise ValueError(
-            f"invalid JSON: {err.msg} (line {err.lineno} column {err.colno})") from None
+            f"invalid JSON: {_json_problem(err.msg)} (line {err.lineno} column {err.colno})"
+        ) from None
+    except RecursionError:  # 64 KiB of "[[[[": still only a bad file
+        raise ValueError("invalid JSON: nested too deeply") from None
     if not isinstance(value, dict):
         raise ValueError(f"want a JSON object, got {_json_type(value)}")
     return value
+
+
+# The decoder's messages, without the character some of them quote (the pure-Python
+# decoder writes "Invalid \\escape: 'x'"): position yes, content no.
+_JSON_PROBLEMS = ("Expecting value", "Expecting property name enclosed in double quotes",
+                  "Expecting ':' delimiter", "Expecting ',' delimiter",
+                  "Invalid control character", "Invalid \\uXXXX escape", "Invalid \\escape",
+                  "Unterminated string")
+
+
+def _json_problem(message: str) -> str:
+    return next((known for known in _JSON_PROBLEMS if message.startswith(known)), "syntax error")
 
 
 def _tls_config(spec: dict[str, Any]) -> TLSConfig | None:
@@ -253,6 +283,8 @@ def _field(obj: dict[str, Any], key: str, kind: type, default: Any, prefix: str 
         return default
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
         raise ValueError(f'"{prefix}{key}" must be {_TYPE_NAMES[kind]}, got {_json_type(value)}')
+    if isinstance(value, str) and not is_utf8(value):  # a "\ud800" escape: no real path
+        raise ValueError(f'"{prefix}{key}" must be valid Unicode (it has a lone surrogate)')
     return value
 
 
