@@ -110,8 +110,9 @@ def test_hung_plugins_never_starve_a_healthy_one_and_the_daemon_keeps_serving(
     for fp in stuck:
         fp.set(LIST, b.Hang())
     flood = Flood(d, "/v1/plugins/stuck0/volumes", 48)
-    others = [Flood(d, f"/v1/plugins/stuck{i}/volumes", 4) for i in range(1, 5)]
     wait_until(lambda: len(flood.busy()) == 44, timeout=30, message="44 refusals")
+    # then 16 more hung calls: never more connections at once than the listener admits
+    others = [Flood(d, f"/v1/plugins/stuck{i}/volumes", 4) for i in range(1, 5)]
     wait_until(lambda: [lists(fp) for fp in stuck] == [4] * 5, message="20 calls hung")
 
     assert request(d, "GET", "/v1/plugins/good/volumes")[::2] == (200, {"volumes": []})
