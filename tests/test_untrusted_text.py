@@ -31,6 +31,7 @@ from volplugd.discovery.scan import NOT_UTF8, scan
 from volplugd.plugin import PluginAddress, PluginClient, PluginReportedError
 from volplugd.plugin.address import load_address
 from volplugd.plugin.errors import PluginAddressError, PluginError
+from volplugd.plugin.models import decode_object, parse_manifest
 from volplugd.plugin.text import (
     MAX_TEXT_BYTES,
     cut,
@@ -291,6 +292,14 @@ def test_a_1_mib_err_is_cut_to_4_kib_with_the_marker(
         assert len(text.encode()) <= MAX_TEXT_BYTES
         assert MARKER.search(text) is not None
     assert caught.value.err.startswith("EEEE")
+
+
+def test_a_huge_manifest_is_kept_bounded() -> None:
+    """Implements is kept in the view: at most 32 names, each once, each <= 256 bytes."""
+    names = ["VolumeDriver", "VolumeDriver", "x" * (1 << 20)] + [f"n{i}" for i in range(10_000)]
+    manifest = parse_manifest(decode_object(json.dumps({"Implements": names}).encode()))
+    assert len(manifest.implements) == 32
+    assert manifest.implements[:3] == ("VolumeDriver", "x" * 234 + "…(1048342 bytes cut)", "n0")
 
 
 def test_any_plugin_error_message_is_safe() -> None:

@@ -40,6 +40,8 @@ __all__ = [
 ]
 
 Scope = Literal["local", "global"]
+MAX_IMPLEMENTS = 32
+MAX_IMPLEMENTS_BYTES = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,11 +132,16 @@ def parse_err(obj: JsonObject) -> str:
 
 
 def parse_manifest(obj: JsonObject) -> Manifest:
-    """``{"Implements": ["VolumeDriver", ...]}``."""
+    """``{"Implements": ["VolumeDriver", ...]}``.
+
+    Kept in the plugin's view, so bounded: each name once, at most MAX_IMPLEMENTS names
+    of at most MAX_IMPLEMENTS_BYTES each (Docker knows six subsystems).
+    """
     implements = _typed(obj, "Implements", list, "a list of strings") or []
     if not all(isinstance(item, str) for item in implements):
         raise ResponseError("Implements is not a list of strings")
-    return Manifest(tuple(safe_text(item) for item in implements))
+    names = dict.fromkeys(safe_text(item, MAX_IMPLEMENTS_BYTES) for item in implements)
+    return Manifest(tuple(names)[:MAX_IMPLEMENTS])
 
 
 def parse_capabilities(obj: JsonObject) -> Capabilities:
