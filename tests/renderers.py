@@ -104,7 +104,7 @@ class Everywhere:
 
     def _logs(self, views: Sequence[PluginView], values: Sequence[tuple[str, str]]) -> None:
         for fmt in ("json", "console"):
-            with _logging(fmt) as out:
+            with logging_into(fmt) as out:
                 logger = log.get_logger("volplugd.test")
                 for view in views:
                     logger.warning("plugin_unhealthy", plugin=view.name, error=view.last_error)
@@ -139,7 +139,7 @@ def _json(data: bytes) -> Any:
 
 
 @contextmanager
-def _logging(fmt: str) -> Iterator[io.StringIO]:
+def logging_into(fmt: str) -> Iterator[io.StringIO]:
     """log.configure() into a buffer, and the process's logging put back afterwards."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level

@@ -24,8 +24,10 @@ from tests.renderers import (
     HOSTILE_NAMES,
     Everywhere,
     event_of,
+    logging_into,
     view_of,
 )
+from volplugd import log
 from volplugd.ctl import render
 from volplugd.discovery.scan import NOT_UTF8, scan
 from volplugd.plugin import PluginAddress, PluginClient, PluginReportedError
@@ -321,6 +323,24 @@ def test_every_renderer_survives_any_str_even_surrogates(name: str, error: str,
     JSON, metrics, HTML, both log formats and volplugctl."""
     view = view_of(name, last_error=error, address=address)
     Everywhere().render([view], [event_of(name, error)], log_values=[("error", error)])
+
+
+def test_a_traceback_in_the_console_log_is_escaped_too() -> None:
+    """An exception whose message carries a plugin's text prints escaped in console
+    format; JSON keeps it as an ASCII JSON string."""
+    for fmt in ("console", "json"):
+        with logging_into(fmt) as out:
+            try:
+                raise ValueError("evil\x1b]0;PWNED\x07 \ud800")
+            except ValueError:
+                log.get_logger("t").exception("control_request_failed")
+        text = out.getvalue()
+        assert CONTROL.search(text.replace("\n", "")) is None, text
+        if fmt == "console":
+            assert "ValueError: evil\\x1b]0;PWNED\\x07 \\ud800" in text
+        else:
+            assert text.isascii()
+            assert "evil\x1b]0;PWNED\x07" in json.loads(text)["exception"]
 
 
 def test_promtool_accepts_a_scrape_with_hostile_names(short_tmp: Path) -> None:

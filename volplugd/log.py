@@ -20,12 +20,13 @@ Runs on: the main thread (configure); any thread (logging).
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
 from typing import TextIO, cast
 
 import structlog
-from structlog.typing import EventDict, FilteringBoundLogger, Processor
+from structlog.typing import EventDict, ExcInfo, FilteringBoundLogger, Processor
 
 from volplugd.plugin.text import printable, safe_text
 
@@ -68,7 +69,7 @@ def _renderer(fmt: str, tty: bool) -> Processor:
     if fmt in ("console", "auto"):
         # Plain tracebacks: rich's would print every local variable into the log.
         return structlog.dev.ConsoleRenderer(
-            colors=tty, exception_formatter=structlog.dev.plain_traceback)
+            colors=tty, exception_formatter=_printable_traceback)
     raise ValueError(f"unknown log format {fmt!r}")
 
 
@@ -111,6 +112,14 @@ def _printable_values(_: object, __: str, event: EventDict) -> EventDict:
         if isinstance(value, str) and key not in ("exception", "stack"):
             event[key] = printable(value)
     return event
+
+
+def _printable_traceback(out: TextIO, exc_info: ExcInfo) -> None:
+    """structlog's plain traceback, each line printable (a message may hold a plugin's
+    text)."""
+    text = io.StringIO()
+    structlog.dev.plain_traceback(text, exc_info)
+    out.write("\n".join(printable(line) for line in text.getvalue().split("\n")))
 
 
 def _rendering(renderer: Processor) -> list[Processor]:
