@@ -6,7 +6,7 @@ import json
 import threading
 
 from volplugd.model import EventType, Kind, PluginState, PluginView
-from volplugd.registry import Registry
+from volplugd.registry import PendingEvent, Registry
 
 
 def view(name: str, state: PluginState = PluginState.READY) -> PluginView:
@@ -71,6 +71,33 @@ def test_events_wait_returns_when_an_event_arrives() -> None:
     reg.record(EventType.RESCAN, reason="manual")
     thread.join(10)
     assert got == [1]
+
+
+def test_events_published_with_a_snapshot_appear_with_it() -> None:
+    """publish(events=...) numbers them after earlier events, wakes followers, and a
+    reader who sees one of them sees that snapshot (it is swapped in first, under the
+    same lock)."""
+    seen: list[object] = []
+    reg = Registry(clock=lambda: seen.append(reg.snapshot()) or 0.0)
+    reg.record(EventType.RESCAN, reason="startup")
+    got: list[tuple[int, str | None]] = []
+    waiting = threading.Event()
+
+    def follow() -> None:
+        waiting.set()
+        got.extend((e.seq, e.plugin) for e in reg.events(1, wait=30.0))
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    waiting.wait(5)
+    seen.clear()
+    snap = reg.publish(views(view("a", PluginState.ACTIVATING)), events=[
+        PendingEvent(EventType.DISCOVERED, "a", None, PluginState.ACTIVATING, "/p/a.sock")])
+    thread.join(10)
+    assert seen[1:] == [snap]  # [0] is the snapshot's own time, taken before the swap
+    assert [(e.seq, e.type, e.plugin, e.to_state) for e in reg.events(0)] == [
+        (1, EventType.RESCAN, None, None), (2, EventType.DISCOVERED, "a", PluginState.ACTIVATING)]
+    assert got == [(2, "a")]
 
 
 def test_wait_returns_newer_snapshot_or_current_at_timeout() -> None:

@@ -19,11 +19,13 @@ from tests.plugin.test_client_tcp import TCPPlugin
 from tests.waiting import wait_until
 from volplugd.config import DiscoverySettings, PluginSettings, ProbeSettings, Settings
 from volplugd.model import (
+    Event,
     PluginNotReady,
     PluginState,
     PluginView,
     Rescan,
     RescanResult,
+    Snapshot,
     Stop,
     Stopping,
     UnknownPlugin,
@@ -79,7 +81,8 @@ def start(plugins_dir: Path) -> Iterator[Callable[..., Supervisor]]:
                             probe=probe, plugin=PluginSettings(timeouts=TIMEOUTS))
         if not watch:
             extra["watcher_factory"] = MissesEverything
-        sup = Supervisor(settings, Registry(), workers=4, **extra)
+        registry = extra.pop("registry", None) or Registry()
+        sup = Supervisor(settings, registry, workers=4, **extra)
         sup.start()
         running.append(sup)
         return sup
@@ -319,6 +322,7 @@ def test_manual_rescan_reports_added_and_removed(
     gone.stop()
     fakes("late")
     assert sup.rescan(5).to_json() == {"added": ["late"], "removed": ["gone"], "changed": []}
+    assert set(sup.snapshot().plugins) == {"late"}  # published before the answer
     wait_state(sup, "late", PluginState.READY)
     assert [e.reason for e in sup.events(0) if e.type.value == "rescan"] == [
         "startup", "manual", "manual"]
@@ -381,3 +385,45 @@ def test_status_reports_follow_the_counts_at_most_once_a_second(
     gaps = [b[0] - a[0] for a, b in itertools.pairwise(reports)]
     assert all(gap >= 0.9 for gap in gaps), gaps
     assert all(a[1] != b[1] for a, b in itertools.pairwise(reports))
+
+
+class Witness(Registry):
+    """A registry that notes, as each event appears, the snapshot readers see with it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[Event, Snapshot]] = []
+
+    def _append(self, *args: Any) -> Event:
+        event = super()._append(*args)
+        self.seen.append((event, self.snapshot()))
+        return event
+
+
+def test_events_never_run_ahead_of_the_snapshot(
+        start: Callable[..., Supervisor], fakes: Callable[..., FakePlugin],
+        plugins_dir: Path) -> None:
+    """A socket replaced at the same path. Each event appears together with the snapshot
+    that shows it: when the eviction appears, the old registration (ready) is no longer
+    listed, so a client that saw the event and then waits for "ready" waits for the new
+    one (a system test once read the old one's "ready" beside the new one's discovery)."""
+    witness = Witness()
+    sup = start(registry=witness)
+    old = fakes("swap")
+    first = wait_state(sup, "swap", PluginState.READY)
+    assert first is not None
+    old.stop(unlink=False)
+    os.unlink(plugins_dir / "swap.sock")
+    fakes("swap")
+    wait_until(lambda: [(e.type.value, e.to_state) for e, _ in witness.seen
+                        if e.plugin == "swap"][-1:] == [("state_changed", PluginState.READY)]
+               and any(e.type.value == "evicted" for e, _ in witness.seen), 10,
+               message="the old swap evicted and the new one ready")
+    for event, snap in witness.seen:
+        shown = snap.plugins.get("swap")
+        if event.plugin != "swap":
+            continue
+        if event.type.value == "evicted":
+            assert shown is None or shown.registered_at > first.registered_at, event
+        elif shown is None or shown.state is not event.to_state:
+            raise AssertionError(f"{event} appeared beside {shown}")

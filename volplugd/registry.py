@@ -1,5 +1,9 @@
 """The registry: the current immutable Snapshot and a bounded, numbered event log.
 
+Events about plugins are appended by ``publish``, under the same lock as the snapshot
+they describe: a reader who sees an event finds its change in the snapshot, and a reader
+who sees a snapshot finds the events that led to it.
+
 Runs on: ``publish`` and ``record`` from the supervisor thread only; ``snapshot``,
 ``wait`` and ``events`` from any thread. Readers never block the writer for longer
 than a reference swap under a condition.
@@ -11,8 +15,9 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
+from typing import NamedTuple
 
 from volplugd.model import (
     EMPTY_SNAPSHOT,
@@ -23,6 +28,16 @@ from volplugd.model import (
     PluginView,
     Snapshot,
 )
+
+
+class PendingEvent(NamedTuple):
+    """An event to append with the next ``publish`` (it gets its number and time then)."""
+
+    type: EventType
+    plugin: str | None = None
+    from_state: PluginState | None = None
+    to_state: PluginState | None = None
+    reason: str = ""
 
 
 class Registry:
@@ -40,11 +55,13 @@ class Registry:
         return self._snapshot
 
     def publish(self, views: Mapping[str, PluginView],
-                changed: Iterable[str] | None = None) -> Snapshot:
-        """Swap in a snapshot of ``views`` (in any order). Only the ``changed`` names
-        (default: all) are recounted, so a publish costs O(changes) apart from one
-        C-level copy of ``views``. Nothing is encoded here: a record is encoded when a
-        reader first asks for it (``JsonRecords``), once per version of the view."""
+                changed: Iterable[str] | None = None,
+                events: Sequence[PendingEvent] = ()) -> Snapshot:
+        """Swap in a snapshot of ``views`` (in any order) and append ``events`` with it,
+        atomically for readers. Only the ``changed`` names (default: all) are recounted,
+        so a publish costs O(changes) apart from one C-level copy of ``views``. Nothing is
+        encoded here: a record is encoded when a reader first asks for it
+        (``JsonRecords``), once per version of the view."""
         old = self._snapshot
         names = views.keys() | old.plugins.keys() if changed is None else changed
         counts = dict(old.counts)
@@ -64,6 +81,8 @@ class Registry:
                         counts=MappingProxyType(counts))
         with self._changed:
             self._snapshot = snap
+            for event in events:
+                self._append(*event)
             self._changed.notify_all()
         return snap
 
@@ -77,10 +96,16 @@ class Registry:
                from_state: PluginState | None = None, to_state: PluginState | None = None,
                reason: str = "") -> Event:
         with self._changed:
-            self._seq += 1
-            event = Event(self._seq, self._clock(), type_, plugin, from_state, to_state, reason)
-            self._events.append(event)
+            event = self._append(type_, plugin, from_state, to_state, reason)
             self._changed.notify_all()
+        return event
+
+    def _append(self, type_: EventType, plugin: str | None, from_state: PluginState | None,
+                to_state: PluginState | None, reason: str) -> Event:
+        """Number and keep one event (under ``self._changed``)."""
+        self._seq += 1
+        event = Event(self._seq, self._clock(), type_, plugin, from_state, to_state, reason)
+        self._events.append(event)
         return event
 
     def events(self, since: int, wait: float = 0.0) -> tuple[Event, ...]:

@@ -63,7 +63,7 @@ from volplugd.plugin.errors import (
     PluginUnreachable,
 )
 from volplugd.plugin.failures import Failure, classify
-from volplugd.registry import Registry
+from volplugd.registry import PendingEvent, Registry
 from volplugd.scheduling import Schedule, Slots
 
 T = TypeVar("T")
@@ -143,6 +143,7 @@ class Supervisor(Commands):
         self._tracked: dict[str, policy.Tracked] = {}
         self._views: dict[str, PluginView] = {}  # what the next snapshot shows, by name
         self._changed: set[str] = set()  # names whose view changed since the last publish
+        self._unpublished: list[PendingEvent] = []  # events that go out with that publish
         self._clients: dict[str, _Entry] = {}
         self._schedule = Schedule()
         self._inflight: set[int] = set()
@@ -291,6 +292,7 @@ class Supervisor(Commands):
             case Rescan(trigger=trigger, reply=reply):
                 result = self._full_scan(trigger, now)
                 if reply is not None and not reply.done():
+                    self._publish()  # what the answer names is in /v1/plugins by then
                     reply.set_result(result)
             case ProbeNow():
                 self._probe_now(message, now)
@@ -361,7 +363,7 @@ class Supervisor(Commands):
         self._burst_scan = None  # this scan covers every hint so far
         result = self._apply_scan(self._scan_dirs(), now)
         self._observer.rescan(trigger)
-        self._registry.record(EventType.RESCAN, reason=trigger)
+        self._event(PendingEvent(EventType.RESCAN, reason=trigger))
         self._next_rescan = now + self._settings.discovery.rescan_interval
         if self._watcher.refresh():
             log.warning("watcher_restarted")
@@ -413,8 +415,8 @@ class Supervisor(Commands):
         self._show(want.name, tracked.view)
         self._clients[want.name] = _Entry(self._make_client(want), token,
                                           Slots(self._settings.plugin.max_in_flight))
-        self._registry.record(EventType.DISCOVERED, want.name, None, PluginState.ACTIVATING,
-                              want.source)
+        self._event(PendingEvent(EventType.DISCOVERED, want.name, None,
+                                 PluginState.ACTIVATING, want.source))
         self._observer.discovery("added")
         _log_warnings(want)
         log.info("plugin_discovered", plugin=want.name, address=want.address.url,
@@ -442,7 +444,7 @@ class Supervisor(Commands):
         self._inflight.discard(tracked.token)
         self._dispatched_due.pop(tracked.token, None)
         self._clients.pop(name).client.close()
-        self._registry.record(EventType.EVICTED, name, tracked.state, None, reason)
+        self._event(PendingEvent(EventType.EVICTED, name, tracked.state, None, reason))
         self._observer.evicted(name, reason)
         self._observer.discovery("removed" if reason == "removed" else "changed")
         log.info("plugin_evicted", plugin=name, reason=reason, state=tracked.state.value)
@@ -563,7 +565,8 @@ class Supervisor(Commands):
         self._show(name, new.view)
         if old.state is not new.state:
             reason = new.view.last_error or "ok"
-            self._registry.record(EventType.STATE_CHANGED, name, old.state, new.state, reason)
+            self._event(PendingEvent(EventType.STATE_CHANGED, name, old.state, new.state,
+                                     reason))
             log.info(_STATE_EVENTS[new.state], plugin=name, address=new.view.address,
                      **{"from": old.state.value}, reason=reason,
                      latency_ms=_ms(new.view.probe_latency_seconds))
@@ -595,9 +598,20 @@ class Supervisor(Commands):
             self._views[name] = view
         self._changed.add(name)
 
+    def _event(self, event: PendingEvent) -> None:
+        """An event about a plugin goes out with the next publish, together with the
+        snapshot that shows its change (so /v1/events is never ahead of /v1/plugins, nor
+        behind it); one about no plugin (a rescan) at once, unless others wait before it."""
+        if event.plugin is None and not self._unpublished:
+            self._registry.record(*event)
+        else:
+            self._unpublished.append(event)
+            self._urgent = True
+
     def _publish(self) -> None:
-        self._registry.publish(self._views, self._changed)
+        self._registry.publish(self._views, self._changed, self._unpublished)
         self._changed = set()
+        self._unpublished = []
         self._urgent = False
         self._lazy_since = None
 
