@@ -145,15 +145,44 @@ def test_plugin_dir_created_late_and_recreated_is_watched(
 def test_many_sockets_present_at_start_are_ready_once_serving(
         daemon: Callable[..., Daemon], fakes: Callable[..., FakePlugin],
         short_tmp: Path) -> None:
-    """200 plugins present at start are all ready once the daemon says it is ready."""
-    d = daemon(config=FAST)
+    """200 plugins present at start are all ready once the daemon says it is ready.
+
+    Default deadlines: READY waits for each first activation to end, answered or timed
+    out (see the test below), and 200 plugins served by this one test process may take
+    longer than FAST's 0.5 s to answer on a busy machine (they then count as activating),
+    or miss FAST's 0.3 s probes before the last one is activated (unhealthy).
+    """
+    d = daemon()
     d.plugin_dirs[0].mkdir(parents=True)
-    for i in range(200):
-        fakes(d.plugin_dirs[0] / f"p{i:03}.sock")
+    made = [fakes(d.plugin_dirs[0] / f"p{i:03}.sock") for i in range(200)]
     d.start()
-    ready = d.wait_log("volplugd_ready")
+    ready = d.wait_log("volplugd_ready", timeout=60)
     assert (ready["ready"], ready["activating"]) == (200, 0)
     assert d.get("/v1/health")["plugins"]["ready"] == 200
+    assert all(r.path == "/Plugin.Activate" for fp in made for r in fp.requests[:1])
+
+
+def test_ready_waits_for_each_first_activation_but_not_for_its_retries(
+        daemon: Callable[..., Daemon], fakes: Callable[..., FakePlugin]) -> None:
+    """A plugin present at start that never answers holds READY back until its first
+    activation times out, not longer: it is then counted as activating, and retried."""
+    d = daemon(config="[plugin]\ntimeouts = { activate = 3.0 }\n")
+    d.plugin_dirs[0].mkdir(parents=True)
+    fakes(d.plugin_dirs[0] / "good.sock")
+    hung = fakes(d.plugin_dirs[0] / "hung.sock")
+    hung.set("/Plugin.Activate", b.Hang())
+    d.start()
+    ready = d.wait_log("volplugd_ready", timeout=60)
+    assert (ready["ready"], ready["activating"]) == (1, 1)
+    events = [e["event"] for e in d.log_events() if e.get("plugin") in ("hung", None)]
+    assert events.index("plugin_activation_failed") < events.index("volplugd_ready")
+    failed = d.wait_log("plugin_activation_failed")
+    assert (failed["plugin"], failed["attempt"], failed["error"]) == (
+        "hung", 1, "sending request to plugin hung activation endpoint: timed out: "
+                   "no complete answer within 3 s")
+    assert hung.requests[0].path == "/Plugin.Activate"
+    assert d.plugins()["hung"]["state"] == "activating"
+    assert d.get("/v1/health")["status"] == "ok"
 
 
 def test_sigterm_with_a_hung_plugin_exits_promptly(
