@@ -29,7 +29,7 @@ from tests.renderers import (
 )
 from volplugd import log
 from volplugd.ctl import render
-from volplugd.discovery.scan import NOT_UTF8, scan
+from volplugd.discovery.scan import NOT_UTF8, scan, scan_one
 from volplugd.plugin import PluginAddress, PluginClient, PluginReportedError
 from volplugd.plugin.address import load_address
 from volplugd.plugin.errors import PluginAddressError, PluginError
@@ -178,6 +178,23 @@ def test_any_file_name_is_supervised_or_skipped_with_a_warning(
     finally:
         for path in paths:
             os.unlink(path)
+
+
+def test_a_name_that_is_not_utf8_is_skipped_in_a_folder_and_by_name_too(short_tmp: Path) -> None:
+    """<name>/<name>.spec and the watcher's scan_one(name) skip it the same way, with the
+    path escaped."""
+    root = os.fsencode(short_tmp)
+    os.mkdir(os.path.join(root, b"n\xff"))
+    with open(os.path.join(root, b"n\xff", b"n\xff.spec"), "wb") as spec:
+        spec.write(b"tcp://h:1")
+    with open(os.path.join(root, b"f\xfe.spec"), "wb") as spec:
+        spec.write(b"tcp://h:1")
+    result = scan([str(short_tmp)])
+    assert result.desired == {}
+    assert sorted((i.path, i.reason) for i in result.ignored) == [
+        (f"{short_tmp}/f\\xfe.spec", NOT_UTF8), (f"{short_tmp}/n\\xff/n\\xff.spec", NOT_UTF8)]
+    one = scan_one(os.fsdecode(b"f\xfe"), [str(short_tmp)])
+    assert (dict(one.desired), [i.reason for i in one.ignored]) == ({}, [NOT_UTF8])
 
 
 def _is_utf8(name: bytes) -> bool:
