@@ -79,6 +79,7 @@ class ControlSettings:
 @dataclass(frozen=True, slots=True)
 class MetricsSettings:
     listen: str = "127.0.0.1:9612"  # "" turns the TCP listener off
+    status_page: bool = True  # the HTML page at "/" of the TCP listener
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,7 +372,7 @@ _SECTIONS: Mapping[str, tuple[type, Mapping[str, Check]]] = {
         "socket": _socket_path, "mode": _mode, "group": _text,
         "read_groups": _array_of(_text, allow_empty=True),
         "admin_groups": _array_of(_text, allow_empty=True)}),
-    "metrics": (MetricsSettings, {"listen": _listen}),
+    "metrics": (MetricsSettings, {"listen": _listen, "status_page": _flag}),
     "log": (LogSettings, {"format": _one_of(LOG_FORMATS), "level": _one_of(LOG_LEVELS)}),
     "podman": (PodmanSettings, {
         "enabled": _flag, "dropin": _path, "volume_plugin_timeout": _count,

@@ -109,17 +109,19 @@ class Daemon:
         control_sock = inherited.pop("control", None)
         if control_sock is None and len(inherited) == 1 and "metrics" not in inherited:
             control_sock = inherited.popitem()[1]
+        access = access_policy(self.settings.control)
         app = make_app(self.supervisor, metrics=self.metrics.exposition,
                        on_request=self.metrics.control_request, version=__version__,
-                       started_at=self.started_at, access=access_policy(self.settings.control))
+                       started_at=self.started_at, access=access)
         control = self.settings.control
         server = ControlServer(app, path=control.socket, mode=control.mode, group=control.group,
-                               sock=control_sock)
+                               sock=control_sock, access=access)
         self._start("control", server.start, server.stop, server.join)
         listen, metrics_sock = self.settings.metrics.listen, inherited.pop("metrics", None)
         if listen or metrics_sock is not None:
             tcp = TcpMetricsServer(self.metrics.exposition, self._status_page, listen=listen,
-                                   sock=metrics_sock)
+                                   sock=metrics_sock,
+                                   show_status_page=self.settings.metrics.status_page)
             self._start("metrics", tcp.start, tcp.stop, tcp.join)
             logger.info("metrics_listening", host=tcp.host, port=tcp.port)
         if self.settings.podman.enabled:

@@ -89,12 +89,16 @@ def fetch(sock_path: str, method: str, target: str, *,
         conn.close()
 
 
-def raw_exchange(sock_path: str, data: bytes, timeout: float = 10.0) -> bytes:
-    """Send raw bytes, read until the server closes: for protocol-level cases."""
+def raw_exchange(sock_path: str, data: bytes, timeout: float = 10.0, *,
+                 half_close: bool = False) -> bytes:
+    """Send raw bytes, read until the server closes: for protocol-level cases.
+    ``half_close``: shut our sending side after the bytes (the server sees the end)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(sock_path)
         sock.sendall(data)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
         chunks = []
         while chunk := sock.recv(65536):
             chunks.append(chunk)

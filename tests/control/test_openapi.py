@@ -13,6 +13,7 @@ from tests.control.fuzz import fuzz_operations
 from tests.control.helpers import unix_session
 from volplugd.control import ROUTES, openapi_document
 from volplugd.control.app import ERRORS
+from volplugd.control.connection import PROTOCOL_ERRORS
 
 
 def test_document_is_valid_openapi_3_1() -> None:
@@ -32,11 +33,13 @@ def test_document_and_route_table_agree() -> None:
 
 
 def test_every_error_code_is_documented() -> None:
-    """The Error schema lists every code of the app's error table (plus internal_error)."""
+    """The Error schema lists every code of the app's error table, internal_error, and
+    the codes the server answers by itself (too_many_connections)."""
     doc = openapi_document()
     documented = doc["components"]["schemas"]["Error"]["properties"]["error"][
         "properties"]["code"]["enum"]
-    assert {code for _, code in ERRORS.values()} | {"internal_error"} == set(documented)
+    assert {code for _, code in ERRORS.values()} | {"internal_error"} | PROTOCOL_ERRORS \
+        == set(documented)
 
 
 def test_reusable_components_exist() -> None:

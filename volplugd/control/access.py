@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import os
 import pwd
+import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass
 from enum import Enum
 from typing import NamedTuple
 
-__all__ = ["READ_METHODS", "AccessPolicy", "Grant", "Peer", "decide", "groups_of"]
+__all__ = ["READ_METHODS", "AccessPolicy", "Grant", "Peer", "decide", "groups_of", "peer_of"]
 
 READ_METHODS = frozenset({"GET", "HEAD"})
 
@@ -26,6 +28,12 @@ class Peer(NamedTuple):
     pid: int
     uid: int
     gid: int
+
+
+def peer_of(sock: socket.socket) -> Peer:
+    """The connected unix socket's peer (SO_PEERCRED): one syscall, no lookups."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return Peer(*struct.unpack("3i", raw))
 
 
 class Grant(Enum):
@@ -50,6 +58,16 @@ class AccessPolicy:
         if groups & self.read_gids:
             return Grant.READ
         return Grant.NONE
+
+    def keeps_reserved_slots(self, peer: Peer) -> bool:
+        """Root and admins keep the control socket's reserved connection slots.
+
+        Asks the user database (cached, see ``groups_of``) only for a non-root peer,
+        and only when admin groups are configured.
+        """
+        if peer.uid == 0:
+            return True
+        return bool(self.admin_gids) and bool(groups_of(peer.uid, peer.gid) & self.admin_gids)
 
 
 def decide(policy: AccessPolicy, peer: Peer | None, groups: frozenset[int],

@@ -364,20 +364,25 @@ def make_app(commands: Commands, *, metrics: Callable[[], tuple[bytes, str]] | N
 
 
 class _MetricsApp(WsgiBase):
-    """The TCP listener's app: ``/metrics`` and ``/``, GET and HEAD only."""
+    """The TCP listener's app: ``/metrics`` and ``/`` (unless the page is off), GET and
+    HEAD only."""
 
-    def __init__(self, metrics: Callable[[], tuple[bytes, str]], status_page: Callable[[], bytes],
+    def __init__(self, metrics: Callable[[], tuple[bytes, str]],
+                 status_page: Callable[[], bytes] | None,
                  on_request: Callable[[str, int], None] | None):
         self._metrics = metrics
         self._status_page = status_page
-        super().__init__({"/metrics": {"GET": self.metrics}, "/": {"GET": self.index}},
-                         on_request, error_reply)
+        routes: dict[str, dict[str, Handler]] = {"/metrics": {"GET": self.metrics}}
+        if status_page is not None:
+            routes["/"] = {"GET": self.index}
+        super().__init__(routes, on_request, error_reply)
 
     def metrics(self, req: Request) -> Reply:
         body, content_type = self._metrics()
         return raw_reply(200, body, content_type)
 
     def index(self, req: Request) -> Reply:
+        assert self._status_page is not None  # routed only then
         return Reply(200, self._status_page(), "text/html; charset=utf-8", STATUS_PAGE_HEADERS)
 
 
@@ -388,7 +393,9 @@ STATUS_PAGE_HEADERS = (
 )
 
 
-def make_metrics_app(metrics: Callable[[], tuple[bytes, str]], status_page: Callable[[], bytes],
+def make_metrics_app(metrics: Callable[[], tuple[bytes, str]],
+                     status_page: Callable[[], bytes] | None,
                      on_request: Callable[[str, int], None] | None = None) -> WSGIApplication:
-    """What the TCP metrics listener serves; nothing here can change state."""
+    """What the TCP metrics listener serves; nothing here can change state.
+    ``status_page`` None: no HTML page, ``/`` is 404 ``not_found``."""
     return _MetricsApp(metrics, status_page, on_request)

@@ -1,19 +1,22 @@
 """One HTTP connection: the stdlib ``wsgiref`` handler, made safe for a daemon.
 
-Added to the standard library's server: a deadline for each whole request (a client
-dripping one byte at a time is dropped at ``read_timeout``), a byte budget for the
-request head, bodies framed by Content-Length only, a lazy ``100 Continue``, HTTP/1.1
-keep-alive when the answer has a length, JSON error bodies for protocol errors, and the
-peer's credentials in the environ. Runs on: one thread per connection.
+Added to the standard library's server: a strict head parser (``head.parse_head``: any
+malformed head gets its 4xx, never a traceback), a deadline for each whole request (a
+client dripping one byte at a time is dropped at ``read_timeout``) and a shorter one for
+a connection's first head (``first_request_timeout``), a byte budget for the request
+head, bodies framed by Content-Length only, a lazy ``100 Continue``, HTTP/1.1 keep-alive
+when the answer has a length, the listener's ``Host`` rule (421), JSON error bodies for
+protocol errors, and the peer's credentials in the environ.
+Runs on: one thread per connection.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import io
 import select
 import socket
-import struct
 import sys
 import threading
 import time
@@ -25,6 +28,7 @@ from wsgiref.headers import Headers
 from wsgiref.simple_server import WSGIRequestHandler
 
 from volplugd.control.access import Peer, groups_of
+from volplugd.control.head import MAX_FIELDS, BadHead, Head, parse_head
 from volplugd.control.routing import JSON
 from volplugd.control.sockio import Body, HeadTooLarge, Reader, Writer
 from volplugd.log import get_logger
@@ -33,10 +37,14 @@ from volplugd.model import encode
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-__all__ = ["MAX_HEAD_BYTES", "Site", "serve_connection"]
+__all__ = ["FIRST_REQUEST_TIMEOUT", "MAX_HEAD_BYTES", "PROTOCOL_ERRORS", "Site",
+           "serve_connection", "too_many_connections"]
 
 MAX_REQUEST_LINE = 8 * 1024
 MAX_HEAD_BYTES = 64 * 1024  # request line + headers; http.client alone allows 100 x 64 KiB
+# A new connection must deliver its first head this soon: a client that connects and says
+# nothing holds a slot (and a thread) for seconds at most, not a whole read_timeout.
+FIRST_REQUEST_TIMEOUT = 2.0
 DRAIN_LIMIT = 64 * 1024  # an unread body up to this is skipped to keep the connection
 # Closing on unread bytes resets the connection, and a client still sending then never
 # reads our answer (a 413, say); so we half-close and swallow a bounded amount first.
@@ -44,7 +52,12 @@ LINGER_BYTES = 4 * 1024 * 1024
 LINGER_SECONDS = 2.0
 _READ_METHODS = frozenset({"GET", "HEAD"})
 _PROTOCOL_CODES = {405: "method_not_allowed", 413: "request_too_large",
-                   414: "request_too_large", 431: "request_too_large"}
+                   414: "request_too_large", 421: "misdirected_request",
+                   431: "request_too_large"}
+PROTOCOL_ERRORS = frozenset({"too_many_connections"})
+"""Codes the control socket's server answers by itself, beyond the app's error table
+(``misdirected_request`` is the TCP listener's only)."""
+_MISDIRECTED = "this listener answers only requests for localhost, 127.0.0.0/8 or [::1]"
 
 _log = get_logger(__name__)
 
@@ -59,10 +72,21 @@ class Site:
     stopping: threading.Event
     follow_slot: Callable[[], Callable[[], None] | None]
     may_keep_alive: Callable[[], bool]
-    set_idle: Callable[[socket.socket, bool], None]
+    set_idle: Callable[[socket.socket, bool], bool]  # False: the slot was taken away
+    first_request_timeout: float = FIRST_REQUEST_TIMEOUT
+    host_allowed: Callable[[str | None], bool] | None = None  # None: any Host
     base_environ: dict[str, Any] = field(default_factory=lambda: {
         "SERVER_NAME": "localhost", "SERVER_PORT": "0", "GATEWAY_INTERFACE": "CGI/1.1",
         "SCRIPT_NAME": "", "CONTENT_LENGTH": "", "REMOTE_HOST": ""})
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    """One connection as the listener accepted it (BaseRequestHandler's "server")."""
+
+    site: Site
+    peer: Peer | None
+    at: float  # time.monotonic() at accept
 
 
 class _Handler(SimpleHandler):
@@ -118,16 +142,21 @@ class _Connection(WSGIRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "volplugd"
     sys_version = ""
-    server: Any  # the Site (BaseRequestHandler calls it "server")
+    server: Any  # an _Accepted, then its Site (BaseRequestHandler calls it "server")
 
     def setup(self) -> None:
-        self.site: Site = self.server
+        accepted: _Accepted = self.server
+        self.server = self.site = accepted.site  # wsgiref reads server.base_environ
+        self._accepted_at = accepted.at
         self.connection = sock = self.request
         self._reader = Reader(sock)
         self.rfile = self.inp = io.BufferedReader(self._reader, 16 * 1024)
         self.wfile = self.out = io.BufferedWriter(Writer(sock, self.site.read_timeout),
                                                   64 * 1024)
-        self.peer, self.groups = _credentials(sock)
+        self.peer = accepted.peer
+        self.groups = frozenset() if self.peer is None else \
+            groups_of(self.peer.uid, self.peer.gid)
+        self.command, self.requestline, self.request_version = "", "", "HTTP/1.1"
         self._expecting = False
         self._body: Body | None = None
         self._refused = False  # a protocol error: the client may still be sending
@@ -151,6 +180,7 @@ class _Connection(WSGIRequestHandler):
 
     def _linger(self) -> None:
         unread = self._refused or (self._body is not None and self._body.remaining > 0)
+        self._reader.budget = None  # a refused head's leftovers are not a head
         if not unread or self.site.stopping.is_set():
             return
         self.connection.shutdown(socket.SHUT_WR)
@@ -162,48 +192,86 @@ class _Connection(WSGIRequestHandler):
     # -- reading a request head --
 
     def _next_request(self, first: bool) -> bool:
-        self._reader.deadline = time.monotonic() + self.site.read_timeout
-        self._reader.budget = MAX_HEAD_BYTES
+        """Read and check the next head; False when the connection is done."""
+        reader = self._reader
+        reader.budget, reader.received = MAX_HEAD_BYTES, 0
         idle = not first
+        self.site.set_idle(self.connection, True)  # until its head is in, a slot can go
         try:
-            if idle and not self._wait_while_idle():
-                return False
-            idle = False
-            return self._read_head()
+            started = self._accepted_at
+            reader.deadline = started + min(self.site.first_request_timeout,
+                                            self.site.read_timeout)
+            if idle:
+                reader.deadline = time.monotonic() + self.site.read_timeout
+                if not self.inp.peek(1):
+                    return False
+                started = time.monotonic()
+                reader.deadline = started + self.site.read_timeout
+                idle = False
+            head = self._read_head()
+            if not self.site.set_idle(self.connection, False):
+                return False  # evicted to make room while its head came in
         except HeadTooLarge:
             self.send_error(431, "request head is over the limit")
+        except BadHead as bad:
+            self.send_error(bad.status, bad.message)
         except TimeoutError:
-            # An idle keep-alive connection timing out is normal; a request that started
-            # and did not finish in time is a slow (or hostile) client.
-            event = "control_idle_connection_closed" if idle else "control_client_too_slow"
-            (_log.debug if idle else _log.info)(event, pid=self.peer and self.peer.pid,
-                                                 timeout=self.site.read_timeout)
+            self._log_timeout(idle)
         except OSError:
-            pass  # reset, or shut down by stop()
+            pass  # reset, or shut down by stop() or to make room
+        else:
+            if head is not None:
+                reader.deadline = started + self.site.read_timeout  # for the body
+                return self._accept_head(head)
+        finally:
+            reader.budget = None
+            self.site.set_idle(self.connection, False)
         return False
 
-    def _wait_while_idle(self) -> bool:
-        """Between keep-alive requests the server may reclaim this slot (when full)."""
-        self.site.set_idle(self.connection, True)
-        try:
-            return bool(self.inp.peek(1))
-        finally:
-            self.site.set_idle(self.connection, False)
+    def _log_timeout(self, idle: bool) -> None:
+        # An idle keep-alive connection, or one that never sent a byte, timing out is
+        # normal (and cheap to cause: logged at debug); a request that started and did
+        # not finish in time is a slow (or hostile) client.
+        if idle or self._reader.received == 0:
+            event = "control_idle_connection_closed" if idle else "control_connection_silent"
+            _log.debug(event, pid=self.peer and self.peer.pid)
+        else:
+            _log.info("control_client_too_slow", pid=self.peer and self.peer.pid,
+                      timeout=self.site.read_timeout)
 
-    def _read_head(self) -> bool:
-        self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
-        if len(self.raw_requestline) > MAX_REQUEST_LINE:
-            self.requestline, self.request_version, self.command = "", "HTTP/1.1", ""
-            self.send_error(414, "request line is over the limit")
-            return False
-        if not self.raw_requestline:
-            return False
-        ok = bool(self.parse_request())
-        self._reader.budget = None
-        return ok
+    def _read_head(self) -> Head | None:
+        """The head's lines, parsed; None if the client closed before sending a byte."""
+        request_line = self.rfile.readline(MAX_REQUEST_LINE + 1)
+        if not request_line:
+            return None
+        if len(request_line) > MAX_REQUEST_LINE:
+            raise BadHead(414, "request line is over the limit")
+        fields: list[bytes] = []
+        line = request_line
+        while True:
+            if not line.endswith(b"\n"):
+                raise BadHead(400, "the request head ended early")
+            line = self.rfile.readline(MAX_HEAD_BYTES)  # the head's budget bounds it
+            if line in (b"\r\n", b"\n"):
+                return parse_head(request_line, fields)
+            if len(fields) == MAX_FIELDS:
+                raise BadHead(431, f"more than {MAX_FIELDS} header fields")
+            fields.append(line)
 
-    def handle_expect_100(self) -> bool:
-        self._expecting = True  # answered only when the app reads the body
+    def _accept_head(self, head: Head) -> bool:
+        """Take a parsed head as this request's; refuse a Host this listener must not serve."""
+        self.command, self.path, self.request_version = head.method, head.target, head.version
+        self.requestline = f"{head.method} {head.target} {head.version}"
+        self.head = head
+        self.headers = http.client.HTTPMessage()
+        for name, value in head.fields:
+            self.headers[name] = value  # appends: repeated fields stay repeated
+        self.close_connection = not head.keep_alive
+        self._expecting = head.expects_continue  # answered only when the app reads
+        allowed = self.site.host_allowed
+        if allowed is not None and not allowed(head.get("Host")):
+            self.send_error(421, _MISDIRECTED)
+            return False
         return True
 
     # -- one request through the WSGI app --
@@ -228,19 +296,11 @@ class _Connection(WSGIRequestHandler):
                 self.close_connection = True
 
     def _framing(self) -> int | None:
-        """The body length, or None after refusing a request we cannot frame."""
-        if self.headers.get("Transfer-Encoding"):
-            self.send_error(411, "send the body with a Content-Length")
-            return None
+        """The body length (checked by parse_head), or None after refusing the method."""
         if self.site.read_only and self.command not in _READ_METHODS:
             self.send_error(405, "this listener is read-only")
             return None
-        values = self.headers.get_all("Content-Length") or ["0"]
-        value = values[0].strip()
-        if len(values) > 1 or not value.isascii() or not value.isdigit():
-            self.send_error(400, "Content-Length must be a non-negative integer")
-            return None
-        return int(value)
+        return self.head.content_length
 
     def keep_after_reply(self) -> bool:
         """Decided as the answer's headers go out; an unread body may forbid it."""
@@ -293,7 +353,8 @@ class _Connection(WSGIRequestHandler):
             if code == 405:
                 self.send_header("Allow", "GET, HEAD")
             self.end_headers()
-            self.wfile.write(body)
+            if self.command != "HEAD":
+                self.wfile.write(body)
             self.wfile.flush()
         except OSError:
             pass
@@ -302,15 +363,17 @@ class _Connection(WSGIRequestHandler):
         pass  # answers are counted by on_request; connection trouble is logged by name
 
 
-def _credentials(sock: socket.socket) -> tuple[Peer | None, frozenset[int]]:
-    if sock.family != socket.AF_UNIX:
-        return None, frozenset()
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    peer = Peer(*struct.unpack("3i", raw))
-    return peer, groups_of(peer.uid, peer.gid)
+def too_many_connections(message: str) -> bytes:
+    """The whole answer to a connection refused at accept: 503, JSON, then close."""
+    body = encode({"error": {"code": "too_many_connections", "message": message}})
+    head = ("HTTP/1.1 503 Service Unavailable\r\nServer: volplugd\r\n"
+            f"Content-Type: {JSON}\r\nContent-Length: {len(body)}\r\nRetry-After: 1\r\n"
+            "Connection: close\r\n\r\n")
+    return head.encode("ascii") + body
 
 
-def serve_connection(sock: socket.socket, site: Site) -> None:
+def serve_connection(sock: socket.socket, site: Site, peer: Peer | None,
+                     accepted_at: float) -> None:
     """Serve ``sock`` until it is done; the caller closes it."""
     address = ("local", 0) if sock.family == socket.AF_UNIX else sock.getpeername()
-    _Connection(sock, address, cast(Any, site))
+    _Connection(sock, address, cast(Any, _Accepted(site, peer, accepted_at)))

@@ -1,10 +1,15 @@
 """Serving one listening socket: an accept thread and one thread per connection.
 
-At most ``max_connections`` connections are served; further clients wait in the listen
-backlog (128, not the stdlib's 5) until a slot frees, and a keep-alive connection idling
-between requests gives its slot up when someone is waiting. ``stop()`` is prompt: it
-wakes the accept thread, shuts every open connection down and makes follow streams end;
-``join()`` waits for the threads.
+Slots are counted by a ``ConnectionBudget``: at most ``max_connections`` in all. The
+accept thread reads the peer (``_peer``: SO_PEERCRED on the control socket) before any
+request, then admits it or answers ``503 too_many_connections`` at once and closes: the
+control socket bounds each uid and keeps headroom for root and admins. A connection
+that has not yet sent its head (or idles between keep-alive requests) is *waiting*: when
+a newcomer needs room, the one that has waited longest is shut down (on the control
+socket only an unprivileged one makes room for an unprivileged newcomer). When every
+slot is taken by connections at work, clients wait in the listen backlog (128, not the
+stdlib's 5). ``stop()`` is prompt: it wakes the accept thread, shuts every open
+connection down and makes follow streams end; ``join()`` waits for the threads.
 Runs on: the caller's thread (start/stop/join), the accept thread, connection threads.
 """
 
@@ -17,9 +22,17 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from volplugd.control.connection import Site, serve_connection
+from volplugd.control.access import Peer
+from volplugd.control.admission import ConnectionBudget, Refusal, Ticket
+from volplugd.control.connection import (
+    FIRST_REQUEST_TIMEOUT,
+    Site,
+    serve_connection,
+    too_many_connections,
+)
 from volplugd.log import get_logger
 
 if TYPE_CHECKING:
@@ -28,27 +41,41 @@ if TYPE_CHECKING:
 __all__ = ["BACKLOG", "Listener"]
 
 BACKLOG = 128
+REFUSAL_LOG_SECONDS = 10.0  # refusals are logged once per this, with a count
 _log = get_logger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class _Slot:
+    thread: threading.Thread
+    ticket: Ticket
 
 
 class Listener:
     """The accept loop and connection bookkeeping shared by both servers."""
 
     def __init__(self, app: WSGIApplication, *, name: str, max_connections: int,
-                 max_follow: int, read_timeout: float, read_only: bool):
+                 max_follow: int, read_timeout: float, read_only: bool,
+                 first_request_timeout: float = FIRST_REQUEST_TIMEOUT,
+                 budget: ConnectionBudget | None = None):
         self._name = name
-        self._max = max_connections
+        self._budget = budget or ConnectionBudget(total=max_connections)
+        self._max = self._budget.total
         self._follow = threading.BoundedSemaphore(max_follow)
         self._stopping = threading.Event()
         self._cond = threading.Condition()
-        self._conns: dict[socket.socket, threading.Thread] = {}
-        self._idle: set[socket.socket] = set()
+        self._conns: dict[socket.socket, _Slot] = {}
+        self._waiting: dict[socket.socket, None] = {}  # oldest first: the eviction order
+        self._evicted: set[socket.socket] = set()
+        self._refused = 0
+        self._refusal_logged_at = -REFUSAL_LOG_SECONDS
         self._sock: socket.socket | None = None
         self._wake: tuple[int, int] | None = None
         self._thread: threading.Thread | None = None
         self.site = Site(app=app, read_timeout=read_timeout, read_only=read_only,
                          stopping=self._stopping, follow_slot=self._take_follow,
-                         may_keep_alive=self._has_room, set_idle=self._set_idle)
+                         may_keep_alive=self._has_room, set_idle=self._set_idle,
+                         first_request_timeout=first_request_timeout)
 
     # -- lifecycle --
 
@@ -98,7 +125,7 @@ class Listener:
 
     def _threads(self) -> list[threading.Thread]:
         with self._cond:
-            return list(self._conns.values())
+            return [slot.thread for slot in self._conns.values()]
 
     @property
     def connections(self) -> int:
@@ -126,12 +153,12 @@ class Listener:
             self._close_listener()
 
     def _wait_for_room(self) -> bool:
-        """A client is waiting: free an idle keep-alive slot, or wait for one to end."""
+        """A client is waiting and every slot is taken: free the longest-waiting slot,
+        or wait for one to end."""
         with self._cond:
             while len(self._conns) >= self._max and not self._stopping.is_set():
-                if self._idle:
-                    _shutdown(self._idle.pop())
-                self._cond.wait()
+                if not self._evict_and_wait(privileged_too=True):
+                    self._cond.wait()
             return not self._stopping.is_set()
 
     def _accept_one(self) -> None:
@@ -144,15 +171,84 @@ class Listener:
             _log.warning("control_accept_failed", listener=self._name, error=str(err))
             self._stopping.wait(0.1)
             return
-        self._prepare(conn)
+        accepted_at = time.monotonic()
+        try:
+            peer = self._peer(conn)
+            self._prepare(conn)
+        except OSError:  # gone already
+            conn.close()
+            return
+        ticket = self._admit(peer)
+        if not isinstance(ticket, Ticket):
+            self._refuse(conn, peer, ticket)
+            return
         with self._cond:
             if self._stopping.is_set():
+                self._budget.release(ticket)
                 conn.close()
                 return
-            thread = threading.Thread(target=self._handle, args=(conn,), daemon=True,
-                                      name=f"{self._name}-conn")
-            self._conns[conn] = thread
+            thread = threading.Thread(target=self._handle, args=(conn, peer, accepted_at),
+                                      daemon=True, name=f"{self._name}-conn")
+            self._conns[conn] = _Slot(thread, ticket)
+            self._waiting[conn] = None  # it has sent no request yet
             thread.start()
+
+    def _admit(self, peer: Peer | None) -> Ticket | Refusal:
+        """A slot for this peer: free the longest-waiting one if need be."""
+        uid = None if peer is None else peer.uid
+        with self._cond:
+            privileged = self._budget.privilege_of(uid)
+        if privileged is None:  # outside the lock: this may ask the user database
+            privileged = peer is not None and self._privileged(peer)
+        with self._cond:
+            while not self._stopping.is_set():
+                outcome = self._budget.admit(uid, privileged)
+                if outcome is not Refusal.FULL or \
+                        not self._evict_and_wait(privileged_too=privileged):
+                    return outcome
+        return Refusal.FULL
+
+    def _evict_and_wait(self, *, privileged_too: bool) -> bool:
+        """Shut the longest-waiting connection down and wait (under the lock) until its
+        slot is free; False if no connection is waiting."""
+        victim = next((conn for conn in self._waiting
+                       if privileged_too or not self._conns[conn].ticket.privileged), None)
+        if victim is None:
+            return False
+        del self._waiting[victim]
+        self._evicted.add(victim)
+        _shutdown(victim)
+        _log.debug("control_connection_evicted", listener=self._name)
+        while victim in self._conns and not self._stopping.is_set():
+            self._cond.wait()
+        return True
+
+    def _refuse(self, conn: socket.socket, peer: Peer | None, why: Refusal) -> None:
+        """Answer 503 without blocking (it fits in a fresh socket's buffer) and close."""
+        if why is Refusal.UID_LIMIT:
+            message = (f"this user has {self._budget.per_uid} connections open, the most "
+                       "one user may; close one and try again")
+        else:
+            message = "every connection slot is taken; try again"
+        with contextlib.suppress(OSError):
+            conn.setblocking(False)
+            conn.send(too_many_connections(message))
+        conn.close()
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refusal_logged_at >= REFUSAL_LOG_SECONDS:
+            _log.warning("control_connection_refused", listener=self._name,
+                         reason=why.value, uid=None if peer is None else peer.uid,
+                         pid=None if peer is None else peer.pid, refused=self._refused)
+            self._refusal_logged_at, self._refused = now, 0
+
+    def _peer(self, conn: socket.socket) -> Peer | None:
+        """Who connected, as the kernel saw it (None: no credentials, as on TCP)."""
+        return None
+
+    def _privileged(self, peer: Peer) -> bool:
+        """Whether this peer keeps the reserved slots (none by default)."""
+        return False
 
     def _prepare(self, conn: socket.socket) -> None:
         conn.setblocking(True)
@@ -168,28 +264,34 @@ class Listener:
 
     # -- connection threads --
 
-    def _handle(self, conn: socket.socket) -> None:
+    def _handle(self, conn: socket.socket, peer: Peer | None, accepted_at: float) -> None:
         try:
-            serve_connection(conn, self.site)
+            serve_connection(conn, self.site, peer, accepted_at)
         except Exception:  # noqa: BLE001 — one broken connection must not go unnoticed
             _log.exception("control_connection_failed", listener=self._name)
         finally:
             with self._cond:
-                self._idle.discard(conn)
-                del self._conns[conn]
+                self._waiting.pop(conn, None)
+                self._evicted.discard(conn)
+                self._budget.release(self._conns.pop(conn).ticket)
                 conn.close()
                 self._cond.notify_all()
 
     def _has_room(self) -> bool:
         return len(self._conns) < self._max
 
-    def _set_idle(self, conn: socket.socket, idle: bool) -> None:
+    def _set_idle(self, conn: socket.socket, idle: bool) -> bool:
+        """A connection starts (True) or stops waiting for its next head. False if it
+        was evicted meanwhile: it must not start serving a request."""
         with self._cond:
-            if idle:
-                self._idle.add(conn)
+            if conn in self._evicted:
+                return False
+            if not idle:
+                self._waiting.pop(conn, None)
+            elif conn not in self._waiting:  # waiting since accept keeps its place
+                self._waiting[conn] = None  # the newest waiter: evicted last
                 self._cond.notify_all()
-            else:
-                self._idle.discard(conn)
+            return True
 
     def _take_follow(self) -> Callable[[], None] | None:
         if not self._follow.acquire(blocking=False):

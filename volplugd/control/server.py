@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import grp
+import ipaddress
 import os
 import socket
 import stat
@@ -16,15 +17,22 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from volplugd.config import parse_listen
+from volplugd.control.access import AccessPolicy, Peer, peer_of
+from volplugd.control.admission import ConnectionBudget
 from volplugd.control.app import make_metrics_app
+from volplugd.control.connection import FIRST_REQUEST_TIMEOUT
+from volplugd.control.head import loopback_host
 from volplugd.control.listener import BACKLOG, Listener
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
 
-__all__ = ["BACKLOG", "ControlServer", "ControlSocketError", "TcpMetricsServer"]
+__all__ = ["BACKLOG", "MAX_PER_UID", "RESERVED_SLOTS", "ControlServer", "ControlSocketError",
+           "TcpMetricsServer"]
 
 _MAX_UNIX_PATH = 107  # sun_path is 108 bytes with the terminating NUL
+MAX_PER_UID = 16  # control-socket connections one unprivileged uid may hold
+RESERVED_SLOTS = 8  # of max_connections, kept for root and the admin groups
 
 
 class ControlSocketError(OSError):
@@ -38,15 +46,26 @@ class ControlServer(Listener):
     socket someone still listens on, is refused. The file is removed by ``stop()``.
     With ``sock`` (systemd socket activation) that socket is served as it is and the
     file is never touched.
+
+    Each connection's peer is read at accept, before any request: one uid holds at most
+    ``max_per_uid`` connections, and ``reserved`` of ``max_connections`` are kept for
+    root and ``access``'s admin groups (see ``ConnectionBudget``).
     """
 
     def __init__(self, app: WSGIApplication, *, path: str | None, mode: int,
                  group: str | None, sock: socket.socket | None = None,
-                 max_connections: int = 64, max_follow: int = 16, read_timeout: float = 10.0):
+                 max_connections: int = 64, max_follow: int = 16, read_timeout: float = 10.0,
+                 access: AccessPolicy | None = None, max_per_uid: int = MAX_PER_UID,
+                 reserved: int = RESERVED_SLOTS,
+                 first_request_timeout: float = FIRST_REQUEST_TIMEOUT):
         if sock is None and path is None:
             raise ValueError("ControlServer needs a path or an inherited socket")
+        budget = ConnectionBudget(total=max_connections, per_uid=max_per_uid,
+                                  reserved=min(reserved, max_connections - 1))
         super().__init__(app, name="control", max_connections=max_connections,
-                         max_follow=max_follow, read_timeout=read_timeout, read_only=False)
+                         max_follow=max_follow, read_timeout=read_timeout, read_only=False,
+                         first_request_timeout=first_request_timeout, budget=budget)
+        self._access = access or AccessPolicy()
         self._inherited = sock
         self.path = path if sock is None else _name_of(sock)
         self._mode = mode
@@ -65,6 +84,12 @@ class ControlServer(Listener):
     def _discard_unstarted(self) -> None:
         if self._inherited is not None:
             self._inherited.close()  # ours since the constructor took it
+
+    def _peer(self, conn: socket.socket) -> Peer:
+        return peer_of(conn)
+
+    def _privileged(self, peer: Peer) -> bool:
+        return self._access.keeps_reserved_slots(peer)
 
     def _release_address(self) -> None:
         if self._identity is None or self.path is None:
@@ -160,10 +185,14 @@ class TcpMetricsServer(Listener):
     change state.
 
     Give either a WSGI ``app``, or the ``metrics`` callable with a ``status_page``
-    callable (served at ``/metrics`` and ``/``). The address is ``listen``
-    ("HOST:PORT", "[::1]:PORT") or ``host`` and ``port``; port 0 picks a free port and
-    ``.port`` says which after ``start()``. With ``sock`` (socket activation) that
-    listening socket is served instead.
+    callable (served at ``/metrics`` and ``/``; ``show_status_page=False`` leaves ``/``
+    a 404). The address is ``listen`` ("HOST:PORT", "[::1]:PORT") or ``host`` and
+    ``port``; port 0 picks a free port and ``.port`` says which after ``start()``. With
+    ``sock`` (socket activation) that listening socket is served instead.
+
+    Bound to a loopback address, it answers only requests whose ``Host`` is a loopback
+    name or address (``421`` otherwise: a web page cannot read it by DNS rebinding);
+    bound elsewhere, the operator chose to expose it and any ``Host`` is served.
     """
 
     def __init__(self, app: WSGIApplication | Callable[[], tuple[bytes, str]],
@@ -171,13 +200,17 @@ class TcpMetricsServer(Listener):
                  listen: str | None = None, host: str | None = None, port: int | None = None,
                  sock: socket.socket | None = None,
                  on_request: Callable[[str, int], None] | None = None,
-                 max_connections: int = 16, read_timeout: float = 10.0):
+                 max_connections: int = 16, read_timeout: float = 10.0,
+                 show_status_page: bool = True,
+                 first_request_timeout: float = FIRST_REQUEST_TIMEOUT):
         if status_page is not None:
             metrics = cast("Callable[[], tuple[bytes, str]]", app)
-            app = make_metrics_app(metrics, status_page, on_request)
+            app = make_metrics_app(metrics, status_page if show_status_page else None,
+                                   on_request)
         super().__init__(cast("WSGIApplication", app), name="metrics",
                          max_connections=max_connections, max_follow=1,
-                         read_timeout=read_timeout, read_only=True)
+                         read_timeout=read_timeout, read_only=True,
+                         first_request_timeout=first_request_timeout)
         if listen:
             host, port = parse_listen(listen)
         if sock is None and port is None:
@@ -188,8 +221,11 @@ class TcpMetricsServer(Listener):
 
     def _open(self) -> socket.socket:
         sock = self._inherited or _bind_tcp(self.host, self.port)
-        self.port = sock.getsockname()[1]
+        address = sock.getsockname()
+        self.port = address[1]
         self.site.base_environ["SERVER_PORT"] = str(self.port)
+        if ipaddress.ip_address(address[0].partition("%")[0]).is_loopback:
+            self.site.host_allowed = loopback_host
         return sock
 
     def _discard_unstarted(self) -> None:

@@ -30,6 +30,7 @@ class Reader(io.RawIOBase):
         self._sock = sock
         self.deadline = float("inf")
         self.budget: int | None = None
+        self.received = 0  # bytes read since the owner last reset it
 
     def readable(self) -> bool:
         return True
@@ -50,6 +51,7 @@ class Reader(io.RawIOBase):
             raise RequestTimeout("the request did not arrive within the read timeout") from None
         if self.budget is not None:
             self.budget -= count
+        self.received += count
         return count
 
 

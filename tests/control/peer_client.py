@@ -1,0 +1,99 @@
+"""A control-socket client run as another uid (``setpriv``) by the lockout tests.
+
+Standard library only: it runs under the system python3 from a world-readable copy,
+so the checkout may sit in a folder other users cannot read.
+
+    peer_client.py PATH hold N         connect N times, say "connected", wait for a
+                                       line, report each connection, wait for a line
+    peer_client.py PATH busy N         send N requests whose bodies never come, read
+                                       each answer's head, say "busy", connect once
+                                       more and report that answer, wait for a line
+    peer_client.py PATH get            one GET /v1/health; report the answer
+
+A report is one JSON line: per connection "open", "closed", "reset", or
+{"status": N, "code": "..."} for an answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import sys
+
+BUSY = b"POST /v1/rescan HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n"
+
+
+def connect(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)  # blocking: with a timeout a full backlog is EAGAIN, not a wait
+    sock.settimeout(60)
+    return sock
+
+
+def answer(data: bytes) -> dict[str, object]:
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    error = json.loads(body).get("error") if body.startswith(b"{") else None
+    code = error["code"] if error else None
+    return {"status": status, "code": code}
+
+
+def read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    return b"".join(chunks)
+
+
+def peek_state(sock: socket.socket) -> object:
+    sock.setblocking(False)
+    try:
+        data = sock.recv(65536)
+    except BlockingIOError:
+        return "open"
+    except ConnectionResetError:
+        return "reset"
+    return answer(data) if data else "closed"
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def main() -> None:
+    path, mode = sys.argv[1], sys.argv[2]
+    if mode == "get":
+        sock = connect(path)
+        with contextlib.suppress(BrokenPipeError):  # refused at accept: the answer waits
+            sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\n"
+                         b"Connection: close\r\n\r\n")
+        say(json.dumps([answer(read_all(sock))]))
+        return
+    count = int(sys.argv[3])
+    held: list[socket.socket] = []
+    for _ in range(count):
+        held.append(connect(path))
+        if mode == "busy":
+            held[-1].sendall(BUSY)
+    if mode == "busy":
+        for sock in held:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += sock.recv(65536)
+        say("busy")
+        extra = connect(path)
+        say(json.dumps([answer(read_all(extra))]))
+        extra.close()
+    else:
+        say("connected")
+        sys.stdin.readline()
+        say(json.dumps([peek_state(sock) for sock in held]))
+    sys.stdin.readline()
+
+
+if __name__ == "__main__":
+    main()

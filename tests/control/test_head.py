@@ -1,0 +1,155 @@
+"""The strict head parser and the loopback Host rule as pure functions, then every kind
+of malformed head through a live control server: a 4xx, a closed connection, no
+error-level log record, and the server still answers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from structlog.testing import capture_logs
+
+from tests.control.conftest import build_app, serving
+from tests.control.helpers import fetch, json_of, raw_exchange, status_of
+from tests.control.memory import MemoryCommands
+from volplugd.control import ControlServer
+from volplugd.control.head import BadHead, loopback_host, parse_head
+
+
+def _parse(raw: bytes):  # type: ignore[no-untyped-def]
+    line, *fields = raw.split(b"\r\n")
+    return parse_head(line + b"\r\n", [f + b"\r\n" for f in fields])
+
+
+def test_a_well_formed_head_is_parsed() -> None:
+    """Method, target, version, fields in order, Content-Length and keep-alive."""
+    head = _parse(b"POST /v1/rescan?x=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n"
+                  b"X-A: 1\r\nx-a:  2 ")
+    assert (head.method, head.target, head.version) == ("POST", "/v1/rescan?x=1", "HTTP/1.1")
+    assert head.fields == (("Host", "x"), ("Content-Length", "12"), ("X-A", "1"), ("x-a", "2"))
+    assert head.get_all("X-A") == ["1", "2"]
+    assert head.content_length == 12
+    assert head.keep_alive
+    assert not head.expects_continue
+
+
+@pytest.mark.parametrize(("raw", "keep"), [
+    (b"GET / HTTP/1.0", False),
+    (b"GET / HTTP/1.0\r\nConnection: Keep-Alive", True),
+    (b"GET / HTTP/1.1\r\nConnection: foo, close", False),
+    (b"GET / HTTP/1.5", True),  # a later 1.x is served as 1.1
+])
+def test_keep_alive_follows_version_and_connection(raw: bytes, keep: bool) -> None:
+    """HTTP/1.1 keeps the connection unless told close; HTTP/1.0 only if asked."""
+    assert _parse(raw).keep_alive is keep
+
+
+@pytest.mark.parametrize(("raw", "status", "message"), [
+    (b"GARBAGE", 400, "the request line must be METHOD SP /path SP HTTP/1.1"),
+    (b"GET  / HTTP/1.1", 400, "the request line must be METHOD SP /path SP HTTP/1.1"),
+    (b"GET /", 400, "the request line must be METHOD SP /path SP HTTP/1.1"),
+    (b"G\x00T / HTTP/1.1", 400, "the method must be a token"),
+    (b"GET http://evil/ HTTP/1.1", 400, "the request target must be a path of printable ASCII"),
+    (b"GET /caf\xc3\xa9 HTTP/1.1", 400, "the request target must be a path of printable ASCII"),
+    (b"GET /\xff HTTP/1.1", 400, "the request target must be a path of printable ASCII"),
+    (b"GET / HTTP/1.1111", 400, "malformed HTTP version"),
+    (b"GET / HTTP/" + b"9" * 5000 + b".0", 400, "malformed HTTP version"),
+    (b"GET / http/1.1", 400, "malformed HTTP version"),
+    (b"GET / HTTP/2.0", 505, "only HTTP/1.0 and HTTP/1.1 are served"),
+    (b"GET / HTTP/0.9", 505, "only HTTP/1.0 and HTTP/1.1 are served"),
+    (b"GET / HTTP/1.1\r\nX: a\r\n b", 400, "header folding is not accepted"),
+    (b"GET / HTTP/1.1\r\nX : a", 400, "a header field must be NAME: VALUE, the name a token"),
+    (b"GET / HTTP/1.1\r\nno colon", 400, "a header field must be NAME: VALUE, the name a token"),
+    (b"GET / HTTP/1.1\r\n: empty", 400, "a header field must be NAME: VALUE, the name a token"),
+    (b"GET / HTTP/1.1\r\nX: a\x00b", 400, "header values must be printable ASCII"),
+    (b"GET / HTTP/1.1\r\nX: \xff\xfe", 400, "header values must be printable ASCII"),
+    (b"GET / HTTP/1.1\r\nX: caf\xc3\xa9", 400, "header values must be printable ASCII"),
+    (b"GET / HTTP/1.1\r\nX: a\rb", 400, "header values must be printable ASCII"),
+    (b"GET / HTTP/1.1\r\nContent-Length: " + b"9" * 5000, 413,
+     "Content-Length has more than 18 digits"),
+    (b"GET / HTTP/1.1\r\nContent-Length: -3", 400,
+     "Content-Length must be a non-negative integer"),
+    (b"GET / HTTP/1.1\r\nContent-Length: 1e3", 400,
+     "Content-Length must be a non-negative integer"),
+    (b"GET / HTTP/1.1\r\nContent-Length: 5, 5", 400,
+     "Content-Length must be a non-negative integer"),
+    (b"GET / HTTP/1.1\r\nContent-Length: \xd9\xa3", 400, "header values must be printable ASCII"),
+    (b"GET / HTTP/1.1\r\nContent-Length: 1\r\ncontent-length: 1", 400,
+     "Content-Length given more than once"),
+    (b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked", 411, "send the body with a Content-Length"),
+    (b"GET / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked", 400,
+     "Content-Length and Transfer-Encoding together"),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b", 400, "Host given more than once"),
+    (b"GET / HTTP/1.1" + b"\r\nX: y" * 101, 431, "more than 100 header fields"),
+])
+def test_malformed_heads_are_refused_with_the_right_status(raw: bytes, status: int,
+                                                           message: str) -> None:
+    """Each malformed head raises BadHead with its exact status and message."""
+    with pytest.raises(BadHead) as info:
+        _parse(raw)
+    assert (info.value.status, info.value.message) == (status, message)
+
+
+@pytest.mark.parametrize(("host", "allowed"), [
+    (None, True), ("", True), ("localhost", True), ("LocalHost:9612", True),
+    ("localhost.", True), ("127.0.0.1", True), ("127.0.0.1:9612", True),
+    ("127.200.3.4:1", True), ("[::1]", True), ("[::1]:9612", True),
+    ("[0:0:0:0:0:0:0:1]:80", True),
+    ("evil.example", False), ("evil.example:9612", False), ("localhost.evil.example", False),
+    ("127.0.0.1.nip.io", False), ("10.0.0.1", False), ("0.0.0.0", False),
+    ("[::2]", False), ("[::1", False), ("::1", False), ("[::1]x", False),
+    ("localhost:", False), ("localhost:abc", False), ("localhost:123456", False),
+    ("127.0.0.1:80:80", False), ("[::ffff:127.0.0.1]", False), ("0127.0.0.1", False),
+])
+def test_loopback_host_rule(host: str | None, allowed: bool) -> None:
+    """Only loopback names and addresses (any port) pass; a missing Host passes."""
+    assert loopback_host(host) is allowed
+
+
+# --- through a live server ------------------------------------------------------------
+
+MALFORMED = [
+    (b"POST /v1/rescan HTTP/1.1\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n", 413),
+    (b"POST /v1/rescan HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
+    (b"POST /v1/rescan HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab", 400),
+    (b"POST /v1/rescan HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"ab", 400),
+    (b"POST /v1/rescan HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 411),
+    (b"GET / HTTP/1.1\r\nX-Pad: " + b"a" * 70_000 + b"\r\n\r\n", 431),
+    (b"GET / HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 70_000, 431),  # and the client closes
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(256)) + b"\r\n\r\n", 400),
+    (b"GET /\xff\xfe HTTP/1.1\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nX: \xc3\x28\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nX: a\r\n folded\r\n\r\n", 400),
+    (b"GET /v1/health\x00 HTTP/1.1\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nX: a\x00\r\n\r\n", 400),
+    (b"GET / HTTP/99999999999999999999.0\r\n\r\n", 400),
+    (b"GET / HTTP/1.1.1\r\n\r\n", 400),
+    (b"GET / HTTP/3.0\r\n\r\n", 505),
+    (b"\r\n\r\n", 400),
+    (b"GET /v1/health HTTP/1.1\r\nHost: a", 400),  # the head ends early (client closed)
+    (b"GET /v1/health HT", 400),
+]
+
+
+@pytest.fixture
+def control(sockdir: str, commands: MemoryCommands) -> Iterator[ControlServer]:
+    with serving(build_app(commands), os.path.join(sockdir, "c.sock")) as server:
+        yield server
+
+
+@pytest.mark.parametrize(("raw", "status"), MALFORMED)
+def test_malformed_heads_get_a_4xx_and_no_traceback(control: ControlServer, raw: bytes,
+                                                    status: int) -> None:
+    """Through the socket: the exact status as JSON, the connection closed, no log
+    record at error level, and the next client is served."""
+    assert control.path is not None
+    with capture_logs() as logs:
+        answer = raw_exchange(control.path, raw, half_close=True)
+        assert status_of(answer) == status
+        assert json_of(answer)["error"]["code"] in {"invalid_request", "request_too_large"}
+        assert b"\r\nConnection: close\r\n" in answer
+        assert fetch(control.path, "GET", "/v1/health").status == 200
+    assert [e for e in logs if e["log_level"] in {"error", "critical"}] == []
+

@@ -1,0 +1,208 @@
+"""Unprivileged users cannot lock root out of the control socket: connections are
+bounded per uid (read at accept, before any request), root and admins keep reserved
+slots, a connection that has not sent its head gives its slot up to a newcomer, and
+whoever is over a bound gets 503 too_many_connections at once.
+
+The other users are real: a client process run with ``setpriv`` as uid 65534 (and
+65533), from a world-readable copy of ``peer_client.py`` under the system python3.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import select
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from tests.control.conftest import build_app, serving
+from tests.control.helpers import fetch
+from tests.control.memory import MemoryCommands
+from volplugd.control import AccessPolicy
+
+NOBODY = 65534
+OTHER = 65533  # a second unprivileged uid (and gid), a member of the read group below
+POLICY = AccessPolicy(read_gids=frozenset({OTHER}))
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                                reason="needs root and setpriv to act as other users")
+
+
+class Peer:
+    """peer_client.py running as ``uid``; its stdout read line by line with a deadline."""
+
+    def __init__(self, script: Path, uid: int, *args: str):
+        self.proc = subprocess.Popen(
+            ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+             "/usr/bin/python3", "-I", str(script), *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        self._buffer = b""
+
+    def line(self, timeout: float = 60.0) -> str:
+        """The next line (unbuffered reads: select must see what is not yet read)."""
+        assert self.proc.stdout is not None
+        while b"\n" not in self._buffer:
+            ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+            assert ready, f"no line from the peer client within {timeout} s"
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            assert chunk, "the peer client ended"
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode()
+
+    def report(self) -> list[Any]:
+        result: list[Any] = json.loads(self.line())
+        return result
+
+    def tell(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"\n")
+        self.proc.stdin.flush()
+
+    def end(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(30)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def script() -> Iterator[Path]:
+    """peer_client.py copied where any user can read it (the checkout may be 0700)."""
+    folder = Path(tempfile.mkdtemp(prefix="vp-peer-"))
+    folder.chmod(0o755)
+    copy = folder / "peer_client.py"
+    shutil.copyfile(Path(__file__).with_name("peer_client.py"), copy)
+    copy.chmod(0o644)
+    yield copy
+    shutil.rmtree(folder)
+
+
+@pytest.fixture
+def peers() -> Iterator[list[Peer]]:
+    started: list[Peer] = []
+    yield started
+    for peer in started:
+        peer.end()
+
+
+@pytest.fixture
+def open_dir(sockdir: str) -> str:
+    os.chmod(sockdir, 0o755)  # noqa: S103 — other uids must reach the socket (mode 0666)
+    return sockdir
+
+
+def _health(path: str) -> int:
+    """Root's GET /v1/health with a blocking connect, as curl does: a connect with a
+    timeout fails at once (EAGAIN) while the listen backlog is full, it does not wait."""
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(path)
+    sock.settimeout(30)
+    conn = http.client.HTTPConnection("localhost")
+    conn.sock = sock
+    try:
+        conn.request("GET", "/v1/health")
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def _refused(entry: Any, message_code: str = "too_many_connections") -> bool:
+    return isinstance(entry, dict) and entry == {"status": 503, "code": message_code}
+
+
+def test_three_hundred_idle_connections_of_one_user_never_lock_root_out(
+        open_dir: str, commands: MemoryCommands, script: Path, peers: list[Peer]) -> None:
+    """uid 65534 opens 300 connections and sends nothing: 16 are admitted, 284 get 503
+    too_many_connections at once; while all 300 are open root's /v1/health is answered,
+    and so is another user's; the refusals are logged as one warning."""
+    path = os.path.join(open_dir, "c.sock")
+    with capture_logs() as logs, \
+            serving(build_app(commands, POLICY), path, mode=0o666, access=POLICY):
+        hog = Peer(script, NOBODY, path, "hold", "300")
+        peers.append(hog)
+        assert hog.line() == "connected"
+        assert _health(path) == 200  # root, behind all 300
+        other = Peer(script, OTHER, path, "get")
+        peers.append(other)
+        assert other.report() == [{"status": 200, "code": None}]
+        assert hog.proc.poll() is None  # still holding every connection
+        hog.tell()
+        states = hog.report()
+    assert len(states) == 300
+    assert sum(_refused(s) for s in states) == 284
+    assert all(s in ("open", "closed") for s in states if not _refused(s))
+    refusals = [e for e in logs if e["event"] == "control_connection_refused"]
+    assert [(e["log_level"], e["reason"], e["uid"]) for e in refusals] == [
+        ("warning", "uid_limit", NOBODY)]
+
+
+def test_a_connection_that_said_nothing_gives_its_slot_to_a_newcomer(
+        open_dir: str, commands: MemoryCommands, script: Path, peers: list[Peer]) -> None:
+    """4 shared slots (6 minus 2 reserved): the 5th and 6th connection each shut the
+    longest-waiting silent one down instead of being refused."""
+    path = os.path.join(open_dir, "c.sock")
+    with serving(build_app(commands), path, mode=0o666, max_connections=6, reserved=2,
+                 first_request_timeout=60.0):
+        hog = Peer(script, NOBODY, path, "hold", "6")
+        peers.append(hog)
+        assert hog.line() == "connected"
+        assert fetch(path, "GET", "/v1/health").status == 200
+        hog.tell()
+        assert hog.report() == ["closed", "closed", "open", "open", "open", "open"]
+
+
+def test_when_every_shared_slot_is_at_work_newcomers_get_503_and_root_its_reserve(
+        open_dir: str, commands: MemoryCommands, script: Path, peers: list[Peer]) -> None:
+    """4 requests of uid 65534 hold the 4 shared slots at work (their bodies never
+    come): its next connection gets 503 at once, root is still served from the
+    reserved slots."""
+    path = os.path.join(open_dir, "c.sock")
+    with serving(build_app(commands), path, mode=0o666, max_connections=6, reserved=2,
+                 read_timeout=60.0):
+        hog = Peer(script, NOBODY, path, "busy", "4")
+        peers.append(hog)
+        assert hog.line() == "busy"
+        assert hog.report() == [{"status": 503, "code": "too_many_connections"}]
+        assert fetch(path, "GET", "/v1/health").status == 200
+        assert fetch(path, "GET", "/v1/plugins").status == 200
+
+
+def test_the_refusal_is_an_exact_json_answer(open_dir: str, commands: MemoryCommands,
+                                             script: Path, peers: list[Peer]) -> None:
+    """Over its bound a uid reads 503, Retry-After: 1, Connection: close and the JSON
+    error naming the bound."""
+    path = os.path.join(open_dir, "c.sock")
+    with serving(build_app(commands), path, mode=0o666, max_per_uid=1,
+                 first_request_timeout=60.0):
+        hog = Peer(script, NOBODY, path, "hold", "1")
+        peers.append(hog)
+        assert hog.line() == "connected"
+        probe = Peer(script, NOBODY, path, "get")
+        peers.append(probe)
+        assert probe.report() == [{"status": 503, "code": "too_many_connections"}]
+        from volplugd.control.connection import too_many_connections
+
+        raw = too_many_connections("this user has 1 connections open, the most one user "
+                                   "may; close one and try again")
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.split(b"\r\n")[0] == b"HTTP/1.1 503 Service Unavailable"
+        assert b"\r\nRetry-After: 1\r\n" in head + b"\r\n"
+        assert b"\r\nConnection: close" in head
+        assert json.loads(body) == {"error": {
+            "code": "too_many_connections",
+            "message": "this user has 1 connections open, the most one user may; close one "
+                       "and try again"}}

@@ -1,0 +1,96 @@
+"""Who gets a connection slot: a bound per uid, and headroom that root and the admin
+groups always keep. Pure bookkeeping that any server can reuse: no sockets, no lock of
+its own (the caller serialises admit and release, e.g. under its connection lock).
+
+Of ``total`` slots, unprivileged peers share ``total - reserved`` and each uid holds at
+most ``per_uid`` of them; privileged peers (root, admins) may take any free slot and
+have no per-uid bound. A peer without credentials (TCP) counts as unprivileged with no
+per-uid bound. Whether a uid is privileged is asked once while it has connections open,
+so refusing a uid that keeps reconnecting costs no user-database lookups.
+Runs on: the caller's threads (a listener's accept thread admits; connection threads
+release).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+__all__ = ["ConnectionBudget", "Refusal", "Ticket"]
+
+
+class Refusal(Enum):
+    UID_LIMIT = "uid_limit"  # this uid holds its ``per_uid`` connections already
+    FULL = "full"  # no slot is free for this peer: free an idle one, or refuse
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Ticket:
+    """One admitted connection's slot; give it back with ``release`` exactly once."""
+
+    uid: int | None
+    privileged: bool
+
+
+@dataclass(slots=True)
+class _Holder:
+    count: int
+    privileged: bool
+
+
+class ConnectionBudget:
+    """The counts behind the connection bounds of one listener."""
+
+    def __init__(self, *, total: int, per_uid: int | None = None, reserved: int = 0):
+        if total < 1 or not 0 <= reserved < total or (per_uid is not None and per_uid < 1):
+            raise ValueError("need total >= 1, 0 <= reserved < total, per_uid >= 1")
+        self.total = total
+        self.per_uid = per_uid
+        self.reserved = reserved
+        self._holders: dict[int | None, _Holder] = {}
+        self._in_use = 0
+        self._shared = 0  # slots held by unprivileged peers
+
+    @property
+    def in_use(self) -> int:
+        return self._in_use
+
+    def held_by(self, uid: int | None) -> int:
+        holder = self._holders.get(uid)
+        return 0 if holder is None else holder.count
+
+    def privilege_of(self, uid: int | None) -> bool | None:
+        """What was decided for ``uid`` while it has connections; None: ask afresh."""
+        if uid is None:
+            return False
+        holder = self._holders.get(uid)
+        return None if holder is None else holder.privileged
+
+    def admit(self, uid: int | None, privileged: bool) -> Ticket | Refusal:
+        """A slot for a new connection of ``uid``, or why there is none."""
+        if uid is None:
+            privileged = False
+        known = self.privilege_of(uid)
+        privileged = privileged if known is None else known
+        if self._in_use >= self.total:
+            return Refusal.FULL
+        if not privileged:
+            if uid is not None and self.per_uid is not None and \
+                    self.held_by(uid) >= self.per_uid:
+                return Refusal.UID_LIMIT
+            if self._shared >= self.total - self.reserved:
+                return Refusal.FULL
+            self._shared += 1
+        self._in_use += 1
+        holder = self._holders.setdefault(uid, _Holder(0, privileged))
+        holder.count += 1
+        return Ticket(uid, privileged)
+
+    def release(self, ticket: Ticket) -> None:
+        self._in_use -= 1
+        if not ticket.privileged:
+            self._shared -= 1
+        holder = self._holders[ticket.uid]
+        holder.count -= 1
+        if holder.count == 0:
+            del self._holders[ticket.uid]

@@ -1,0 +1,180 @@
+"""The request head, read strictly, and the loopback ``Host`` rule: pure functions that
+any server can reuse (they never touch a socket).
+
+``parse_head`` accepts what RFC 9112 calls a well-formed head and nothing else: one
+request line ``METHOD SP /path SP HTTP/1.x``, then ``name: value`` fields of printable
+ASCII. Everything else raises ``BadHead`` with the 4xx to answer (505 for a well-formed
+but unsupported version, as RFC 9110 asks): non-ASCII or control bytes (NUL included),
+header folding, space before the colon, a version that is not ``HTTP/<digit>.<digit>``,
+``Content-Length`` repeated, not a plain decimal, or too long to be a length at all, and
+``Transfer-Encoding`` (bodies are framed by ``Content-Length`` only, so a request that
+sends both can never be read two ways). A repeated ``Host`` is refused too.
+Runs on: any thread (no state).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+__all__ = ["MAX_FIELDS", "MAX_LENGTH_DIGITS", "BadHead", "Head", "loopback_host",
+           "parse_head"]
+
+MAX_FIELDS = 100  # header fields in one head (http.client's limit)
+MAX_LENGTH_DIGITS = 18  # a longer Content-Length is over any limit (and int() may refuse it)
+
+_METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}")
+_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TARGET = re.compile(rb"/[\x21-\x7e]*")
+_VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])")
+_VALUE = re.compile(rb"[\x20-\x7e\t]*")
+_PORT = re.compile(r"[0-9]{1,5}")
+_IPV6_LOOPBACK = ipaddress.IPv6Address("::1")
+
+
+class BadHead(Exception):
+    """The head cannot be served: answer ``status`` with ``message``, then close."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """A parsed, validated request head. Field names keep their spelling; lookups
+    ignore case."""
+
+    method: str
+    target: str
+    version: str  # "HTTP/1.0" or "HTTP/1.1" (a later 1.x is served as 1.1)
+    fields: tuple[tuple[str, str], ...]
+    content_length: int  # 0 when absent
+
+    def get_all(self, name: str) -> list[str]:
+        wanted = name.lower()
+        return [value for key, value in self.fields if key.lower() == wanted]
+
+    def get(self, name: str) -> str | None:
+        values = self.get_all(name)
+        return values[0] if values else None
+
+    @property
+    def keep_alive(self) -> bool:
+        """Whether the client asks to keep the connection (RFC 9112 section 9.3)."""
+        tokens = {t.strip().lower() for v in self.get_all("Connection") for t in v.split(",")}
+        if "close" in tokens:
+            return False
+        return self.version == "HTTP/1.1" or "keep-alive" in tokens
+
+    @property
+    def expects_continue(self) -> bool:
+        expect = self.get("Expect")
+        return self.version == "HTTP/1.1" and (expect or "").lower() == "100-continue"
+
+
+def parse_head(request_line: bytes, field_lines: Sequence[bytes]) -> Head:
+    """Validate a head given as its lines (each with or without its CRLF/LF)."""
+    method, target, version = _request_line(_strip_eol(request_line))
+    if len(field_lines) > MAX_FIELDS:
+        raise BadHead(431, f"more than {MAX_FIELDS} header fields")
+    fields = tuple(_field(_strip_eol(line)) for line in field_lines)
+    head = Head(method, target, version, fields, 0)
+    length = _framing(head)
+    if len(head.get_all("Host")) > 1:
+        raise BadHead(400, "Host given more than once")
+    return Head(method, target, version, fields, length)
+
+
+def _strip_eol(line: bytes) -> bytes:
+    if line.endswith(b"\r\n"):
+        return line[:-2]
+    return line[:-1] if line.endswith(b"\n") else line
+
+
+def _request_line(line: bytes) -> tuple[str, str, str]:
+    parts = line.split(b" ")
+    if len(parts) != 3:
+        raise BadHead(400, "the request line must be METHOD SP /path SP HTTP/1.1")
+    method, target, version = parts
+    if not _METHOD.fullmatch(method):
+        raise BadHead(400, "the method must be a token")
+    if not _TARGET.fullmatch(target):
+        raise BadHead(400, "the request target must be a path of printable ASCII")
+    match = _VERSION.fullmatch(version)
+    if match is None:
+        raise BadHead(400, "malformed HTTP version")
+    if match[1] != b"1":
+        raise BadHead(505, "only HTTP/1.0 and HTTP/1.1 are served")
+    served = "HTTP/1.0" if match[2] == b"0" else "HTTP/1.1"
+    return method.decode("ascii"), target.decode("ascii"), served
+
+
+def _field(line: bytes) -> tuple[str, str]:
+    if line[:1] in (b" ", b"\t"):
+        raise BadHead(400, "header folding is not accepted")
+    name, colon, value = line.partition(b":")
+    if not colon or not _NAME.fullmatch(name):
+        raise BadHead(400, "a header field must be NAME: VALUE, the name a token")
+    value = value.strip(b" \t")
+    if not _VALUE.fullmatch(value):
+        raise BadHead(400, "header values must be printable ASCII")
+    return name.decode("ascii"), value.decode("ascii")
+
+
+def _framing(head: Head) -> int:
+    lengths = head.get_all("Content-Length")
+    if head.get_all("Transfer-Encoding"):
+        if lengths:
+            raise BadHead(400, "Content-Length and Transfer-Encoding together")
+        raise BadHead(411, "send the body with a Content-Length")
+    if not lengths:
+        return 0
+    if len(lengths) > 1:
+        raise BadHead(400, "Content-Length given more than once")
+    value = lengths[0]
+    if not value.isascii() or not value.isdigit():
+        raise BadHead(400, "Content-Length must be a non-negative integer")
+    if len(value) > MAX_LENGTH_DIGITS:
+        raise BadHead(413, f"Content-Length has more than {MAX_LENGTH_DIGITS} digits")
+    return int(value)
+
+
+def loopback_host(host: str | None) -> bool:
+    """True if a ``Host`` value names this machine's loopback: ``localhost``,
+    127.0.0.0/8 or ``[::1]``, each with an optional port.
+
+    No ``Host`` at all is allowed: every browser sends one, and a web page reaching a
+    loopback port through DNS rebinding sends its own site's name, which this refuses.
+    """
+    if not host:
+        return True
+    if host.startswith("["):
+        literal, bracket, rest = host[1:].partition("]")
+        return bool(bracket) and _port_ok(rest) and _address_is(literal, _ipv6_loopback)
+    name, colon, port = host.partition(":")
+    if colon and not _port_ok(":" + port):
+        return False
+    return name.lower().rstrip(".") == "localhost" or _address_is(name, _ipv4_loopback)
+
+
+def _ipv6_loopback(text: str) -> bool:
+    return ipaddress.IPv6Address(text) == _IPV6_LOOPBACK
+
+
+def _ipv4_loopback(text: str) -> bool:
+    return ipaddress.IPv4Address(text).is_loopback
+
+
+def _address_is(text: str, test: Callable[[str], bool]) -> bool:
+    try:
+        return test(text)
+    except ValueError:  # not an address at all
+        return False
+
+
+def _port_ok(rest: str) -> bool:
+    return not rest or (rest.startswith(":") and bool(_PORT.fullmatch(rest[1:])))
