@@ -1,0 +1,344 @@
+"""Soak: many create/delete cycles of plugin sockets, with hostile plugins, under readers.
+
+Setup: STEADY (50) plugins served by one responder process, all ready; the real daemon
+probes every second (activate, list and probe timeouts 1 s). Four reader threads poll
+``GET /v1/health``, ``/v1/plugins``, ``/metrics`` and ``/v1/events?since=…`` on their own
+keep-alive connections for the whole run.
+
+1. Baseline (``--base`` s): readers only. The daemon's fds, threads and RSS (/proc/PID).
+2. Storm: CYCLES (10,000) socket create/delete cycles at ``--rate`` a second -- bound by
+   the bench, served by the responder, removed ``--window`` cycles later; every tenth
+   has a name that is not UTF-8 -- while hostile plugins run (``_hostile``: hang, drip,
+   64 MiB answer, garbage, half an answer then close, garbage activation, a plugin
+   killed mid-call and restarted) and one thread sends volume calls to them through
+   volplugd.
+3. Settle: hostile plugins stopped; wait (deadline) until only the STEADY plugins are
+   listed, all ready, with fds and threads back at most at the baseline; then RSS.
+
+Prints: fds, threads, RSS before and after; 5xx per reader (goal 0) and volplugd's
+answers to the volume calls (a 500 among them counts as a 5xx too); p50/p99 per reader,
+baseline vs storm (goal ``/v1/health`` p99 <= 20 ms in the storm); probe lateness p99
+from the daemon's ``volplugd_probe_lateness_seconds`` histogram, baseline vs storm.
+Usage: .venv/bin/python bench/soak.py [--cycles N] [--rate R] [--quick]
+Runs on: the main thread (the cycles), one thread per reader, one for the volume calls,
+the ``Killer``'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import _common as c
+import _hostile as h
+
+STEADY = 50
+CONFIG = """[probe]
+interval = 1.0
+timeout = 1.0
+[plugin]
+timeouts = { activate = 1.0, list = 1.0, default = 5.0 }
+"""
+READERS = ("/v1/health", "/v1/plugins", "/metrics", "/v1/events")
+HEALTH_GOAL = 0.020
+RSS_GOAL = 10 << 20
+SETTLE = 120.0  # seconds the storm may take to settle before we call it a leak
+
+
+@dataclass(frozen=True)
+class Usage:
+    fds: int
+    threads: int
+    rss: int
+
+    @classmethod
+    def of(cls, pid: int) -> Usage:
+        return cls(len(os.listdir(f"/proc/{pid}/fd")), c.proc_threads(pid),
+                   c.proc_rss_bytes(pid))
+
+
+@dataclass
+class Reader:
+    """One endpoint polled in a loop; latencies by phase, and every 5xx answer."""
+
+    target: str
+    times: dict[str, list[float]] = field(default_factory=lambda: {"base": [], "storm": []})
+    five_xx: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # no answer at all
+
+    def run(self, control: str, phase: list[str], stop: threading.Event, gap: float) -> None:
+        client = c.RawClient(control, timeout=30.0)
+        since = 0
+        try:
+            while not stop.wait(gap):
+                target = f"{self.target}?since={since}" if self.target == "/v1/events" \
+                    else self.target
+                start = time.perf_counter()
+                try:
+                    status, body = client.get(target)
+                except OSError as err:
+                    self.failures.append(f"GET {target}: {err!r}")
+                    client.close()
+                    continue
+                self.times.setdefault(phase[0], []).append(time.perf_counter() - start)
+                if status >= 500:
+                    self.five_xx.append(f"GET {target}: {status} {body[:300]!r}")
+                elif self.target == "/v1/events" and body.strip():
+                    since = json.loads(body.rstrip(b"\n").rsplit(b"\n", 1)[-1])["seq"]
+        finally:
+            client.close()
+
+
+@dataclass
+class Report:
+    before: Usage
+    after: Usage
+    settled: bool
+    readers: list[Reader]
+    calls: Counter[str]  # "name status" -> count, the volume calls to hostile plugins
+    bad_calls: list[str]  # 500s among them (bodies), and calls that got no answer
+    kills: int
+    killed: Counter[int]  # volplugd's answers to the calls whose plugin was killed
+    discovered: int  # plugins the daemon registered during the storm
+    lateness: dict[str, float]  # phase -> p99 upper bound (s), from the histogram
+    storm_seconds: float
+
+    @property
+    def five_xx(self) -> int:
+        return sum(len(r.five_xx) for r in self.readers) + len(self.bad_calls)
+
+
+def metric_lines(control: str) -> list[str]:
+    client = c.RawClient(control)
+    try:
+        status, body = client.get("/metrics")
+    finally:
+        client.close()
+    if status != 200:
+        raise RuntimeError(f"/metrics answered {status}: {body[:300]!r}")
+    return body.decode().splitlines()
+
+
+def lateness_buckets(lines: list[str]) -> dict[float, float]:
+    prefix = 'volplugd_probe_lateness_seconds_bucket{le="'
+    return {float(line[len(prefix):].split('"', 1)[0]): float(line.rsplit(" ", 1)[1])
+            for line in lines if line.startswith(prefix)}
+
+
+def counter(lines: list[str], sample: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(sample))
+
+
+def p99_bound(before: dict[float, float], after: dict[float, float]) -> float:
+    """The smallest bucket bound holding 99 % of the probes between two scrapes."""
+    total = after.get(float("inf"), 0.0) - before.get(float("inf"), 0.0)
+    for le in sorted(after):
+        if after[le] - before.get(le, 0.0) >= 0.99 * total:
+            return le if total else float("nan")
+    return float("nan")
+
+
+def cycles(responder: c.Responder, folder: Path, count: int, rate: float,
+           window: int) -> None:
+    """``count`` sockets bound, served, and removed ``window`` cycles later."""
+    live: deque[tuple[str, bytes]] = deque()
+    start = time.monotonic()
+
+    def drop() -> None:
+        name, path = live.popleft()
+        responder.close(name)
+        os.unlink(path)
+
+    for i in range(count):
+        name = f"c{i:05d}"
+        raw = (b"bad\xff" if i % 10 == 9 else b"") + name.encode()  # not UTF-8: skipped
+        path = os.path.join(os.fsencode(folder), raw + b".sock")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
+        sock.listen(16)
+        responder.adopt(name, sock)
+        sock.close()
+        live.append((name, path))
+        if len(live) > window:
+            drop()
+        ahead = start + (i + 1) / rate - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+    while live:
+        drop()
+
+
+def call_hostile(control: str, stop: threading.Event, calls: Counter[str],
+                 bad: list[str]) -> None:
+    """Volume calls through volplugd to the hostile plugins, one after another."""
+    client = c.RawClient(control, timeout=30.0)
+    try:
+        while not stop.is_set():
+            for name in h.BEHAVIOURS:
+                try:
+                    status, body = client.get(f"/v1/plugins/{name}/volumes")
+                except OSError as err:
+                    bad.append(f"{name}: no answer: {err!r}")
+                    client.close()
+                    continue
+                calls[f"{name} {status}"] += 1
+                if status == 500:
+                    bad.append(f"GET /v1/plugins/{name}/volumes: 500 {body[:300]!r}")
+    finally:
+        client.close()
+
+
+def storm(s: c.Setup, count: int, rate: float, window: int
+          ) -> tuple[Counter[str], list[str], h.Killer]:
+    """The cycles, with the hostile plugins and the volume calls to them; all stopped
+    when it returns."""
+    calls: Counter[str] = Counter()
+    bad_calls: list[str] = []
+    hostile = h.Hostile(s.plugins)
+    killer = h.Killer(s.plugins, s.daemon.socket)
+    stop = threading.Event()
+    caller = threading.Thread(target=call_hostile, name="soak calls",
+                              args=(s.daemon.socket, stop, calls, bad_calls))
+    try:
+        listed(s.daemon, set(h.BEHAVIOURS))
+        killer.start()
+        caller.start()
+        cycles(s.responder, s.plugins, count, rate, window)
+        deadline = time.monotonic() + 60
+        while killer.kills < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)  # at least one plugin killed mid-call, even in a short run
+    finally:
+        stop.set()
+        if caller.is_alive():
+            caller.join()
+        if killer.is_alive():
+            killer.stop()
+        hostile.stop()
+    return calls, bad_calls, killer
+
+
+def listed(daemon: c.Daemon, names: set[str], timeout: float = 60.0) -> None:
+    """Wait until volplugd lists every one of ``names`` (in any state)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = daemon.client.get("/v1/plugins")
+        have = {p["name"] for p in json.loads(body)["plugins"]} if status == 200 else set()
+        if names <= have:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not listed after {timeout} s: {sorted(names - have)}")
+        time.sleep(0.05)
+
+
+def settle(daemon: c.Daemon, before: Usage) -> bool:
+    """Wait until only the steady plugins are listed, all ready, and the daemon holds no
+    more fds and threads than at the baseline; False at the deadline."""
+    deadline = time.monotonic() + SETTLE
+    while time.monotonic() < deadline:
+        counts, now = daemon.counts(), Usage.of(daemon.pid)
+        if (sum(counts.values()), counts["ready"]) == (STEADY, STEADY) and \
+                now.fds <= before.fds and now.threads <= before.threads:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def soak(count: int, *, rate: float = 200.0, window: int = 100, base: float = 10.0,
+         gap: float = 0.01, quiet: bool = False) -> Report:
+    """The whole run (also used, short, by tests/test_soak.py)."""
+    with contextlib.ExitStack() as stack:
+        s = c.Setup.start(stack, STEADY, CONFIG, prefix="vpsoak")
+        s.daemon.wait_ready(STEADY, timeout=60)
+        control, pid = s.daemon.socket, s.daemon.pid
+        phase, stop = ["base"], threading.Event()
+        readers = [Reader(t) for t in READERS]
+        threads = [threading.Thread(target=r.run, args=(control, phase, stop, gap),
+                                    name=f"soak reader {r.target}") for r in readers]
+        stack.callback(lambda: [t.join() for t in threads])
+        stack.callback(stop.set)
+        for t in threads:
+            t.start()
+        first = metric_lines(control)
+        time.sleep(base)  # the baseline phase: readers only
+        before, at_storm = Usage.of(pid), metric_lines(control)
+        if not quiet:
+            print(f"baseline: {STEADY} plugins ready, {base:.0f} s of readers; storm: "
+                  f"{count} cycles at {rate:.0f}/s")
+        phase[0] = "storm"
+        started = time.monotonic()
+        calls, bad_calls, killer = storm(s, count, rate, window)
+        storm_seconds = time.monotonic() - started
+        at_end = metric_lines(control)
+        phase[0] = "settle"
+        settled = settle(s.daemon, before)
+        after = Usage.of(pid)
+    added = 'volplugd_discovery_events_total{event="added"}'
+    return Report(before, after, settled, readers, calls, bad_calls + killer.bad,
+                  killer.kills, killer.statuses,
+                  int(counter(at_end, added) - counter(at_storm, added)),
+                  {"base": p99_bound(lateness_buckets(first), lateness_buckets(at_storm)),
+                   "storm": p99_bound(lateness_buckets(at_storm), lateness_buckets(at_end))},
+                  storm_seconds)
+
+
+def show(r: Report, count: int) -> bool:
+    print(f"storm: {count} cycles in {r.storm_seconds:.0f} s; the daemon registered "
+          f"{r.discovered} plugins in it; {r.kills} plugins killed mid-call")
+    mb = 1 << 20
+    print(c.table([["fds", r.before.fds, r.after.fds, r.after.fds - r.before.fds],
+                   ["threads", r.before.threads, r.after.threads,
+                    r.after.threads - r.before.threads],
+                   ["RSS MB", f"{r.before.rss / mb:.1f}", f"{r.after.rss / mb:.1f}",
+                    f"{(r.after.rss - r.before.rss) / mb:+.1f}"]],
+                  ["daemon", "before", "after", "change"]))
+    rows = []
+    for rd in r.readers:
+        b, s = rd.times["base"], rd.times["storm"]
+        rows.append([f"GET {rd.target}", len(b), c.ms(c.percentile(b, 50)),
+                     c.ms(c.percentile(b, 99)), len(s), c.ms(c.percentile(s, 50)),
+                     c.ms(c.percentile(s, 99)), len(rd.five_xx), len(rd.failures)])
+    print(c.table(rows, ["ms", "n base", "p50", "p99", "n storm", "p50", "p99", "5xx",
+                         "no answer"]))
+    print("volume calls to hostile plugins (name status: count): "
+          + ", ".join(f"{k}: {v}" for k, v in sorted(r.calls.items())))
+    print(f"calls whose plugin was killed mid-call: {r.kills}, answered "
+          + ", ".join(f"{k}: {v}" for k, v in sorted(r.killed.items())))
+    for line in [x for rd in r.readers for x in rd.five_xx + rd.failures][:5] + r.bad_calls[:5]:
+        print(f"  !! {line}")
+    print(f"probe lateness p99 (histogram bound): baseline <= {r.lateness['base']} s, "
+          f"storm <= {r.lateness['storm']} s")
+    health = c.percentile(r.readers[0].times["storm"], 99)
+    goals = [("0 5xx", r.five_xx == 0), ("fds and threads back to baseline", r.settled),
+             ("RSS growth <= 10 MB", r.after.rss - r.before.rss <= RSS_GOAL),
+             ("/v1/health p99 <= 20 ms in the storm", health <= HEALTH_GOAL)]
+    for goal, ok in goals:
+        print(f"  goal {goal}: {c.verdict(ok)}")
+    return all(ok for _, ok in goals)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--cycles", type=int, default=10_000)
+    p.add_argument("--rate", type=float, default=200.0, help="cycles a second")
+    p.add_argument("--window", type=int, default=100, help="sockets alive at once")
+    p.add_argument("--base", type=float, default=10.0, help="baseline seconds")
+    p.add_argument("--quick", action="store_true", help="500 cycles, 3 s baseline")
+    args = p.parse_args()
+    if args.quick:
+        args.cycles, args.base = 500, 3.0
+    c.exit_cleanly_on_sigterm()
+    print(c.machine_line())
+    report = soak(args.cycles, rate=args.rate, window=args.window, base=args.base)
+    return 0 if show(report, args.cycles) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
