@@ -78,7 +78,8 @@ def test_the_docs_name_every_key_and_flag() -> None:
     assert {k for k in keys if f"`{k}`" not in text} == set()
     for flag in ("--config", "--plugin-dir", "--control-socket", "--metrics-listen",
                  "--no-metrics", "--probe-interval", "--probe-timeout", "--failure-threshold",
-                 "--log-format", "--log-level", "--podman", "--podman-dropin", "--version",
+                 "--log-format", "--log-level", "--podman", "--podman-dropin", "--gateway",
+                 "--version",
                  "check-config"):
         assert f"`{flag}" in text, flag
 
@@ -154,7 +155,7 @@ ERRORS = [
     # unknown keys: a typo must not pass silently
     ("[probes]\n", "probes: unknown key (did you mean \"probe\"?)"),
     ("[zzz]\n", "zzz: unknown key (expected one of: discovery, probe, plugin, control, "
-                "metrics, log, podman)"),
+                "metrics, log, podman, gateway)"),
     ("[probe]\nintervall = 3\n", 'probe.intervall: unknown key (did you mean "interval"?)'),
     ("[plugin]\ntimeouts = { mout = 1 }\n",
      'plugin.timeouts.mout: unknown key (did you mean "mount"?)'),

@@ -80,6 +80,8 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, object]:
         overrides["metrics.listen"] = ""
     if given.get("podman") or "podman_dropin" in given:
         overrides["podman.enabled"] = True
+    if given.get("gateway"):
+        overrides["gateway.enabled"] = True
     return overrides
 
 
@@ -148,4 +150,6 @@ def _flags_parser() -> argparse.ArgumentParser:
                        help="keep Podman's drop-in file listing the ready plugins")
     flags.add_argument("--podman-dropin", metavar="FILE",
                        help="path of that drop-in file (implies --podman)")
+    flags.add_argument("--gateway", action="store_true",
+                       help="serve a fail-fast gateway socket per plugin (docs/gateway.md)")
     return flags

@@ -94,6 +94,17 @@ class PodmanSettings:
     dropin: str = "/etc/containers/containers.conf.d/50-volplugd.conf"
     volume_plugin_timeout: int | None = None
     remove_on_stop: bool = False
+    via_gateway: bool = False  # list the gateway sockets (needs [gateway] enabled)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    enabled: bool = False
+    dir: str = "/run/volplugd/gateway"
+    mode: int = 0o660
+    group: str | None = None  # None: the daemon's own group
+    docker_specs: bool = False
+    docker_spec_dir: str = "/etc/docker/plugins"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +116,7 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     log: LogSettings = field(default_factory=LogSettings)
     podman: PodmanSettings = field(default_factory=PodmanSettings)
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
 
 
 # ---------------------------------------------------------------- public entry points
@@ -194,6 +206,12 @@ def _build(raw: Mapping[str, Any]) -> Settings:
     sections = {name: _build_section(name, raw.get(name, {})) for name in _SECTIONS}
     settings = Settings(**sections)
     _check_probe_timing(settings.probe)
+    if settings.podman.via_gateway and not settings.gateway.enabled:
+        raise ConfigError("podman.via_gateway", "needs the gateway: set gateway.enabled = "
+                          "true (or --gateway)")
+    if settings.gateway.docker_specs and not settings.gateway.enabled:
+        raise ConfigError("gateway.docker_specs", "needs the gateway: set gateway.enabled "
+                          "= true (or --gateway)")
     return settings
 
 
@@ -376,7 +394,10 @@ _SECTIONS: Mapping[str, tuple[type, Mapping[str, Check]]] = {
     "log": (LogSettings, {"format": _one_of(LOG_FORMATS), "level": _one_of(LOG_LEVELS)}),
     "podman": (PodmanSettings, {
         "enabled": _flag, "dropin": _path, "volume_plugin_timeout": _count,
-        "remove_on_stop": _flag}),
+        "remove_on_stop": _flag, "via_gateway": _flag}),
+    "gateway": (GatewaySettings, {
+        "enabled": _flag, "dir": _path, "mode": _mode, "group": _text,
+        "docker_specs": _flag, "docker_spec_dir": _path}),
 }
 
 
@@ -394,7 +415,7 @@ def _show(value: object) -> str:
 
 
 def _to_toml_value(section: str, key: str, value: object) -> object:
-    if (section, key) == ("control", "mode"):
+    if key == "mode" and section in ("control", "gateway"):
         return f"{value:04o}"
     if isinstance(value, tuple):
         return list(value)

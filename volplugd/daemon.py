@@ -2,7 +2,7 @@
 messages, and stop everything in reverse order.
 
 Start order: metrics → supervisor (not yet running) → signal handlers → control
-socket → TCP metrics listener → Podman drop-in writer → the supervisor loop on this
+socket → TCP metrics listener → gateway → Podman drop-in writer → the supervisor loop on this
 (the main) thread. READY=1 goes out from the loop once the first scan is reconciled and
 every plugin found then has been tried; by then the sockets are bound.
 
@@ -23,6 +23,7 @@ from volplugd import __version__, log
 from volplugd.config import ConfigError, ControlSettings, Settings
 from volplugd.control.app import AccessPolicy, make_app
 from volplugd.control.server import ControlServer, TcpMetricsServer
+from volplugd.gateway import Gateway, SpecFiles
 from volplugd.metrics import Metrics
 from volplugd.model import Stop
 from volplugd.podman import DropinWriter, for_user
@@ -124,10 +125,26 @@ class Daemon:
                                    show_status_page=self.settings.metrics.status_page)
             self._start("metrics", tcp.start, tcp.stop, tcp.join)
             logger.info("metrics_listening", host=tcp.host, port=tcp.port)
+        gateway = self._gateway()
         if self.settings.podman.enabled:
             podman = for_user(self.settings.podman, os.getuid())
-            writer = DropinWriter(podman, self.registry.wait)
+            route = gateway.socket_for if gateway and podman.via_gateway else None
+            writer = DropinWriter(podman, self.registry.wait, route=route)
             self._start("podman", writer.start, writer.stop, writer.join)
+
+    def _gateway(self) -> Gateway | None:
+        """The gateway, started (before the drop-in writer: stopped after it, so the
+        drop-in lists the plugins' own sockets again before the gateway's go away)."""
+        settings = self.settings.gateway
+        if not settings.enabled:
+            return None
+        specs = SpecFiles(settings.docker_spec_dir) if settings.docker_specs else None
+        gateway = Gateway(settings, self.supervisor, self.registry.wait,
+                          on_request=self.metrics.gateway_request, specs=specs)
+        self._start("gateway", gateway.start, gateway.stop, gateway.join)
+        logger.info("gateway_listening", dir=settings.dir,
+                    docker_specs=settings.docker_spec_dir if specs else None)
+        return gateway
 
     def _start(self, name: str, start: Callable[[], None], stop: Callable[[], None],
                join: Callable[[float], None]) -> None:
@@ -176,7 +193,7 @@ class Daemon:
         finally:
             self.notifier.ready()
         log.configure(new.log.format, new.log.level)
-        unchanged = ("control", "metrics", "podman")
+        unchanged = ("control", "metrics", "podman", "gateway")
         for key in unchanged:
             if getattr(new, key) != getattr(self.settings, key):
                 logger.warning("config_needs_restart", section=key)

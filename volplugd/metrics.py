@@ -55,6 +55,10 @@ log = get_logger(__name__)
 PROBE_BUCKETS = (0.0005, 0.001, 0.0025, 0.01, 0.05, 0.25, 1.0, 5.0)
 REQUEST_BUCKETS = (0.0005, 0.0025, 0.01, 0.05, 0.25, 1.0, 5.0, 30.0, 120.0)
 LATENESS_BUCKETS = (0.01, 0.1, 0.5, 1.0, 5.0, 30.0)
+# The gateway answers refusals in well under a millisecond and forwards at plugin speed.
+GATEWAY_BUCKETS = (0.001, 0.01, 0.1, 1.0, 10.0, 120.0)
+GATEWAY_OUTCOMES = ("answered", "manifest", "not_ready", "busy", "timeout", "refused",
+                    "bad_response", "bad_request", "error")
 
 # The bounded label values. Anything else a caller passes is counted under a fallback,
 # so a bug upstream can never turn a volume name or an error text into a label.
@@ -128,10 +132,13 @@ class _Histogram(NamedTuple):
 class _PluginSeries:
     """One plugin's counters and histograms (mutated only under ``Metrics._lock``)."""
 
-    __slots__ = ("busy", "probe_hist", "probes", "request_hists", "requests", "stale")
+    __slots__ = ("busy", "gateway", "gateway_hists", "probe_hist", "probes", "request_hists",
+                 "requests", "stale")
 
     def __init__(self) -> None:
         self.busy = 0  # operations refused with 503 plugin_busy
+        self.gateway: dict[tuple[str, str], int] = {}  # (endpoint, outcome) -> requests
+        self.gateway_hists: dict[str, _Histogram] = {}
         self.probes: dict[str, int] = {}
         self.probe_hist = _Histogram.empty(PROBE_BUCKETS)
         self.requests: dict[tuple[str, str], int] = {}
@@ -141,6 +148,8 @@ class _PluginSeries:
     def copy(self) -> _PluginSeries:
         twin = _PluginSeries()
         twin.busy = self.busy
+        twin.gateway = dict(self.gateway)
+        twin.gateway_hists = dict(self.gateway_hists)
         twin.probes = dict(self.probes)
         twin.probe_hist = self.probe_hist
         twin.requests = dict(self.requests)
@@ -220,6 +229,20 @@ class Metrics:
         """Count one volume operation refused because the plugin had its most in flight."""
         with self._lock:
             self._series(plugin).busy += 1
+
+    @_never_raise
+    def gateway_request(self, plugin: str, endpoint: str, outcome: str,
+                        seconds: float) -> None:
+        """Count one request answered on a gateway socket and time it by endpoint."""
+        label = endpoint if endpoint in ENDPOINTS else "other"
+        outcome = outcome if outcome in GATEWAY_OUTCOMES else "error"
+        seconds = _seconds(seconds)
+        with self._lock:
+            series = self._series(plugin)
+            key = (label, outcome)
+            series.gateway[key] = series.gateway.get(key, 0) + 1
+            hist = series.gateway_hists.get(label) or _Histogram.empty(GATEWAY_BUCKETS)
+            series.gateway_hists[label] = hist.observe(GATEWAY_BUCKETS, seconds)
 
     @_never_raise
     def discovery(self, event: str) -> None:
@@ -365,6 +388,8 @@ def _histogram_template(name: str, bounds: tuple[float, ...], labelled: bool = T
 _PROBE_TEMPLATE = _histogram_template("volplugd_plugin_probe_duration_seconds", PROBE_BUCKETS)
 _REQUEST_TEMPLATE = _histogram_template("volplugd_plugin_request_duration_seconds",
                                         REQUEST_BUCKETS)
+_GATEWAY_TEMPLATE = _histogram_template("volplugd_gateway_request_duration_seconds",
+                                        GATEWAY_BUCKETS)
 _LATENESS_TEMPLATE = _histogram_template("volplugd_probe_lateness_seconds", LATENESS_BUCKETS,
                                          labelled=False)
 
@@ -450,3 +475,20 @@ def _plugin_counters(out: _Text, views: list[PluginView],
     for labels, s in present:
         if s.busy:
             out.sample("volplugd_plugin_busy_total", labels, s.busy)
+    _gateway_families(out, present)
+
+
+def _gateway_families(out: _Text, present: list[tuple[str, _PluginSeries]]) -> None:
+    """What Docker and Podman asked of each plugin through the gateway, and how long
+    the answers took (only plugins the gateway served have samples)."""
+    out.family("volplugd_gateway_requests_total", "counter",
+               "Requests on gateway sockets by endpoint and outcome.")
+    for labels, s in present:
+        for (endpoint, outcome), count in sorted(s.gateway.items()):
+            out.sample("volplugd_gateway_requests_total",
+                       f'{labels},endpoint="{endpoint}",outcome="{outcome}"', count)
+    out.family("volplugd_gateway_request_duration_seconds", "histogram",
+               "Time from a gateway request to its answer, by endpoint.")
+    for labels, s in present:
+        for endpoint, hist in sorted(s.gateway_hists.items()):
+            out.histogram(_GATEWAY_TEMPLATE, f'{labels},endpoint="{endpoint}"', hist)

@@ -28,8 +28,8 @@ from volplugd.plugin.address import PluginAddress, address_from_socket, load_add
 from volplugd.plugin.errors import PluginAddressError
 from volplugd.plugin.text import is_utf8, safe_text
 
-__all__ = ["Ignored", "ScanResult", "is_inside", "normalized_dirs", "plugin_path_of", "scan",
-           "scan_one"]
+__all__ = ["GATEWAY_MARK", "GENERATED_SPEC", "Ignored", "ScanResult", "is_inside",
+           "normalized_dirs", "plugin_path_of", "scan", "scan_one"]
 
 _KINDS = {".sock": Kind.SOCK, ".spec": Kind.SPEC, ".json": Kind.JSON}
 # Docker's order inside one directory: flat before nested, .spec before .json.
@@ -38,6 +38,11 @@ _POSITION = {(Kind.SOCK, False): 0, (Kind.SOCK, True): 1, (Kind.SPEC, False): 0,
 _WRONG_TYPE = {Kind.SOCK: "not a socket", Kind.SPEC: "not a regular file",
                Kind.JSON: "not a regular file"}
 _MANAGED = re.compile(r"[0-9a-f]{64}")  # Docker's managed (v2) plugin folders
+# volplugd's own files are never plugins: a folder holding GATEWAY_MARK is a gateway
+# folder (its sockets lead back to volplugd), and a .json file starting with
+# GENERATED_SPEC is a Docker spec file volplugd wrote (see volplugd.gateway).
+GATEWAY_MARK = ".volplugd-gateway"
+GENERATED_SPEC = b'{"Generated-By":"volplugd'
 NOT_UTF8 = "plugin name is not valid UTF-8 (the plugin is skipped)"
 
 
@@ -90,6 +95,8 @@ class _Found:
         if not (stat.S_ISSOCK(st.st_mode) if kind is Kind.SOCK else stat.S_ISREG(st.st_mode)):
             self.ignored.append(Ignored(path, _WRONG_TYPE[kind]))
             return
+        if kind is Kind.JSON and _generated(path):
+            return  # a spec file volplugd wrote for Docker: it leads back to volplugd
         rank = (0 if kind is Kind.SOCK else 1, order, _POSITION[kind, nested])
         candidate = _Candidate(rank, name, path, kind, st)
         others = self.candidates.get(name)
@@ -123,9 +130,10 @@ def scan_one(name: str, dirs: Sequence[str], trusted: Sequence[str] = ()) -> Sca
     for order, root in _existing_dirs(dirs, found):
         if not _is_plugin_name(name):
             continue
+        nested_ok = not _MANAGED.fullmatch(name) and not _is_gateway(os.path.join(root, name))
         for kind, suffix in ((Kind.SOCK, ".sock"), (Kind.SPEC, ".spec"), (Kind.JSON, ".json")):
             found.add(os.path.join(root, name + suffix), name, kind, order, nested=False)
-            if not _MANAGED.fullmatch(name):
+            if nested_ok:
                 found.add(os.path.join(root, name, name + suffix), name, kind, order, nested=True)
     return found.result()
 
@@ -173,7 +181,7 @@ def _existing_dirs(dirs: Sequence[str], found: _Found) -> list[tuple[int, str]]:
             continue
         if not stat.S_ISDIR(st.st_mode):
             found.ignored.append(Ignored(root, "not a directory"))
-        elif (st.st_dev, st.st_ino) not in seen:
+        elif (st.st_dev, st.st_ino) not in seen and not _is_gateway(root):
             seen.add((st.st_dev, st.st_ino))
             existing.append((order, root))
             found.present.append(root)
@@ -209,11 +217,26 @@ def _scan_folder(folder: str, name: str, order: int, found: _Found) -> None:
     wanted = {name + suffix: kind for suffix, kind in _KINDS.items()}
     try:
         with os.scandir(folder) as entries:
-            hits = [(e.path, wanted[e.name]) for e in entries if e.name in wanted]
+            names = [(e.path, e.name) for e in entries]
     except OSError:
         return  # a folder we cannot read holds no plugin we could use
+    if any(n == GATEWAY_MARK for _, n in names):
+        return
+    hits = [(path, wanted[n]) for path, n in names if n in wanted]
     for path, kind in hits:
         found.add(path, name, kind, order, nested=True)
+
+
+def _is_gateway(folder: str) -> bool:
+    return os.path.lexists(os.path.join(folder, GATEWAY_MARK))
+
+
+def _generated(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(GENERATED_SPEC)) == GENERATED_SPEC
+    except OSError:
+        return False
 
 
 def _is_dir(entry: os.DirEntry[str]) -> bool:

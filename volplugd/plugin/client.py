@@ -148,6 +148,27 @@ class PluginClient:
         self._call(UNMOUNT, {"Name": volume, "ID": id}, volume, timeout,
                    self._checked(UNMOUNT, volume, _nothing))
 
+    def forward(self, endpoint: str, body: bytes, *, timeout: float | None = None
+                ) -> tuple[int, str | None, bytes]:
+        """POST ``body`` to ``endpoint`` as it is and return the answer uninterpreted:
+        (status, Content-Type, body), under the endpoint's deadline (``timeouts``
+        "default" for an endpoint this client does not know) and the size cap.
+
+        Raises PluginError only when no whole answer came back (timeout, refusal, gone,
+        a broken or oversized answer); a plugin's own error answer is returned."""
+        seconds = self._seconds(endpoint, timeout)
+        started = time.monotonic()
+        outcome = PluginError.outcome
+        try:
+            answer = self._exchange(endpoint, body, "", seconds, started)
+            outcome = "success"
+            return answer
+        except PluginError as err:
+            outcome = err.outcome
+            raise
+        finally:
+            self._report(endpoint, outcome, time.monotonic() - started)
+
     def close(self) -> None:
         """Close the keep-alive connections; later calls raise PluginError. Idempotent."""
         self._closed = True
@@ -219,7 +240,8 @@ class PluginClient:
         started = time.monotonic()
         outcome = PluginError.outcome
         try:
-            status, body = self._exchange(endpoint, request, volume, seconds, started)
+            data = b"" if request is None else encode_json(request)
+            status, _, body = self._exchange(endpoint, data, volume, seconds, started)
             result = interpret(status, body)
             outcome = "success"
             return result
@@ -229,18 +251,18 @@ class PluginClient:
         finally:
             self._report(endpoint, outcome, time.monotonic() - started)
 
-    def _exchange(self, endpoint: str, request: dict[str, Any] | None, volume: str,
-                  seconds: float, started: float) -> tuple[int, bytes]:
-        """(status, body) of one POST, all of it within ``seconds`` of ``started``."""
+    def _exchange(self, endpoint: str, body: bytes, volume: str, seconds: float,
+                  started: float) -> tuple[int, str | None, bytes]:
+        """(status, Content-Type, body) of one POST, all within ``seconds`` of ``started``."""
         link = self._check_usable(endpoint, volume)
-        body = b"" if request is None else encode_json(request)
         with transport.deadline(started + seconds):
             try:
                 response = link.post(endpoint, body, seconds)
             except Exception as err:
                 raise self._transport_error(err, "send", endpoint, volume, seconds) from err
             try:
-                return response.status, transport.read_body(response, self.max_response_bytes)
+                return (response.status, response.headers.get("Content-Type"),
+                        transport.read_body(response, self.max_response_bytes))
             except transport.BodyTooLarge as err:
                 raise PluginBadResponse(self._too_large(endpoint, err), **self._ctx(
                     endpoint, volume)) from err
@@ -379,7 +401,7 @@ class PluginClient:
     # -- settings and the hook ----------------------------------------------------------
     def _seconds(self, endpoint: str, timeout: float | None) -> float:
         if timeout is None:
-            return self._timeouts[KEYS[endpoint]]
+            return self._timeouts[KEYS.get(endpoint, "default")]
         return positive_seconds(timeout, "timeout")
 
     def _report(self, endpoint: str, outcome: str, seconds: float) -> None:

@@ -20,7 +20,7 @@ import os
 import pwd
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -136,10 +136,12 @@ class DropinPlan:
     untrusted: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
-def plan_dropin(snapshot: Snapshot, declared: Mapping[str, str]) -> DropinPlan:
+def plan_dropin(snapshot: Snapshot, declared: Mapping[str, str],
+                route: Callable[[str], str | None] | None = None) -> DropinPlan:
     """Decide which plugins of ``snapshot`` the drop-in lists (pure). A plugin from an
     untrusted folder is never listed: whoever may write that folder must not get to
-    name a socket in Podman's system configuration."""
+    name a socket in Podman's system configuration. ``route(name)`` (``podman.via_gateway``)
+    gives the socket listed instead of the plugin's own (None: its own)."""
     entries: dict[str, str] = {}
     skipped: dict[str, str] = {}
     untrusted: dict[str, str] = {}
@@ -158,7 +160,7 @@ def plan_dropin(snapshot: Snapshot, declared: Mapping[str, str]) -> DropinPlan:
         elif name in declared:
             left.append(name)
         else:
-            entries[name] = path
+            entries[name] = (None if route is None else route(name)) or path
     return DropinPlan(MappingProxyType(entries), MappingProxyType(skipped), tuple(left),
                       MappingProxyType(untrusted))
 

@@ -116,8 +116,11 @@ class DropinWriter:
 
     def __init__(self, settings: PodmanSettings, wait_snapshot: WaitSnapshot, *,
                  refresh: float = 30.0, tick: float = 0.5,
-                 search_paths: Callable[[], Sequence[str]] | None = None) -> None:
+                 search_paths: Callable[[], Sequence[str]] | None = None,
+                 route: Callable[[str], str | None] | None = None) -> None:
         self._settings = settings
+        self._route = route  # podman.via_gateway: name -> gateway socket
+        self._last: Snapshot | None = None
         self._wait = wait_snapshot
         self._refresh = refresh
         self._tick = tick  # how long stop() may wait for the thread to notice
@@ -146,14 +149,16 @@ class DropinWriter:
         if self._thread.ident is not None:
             self._thread.join(timeout)
 
-    def update(self, snapshot: Snapshot) -> bool:
+    def update(self, snapshot: Snapshot, *, routed: bool = True) -> bool:
         """Render ``snapshot`` and write it if the text changed: one synchronous step.
+        ``routed=False`` lists the plugins' own sockets even with a ``route``.
 
         Raises ForeignFileError if the path holds a file volplugd did not write,
         OSError if it cannot be written.
         """
+        self._last = snapshot
         declared = self._admin.declared(self._declared_paths())
-        plan = plan_dropin(snapshot, declared)
+        plan = plan_dropin(snapshot, declared, self._route if routed else None)
         self._log_skipped(plan.skipped)
         self._log_untrusted(plan.untrusted)
         if not _is_ours(self.path):
@@ -210,6 +215,7 @@ class DropinWriter:
 
     def _finish(self) -> None:
         if not self._settings.remove_on_stop:
+            self._unroute()
             return
         try:
             if _read_or_none(self.path) is not None and _is_ours(self.path):
@@ -217,3 +223,14 @@ class DropinWriter:
                 self._log.info("podman_dropin_removed")
         except OSError as err:
             self._log_error("podman_dropin_remove_failed", err)
+
+    def _unroute(self) -> None:
+        """Fail open: at a clean stop the drop-in lists the plugins' own sockets again,
+        so Podman keeps its plugins while the gateway is down."""
+        if self._route is None or self._last is None:
+            return
+        try:
+            self.update(self._last, routed=False)
+            self._log.info("podman_dropin_unrouted")
+        except Exception as err:  # noqa: BLE001 - logged; the daemon is stopping anyway
+            self._log_error("podman_dropin_unroute_failed", err)

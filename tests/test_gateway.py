@@ -1,0 +1,376 @@
+"""The gateway in-process: a real Supervisor over real fake plugins, real gateway sockets,
+requests written as Podman writes them (tests/fakeplugin records what reaches a plugin)."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+import stat
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from tests.fakeplugin import DEFAULT_CONTENT_TYPE, FakePlugin
+from tests.fakeplugin import behaviours as b
+from tests.waiting import wait_until
+from volplugd.config import (
+    DiscoverySettings,
+    GatewaySettings,
+    PluginSettings,
+    ProbeSettings,
+    Settings,
+)
+from volplugd.discovery.scan import GATEWAY_MARK
+from volplugd.gateway import Gateway
+from volplugd.model import PluginState, PluginView
+from volplugd.registry import Registry
+from volplugd.supervisor import Supervisor
+
+# Probes on List, so an Activate reaching a plugin after its activation came from elsewhere.
+PROBE = ProbeSettings(interval=0.3, timeout=0.3, failure_threshold=2,
+                      endpoint="/VolumeDriver.List")
+QUIET = ProbeSettings(interval=3600.0, timeout=0.3, failure_threshold=3,
+                      endpoint="/VolumeDriver.List")
+TIMEOUTS = {"activate": 0.5, "create": 0.5, "default": 30.0}
+PODMAN_HEAD = ("POST {} HTTP/1.1\r\nHost: plugin\r\nUser-Agent: Go-http-client/1.1\r\n"
+               "Content-Length: {}\r\nContent-Type: application/vnd.docker.plugins.v1.1+json"
+               "\r\n\r\n")
+
+
+class Client:
+    """One keep-alive connection to a gateway socket, speaking as Podman does."""
+
+    opened: list[Client] = []
+
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(30)
+        try:
+            self.sock.connect(path)
+        except OSError:
+            self.sock.close()
+            raise
+        Client.opened.append(self)
+
+    def post(self, endpoint: str, body: bytes = b"") -> tuple[int, str | None, bytes]:
+        self.sock.sendall(PODMAN_HEAD.format(endpoint, len(body)).encode() + body)
+        return self.read()
+
+    def read(self) -> tuple[int, str | None, bytes]:
+        response = http.client.HTTPResponse(self.sock)
+        response.begin()
+        return response.status, response.getheader("Content-Type"), response.read()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str]] = []
+
+    def __call__(self, plugin: str, endpoint: str, outcome: str, seconds: float) -> None:
+        assert seconds >= 0
+        self.seen.append((plugin, endpoint, outcome))
+
+
+class World:
+    """Plugins folder, gateway folder, supervisor, gateway."""
+
+    def __init__(self, root: Path) -> None:
+        self.plugins = root / "plugins"
+        self.plugins.mkdir()
+        self.gw_dir = root / "gw"
+        self.recorder = Recorder()
+        self.fakes: list[FakePlugin] = []
+        self.sup: Supervisor | None = None
+        self.gateway: Gateway | None = None
+
+    def start(self, *, probe: ProbeSettings = PROBE, max_in_flight: int = 4,
+              dirs: tuple[str, ...] | None = None) -> tuple[Supervisor, Gateway]:
+        settings = Settings(
+            discovery=DiscoverySettings(dirs=dirs or (str(self.plugins),)), probe=probe,
+            plugin=PluginSettings(timeouts=TIMEOUTS, max_in_flight=max_in_flight),
+            gateway=GatewaySettings(enabled=True, dir=str(self.gw_dir), mode=0o600))
+        registry = Registry()
+        self.sup = Supervisor(settings, registry, workers=2)
+        self.gateway = Gateway(settings.gateway, self.sup, registry.wait,
+                               on_request=self.recorder, tick=0.05)
+        self.gateway.start()
+        self.sup.start()
+        return self.sup, self.gateway
+
+    def plugin(self, name: str, **kwargs: object) -> FakePlugin:
+        fake = FakePlugin(str(self.plugins / f"{name}.sock"), **kwargs)  # type: ignore[arg-type]
+        self.fakes.append(fake)
+        return fake
+
+    def sock(self, name: str) -> str:
+        return str(self.gw_dir / f"{name}.sock")
+
+    def view(self, name: str) -> PluginView:
+        assert self.sup is not None
+        return self.sup.snapshot().plugins[name]
+
+    def wait_state(self, name: str, state: PluginState) -> PluginView:
+        assert self.sup is not None
+        sup = self.sup
+        return wait_until(lambda: (v := sup.snapshot().plugins.get(name)) is not None
+                          and v.state is state and v, message=f"{name} {state}")
+
+    def stop(self) -> None:
+        for client in Client.opened:
+            client.close()
+        Client.opened.clear()
+        for fake in self.fakes:
+            fake.stop()
+        if self.gateway is not None:
+            self.gateway.stop()
+            self.gateway.join(5)
+        if self.sup is not None:
+            self.sup.stop()
+            self.sup.join(5)
+
+
+@pytest.fixture
+def world(short_tmp: Path) -> Iterator[World]:
+    w = World(short_tmp)
+    yield w
+    w.stop()
+
+
+def _requests_to(fake: FakePlugin, endpoint: str) -> list[bytes]:
+    return [r.body for r in fake.requests if r.path == endpoint]
+
+
+def test_ready_plugin_gets_the_same_bytes_and_its_answer_comes_back_unchanged(
+        world: World) -> None:
+    fake = world.plugin("p")
+    world.start()
+    world.wait_state("p", PluginState.READY)
+    client = Client(wait_until(lambda: os.path.exists(world.sock("p")) and world.sock("p")))
+    body = b'{"Name":"v1","Opts":{"size":"10M"}}'
+    assert client.post("/VolumeDriver.Create", body) == (200, DEFAULT_CONTENT_TYPE,
+                                                         b'{"Err": ""}')
+    assert _requests_to(fake, "/VolumeDriver.Create") == [body]
+    # The same connection (keep-alive): the plugin's own error answer passes unchanged.
+    fake.set("/VolumeDriver.Get", b.StatusErr(500, "no such volume"))
+    status, ctype, answer = client.post("/VolumeDriver.Get", b'{"Name":"nope"}')
+    assert (status, ctype, answer) == (500, DEFAULT_CONTENT_TYPE,
+                                       b'{"Err": "no such volume"}')
+    fake.set("/VolumeDriver.List", b.HtmlError(404))
+    status, ctype, answer = client.post("/VolumeDriver.List")
+    assert (status, ctype) == (404, "text/html; charset=UTF-8")
+    assert answer.startswith(b"\n    <!DOCTYPE HTML")
+    client.close()
+    assert ("p", "create", "answered") in world.recorder.seen
+    assert ("p", "get", "answered") in world.recorder.seen
+
+
+def test_not_ready_plugin_is_answered_at_once_and_never_touched(world: World) -> None:
+    fake = world.plugin("p")
+    world.start()
+    world.wait_state("p", PluginState.READY)
+    fake.set("/VolumeDriver.List", b.Hang())  # the probes now time out
+    view = world.wait_state("p", PluginState.UNHEALTHY)
+    fake.clear_requests()
+    client = Client(world.sock("p"))
+    status, ctype, answer = client.post("/VolumeDriver.Create", b'{"Name":"v1"}')
+    view = world.view("p")
+    assert view.last_error == ("sending request to volume plugin p endpoint "
+                               "/VolumeDriver.List: timed out: no complete answer "
+                               "within 0.3 s")
+    assert (status, ctype) == (500, "application/vnd.docker.plugins.v1+json")
+    assert answer == (b'{"Err":"volplugd: plugin p is unhealthy: sending request to volume '
+                      b'plugin p endpoint /VolumeDriver.List: timed out: no complete answer '
+                      b'within 0.3 s"}')
+    assert _requests_to(fake, "/VolumeDriver.Create") == []
+    # Activate is answered from the manifest of the last activation, not sent.
+    assert client.post("/Plugin.Activate") == (
+        200, "application/vnd.docker.plugins.v1+json", b'{"Implements":["VolumeDriver"]}')
+    assert _requests_to(fake, "/Plugin.Activate") == []
+    assert ("p", "create", "not_ready") in world.recorder.seen
+    assert ("p", "activate", "manifest") in world.recorder.seen
+
+
+def test_activate_of_a_ready_plugin_comes_from_its_manifest(world: World) -> None:
+    fake = world.plugin("p", implements=("VolumeDriver", "Authz"))
+    world.start()
+    world.wait_state("p", PluginState.READY)
+    activations = len(_requests_to(fake, "/Plugin.Activate"))
+    client = Client(world.sock("p"))
+    assert client.post("/Plugin.Activate")[2] == b'{"Implements":["VolumeDriver","Authz"]}'
+    assert len(_requests_to(fake, "/Plugin.Activate")) == activations
+
+
+def test_a_plugin_never_activated_gets_500_on_activate(world: World) -> None:
+    fake = world.plugin("p")
+    fake.set("/Plugin.Activate", b.StatusErr(500, "warming up"))
+    world.start()
+    view = wait_until(lambda: (world.sup is not None and (v := world.sup.snapshot().plugins
+                               .get("p")) is not None and v.last_error and v),
+                      message="a failed activation")
+    assert view.state is PluginState.ACTIVATING
+    client = wait_until(lambda: os.path.exists(world.sock("p")) and Client(world.sock("p")))
+    status, _, answer = client.post("/Plugin.Activate")
+    assert status == 500
+    assert answer == (b'{"Err":"volplugd: plugin p is activating: got status code 500 from '
+                      b'activation endpoint for plugin p: target does not appear to be a '
+                      b'valid plugin"}')
+    status, _, answer = client.post("/VolumeDriver.Get", b'{"Name":"v"}')
+    assert status == 500
+    assert answer.startswith(b'{"Err":"volplugd: plugin p is activating: got status code')
+
+
+def test_a_timeout_becomes_500_and_counts_toward_health(world: World) -> None:
+    fake = world.plugin("p")
+    world.start(probe=QUIET)
+    world.wait_state("p", PluginState.READY)
+    fake.set("/VolumeDriver.Create", b.Hang())
+    client = Client(world.sock("p"))
+    status, _, answer = client.post("/VolumeDriver.Create", b'{"Name":"v1"}')
+    assert status == 500
+    assert answer == (b'{"Err":"volplugd: sending request to volume plugin p endpoint '
+                      b'/VolumeDriver.Create: timed out: no complete answer within 0.5 s"}')
+    view = wait_until(lambda: world.view("p").consecutive_failures == 1 and world.view("p"),
+                      message="the failure counted")
+    assert view.last_error == ("sending request to volume plugin p endpoint "
+                               "/VolumeDriver.Create: timed out: no complete answer within "
+                               "0.5 s")
+    assert ("p", "create", "timeout") in world.recorder.seen
+    # The gateway keeps serving on the same connection.
+    fake.reset("/VolumeDriver.Create")
+    assert client.post("/VolumeDriver.Create", b'{"Name":"v2"}')[0] == 200
+
+
+def test_the_per_plugin_bound_applies(world: World) -> None:
+    fake = world.plugin("p")
+    world.start(probe=QUIET, max_in_flight=1)
+    world.wait_state("p", PluginState.READY)
+    fake.set("/VolumeDriver.Mount", b.Hang())  # "default" deadline: 30 s
+    first = Client(world.sock("p"))
+    first.sock.sendall(PODMAN_HEAD.format("/VolumeDriver.Mount", 13).encode() +
+                       b'{"Name":"v1"}')
+    fake.wait_requests(1 + len(fake.requests))
+    wait_until(lambda: _requests_to(fake, "/VolumeDriver.Mount"), message="mount in flight")
+    status, _, answer = Client(world.sock("p")).post("/VolumeDriver.Get", b'{"Name":"v1"}')
+    assert status == 500
+    assert answer == (b'{"Err":"volplugd: plugin p is busy (1 operation in flight); try '
+                      b'again in 1 s"}')
+    assert _requests_to(fake, "/VolumeDriver.Get") == []
+    assert ("p", "get", "busy") in world.recorder.seen
+    fake.stop()  # the hung Mount ends: the plugin dropped the connection
+    status, _, answer = first.read()
+    assert status == 500
+    assert answer.startswith(b'{"Err":"volplugd: ')
+
+
+def test_sockets_follow_the_registry(world: World) -> None:
+    keep = world.plugin("keep")
+    world.plugin("other", implements=("NetworkDriver",))  # rejected: no socket
+    world.start()
+    world.wait_state("keep", PluginState.READY)
+    world.wait_state("other", PluginState.REJECTED)
+    assert world.gateway is not None
+    gateway = world.gateway
+    wait_until(lambda: gateway.names == ["keep"], message="one socket")
+    mode = os.stat(world.sock("keep")).st_mode
+    assert stat.S_ISSOCK(mode)
+    assert stat.S_IMODE(mode) == 0o600
+    assert not os.path.exists(world.sock("other"))
+    late = world.plugin("late")
+    wait_until(lambda: os.path.exists(world.sock("late")), message="late's socket")
+    late.stop()  # its socket file goes: evicted
+    wait_until(lambda: not os.path.exists(world.sock("late")), message="late's socket gone")
+    assert sorted(os.listdir(world.gw_dir)) == [GATEWAY_MARK, "keep.sock"]
+    gateway.stop()
+    gateway.join(5)
+    assert sorted(os.listdir(world.gw_dir)) == []
+    with pytest.raises(FileNotFoundError):
+        Client(world.sock("keep"))
+    assert keep.requests  # it was served all along
+
+
+def test_a_name_that_cannot_be_a_socket_file_is_skipped_with_one_warning(
+        world: World) -> None:
+    long = "x" * 70  # fits the plugins folder's path, not the gateway's
+    world.plugins = world.plugins  # (the short_tmp root keeps plugin paths short)
+    world.gw_dir = world.gw_dir.parent / ("g" * 40)
+    world.plugin("ok")
+    with capture_logs() as logs:
+        world.plugin(long)
+        world.start()
+        world.wait_state(long, PluginState.READY)
+        wait_until(lambda: os.path.exists(world.sock("ok")), message="ok's socket")
+        assert world.sup is not None
+        world.sup.rescan(5)
+        world.sup.rescan(5)
+    skipped = [e for e in logs if e["event"] == "gateway_plugin_skipped"]
+    assert skipped == [{"event": "gateway_plugin_skipped", "log_level": "warning",
+                        "logger_name": "volplugd.gateway.server",
+                        "plugin": long, "reason": "the socket path would be longer than "
+                        "107 bytes"}]
+    assert world.gateway is not None
+    assert world.gateway.names == ["ok"]
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_discovery_never_takes_gateway_sockets_for_plugins(world: World, first: bool) -> None:
+    world.gw_dir = world.plugins / "p"  # nested like Docker's NAME/NAME.sock, too
+    world.plugin("p")
+    dirs = (str(world.gw_dir), str(world.plugins)) if first else (str(world.plugins),)
+    sup, _ = world.start(dirs=dirs)
+    world.wait_state("p", PluginState.READY)
+    wait_until(lambda: os.path.exists(world.sock("p")), message="gateway socket")
+    sup.rescan(5)
+    view = world.view("p")
+    assert view.source == str(world.plugins / "p.sock")
+    assert view.warnings == ()
+    assert list(sup.snapshot().plugins) == ["p"]
+
+
+def test_malformed_and_foreign_requests_get_an_exact_error(world: World) -> None:
+    world.plugin("p")
+    world.start()
+    world.wait_state("p", PluginState.READY)
+    client = Client(world.sock("p"))
+    client.sock.sendall(b"GET /Plugin.Activate HTTP/1.1\r\nHost: plugin\r\n\r\n")
+    assert client.read() == (405, "application/vnd.docker.plugins.v1+json",
+                             b'{"Err":"volplugd: GET is not allowed here: the plugin '
+                             b'protocol is POST only"}')
+    assert client.post("/Other.Thing")[2] == (
+        b'{"Err":"volplugd: \\"/Other.Thing\\" is not a volume plugin endpoint"}')
+    client.sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+    status, _, answer = client.read()
+    assert status == 400
+    assert answer.startswith(b'{"Err":"volplugd: malformed request: ')
+    assert client.sock.recv(1) == b""  # closed after a request it could not parse
+    # and the gateway keeps serving
+    assert Client(world.sock("p")).post("/VolumeDriver.List")[0] == 200
+
+
+def test_concurrent_keep_alive_connections(world: World) -> None:
+    world.plugin("p")
+    world.start()
+    world.wait_state("p", PluginState.READY)
+    results: list[tuple[int, bytes]] = []
+
+    def call() -> None:
+        client = Client(world.sock("p"))
+        for _ in range(5):
+            status, _, answer = client.post("/VolumeDriver.List")
+            results.append((status, answer if status != 200 else b""))
+        client.close()
+
+    threads = [threading.Thread(target=call) for _ in range(4)]  # plugin.max_in_flight
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results == [(200, b"")] * 20
+
+

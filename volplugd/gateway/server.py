@@ -1,0 +1,318 @@
+"""The gateway: one v1-protocol unix socket per registered plugin, ``<dir>/<name>.sock``.
+
+The ``gateway`` thread follows the registry's snapshots: a plugin that is registered and
+not ``rejected`` gets a socket (bound, given ``mode`` and ``group``, and only then
+listening), one that leaves or is rejected loses it, and at a clean stop every socket is
+closed and removed. A name that cannot be a file name is skipped with one warning. The
+folder holds ``GATEWAY_MARK`` so that discovery never takes these sockets for plugins.
+The ``gateway-accept`` thread accepts on every socket and gives each connection its own
+thread (``connection.serve``), at most ``max_connections`` at once (more are closed at
+once). What a request gets is ``answer``'s job; Docker spec files are ``specs``'.
+
+Runs on: the ``gateway`` and ``gateway-accept`` threads, one thread per connection;
+``start``/``stop``/``join`` from the daemon's main thread; ``socket_for`` on any thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import selectors
+import socket
+import stat
+import threading
+from collections.abc import Callable
+
+from volplugd.config import GatewaySettings
+from volplugd.discovery.scan import GATEWAY_MARK
+from volplugd.gateway.answer import Reply, Request, answer, endpoint_label
+from volplugd.gateway.connection import serve
+from volplugd.gateway.specs import SpecFiles
+from volplugd.log import get_logger
+from volplugd.model import Commands, PluginState, Snapshot
+
+__all__ = ["Gateway", "OnGatewayRequest", "name_problem", "socket_path"]
+
+log = get_logger(__name__)
+
+OnGatewayRequest = Callable[[str, str, str, float], None]  # plugin, endpoint, outcome, s
+WaitSnapshot = Callable[[int, float], Snapshot]
+UNIX_PATH_MAX = 107
+NAME_MAX = 255
+BACKLOG = 128
+
+
+def name_problem(directory: str, name: str) -> str | None:
+    """Why ``<directory>/<name>.sock`` cannot be a gateway socket, or None."""
+    if not name or name in (".", "..") or "/" in name or "\x00" in name:
+        return "cannot be a file name"
+    if name.startswith("."):
+        return "a hidden file name"
+    if len(os.fsencode(name + ".sock")) > NAME_MAX:
+        return f"{name}.sock is longer than {NAME_MAX} bytes"
+    if len(os.fsencode(os.path.join(directory, name + ".sock"))) > UNIX_PATH_MAX:
+        return f"the socket path would be longer than {UNIX_PATH_MAX} bytes"
+    return None
+
+
+def socket_path(directory: str, name: str) -> str | None:
+    """The gateway socket of plugin ``name``, or None if the name cannot have one."""
+    if name_problem(directory, name) is not None:
+        return None
+    return os.path.join(directory, name + ".sock")
+
+
+class Gateway:
+    """Keeps the gateway sockets in step with the registry and serves them."""
+
+    def __init__(self, settings: GatewaySettings, commands: Commands,
+                 wait_snapshot: WaitSnapshot, *, on_request: OnGatewayRequest | None = None,
+                 specs: SpecFiles | None = None, tick: float = 0.5,
+                 max_connections: int = 512) -> None:
+        self._settings = settings
+        self._dir = os.path.abspath(settings.dir)
+        self._commands = commands
+        self._wait = wait_snapshot
+        self._on_request = on_request
+        self._specs = specs
+        self._tick = tick
+        self._gid = None if settings.group is None else _gid(settings.group)
+        self._listeners: dict[str, socket.socket] = {}  # name -> listening socket
+        self._retired: list[socket.socket] = []  # closed by the acceptor
+        self._lock = threading.Lock()
+        self._skipped: set[str] = set()
+        self._connections = threading.BoundedSemaphore(max_connections)
+        self._live: set[socket.socket] = set()  # connections being served (under _lock)
+        self._stopping = threading.Event()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._follower = threading.Thread(target=self._follow, name="gateway", daemon=True)
+        self._acceptor = threading.Thread(target=self._accept, name="gateway-accept",
+                                          daemon=True)
+        self._last: Snapshot | None = None
+
+    def socket_for(self, name: str) -> str | None:
+        """Where plugin ``name``'s gateway socket is (or will be); None if never."""
+        return socket_path(self._dir, name)
+
+    @property
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._listeners)
+
+    # --- life cycle ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Create the folder and its mark (errors raise here), then start the threads."""
+        os.makedirs(self._dir, mode=0o755, exist_ok=True)
+        with open(os.path.join(self._dir, GATEWAY_MARK), "w") as f:
+            f.write("volplugd's gateway sockets: never plugins of their own\n")
+        self._follower.start()
+        self._acceptor.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake()
+
+    def join(self, timeout: float | None = None) -> None:
+        for thread in (self._follower, self._acceptor):
+            if thread.ident is not None:
+                thread.join(timeout)
+
+    # --- following the snapshots (the ``gateway`` thread) --------------------------
+
+    def _follow(self) -> None:
+        generation = -1
+        try:
+            while not self._stopping.is_set():
+                snapshot = self._wait(generation, self._tick)
+                if snapshot.generation != generation and not self._stopping.is_set():
+                    generation = snapshot.generation
+                    self.update(snapshot)
+        finally:
+            self._finish()
+
+    def update(self, snapshot: Snapshot) -> None:
+        """Bring the sockets (and spec files) in step with ``snapshot``: one step."""
+        self._last = snapshot
+        wanted = {name: view for name, view in snapshot.plugins.items()
+                  if view.state is not PluginState.REJECTED and self._usable(name)}
+        with self._lock:
+            gone = [n for n in self._listeners if n not in wanted]
+        for name in gone:
+            self._close(name)
+        for name in sorted(wanted):
+            if name not in self._listeners:
+                self._open(name)
+        if self._specs is not None:
+            with self._lock:
+                served = {n: wanted[n] for n in self._listeners}
+            self._specs.update({n: (self._path(n), v) for n, v in served.items()})
+        self._wake()
+
+    def _usable(self, name: str) -> bool:
+        problem = name_problem(self._dir, name)
+        if problem is not None and name not in self._skipped:
+            self._skipped.add(name)
+            log.warning("gateway_plugin_skipped", plugin=name, reason=problem)
+        return problem is None
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self._dir, name + ".sock")
+
+    def _open(self, name: str) -> None:
+        path = self._path(name)
+        try:
+            sock = _bind(path, self._settings.mode, self._gid)
+        except OSError as err:
+            log.error("gateway_socket_failed", plugin=name, path=path, error=str(err))
+            return
+        with self._lock:
+            self._listeners[name] = sock
+        log.info("gateway_socket_created", plugin=name, path=path)
+
+    def _close(self, name: str) -> None:
+        with self._lock:
+            sock = self._listeners.pop(name)
+            self._retired.append(sock)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path(name))
+        log.info("gateway_socket_removed", plugin=name)
+
+    def _finish(self) -> None:
+        """A clean stop: spec files back to the plugins' own sockets, sockets removed."""
+        if self._specs is not None and self._last is not None:
+            try:
+                self._specs.restore(self._last)
+            except Exception:  # the sockets must go whatever happened to the spec files
+                log.exception("gateway_specs_restore_failed")
+        for name in self.names:
+            self._close(name)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self._dir, GATEWAY_MARK))
+        with self._lock:
+            live = list(self._live)
+        for conn in live:  # idle keep-alive clients see the end now, not at IDLE
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        self._wake()
+
+    # --- accepting (the ``gateway-accept`` thread) ---------------------------------
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    def _accept(self) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(self._wake_r, selectors.EVENT_READ, None)
+        registered: dict[socket.socket, str] = {}
+        try:
+            while True:
+                self._sync(selector, registered)
+                if self._stopping.is_set() and not self._follower.is_alive():
+                    return
+                for key, _ in selector.select(self._tick):
+                    if key.data is None:
+                        with contextlib.suppress(OSError):
+                            self._wake_r.recv(4096)
+                    else:
+                        self._take(key.fileobj, key.data)  # type: ignore[arg-type]
+        finally:
+            selector.close()
+            for sock in registered:
+                sock.close()
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _sync(self, selector: selectors.BaseSelector,
+              registered: dict[socket.socket, str]) -> None:
+        with self._lock:
+            current = {sock: name for name, sock in self._listeners.items()}
+            retired, self._retired = self._retired, []
+        for sock in [s for s in registered if s not in current]:
+            selector.unregister(sock)
+            del registered[sock]
+        for sock in retired:
+            sock.close()
+        for sock, name in current.items():
+            if sock not in registered:
+                selector.register(sock, selectors.EVENT_READ, name)
+                registered[sock] = name
+
+    def _take(self, listener: socket.socket, name: str) -> None:
+        try:
+            conn, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as err:
+            log.warning("gateway_accept_failed", plugin=name, error=str(err))
+            return
+        if not self._connections.acquire(blocking=False):
+            conn.close()  # too many at once: the client sees the connection end
+            log.warning("gateway_connections_exhausted", plugin=name)
+            return
+        conn.setblocking(True)
+        thread = threading.Thread(target=self._serve, args=(conn, name),
+                                  name=f"gateway-conn {name}", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:
+            conn.close()
+            self._connections.release()
+
+    def _serve(self, conn: socket.socket, name: str) -> None:
+        with self._lock:
+            self._live.add(conn)
+        try:
+            if not self._stopping.is_set():
+                serve(conn, lambda request: answer(self._commands, name, request),
+                      lambda request, reply, seconds: self._count(name, request, reply,
+                                                                  seconds))
+        finally:
+            with self._lock:
+                self._live.discard(conn)
+            conn.close()
+            self._connections.release()
+
+    def _count(self, name: str, request: Request, reply: Reply, seconds: float) -> None:
+        if self._on_request is not None:
+            self._on_request(name, endpoint_label(request.path), reply.outcome, seconds)
+        if reply.outcome not in ("answered", "manifest"):
+            log.debug("gateway_refused", plugin=name, endpoint=request.path,
+                      outcome=reply.outcome)
+
+
+def _gid(group: str) -> int:
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ValueError(f"gateway.group: no group named {group!r}") from None
+
+
+def _bind(path: str, mode: int, gid: int | None) -> socket.socket:
+    """Replace a stale socket (ours, from a crash), bind, set mode and group, listen."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise FileExistsError(f"{path} exists and is not a socket; not replacing it")
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, mode)
+        if gid is not None and os.stat(path).st_gid != gid:
+            os.chown(path, -1, gid)
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise
+    return sock
