@@ -50,6 +50,7 @@ def exported_names() -> set[str]:
         m.evicted("gone", reason)
     m.control_request("/v1/health", 200)
     m.busy("b-ready")
+    m.gateway_request("b-ready", "create", "not_ready", 0.0004)
     body, _ = m.exposition()
     lines = body.decode().splitlines()
     return {re.split(r"[{ ]", line, maxsplit=1)[0] for line in lines if not line.startswith("#")}
@@ -86,7 +87,7 @@ def names_in(expr: str) -> set[str]:
 def test_promtool_check_rules_passes() -> None:
     """`promtool check rules` accepts the rules file (9 rules)."""
     code, out = run("check", "rules", RULES)
-    assert (code, out.strip().splitlines()[-1].strip()) == (0, "SUCCESS: 11 rules found")
+    assert (code, out.strip().splitlines()[-1].strip()) == (0, "SUCCESS: 12 rules found")
 
 
 @pytest.mark.peer
@@ -106,7 +107,7 @@ def test_rule_tests_cover_every_alert_firing_and_not_firing() -> None:
     assert alerts == {"VolplugdDown", "VolplugdWatcherDown", "VolplugdPluginDown",
                       "VolplugdPluginFlapping", "VolplugdSlowProbes",
                       "VolplugdPluginStuckActivating", "VolplugdProbesLate",
-                      "VolplugdPluginBusy"}
+                      "VolplugdPluginBusy", "VolplugdGatewayRefusing"}
     assert (firing, quiet) == (alerts, alerts)
 
 

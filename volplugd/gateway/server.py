@@ -276,11 +276,9 @@ class Gateway:
             self._connections.release()
 
     def _count(self, name: str, request: Request, reply: Reply, seconds: float) -> None:
+        """Metrics only: a refusal is a hot path (no log line per request)."""
         if self._on_request is not None:
             self._on_request(name, endpoint_label(request.path), reply.outcome, seconds)
-        if reply.outcome not in ("answered", "manifest"):
-            log.debug("gateway_refused", plugin=name, endpoint=request.path,
-                      outcome=reply.outcome)
 
 
 def _gid(group: str) -> int:
