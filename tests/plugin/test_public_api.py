@@ -17,10 +17,11 @@ def test_all_names_exist() -> None:
 
 def test_import_pulls_in_nothing_of_the_daemon() -> None:
     """A fresh interpreter importing volplugd.plugin loads no other volplugd module,
-    and none of the daemon's heavy dependencies."""
+    none of the daemon's heavy dependencies, and no second HTTP stack."""
     code = ("import json, sys, volplugd.plugin; "
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('volplugd', 'watchdog', 'prometheus_client', 'structlog'))))")
+            "('volplugd', 'watchdog', 'prometheus_client', 'structlog', 'requests', "
+            "'requests_unixsocket', 'urllib3'))))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                          text=True).stdout
     loaded = json.loads(out)

@@ -2,15 +2,16 @@
 for one plugin, and hardened.
 
 Same endpoints, headers, request bodies and error wording as the seed; and then:
-a total deadline per call and a cap on the answer's size (``transport``), a
+a total deadline per call and a cap on the answer's size (``exchange``), a
 non-empty ``Err`` on a 200 is an error, a non-JSON error answer keeps its text, JSON
 keys match case-insensitively (as Go's decoder does), Capabilities, TCP and TLS.
 
 The client neither logs nor touches metrics: it returns results, raises PluginError
 subclasses, and calls the optional ``on_request(endpoint, outcome, seconds)`` hook.
-Wire format: ``protocol``; sockets and limits: ``transport``; what broke: ``failures``.
+Wire format: ``protocol``; one call on the wire: ``exchange``, driven here by
+``connections`` (blocking) and by ``multiplex`` (many calls on one thread).
 
-Runs on: any thread; calls may run concurrently (one keep-alive pool per client).
+Runs on: any thread; calls may run concurrently (up to 4 idle keep-alive connections).
 """
 
 from __future__ import annotations
@@ -23,22 +24,20 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from types import MappingProxyType, TracebackType
+from types import TracebackType
 from typing import Any, TypeVar
 
-from volplugd.plugin import transport
 from volplugd.plugin.address import PluginAddress
+from volplugd.plugin.connections import Connections, tls_context
 from volplugd.plugin.errors import (
     NotAPlugin,
     NotAVolumePlugin,
     PluginBadResponse,
     PluginError,
-    PluginRemoved,
     PluginReportedError,
-    PluginTimeout,
     PluginUnreachable,
 )
-from volplugd.plugin.failures import Failure, classify, strerror
+from volplugd.plugin.exchange import Exchange, removed, request_bytes, strerror
 from volplugd.plugin.models import (
     Capabilities,
     JsonObject,
@@ -68,9 +67,7 @@ from volplugd.plugin.protocol import (
     encode_json,
     encode_options,
     error_text,
-    headers_for,
     positive_seconds,
-    request_bytes,
     resolve_timeouts,
 )
 
@@ -78,14 +75,6 @@ __all__ = ["OnRequest", "PluginClient"]
 
 OnRequest = Callable[[str, str, float], None]
 T = TypeVar("T")
-
-_FAILURES: Mapping[str, type[PluginError]] = MappingProxyType({
-    Failure.REFUSED: PluginUnreachable,  # a stale socket file: nobody listens
-    Failure.BROKEN: PluginUnreachable,
-    Failure.OS: PluginUnreachable,
-    Failure.PROTOCOL: PluginBadResponse,
-})
-
 
 class PluginClient:
     """A client for one volume plugin at ``address``, called ``name`` in errors."""
@@ -102,10 +91,8 @@ class PluginClient:
         self._timeouts = resolve_timeouts(timeouts)
         self._on_request = on_request
         self._closed = False
-        self._headers = headers_for(address)
-        self._requests: dict[str, bytes] = {}  # body-less requests' bytes, by endpoint
-        self._transport: transport.Transport | None = None  # set up on the first call
-        self._transport_lock = threading.Lock()
+        self._connections: Connections | None = None  # set up on the first call
+        self._connections_lock = threading.Lock()
 
     # -- the endpoints ------------------------------------------------------------------
     def activate(self, *, timeout: float | None = None) -> Manifest:
@@ -156,25 +143,14 @@ class PluginClient:
 
         Raises PluginError only when no whole answer came back (timeout, refusal, gone,
         a broken or oversized answer); a plugin's own error answer is returned."""
-        seconds = self._seconds(endpoint, timeout)
-        started = time.monotonic()
-        outcome = PluginError.outcome
-        try:
-            answer = self._exchange(endpoint, body, "", seconds, started)
-            outcome = "success"
-            return answer
-        except PluginError as err:
-            outcome = err.outcome
-            raise
-        finally:
-            self._report(endpoint, outcome, time.monotonic() - started)
+        return self._call(endpoint, body, "", timeout, _raw)
 
     def close(self) -> None:
         """Close the keep-alive connections; later calls raise PluginError. Idempotent."""
         self._closed = True
-        with self._transport_lock:
-            if self._transport is not None:
-                self._transport.close()
+        with self._connections_lock:
+            if self._connections is not None:
+                self._connections.close()
 
     def __enter__(self) -> PluginClient:
         return self
@@ -187,118 +163,85 @@ class PluginClient:
         return f"PluginClient({self.name!r}, {self.address.url!r})"
 
     # -- the same calls, with the I/O driven by a volplugd.plugin.multiplex.Multiplexer ---
-    def begin(self, endpoint: str, timeout: float | None = None, *,
-              connected: bool = False) -> tuple[bytes, float]:
-        """(request bytes, seconds allowed) for a call without a body — Activate,
-        Capabilities or List — after the checks a call makes before sending. With
+    def begin(self, endpoint: str, started: float, timeout: float | None = None, *,
+              connected: bool = False) -> Exchange[object]:
+        """The exchange of a call without a body — Activate, Capabilities or List —
+        starting at ``started``, after the checks a call makes before sending. With
         ``connected`` (a kept-alive connection will carry it) the socket file is not
         checked: the open connection already shows the plugin is there.
 
         Raises PluginError as the call would (closed client, socket file gone...)."""
-        request = self._requests.get(endpoint)
-        if request is None:
-            if endpoint not in self._answers:
-                raise ValueError(f"{endpoint} cannot be driven from outside; "
-                                 f"only {sorted(self._answers)}")
-            request = self._requests[endpoint] = request_bytes(endpoint, self._headers, b"")
+        interpret = self._answers.get(endpoint)
+        if interpret is None:
+            raise ValueError(f"{endpoint} cannot be driven from outside; "
+                             f"only {sorted(self._answers)}")
         seconds = self._seconds(endpoint, timeout)
         self._check_open(endpoint, "")
         if self.address.is_unix and not connected:
             self._verify_reachable(endpoint, "")
-        return request, seconds
-
-    def conclude(self, endpoint: str, status: int, body: bytes) -> object:
-        """What the call returns for this answer; raises PluginError as the call would."""
-        return self._answers[endpoint](status, body)
-
-    def failure(self, error: Exception, phase: str, endpoint: str,
-                seconds: float) -> PluginError:
-        """The call's PluginError for an I/O failure: ``phase`` "send" until the answer's
-        head is in, "read" after; BodyTooLarge for an answer over the cap."""
-        if isinstance(error, transport.BodyTooLarge):
-            failure: PluginError = PluginBadResponse(self._too_large(endpoint, error),
-                                                     **self._ctx(endpoint, ""))
-        else:
-            failure = self._transport_error(error, phase, endpoint, "", seconds)
-        failure.__cause__ = error  # as ``raise ... from error`` would set it
-        return failure
-
-    def report(self, endpoint: str, outcome: str, seconds: float) -> None:
-        """Call the ``on_request`` hook, as every call does."""
-        self._report(endpoint, outcome, seconds)
+        return self._exchange(endpoint, None, "", interpret, seconds=seconds, started=started)
 
     @functools.cached_property
-    def _answers(self) -> dict[str, Callable[[int, bytes], object]]:
+    def _answers(self) -> dict[str, Callable[[Exchange[Any]], object]]:
         """The interpreters of the calls ``begin`` allows (built once, read per answer)."""
         return {ACTIVATE: self._manifest, CAPABILITIES: self._capabilities,
                 LIST: self._checked(LIST, "", parse_volumes)}
 
     # -- one call: deadline, exchange, interpretation, hook --------------------------------
-    def _call(self, endpoint: str, request: dict[str, Any] | None, volume: str,
-              timeout: float | None, interpret: Callable[[int, bytes], T]) -> T:
+    def _call(self, endpoint: str, request: dict[str, Any] | bytes | None, volume: str,
+              timeout: float | None, interpret: Callable[[Exchange[Any]], T]) -> T:
         seconds = self._seconds(endpoint, timeout)
         started = time.monotonic()
         outcome = PluginError.outcome
         try:
-            data = b"" if request is None else encode_json(request)
-            status, _, body = self._exchange(endpoint, data, volume, seconds, started)
-            result = interpret(status, body)
+            exchange = self._exchange(endpoint, request, volume, interpret, seconds=seconds,
+                                      started=started)
+            self._connections_for(endpoint, volume).run(exchange)
+            result = exchange.value()
             outcome = "success"
             return result
         except PluginError as err:
             outcome = err.outcome
             raise
         finally:
-            self._report(endpoint, outcome, time.monotonic() - started)
+            self.report(endpoint, outcome, time.monotonic() - started)
 
-    def _exchange(self, endpoint: str, body: bytes, volume: str, seconds: float,
-                  started: float) -> tuple[int, str | None, bytes]:
-        """(status, Content-Type, body) of one POST, all within ``seconds`` of ``started``."""
-        link = self._check_usable(endpoint, volume)
-        with transport.deadline(started + seconds):
-            try:
-                response = link.post(endpoint, body, seconds)
-            except Exception as err:
-                raise self._transport_error(err, "send", endpoint, volume, seconds) from err
-            try:
-                return (response.status, response.headers.get("Content-Type"),
-                        transport.read_body(response, self.max_response_bytes))
-            except transport.BodyTooLarge as err:
-                raise PluginBadResponse(self._too_large(endpoint, err), **self._ctx(
-                    endpoint, volume)) from err
-            except Exception as err:
-                raise self._transport_error(err, "read", endpoint, volume, seconds) from err
+    def _exchange(self, endpoint: str, request: dict[str, Any] | bytes | None, volume: str,
+                  interpret: Callable[[Exchange[Any]], T], *, seconds: float,
+                  started: float) -> Exchange[T]:
+        body = request if isinstance(request, bytes) else encode_json(request) if request else b""
+        data = request_bytes(endpoint, self.address, body)
+        return Exchange(self.name, self.address, endpoint, volume, data, seconds=seconds,
+                        started=started, limit=self.max_response_bytes, interpret=interpret)
 
-    def _check_usable(self, endpoint: str, volume: str) -> transport.Transport:
-        """The seed's verifyReachable (the socket file still exists), and our own state."""
+    def _connections_for(self, endpoint: str, volume: str) -> Connections:
+        """The seed's verifyReachable (the socket file still exists), our own state, and
+        the keep-alive connections, made on the first call."""
         self._check_open(endpoint, volume)
-        link = self._transport or self._set_up(endpoint, volume)
         if self.address.is_unix:
             self._verify_reachable(endpoint, volume)
-        return link
+        if self._connections is not None:
+            return self._connections
+        with self._connections_lock:
+            if self._connections is None:
+                try:
+                    tls = tls_context(self.address.tls) if self.address.scheme == "https" else None
+                except OSError as err:  # unreadable TLS files (ssl.SSLError too)
+                    raise PluginError(f"setting up TLS for plugin {self.name}: {err}",
+                                      **self._ctx(endpoint, volume)) from err
+                self._connections = Connections(self.address, tls)
+            return self._connections
 
     def _check_open(self, endpoint: str, volume: str) -> None:
         if self._closed:
             raise PluginError(f"client for plugin {self.name} is closed",
                               **self._ctx(endpoint, volume))
 
-    def _set_up(self, endpoint: str, volume: str) -> transport.Transport:
-        """The keep-alive pool, made on the first call: a client that is only ever driven
-        by a Multiplexer (the daemon's probes) never pays for requests' set-up."""
-        with self._transport_lock:
-            if self._transport is None:
-                try:
-                    self._transport = transport.Transport(self.address, self._headers)
-                except OSError as err:  # unreadable TLS files (ssl.SSLError too)
-                    raise PluginError(f"setting up TLS for plugin {self.name}: {err}",
-                                      **self._ctx(endpoint, volume)) from err
-            return self._transport
-
     def _verify_reachable(self, endpoint: str, volume: str) -> None:
         try:
             mode = os.stat(self.address.target).st_mode
         except FileNotFoundError as err:
-            raise self._removed(endpoint, volume) from err
+            raise removed(self.name, endpoint, volume) from err
         except OSError as err:
             raise PluginUnreachable(f"accessing plugin {self.name}: {strerror(err)}",
                                     **self._ctx(endpoint, volume)) from err
@@ -308,13 +251,14 @@ class PluginClient:
                              **self._ctx(endpoint, volume))
 
     # -- interpreting answers ---------------------------------------------------------
-    def _manifest(self, status: int, body: bytes) -> Manifest:
+    def _manifest(self, answer: Exchange[Any]) -> Manifest:
         ctx = self._ctx(ACTIVATE, "")
-        if status != 200:  # the seed: anything else means "not a plugin"
-            raise NotAPlugin(f"got status code {status} from activation endpoint for plugin "
-                             f"{self.name}: target does not appear to be a valid plugin", **ctx)
+        if answer.status != 200:  # the seed: anything else means "not a plugin"
+            raise NotAPlugin(f"got status code {answer.status} from activation endpoint for "
+                             f"plugin {self.name}: target does not appear to be a valid plugin",
+                             **ctx)
         try:
-            obj = decode_object(body)
+            obj = decode_object(answer.body)
             err = parse_err(obj)
             manifest = parse_manifest(obj)
         except ResponseError as bad:
@@ -329,20 +273,20 @@ class PluginClient:
                 implements=manifest.implements, **ctx)
         return manifest
 
-    def _capabilities(self, status: int, body: bytes) -> Capabilities:
+    def _capabilities(self, answer: Exchange[Any]) -> Capabilities:
         try:
-            return self._checked(CAPABILITIES, "", parse_capabilities)(status, body)
+            return self._checked(CAPABILITIES, "", parse_capabilities)(answer)
         except PluginReportedError:  # Capabilities is optional: Docker assumes "local"
             return Capabilities("local")
 
     def _checked(self, endpoint: str, volume: str,
-                 parse: Callable[[JsonObject], T]) -> Callable[[int, bytes], T]:
+                 parse: Callable[[JsonObject], T]) -> Callable[[Exchange[Any]], T]:
         """An interpreter: non-200 or a non-empty Err is reported; else ``parse`` the 200."""
-        def interpret(status: int, body: bytes) -> T:
-            if status != 200:
-                raise self._reported(endpoint, volume, error_text(body))
+        def interpret(answer: Exchange[Any]) -> T:
+            if answer.status != 200:
+                raise self._reported(endpoint, volume, error_text(answer.body))
             try:
-                obj = decode_object(body)
+                obj = decode_object(answer.body)
                 err = parse_err(obj)
                 if not err:
                     return parse(obj)
@@ -363,49 +307,15 @@ class PluginClient:
         return PluginReportedError(f"on {endpoint}{where} in volume plugin {self.name}: {err}",
                                    err=err, **self._ctx(endpoint, volume))
 
-    def _removed(self, endpoint: str, volume: str) -> PluginRemoved:
-        return PluginRemoved(f"{self.name}: plugin is no longer available (shut down?)",
-                             **self._ctx(endpoint, volume))
-
-    def _prefix(self, phase: str, endpoint: str) -> str:
-        if endpoint == ACTIVATE:
-            return (f"sending request to plugin {self.name} activation endpoint"
-                    if phase == "send" else
-                    f"reading activation response body from plugin {self.name}")
-        return (f"sending request to volume plugin {self.name} endpoint {endpoint}"
-                if phase == "send" else f"reading response body from volume plugin {self.name}")
-
-    def _too_large(self, endpoint: str, err: transport.BodyTooLarge) -> str:
-        size = "" if err.declared is None else f" of {err.declared} bytes"
-        return (f"{self._prefix('read', endpoint)}: answer{size} is larger than the limit "
-                f"of {err.limit} bytes")
-
-    def _transport_error(self, err: Exception, phase: str, endpoint: str, volume: str,
-                         seconds: float) -> PluginError:
-        kind, detail = classify(err)
-        ctx = self._ctx(endpoint, volume)
-        prefix = self._prefix(phase, endpoint)
-        if kind == Failure.TIMEOUT or transport.deadline_passed():
-            return PluginTimeout(f"{prefix}: timed out: no complete answer within {seconds:g} s",
-                                 **ctx)
-        if kind == Failure.GONE:
-            return self._removed(endpoint, volume)
-        if kind == Failure.REFUSED:
-            detail = f"{self._dial()}: connect: {detail}"
-        return _FAILURES.get(kind, PluginError)(f"{prefix}: {detail}", **ctx)
-
-    def _dial(self) -> str:
-        network = "unix" if self.address.is_unix else "tcp"
-        return f"dial {network} {self.address.target}"
-
     # -- settings and the hook ----------------------------------------------------------
     def _seconds(self, endpoint: str, timeout: float | None) -> float:
         if timeout is None:
             return self._timeouts[KEYS.get(endpoint, "default")]
         return positive_seconds(timeout, "timeout")
 
-    def _report(self, endpoint: str, outcome: str, seconds: float) -> None:
-        """Call on_request; what it raises never changes the call's result or error.
+    def report(self, endpoint: str, outcome: str, seconds: float) -> None:
+        """Call on_request, as every call does (the Multiplexer too); what it raises never
+        changes the call's result or error.
 
         A failing hook is reported as a RuntimeWarning (route warnings to your log with
         ``logging.captureWarnings``); with warnings turned into errors it is dropped.
@@ -427,3 +337,7 @@ def _mountpoint(*, required: bool) -> Callable[[JsonObject], str]:
 
 def _nothing(_: JsonObject) -> None:
     return None
+
+
+def _raw(answer: Exchange[Any]) -> tuple[int, str | None, bytes]:
+    return answer.status, answer.content_type, answer.body

@@ -1,12 +1,11 @@
 """Many plugin calls at once on one thread: non-blocking unix sockets, one selector.
 
-``PluginClient`` makes one blocking call per thread through requests' stack: right for
-volume operations, too dear for a daemon that activates and health-probes a thousand
-plugins (about 1 ms of CPU a call, plus a hand-off to a worker thread and back). A
-``Multiplexer`` drives the same calls — Activate, Capabilities and List, with the
-client's request bytes, deadline, size cap, answer interpretation and error wording —
-as non-blocking exchanges on the thread that calls ``poll``, keeping one keep-alive
-connection per key. llhttp (through httptools) parses the answers.
+``PluginClient`` makes one blocking call per thread: right for volume operations, too
+dear for a daemon that activates and health-probes a thousand plugins (a thread per
+call, and a hand-off to it and back). A ``Multiplexer`` drives the same calls —
+Activate, Capabilities and List: the client's ``Exchange`` (request bytes, deadline,
+size cap, answer interpretation, error wording) — over non-blocking sockets on the
+thread that calls ``poll``, keeping one keep-alive connection per key.
 
 Unix sockets only: TCP and TLS plugins are few, and ``PluginClient`` serves them.
 
@@ -19,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import heapq
-import http.client
 import itertools
 import os
 import selectors
@@ -28,79 +26,36 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
-
-import httptools
+from typing import Any
 
 from volplugd.plugin.client import PluginClient
 from volplugd.plugin.errors import PluginError
-from volplugd.plugin.transport import BodyTooLarge
+from volplugd.plugin.exchange import CHUNK, Exchange
 
-__all__ = ["Done", "Multiplexer"]
+__all__ = ["Multiplexer", "OnResult"]
 
 #: Called on the polling thread with the call's result (or its PluginError) and seconds.
-Done = Callable[[object, float], None]
+OnResult = Callable[[object, float], None]
 
-CHUNK = 64 * 1024
-MAX_HEAD = 64 * 1024  # status line and headers: http.client's line limit, for all of them
 CONNECT_RETRY = 0.01  # a full listen backlog (EAGAIN): try to connect again this soon
 
 
-class _Answer:
-    """httptools' callbacks for one answer: the head's length rule, the body, the end."""
-
-    __slots__ = ("body", "complete", "declared", "head_done", "keep_alive", "limit",
-                 "parser", "until_close")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.body = bytearray()
-        self.declared: int | None = None
-        self.head_done = False
-        self.until_close = False  # no length and not chunked: the body ends at EOF
-        self.complete = False
-        self.keep_alive = False
-        self.parser = httptools.HttpResponseParser(self)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == b"content-length" and value.strip().isdigit():
-            self.declared = int(value)
-            if self.declared > self.limit:
-                raise BodyTooLarge(self.limit, self.declared)
-
-    def on_headers_complete(self) -> None:
-        self.head_done = True
-        self.until_close = self.declared is None and not self.parser.should_keep_alive()
-
-    def on_body(self, data: bytes) -> None:
-        self.body += data
-        if len(self.body) > self.limit:
-            raise BodyTooLarge(self.limit)
-
-    def on_message_complete(self) -> None:
-        self.complete = True
-        self.keep_alive = self.parser.should_keep_alive()
-
-
 class _Call:
-    """One call in flight: its request, its connection and what came back so far."""
+    """One call in flight: its exchange, its connection and what is left to send."""
 
-    __slots__ = ("answer", "client", "deadline", "done", "dropped", "endpoint", "head_bytes", "key",
-                 "pending", "received", "request", "reused", "seconds", "sock", "started",
-                 "writing")
+    __slots__ = ("client", "done", "dropped", "exchange", "key", "pending", "result",
+                 "reused", "sock", "started", "writing")
 
-    def __init__(self, key: Hashable, client: PluginClient, endpoint: str, done: Done, *,
-                 request: bytes, seconds: float, started: float) -> None:
-        self.key, self.client, self.endpoint, self.done = key, client, endpoint, done
-        self.request, self.seconds, self.started = request, seconds, started
-        self.deadline = started + seconds
+    def __init__(self, key: Hashable, client: PluginClient, done: OnResult, started: float,
+                 exchange: Exchange[Any] | None) -> None:
+        self.key, self.client, self.done, self.started = key, client, done, started
+        self.exchange = exchange  # None: failed before it began
         self.sock: socket.socket | None = None
         self.reused = False  # on a kept-alive connection
         self.writing = False  # the selector also waits for room to send the rest
         self.dropped = False  # forgotten after it finished, before its done() ran
-        self.pending = memoryview(request)  # still to send
-        self.received = False
-        self.head_bytes = 0
-        self.answer = _Answer(client.max_response_bytes)
+        self.pending = memoryview(exchange.request if exchange else b"")  # still to send
+        self.result: object = None
 
 
 _WAKE = object()  # the selector data of the wake-up pipe; a connection's is its key
@@ -119,10 +74,10 @@ class Multiplexer:
         self._idle: dict[Hashable, socket.socket] = {}
         self._timers: list[tuple[float, int, _Call]] = []  # deadlines and connect retries
         self._seq = itertools.count()
-        self._finished: deque[tuple[_Call, object]] = deque()  # results not handed over
+        self._finished: deque[_Call] = deque()  # results not handed over yet
 
     # -- the interface ------------------------------------------------------------------
-    def call(self, key: Hashable, client: PluginClient, endpoint: str, done: Done,
+    def call(self, key: Hashable, client: PluginClient, endpoint: str, done: OnResult,
              timeout: float | None = None) -> None:
         """Start ``endpoint`` on ``client``; a later ``poll`` calls ``done`` exactly once
         (unless ``forget(key)`` comes first). Only one call per key at a time."""
@@ -130,16 +85,16 @@ class Multiplexer:
             raise RuntimeError(f"a call for {key!r} is already in flight")
         started = self._clock()
         try:
-            request, seconds = client.begin(endpoint, timeout, connected=key in self._idle)
+            exchange = client.begin(endpoint, started, timeout, connected=key in self._idle)
         except PluginError as err:
             client.report(endpoint, err.outcome, 0.0)
-            failed = _Call(key, client, endpoint, done, request=b"", seconds=0.0, started=started)
-            self._finished.append((failed, err))
+            failed = _Call(key, client, done, started, None)
+            failed.result = err
+            self._finished.append(failed)
             return
-        call = self._calls[key] = _Call(key, client, endpoint, done, request=request,
-                                        seconds=seconds, started=started)
-        heapq.heappush(self._timers, (call.deadline, next(self._seq), call))
-        self._connect(call)
+        call = self._calls[key] = _Call(key, client, done, started, exchange)
+        heapq.heappush(self._timers, (exchange.deadline, next(self._seq), call))
+        self._connect(call, exchange)
 
     def busy(self, key: Hashable) -> bool:
         """Whether a call for ``key`` is in flight."""
@@ -151,7 +106,7 @@ class Multiplexer:
         call = self._calls.pop(key, None)
         if call is not None:
             self._close(call.sock)
-        for ended, _ in self._finished:
+        for ended in self._finished:
             ended.dropped |= ended.key == key
         self._close(self._idle.pop(key, None))
 
@@ -181,9 +136,9 @@ class Multiplexer:
                 self._close(self._idle.pop(ready.data))
         self._run_timers(self._clock())
         while self._finished:  # a done() may forget a key, or start a call that ends at once
-            call, result = self._finished.popleft()
+            call = self._finished.popleft()
             if not call.dropped:
-                call.done(result, self._clock() - call.started)
+                call.done(call.result, self._clock() - call.started)
 
     def close(self) -> None:
         """Close every connection and the selector; pending calls are dropped."""
@@ -195,8 +150,8 @@ class Multiplexer:
             os.close(self._wake_w)
             self._wake_w = -1
 
-    # -- connecting and sending ---------------------------------------------------------
-    def _connect(self, call: _Call) -> None:
+    # -- connecting, sending, receiving ---------------------------------------------------
+    def _connect(self, call: _Call, exchange: Exchange[Any]) -> None:
         sock = self._idle.pop(call.key, None)  # still registered, under the same key
         call.reused = sock is not None
         if sock is None:
@@ -210,28 +165,30 @@ class Multiplexer:
                 return
             if code:
                 sock.close()
-                self._fail(call, _os_error(code), "send")
+                exchange.fail(_os_error(code), self._clock())
+                self._end(call, exchange)
                 return
             # Registered until closed: readable is an answer, or the end of an idle one.
             self._selector.register(sock, selectors.EVENT_READ, call.key)
         call.sock = sock
-        self._send(call)
+        self._send(call, exchange)
 
-    def _send(self, call: _Call) -> None:
+    def _send(self, call: _Call, exchange: Exchange[Any]) -> None:
         assert call.sock is not None
         try:
             sent = call.sock.send(call.pending)
         except BlockingIOError:
             sent = 0
         except OSError as err:
-            if call.reused and len(call.pending) == len(call.request):
+            if call.reused and len(call.pending) == len(exchange.request):
                 # The plugin closed the kept-alive connection before any of this request
                 # reached it (a unix socket says so at once): send it on a new one.
                 self._close(call.sock)
                 call.sock = None
-                self._connect(call)
+                self._connect(call, exchange)
             else:
-                self._fail(call, err, self._phase(call))
+                exchange.fail(err, self._clock())
+                self._end(call, exchange)
             return
         call.pending = call.pending[sent:]
         if bool(call.pending) != call.writing:  # writable matters only mid-request
@@ -242,96 +199,57 @@ class Multiplexer:
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0)
         self._selector.modify(sock, events, key)
 
-    # -- receiving ----------------------------------------------------------------------
-
     def _on_ready(self, call: _Call, mask: int) -> None:
-        sock = call.sock
+        sock, exchange = call.sock, call.exchange
+        assert exchange is not None
         if mask & selectors.EVENT_WRITE and call.pending:
-            self._send(call)  # may end the call, or move it to a new connection
+            self._send(call, exchange)  # may end the call, or move it to a new connection
         if mask & selectors.EVENT_READ and call.sock is sock and self._calls.get(call.key) is call:
-            self._receive(call)
+            self._receive(call, exchange)
 
-    def _receive(self, call: _Call) -> None:
+    def _receive(self, call: _Call, exchange: Exchange[Any]) -> None:
         assert call.sock is not None
         try:
             data = call.sock.recv(CHUNK)
         except BlockingIOError:
             return
         except OSError as err:
-            self._fail(call, err, self._phase(call))
-            return
-        answer = call.answer
-        if not data:
-            if answer.head_done and answer.until_close:
-                self._succeed(call, keep=False)  # an HTTP/1.0-style body ends at EOF
-            else:  # never sent again: the plugin may have acted on it (Go does the same)
-                self._fail(call, ConnectionResetError("EOF"), self._phase(call))
-            return
-        first, call.received = not call.received, True
-        try:
-            answer.parser.feed_data(data)
-        except httptools.HttpParserCallbackError as err:  # BodyTooLarge, from a callback
-            cause = err.__context__
-            self._fail(call, cause if isinstance(cause, Exception) else err, "read")
-            return
-        except httptools.HttpParserError as err:
-            if answer.complete:  # stray bytes after a whole answer: keep the answer only
-                self._succeed(call, keep=False)
+            exchange.fail(err, self._clock())
+        else:
+            if data:
+                exchange.receive(data)
             else:
-                self._fail(call, _not_http(err, data if first else b""), self._phase(call))
-            return
-        if not answer.head_done:
-            call.head_bytes += len(data)
-            if call.head_bytes > MAX_HEAD:
-                self._fail(call, http.client.LineTooLong("header section"), "send")
-        elif answer.complete:
-            self._succeed(call, keep=answer.keep_alive)
-
-    @staticmethod
-    def _phase(call: _Call) -> str:
-        return "read" if call.answer.head_done else "send"
+                exchange.closed()
+        if exchange.finished:
+            self._end(call, exchange)
 
     # -- endings ------------------------------------------------------------------------
-    def _succeed(self, call: _Call, *, keep: bool) -> None:
-        self._end(call, keep=keep)
-        answer = call.answer
-        status = answer.parser.get_status_code()
-        try:
-            result: object = call.client.conclude(call.endpoint, status, bytes(answer.body))
-        except PluginError as err:
-            result = err
-        self._report(call, result)
-
-    def _fail(self, call: _Call, error: Exception, phase: str) -> None:
-        self._end(call, keep=False)
-        self._report(call, call.client.failure(error, phase, call.endpoint, call.seconds))
-
-    def _report(self, call: _Call, result: object) -> None:
-        outcome = result.outcome if isinstance(result, PluginError) else "success"
-        call.client.report(call.endpoint, outcome, self._clock() - call.started)
-        self._finished.append((call, result))
-
-    def _end(self, call: _Call, *, keep: bool) -> None:
+    def _end(self, call: _Call, exchange: Exchange[Any]) -> None:
+        """Hand the connection back (or close it) and queue the result for ``done``."""
         del self._calls[call.key]
         sock, call.sock = call.sock, None
-        if sock is None:
-            return
-        if keep:
+        if sock is not None and exchange.keep:
             self._idle[call.key] = sock
             if call.writing:  # answered before it was all sent
                 self._writable(sock, call.key, writing=False)
         else:
             self._close(sock)
+        call.result = exchange.result()
+        outcome = call.result.outcome if isinstance(call.result, PluginError) else "success"
+        call.client.report(exchange.endpoint, outcome, self._clock() - call.started)
+        self._finished.append(call)
 
     def _run_timers(self, now: float) -> None:
         while self._timers and self._timers[0][0] <= now:
             when, _, call = heapq.heappop(self._timers)
-            if self._calls.get(call.key) is not call:
+            exchange = call.exchange
+            if self._calls.get(call.key) is not call or exchange is None:
                 continue  # finished, or forgotten
-            if when >= call.deadline:
-                self._fail(call, TimeoutError("deadline passed"), self._phase(call))
+            if when >= exchange.deadline:
+                exchange.time_out()
+                self._end(call, exchange)
             elif call.sock is None:
-                self._connect(call)  # the retry of a connect the backlog refused
+                self._connect(call, exchange)  # the retry of a connect the backlog refused
 
     def _close(self, sock: socket.socket | None) -> None:
         if sock is None:
@@ -350,12 +268,3 @@ def _os_error(code: int) -> OSError:
     kinds: dict[int, type[OSError]] = {errno.ECONNREFUSED: ConnectionRefusedError,
                                        errno.ENOENT: FileNotFoundError}
     return kinds.get(code, OSError)(code, os.strerror(code))
-
-
-def _not_http(err: Exception, first: bytes) -> http.client.HTTPException:
-    """What http.client says of an answer that is not HTTP: its first line when that
-    is not a status line, else the parser's own words."""
-    if first and not first.startswith(b"HTTP/"):
-        line = first.split(b"\n", 1)[0] + (b"\n" if b"\n" in first else b"")
-        return http.client.BadStatusLine(line.decode("iso-8859-1"))
-    return http.client.HTTPException(str(err))

@@ -1,4 +1,4 @@
-"""The wire protocol of legacy volume plugins: endpoints, headers, request bodies as
+"""The wire protocol of legacy volume plugins: endpoints, header values, request bodies as
 Go writes them, error texts, and per-endpoint timeouts (pure).
 
 Runs on: whichever thread calls the client; no state but a cached User-Agent.
@@ -13,9 +13,6 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from urllib3.util import SKIP_HEADER
-
-from volplugd.plugin.address import PluginAddress
 from volplugd.plugin.models import ResponseError, decode_object, parse_err
 
 __all__ = [
@@ -38,9 +35,7 @@ __all__ = [
     "encode_json",
     "encode_options",
     "error_text",
-    "headers_for",
     "positive_seconds",
-    "request_bytes",
     "resolve_timeouts",
     "user_agent",
 ]
@@ -117,30 +112,6 @@ def error_text(body: bytes) -> str:
     except ResponseError:
         text = body[:ERROR_TEXT_BYTES].decode("utf-8", errors="backslashreplace").strip()
         return text + "…" if len(body) > ERROR_TEXT_BYTES else text
-
-
-def headers_for(address: PluginAddress) -> dict[str, str]:
-    """Podman's headers in Podman's order, plus Docker's Accept; nothing requests adds."""
-    headers = {"Host": "plugin"} if address.is_unix else {}  # TCP: the real host:port
-    headers.update({
-        "User-Agent": user_agent(),
-        "Content-Length": "0",  # placeholder: set per request, keeps this position
-        "Content-Type": CONTENT_TYPE,
-        "Accept": ACCEPT,
-        "Accept-Encoding": SKIP_HEADER,  # else http.client adds "Accept-Encoding: identity"
-    })
-    return headers
-
-
-def request_bytes(endpoint: str, headers: Mapping[str, str], body: bytes) -> bytes:
-    """The whole request as http.client writes it from ``headers_for``'s headers."""
-    lines = [f"POST {endpoint} HTTP/1.1"]
-    for name, value in headers.items():
-        if name == "Content-Length":
-            lines.append(f"{name}: {len(body)}")
-        elif value is not SKIP_HEADER:
-            lines.append(f"{name}: {value}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
 @functools.cache
