@@ -3,6 +3,7 @@ requests written as Podman writes them (tests/fakeplugin records what reaches a 
 
 from __future__ import annotations
 
+import grp
 import http.client
 import os
 import socket
@@ -25,7 +26,7 @@ from volplugd.config import (
     Settings,
 )
 from volplugd.discovery.scan import GATEWAY_MARK
-from volplugd.gateway import Gateway
+from volplugd.gateway import Gateway, connection
 from volplugd.model import PluginState, PluginView
 from volplugd.registry import Registry
 from volplugd.supervisor import Supervisor
@@ -91,15 +92,18 @@ class World:
         self.gateway: Gateway | None = None
 
     def start(self, *, probe: ProbeSettings = PROBE, max_in_flight: int = 4,
-              dirs: tuple[str, ...] | None = None) -> tuple[Supervisor, Gateway]:
+              dirs: tuple[str, ...] | None = None, group: str | None = None,
+              max_connections: int = 512) -> tuple[Supervisor, Gateway]:
         settings = Settings(
             discovery=DiscoverySettings(dirs=dirs or (str(self.plugins),)), probe=probe,
             plugin=PluginSettings(timeouts=TIMEOUTS, max_in_flight=max_in_flight),
-            gateway=GatewaySettings(enabled=True, dir=str(self.gw_dir), mode=0o600))
+            gateway=GatewaySettings(enabled=True, dir=str(self.gw_dir), mode=0o600,
+                                    group=group))
         registry = Registry()
         self.sup = Supervisor(settings, registry, workers=2)
         self.gateway = Gateway(settings.gateway, self.sup, registry.wait,
-                               on_request=self.recorder, tick=0.05)
+                               on_request=self.recorder, tick=0.05,
+                               max_connections=max_connections)
         self.gateway.start()
         self.sup.start()
         return self.sup, self.gateway
@@ -373,4 +377,64 @@ def test_concurrent_keep_alive_connections(world: World) -> None:
         t.join(30)
     assert results == [(200, b"")] * 20
 
+
+def test_sockets_get_the_configured_group(world: World) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a socket to another group")
+    group = grp.getgrnam("nogroup")
+    world.plugin("p")
+    world.start(group="nogroup")
+    world.wait_state("p", PluginState.READY)
+    wait_until(lambda: os.path.exists(world.sock("p")), message="gateway socket")
+    assert os.stat(world.sock("p")).st_gid == group.gr_gid
+
+
+def test_an_unknown_group_is_an_error_at_start(short_tmp: Path) -> None:
+    settings = GatewaySettings(enabled=True, dir=str(short_tmp / "gw"), group="no-such-group")
+    with pytest.raises(ValueError, match=r"^gateway\.group: no group named 'no-such-group'$"):
+        Gateway(settings, None, Registry().wait)  # type: ignore[arg-type]
+
+
+def test_deadlines_and_size_per_connection(world: World,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(connection, "READ", 0.3)
+    fake = world.plugin("p")
+    world.start()
+    world.wait_state("p", PluginState.READY)
+    slow = Client(world.sock("p"))
+    slow.sock.sendall(b"POST /VolumeDriver.Create HTTP/1.1\r\nContent-Length: 20\r\n\r\n{")
+    assert slow.read() == (408, "application/vnd.docker.plugins.v1+json",
+                           b'{"Err":"volplugd: the request did not arrive within 0.3 s"}')
+    big = Client(world.sock("p"))
+    size = connection.MAX_BODY + 1
+    big.sock.sendall(f"POST /VolumeDriver.Create HTTP/1.1\r\nContent-Length: {size}\r\n"
+                     "\r\n".encode() + b"x" * size)
+    assert big.read() == (413, "application/vnd.docker.plugins.v1+json",
+                          b'{"Err":"volplugd: request body larger than 1048576 bytes"}')
+    assert _requests_to(fake, "/VolumeDriver.Create") == []
+    assert Client(world.sock("p")).post("/VolumeDriver.List")[0] == 200
+
+
+def test_connections_over_the_bound_are_closed_at_once(world: World) -> None:
+    world.plugin("p")
+    world.start(max_connections=1)
+    world.wait_state("p", PluginState.READY)
+    first = Client(world.sock("p"))
+    assert first.post("/VolumeDriver.List")[0] == 200
+    with capture_logs() as logs:
+        second = Client(world.sock("p"))
+        assert second.sock.recv(1) == b""  # closed without an answer
+    assert [e["event"] for e in logs] == ["gateway_connections_exhausted"]
+    first.close()
+    assert wait_until(lambda: _answers(world.sock("p")), message="a slot again") == 200
+
+
+def _answers(path: str) -> int | None:
+    client = Client(path)
+    try:
+        return client.post("/VolumeDriver.List")[0]
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        client.close()
 

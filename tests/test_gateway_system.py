@@ -125,3 +125,13 @@ def _connects(path: str) -> Client | None:
         return Client(path)
     except OSError:
         return None
+
+
+def test_an_unknown_gateway_group_stops_the_start_with_one_line(
+        daemon: Callable[..., Daemon], short_tmp: Path) -> None:
+    d = daemon(config=f'[gateway]\nenabled = true\ndir = "{short_tmp}/gw"\n'
+                      'group = "no-such-group"\n').start(wait=False)
+    assert d.proc is not None
+    assert d.proc.wait(30) == 1
+    failed = [e for e in d.log_events() if e.get("event") == "startup_failed"]
+    assert [e["error"] for e in failed] == ["gateway.group: no group named 'no-such-group'"]

@@ -42,6 +42,7 @@ class _Messages:
         self.parser = httptools.HttpRequestParser(self)
         self.done: list[tuple[Request, bool]] = []
         self.started = False  # a request's first byte is in
+        self.too_large = False
         self._url = b""
         self._body: list[bytes] = []
         self._size = 0
@@ -55,7 +56,8 @@ class _Messages:
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
         if self._size > MAX_BODY:
-            raise _TooLarge()
+            self.too_large = True
+            raise _TooLarge()  # llhttp stops; feed_data raises HttpParserCallbackError
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -118,8 +120,10 @@ def _feed(messages: _Messages, data: bytes) -> tuple[str, int] | None:
     """Parse ``data``; (error, status) if the request cannot be served."""
     try:
         messages.parser.feed_data(data)
-    except _TooLarge:
-        return f"request body larger than {MAX_BODY} bytes", 413
+    except (_TooLarge, httptools.HttpParserCallbackError) as err:
+        if messages.too_large:
+            return f"request body larger than {MAX_BODY} bytes", 413
+        return f"malformed request: {err}", 400
     except httptools.HttpParserUpgrade:
         return "protocol upgrades are not served here", 400
     except httptools.HttpParserError as err:

@@ -22,7 +22,8 @@ import selectors
 import socket
 import stat
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 
 from volplugd.config import GatewaySettings
 from volplugd.discovery.scan import GATEWAY_MARK
@@ -30,7 +31,7 @@ from volplugd.gateway.answer import Reply, Request, answer, endpoint_label
 from volplugd.gateway.connection import serve
 from volplugd.gateway.specs import SpecFiles
 from volplugd.log import get_logger
-from volplugd.model import Commands, PluginState, Snapshot
+from volplugd.model import Commands, PluginState, PluginView, Snapshot
 
 __all__ = ["Gateway", "OnGatewayRequest", "name_problem", "socket_path"]
 
@@ -41,6 +42,7 @@ WaitSnapshot = Callable[[int, float], Snapshot]
 UNIX_PATH_MAX = 107
 NAME_MAX = 255
 BACKLOG = 128
+SPECS_REFRESH = 30.0  # seconds between looks at unchanged spec files
 
 
 def name_problem(directory: str, name: str) -> str | None:
@@ -90,6 +92,8 @@ class Gateway:
         self._acceptor = threading.Thread(target=self._accept, name="gateway-accept",
                                           daemon=True)
         self._last: Snapshot | None = None
+        self._specs_key: frozenset[tuple[str, str, str]] | None = None
+        self._specs_due = 0.0
 
     def socket_for(self, name: str) -> str | None:
         """Where plugin ``name``'s gateway socket is (or will be); None if never."""
@@ -145,10 +149,25 @@ class Gateway:
             if name not in self._listeners:
                 self._open(name)
         if self._specs is not None:
-            with self._lock:
-                served = {n: wanted[n] for n in self._listeners}
-            self._specs.update({n: (self._path(n), v) for n, v in served.items()})
+            self._update_specs(wanted)
         self._wake()
+
+    def _update_specs(self, wanted: Mapping[str, PluginView]) -> None:
+        """Spec files follow the served plugins and their sources; unchanged, they are
+        looked at again every SPECS_REFRESH s (the administrator may add a file)."""
+        assert self._specs is not None
+        with self._lock:
+            served = {n: wanted[n] for n in self._listeners}
+        key = frozenset((n, v.source, v.address) for n, v in served.items())
+        now = time.monotonic()
+        if key == self._specs_key and now < self._specs_due:
+            return
+        self._specs_key, self._specs_due = key, now + SPECS_REFRESH
+        try:
+            self._specs.update({n: (self._path(n), v) for n, v in served.items()})
+        except OSError as err:
+            self._specs_due = 0.0  # try again with the next snapshot
+            log.error("docker_specs_failed", error=str(err))
 
     def _usable(self, name: str) -> bool:
         problem = name_problem(self._dir, name)
