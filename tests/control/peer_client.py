@@ -9,6 +9,7 @@ so the checkout may sit in a folder other users cannot read.
                                        each answer's head, say "busy", connect once
                                        more and report that answer, wait for a line
     peer_client.py PATH get            one GET /v1/health; report the answer
+    peer_client.py PATH raw            the same, reporting the answer's bytes (latin-1)
 
 A report is one JSON line: per connection "open", "closed", "reset", or
 {"status": N, "code": "..."} for an answer.
@@ -66,12 +67,13 @@ def say(text: str) -> None:
 
 def main() -> None:
     path, mode = sys.argv[1], sys.argv[2]
-    if mode == "get":
+    if mode in ("get", "raw"):
         sock = connect(path)
         with contextlib.suppress(BrokenPipeError):  # refused at accept: the answer waits
             sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\n"
                          b"Connection: close\r\n\r\n")
-        say(json.dumps([answer(read_all(sock))]))
+        data = read_all(sock)
+        say(json.dumps([answer(data) if mode == "get" else data.decode("latin-1")]))
         return
     count = int(sys.argv[3])
     held: list[socket.socket] = []

@@ -361,6 +361,29 @@ def test_an_idle_keep_alive_timing_out_is_not_reported_as_a_slow_client(
                       ("control_client_too_slow", "info")]
 
 
+def test_first_head_deadline_is_apart_from_the_keep_alive_timeout(
+        sockdir: str, commands: MemoryCommands) -> None:
+    """A connection that says nothing is closed at first_request_timeout (logged at
+    debug as silent); a keep-alive connection idle for longer than that still serves."""
+    path = os.path.join(sockdir, "c.sock")
+    with capture_logs() as logs, serving(build_app(commands), path, read_timeout=30.0,
+                                         first_request_timeout=0.3) as server:
+        kept = UnixHTTPConnection(path)
+        try:
+            kept.request("GET", "/v1/health")
+            kept.getresponse().read()
+            with socket.socket(socket.AF_UNIX) as silent:
+                silent.connect(path)
+                assert _dropped(silent)  # kept has idled at least as long
+            kept.request("GET", "/v1/health")
+            assert kept.getresponse().status == 200
+        finally:
+            kept.close()
+        wait_until(lambda: server.connections == 0, message="kept to close")
+    assert ("control_connection_silent", "debug") in [(e["event"], e["log_level"])
+                                                      for e in logs]
+
+
 def test_dripping_client_is_dropped_at_the_deadline(sockdir: str,
                                                     commands: MemoryCommands) -> None:
     """A byte every 0.2 s never trips a per-read timeout, but the request as a whole
@@ -406,15 +429,18 @@ def test_thirty_two_concurrent_clients(live: Live) -> None:
 
 def test_clients_beyond_the_bound_wait_in_the_backlog(sockdir: str,
                                                       commands: MemoryCommands) -> None:
-    """With every slot taken, a new client waits (it is not refused) and is served as
-    soon as one slot frees."""
+    """With every slot taken by a request at work, a new client waits (it is not
+    refused) and is served as soon as one slot frees."""
     path = os.path.join(sockdir, "c.sock")
-    with serving(build_app(commands), path, max_connections=2) as server:
+    with serving(build_app(commands), path, max_connections=2, read_timeout=30.0) as server:
         holders = [socket.socket(socket.AF_UNIX) for _ in range(2)]
         try:
-            for h in holders:
+            for h in holders:  # a create whose body never comes: at work, not waiting
                 h.connect(path)
-            wait_until(lambda: server.connections == 2, message="both slots taken")
+                h.sendall(b"POST /v1/plugins/demo/volumes HTTP/1.1\r\nHost: x\r\n"
+                          b"Content-Length: 50\r\n\r\n{")
+            wait_until(lambda: server.connections == 2 and server.waiting == 0,
+                       message="both slots at work")
             answer: list[int] = []
             waiter = threading.Thread(
                 target=lambda: answer.append(fetch(path, "GET", "/v1/health").status))
@@ -432,7 +458,7 @@ def test_clients_beyond_the_bound_wait_in_the_backlog(sockdir: str,
 def test_idle_keep_alive_gives_its_slot_to_a_waiting_client(sockdir: str,
                                                             commands: MemoryCommands) -> None:
     """An idle keep-alive connection does not starve others when the server is full:
-    it is closed to make room for the waiting client."""
+    having waited longest, it is closed to make room for the waiting client."""
     path = os.path.join(sockdir, "c.sock")
     with serving(build_app(commands), path, max_connections=2, read_timeout=30.0) as server, \
             socket.socket(socket.AF_UNIX) as holder:
@@ -442,6 +468,7 @@ def test_idle_keep_alive_gives_its_slot_to_a_waiting_client(sockdir: str,
             resp = idle.getresponse()
             resp.read()
             assert resp.getheader("Connection") is None  # kept alive: there was room
+            wait_until(lambda: server.waiting == 1, message="idle waits for its next head")
             holder.connect(path)
             wait_until(lambda: server.connections == 2, message="server full")
             assert fetch(path, "GET", "/v1/health").status == 200

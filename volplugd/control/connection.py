@@ -17,25 +17,23 @@ import http.client
 import io
 import select
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, cast
-from wsgiref.handlers import SimpleHandler
-from wsgiref.headers import Headers
 from wsgiref.simple_server import WSGIRequestHandler
 
 from volplugd.control.access import Peer, groups_of
 from volplugd.control.head import MAX_FIELDS, BadHead, Head, parse_head
+from volplugd.control.response import Response
 from volplugd.control.routing import JSON
 from volplugd.control.sockio import Body, HeadTooLarge, Reader, Writer
 from volplugd.log import get_logger
 from volplugd.model import encode
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from _typeshed.wsgi import WSGIApplication
 
 __all__ = ["FIRST_REQUEST_TIMEOUT", "MAX_HEAD_BYTES", "PROTOCOL_ERRORS", "Site",
            "serve_connection", "too_many_connections"]
@@ -87,53 +85,6 @@ class _Accepted:
     site: Site
     peer: Peer | None
     at: float  # time.monotonic() at accept
-
-
-class _Handler(SimpleHandler):
-    """wsgiref's response side: HTTP/1.1, keep-alive decided as headers go out."""
-
-    http_version = "1.1"
-    server_software = "volplugd"
-    os_environ: dict[str, str] = {}  # not the daemon's environment in every request
-    wsgi_multithread = True
-    wsgi_multiprocess = False
-    headers: Headers | None  # set by wsgiref (undocumented, so not in its stubs)
-    status: str | None
-
-    def __init__(self, conn: _Connection, environ: dict[str, Any], body: Body):
-        super().__init__(body, cast(IO[bytes], conn.out), sys.stderr, environ)
-        self.conn = conn
-        self.completed = False
-
-    def cleanup_headers(self) -> None:
-        super().cleanup_headers()
-        assert self.headers is not None
-        assert self.status is not None
-        if self.status.startswith(("204", "304")):
-            del self.headers["Content-Length"]  # no body by definition (RFC 9110)
-        elif "Content-Length" not in self.headers:
-            self.conn.close_connection = True  # a stream: its end is the connection's
-        if not self.conn.keep_after_reply():
-            self.headers["Connection"] = "close"
-
-    def finish_response(self) -> None:
-        super().finish_response()
-        self.completed = True
-
-    def error_output(self, environ: WSGIEnvironment,
-                     start_response: StartResponse) -> list[bytes]:
-        body = encode({"error": {"code": "internal_error",
-                                 "message": "internal error; the daemon logged it"}})
-        start_response("500 Internal Server Error",
-                       [("Content-Type", JSON), ("Content-Length", str(len(body)))],
-                       sys.exc_info())
-        return [body]
-
-    def log_exception(self, exc_info: Any) -> None:
-        if isinstance(exc_info[1], OSError):  # the client went away or stopped reading
-            _log.info("control_client_write_failed", error=str(exc_info[1]))
-        else:
-            _log.error("control_request_crashed", exc_info=exc_info)
 
 
 class _Connection(WSGIRequestHandler):
@@ -281,7 +232,7 @@ class _Connection(WSGIRequestHandler):
         if length is None:
             return
         self._body = body = Body(self.inp, length, self._send_continue)
-        handler = _Handler(self, self._environ(), body)
+        handler = Response(self, self._environ(), body, cast(IO[bytes], self.out))
         handler.run(self.site.app)
         try:
             self.wfile.flush()

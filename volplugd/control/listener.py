@@ -133,6 +133,12 @@ class Listener:
         with self._cond:
             return len(self._conns)
 
+    @property
+    def waiting(self) -> int:
+        """Of those, the ones waiting for a head (the ones a newcomer may displace)."""
+        with self._cond:
+            return len(self._waiting)
+
     # -- the accept thread --
 
     def _serve(self) -> None:
