@@ -12,12 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import select
-import shutil
 import socket
-import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,74 +22,14 @@ from structlog.testing import capture_logs
 from tests.control.conftest import build_app, serving
 from tests.control.helpers import fetch
 from tests.control.memory import MemoryCommands
+from tests.control.otheruser import CAN_SWITCH_USER, NOBODY, Peer
 from volplugd.control import AccessPolicy
 
-NOBODY = 65534
 OTHER = 65533  # a second unprivileged uid (and gid), a member of the read group below
 POLICY = AccessPolicy(read_gids=frozenset({OTHER}))
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+pytestmark = pytest.mark.skipif(not CAN_SWITCH_USER,
                                 reason="needs root and setpriv to act as other users")
-
-
-class Peer:
-    """peer_client.py running as ``uid``; its stdout read line by line with a deadline."""
-
-    def __init__(self, script: Path, uid: int, *args: str):
-        self.proc = subprocess.Popen(
-            ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-             "/usr/bin/python3", "-I", str(script), *args],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
-        self._buffer = b""
-
-    def line(self, timeout: float = 60.0) -> str:
-        """The next line (unbuffered reads: select must see what is not yet read)."""
-        assert self.proc.stdout is not None
-        while b"\n" not in self._buffer:
-            ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-            assert ready, f"no line from the peer client within {timeout} s"
-            chunk = os.read(self.proc.stdout.fileno(), 65536)
-            assert chunk, "the peer client ended"
-            self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return line.decode()
-
-    def report(self) -> list[Any]:
-        result: list[Any] = json.loads(self.line())
-        return result
-
-    def tell(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(b"\n")
-        self.proc.stdin.flush()
-
-    def end(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(30)
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                stream.close()
-
-
-@pytest.fixture
-def script() -> Iterator[Path]:
-    """peer_client.py copied where any user can read it (the checkout may be 0700)."""
-    folder = Path(tempfile.mkdtemp(prefix="vp-peer-"))
-    folder.chmod(0o755)
-    copy = folder / "peer_client.py"
-    shutil.copyfile(Path(__file__).with_name("peer_client.py"), copy)
-    copy.chmod(0o644)
-    yield copy
-    shutil.rmtree(folder)
-
-
-@pytest.fixture
-def peers() -> Iterator[list[Peer]]:
-    started: list[Peer] = []
-    yield started
-    for peer in started:
-        peer.end()
 
 
 @pytest.fixture
@@ -125,18 +60,18 @@ def _refused(entry: Any, message_code: str = "too_many_connections") -> bool:
 
 
 def test_three_hundred_idle_connections_of_one_user_never_lock_root_out(
-        open_dir: str, commands: MemoryCommands, script: Path, peers: list[Peer]) -> None:
+        open_dir: str, commands: MemoryCommands, peer_script: Path, peers: list[Peer]) -> None:
     """uid 65534 opens 300 connections and sends nothing: 16 are admitted, 284 get 503
     too_many_connections at once; while all 300 are open root's /v1/health is answered,
     and so is another user's; the refusals are logged as one warning."""
     path = os.path.join(open_dir, "c.sock")
     with capture_logs() as logs, \
             serving(build_app(commands, POLICY), path, mode=0o666, access=POLICY):
-        hog = Peer(script, NOBODY, path, "hold", "300")
+        hog = Peer(peer_script, NOBODY, path, "hold", "300")
         peers.append(hog)
         assert hog.line() == "connected"
         assert _health(path) == 200  # root, behind all 300
-        other = Peer(script, OTHER, path, "get")
+        other = Peer(peer_script, OTHER, path, "get")
         peers.append(other)
         assert other.report() == [{"status": 200, "code": None}]
         assert hog.proc.poll() is None  # still holding every connection
@@ -151,13 +86,13 @@ def test_three_hundred_idle_connections_of_one_user_never_lock_root_out(
 
 
 def test_a_connection_that_said_nothing_gives_its_slot_to_a_newcomer(
-        open_dir: str, commands: MemoryCommands, script: Path, peers: list[Peer]) -> None:
+        open_dir: str, commands: MemoryCommands, peer_script: Path, peers: list[Peer]) -> None:
     """4 shared slots (6 minus 2 reserved): the 5th and 6th connection each shut the
     longest-waiting silent one down instead of being refused."""
     path = os.path.join(open_dir, "c.sock")
     with serving(build_app(commands), path, mode=0o666, max_connections=6, reserved=2,
                  first_request_timeout=60.0):
-        hog = Peer(script, NOBODY, path, "hold", "6")
+        hog = Peer(peer_script, NOBODY, path, "hold", "6")
         peers.append(hog)
         assert hog.line() == "connected"
         assert fetch(path, "GET", "/v1/health").status == 200
@@ -166,14 +101,14 @@ def test_a_connection_that_said_nothing_gives_its_slot_to_a_newcomer(
 
 
 def test_when_every_shared_slot_is_at_work_newcomers_get_503_and_root_its_reserve(
-        open_dir: str, commands: MemoryCommands, script: Path, peers: list[Peer]) -> None:
+        open_dir: str, commands: MemoryCommands, peer_script: Path, peers: list[Peer]) -> None:
     """4 requests of uid 65534 hold the 4 shared slots at work (their bodies never
     come): its next connection gets 503 at once, root is still served from the
     reserved slots."""
     path = os.path.join(open_dir, "c.sock")
     with serving(build_app(commands), path, mode=0o666, max_connections=6, reserved=2,
                  read_timeout=60.0):
-        hog = Peer(script, NOBODY, path, "busy", "4")
+        hog = Peer(peer_script, NOBODY, path, "busy", "4")
         peers.append(hog)
         assert hog.line() == "busy"
         assert hog.report() == [{"status": 503, "code": "too_many_connections"}]
@@ -182,16 +117,16 @@ def test_when_every_shared_slot_is_at_work_newcomers_get_503_and_root_its_reserv
 
 
 def test_the_refusal_is_an_exact_json_answer(open_dir: str, commands: MemoryCommands,
-                                             script: Path, peers: list[Peer]) -> None:
+                                             peer_script: Path, peers: list[Peer]) -> None:
     """Over its bound a uid reads 503, Retry-After: 1, Connection: close and the JSON
     error naming the bound."""
     path = os.path.join(open_dir, "c.sock")
     with serving(build_app(commands), path, mode=0o666, max_per_uid=1,
                  first_request_timeout=60.0):
-        hog = Peer(script, NOBODY, path, "hold", "1")
+        hog = Peer(peer_script, NOBODY, path, "hold", "1")
         peers.append(hog)
         assert hog.line() == "connected"
-        probe = Peer(script, NOBODY, path, "raw")
+        probe = Peer(peer_script, NOBODY, path, "raw")
         peers.append(probe)
         (raw,) = probe.report()
     head, _, body = raw.partition("\r\n\r\n")
