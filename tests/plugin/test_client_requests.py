@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from importlib import metadata
 
@@ -152,3 +153,18 @@ def _server_connections(path: str) -> int:
     with open("/proc/net/unix") as table:
         bound = sum(1 for line in table if line.rstrip().endswith(" " + path))
     return bound - 1  # the listening socket
+
+
+def test_keep_alive_works_with_descriptors_past_1024(fake: FakePlugin,
+                                                     client: PluginClient) -> None:
+    """A daemon with a thousand plugins holds fds past 1024: the check that an idle
+    connection is still open must work there too (select() cannot watch such an fd)."""
+    spare = [os.dup(0) for _ in range(1100)]
+    try:
+        client.activate()
+        client.list()
+    finally:
+        for fd in spare:
+            os.close(fd)
+    assert [r.path for r in fake.requests] == ["/Plugin.Activate", "/VolumeDriver.List"]
+    assert _server_connections(fake.socket_path) == 1

@@ -102,6 +102,29 @@ def test_stray_bytes_after_an_answer_keep_the_answer_not_the_connection() -> Non
     assert (exchange.keep, exchange.value()) == (False, (200, "text/html", b"{}"))
 
 
+def test_a_second_answer_in_the_same_read_is_not_taken_for_the_first() -> None:
+    exchange = make()
+    exchange.receive(OK + b"HTTP/1.1 500 Oops\r\nContent-Length: 4\r\n\r\nlate")
+    assert (exchange.keep, exchange.value()) == (False, (200, "text/html", b"{}"))
+
+
+def test_an_interim_answer_is_skipped() -> None:
+    """A 100 Continue before the answer is not the answer (http.client skips it too)."""
+    exchange = make()
+    exchange.receive(b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert not exchange.finished
+    exchange.receive(OK)
+    assert (exchange.keep, exchange.value()) == (True, (200, "text/html", b"{}"))
+
+
+def test_a_switching_protocols_answer_ends_the_call_and_the_connection() -> None:
+    exchange = make()
+    exchange.receive(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n"
+                     b"Connection: Upgrade\r\n\r\n\x00\x01")
+    assert (exchange.finished, exchange.keep, exchange.value()) == (True, False,
+                                                                    (101, None, b""))
+
+
 # -- failures, worded as the blocking client words them ---------------------------------------
 
 @pytest.mark.parametrize(("fed", "words"), [(b"", SEND), (b"HTTP/1.1 200 OK\r\nContent-Length: 9"

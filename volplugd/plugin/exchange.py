@@ -107,13 +107,11 @@ class Exchange(Generic[T]):
         first, self._first = self._first, False
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserCallbackError as err:  # a cap, raised in a callback
-            cause = err.__context__
-            self._end(cause if isinstance(cause, PluginError) else self._bad(str(err)))
-            return
-        except httptools.HttpParserError as err:
-            if self.finished:  # stray bytes after a whole answer: keep the answer only
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as err:
+            if self.finished:  # bytes after a whole answer (or a 101): keep the answer only
                 self.keep = False
+            elif isinstance(err.__context__, PluginError):  # a cap, raised in a callback
+                self._end(err.__context__)
             else:
                 self._end(self._bad(_not_http(err, data if first else b"")))
             return
@@ -175,6 +173,10 @@ class Exchange(Generic[T]):
             return err
 
     # -- httptools' callbacks -------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self.finished:  # a second answer: stop here, the connection is not kept
+            raise ValueError("bytes after the answer")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
         if name == b"content-length" and value.strip().isdigit():
@@ -197,6 +199,9 @@ class Exchange(Generic[T]):
             raise self._too_large("")
 
     def on_message_complete(self) -> None:
+        if 100 <= self.status < 200 and self.status != 101:  # interim (100 Continue): skip
+            self.status, self.content_type, self._head, self._length = 0, None, 0, False
+            return
         self._finish(keep=self._parser.should_keep_alive())
 
     # -- endings ----------------------------------------------------------------------------
