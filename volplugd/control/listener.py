@@ -7,9 +7,12 @@ control socket bounds each uid and keeps headroom for root and admins. A connect
 that has not yet sent its head (or idles between keep-alive requests) is *waiting*: when
 a newcomer needs room, the one that has waited longest is shut down (on the control
 socket only an unprivileged one makes room for an unprivileged newcomer). When every
-slot is taken by connections at work, clients wait in the listen backlog (128, not the
-stdlib's 5). ``stop()`` is prompt: it wakes the accept thread, shuts every open
-connection down and makes follow streams end; ``join()`` waits for the threads.
+slot is taken by connections at work, clients wait in the listen backlog (1024, not the
+stdlib's 5: a client that connects with a timeout, as volplugctl does, fails at once with
+EAGAIN when the backlog of a unix socket is full instead of waiting, so a flood of
+connections must not fill it easily). ``stop()`` is prompt: it wakes the accept thread,
+shuts every open connection down and makes follow streams end; ``join()`` waits for the
+threads.
 Runs on: the caller's thread (start/stop/join), the accept thread, connection threads.
 """
 
@@ -40,7 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BACKLOG", "Listener"]
 
-BACKLOG = 128
+BACKLOG = 1024  # the kernel caps it at net.core.somaxconn (4096 by default)
 REFUSAL_LOG_SECONDS = 10.0  # refusals are logged once per this, with a count
 _log = get_logger(__name__)
 
