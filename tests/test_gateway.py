@@ -142,9 +142,13 @@ class World:
 
 @pytest.fixture
 def world(short_tmp: Path) -> Iterator[World]:
+    umask = os.umask(0o077)  # the shipped unit's UMask
     w = World(short_tmp)
-    yield w
-    w.stop()
+    try:
+        yield w
+    finally:
+        w.stop()
+        os.umask(umask)
 
 
 def _requests_to(fake: FakePlugin, endpoint: str) -> list[bytes]:
@@ -285,6 +289,7 @@ def test_sockets_follow_the_registry(world: World) -> None:
     mode = os.stat(world.sock("keep")).st_mode
     assert stat.S_ISSOCK(mode)
     assert stat.S_IMODE(mode) == 0o600
+    assert stat.S_IMODE(os.stat(world.gw_dir).st_mode) == 0o755  # whatever the umask
     assert not os.path.exists(world.sock("other"))
     late = world.plugin("late")
     wait_until(lambda: os.path.exists(world.sock("late")), message="late's socket")

@@ -53,8 +53,14 @@ def test_spec_files_point_docker_at_the_gateway_and_back(specs_dir: Path,
     files = SpecFiles(str(specs_dir), str(docker))
     outside = view("btrfs", "/run/volplugd/plugins/btrfs.sock")
     inside = view("local2", f"{docker}/local2.sock")  # Docker finds it itself
-    files.update({"btrfs": ("/gw/btrfs.sock", outside), "local2": ("/gw/local2.sock", inside)})
+    umask = os.umask(0o077)  # the shipped unit's UMask
+    try:
+        files.update({"btrfs": ("/gw/btrfs.sock", outside),
+                      "local2": ("/gw/local2.sock", inside)})
+    finally:
+        os.umask(umask)
     assert sorted(os.listdir(specs_dir)) == ["btrfs.json"]
+    assert oct(specs_dir.stat().st_mode & 0o777) == "0o755"
     raw = (specs_dir / "btrfs.json").read_bytes()
     assert raw == (b'{"Generated-By":"' + MARK.encode() +
                    b'","Addr":"unix:///gw/btrfs.sock"}\n')

@@ -108,7 +108,7 @@ class Gateway:
 
     def start(self) -> None:
         """Create the folder and its mark (errors raise here), then start the threads."""
-        os.makedirs(self._dir, mode=0o755, exist_ok=True)
+        _make_dir(self._dir)
         with open(os.path.join(self._dir, GATEWAY_MARK), "w") as f:
             f.write("volplugd's gateway sockets: never plugins of their own\n")
         self._follower.start()
@@ -298,6 +298,14 @@ class Gateway:
         """Metrics only: a refusal is a hot path (no log line per request)."""
         if self._on_request is not None:
             self._on_request(name, endpoint_label(request.path), reply.outcome, seconds)
+
+
+def _make_dir(path: str) -> None:
+    """Create ``path`` 0755 whatever the umask (the unit's is 0077: the socket modes
+    must decide who may connect); a folder that exists is left as it is."""
+    if not os.path.isdir(path):
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        os.chmod(path, 0o755)  # noqa: S103 - a folder others must traverse, read-only
 
 
 def _gid(group: str) -> int:

@@ -110,7 +110,9 @@ class SpecFiles:
         path = self.path(name)
         if _read(path) == data:
             return
-        os.makedirs(self.dir, mode=0o755, exist_ok=True)
+        if not os.path.isdir(self.dir):  # Docker's folder: readable whatever the umask
+            os.makedirs(self.dir, mode=0o755, exist_ok=True)
+            os.chmod(self.dir, 0o755)  # noqa: S103 - Docker must read it; others too
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
