@@ -42,6 +42,8 @@ CHUNKED = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
            b"5\r\n" + MANIFEST[:5] + b"\r\n1b\r\n" + MANIFEST[5:] + b"\r\n0\r\n\r\n")
 EOF_ENDED = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n" + MANIFEST
 CLOSE_ENDED = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + MANIFEST
+TWO_ANSWERS = (b"HTTP/1.1 200 OK\r\nContent-Length: 32\r\n\r\n" + MANIFEST
+               + b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n")
 Results = dict[Hashable, object]
 Make = Callable[..., PluginClient]
 Conns = list[socket.socket]
@@ -170,6 +172,10 @@ CASES: dict[str, tuple[b.Behaviour, float | None, bool]] = {
     "ssh-banner": (b.Raw(b"SSH-2.0-OpenSSH_9.2\r\n\r\n"), None, False),
     "chunked": (b.Raw(CHUNKED), None, False),
     "eof-ended": (b.Raw(EOF_ENDED), None, False),
+    "continue-first": (b.Raw(b"HTTP/1.1 100 Continue\r\n\r\n" + CLOSE_ENDED), None, False),
+    "switching-protocols": (b.Raw(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n"
+                                  b"Connection: Upgrade\r\n\r\n\x00"), None, False),
+    "two-answers": (b.Raw(TWO_ANSWERS), None, False),
 }
 
 
@@ -185,6 +191,13 @@ def test_the_result_is_the_blocking_clients(sock_path: str, mux: Multiplexer, ma
         expected = blocking(client, endpoint, timeout)
         assert summary(run(mux, client, endpoint, timeout)) == summary(expected)
         assert len(fake.requests) == 2
+
+
+def test_a_second_answer_in_one_read_leaves_the_first_whole(fake: FakePlugin, mux: Multiplexer,
+                                                            client: PluginClient) -> None:
+    """Two answers in one read: the first is the result (the second never mixed into it)."""
+    fake.set(ACTIVATE, b.Raw(TWO_ANSWERS))
+    assert run(mux, client, ACTIVATE) == VOLUME_DRIVER
 
 
 @pytest.mark.parametrize("raw", [CHUNKED, EOF_ENDED, CLOSE_ENDED],
