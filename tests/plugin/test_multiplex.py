@@ -376,6 +376,15 @@ def test_a_full_backlog_is_retried_until_room_or_the_deadline(
     assert results["long"] == VOLUME_DRIVER
 
 
+def test_the_blocking_client_fails_at_once_on_a_full_backlog(sock_path: str,
+                                                             make_client: Make) -> None:
+    """The one difference (docs/client.md): a blocking call does not wait for room."""
+    with full_backlog(sock_path):
+        result = blocking(make_client(), ACTIVATE, timeout=30)
+    assert (type(result), str(result)) == (PluginUnreachable, (
+        "sending request to plugin foo activation endpoint: resource temporarily unavailable"))
+
+
 def test_a_head_over_64_kib_is_a_bad_response(fake: FakePlugin, mux: Multiplexer,
                                               client: PluginClient) -> None:
     """Headers that never end are cut off after 64 KiB as a bad response."""
