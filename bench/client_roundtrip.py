@@ -7,7 +7,8 @@ The fake plugin runs in a child process, so this process's CPU time is the clien
 alone. Raw and client send the same bytes over one keep-alive connection; rounds
 alternate (raw, client, and requests-unixsocket as shipped, for context) so drift on a
 shared machine hits all of them. Prints µs per call (wall and CPU) and the client/raw
-ratios; the goal is a wall-time ratio within 6x. ``--check`` exits 1 when it is missed.
+ratios; the goal is a wall-time ratio within 3x (1.55-1.71x measured with the exchange
+core, 2.9-3.9x through urllib3 before it). ``--check`` exits 1 when it is missed.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ sys.path.insert(0, str(REPO))  # tests.fakeplugin, and volplugd when not install
 from volplugd.plugin import PluginAddress, PluginClient  # noqa: E402
 from volplugd.plugin.protocol import ACCEPT, CONTENT_TYPE, user_agent  # noqa: E402
 
-GOAL = 6.0
+GOAL = 3.0
 REQUEST = (
     "POST /Plugin.Activate HTTP/1.1\r\nHost: plugin\r\n"
     f"User-Agent: {user_agent()}\r\nContent-Length: 0\r\n"
