@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import grp
 import http.client
+import json
 import os
 import socket
 import stat
@@ -443,3 +444,20 @@ def _answers(path: str) -> int | None:
     finally:
         client.close()
 
+
+
+def test_pipelined_requests_are_answered_in_order(world: World) -> None:
+    fake = world.plugin("p")
+    world.start()
+    world.wait_state("p", PluginState.READY)
+    client = Client(world.sock("p"))
+    one = two = b'{"Name":"a"}'
+    client.sock.sendall(PODMAN_HEAD.format("/VolumeDriver.Create", len(one)).encode() + one +
+                        PODMAN_HEAD.format("/VolumeDriver.Get", len(two)).encode() + two)
+    assert client.read() == (200, DEFAULT_CONTENT_TYPE, b'{"Err": ""}')
+    status, ctype, answer = client.read()
+    assert (status, ctype) == (200, DEFAULT_CONTENT_TYPE)
+    assert json.loads(answer)["Volume"]["Name"] == "a"  # the Get came after the Create
+    operations = [(r.path, r.body) for r in fake.requests
+                  if r.path in ("/VolumeDriver.Create", "/VolumeDriver.Get")]
+    assert operations == [("/VolumeDriver.Create", one), ("/VolumeDriver.Get", two)]

@@ -41,7 +41,8 @@ class _Messages:
     def __init__(self) -> None:
         self.parser = httptools.HttpRequestParser(self)
         self.done: list[tuple[Request, bool]] = []
-        self.started = False  # a request's first byte is in
+        self.started = False  # a request's first byte is in: it must be whole by deadline
+        self.deadline = 0.0
         self.too_large = False
         self._url = b""
         self._body: list[bytes] = []
@@ -49,6 +50,8 @@ class _Messages:
 
     def on_message_begin(self) -> None:
         self._url, self._body, self._size = b"", [], 0
+        self.started = True  # also for a pipelined request's first bytes
+        self.deadline = time.monotonic() + READ
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -94,9 +97,8 @@ def serve(conn: socket.socket, handle: Callable[[Request], Reply],
 def _read_requests(conn: socket.socket, messages: _Messages) -> bool:
     """Read until at least one whole request is in; False when the connection ends
     (a request that breaks a rule was answered with its error first)."""
-    deadline = 0.0
     while not messages.done:
-        left = deadline - time.monotonic() if messages.started else IDLE
+        left = messages.deadline - time.monotonic() if messages.started else IDLE
         if left <= 0:
             return _refuse(conn, f"the request did not arrive within {READ:g} s", 408)
         conn.settimeout(left)
@@ -107,9 +109,6 @@ def _read_requests(conn: socket.socket, messages: _Messages) -> bool:
                 conn, f"the request did not arrive within {READ:g} s", 408)
         if not data:
             return False
-        if not messages.started:
-            messages.started = True
-            deadline = time.monotonic() + READ
         problem = _feed(messages, data)
         if problem is not None:
             return _refuse(conn, *problem)
