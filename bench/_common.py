@@ -130,6 +130,8 @@ class _Server:
         while True:
             for key, _ in self.sel.select():
                 data = key.data
+                if key.fileobj.fileno() < 0:  # type: ignore[union-attr]
+                    continue  # closed by an earlier event of this batch ("close NAME")
                 if data is None:
                     if not self._command():
                         return

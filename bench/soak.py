@@ -1,27 +1,19 @@
-"""Soak: many create/delete cycles of plugin sockets, with hostile plugins, under readers.
+"""Soak: socket create/delete cycles and hostile plugins, under four readers.
 
-Setup: STEADY (50) plugins served by one responder process, all ready; the real daemon
-probes every second (activate, list and probe timeouts 1 s). Four reader threads poll
-``GET /v1/health``, ``/v1/plugins``, ``/metrics`` and ``/v1/events?since=…`` on their own
-keep-alive connections for the whole run.
-
-1. Baseline (``--base`` s): readers only. The daemon's fds, threads and RSS (/proc/PID).
-2. Storm: CYCLES (10,000) socket create/delete cycles at ``--rate`` a second -- bound by
-   the bench, served by the responder, removed ``--window`` cycles later; every tenth
-   has a name that is not UTF-8 -- while hostile plugins run (``_hostile``: hang, drip,
-   64 MiB answer, garbage, half an answer then close, garbage activation, a plugin
-   killed mid-call and restarted) and one thread sends volume calls to them through
-   volplugd.
-3. Settle: hostile plugins stopped; wait (deadline) until only the STEADY plugins are
-   listed, all ready, with fds and threads back at most at the baseline; then RSS.
-
-Prints: fds, threads, RSS before and after; 5xx per reader (goal 0) and volplugd's
-answers to the volume calls (a 500 among them counts as a 5xx too); p50/p99 per reader,
-baseline vs storm (goal ``/v1/health`` p99 <= 20 ms in the storm); probe lateness p99
-from the daemon's ``volplugd_probe_lateness_seconds`` histogram, baseline vs storm.
+50 steady plugins (one responder process) are ready; the real daemon probes every second
+(activate, list and probe timeouts 1 s). Readers poll ``/v1/health``, ``/v1/plugins``,
+``/metrics`` and ``/v1/events?since=…`` on keep-alive connections all along.
+1. Baseline (``--base`` s): readers only; then the daemon's fds, threads, RSS (/proc).
+2. Storm: ``--cycles`` (10,000) sockets bound by the bench at ``--rate``/s, served by the
+   responder, removed ``--window`` cycles later (every tenth named with bytes that are
+   not UTF-8), while the ``_hostile`` plugins run and one thread sends volume calls to
+   them through volplugd.
+3. Settle: hostile plugins stopped; wait (deadline) for only the 50 listed, all ready,
+   fds and threads at most the baseline's; then RSS.
+Prints those figures beside the baseline's, 5xx per reader (and 500s among the volume
+calls), p50/p99 per reader and probe lateness (the daemon's histogram), baseline vs storm.
 Usage: .venv/bin/python bench/soak.py [--cycles N] [--rate R] [--quick]
-Runs on: the main thread (the cycles), one thread per reader, one for the volume calls,
-the ``Killer``'s.
+Runs on: the main thread (cycles), a thread per reader, one for the calls, the Killer's.
 """
 
 from __future__ import annotations
@@ -35,7 +27,6 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import _common as c
 import _hostile as h
@@ -109,6 +100,7 @@ class Report:
     killed: Counter[int]  # volplugd's answers to the calls whose plugin was killed
     discovered: int  # plugins the daemon registered during the storm
     lateness: dict[str, float]  # phase -> p99 upper bound (s), from the histogram
+    rss: dict[int, int]  # cycles done -> the daemon's RSS then
     storm_seconds: float
 
     @property
@@ -146,34 +138,38 @@ def p99_bound(before: dict[float, float], after: dict[float, float]) -> float:
     return float("nan")
 
 
-def cycles(responder: c.Responder, folder: Path, count: int, rate: float,
-           window: int) -> None:
-    """``count`` sockets bound, served, and removed ``window`` cycles later."""
+def cycles(s: c.Setup, count: int, rate: float, window: int) -> dict[int, int]:
+    """``count`` sockets bound, served, and removed ``window`` cycles later; the
+    daemon's RSS after each fifth of them."""
     live: deque[tuple[str, bytes]] = deque()
+    samples = {}
     start = time.monotonic()
 
     def drop() -> None:
         name, path = live.popleft()
-        responder.close(name)
+        s.responder.close(name)
         os.unlink(path)
 
     for i in range(count):
         name = f"c{i:05d}"
         raw = (b"bad\xff" if i % 10 == 9 else b"") + name.encode()  # not UTF-8: skipped
-        path = os.path.join(os.fsencode(folder), raw + b".sock")
+        path = os.path.join(os.fsencode(s.plugins), raw + b".sock")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(path)
         sock.listen(16)
-        responder.adopt(name, sock)
+        s.responder.adopt(name, sock)
         sock.close()
         live.append((name, path))
         if len(live) > window:
             drop()
+        if (i + 1) % max(1, count // 5) == 0:
+            samples[i + 1] = s.daemon.rss_bytes()
         ahead = start + (i + 1) / rate - time.monotonic()
         if ahead > 0:
             time.sleep(ahead)
     while live:
         drop()
+    return samples
 
 
 def call_hostile(control: str, stop: threading.Event, calls: Counter[str],
@@ -197,7 +193,7 @@ def call_hostile(control: str, stop: threading.Event, calls: Counter[str],
 
 
 def storm(s: c.Setup, count: int, rate: float, window: int
-          ) -> tuple[Counter[str], list[str], h.Killer]:
+          ) -> tuple[Counter[str], list[str], h.Killer, dict[int, int]]:
     """The cycles, with the hostile plugins and the volume calls to them; all stopped
     when it returns."""
     calls: Counter[str] = Counter()
@@ -211,7 +207,7 @@ def storm(s: c.Setup, count: int, rate: float, window: int
         listed(s.daemon, set(h.BEHAVIOURS))
         killer.start()
         caller.start()
-        cycles(s.responder, s.plugins, count, rate, window)
+        rss = cycles(s, count, rate, window)
         deadline = time.monotonic() + 60
         while killer.kills < 1 and time.monotonic() < deadline:
             time.sleep(0.05)  # at least one plugin killed mid-call, even in a short run
@@ -222,33 +218,43 @@ def storm(s: c.Setup, count: int, rate: float, window: int
         if killer.is_alive():
             killer.stop()
         hostile.stop()
-    return calls, bad_calls, killer
+    return calls, bad_calls, killer, rss
 
 
 def listed(daemon: c.Daemon, names: set[str], timeout: float = 60.0) -> None:
     """Wait until volplugd lists every one of ``names`` (in any state)."""
     deadline = time.monotonic() + timeout
-    while True:
-        status, body = daemon.client.get("/v1/plugins")
-        have = {p["name"] for p in json.loads(body)["plugins"]} if status == 200 else set()
-        if names <= have:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"not listed after {timeout} s: {sorted(names - have)}")
-        time.sleep(0.05)
+    try:
+        while True:
+            status, body = daemon.client.get("/v1/plugins")
+            have = {p["name"] for p in json.loads(body)["plugins"]} if status == 200 \
+                else set()
+            if names <= have:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not listed after {timeout} s: {sorted(names - have)}")
+            time.sleep(0.05)
+    finally:
+        daemon.client.close()  # the storm's connections are its own threads' only
 
 
-def settle(daemon: c.Daemon, before: Usage) -> bool:
+def settle(daemon: c.Daemon, before: Usage) -> tuple[bool, Usage]:
     """Wait until only the steady plugins are listed, all ready, and the daemon holds no
-    more fds and threads than at the baseline; False at the deadline."""
+    more fds and threads than at the baseline; False at the deadline. With the usage
+    then (a probe's connection may come and go a moment later)."""
     deadline = time.monotonic() + SETTLE
     while time.monotonic() < deadline:
-        counts, now = daemon.counts(), Usage.of(daemon.pid)
+        client = c.RawClient(daemon.socket)  # closed before the count: as at the baseline
+        try:
+            counts = json.loads(client.get("/v1/health")[1])["plugins"]
+        finally:
+            client.close()
+        now = Usage.of(daemon.pid)
         if (sum(counts.values()), counts["ready"]) == (STEADY, STEADY) and \
                 now.fds <= before.fds and now.threads <= before.threads:
-            return True
+            return True, now
         time.sleep(0.1)
-    return False
+    return False, now
 
 
 def soak(count: int, *, rate: float = 200.0, window: int = 100, base: float = 10.0,
@@ -267,6 +273,7 @@ def soak(count: int, *, rate: float = 200.0, window: int = 100, base: float = 10
         for t in threads:
             t.start()
         first = metric_lines(control)
+        s.daemon.client.close()  # only the readers stay connected
         time.sleep(base)  # the baseline phase: readers only
         before, at_storm = Usage.of(pid), metric_lines(control)
         if not quiet:
@@ -274,37 +281,34 @@ def soak(count: int, *, rate: float = 200.0, window: int = 100, base: float = 10
                   f"{count} cycles at {rate:.0f}/s")
         phase[0] = "storm"
         started = time.monotonic()
-        calls, bad_calls, killer = storm(s, count, rate, window)
+        calls, bad_calls, killer, rss = storm(s, count, rate, window)
         storm_seconds = time.monotonic() - started
         at_end = metric_lines(control)
         phase[0] = "settle"
-        settled = settle(s.daemon, before)
-        after = Usage.of(pid)
+        settled, after = settle(s.daemon, before)
     added = 'volplugd_discovery_events_total{event="added"}'
     return Report(before, after, settled, readers, calls, bad_calls + killer.bad,
                   killer.kills, killer.statuses,
                   int(counter(at_end, added) - counter(at_storm, added)),
                   {"base": p99_bound(lateness_buckets(first), lateness_buckets(at_storm)),
                    "storm": p99_bound(lateness_buckets(at_storm), lateness_buckets(at_end))},
-                  storm_seconds)
+                  rss, storm_seconds)
 
 
 def show(r: Report, count: int) -> bool:
     print(f"storm: {count} cycles in {r.storm_seconds:.0f} s; the daemon registered "
           f"{r.discovered} plugins in it; {r.kills} plugins killed mid-call")
     mb = 1 << 20
-    print(c.table([["fds", r.before.fds, r.after.fds, r.after.fds - r.before.fds],
-                   ["threads", r.before.threads, r.after.threads,
-                    r.after.threads - r.before.threads],
-                   ["RSS MB", f"{r.before.rss / mb:.1f}", f"{r.after.rss / mb:.1f}",
-                    f"{(r.after.rss - r.before.rss) / mb:+.1f}"]],
-                  ["daemon", "before", "after", "change"]))
+    b, a = r.before, r.after
+    print(c.table([["fds", b.fds, a.fds, a.fds - b.fds],
+                   ["threads", b.threads, a.threads, a.threads - b.threads],
+                   ["RSS MB", f"{b.rss / mb:.1f}", f"{a.rss / mb:.1f}",
+                    f"{(a.rss - b.rss) / mb:+.1f}"]], ["daemon", "before", "after", "change"]))
     rows = []
     for rd in r.readers:
-        b, s = rd.times["base"], rd.times["storm"]
-        rows.append([f"GET {rd.target}", len(b), c.ms(c.percentile(b, 50)),
-                     c.ms(c.percentile(b, 99)), len(s), c.ms(c.percentile(s, 50)),
-                     c.ms(c.percentile(s, 99)), len(rd.five_xx), len(rd.failures)])
+        rows.append([f"GET {rd.target}", *(x for t in (rd.times["base"], rd.times["storm"])
+                     for x in (len(t), c.ms(c.percentile(t, 50)), c.ms(c.percentile(t, 99)))),
+                     len(rd.five_xx), len(rd.failures)])
     print(c.table(rows, ["ms", "n base", "p50", "p99", "n storm", "p50", "p99", "5xx",
                          "no answer"]))
     print("volume calls to hostile plugins (name status: count): "
@@ -313,6 +317,8 @@ def show(r: Report, count: int) -> bool:
           + ", ".join(f"{k}: {v}" for k, v in sorted(r.killed.items())))
     for line in [x for rd in r.readers for x in rd.five_xx + rd.failures][:5] + r.bad_calls[:5]:
         print(f"  !! {line}")
+    print("RSS MB during the storm (cycles: MB): " + ", ".join(
+        f"{n}: {v / mb:.1f}" for n, v in r.rss.items()))
     print(f"probe lateness p99 (histogram bound): baseline <= {r.lateness['base']} s, "
           f"storm <= {r.lateness['storm']} s")
     health = c.percentile(r.readers[0].times["storm"], 99)

@@ -26,6 +26,7 @@ import pytest
 from tests.fakeplugin import FakePlugin
 from tests.fakeplugin import behaviours as b
 from tests.harness import UnixHTTPConnection
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 # Exactly what podman 4.3.1 sends (shared/peers/README.md 5.1): one keep-alive connection.
@@ -278,6 +279,29 @@ def test_script_mode_serves_until_sigterm(sock_path: str) -> None:
             proc.stdout.close()
     assert (proc.returncode, out) == (0, "fakeplugin stopped by SIGTERM\n")
     assert not os.path.exists(sock_path)
+
+
+def test_behaviours_given_at_construction_answer_a_client_that_connects_at_once(
+        sock_path: str) -> None:
+    """A client that connects the moment the socket file exists (as volplugd does) gets
+    the behaviour given to the constructor, never a normal answer first."""
+    answers: list[tuple[int, str, bytes]] = []
+
+    def first_answer() -> tuple[int, str, bytes] | None:
+        try:
+            return post(sock_path, "/Plugin.Activate")
+        except (FileNotFoundError, ConnectionRefusedError):  # not bound, or not listening
+            return None
+
+    def connect_at_once() -> None:
+        answers.append(wait_until(first_answer, 10, interval=0.0001,
+                                  message="a first answer"))
+
+    racer = threading.Thread(target=connect_at_once)
+    racer.start()
+    with FakePlugin(sock_path, behaviours={"*": b.Implements(["NetworkDriver"])}):
+        racer.join(30)
+    assert answers[0][::2] == (200, b'{"Implements": ["NetworkDriver"]}')
 
 
 def test_stopping_a_replaced_plugin_leaves_the_new_socket(sock_path: str) -> None:

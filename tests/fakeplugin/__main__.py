@@ -52,10 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     # Blocked before the server threads exist, so they inherit the mask and sigwait()
     # below is the one place the signals arrive.
     signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    # The behaviours are in place before the socket exists (volplugd connects at once).
     plugin = FakePlugin(args.socket, kinds, http10=args.http10, scope=args.scope,
-                        content_type=args.content_type)
-    for endpoint, behaviour in args.behave:
-        plugin.set(endpoint, behaviour)
+                        content_type=args.content_type, behaviours=dict(args.behave))
     print(f"fakeplugin listening on {args.socket} implements={','.join(kinds)}", flush=True)
     received = signal.sigwait(signals)
     plugin.stop()

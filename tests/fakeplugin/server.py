@@ -17,7 +17,7 @@ import socketserver
 import stat
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from email.message import Message
 from http.server import BaseHTTPRequestHandler
@@ -50,13 +50,17 @@ class FakePlugin:
     def __init__(self, socket_path: str, implements: Iterable[str] = ("VolumeDriver",), *,
                  http10: bool = False, scope: str = "local",
                  content_type: str = DEFAULT_CONTENT_TYPE,
-                 mount_root: str = "/fake/volumes") -> None:
+                 mount_root: str = "/fake/volumes",
+                 behaviours: Mapping[str, Behaviour] | None = None) -> None:
+        """``behaviours`` (endpoint -> behaviour, as for ``set``) are in place before the
+        socket is bound: a client that connects at once (volplugd does) never sees a
+        normal answer first."""
         self.socket_path = socket_path
         self.http10 = http10
         self.content_type = content_type
         self.driver = VolumeDriver(implements, scope, mount_root)
         self.stopping = threading.Event()
-        self._behaviours: dict[str, Behaviour] = {}
+        self._behaviours: dict[str, Behaviour] = dict(behaviours or {})
         self._requests: list[Recorded] = []
         self._changed = threading.Condition()
         self._server = _Server(socket_path, self)
