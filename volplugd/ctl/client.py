@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import urllib.parse
 from collections.abc import Iterator
 
@@ -92,7 +93,7 @@ class Client:
         self.close()
         self._sock = sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
-        sock.connect(self.path)  # no socket file, nobody listening, EACCES: OSError
+        _connect(sock, self.path, time.monotonic() + self.timeout)
         data = None if body is None else json.dumps(body).encode()
         return wire.exchange(sock, method, target, data)
 
@@ -106,6 +107,22 @@ class Client:
 
 
 _BROKEN = (OSError, wire.BrokenHTTP)
+
+
+def _connect(sock: socket.socket, path: str, deadline: float) -> None:
+    """Connect, waiting while the daemon's listen backlog is full: with a timeout set,
+    a unix socket's connect() then fails at once (EAGAIN) instead of waiting for room.
+    No socket file, nobody listening, EACCES: OSError at once."""
+    pause = 0.005
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError:
+            if time.monotonic() + pause > deadline:
+                raise TimeoutError("the control socket's backlog stayed full") from None
+            time.sleep(pause)  # the kernel offers no wait for room in a unix backlog
+            pause = min(pause * 2, 0.1)
 
 
 def _why(err: Exception) -> str:
