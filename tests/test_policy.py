@@ -170,3 +170,80 @@ def test_a_probe_success_keeps_every_field_it_does_not_set() -> None:
     assert new.view == dataclasses.replace(
         t.view, last_probe_at=9.0, last_success_at=9.0, consecutive_failures=0,
         probe_latency_seconds=0.002)
+
+
+# --- timing decisions -----------------------------------------------------------------
+
+@pytest.mark.parametrize(("refused", "failures", "given", "expected"), [
+    (True, 0, False, policy.SECOND_CHANCE),  # right after discovery: bound, not listening
+    (True, 0, True, None),  # refused again after its second chance: back off
+    (True, 1, False, None),  # refused after an earlier failure: back off
+    (False, 0, False, None),  # any other failure: back off
+])
+def test_a_refused_first_activation_gets_one_second_chance(
+        refused: bool, failures: int, given: bool, expected: float | None) -> None:
+    assert policy.second_chance(refused, failures, given) == expected
+    assert policy.SECOND_CHANCE == 0.02
+
+
+@pytest.mark.parametrize(("interval", "window"), [
+    (10.0, 0.2), (5.0, 0.1), (1.0, 0.02), (100.0, 0.2), (0.5, 0.01),
+])
+def test_the_early_window_is_2_percent_of_the_interval_at_most_200_ms(
+        interval: float, window: float) -> None:
+    assert policy.early_window(interval) == pytest.approx(window)
+
+
+@pytest.mark.parametrize(("due", "now", "probing", "expected"), [
+    (9.0, 10.0, False, True),  # an activation retry that is due
+    (10.0, 10.0, False, True),  # exactly due
+    (10.1, 10.0, False, False),  # an activation retry keeps its time
+    (10.1, 10.0, True, True),  # a probe starts early with the one that woke the loop
+    (9.0, 10.0, True, True),
+])
+def test_only_probes_start_early(due: float, now: float, probing: bool, expected: bool) -> None:
+    assert policy.starts_now(due, now, probing) is expected
+
+
+@pytest.mark.parametrize(("spread", "expected"), [(0.0, 101.0), (0.5, 105.5), (1.0, 110.0)])
+def test_the_first_probe_lands_between_a_tenth_and_one_interval(
+        spread: float, expected: float) -> None:
+    assert policy.first_probe(100.0, 10.0, spread) == pytest.approx(expected)
+
+
+MANY = [f"p{i:03}" for i in range(policy.HINTS_PER_SCAN + 1)]
+
+
+@pytest.mark.parametrize(("names", "burst_at", "expected"), [
+    ({"b", "a"}, None, policy.Hints(names=("a", "b"))),  # few names: each re-resolved
+    ({"a", None}, None, policy.Hints(full=True)),  # a folder itself: a full scan now
+    ({"a", None}, 7.0, policy.Hints(full=True, burst_at=7.0)),  # the burst scan stays due
+    (set(MANY), None, policy.Hints(burst_at=5.25)),  # a burst: one scan 0.25 s later
+    (set(MANY[:policy.HINTS_PER_SCAN]), None,
+     policy.Hints(names=tuple(MANY[:policy.HINTS_PER_SCAN]))),  # 32 names: not a burst
+    ({"a"}, 5.1, policy.Hints(burst_at=5.1)),  # hints during a burst wait for its scan
+    (set(), None, policy.Hints()),
+])
+def test_hints_are_coalesced_into_a_burst_scan(
+        names: set[str | None], burst_at: float | None, expected: policy.Hints) -> None:
+    assert policy.coalesce(names, burst_at, now=5.0) == expected
+
+
+@pytest.mark.parametrize(("urgent", "lazy_since", "now", "expected"), [
+    (True, None, 0.0, True),  # a membership or state change: at once
+    (False, None, 9.0, False),  # nothing changed
+    (False, 1.0, 1.4, False),  # a timestamp-only change waits ...
+    (False, 1.0, 1.5, True),  # ... at most 0.5 s
+    (True, 1.0, 1.1, True),
+])
+def test_publishing_is_at_once_or_lazy(urgent: bool, lazy_since: float | None, now: float,
+                                       expected: bool) -> None:
+    assert policy.publish_now(urgent, lazy_since, now) is expected
+
+
+@pytest.mark.parametrize(("wake_at", "expected"), [
+    ((12.0, None, 11.0), 1.0), ((9.0, 30.0), 0.0), ((None,), 0.0), ((10.5,), 0.5),
+])
+def test_the_loop_sleeps_until_its_earliest_timer(
+        wake_at: tuple[float | None, ...], expected: float) -> None:
+    assert policy.sleep_time(10.0, wake_at) == pytest.approx(expected)

@@ -1,5 +1,6 @@
 """Pure decisions of the supervisor: what to do about the filesystem's desired state,
-how each activation or probe result moves a plugin, and how long to back off.
+how each activation or probe result moves a plugin, and every timing decision of the
+loop (back-off, the second chance, the early-probe window, burst coalescing, publishing).
 
 No I/O, no clock, no threads: every function takes ``now`` and returns new frozen
 values, so the whole lifecycle is table-tested. Runs on: the supervisor thread.
@@ -8,7 +9,7 @@ values, so the whole lifecycle is table-tested. Runs on: the supervisor thread.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from volplugd.config import ProbeSettings
@@ -149,3 +150,74 @@ def probe_due(last_due: float, interval: float, now: float) -> float:
     """The next probe keeps the plugin's phase (no drift), but never lies in the past."""
     due = last_due + interval
     return due if due > now else now + interval * 0.5
+
+
+# --- timing: when the loop does what -----------------------------------------------------
+
+SECOND_CHANCE = 0.02  # a first activation refused: bound but not yet listening; retry
+EARLY_SHARE = 0.02  # a probe due within this share of the interval starts early ...
+MAX_EARLY = 0.2  # ... but at most this many seconds early
+FIRST_PROBE = (0.1, 1.0)  # the first probe after activation: this share of the interval
+HINTS_PER_SCAN = 32  # more hinted names than this in one batch: one full scan is cheaper
+BURST_SCAN_DELAY = 0.25  # during a burst, one full scan covers the hints of this long
+LAZY_PUBLISH = 0.5  # seconds a timestamp-only change may wait before it is published
+
+
+def second_chance(refused: bool, activation_failures: int, given: bool) -> float | None:
+    """Seconds until a quick retry of a refused first activation, or None (back off).
+
+    A plugin binds its socket (discovery sees it) a moment before it listens: a refusal
+    right after discovery is that moment. It is looked at again once, soon, before the
+    back-off; any other failure, or a second refusal, backs off."""
+    return SECOND_CHANCE if refused and not activation_failures and not given else None
+
+
+def early_window(interval: float) -> float:
+    """How far ahead of their due time probes start with the one that woke the loop:
+    one wake-up then serves several probes, which is most of the CPU saved."""
+    return min(MAX_EARLY, interval * EARLY_SHARE)
+
+
+def starts_now(due: float, now: float, probing: bool) -> bool:
+    """Whether work popped from the early window starts now: anything due, and probes
+    early; an activation retry keeps its time."""
+    return due <= now or probing
+
+
+def first_probe(now: float, interval: float, spread: float) -> float:
+    """When the first probe after an activation is due: at a random point of the interval
+    (``spread`` in [0, 1), e.g. ``random.random()``), so plugins are probed evenly."""
+    low, high = FIRST_PROBE
+    return now + (low + (high - low) * spread) * interval
+
+
+@dataclass(frozen=True, slots=True)
+class Hints:
+    """What one batch of filesystem hints asks of the loop."""
+
+    full: bool = False  # scan everything now (a hint no plugin name explains)
+    names: tuple[str, ...] = ()  # else re-resolve only these (sorted)
+    burst_at: float | None = None  # when one full scan covers a burst (None: no burst)
+
+
+def coalesce(names: Collection[str | None], burst_at: float | None, now: float) -> Hints:
+    """Decide about the plugin names a batch of hints concerns (None: a path no name
+    explains, e.g. a plugin folder itself). More names than HINTS_PER_SCAN, or any while
+    a burst is pending, is a burst: one full scan BURST_SCAN_DELAY after it began covers
+    these hints and any that follow. ``burst_at`` is the pending burst scan's time."""
+    if None in names:
+        return Hints(full=True, burst_at=burst_at)
+    if len(names) > HINTS_PER_SCAN or burst_at is not None:
+        return Hints(burst_at=now + BURST_SCAN_DELAY if burst_at is None else burst_at)
+    return Hints(names=tuple(sorted(n for n in names if n is not None)))
+
+
+def publish_now(urgent: bool, lazy_since: float | None, now: float) -> bool:
+    """Membership and state changes publish at once; timestamp-only changes wait up to
+    LAZY_PUBLISH seconds, so many probes share one publish."""
+    return urgent or (lazy_since is not None and now - lazy_since >= LAZY_PUBLISH)
+
+
+def sleep_time(now: float, wake_at: Iterable[float | None]) -> float:
+    """Seconds until the earliest of ``wake_at`` (None: not set), never negative."""
+    return max(0.0, min((t for t in wake_at if t is not None), default=now) - now)
