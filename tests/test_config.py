@@ -14,7 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from volplugd.config import (
-    DEFAULT_TIMEOUTS,
+    DEFAULT_PLUGIN_TIMEOUTS,
+    PROBE_ENDPOINTS,
+    TIMEOUT_KEYS,
     ConfigError,
     ControlSettings,
     DiscoverySettings,
@@ -28,6 +30,9 @@ from volplugd.config import (
     settings_to_dict,
     settings_to_toml,
 )
+from volplugd.config.settings import SECTIONS
+from volplugd.config.tomlwriter import toml_string
+from volplugd.plugin import protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "etc" / "volplugd" / "volplugd.toml"
@@ -102,7 +107,8 @@ def test_an_empty_file_gives_the_defaults(tmp_path: Path) -> None:
 def test_timeouts_are_merged_over_the_defaults(tmp_path: Path) -> None:
     """plugin.timeouts keeps the default entries that the file does not name."""
     got = load_settings(write(tmp_path, "[plugin]\ntimeouts = { mount = 30, list = 2.5 }\n"))
-    assert dict(got.plugin.timeouts) == {**DEFAULT_TIMEOUTS, "mount": 30.0, "list": 2.5}
+    assert dict(got.plugin.timeouts) == {
+        **DEFAULT_PLUGIN_TIMEOUTS, "mount": 30.0, "list": 2.5}
     assert isinstance(got.plugin.timeouts, MappingProxyType)
 
 
@@ -369,3 +375,45 @@ def test_effective_config_is_one_table_per_section() -> None:
     """The printed document has the seven sections, in the order of the Settings fields."""
     sections = re.findall(r"^\[(\w+)\]$", settings_to_toml(Settings()), flags=re.MULTILINE)
     assert sections == [f.name for f in dataclasses.fields(Settings)]
+
+
+# ---------------------------------------------------------------- one source for each fact
+
+def test_every_field_carries_its_check_and_the_tables_are_the_settings_fields() -> None:
+    """The known tables and keys are derived from the dataclasses: each field has a check."""
+    assert list(SECTIONS) == [f.name for f in dataclasses.fields(Settings)]
+    for name, cls in SECTIONS.items():
+        assert cls is type(getattr(Settings(), name))
+        for item in dataclasses.fields(cls):
+            assert callable(item.metadata["check"]), f"{name}.{item.name}"
+
+
+def test_timeout_keys_and_probe_endpoints_come_from_the_protocol() -> None:
+    """plugin.timeouts takes protocol's keys; its defaults are protocol's deadlines that
+    differ from "default" (so that setting "default" moves all the others)."""
+    assert tuple(protocol.DEFAULT_TIMEOUTS) == TIMEOUT_KEYS
+    assert set(PROBE_ENDPOINTS) <= set(protocol.ENDPOINTS)
+    assert protocol.resolve_timeouts(Settings().plugin.timeouts) == protocol.DEFAULT_TIMEOUTS
+    moved = load_settings(None, {"plugin.timeouts": {"default": 30}}).plugin.timeouts
+    assert protocol.resolve_timeouts(moved) == {
+        **dict.fromkeys(TIMEOUT_KEYS, 30.0), "activate": 5.0, "create": 120.0, "mount": 120.0}
+
+
+def test_check_config_and_the_podman_dropin_spell_strings_alike() -> None:
+    """One TOML writer: a string is written the same in check-config and the drop-in."""
+    group = 'a"b\\c\x1b\x7f\tü'
+    printed = settings_to_toml(load_settings(None, {"control.group": group}))
+    assert f"group = {toml_string(group)}\n" in printed
+    assert toml_string(group) == '"a\\"b\\\\c\\u001b\\u007f\\tü"'
+    assert tomllib.loads(printed)["control"]["group"] == group
+
+
+def test_an_undecodable_flag_value_is_printed_and_quoted_not_a_crash(tmp_path: Path) -> None:
+    """A path from an undecodable argv byte (a lone surrogate) is printed by check-config
+    as it came and quoted in errors; only the drop-in's strict toml_string refuses it."""
+    printed = settings_to_toml(load_settings(None, {"discovery.dirs": ["/srv/\udcff"]}))
+    assert 'dirs = ["/srv/\udcff"]' in printed
+    assert error_of(tmp_path, "", {"discovery.dirs": ["rel\udcff"]}) == (
+        'discovery.dirs[0]: must be an absolute path, got "rel\udcff"')
+    with pytest.raises(UnicodeEncodeError):
+        toml_string("/srv/\udcff")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import pwd
-import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from types import MappingProxyType
 
 from volplugd import __version__
 from volplugd.config import PodmanSettings
+from volplugd.config.tomlwriter import toml_key, toml_string, toml_value
 from volplugd.discovery.trust import untrusted_reason
 from volplugd.log import get_logger
 from volplugd.model import Kind, PluginState, PluginView, Snapshot
@@ -75,31 +75,7 @@ RESERVED_NAMES: Mapping[str, str] = MappingProxyType({
     "image": "reserved for Podman's built-in image driver",
 })
 
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n",
-            "\f": "\\f", "\r": "\\r"}
-
-
-# --- Pure rendering ---------------------------------------------------------------
-
-
-def toml_string(text: str) -> str:
-    """``text`` as a TOML basic string (raises UnicodeEncodeError if it is not UTF-8)."""
-    text.encode()  # a lone surrogate (an undecodable file name) has no TOML spelling
-    out = []
-    for ch in text:
-        if ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        elif ch < " " or ch == "\x7f":
-            out.append(f"\\u{ord(ch):04X}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def toml_key(name: str) -> str:
-    """A bare key when TOML allows one (easier to read), else a quoted key."""
-    return name if _BARE_KEY.fullmatch(name) else toml_string(name)
+# --- Pure rendering (TOML spelling: volplugd.config.tomlwriter, as check-config) ---
 
 
 def socket_path(view: PluginView) -> str | None:
@@ -188,7 +164,8 @@ def render_plan(plan: DropinPlan, settings: PodmanSettings) -> str:
         "",
     ]
     if settings.volume_plugin_timeout is not None:
-        lines += ["[engine]", f"volume_plugin_timeout = {settings.volume_plugin_timeout}", ""]
+        timeout = toml_value(settings.volume_plugin_timeout)
+        lines += ["[engine]", f"volume_plugin_timeout = {timeout}", ""]
     lines.append("[engine.volume_plugins]")
     lines += [f"{toml_key(n)} = {toml_string(p)}" for n, p in plan.entries.items()]
     if plan.left_to_admin:
