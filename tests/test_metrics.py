@@ -17,6 +17,8 @@ from pathlib import Path
 from types import MappingProxyType
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakeplugin import FakePlugin
@@ -24,6 +26,8 @@ from tests.fakeplugin import behaviours as fb
 from tests.harness import Daemon
 from tests.waiting import wait_until
 from volplugd.metrics import MAX_ROUTES, PROBE_BUCKETS, REQUEST_BUCKETS, Metrics
+from volplugd.metrics.observer import Observations
+from volplugd.metrics.render import TextRenderer
 from volplugd.model import EMPTY_SNAPSHOT, Kind, PluginState, PluginView, Snapshot
 from volplugd.plugin.text import printable
 from volplugd.statuspage import status_page
@@ -327,6 +331,75 @@ def test_prometheus_accept_header_gets_text_and_openmetrics_only_gets_openmetric
     assert content_type.startswith("application/openmetrics-text; version=1.0.0")
     assert body.endswith(b"# EOF\n")
     assert b'volplugd_plugin_up{plugin="b-ready"} 1.0' in body
+
+
+def volplugd_families(body: bytes) -> list[Metric]:
+    return [f for f in text_string_to_metric_families(body.decode())
+            if f.name.startswith("volplugd_")]
+
+
+def feed_everything(m: Observations, names: list[str], rounds: int) -> None:
+    """Every kind of observation, for every plugin (and one not in the snapshot)."""
+    for i in range(rounds):
+        for name in [*names, "not-published"]:
+            m.probe(name, ("success", "timeout", "nonsense")[i % 3], 0.0004 * (i + 1))
+            m.request(name, ("/Plugin.Activate", "/VolumeDriver.Mount", "/x")[i % 3],
+                      ("success", "plugin_error")[i % 2], 0.3 * i)
+            m.gateway_request(name, ("create", "list", "bogus")[i % 3],
+                              ("answered", "busy", "odd")[i % 3], 0.02 * i)
+            if i % 2:
+                m.busy(name)
+        m.discovery(("added", "ignored", "strange")[i % 3])
+        m.rescan(("startup", "reload", "whim")[i % 3])
+        m.control_request(f'/v1/"{i % 2}"', 200 + i)
+        m.probe_lateness(0.05 * i)
+
+
+NAMES = ["a-activating", "b-ready", "c-unhealthy", "d-rejected", HOSTILE, "\udcff-x"]
+# each step: the snapshot published, then the plugins observed (from NAMES[step:])
+STEPS = [snap(*(view(n, list(PluginState)[i % 4]) for i, n in enumerate(NAMES))),
+         snap(*(view(n, PluginState.READY, last_success_at=1.7e9 + i)
+                for i, n in enumerate(NAMES))),
+         snap(*(view(n, PluginState.UNHEALTHY) for n in NAMES[1:])),
+         snap(*(view(n, PluginState.READY, last_success_at=2e9) for n in NAMES))]
+
+
+def test_registry_holds_what_the_text_says() -> None:
+    """The registry's volplugd_ families (what OpenMetrics is written from) equal the
+    text parsed back, sample for sample, scrape after scrape as plugins change."""
+    m, holder = make()
+    for step, current in enumerate(STEPS):
+        holder.current = current
+        if step == 2:
+            m.evicted(NAMES[0], "removed")
+        feed_everything(m, NAMES[step:], 2)
+        registry = [f for f in m.registry.collect() if f.name.startswith("volplugd_")]
+        assert volplugd_families(m.exposition()[0]) == registry
+        assert len(registry) == 18
+
+
+def test_kept_fragments_render_the_same_bytes_as_a_fresh_render() -> None:
+    """A scrape joined from fragments kept since earlier scrapes is byte for byte what a
+    renderer that never rendered before makes of the same counts."""
+    observed, kept = Observations(), TextRenderer()
+    for step, current in enumerate(STEPS):
+        if step == 2:
+            observed.evicted(NAMES[0], "removed")
+        feed_everything(observed, NAMES[step:], 1 + step % 2)
+        taken = observed.take(current)
+        again = kept.render(taken, "1.2.3")
+        assert again == TextRenderer().render(taken, "1.2.3")
+        assert again.count(b"volplugd_plugin_up{") == len(current.plugins)
+        assert kept.render(taken, "1.2.3") == again  # all kept: nothing changed
+
+
+def test_metrics_flips_no_process_wide_switch() -> None:
+    """Building Metrics leaves prometheus_client's `_created` series on for everyone
+    else (the switch is process-wide: a constructor must not flip it)."""
+    make(every_state())
+    registry = CollectorRegistry()
+    Counter("unrelated_events", "Events of some other library.", registry=registry)
+    assert b"unrelated_events_created" in generate_latest(registry)
 
 
 def promtool() -> str:
