@@ -201,16 +201,16 @@ class TextRenderer:
                 row = _Fragments(labels, view.state, view.last_success_at,
                                  _gauges(labels, view), s, _counters(labels, s, None, ()))
             else:
+                labels, gauges, counters = row.labels, row.gauges, row.counters
+                last = view.last_success_at
                 if row.state is not view.state:
-                    row = row._replace(state=view.state, last_success=view.last_success_at,
-                                       gauges=_gauges(row.labels, view))
-                elif row.last_success != view.last_success_at:  # a probe succeeded
-                    last = view.last_success_at
-                    row = row._replace(last_success=last, gauges=(
-                        *row.gauges[:2], _last_success(row.labels, last)))
+                    gauges = _gauges(labels, view)
+                elif row.last_success != last:  # a probe succeeded
+                    gauges = (*gauges[:2], _last_success(labels, last))
                 if row.series is not s:
-                    row = row._replace(series=s, counters=_counters(row.labels, s, row.series,
-                                                                    row.counters))
+                    counters = _counters(labels, s, row.series, counters)
+                if gauges is not row.gauges or counters is not row.counters:
+                    row = _Fragments(labels, view.state, last, gauges, s, counters)
             fresh[name] = row
         self._kept = fresh
         return list(fresh.values())
