@@ -1,8 +1,9 @@
-"""Calls: activations and probes end as one Done, multiplexed (unix) or pooled (TCP)."""
+"""Calls: activations and probes end as one Result, multiplexed (unix) or pooled (TCP),
+and ``poll`` returns both kinds."""
 
 from __future__ import annotations
 
-import queue
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,18 +13,16 @@ from tests.fakeplugin import FakePlugin
 from tests.fakeplugin import behaviours as b
 from tests.plugin.test_client_tcp import TCPPlugin
 from tests.waiting import wait_until
-from volplugd.calls import Activated, Calls, Done, _activate_job
+from volplugd.calls import Activated, Activation, Calls, Failed, Probed, Result, _activate_job
 from volplugd.config import ProbeSettings
 from volplugd.plugin import PluginAddress, PluginClient, PluginTimeout
 from volplugd.plugin.protocol import ACTIVATE, CAPABILITIES
 
 
 @pytest.fixture
-def calls() -> Iterator[tuple[Calls, list[Done], queue.SimpleQueue[object]]]:
-    done: list[Done] = []
-    put: queue.SimpleQueue[object] = queue.SimpleQueue()
-    subject = Calls(done.append, put.put, workers=2)
-    yield subject, done, put
+def calls() -> Iterator[Calls]:
+    subject = Calls(workers=2)
+    yield subject
     subject.close()
 
 
@@ -35,55 +34,65 @@ def plugin(short_tmp: Path) -> Iterator[tuple[FakePlugin, PluginClient]]:
         yield fake, client
 
 
-def poll_until_done(calls: Calls, done: list[Done]) -> Done:
+def poll_until_done(calls: Calls) -> Result:
+    """Poll until one result comes back (from the multiplexer or the pool alike)."""
+    results: list[Result] = []
+
     def finished() -> bool:
-        calls.poll(0.05)
-        return bool(done)
-    wait_until(finished, message="a Done")
-    return done.pop()
+        results.extend(calls.poll(0.05))
+        return bool(results)
+    wait_until(finished, message="a result")
+    assert len(results) == 1
+    return results[0]
 
 
 def test_a_unix_activation_is_activate_then_capabilities(
-        plugin: tuple[FakePlugin, PluginClient],
-        calls: tuple[Calls, list[Done], queue.SimpleQueue[object]]) -> None:
-    """Both calls on the multiplexer, one Done with Activated(implements, scope), on the
-    poller."""
-    (fake, client), (subject, done, put) = plugin, calls
-    subject.activate("u", 7, client, 2.0)
-    result = poll_until_done(subject, done)
-    assert (result.kind, result.name, result.token) == ("activate", "u", 7)
-    assert result.result == Activated(("VolumeDriver",), "local")
+        plugin: tuple[FakePlugin, PluginClient], calls: Calls) -> None:
+    """Both calls on the multiplexer, one Activated(implements, scope) returned by the
+    poll."""
+    fake, client = plugin
+    calls.activate("u", 7, client, 2.0)
+    result = poll_until_done(calls)
+    assert isinstance(result, Activated)
+    assert (result.name, result.token) == ("u", 7)
+    assert result.found == Activation(("VolumeDriver",), "local")
     assert [r.path for r in fake.requests] == [ACTIVATE, CAPABILITIES]
-    assert put.empty()
 
 
-def test_a_unix_probe_that_times_out_is_a_done_with_the_error(
-        plugin: tuple[FakePlugin, PluginClient],
-        calls: tuple[Calls, list[Done], queue.SimpleQueue[object]]) -> None:
-    """A hung plugin's probe ends at its timeout as Done(probe, PluginTimeout)."""
-    (fake, client), (subject, done, _) = plugin, calls
+def test_a_unix_probe_that_times_out_is_failed_with_the_error(
+        plugin: tuple[FakePlugin, PluginClient], calls: Calls) -> None:
+    """A hung plugin's probe ends at its timeout as Failed(probe, PluginTimeout)."""
+    fake, client = plugin
     fake.set(ACTIVATE, b.Hang())
-    subject.probe("u", 3, client, ProbeSettings(interval=1.0, timeout=0.2))
-    result = poll_until_done(subject, done)
+    calls.probe("u", 3, client, ProbeSettings(interval=1.0, timeout=0.2))
+    result = poll_until_done(calls)
+    assert isinstance(result, Failed)
     assert (result.kind, result.token) == ("probe", 3)
-    assert isinstance(result.result, PluginTimeout)
-    assert str(result.result) == ("sending request to plugin u activation endpoint: "
-                                  "timed out: no complete answer within 0.2 s")
+    assert isinstance(result.error, PluginTimeout)
+    assert str(result.error) == ("sending request to plugin u activation endpoint: "
+                                 "timed out: no complete answer within 0.2 s")
 
 
-def test_a_tcp_activation_runs_on_the_pool_and_is_put(
-        calls: tuple[Calls, list[Done], queue.SimpleQueue[object]]) -> None:
-    """TCP plugins are called by pool threads; their Done arrives through ``put``."""
-    subject, done, put = calls
+def test_a_unix_probe_answered_is_probed(
+        plugin: tuple[FakePlugin, PluginClient], calls: Calls) -> None:
+    _, client = plugin
+    calls.probe("u", 8, client, ProbeSettings(interval=1.0, timeout=2.0))
+    result = poll_until_done(calls)
+    assert isinstance(result, Probed)
+    assert (result.name, result.token) == ("u", 8)
+
+
+def test_a_tcp_activation_runs_on_the_pool_and_comes_back_from_poll(calls: Calls) -> None:
+    """TCP plugins are called by pool threads; their result is returned by ``poll`` like
+    a multiplexed one (the pool wakes the poll)."""
     plugin = TCPPlugin()
     try:
         with PluginClient("t", PluginAddress("tcp", f"127.0.0.1:{plugin.port}")) as client:
-            subject.activate("t", 9, client, 2.0)
-            result = put.get(timeout=10)
-        assert isinstance(result, Done)
-        assert (result.kind, result.token, result.result) == (
-            "activate", 9, Activated(("VolumeDriver",), "global"))
-        assert done == []
+            calls.activate("t", 9, client, 2.0)
+            assert any(t.name.startswith("volplugd-tcp") for t in threading.enumerate())
+            result = poll_until_done(calls)
+        assert isinstance(result, Activated)
+        assert (result.token, result.found) == (9, Activation(("VolumeDriver",), "global"))
     finally:
         plugin.stop()
 
@@ -93,20 +102,20 @@ TIMED_OUT = ("Capabilities failed (sending request to volume plugin u endpoint "
              "treated as local")
 ODD_CAPABILITIES = [
     (b.Json({"Capabilities": {"Scope": "weird"}}),
-     Activated(("VolumeDriver",), "local",
+     Activation(("VolumeDriver",), "local",
                "Capabilities: unknown scope 'weird'; treated as local")),
-    (b.Json({"Capabilities": {"Scope": "GLOBAL"}}), Activated(("VolumeDriver",), "global")),
-    (b.StatusErr(500, "not implemented"), Activated(("VolumeDriver",), "local")),
-    (b.Status(404, b"404 page not found\n"), Activated(("VolumeDriver",), "local")),
-    (b.Garbage(), Activated(
+    (b.Json({"Capabilities": {"Scope": "GLOBAL"}}), Activation(("VolumeDriver",), "global")),
+    (b.StatusErr(500, "not implemented"), Activation(("VolumeDriver",), "local")),
+    (b.Status(404, b"404 page not found\n"), Activation(("VolumeDriver",), "local")),
+    (b.Garbage(), Activation(
         ("VolumeDriver",), "local",
         "Capabilities failed (unmarshalling volume plugin u capabilities response: not "
         "JSON: Expecting value: line 1 column 1 (char 0)); treated as local")),
-    (b.Json({"Capabilities": "local"}), Activated(
+    (b.Json({"Capabilities": "local"}), Activation(
         ("VolumeDriver",), "local",
         "Capabilities failed (unmarshalling volume plugin u capabilities response: "
         "Capabilities is a string, not an object); treated as local")),
-    (b.Hang(), Activated(("VolumeDriver",), "local", TIMED_OUT)),
+    (b.Hang(), Activation(("VolumeDriver",), "local", TIMED_OUT)),
 ]
 
 
@@ -114,32 +123,32 @@ ODD_CAPABILITIES = [
                          ids=lambda v: repr(v)[:40])
 def test_capabilities_never_fail_an_activation_on_either_path(
         plugin: tuple[FakePlugin, PluginClient],
-        calls: tuple[Calls, list[Done], queue.SimpleQueue[object]],
-        behaviour: b.Behaviour, expected: Activated) -> None:
+        calls: Calls, behaviour: b.Behaviour, expected: Activation) -> None:
     """An odd Capabilities answer (unknown scope, error, garbage, wrong type, timeout)
     activates the plugin as "local" with a warning for odd ones, none for an error
     answer (the endpoint is optional); the multiplexer and the pool's blocking job
-    give exactly the same Activated."""
-    (fake, client), (subject, done, _) = plugin, calls
+    give exactly the same Activation."""
+    fake, client = plugin
     fake.set(CAPABILITIES, behaviour)
-    subject.activate("u", 5, client, 0.3)
-    assert poll_until_done(subject, done).result == expected
+    calls.activate("u", 5, client, 0.3)
+    result = poll_until_done(calls)
+    assert isinstance(result, Activated)
+    assert result.found == expected
     assert _activate_job(client, 0.3) == expected
     assert [r.path for r in fake.requests] == [ACTIVATE, CAPABILITIES] * 2
 
 
 def test_a_tcp_activation_whose_capabilities_time_out_is_local_with_a_warning(
-        calls: tuple[Calls, list[Done], queue.SimpleQueue[object]]) -> None:
+        calls: Calls) -> None:
     """On the pool path too, a Capabilities timeout activates the plugin as "local"."""
-    subject, _, put = calls
     plugin = TCPPlugin()
     plugin.drip.add(CAPABILITIES)
     try:
         with PluginClient("t", PluginAddress("tcp", f"127.0.0.1:{plugin.port}")) as client:
-            subject.activate("t", 4, client, 0.2)
-            result = put.get(timeout=10)
-        assert isinstance(result, Done)
-        assert result.result == Activated(
+            calls.activate("t", 4, client, 0.2)
+            result = poll_until_done(calls)
+        assert isinstance(result, Activated)
+        assert result.found == Activation(
             ("VolumeDriver",), "local",
             "Capabilities failed (reading response body from volume plugin t: timed out: "
             "no complete answer within 0.2 s); treated as local")
@@ -154,22 +163,22 @@ def test_a_tcp_activation_whose_capabilities_time_out_is_local_with_a_warning(
 ])
 def test_a_capabilities_probe_takes_an_unknown_scope_as_an_answer(
         plugin: tuple[FakePlugin, PluginClient],
-        calls: tuple[Calls, list[Done], queue.SimpleQueue[object]],
-        behaviour: b.Behaviour, healthy: bool) -> None:
+        calls: Calls, behaviour: b.Behaviour, healthy: bool) -> None:
     """Probing Capabilities, an unknown scope is a live plugin (no flapping to
     unhealthy), garbage is not; the pool's blocking job agrees."""
     from volplugd.calls import _probe_job
     from volplugd.plugin import PluginBadResponse
 
-    (fake, client), (subject, done, _) = plugin, calls
+    fake, client = plugin
     fake.set(CAPABILITIES, behaviour)
     settings = ProbeSettings(interval=1.0, timeout=0.5, endpoint=CAPABILITIES)
-    subject.probe("u", 6, client, settings)
-    result = poll_until_done(subject, done).result
+    calls.probe("u", 6, client, settings)
+    result = poll_until_done(calls)
     if healthy:
-        assert result is True
+        assert isinstance(result, Probed)
         assert _probe_job(client, settings) is True
     else:
-        assert isinstance(result, PluginBadResponse)
+        assert isinstance(result, Failed)
+        assert isinstance(result.error, PluginBadResponse)
         with pytest.raises(PluginBadResponse, match="not JSON"):
             _probe_job(client, settings)

@@ -1,5 +1,5 @@
-"""The supervisor's machinery: a schedule with lazy deletion, a daemon-thread pool, and
-the slots that bound a plugin's operations in flight."""
+"""The supervisor's machinery: a daemon-thread pool, and the slots that bound a plugin's
+operations in flight (due times: tests/test_registrations.py)."""
 
 from __future__ import annotations
 
@@ -8,21 +8,7 @@ import threading
 import pytest
 
 from tests.waiting import wait_until
-from volplugd.scheduling import Schedule, Slots, WorkerPool
-
-
-def test_schedule_pops_due_entries_in_time_order_and_skips_replaced_ones() -> None:
-    """Rescheduling a token replaces its old due time; forget() drops it."""
-    s = Schedule()
-    s.at(5.0, 1, "a")
-    s.at(3.0, 2, "b")
-    s.at(4.0, 1, "a")  # replaces 5.0
-    s.at(1.0, 3, "c")
-    s.forget(3)
-    assert s.next_time() == 3.0
-    assert s.pop_due(4.5) == [(3.0, 2, "b"), (4.0, 1, "a")]
-    assert s.pop_due(100.0) == []
-    assert s.next_time() is None
+from volplugd.scheduling import Slots, WorkerPool
 
 
 def test_pool_runs_jobs_and_hands_back_results_and_errors() -> None:

@@ -31,8 +31,9 @@ from volplugd.model import (
     UnknownPlugin,
 )
 from volplugd.plugin.errors import PluginTimeout
+from volplugd.policy import SECOND_CHANCE
 from volplugd.registry import Registry
-from volplugd.supervisor import SECOND_CHANCE, Supervisor
+from volplugd.supervisor import Supervisor
 
 FAST = ProbeSettings(interval=0.2, timeout=0.3, failure_threshold=2, success_threshold=1)
 TIMEOUTS = {"activate": 0.5, "default": 0.5}

@@ -3,8 +3,9 @@
 Unix-socket plugins (nearly all) are called on a ``Multiplexer`` that the loop itself
 drives through ``poll``: no thread per call and no hand-off per probe. TCP and TLS
 plugins go through the blocking ``PluginClient`` on a pool of daemon threads. Either
-way the outcome comes back as one ``Done``: to ``on_done`` on the loop thread
-(multiplexed), or as a message through ``put`` (pool).
+way the outcome is one ``Result`` (``Activated | Probed | Failed``), and results reach
+the loop one way: ``poll`` returns them, the multiplexed ones and the pool's alike (a
+pool thread queues its result and wakes the poll). Nothing is applied inside the poll.
 
 An activation is Activate then, if it answered, Capabilities for the scope; a probe is
 one call to the configured endpoint. Capabilities never fails an activation: an odd
@@ -18,11 +19,12 @@ Runs on: the supervisor thread (every method but ``wake``); pool threads (TCP jo
 
 from __future__ import annotations
 
+import queue
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import NamedTuple
 
 from volplugd.config import ProbeSettings
 from volplugd.plugin.client import PluginClient
@@ -32,28 +34,49 @@ from volplugd.plugin.multiplex import Multiplexer
 from volplugd.plugin.protocol import ACTIVATE, CAPABILITIES, LIST
 from volplugd.scheduling import WorkerPool
 
-__all__ = ["Activated", "Calls", "Done", "scope_of"]
+__all__ = ["Activated", "Activation", "Calls", "Failed", "Probed", "Result", "scope_of"]
 
 
-@dataclass(frozen=True, slots=True)
-class Done:
-    """An activation or probe finished."""
-
-    kind: str  # "activate" | "probe"
-    name: str
-    token: int
-    result: Any  # Activated | True | an exception
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class Activated:
-    """An activation's success: what the plugin implements, its scope, and a warning
+class Activation(NamedTuple):
+    """What an activation found: what the plugin implements, its scope, and a warning
     when Capabilities answered oddly (the scope is then "local")."""
 
     implements: tuple[str, ...]
     scope: str
     warning: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Activated:
+    """An activation succeeded."""
+
+    name: str
+    token: int
+    seconds: float
+    found: Activation
+
+
+@dataclass(frozen=True, slots=True)
+class Probed:
+    """A probe was answered."""
+
+    name: str
+    token: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """An activation or a probe failed."""
+
+    kind: str  # "activate" | "probe"
+    name: str
+    token: int
+    seconds: float
+    error: BaseException
+
+
+Result = Activated | Probed | Failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,14 +91,13 @@ class _Job:
 class Calls:
     """Activations and probes in flight, at most one per registration token."""
 
-    def __init__(self, on_done: Callable[[Done], None], put: Callable[[object], None], *,
-                 workers: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self._on_done = on_done
-        self._put = put
+    def __init__(self, *, workers: int, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._mux = Multiplexer()
         self._workers = workers
         self._pool: WorkerPool | None = None  # started for the first TCP/TLS plugin
+        self._ended: list[Result] = []  # multiplexed results of the current poll
+        self._pooled: queue.SimpleQueue[Result] = queue.SimpleQueue()  # the pool's
 
     def activate(self, name: str, token: int, client: PluginClient,
                  capabilities_timeout: float | None) -> None:
@@ -97,13 +119,20 @@ class Calls:
             self._submit("probe", name, token, partial(_probe_job, client, settings))
 
     def forget(self, token: int) -> None:
-        """Drop the token's multiplexed call and connection: no Done will come for it.
+        """Drop the token's multiplexed call and connection: no result comes for it.
         (A TCP job still running reports; its token no longer matches anything.)"""
         self._mux.forget(token)
 
-    def poll(self, timeout: float) -> None:
-        """Wait up to ``timeout`` for answers or ``wake``; hand each result to on_done."""
-        self._mux.poll(timeout)
+    def poll(self, timeout: float) -> list[Result]:
+        """Wait up to ``timeout`` for answers or ``wake``; the results that came, both
+        the multiplexer's and the pool's, for the caller to apply."""
+        self._mux.poll(0.0 if not self._pooled.empty() else timeout)
+        ended, self._ended = self._ended, []
+        while True:
+            try:
+                ended.append(self._pooled.get_nowait())
+            except queue.Empty:
+                return ended
 
     def wake(self) -> None:
         """Make ``poll`` return now (any thread)."""
@@ -114,7 +143,7 @@ class Calls:
         if self._pool is not None:
             self._pool.stop()
 
-    # -- multiplexed: the loop's thread ---------------------------------------------
+    # -- multiplexed: the loop's thread, inside the multiplexer's poll -----------------
     def _activated(self, job: _Job, client: PluginClient, timeout: float | None,
                    result: object, _: float) -> None:
         """Activate answered: ask for the scope, as ``_activate_job`` does."""
@@ -122,19 +151,21 @@ class Calls:
             self._mux.call(job.token, client, CAPABILITIES,
                            partial(self._scoped, job, result.implements), timeout)
         else:
-            self._finish(job, "activate", result)
+            self._ended.append(_failed("activate", job, self._clock(), result))
 
     def _scoped(self, job: _Job, implements: tuple[str, ...], result: object, _: float) -> None:
+        seconds = self._clock() - job.started
         if isinstance(result, Capabilities | PluginError):
-            self._finish(job, "activate", Activated(implements, *scope_of(result)))
+            found = Activation(implements, *scope_of(result))
+            self._ended.append(Activated(job.name, job.token, seconds, found))
         else:  # not a plugin's answer but a bug: the activation fails and is retried
-            self._finish(job, "activate", result)
+            self._ended.append(_failed("activate", job, self._clock(), result))
 
     def _probed(self, job: _Job, result: object, _: float) -> None:
-        self._finish(job, "probe", True if answered(result) else result)
-
-    def _finish(self, job: _Job, kind: str, result: object) -> None:
-        self._on_done(Done(kind, job.name, job.token, result, self._clock() - job.started))
+        if answered(result):
+            self._ended.append(Probed(job.name, job.token, self._clock() - job.started))
+        else:
+            self._ended.append(_failed("probe", job, self._clock(), result))
 
     # -- TCP and TLS: the pool's threads ----------------------------------------------
     def _submit(self, kind: str, name: str, token: int, job: Callable[[], object]) -> None:
@@ -144,11 +175,23 @@ class Calls:
 
     def _run(self, kind: str, name: str, token: int, job: Callable[[], object]) -> None:
         started = time.monotonic()
+        result: Result
         try:
-            result: object = job()
+            value = job()
         except Exception as err:  # noqa: BLE001 - every failure becomes a fact for the loop
-            result = err
-        self._put(Done(kind, name, token, result, time.monotonic() - started))
+            result = Failed(kind, name, token, time.monotonic() - started, err)
+        else:
+            seconds = time.monotonic() - started
+            result = (Activated(name, token, seconds, value)
+                      if isinstance(value, Activation) else Probed(name, token, seconds))
+        self._pooled.put(result)
+        self._mux.wake()
+
+
+def _failed(kind: str, job: _Job, now: float, result: object) -> Failed:
+    error = result if isinstance(result, BaseException) else RuntimeError(
+        f"unexpected result {result!r}")
+    return Failed(kind, job.name, job.token, now - job.started, error)
 
 
 def scope_of(result: Capabilities | PluginError) -> tuple[str, str | None]:
@@ -168,13 +211,13 @@ def answered(result: object) -> bool:
     return not isinstance(result, BaseException)
 
 
-def _activate_job(client: PluginClient, capabilities_timeout: float | None) -> Activated:
+def _activate_job(client: PluginClient, capabilities_timeout: float | None) -> Activation:
     manifest = client.activate()
     try:
         caps: Capabilities | PluginError = client.capabilities(timeout=capabilities_timeout)
     except PluginError as err:
         caps = err
-    return Activated(manifest.implements, *scope_of(caps))
+    return Activation(manifest.implements, *scope_of(caps))
 
 
 def _probe_job(client: PluginClient, settings: ProbeSettings) -> bool:

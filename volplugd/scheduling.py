@@ -1,19 +1,17 @@
-"""Machinery of the supervisor: a pool of daemon threads, a schedule of due times, and
-the slots that bound one plugin's volume operations in flight.
+"""Machinery of the supervisor: a pool of daemon threads, and the slots that bound one
+plugin's volume operations in flight. (Due times live in the records: ``registrations``.)
 
-Runs on: ``Schedule`` on the supervisor thread only; ``WorkerPool.submit`` from any
-thread, its jobs on its own threads; ``Slots`` from any thread (control requests).
+Runs on: ``WorkerPool.submit`` from any thread, its jobs on its own threads; ``Slots``
+from any thread (control requests).
 """
 
 from __future__ import annotations
 
-import heapq
 import queue
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -109,32 +107,3 @@ class Slots:
         with self._cond:
             self.limit = limit
             self._cond.notify_all()
-
-
-@dataclass
-class Schedule:
-    """When each registration next needs work; a heap with lazy deletion."""
-
-    heap: list[tuple[float, int, str]] = field(default_factory=list)
-    due: dict[int, float] = field(default_factory=dict)
-
-    def at(self, when: float, token: int, name: str) -> None:
-        self.due[token] = when
-        heapq.heappush(self.heap, (when, token, name))
-
-    def forget(self, token: int) -> None:
-        self.due.pop(token, None)
-
-    def pop_due(self, now: float) -> list[tuple[float, int, str]]:
-        out = []
-        while self.heap and self.heap[0][0] <= now:
-            when, token, name = heapq.heappop(self.heap)
-            if self.due.get(token) == when:
-                del self.due[token]
-                out.append((when, token, name))
-        return out
-
-    def next_time(self) -> float | None:
-        while self.heap and self.due.get(self.heap[0][1]) != self.heap[0][0]:
-            heapq.heappop(self.heap)
-        return self.heap[0][0] if self.heap else None

@@ -1,0 +1,319 @@
+"""The lifecycle of plugin registrations: what the loop does to its ``Book``.
+
+Reconciling a scan registers, evicts and replaces plugins (``policy.plan``); due work
+starts an activation or a probe through ``Calls`` (at most one in flight per
+registration); each ``Result`` the loop hands back moves its registration through the
+pure transitions of ``policy``; volume operations run on API threads within the
+plugin's fair-share ``Slots``. Every timing decision is a ``policy`` function.
+
+Runs on: the supervisor thread; ``call`` (and the client's ``on_request``) on API
+threads.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+from collections.abc import Callable
+from functools import partial
+from typing import TypeVar
+
+from volplugd import policy
+from volplugd.calls import Activated, Calls, Failed, Probed, Result
+from volplugd.config import Settings
+from volplugd.discovery import ScanResult, plugin_path_of, scan, scan_one
+from volplugd.log import get_logger
+from volplugd.model import (
+    DesiredPlugin,
+    EventType,
+    Observer,
+    OperationFailed,
+    PluginBusy,
+    PluginNotReady,
+    PluginState,
+    PluginView,
+    ProbeNow,
+    RescanResult,
+    UnknownPlugin,
+)
+from volplugd.plugin.client import PluginClient
+from volplugd.plugin.errors import (
+    NotAVolumePlugin,
+    PluginError,
+    PluginRemoved,
+    PluginTimeout,
+    PluginUnreachable,
+)
+from volplugd.plugin.failures import Failure, classify
+from volplugd.registrations import Book, Registration
+from volplugd.registry import PendingEvent
+from volplugd.scheduling import Slots
+
+__all__ = ["BUSY_RETRY_AFTER", "SLOT_WAIT", "Lifecycle"]
+
+T = TypeVar("T")
+log = get_logger("volplugd.supervisor")
+
+SLOT_WAIT = 1.0  # an operation waits this long at most for one of its plugin's slots
+BUSY_RETRY_AFTER = 1  # seconds, the Retry-After of a 503 plugin_busy
+
+_operation = threading.local()  # .active: this thread runs a volume operation now
+
+
+class Lifecycle:
+    """Registers, evicts, calls and updates the registrations of one ``Book``."""
+
+    def __init__(self, settings: Settings, book: Book, calls: Calls, observer: Observer,
+                 wall: Callable[[], float]) -> None:
+        self.settings = settings  # replaced by ``reload``
+        self._book = book
+        self._calls = calls
+        self._observer = observer
+        self._wall = wall
+        self._tokens = itertools.count(1)
+        self._ignored_logged: set[tuple[str, str]] = set()
+
+    # --- discovery -> desired state -> plan ---------------------------------------------
+    def scan(self, now: float) -> RescanResult:
+        """Scan every plugin folder and reconcile."""
+        discovery = self.settings.discovery
+        return self.reconcile(scan(discovery.dirs, discovery.trust), now)
+
+    def hints(self, paths: list[str], burst_at: float | None, now: float) -> float | None:
+        """Re-resolve only the plugins the hinted paths concern; anything else (a plugin
+        folder itself appearing or going) gets a full scan, a burst one a little later.
+        Returns when that burst scan is due (None: no burst)."""
+        discovery = self.settings.discovery
+        names = {plugin_path_of(path, discovery.dirs) for path in paths}
+        hints = policy.coalesce(names, burst_at, now)
+        if hints.full:
+            self.scan(now)
+        for name in hints.names:
+            self.reconcile(scan_one(name, discovery.dirs, discovery.trust), now, only=name)
+        return hints.burst_at
+
+    def reconcile(self, found: ScanResult, now: float, only: str | None = None
+                  ) -> RescanResult:
+        """Reconcile a scan: of everything, or (``only``) of one plugin name."""
+        self._log_ignored(found, partial=only is not None)
+        records = self._book.records
+        if only is not None:
+            records = {only: records[only]} if only in records else {}
+        actual = {name: record.tracked for name, record in records.items()}
+        plan = policy.plan(found.desired, actual)
+        for name in plan.remove:
+            self.evict(name, "removed")
+        for want in plan.replace:
+            self.evict(want.name, "replaced")
+            self.register(want, now)
+        for want in plan.add:
+            self.register(want, now)
+        for want in plan.rewarn:
+            record = self._book.records[want.name]
+            _log_warnings(want, known=record.tracked.desired.warnings)
+            self._book.update(record, policy.rewarned(record.tracked, want), urgent=True)
+        if plan:
+            self._book.urgent = True
+        return RescanResult(tuple(w.name for w in plan.add), plan.remove,
+                            tuple(w.name for w in plan.replace))
+
+    def _log_ignored(self, found: ScanResult, partial: bool) -> None:
+        """Log each ignored file once; a full scan forgets files that were fixed."""
+        current = {(i.path, i.reason) for i in found.ignored}
+        for path, reason in sorted(current - self._ignored_logged):
+            log.warning("plugin_file_ignored", path=path, reason=reason)
+            self._observer.discovery("ignored")
+        self._ignored_logged = self._ignored_logged | current if partial else current
+
+    def register(self, want: DesiredPlugin, now: float) -> None:
+        tracked = policy.register(want, next(self._tokens), self._wall())
+        record = Registration(tracked, self._make_client(want),
+                              Slots(self.settings.plugin.max_in_flight))
+        self._book.add(record)
+        self._book.event(PendingEvent(EventType.DISCOVERED, want.name, None,
+                                      PluginState.ACTIVATING, want.source))
+        self._observer.discovery("added")
+        _log_warnings(want)
+        log.info("plugin_discovered", plugin=want.name, address=want.address.url,
+                 source=want.source)
+        self._book.at(record, now)
+
+    def evict(self, name: str, reason: str) -> None:
+        record = self._book.pop(name)
+        self._calls.forget(record.token)  # its call, if any, never reports
+        record.client.close()
+        self._book.event(PendingEvent(EventType.EVICTED, name, record.state, None, reason))
+        self._observer.evicted(name, reason)
+        self._observer.discovery("removed" if reason == "removed" else "changed")
+        log.info("plugin_evicted", plugin=name, reason=reason, state=record.state.value)
+        record.fail_waiters(UnknownPlugin(name))
+        self._book.urgent = True
+
+    def _make_client(self, want: DesiredPlugin) -> PluginClient:
+        settings = self.settings.plugin
+        return PluginClient(want.name, want.address, timeouts=settings.timeouts,
+                            max_response_bytes=settings.max_response_bytes,
+                            on_request=partial(self._on_request, want.name))
+
+    def _on_request(self, name: str, endpoint: str, outcome: str, seconds: float) -> None:
+        """Count volume operations only: probes and activations have their own metrics."""
+        if getattr(_operation, "active", False):
+            self._observer.request(name, endpoint, outcome, seconds)
+
+    def reload(self, new: Settings) -> None:
+        """New settings; new plugin settings give every registration a new client."""
+        old, self.settings = self.settings, new
+        if new.plugin != old.plugin:
+            for record in self._book:
+                record.client.close()
+                record.slots.resize(new.plugin.max_in_flight)
+                record.client = self._make_client(record.tracked.desired)
+
+    # --- activations and probes ----------------------------------------------------------
+    def dispatch_due(self, now: float) -> None:
+        """Start the work due now, and probes due within the early window."""
+        limit = now + policy.early_window(self.settings.probe.interval)
+        for when, record in self._book.pop_due(limit):
+            if policy.starts_now(when, now, record.probing):
+                self.dispatch(record, when, now)
+            else:
+                self._book.at(record, when)  # activation retries keep their time
+
+    def dispatch(self, record: Registration, due: float, now: float) -> None:
+        """Start the work a registration needs; ``due`` keeps the probe phase."""
+        if record.calling is not None:
+            return
+        record.calling = due
+        if record.probing:
+            self._observer.probe_lateness(now - due)
+            self._calls.probe(record.name, record.token, record.client, self.settings.probe)
+        else:
+            timeout = self.settings.plugin.timeouts.get("activate")  # for Capabilities
+            self._calls.activate(record.name, record.token, record.client, timeout)
+
+    def probe_now(self, message: ProbeNow, now: float) -> None:
+        record = self._book.get(message.name)
+        if record is None:
+            message.reply.set_exception(UnknownPlugin(message.name))
+            return
+        record.waiters.append(message.reply)
+        record.due = None
+        self.dispatch(record, now, now)
+
+    # --- applying results ------------------------------------------------------------------
+    def apply(self, result: Result, now: float) -> None:
+        """A finished activation or probe moves its registration (a stale one is dropped:
+        the plugin was evicted or replaced while the call ran)."""
+        record = self._book.current(result.name, result.token)
+        if record is None:
+            return
+        due = now if record.calling is None else record.calling
+        record.calling = None
+        if isinstance(result, Probed) or (isinstance(result, Failed) and result.kind == "probe"):
+            self._probed(record, result, due, now)
+        elif self._activated(record, result, now):
+            self._book.tried(record)
+        record.answer_waiters()
+
+    def _activated(self, record: Registration, result: Activated | Failed, now: float) -> bool:
+        """Apply an activation's result; False while it is only given a second chance."""
+        tracked, wall, book = record.tracked, self._wall(), self._book
+        if isinstance(result, Activated):
+            found = result.found
+            book.update(record, policy.activated(tracked, found.implements, found.scope,
+                                                 wall, result.seconds, warning=found.warning))
+            if found.warning is not None:
+                log.warning("plugin_capabilities_odd", plugin=record.name,
+                            warning=found.warning)
+            book.at(record, policy.first_probe(now, self.settings.probe.interval,
+                                               random.random()))  # noqa: S311 - jitter
+            return True
+        error = result.error
+        if isinstance(error, NotAVolumePlugin):
+            book.update(record, policy.rejected(tracked, error.implements, str(error), wall))
+            return True
+        retry = policy.second_chance(_refused(error), tracked.activation_failures,
+                                     record.second_chance)
+        if retry is not None:
+            record.second_chance = True
+            book.at(record, now + retry)
+            return False
+        new, delay = policy.activation_failed(tracked, _describe(error), wall)
+        book.update(record, new)
+        log.warning("plugin_activation_failed", plugin=record.name,
+                    error=new.view.last_error, attempt=new.activation_failures,
+                    retry_in=delay)
+        book.at(record, now + delay)
+        return True
+
+    def _probed(self, record: Registration, result: Probed | Failed, due: float,
+                now: float) -> None:
+        settings, wall, seconds = self.settings.probe, self._wall(), result.seconds
+        if isinstance(result, Failed):
+            label = _probe_label(result.error)
+            new = policy.probe_failed(record.tracked, settings, _describe(result.error), wall)
+        else:
+            label = "success"
+            new = policy.probe_succeeded(record.tracked, settings, wall, seconds)
+        self._observer.probe(record.name, label, seconds)
+        self._book.update(record, new)
+        self._book.at(record, policy.probe_due(due, settings.interval, now))
+
+    def operation_failed(self, failed: OperationFailed) -> None:
+        record = self._book.current(failed.name, failed.token)
+        if record is not None and record.probing:
+            self._book.update(record, policy.probe_failed(
+                record.tracked, self.settings.probe, failed.error, self._wall()))
+
+    # --- volume operations (API threads) -----------------------------------------------------
+    def call(self, view: PluginView, op: Callable[[PluginClient], T],
+             put: Callable[[object], None]) -> T:
+        """Run ``op`` on the plugin's client within its slots; a timeout or a lost
+        connection is reported to the loop (``put``) like a failed probe."""
+        record = self._book.get(view.name)
+        if view.state is not PluginState.READY or record is None:
+            raise PluginNotReady(view)
+        if not record.slots.acquire(SLOT_WAIT):
+            self._observer.busy(view.name)
+            raise PluginBusy(view.name, record.slots.limit, BUSY_RETRY_AFTER)
+        client = record.client
+        _operation.active = True
+        try:
+            return op(client)
+        except (PluginTimeout, PluginUnreachable, PluginRemoved) as err:
+            put(OperationFailed(view.name, str(err), err.outcome, record.token))
+            raise
+        finally:
+            _operation.active = False
+            record.slots.release()
+
+    def close(self) -> None:
+        for record in self._book:
+            record.client.close()
+            record.fail_waiters(UnknownPlugin(record.name))
+
+
+def _log_warnings(want: DesiredPlugin, known: tuple[str, ...] = ()) -> None:
+    """Each of a plugin's file warnings (shadowing, an untrusted folder, https without
+    verification) once per registration, and again only when it is new."""
+    for warning in want.warnings:
+        if warning not in known:
+            log.warning("plugin_warning", plugin=want.name, warning=warning)
+
+
+def _refused(error: BaseException) -> bool:
+    """Nobody listens on the socket (not: the file is gone, or any other failure)."""
+    cause = error.__cause__ if isinstance(error, PluginUnreachable) else None
+    return cause is not None and classify(cause)[0] == Failure.REFUSED
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, PluginError):
+        return str(err)
+    return f"{type(err).__name__}: {err}"
+
+
+def _probe_label(err: BaseException) -> str:
+    outcome = err.outcome if isinstance(err, PluginError) else "error"
+    return outcome if outcome in ("timeout", "refused", "bad_response") else "error"

@@ -1,0 +1,219 @@
+"""The supervisor's book: one record per plugin registration, and what the next publish
+carries.
+
+A ``Registration`` holds all the loop knows about one registration of a plugin name:
+its ``policy.Tracked`` (desired entry, view, token, retry state), its client and the
+fair-share ``Slots`` of its volume operations, when it next needs work, the call in
+flight, its second chance, whether the startup scan waits for it, and the ``probe``
+requests waiting for its next result. Evicting a plugin is one ``pop``.
+
+The ``Book`` keeps the records by name, a heap of due times (lazily deleted: an entry
+counts only while it matches its record's ``due``), and the outbox of the next publish:
+the names whose view changed and the events that go out with them. The published
+snapshot itself is the registry's; a publish copies it and applies the changed names.
+
+Runs on: the supervisor thread; API threads only read a record's ``client``, ``slots``
+and ``token`` (``Commands.call``).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from volplugd import policy
+from volplugd.log import get_logger
+from volplugd.model import EventType, PluginState, PluginView
+from volplugd.plugin.client import PluginClient
+from volplugd.registry import PendingEvent, Registry
+from volplugd.scheduling import Slots
+
+__all__ = ["Book", "Registration"]
+
+log = get_logger("volplugd.supervisor")
+
+
+@dataclass(eq=False, slots=True)
+class Registration:
+    """One registration of a plugin name, everything about it in one place."""
+
+    tracked: policy.Tracked  # desired entry, view, token, retry state
+    client: PluginClient
+    slots: Slots  # its volume operations in flight (fair share: plugin.max_in_flight)
+    due: float | None = None  # when it next needs work (None: not scheduled)
+    calling: float | None = None  # its call in flight: the due time it served (None: none)
+    second_chance: bool = False  # refused once right after discovery, retried soon
+    starting: bool = False  # found by the startup scan and not tried yet
+    waiters: list[Future[PluginView]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.tracked.desired.name
+
+    @property
+    def token(self) -> int:
+        return self.tracked.token
+
+    @property
+    def state(self) -> PluginState:
+        return self.tracked.view.state
+
+    @property
+    def view(self) -> PluginView:
+        return self.tracked.view
+
+    @property
+    def probing(self) -> bool:
+        """Its work is probes (not activations)."""
+        return self.tracked.view.state in (PluginState.READY, PluginState.UNHEALTHY)
+
+    def answer_waiters(self) -> None:
+        for reply in self.waiters:
+            if not reply.done():
+                reply.set_result(self.tracked.view)
+        self.waiters.clear()
+
+    def fail_waiters(self, error: Exception) -> None:
+        for reply in self.waiters:
+            if not reply.done():
+                reply.set_exception(error)
+        self.waiters.clear()
+
+
+class Book:
+    """The records by name, their due times, and the outbox of the next publish."""
+
+    def __init__(self, registry: Registry, clock: Callable[[], float]) -> None:
+        self._registry = registry
+        self._clock = clock
+        self.records: dict[str, Registration] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._starting = 0  # records with ``starting`` set
+        self._changed: set[str] = set()  # names whose view changed since the last publish
+        self._events: list[PendingEvent] = []  # events that go out with that publish
+        self.urgent = False  # publish at the end of this iteration
+        self.lazy_since: float | None = None  # a timestamp-only change waits since then
+
+    # -- records ---------------------------------------------------------------------
+    def get(self, name: str) -> Registration | None:
+        return self.records.get(name)
+
+    def current(self, name: str, token: int) -> Registration | None:
+        """The record of registration ``token``; None once it was evicted or replaced."""
+        record = self.records.get(name)
+        return record if record is not None and record.tracked.token == token else None
+
+    def __iter__(self) -> Iterator[Registration]:
+        return iter(list(self.records.values()))
+
+    def add(self, record: Registration) -> None:
+        self.records[record.name] = record
+        self._changed.add(record.name)
+
+    def pop(self, name: str) -> Registration:
+        """Evict: the record and everything about it goes; its heap entries go stale."""
+        record = self.records.pop(name)
+        self._changed.add(name)
+        if record.starting:
+            self._starting -= 1
+        return record
+
+    # -- the startup scan waits for every plugin it found to be tried -----------------
+    def start_all(self) -> None:
+        for record in self.records.values():
+            record.starting = True
+        self._starting = len(self.records)
+
+    def tried(self, record: Registration) -> None:
+        if record.starting:
+            record.starting = False
+            self._starting -= 1
+
+    @property
+    def starting(self) -> int:
+        return self._starting
+
+    # -- due times ---------------------------------------------------------------------
+    def at(self, record: Registration, when: float) -> None:
+        record.due = when
+        heapq.heappush(self._heap, (when, record.tracked.token, record.name))
+
+    def pop_due(self, limit: float) -> list[tuple[float, Registration]]:
+        """The records due at or before ``limit``, unscheduled, earliest first."""
+        out = []
+        while self._heap and self._heap[0][0] <= limit:
+            when, token, name = heapq.heappop(self._heap)
+            record = self.current(name, token)
+            if record is not None and record.due == when:
+                record.due = None
+                out.append((when, record))
+        return out
+
+    def next_due(self) -> float | None:
+        while self._heap:
+            when, token, name = self._heap[0]
+            record = self.current(name, token)
+            if record is not None and record.due == when:
+                return when
+            heapq.heappop(self._heap)
+        return None
+
+    # -- changes and the outbox ----------------------------------------------------------
+    def update(self, record: Registration, new: policy.Tracked, *, urgent: bool = False) -> None:
+        """Store a new record; a state change is an event, a log line, and urgent."""
+        old, record.tracked = record.tracked, new
+        self._changed.add(record.name)
+        if old.state is not new.state:
+            reason = new.view.last_error or "ok"
+            self.event(PendingEvent(EventType.STATE_CHANGED, record.name, old.state,
+                                    new.state, reason))
+            log.info(_STATE_EVENTS[new.state], plugin=record.name, address=new.view.address,
+                     **{"from": old.state.value}, reason=reason,
+                     latency_ms=_ms(new.view.probe_latency_seconds))
+            urgent = True
+        if urgent:
+            self.urgent = True
+        elif self.lazy_since is None:
+            self.lazy_since = self._clock()
+
+    def event(self, event: PendingEvent) -> None:
+        """An event about a plugin goes out with the next publish, together with the
+        snapshot that shows its change (so /v1/events is never ahead of /v1/plugins, nor
+        behind it); one about no plugin (a rescan) at once, unless others wait before it."""
+        if event.plugin is None and not self._events:
+            self._registry.record(*event)
+        else:
+            self._events.append(event)
+            self.urgent = True
+
+    def publish_due(self, now: float) -> bool:
+        return policy.publish_now(self.urgent, self.lazy_since, now)
+
+    def publish(self) -> None:
+        """The last snapshot with the changed names' current views (or without them)."""
+        views = dict(self._registry.snapshot().plugins)
+        for name in self._changed:
+            record = self.records.get(name)
+            if record is None:
+                views.pop(name, None)
+            else:
+                views[name] = record.tracked.view
+        self._registry.publish(views, self._changed, self._events)
+        self._changed = set()
+        self._events = []
+        self.urgent = False
+        self.lazy_since = None
+
+
+_STATE_EVENTS = {
+    PluginState.READY: "plugin_ready",
+    PluginState.UNHEALTHY: "plugin_unhealthy",
+    PluginState.REJECTED: "plugin_rejected",
+    PluginState.ACTIVATING: "plugin_activating",
+}
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
