@@ -122,10 +122,18 @@ class World:
         return self.sup.snapshot().plugins[name]
 
     def wait_state(self, name: str, state: PluginState) -> PluginView:
+        """``name`` in ``state``; unless rejected, also its gateway socket listening (made
+        by the gateway's thread after the snapshot that shows the plugin), when its path
+        fits."""
         assert self.sup is not None
         sup = self.sup
-        return wait_until(lambda: (v := sup.snapshot().plugins.get(name)) is not None
+        view = wait_until(lambda: (v := sup.snapshot().plugins.get(name)) is not None
                           and v.state is state and v, message=f"{name} {state}")
+        gateway = self.gateway
+        if (gateway is not None and state is not PluginState.REJECTED
+                and len(os.fsencode(self.sock(name))) < 108):
+            wait_until(lambda: name in gateway.names, message=f"{name}'s gateway socket")
+        return view
 
     def stop(self) -> None:
         for client in Client.opened:
