@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 __all__ = ["MAX_FIELDS", "MAX_LENGTH_DIGITS", "BadHead", "Head", "loopback_host",
            "parse_head"]
@@ -53,19 +53,23 @@ class Head:
     version: str  # "HTTP/1.0" or "HTTP/1.1" (a later 1.x is served as 1.1)
     fields: tuple[tuple[str, str], ...]
     content_length: int  # 0 when absent
+    by_name: Mapping[str, list[str]] = field(default_factory=dict, repr=False,
+                                             compare=False)  # lower-case name -> values
 
     def get_all(self, name: str) -> list[str]:
-        wanted = name.lower()
-        return [value for key, value in self.fields if key.lower() == wanted]
+        return list(self.by_name.get(name.lower(), ()))
 
     def get(self, name: str) -> str | None:
-        values = self.get_all(name)
+        values = self.by_name.get(name.lower())
         return values[0] if values else None
 
     @property
     def keep_alive(self) -> bool:
         """Whether the client asks to keep the connection (RFC 9112 section 9.3)."""
-        tokens = {t.strip().lower() for v in self.get_all("Connection") for t in v.split(",")}
+        values = self.by_name.get("connection")
+        if not values:
+            return self.version == "HTTP/1.1"
+        tokens = {t.strip().lower() for v in values for t in v.split(",")}
         if "close" in tokens:
             return False
         return self.version == "HTTP/1.1" or "keep-alive" in tokens
@@ -82,11 +86,13 @@ def parse_head(request_line: bytes, field_lines: Sequence[bytes]) -> Head:
     if len(field_lines) > MAX_FIELDS:
         raise BadHead(431, f"more than {MAX_FIELDS} header fields")
     fields = tuple(_field(_strip_eol(line)) for line in field_lines)
-    head = Head(method, target, version, fields, 0)
-    length = _framing(head)
-    if len(head.get_all("Host")) > 1:
+    by_name: dict[str, list[str]] = {}
+    for name, value in fields:
+        by_name.setdefault(name.lower(), []).append(value)
+    length = _framing(by_name)
+    if len(by_name.get("host", ())) > 1:
         raise BadHead(400, "Host given more than once")
-    return Head(method, target, version, fields, length)
+    return Head(method, target, version, fields, length, by_name)
 
 
 def _strip_eol(line: bytes) -> bytes:
@@ -125,9 +131,9 @@ def _field(line: bytes) -> tuple[str, str]:
     return name.decode("ascii"), value.decode("ascii")
 
 
-def _framing(head: Head) -> int:
-    lengths = head.get_all("Content-Length")
-    if head.get_all("Transfer-Encoding"):
+def _framing(by_name: Mapping[str, list[str]]) -> int:
+    lengths = by_name.get("content-length", [])
+    if by_name.get("transfer-encoding"):
         if lengths:
             raise BadHead(400, "Content-Length and Transfer-Encoding together")
         raise BadHead(411, "send the body with a Content-Length")

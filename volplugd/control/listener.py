@@ -30,12 +30,8 @@ from typing import TYPE_CHECKING
 
 from volplugd.control.access import Peer
 from volplugd.control.admission import ConnectionBudget, Refusal, Ticket
-from volplugd.control.connection import (
-    FIRST_REQUEST_TIMEOUT,
-    Site,
-    serve_connection,
-    too_many_connections,
-)
+from volplugd.control.connection import FIRST_REQUEST_TIMEOUT, Site, serve_connection
+from volplugd.control.replies import too_many_connections
 from volplugd.log import get_logger
 
 if TYPE_CHECKING:

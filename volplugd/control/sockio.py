@@ -1,5 +1,6 @@
-"""Byte streams over a connected socket, with the limits the HTTP layer needs:
-a deadline per request, a byte budget for the head, exact Content-Length bodies.
+"""One connected socket as the HTTP layer needs it: a read buffer under one deadline
+per request, the request head read line by line within its byte budget, exact
+Content-Length bodies, and writes that give up on a client that stops reading.
 
 Runs on: the connection thread that owns the socket.
 """
@@ -12,7 +13,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Body", "HeadTooLarge", "Reader", "RequestTimeout", "Writer"]
+from volplugd.control.head import MAX_FIELDS, BadHead, Head, parse_head
+
+__all__ = ["MAX_HEAD_BYTES", "MAX_REQUEST_LINE", "Body", "HeadTooLarge", "RequestTimeout",
+           "Wire"]
+
+MAX_REQUEST_LINE = 8 * 1024
+MAX_HEAD_BYTES = 64 * 1024  # request line + headers; http.client alone allows 100 x 64 KiB
+_RECV = 64 * 1024
 
 
 class HeadTooLarge(Exception):
@@ -23,60 +31,89 @@ class RequestTimeout(TimeoutError):
     """The client did not send its whole request within read_timeout (408)."""
 
 
-class Reader(io.RawIOBase):
-    """Socket reads under one deadline per request, and a byte budget for the head."""
+class Wire:
+    """A connected socket: buffered reads under ``deadline``, timed writes."""
 
-    def __init__(self, sock: socket.socket):
-        self._sock = sock
+    def __init__(self, sock: socket.socket, write_timeout: float):
+        self.sock = sock
+        self.buf = bytearray()
         self.deadline = float("inf")
-        self.budget: int | None = None
         self.received = 0  # bytes read since the owner last reset it
+        self._write_timeout = write_timeout
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
+    def fill(self, size: int = _RECV) -> bool:
+        """One read (at most ``size`` bytes) into the buffer; False when the peer closed."""
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
             raise RequestTimeout("the request did not arrive within the read timeout")
-        view = memoryview(buffer)
-        if self.budget is not None:
-            if self.budget <= 0:
-                raise HeadTooLarge
-            view = view[: self.budget]
-        self._sock.settimeout(remaining)
+        self.sock.settimeout(remaining)
         try:
-            count = self._sock.recv_into(view)
+            data = self.sock.recv(size)
         except TimeoutError:
             raise RequestTimeout("the request did not arrive within the read timeout") from None
-        if self.budget is not None:
-            self.budget -= count
-        self.received += count
-        return count
+        self.received += len(data)
+        self.buf += data
+        return bool(data)
 
+    def read_head(self) -> Head | None:
+        """The next request head, parsed and taken from the buffer; None if the client
+        closed before sending a byte. Raises BadHead, HeadTooLarge, RequestTimeout."""
+        buf = self.buf
+        pos = 0
+        request_line: bytes | None = None
+        fields: list[bytes] = []
+        while True:
+            end = buf.find(b"\n", pos)
+            if end < 0:
+                if request_line is None and len(buf) > MAX_REQUEST_LINE:
+                    raise BadHead(414, "request line is over the limit")
+                if len(buf) >= MAX_HEAD_BYTES:
+                    raise HeadTooLarge
+                if not self.fill(MAX_HEAD_BYTES - len(buf)):
+                    if not buf:
+                        return None
+                    raise BadHead(400, "the request head ended early")
+                continue
+            line, pos = bytes(buf[pos:end + 1]), end + 1
+            if request_line is None:
+                if len(line) > MAX_REQUEST_LINE:
+                    raise BadHead(414, "request line is over the limit")
+                request_line = line
+            elif line in (b"\r\n", b"\n"):
+                del buf[:pos]
+                return parse_head(request_line, fields)
+            elif len(fields) == MAX_FIELDS:
+                raise BadHead(431, f"more than {MAX_FIELDS} header fields")
+            else:
+                fields.append(line)
+            if pos > MAX_HEAD_BYTES:
+                raise HeadTooLarge
 
-class Writer(io.RawIOBase):
-    """Socket writes that give up after ``timeout`` (a client that stops reading)."""
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes (at least one unless the peer closed)."""
+        if not self.buf and not self.fill():
+            return b""
+        data = bytes(self.buf[:size])
+        del self.buf[:size]
+        return data
 
-    def __init__(self, sock: socket.socket, timeout: float):
-        self._sock = sock
-        self._timeout = timeout
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        self._sock.settimeout(self._timeout)
-        self._sock.sendall(data)
-        return len(data)
+    def send(self, *parts: bytes) -> None:
+        """Write ``parts`` whole, within the write timeout of each partial write."""
+        views = [memoryview(p) for p in parts if p]
+        while views:
+            self.sock.settimeout(self._write_timeout)
+            sent = self.sock.sendmsg(views)
+            while views and sent >= len(views[0]):
+                sent -= len(views.pop(0))
+            if sent:
+                views[0] = views[0][sent:]
 
 
 class Body(io.RawIOBase):
     """``wsgi.input``: exactly Content-Length bytes; asks for them (100 Continue) lazily."""
 
-    def __init__(self, rfile: io.BufferedReader[Reader], length: int,
-                 ask: Callable[[], None]):
-        self._rfile = rfile
+    def __init__(self, wire: Wire, length: int, ask: Callable[[], None]):
+        self._wire = wire
         self.remaining = length
         self._ask = ask
 
@@ -84,25 +121,22 @@ class Body(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        if self.remaining <= 0:
+        """Fills ``buffer`` up to what is left of the body (less only at the peer's end)."""
+        view = memoryview(buffer).cast("B")[: self.remaining]
+        if not view:
             return 0
         self._ask()
-        view = memoryview(buffer)[: self.remaining]
-        count = self._rfile.readinto(view)
-        if count == 0:  # the client closed early: no more body will come
-            self.remaining = 0
-        self.remaining -= count
-        return count
-
-    def readline(self, size: int | None = -1) -> bytes:
-        limit = self.remaining if size is None or size < 0 else min(size, self.remaining)
-        if limit <= 0:
-            return b""
-        self._ask()
-        line = self._rfile.readline(limit)
-        self.remaining = 0 if not line else self.remaining - len(line)
-        return line
+        filled = 0
+        while filled < len(view):
+            chunk = self._wire.read(len(view) - filled)
+            if not chunk:  # the client closed early: no more body will come
+                self.remaining = 0
+                return filled
+            view[filled:filled + len(chunk)] = chunk
+            filled += len(chunk)
+            self.remaining -= len(chunk)
+        return filled
 
     def drain(self) -> None:
-        while self.remaining > 0 and self.read(min(self.remaining, 65536)):
+        while self.remaining > 0 and self.read(min(self.remaining, _RECV)):
             pass

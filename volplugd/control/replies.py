@@ -1,0 +1,87 @@
+"""What the control server writes of its own: the head of an app's answer (from what
+the app gave ``start_response``), its JSON answers to protocol errors, and the 503 for a
+connection refused at accept.
+
+Runs on: connection threads (the 503: the accept thread).
+"""
+
+from __future__ import annotations
+
+import http
+import time
+from collections.abc import Callable
+from email.utils import formatdate
+from typing import Any
+
+from volplugd.control.routing import JSON
+from volplugd.model import encode
+
+__all__ = ["CRASHED", "Answer", "protocol_error", "too_many_connections"]
+
+_PROTOCOL_CODES = {405: "method_not_allowed", 413: "request_too_large",
+                   414: "request_too_large", 421: "misdirected_request",
+                   431: "request_too_large"}
+CRASHED = encode({"error": {"code": "internal_error",
+                            "message": "internal error; the daemon logged it"}})
+_date: tuple[int, str] = (0, "")
+
+
+class Answer:
+    """The app's status and headers (``start_response``), until the head goes out."""
+
+    status = ""
+    headers: list[tuple[str, str]]
+    sent = False
+
+    def start_response(self, status: str, headers: list[tuple[str, str]],
+                       exc_info: Any = None) -> Callable[[bytes], object]:
+        if exc_info is not None and self.sent:
+            raise exc_info[1].with_traceback(exc_info[2])
+        self.status, self.headers = status, headers
+        return _no_write
+
+    def length(self) -> str | None:
+        return next((v for k, v in self.headers if k.lower() == "content-length"), None)
+
+    def head(self, *, no_body: bool, keep: bool) -> bytes:
+        """The status line and headers (Content-Length dropped for a 204 or 304)."""
+        lines = [f"HTTP/1.1 {self.status}", *_stamp()]
+        lines += [f"{k}: {v}" for k, v in self.headers
+                  if not (no_body and k.lower() == "content-length")]
+        if not keep:
+            lines.append("Connection: close")
+        self.sent = True
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _no_write(data: bytes) -> object:
+    raise NotImplementedError("this server takes the body from the app's iterable")
+
+
+def protocol_error(code: int, message: str) -> tuple[bytes, bytes]:
+    """The head and JSON body answering a request the server refuses by itself."""
+    body = encode({"error": {"code": _PROTOCOL_CODES.get(code, "invalid_request"),
+                             "message": message}})
+    head = [f"HTTP/1.1 {code} {http.HTTPStatus(code).phrase}", *_stamp(),
+            f"Content-Type: {JSON}", f"Content-Length: {len(body)}", "Connection: close"]
+    if code == 405:
+        head.append("Allow: GET, HEAD")
+    return ("\r\n".join(head) + "\r\n\r\n").encode("ascii"), body
+
+
+def _stamp() -> tuple[str, str]:
+    """The Server and Date headers (the date formatted once a second)."""
+    global _date  # noqa: PLW0603 — a one-entry cache; a race only formats twice
+    now = int(time.time())
+    if _date[0] != now:
+        _date = (now, f"Date: {formatdate(now, usegmt=True)}")
+    return "Server: volplugd", _date[1]
+
+
+def too_many_connections(message: str) -> bytes:
+    """The whole answer to a connection refused at accept: 503, JSON, then close."""
+    body = encode({"error": {"code": "too_many_connections", "message": message}})
+    head = ("HTTP/1.1 503 Service Unavailable\r\nServer: volplugd\r\n"
+            f"Content-Type: {JSON}\r\nContent-Length: {len(body)}\r\nRetry-After: 1\r\n"
+            "Connection: close\r\n\r\n")
+    return head.encode("ascii") + body
