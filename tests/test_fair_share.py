@@ -17,7 +17,8 @@ from tests.fakeplugin import FakePlugin
 from tests.fakeplugin import behaviours as b
 from tests.waiting import wait_until
 from volplugd.config import DiscoverySettings, PluginSettings, ProbeSettings, Settings
-from volplugd.model import EventType, NullObserver, PluginBusy, PluginState
+from volplugd.contracts import NullObserver, PluginBusy
+from volplugd.model import EventType, PluginState
 from volplugd.plugin.client import PluginClient
 from volplugd.plugin.errors import PluginReportedError, PluginTimeout
 from volplugd.plugin.protocol import LIST

@@ -18,18 +18,8 @@ from tests.fakeplugin import behaviours as b
 from tests.plugin.test_client_tcp import TCPPlugin
 from tests.waiting import wait_until
 from volplugd.config import DiscoverySettings, PluginSettings, ProbeSettings, Settings
-from volplugd.model import (
-    Event,
-    PluginNotReady,
-    PluginState,
-    PluginView,
-    Rescan,
-    RescanResult,
-    Snapshot,
-    Stop,
-    Stopping,
-    UnknownPlugin,
-)
+from volplugd.contracts import PluginNotReady, Rescan, Stop, Stopping, UnknownPlugin
+from volplugd.model import Event, PluginState, PluginView, RescanResult, Snapshot
 from volplugd.plugin.errors import PluginTimeout
 from volplugd.policy import SECOND_CHANCE
 from volplugd.registry import Registry

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.waiting import wait_until
+from volplugd.contracts import FsHint, Rescan
 from volplugd.discovery import Watcher
-from volplugd.model import FsHint, Rescan
 
 RESTART = Rescan("watcher_restart")
 

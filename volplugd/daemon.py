@@ -21,11 +21,11 @@ from types import FrameType
 
 from volplugd import __version__, log
 from volplugd.config import ConfigError, ControlSettings, Settings
+from volplugd.contracts import Stop
 from volplugd.control.app import AccessPolicy, make_app
 from volplugd.control.server import ControlServer, TcpMetricsServer
 from volplugd.gateway import Gateway, SpecFiles
 from volplugd.metrics import Metrics
-from volplugd.model import Stop
 from volplugd.podman import DropinWriter, for_user
 from volplugd.registry import Registry
 from volplugd.statuspage import status_page

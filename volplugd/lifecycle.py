@@ -22,21 +22,17 @@ from typing import TypeVar
 from volplugd import policy
 from volplugd.calls import Activated, Calls, Failed, Probed, Result
 from volplugd.config import Settings
-from volplugd.discovery import ScanResult, plugin_path_of, scan, scan_one
-from volplugd.log import get_logger
-from volplugd.model import (
-    DesiredPlugin,
-    EventType,
+from volplugd.contracts import (
     Observer,
     OperationFailed,
     PluginBusy,
     PluginNotReady,
-    PluginState,
-    PluginView,
     ProbeNow,
-    RescanResult,
     UnknownPlugin,
 )
+from volplugd.discovery import ScanResult, plugin_path_of, scan, scan_one
+from volplugd.log import get_logger
+from volplugd.model import DesiredPlugin, EventType, PluginState, PluginView, RescanResult
 from volplugd.plugin.client import PluginClient
 from volplugd.plugin.errors import (
     NotAVolumePlugin,

@@ -1,5 +1,7 @@
-"""The daemon's vocabulary: states, file identity, desired plugins, views, events,
-snapshots and the messages that reach the supervisor loop (leaf module, no I/O).
+"""The daemon's vocabulary: states, file identity, desired plugins, views, events and
+snapshots (leaf module, no I/O). What crosses between the loop and its callers (the
+loop's messages, the errors, the ``Commands`` and ``Observer`` protocols) is in
+``contracts``.
 
 Everything here is immutable, so any thread may read it.
 """
@@ -9,19 +11,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
 from types import MappingProxyType
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from volplugd.plugin.address import PluginAddress
-from volplugd.plugin.client import PluginClient
 from volplugd.plugin.text import json_printable, safe_value
-
-T = TypeVar("T")
 
 
 class PluginState(StrEnum):
@@ -241,168 +239,3 @@ class RescanResult:
     def to_json(self) -> dict[str, list[str]]:
         return {"added": list(self.added), "removed": list(self.removed),
                 "changed": list(self.changed)}
-
-
-# --- Messages to the supervisor loop: named facts and commands --------------------
-
-
-@dataclass(frozen=True, slots=True)
-class FsHint:
-    """Something changed at ``path`` (a hint from the watcher: verify by looking)."""
-
-    path: str
-
-
-@dataclass(frozen=True, slots=True)
-class Rescan:
-    """Run a full scan. ``trigger`` is a metrics label: startup, periodic, overflow,
-    watcher_restart, manual, reload."""
-
-    trigger: str
-    reply: Future[RescanResult] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeNow:
-    """Probe ``name`` at once and answer with its view after the probe."""
-
-    name: str
-    reply: Future[PluginView]
-
-
-@dataclass(frozen=True, slots=True)
-class OperationFailed:
-    """A volume operation through the control API hit a timeout or transport failure."""
-
-    name: str
-    error: str
-    outcome: str
-    token: int
-
-
-@dataclass(frozen=True, slots=True)
-class Stop:
-    """Leave the loop."""
-
-
-class UnknownPlugin(LookupError):
-    """No plugin of that name is registered (the control API's 404 plugin_not_found)."""
-
-    def __init__(self, name: str):
-        super().__init__(f"no plugin named {name!r}")
-        self.name = name
-
-
-class Stopping(RuntimeError):
-    """The daemon is shutting down: the request will not be handled (503 unavailable)."""
-
-    def __init__(self) -> None:
-        super().__init__("volplugd is stopping")
-
-
-class PluginNotReady(RuntimeError):
-    """Fail fast: the plugin is not ready, so no request is sent (409 plugin_not_ready)."""
-
-    def __init__(self, view: PluginView):
-        detail = f": {view.last_error}" if view.last_error else ""
-        super().__init__(f"plugin {view.name} is {view.state.value}{detail}")
-        self.view = view
-
-
-class PluginBusy(RuntimeError):
-    """The plugin has its most operations in flight and no slot came free within the
-    short wait: refused at once, nothing sent (503 plugin_busy, ``Retry-After``)."""
-
-    def __init__(self, name: str, in_flight: int, retry_after: int):
-        many = "operation" if in_flight == 1 else "operations"
-        super().__init__(f"plugin {name} is busy ({in_flight} {many} in flight)")
-        self.name = name
-        self.in_flight = in_flight
-        self.retry_after = retry_after
-
-
-class Commands(Protocol):
-    """The narrow interface the control API and metrics have to the daemon."""
-
-    def snapshot(self) -> Snapshot: ...
-
-    def loop_age(self) -> float:
-        """Seconds since the supervisor loop last ran (it runs at least once a second)."""
-        ...
-
-    def events(self, since: int, wait: float = 0.0) -> tuple[Event, ...]:
-        """Events with ``seq > since``; waits up to ``wait`` s for the first one."""
-        ...
-
-    def rescan(self, timeout: float) -> RescanResult: ...
-
-    def probe(self, name: str, timeout: float) -> PluginView: ...
-
-    def call(self, name: str, op: Callable[[PluginClient], T]) -> T:
-        """Run one plugin-client call for a control request on the caller's thread.
-
-        Raises UnknownPlugin, PluginNotReady, PluginBusy (these without contacting the
-        plugin), or the client's PluginError; timeouts and transport failures also
-        reach the loop.
-        """
-        ...
-
-
-class Observer(Protocol):
-    """What the supervisor reports as it works; the daemon wires it to metrics.
-
-    Called from the supervisor thread and worker threads: must not block or raise.
-    """
-
-    def request(self, plugin: str, endpoint: str, outcome: str, seconds: float) -> None:
-        """One plugin-client call ended (the client's ``on_request`` hook, plus name)."""
-
-    def probe(self, plugin: str, result: str, seconds: float) -> None:
-        """A health probe ended; result: success, timeout, refused, bad_response, error."""
-
-    def busy(self, plugin: str) -> None:
-        """A volume operation was refused: the plugin had its most in flight."""
-
-    def discovery(self, event: str) -> None:
-        """Discovery saw a plugin file: added, removed, changed, ignored."""
-
-    def rescan(self, trigger: str) -> None:
-        """A full scan ran; trigger: startup, periodic, overflow, watcher_restart,
-        manual, reload."""
-
-    def evicted(self, plugin: str, reason: str) -> None:
-        """A plugin left the registry; reason: removed, replaced, reload."""
-
-    def watcher(self, up: bool) -> None:
-        """The filesystem watcher is running (True) or down/restarting (False)."""
-
-    def probe_lateness(self, seconds: float) -> None:
-        """A probe was dispatched ``seconds`` after it was due (the scheduler's slack)."""
-
-
-class NullObserver:
-    """An Observer that records nothing (library use and unit tests)."""
-
-    def request(self, plugin: str, endpoint: str, outcome: str, seconds: float) -> None:
-        pass
-
-    def probe(self, plugin: str, result: str, seconds: float) -> None:
-        pass
-
-    def busy(self, plugin: str) -> None:
-        pass
-
-    def discovery(self, event: str) -> None:
-        pass
-
-    def rescan(self, trigger: str) -> None:
-        pass
-
-    def evicted(self, plugin: str, reason: str) -> None:
-        pass
-
-    def watcher(self, up: bool) -> None:
-        pass
-
-    def probe_lateness(self, seconds: float) -> None:
-        pass

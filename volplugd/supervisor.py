@@ -29,26 +29,22 @@ from typing import Protocol, TypeVar
 from volplugd import policy
 from volplugd.calls import Calls
 from volplugd.config import Settings
-from volplugd.discovery import Watcher
-from volplugd.lifecycle import Lifecycle
-from volplugd.log import get_logger
-from volplugd.model import (
+from volplugd.contracts import (
     Commands,
-    Event,
-    EventType,
     FsHint,
     NullObserver,
     Observer,
     OperationFailed,
-    PluginView,
     ProbeNow,
     Rescan,
-    RescanResult,
-    Snapshot,
     Stop,
     Stopping,
     UnknownPlugin,
 )
+from volplugd.discovery import Watcher
+from volplugd.lifecycle import Lifecycle
+from volplugd.log import get_logger
+from volplugd.model import Event, EventType, PluginView, RescanResult, Snapshot
 from volplugd.plugin.client import PluginClient
 from volplugd.registrations import Book
 from volplugd.registry import PendingEvent, Registry

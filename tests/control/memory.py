@@ -15,16 +15,15 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from volplugd.contracts import PluginNotReady, UnknownPlugin
 from volplugd.model import (
     Event,
     EventType,
     Kind,
-    PluginNotReady,
     PluginState,
     PluginView,
     RescanResult,
     Snapshot,
-    UnknownPlugin,
     encode,
 )
 

@@ -9,8 +9,9 @@ import pytest
 from tests.control.conftest import build_app
 from tests.control.helpers import wsgi
 from tests.control.memory import MemoryClient, MemoryCommands, view
+from volplugd.contracts import Stopping
 from volplugd.control.app import ROUTES, openapi_document
-from volplugd.model import EventType, PluginState, RescanResult, Stopping
+from volplugd.model import EventType, PluginState, RescanResult
 from volplugd.plugin.errors import (
     NotAPlugin,
     PluginBadResponse,

@@ -7,8 +7,8 @@ import pytest
 from tests.control.conftest import build_app
 from tests.control.helpers import wsgi
 from tests.control.memory import MemoryCommands
+from volplugd.contracts import PluginBusy
 from volplugd.control.app import openapi_document
-from volplugd.model import PluginBusy
 
 OPERATIONS = [
     ("GET", "/v1/plugins/demo/capabilities", None),

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from volplugd.contracts import Commands, PluginBusy, PluginNotReady, Stopping, UnknownPlugin
 from volplugd.control.access import AccessPolicy, Peer, decide
 from volplugd.control.inputs import (
     BodyTooLarge,
@@ -43,14 +44,7 @@ from volplugd.control.routing import (
 from volplugd.control.sockio import RequestTimeout
 from volplugd.control.stream import FollowStream, follow_slot, ndjson
 from volplugd.log import get_logger
-from volplugd.model import (
-    Commands,
-    PluginBusy,
-    PluginNotReady,
-    Stopping,
-    UnknownPlugin,
-    encode,
-)
+from volplugd.model import encode
 from volplugd.plugin.errors import (
     NotAPlugin,
     NotAVolumePlugin,

@@ -11,7 +11,8 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from volplugd.model import Commands, Event, encode
+from volplugd.contracts import Commands
+from volplugd.model import Event, encode
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment

@@ -35,9 +35,9 @@ from watchdog.observers.api import BaseObserver, EventEmitter, ObservedWatch
 from watchdog.observers.inotify import InotifyEmitter
 from watchdog.observers.inotify_c import InotifyEvent, InotifyFD
 
+from volplugd.contracts import FsHint, Rescan
 from volplugd.discovery.scan import is_inside, normalized_dirs, plugin_path_of
 from volplugd.log import get_logger
-from volplugd.model import FsHint, Rescan
 
 __all__ = ["Watcher"]
 

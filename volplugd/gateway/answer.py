@@ -19,7 +19,8 @@ import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from volplugd.model import Commands, PluginBusy, PluginNotReady, PluginState, UnknownPlugin
+from volplugd.contracts import Commands, PluginBusy, PluginNotReady, UnknownPlugin
+from volplugd.model import PluginState
 from volplugd.plugin.client import PluginClient
 from volplugd.plugin.errors import PluginError
 from volplugd.plugin.protocol import ACTIVATE, KEYS

@@ -26,12 +26,13 @@ import time
 from collections.abc import Callable, Mapping
 
 from volplugd.config import GatewaySettings
+from volplugd.contracts import Commands
 from volplugd.discovery.scan import GATEWAY_MARK
 from volplugd.gateway.answer import Reply, Request, answer, endpoint_label
 from volplugd.gateway.connection import serve
 from volplugd.gateway.specs import SpecFiles
 from volplugd.log import get_logger
-from volplugd.model import Commands, PluginState, PluginView, Snapshot
+from volplugd.model import PluginState, PluginView, Snapshot
 
 __all__ = ["Gateway", "OnGatewayRequest", "name_problem", "socket_path"]
 

@@ -2,7 +2,7 @@
 HTML status page lives in ``volplugd.statuspage``).
 
 * ``observer``: ``Observations``, the counters and histograms the supervisor, the
-  gateway and the control server feed (model.Observer), and ``take()``, one scrape's copy;
+  gateway and the control server feed (contracts.Observer), and ``take()``, one scrape's copy;
 * ``families``: every ``volplugd_`` family's name, type and HELP, in exposition order;
 * ``render``: the text format, each plugin's lines rendered once per change and kept;
 * ``collect``: the same families as prometheus_client Metric objects (registry,

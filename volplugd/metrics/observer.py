@@ -152,7 +152,7 @@ class Taken(NamedTuple):
 
 
 class Observations:
-    """The model.Observer of the daemon, plus the control server's and gateway's counts."""
+    """The contracts.Observer of the daemon, plus the control server's and gateway's counts."""
 
     def __init__(self, *, watcher_up: bool = False) -> None:
         self._lock = Lock()
