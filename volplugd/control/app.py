@@ -1,4 +1,5 @@
-"""The control API as a WSGI application: routes, access rule, and ONE error→HTTP table.
+"""The control API as a WSGI application: routes and the access rule (the one
+error→HTTP table every failure goes through is ``control.errors``).
 
 Reads come from ``commands.snapshot()`` and its pre-encoded JSON (nothing re-encodes
 the plugin list per request); volume operations go through ``commands.call``, which
@@ -16,10 +17,10 @@ from collections.abc import Callable, Mapping
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from volplugd.contracts import Commands, PluginBusy, PluginNotReady, Stopping, UnknownPlugin
+from volplugd.contracts import Commands, PluginBusy, PluginNotReady, UnknownPlugin
 from volplugd.control.access import AccessPolicy, Peer, decide
+from volplugd.control.errors import Forbidden, MetricsOff, TooManyStreams, error_reply
 from volplugd.control.inputs import (
-    BodyTooLarge,
     InvalidRequest,
     check_volume_name,
     follow_flag,
@@ -33,115 +34,26 @@ from volplugd.control.routing import (
     JSON,
     NDJSON,
     Handler,
-    MethodNotAllowed,
-    NotFound,
     Reply,
     Request,
     WsgiBase,
     json_reply,
     raw_reply,
 )
-from volplugd.control.sockio import RequestTimeout
 from volplugd.control.stream import FollowStream, follow_slot, ndjson
 from volplugd.log import get_logger
 from volplugd.model import encode
-from volplugd.plugin.errors import (
-    NotAPlugin,
-    NotAVolumePlugin,
-    PluginBadResponse,
-    PluginError,
-    PluginRemoved,
-    PluginReportedError,
-    PluginTimeout,
-    PluginUnreachable,
-)
+from volplugd.plugin.errors import PluginError
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
 
-__all__ = [
-    "ERRORS", "ROUTES", "AccessPolicy", "make_app", "make_metrics_app",
-    "openapi_document",
-]
+__all__ = ["ROUTES", "AccessPolicy", "make_app", "make_metrics_app", "openapi_document"]
 
 _log = get_logger(__name__)
 
 
-# --- Errors: internal conditions, and the one table every failure goes through ------
-
-
-class _Forbidden(Exception):
-    pass
-
-
-class _TooManyStreams(Exception):
-    pass
-
-
-class _MetricsOff(Exception):
-    pass
-
-
 STALLED_AFTER = 10.0  # seconds without a supervisor loop iteration (it runs every second)
-
-ERRORS: Mapping[type[BaseException], tuple[int, str]] = {
-    InvalidRequest: (400, "invalid_request"),
-    _Forbidden: (403, "forbidden"),
-    NotFound: (404, "not_found"),
-    _MetricsOff: (404, "not_found"),
-    UnknownPlugin: (404, "plugin_not_found"),
-    MethodNotAllowed: (405, "method_not_allowed"),
-    RequestTimeout: (408, "request_timeout"),
-    PluginNotReady: (409, "plugin_not_ready"),
-    BodyTooLarge: (413, "request_too_large"),
-    _TooManyStreams: (429, "too_many_streams"),
-    PluginReportedError: (502, "plugin_error"),
-    PluginBadResponse: (502, "plugin_bad_response"),
-    NotAPlugin: (502, "plugin_bad_response"),
-    NotAVolumePlugin: (502, "plugin_bad_response"),
-    PluginUnreachable: (502, "plugin_unreachable"),
-    PluginRemoved: (502, "plugin_unreachable"),
-    PluginError: (502, "plugin_error"),
-    PluginTimeout: (504, "plugin_timeout"),
-    PluginBusy: (503, "plugin_busy"),  # with Retry-After
-    TimeoutError: (503, "unavailable"),  # the daemon's own wait (probe, rescan) ran out
-    Stopping: (503, "unavailable"),
-}
-
-_MESSAGES: Mapping[type[BaseException], str] = {
-    _Forbidden: "this user may not do that on the control socket",
-    NotFound: "no such route",
-    _MetricsOff: "metrics are turned off",
-    _TooManyStreams: "too many open follow streams; try again later",
-    TimeoutError: "the daemon did not answer in time; try again",
-}
-
-
-def _listed(exc: BaseException) -> type[BaseException] | None:
-    """The nearest class of ``exc`` that the table lists."""
-    return next((cls for cls in type(exc).__mro__ if cls in ERRORS), None)
-
-
-def _message(exc: BaseException, listed: type[BaseException]) -> str:
-    if isinstance(exc, PluginReportedError):
-        return exc.err  # the plugin's own Err (made safe: escaped, at most 4 KiB)
-    return _MESSAGES.get(listed) or str(exc) or type(exc).__name__
-
-
-def error_reply(exc: BaseException) -> Reply:
-    """The JSON error answer for any exception (500 internal_error if unlisted)."""
-    listed = _listed(exc)
-    if listed is None:
-        _log.error("control_request_failed", exc_info=exc)
-        status, code, message = 500, "internal_error", "internal error; the daemon logged it"
-    else:
-        (status, code), message = ERRORS[listed], _message(exc, listed)
-    headers: tuple[tuple[str, str], ...] = ()
-    if isinstance(exc, MethodNotAllowed):
-        headers = (("Allow", exc.allow),)
-    elif isinstance(exc, PluginBusy):
-        headers = (("Retry-After", str(exc.retry_after)),)
-    return Reply(status, encode({"error": {"code": code, "message": message}}), JSON, headers)
 
 
 # --- The route table and the apps ---------------------------------------------------
@@ -216,7 +128,7 @@ class ControlApp(WsgiBase):
                          path=environ.get("PATH_INFO", ""),
                          uid=None if peer is None else peer.uid,
                          pid=None if peer is None else peer.pid)
-            raise _Forbidden
+            raise Forbidden
         super().admit(environ, method)
 
     # -- reads: the snapshot and its pre-encoded JSON --
@@ -248,12 +160,12 @@ class ControlApp(WsgiBase):
             return raw_reply(200, lines, NDJSON)
         release = follow_slot(req.environ)
         if release is None:
-            raise _TooManyStreams
+            raise TooManyStreams
         return Reply(200, FollowStream(self._commands, since, req.environ, release), NDJSON)
 
     def metrics(self, req: Request) -> Reply:
         if self._metrics is None:
-            raise _MetricsOff
+            raise MetricsOff
         body, content_type = self._metrics()
         return raw_reply(200, body, content_type)
 
