@@ -40,7 +40,8 @@ from prometheus_client import (
     generate_latest,
 )
 
-from volplugd.metrics import ENDPOINTS, PROBE_BUCKETS, REQUEST_BUCKETS, Metrics
+from volplugd.metrics import Metrics
+from volplugd.metrics.observer import ENDPOINTS, PROBE_BUCKETS, REQUEST_BUCKETS
 from volplugd.model import Kind, PluginState, PluginView, Snapshot, encode
 
 GOAL_SECONDS = 0.050

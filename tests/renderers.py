@@ -91,7 +91,7 @@ class Everywhere:
         return body
 
     def _page(self, snapshot: Snapshot) -> None:
-        parser = _Page()
+        parser = PageCells()
         parser.feed(status_page(snapshot, "1.0").decode("utf-8"))
         parser.close()
         assert set(parser.tags) <= PAGE_TAGS, parser.tags
@@ -153,8 +153,8 @@ def logging_into(fmt: str) -> Iterator[io.StringIO]:
         root.setLevel(level)
 
 
-class _Page(html.parser.HTMLParser):
-    """The text of each table cell and every tag name seen."""
+class PageCells(html.parser.HTMLParser):
+    """The text of each table cell and every tag name seen (a status page's, in tests)."""
 
     def __init__(self) -> None:
         super().__init__()

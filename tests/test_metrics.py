@@ -7,7 +7,6 @@ a real Prometheus server scraping it over loopback.
 
 from __future__ import annotations
 
-import html.parser
 import json
 import shutil
 import subprocess
@@ -24,9 +23,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.fakeplugin import FakePlugin
 from tests.fakeplugin import behaviours as fb
 from tests.harness import Daemon
+from tests.renderers import PageCells
 from tests.waiting import wait_until
-from volplugd.metrics import MAX_ROUTES, PROBE_BUCKETS, REQUEST_BUCKETS, Metrics
-from volplugd.metrics.observer import Observations
+from volplugd.metrics import Metrics
+from volplugd.metrics.observer import MAX_ROUTES, PROBE_BUCKETS, REQUEST_BUCKETS, Observations
 from volplugd.metrics.render import TextRenderer
 from volplugd.model import EMPTY_SNAPSHOT, Kind, PluginState, PluginView, Snapshot
 from volplugd.plugin.text import printable
@@ -429,34 +429,11 @@ def test_promtool_check_metrics_is_clean_with_plugins_in_every_state() -> None:
 # ---------------------------------------------------------------- status page
 
 
-class _Cells(html.parser.HTMLParser):
-    """Collects the text of each table cell and every tag name seen."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.cells: list[str] = []
-        self.tags: list[str] = []
-        self._in_cell = False
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append(tag)
-        if tag == "td":
-            self._in_cell = True
-            self.cells.append("")
-
-    def handle_endtag(self, tag: str) -> None:
-        self._in_cell = self._in_cell and tag != "td"
-
-    def handle_data(self, data: str) -> None:
-        if self._in_cell:
-            self.cells[-1] += data
-
-
 def test_status_page_escapes_untrusted_names_and_errors() -> None:
     """A hostile plugin name and error text show as text, never as markup."""
     page = status_page(snap(view(HOSTILE, PluginState.UNHEALTHY,
                                  last_error='<img src=x onerror="alert(2)">')), "1.2.3")
-    parser = _Cells()
+    parser = PageCells()
     parser.feed(page.decode())
     assert "script" not in parser.tags
     assert "img" not in parser.tags
@@ -494,7 +471,7 @@ def test_status_page_renders_in_headless_chromium(tmp_path: Path) -> None:
                          timeout=90, check=True).stdout.decode()
     subprocess.run([*argv, f"--screenshot={shot}", page.as_uri()], capture_output=True,
                    timeout=90, check=True)
-    parser = _Cells()
+    parser = PageCells()
     parser.feed(dom)
     assert parser.cells[::5] == sorted(["a-activating", "b-ready", "c-unhealthy", "d-rejected",
                                         printable(HOSTILE)])

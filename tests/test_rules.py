@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests.test_metrics import every_state, make
-from volplugd.metrics import ENDPOINTS, EVICTION_REASONS, PROBE_RESULTS
+from volplugd.metrics.observer import ENDPOINTS, EVICTION_REASONS, PROBE_RESULTS
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = REPO / "etc/prometheus/volplugd.rules.yml"

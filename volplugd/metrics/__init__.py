@@ -15,31 +15,7 @@ by ``evicted()``).
 """
 
 from volplugd.metrics.exposition import Metrics
-from volplugd.metrics.observer import (
-    DISCOVERY_EVENTS,
-    ENDPOINTS,
-    EVICTION_REASONS,
-    GATEWAY_BUCKETS,
-    LATENESS_BUCKETS,
-    MAX_ROUTES,
-    OUTCOMES,
-    PROBE_BUCKETS,
-    PROBE_RESULTS,
-    REQUEST_BUCKETS,
-    RESCAN_TRIGGERS,
-)
 
-__all__ = [
-    "DISCOVERY_EVENTS",
-    "ENDPOINTS",
-    "EVICTION_REASONS",
-    "GATEWAY_BUCKETS",
-    "LATENESS_BUCKETS",
-    "MAX_ROUTES",
-    "OUTCOMES",
-    "PROBE_BUCKETS",
-    "PROBE_RESULTS",
-    "REQUEST_BUCKETS",
-    "RESCAN_TRIGGERS",
-    "Metrics",
-]
+# The label values and bucket bounds (PROBE_BUCKETS, ENDPOINTS, ...) are imported from
+# volplugd.metrics.observer, where they are defined, not re-exported here.
+__all__ = ["Metrics"]
