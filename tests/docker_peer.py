@@ -19,7 +19,6 @@ ends, and every other process gets SIGKILL from ``setpriv --pdeathsig``.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import signal
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import buttervolume
 from tests.harness import Daemon, call
 from tests.waiting import wait_until
 
@@ -41,10 +41,6 @@ HOLDER_SCRIPT = (
     " && mount -t tmpfs -o mode=0755,size=16m tmpfs /run/docker"
     " && mount -t tmpfs -o mode=0755,size=16m tmpfs /etc/docker"
     f" && mkdir {PLUGINS} && echo ready && exec cat >/dev/null")
-BUTTERVOLUME_LAUNCHER = REPO.parent / "shared" / "peers" / "start-buttervolume.sh"
-BUTTERVOLUME_VERSION = "3.13"  # the launcher's default
-# The cached venv of tests/plugin/test_buttervolume.py (same path, same lock).
-BUTTERVOLUME_VENV = Path(f"/var/tmp/volplugd-test-buttervolume-{BUTTERVOLUME_VERSION}")
 
 
 def preconditions() -> tuple[str, str]:
@@ -237,44 +233,15 @@ def _comm(pid: int) -> str:
         return "?"
 
 
-def buttervolume_preconditions() -> None:
-    if not BUTTERVOLUME_LAUNCHER.exists():
-        pytest.skip(f"{BUTTERVOLUME_LAUNCHER} is missing (shared/ beside the repository)")
-    if shutil.which("mkfs.btrfs") is None:
-        pytest.skip("btrfs-progs is not installed (apt-get install btrfs-progs)")
-    with open("/proc/filesystems") as table:
-        if "btrfs" not in table.read().split():
-            pytest.skip("the kernel has no btrfs support (/proc/filesystems)")
-
-
-def buttervolume_venv() -> Path:
-    """The cached venv with buttervolume; a lock keeps parallel workers from racing."""
-    BUTTERVOLUME_VENV.parent.mkdir(parents=True, exist_ok=True)
-    marker = BUTTERVOLUME_VENV / f".ok-buttervolume-{BUTTERVOLUME_VERSION}"
-    with open(f"{BUTTERVOLUME_VENV}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not marker.exists():
-            for argv in (["python3", "-m", "venv", "--clear", str(BUTTERVOLUME_VENV)],
-                         [str(BUTTERVOLUME_VENV / "bin/pip"), "install", "-q",
-                          "--disable-pip-version-check",
-                          f"buttervolume=={BUTTERVOLUME_VERSION}"]):
-                done = subprocess.run(argv, capture_output=True, text=True, timeout=600,
-                                      check=False)
-                if done.returncode != 0:
-                    pytest.skip(f"cannot install buttervolume: {done.stderr.strip()[-300:]}")
-            marker.touch()
-    return BUTTERVOLUME_VENV
-
-
 def start_buttervolume(peer: DockerPeer, name: str) -> tuple[subprocess.Popen[bytes], Path]:
     """buttervolume serving /run/docker/plugins/NAME.sock in the namespace, on its own
     loop-mounted btrfs (mounted in the namespace only). Returns (process, workdir)."""
-    buttervolume_preconditions()
+    buttervolume.preconditions()
     workdir = peer.root / name
     workdir.mkdir()
-    (workdir / "venv").symlink_to(buttervolume_venv())
+    (workdir / "venv").symlink_to(buttervolume.venv())
     # At import buttervolume may run `docker plugin inspect`: point it at our dockerd.
-    proc = peer.spawn(name, ["bash", str(BUTTERVOLUME_LAUNCHER), f"{PLUGINS}/{name}.sock",
+    proc = peer.spawn(name, ["bash", str(buttervolume.LAUNCHER), f"{PLUGINS}/{name}.sock",
                              str(workdir)], env={"DOCKER_HOST": f"unix://{peer.sock}"})
     peer.unmounts.append(str(workdir / "btrfs"))
     sock = peer.seen(f"{PLUGINS}/{name}.sock")

@@ -12,7 +12,6 @@ and the host's /etc is never touched.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib.util
 import json
 import os
@@ -25,6 +24,7 @@ from types import MappingProxyType
 
 import pytest
 
+from tests import buttervolume as bv
 from tests.fakeplugin.behaviours import Hang
 from tests.fakeplugin.server import FakePlugin
 from tests.harness import Daemon
@@ -264,48 +264,16 @@ def test_real_daemon_keeps_podman_in_step(podman: PodmanSandbox, short_tmp: Path
     assert Path(podman.dropin).exists()  # remove_on_stop is off by default
 
 
-BUTTERVOLUME_SCRIPT = Path(__file__).resolve().parents[2] / "shared/peers/start-buttervolume.sh"
-BUTTERVOLUME_VERSION = "3.13"  # the launcher's default
-# The same cached venv (path and lock) as tests/plugin/test_buttervolume.py: installed
-# once (~20 s); each test still gets its own btrfs image, so no old volume is ever seen.
-BUTTERVOLUME_VENV = Path(f"/var/tmp/volplugd-test-buttervolume-{BUTTERVOLUME_VERSION}")
-
-
-def buttervolume_venv() -> Path:
-    """The shared venv with buttervolume installed, marked the way the launcher checks."""
-    BUTTERVOLUME_VENV.parent.mkdir(parents=True, exist_ok=True)
-    marker = BUTTERVOLUME_VENV / f".ok-buttervolume-{BUTTERVOLUME_VERSION}"
-    with open(f"{BUTTERVOLUME_VENV}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel workers must not install at once
-        if not marker.exists():
-            for argv in (["python3", "-m", "venv", "--clear", str(BUTTERVOLUME_VENV)],
-                         [str(BUTTERVOLUME_VENV / "bin/pip"), "install", "-q",
-                          "--disable-pip-version-check",
-                          f"buttervolume=={BUTTERVOLUME_VERSION}"]):
-                done = subprocess.run(argv, capture_output=True, text=True, timeout=600,
-                                      check=False)
-                if done.returncode != 0:
-                    pytest.skip(f"cannot install buttervolume: {done.stderr.strip()[-300:]}")
-            marker.touch()
-    return BUTTERVOLUME_VENV
-
-
 @pytest.fixture
 def buttervolume(short_tmp: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """buttervolume (PyPI), a real third-party plugin, on its own loop-mounted btrfs."""
-    if not BUTTERVOLUME_SCRIPT.exists():
-        pytest.skip(f"{BUTTERVOLUME_SCRIPT} is missing (shared/ beside the repository)")
-    if shutil.which("mkfs.btrfs") is None:
-        pytest.skip("btrfs-progs is not installed (apt-get install btrfs-progs)")
-    with open("/proc/filesystems") as table:
-        if "btrfs" not in table.read().split():
-            pytest.skip("the kernel has no btrfs support (/proc/filesystems)")
+    bv.preconditions()
     workdir = short_tmp / "bv"
     workdir.mkdir()
-    (workdir / "venv").symlink_to(buttervolume_venv())
+    (workdir / "venv").symlink_to(bv.venv())
     sock = str(short_tmp / "plugins" / "btrfs.sock")
     with open(short_tmp / "buttervolume.log", "wb") as log_file:
-        proc = subprocess.Popen(["bash", str(BUTTERVOLUME_SCRIPT), sock, str(workdir)],
+        proc = subprocess.Popen(["bash", str(bv.LAUNCHER), sock, str(workdir)],
                                 stdout=log_file, stderr=log_file)
     try:
         yield sock, proc  # the launcher execs buttervolume: proc is the plugin itself

@@ -7,7 +7,6 @@ runs in ``/var/tmp`` (installing takes ~15 s); everything else is per run.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import subprocess
@@ -18,15 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from tests import buttervolume as bv
 from tests.waiting import wait_until
 from volplugd.plugin import PluginAddress, PluginClient, PluginReportedError
 
 pytestmark = pytest.mark.peer
 
-REPO = Path(__file__).resolve().parents[2]
-LAUNCHER = REPO.parent / "shared" / "peers" / "start-buttervolume.sh"
-VERSION = "3.13"
-VENV = Path(f"/var/tmp/volplugd-test-buttervolume-{VERSION}")
 
 
 @dataclass(frozen=True)
@@ -37,30 +33,9 @@ class Buttervolume:
 
 
 def _preconditions() -> None:
-    if not LAUNCHER.exists():
-        pytest.skip(f"{LAUNCHER} is missing (shared/ must sit beside the repository)")
     if os.geteuid() != 0:
         pytest.skip("buttervolume needs root to loop-mount a btrfs image")
-    if shutil.which("mkfs.btrfs") is None:
-        pytest.skip("btrfs-progs is not installed (apt-get install btrfs-progs)")
-    with open("/proc/filesystems") as table:
-        if "btrfs" not in table.read().split():
-            pytest.skip("the kernel has no btrfs support (/proc/filesystems)")
-
-
-def _venv() -> Path:
-    """The cached venv, installed once; a lock keeps parallel workers from racing."""
-    VENV.parent.mkdir(parents=True, exist_ok=True)
-    marker = VENV / f".ok-buttervolume-{VERSION}"
-    with open(f"{VENV}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not marker.exists():
-            for argv in (["python3", "-m", "venv", "--clear", str(VENV)],
-                         [str(VENV / "bin/pip"), "install", "-q", "--disable-pip-version-check",
-                          f"buttervolume=={VERSION}"]):
-                subprocess.run(argv, check=True, capture_output=True, timeout=600)
-            marker.touch()
-    return VENV
+    bv.preconditions()
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +43,10 @@ def buttervolume() -> Iterator[Buttervolume]:
     """buttervolume running on a fresh loop-mounted btrfs; stopped and unmounted after."""
     _preconditions()
     workdir = Path(tempfile.mkdtemp(dir="/tmp", prefix="vpbv"))
-    (workdir / "venv").symlink_to(_venv())
+    (workdir / "venv").symlink_to(bv.venv(skip_on_failure=False))
     sock, log = str(workdir / "bv.sock"), workdir / "launcher.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(["bash", str(LAUNCHER), sock, str(workdir)], stdout=out,
+        proc = subprocess.Popen(["bash", str(bv.LAUNCHER), sock, str(workdir)], stdout=out,
                                 stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: os.path.exists(sock) or proc.poll() is not None, timeout=120,
