@@ -7,7 +7,7 @@ as the control API's connection threads run them.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,55 +44,28 @@ class Recorder(NullObserver):
 
 
 @pytest.fixture
-def plugins_dir(short_tmp: Path) -> Path:
-    path = short_tmp / "plugins"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def recorder() -> Recorder:
     return Recorder()
 
 
 @pytest.fixture
-def start(plugins_dir: Path, recorder: Recorder) -> Iterator[Callable[[int], Supervisor]]:
+def start(plugins_dir: Path, recorder: Recorder,
+          supervisors: Callable[..., Supervisor]) -> Callable[[int], Supervisor]:
     """Start a Supervisor over ``plugins_dir`` with this bound of operations per plugin."""
-    running: list[Supervisor] = []
 
     def make(max_in_flight: int) -> Supervisor:
         settings = Settings(
             discovery=DiscoverySettings(dirs=(str(plugins_dir),)), probe=PROBE,
             plugin=PluginSettings(timeouts=TIMEOUTS, max_in_flight=max_in_flight))
-        supervisor = Supervisor(settings, Registry(), observer=recorder, workers=2)
-        supervisor.start()
-        running.append(supervisor)
-        return supervisor
+        return supervisors(settings, observer=recorder, workers=2)
 
-    yield make
-    for supervisor in running:
-        supervisor.stop()
-        supervisor.join(5)
+    return make
 
 
 @pytest.fixture
 def sup(start: Callable[[int], Supervisor]) -> Supervisor:
     """The default bound: 4 operations in flight per plugin."""
     return start(4)
-
-
-@pytest.fixture
-def fakes(plugins_dir: Path) -> Iterator[Callable[..., FakePlugin]]:
-    made: list[FakePlugin] = []
-
-    def make(name: str) -> FakePlugin:
-        fp = FakePlugin(str(plugins_dir / f"{name}.sock")).start()
-        made.append(fp)
-        return fp
-
-    yield make
-    for fp in made:
-        fp.stop()
 
 
 def ready(sup: Supervisor, *names: str) -> None:

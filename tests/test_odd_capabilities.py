@@ -3,7 +3,7 @@ in-process, unix plugins on the multiplexer and a TCP plugin on the pool)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,6 @@ from volplugd.config import DiscoverySettings, PluginSettings, ProbeSettings, Se
 from volplugd.model import PluginState, PluginView
 from volplugd.plugin.errors import PluginBadResponse
 from volplugd.plugin.protocol import CAPABILITIES
-from volplugd.registry import Registry
 from volplugd.supervisor import Supervisor
 
 TIMEOUTS = {"activate": 0.3, "default": 0.5}
@@ -24,28 +23,15 @@ WEIRD = b.Json({"Capabilities": {"Scope": "weird"}})
 
 
 @pytest.fixture
-def plugins_dir(short_tmp: Path) -> Path:
-    path = short_tmp / "plugins"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def start(plugins_dir: Path) -> Iterator[Callable[[ProbeSettings], Supervisor]]:
-    running: list[Supervisor] = []
+def start(plugins_dir: Path,
+          supervisors: Callable[..., Supervisor]) -> Callable[[ProbeSettings], Supervisor]:
 
     def make(probe: ProbeSettings) -> Supervisor:
         settings = Settings(discovery=DiscoverySettings(dirs=(str(plugins_dir),)),
                             probe=probe, plugin=PluginSettings(timeouts=TIMEOUTS))
-        sup = Supervisor(settings, Registry(), workers=2)
-        sup.start()
-        running.append(sup)
-        return sup
+        return supervisors(settings, workers=2)
 
-    yield make
-    for sup in running:
-        sup.stop()
-        sup.join(5)
+    return make
 
 
 def ready(sup: Supervisor, name: str) -> PluginView:

@@ -6,7 +6,7 @@ import itertools
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -54,16 +54,8 @@ class MissesEverything:
 
 
 @pytest.fixture
-def plugins_dir(short_tmp: Path) -> Path:
-    path = short_tmp / "plugins"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def start(plugins_dir: Path) -> Iterator[Callable[..., Supervisor]]:
+def start(plugins_dir: Path, supervisors: Callable[..., Supervisor]) -> Callable[..., Supervisor]:
     """Start a Supervisor on its own thread watching ``plugins_dir``; stopped after."""
-    running: list[Supervisor] = []
 
     def make(probe: ProbeSettings = FAST, rescan: float = 30.0, watch: bool = True,
              **extra: Any) -> Supervisor:
@@ -72,31 +64,9 @@ def start(plugins_dir: Path) -> Iterator[Callable[..., Supervisor]]:
                             probe=probe, plugin=PluginSettings(timeouts=TIMEOUTS))
         if not watch:
             extra["watcher_factory"] = MissesEverything
-        registry = extra.pop("registry", None) or Registry()
-        sup = Supervisor(settings, registry, workers=4, **extra)
-        sup.start()
-        running.append(sup)
-        return sup
+        return supervisors(settings, workers=4, **extra)
 
-    yield make
-    for sup in running:
-        sup.stop()
-        sup.join(5)
-
-
-@pytest.fixture
-def fakes(plugins_dir: Path) -> Iterator[Callable[..., FakePlugin]]:
-    """Fake plugins at ``plugins_dir/<name>.sock``, stopped after the test."""
-    made: list[FakePlugin] = []
-
-    def make(name: str, **kw: object) -> FakePlugin:
-        fp = FakePlugin(str(plugins_dir / f"{name}.sock"), **kw).start()  # type: ignore[arg-type]
-        made.append(fp)
-        return fp
-
-    yield make
-    for fp in made:
-        fp.stop()
+    return make
 
 
 def state_of(sup: Supervisor, name: str) -> PluginState | None:
