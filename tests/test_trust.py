@@ -8,18 +8,15 @@ above it are trusted and only what a case builds decides.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.trusting import NOBODY, folder, trusted_base
 from volplugd.discovery.trust import UNTRUSTED, Trust, untrusted_reason
-
-NOBODY = 65534
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
 
@@ -27,16 +24,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid 
 @pytest.fixture
 def base() -> Iterator[Path]:
     """A 0700 root folder on tmpfs (short paths for sockets; / and /dev/shm are trusted)."""
-    path = Path(tempfile.mkdtemp(prefix="vt-", dir="/dev/shm"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def folder(path: Path, mode: int = 0o755, uid: int = 0) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    os.chown(path, uid, 0)
-    os.chmod(path, mode)  # after chown: chown clears the set-id bits, not the sticky bit
-    return path
+    with trusted_base() as path:
+        yield path
 
 
 # (case, the folder's mode and owner, the ancestor's mode and owner, expected reason)

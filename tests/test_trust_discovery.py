@@ -6,9 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import socket
-import tempfile
 import threading
 import tomllib
 from collections.abc import Iterator
@@ -18,6 +16,7 @@ from types import MappingProxyType
 import pytest
 from structlog.testing import capture_logs
 
+from tests.trusting import NOBODY, folder, trusted_base
 from tests.waiting import wait_until
 from volplugd.config import ConfigError, PodmanSettings, load_settings
 from volplugd.discovery import ScanResult, scan, scan_one
@@ -28,7 +27,6 @@ from volplugd.podman import DropinWriter, plan_dropin, render_dropin
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
 
-NOBODY = 65534
 TLS_REFUSED = ("TLSConfig names CAFile, CertFile, KeyFile: key and certificate files named "
                "by this file are not read")
 SPEC_UNVERIFIED = ("https without certificate verification (a .spec file's https address "
@@ -40,16 +38,8 @@ JSON_UNVERIFIED = ("https without certificate verification (TLSConfig has no CAF
 @pytest.fixture
 def base() -> Iterator[Path]:
     """A 0700 root folder on tmpfs, under trusted ancestors (/, /dev, sticky /dev/shm)."""
-    path = Path(tempfile.mkdtemp(prefix="vt-", dir="/dev/shm"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def folder(path: Path, mode: int = 0o755, uid: int = 0) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    os.chown(path, uid, 0)
-    os.chmod(path, mode)
-    return path
+    with trusted_base() as path:
+        yield path
 
 
 def bind(path: Path) -> None:
