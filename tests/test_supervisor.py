@@ -330,6 +330,21 @@ def test_requests_queued_with_stop_are_answered_not_left_waiting(
         reply.result(timeout=10)
 
 
+def test_a_request_put_after_the_loop_left_is_answered(
+        start: Callable[..., Supervisor]) -> None:
+    """A rescan put once the loop has already left is refused at once, not left queued
+    (the caller of put() lost the race against the loop's last drain)."""
+    sup = start(watch=False)
+    assert sup.wait_started(10)
+    sup.stop()
+    sup.join(10)
+    reply: Future[RescanResult] = Future()
+    sup.put(Rescan("manual", reply))
+    assert reply.done()
+    with pytest.raises(Stopping, match="volplugd is stopping"):
+        reply.result(timeout=0)
+
+
 def test_status_reports_follow_the_counts_at_most_once_a_second(
         start: Callable[..., Supervisor], fakes: Callable[..., FakePlugin]) -> None:
     """on_status (systemd's STATUS=) gets changed counts, never twice within a second,

@@ -124,6 +124,9 @@ class Supervisor(Commands):
 
     def put(self, message: object) -> None:
         self._queue.put(message)
+        if self._stopped.is_set():  # the loop has left (or is leaving): nobody else will
+            self._refuse_queued()
+            return
         self._calls.wake()
 
     def snapshot(self) -> Snapshot:
@@ -258,12 +261,8 @@ class Supervisor(Commands):
         self._report_status(now)
 
     def _shutdown(self) -> None:
-        self._stopped.set()
-        while True:  # nobody waits out a timeout for a loop that has left
-            try:
-                _refuse(self._queue.get_nowait())
-            except queue.Empty:
-                break
+        self._stopped.set()  # before the drain: a later put() drains for itself
+        self._refuse_queued()
         self._watcher.stop()
         self._calls.close()
         self._plugins.close()
@@ -319,6 +318,14 @@ class Supervisor(Commands):
             self._watcher.set_dirs(new.discovery.dirs)
         log.info("config_reloaded")
         self._full_scan("reload", now)
+
+    def _refuse_queued(self) -> None:
+        """Answer every queued request: nobody waits out a timeout for a loop that left."""
+        while True:
+            try:
+                _refuse(self._queue.get_nowait())
+            except queue.Empty:
+                return
 
 
 def _refuse(message: object) -> None:
