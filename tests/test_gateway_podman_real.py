@@ -14,7 +14,13 @@ import pytest
 from tests.fakeplugin.behaviours import Hang
 from tests.fakeplugin.server import FakePlugin
 from tests.harness import Daemon
-from tests.test_podman_real import NAME, PodmanSandbox, lists, podman  # noqa: F401 - fixture
+from tests.test_podman_real import (  # noqa: F401 - podman: the fixture
+    NAME,
+    PodmanSandbox,
+    create_inspect_remove,
+    lists,
+    podman,
+)
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.peer, pytest.mark.system]
@@ -35,9 +41,7 @@ def test_podman_fails_fast_on_a_hung_plugin_through_the_gateway(
     with FakePlugin(own) as plugin:
         proc.wait_state(NAME, "ready")
         wait_until(lambda: lists(podman, NAME, through), 15, message="listed via gateway")
-        for args in (("create", "--driver", NAME, "v1"), ("inspect", "v1"), ("rm", "v1")):
-            done = podman.run("volume", *args)
-            assert done.returncode == 0, done.stderr
+        create_inspect_remove(podman, NAME)
         assert [r.path for r in plugin.requests if r.path.endswith(("Create", "Remove"))] == [
             "/VolumeDriver.Create", "/VolumeDriver.Remove"]
 

@@ -216,6 +216,13 @@ def lists(sandbox: PodmanSandbox, name: str, sock: str | None) -> bool:
     return f'\n{name} = "{sock}"\n' in text if sock else f"\n{name} = " not in text
 
 
+def create_inspect_remove(sandbox: PodmanSandbox, driver: str) -> None:
+    """``podman volume create`` (v1, with this driver), ``inspect`` and ``rm``: each succeeds."""
+    for args in (("create", "--driver", driver, "v1"), ("inspect", "v1"), ("rm", "v1")):
+        done = sandbox.run("volume", *args)
+        assert done.returncode == 0, done.stderr
+
+
 @contextlib.contextmanager
 def paused(proc: Daemon) -> Iterator[None]:
     """SIGSTOP the daemon: what Podman says before volplugd reacts, deterministically."""
@@ -238,9 +245,7 @@ def test_real_daemon_keeps_podman_in_step(podman: PodmanSandbox, short_tmp: Path
     with FakePlugin(sock) as plugin:
         proc.wait_state(NAME, "ready")
         wait_until(lambda: lists(podman, NAME, sock), 15, message="the drop-in lists it")
-        for args in (("create", "--driver", NAME, "v1"), ("inspect", "v1"), ("rm", "v1")):
-            done = podman.run("volume", *args)
-            assert done.returncode == 0, done.stderr
+        create_inspect_remove(podman, NAME)
         paths = [r.path for r in plugin.requests]
         assert {"/VolumeDriver.Create", "/VolumeDriver.Remove"} <= set(paths)
         plugin.stop(unlink=False)  # dies, leaving its socket: volplugd marks it unhealthy
@@ -295,9 +300,7 @@ def test_real_daemon_with_buttervolume(podman: PodmanSandbox, short_tmp: Path,
     proc = daemon(plugin_dirs=[short_tmp / "plugins"], config=daemon_config(podman)).start()
     wait_until(lambda: lists(podman, "btrfs", sock), 60,
                message=f"buttervolume listed; its log:\n{_read(short_tmp / 'buttervolume.log')}")
-    for args in (("create", "--driver", "btrfs", "v1"), ("inspect", "v1"), ("rm", "v1")):
-        done = podman.run("volume", *args)
-        assert done.returncode == 0, done.stderr
+    create_inspect_remove(podman, "btrfs")
     log = (short_tmp / "buttervolume.log").read_text()
     assert "Request: /VolumeDriver.Create {'Name': 'v1'}" in log
     assert "Request: /VolumeDriver.Remove {'Name': 'v1'}" in log
