@@ -12,6 +12,7 @@ import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 from structlog.testing import capture_logs
@@ -51,6 +52,7 @@ class Client:
     def __init__(self, path: str) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(30)
+        self._file: BinaryIO | None = None
         try:
             self.sock.connect(path)
         except OSError:
@@ -63,11 +65,19 @@ class Client:
         return self.read()
 
     def read(self) -> tuple[int, str | None, bytes]:
-        response = http.client.HTTPResponse(self.sock)
-        response.begin()
-        return response.status, response.getheader("Content-Type"), response.read()
+        """The next answer, from one buffered reader kept for the connection's life (a
+        reader per answer could swallow the bytes of the answer behind it)."""
+        if self._file is None:
+            self._file = self.sock.makefile("rb")
+        version, status, _ = self._file.readline().decode("latin-1").split(" ", 2)
+        assert version == "HTTP/1.1"
+        headers = http.client.parse_headers(self._file)
+        length = int(headers.get("Content-Length") or 0)
+        return int(status), headers.get("Content-Type"), self._file.read(length)
 
     def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
         self.sock.close()
 
 
