@@ -19,6 +19,7 @@ from structlog.testing import capture_logs
 from tests.control.conftest import Live
 from tests.control.fuzz import raw_requests
 from tests.control.helpers import fetch
+from tests.control.peer_client import read_all
 from tests.waiting import wait_until
 from volplugd.control import TcpMetricsServer
 
@@ -35,13 +36,7 @@ def _exchange(connect: Callable[[], socket.socket], data: bytes) -> bytes:
             sock.shutdown(socket.SHUT_WR)
         except (BrokenPipeError, ConnectionResetError):
             pass  # refused early (a 431 while we still sent): the answer is there
-        chunks = []
-        try:
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        except ConnectionResetError:
-            pass
-        return b"".join(chunks)
+        return read_all(sock)
 
 
 def _check(answer: bytes, sent: bytes) -> None:
