@@ -69,7 +69,10 @@ class Client:
         reader per answer could swallow the bytes of the answer behind it)."""
         if self._file is None:
             self._file = self.sock.makefile("rb")
-        version, status, _ = self._file.readline().decode("latin-1").split(" ", 2)
+        line = self._file.readline()
+        if not line:
+            raise ConnectionResetError("the gateway closed the connection without an answer")
+        version, status, _ = line.decode("latin-1").split(" ", 2)
         assert version == "HTTP/1.1"
         headers = http.client.parse_headers(self._file)
         length = int(headers.get("Content-Length") or 0)
@@ -461,7 +464,6 @@ def _answers(path: str) -> int | None:
         return None
     finally:
         client.close()
-
 
 
 def test_pipelined_requests_are_answered_in_order(world: World) -> None:

@@ -269,8 +269,8 @@ class Gateway:
             log.warning("gateway_accept_failed", plugin=name, error=str(err))
             return
         if not self._connections.acquire(blocking=False):
+            log.warning("gateway_connections_exhausted", plugin=name)  # before the client
             conn.close()  # too many at once: the client sees the connection end
-            log.warning("gateway_connections_exhausted", plugin=name)
             return
         conn.setblocking(True)
         thread = threading.Thread(target=self._serve, args=(conn, name),
