@@ -62,5 +62,5 @@ def test_podman_fails_fast_on_a_hung_plugin_through_the_gateway(
         gets_or_creates = [r for r in plugin.requests if r.path != "/Plugin.Activate"]
         assert gets_or_creates == []  # the gateway never touched the hung plugin
         print(f"\npodman volume create on a hung plugin through the gateway: {seconds:.3f} s")
-    assert proc.stop() == 0
+        assert proc.stop() == 0  # while the plugin's socket is still there to be listed
     assert lists(podman, NAME, own)  # fail open: the plugin's own socket again
