@@ -104,7 +104,10 @@ class Daemon:
     """A volplugd child process with its own plugin dirs and control socket."""
 
     def __init__(self, workdir: Path, *, plugin_dirs: Sequence[Path] | None = None,
-                 args: Sequence[str] = (), config: str = "", env: dict[str, str] | None = None):
+                 args: Sequence[str] = (), config: str = "", env: dict[str, str] | None = None,
+                 log_level: str = "debug", python_args: Sequence[str] = ()):
+        """``python_args`` go between the interpreter and ``-m volplugd`` (the benchmarks
+        pass ``-m cProfile -o FILE``); ``env`` is laid over this process's environment."""
         self.workdir = workdir
         self.plugin_dirs = list(plugin_dirs) if plugin_dirs is not None else [workdir / "plugins"]
         self.socket = str(workdir / "control.sock")
@@ -113,11 +116,14 @@ class Daemon:
         self.config_path.write_text(config)
         self.args = list(args)
         self.env = {**os.environ, **(env or {})}
+        self.log_level = log_level
+        self.python_args = list(python_args)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def argv(self) -> list[str]:
-        argv = [sys.executable, "-m", "volplugd", "--config", str(self.config_path),
-                "--control-socket", self.socket, "--log-format", "json", "--log-level", "debug"]
+        argv = [sys.executable, *self.python_args, "-m", "volplugd",
+                "--config", str(self.config_path), "--control-socket", self.socket,
+                "--log-format", "json", "--log-level", self.log_level]
         for d in self.plugin_dirs:
             argv += ["--plugin-dir", str(d)]
         if not any(a.startswith("--metrics-listen") or a == "--no-metrics" for a in self.args):
