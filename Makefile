@@ -47,7 +47,7 @@ test: system-deps lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: $(BIN)/.dev
-	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@for b in bench/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) run .pytest_cache .mypy_cache .ruff_cache

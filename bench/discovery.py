@@ -177,8 +177,8 @@ def main() -> int:
         daemon = c.Daemon(work, plugins)
         stack.callback(daemon.stop)
         started = time.monotonic()
-        daemon.wait_serving()
-        took = daemon.wait_ready(background, timeout=60)
+        daemon.wait_ready()
+        took = daemon.wait_plugins_ready(background, timeout=60)
         print(f"  daemon serving with {background} ready after "
               f"{time.monotonic() - started:.1f} s ({took:.1f} s after the control socket)")
         ino = c.Inotify(plugins)

@@ -73,7 +73,7 @@ def make_hung(plugins: Path, responder: c.Responder, daemon: c.Daemon, count: in
     sock.listen(128)
     responder.adopt("hung", sock)
     sock.close()
-    daemon.wait_ready(count + 1, timeout=60)
+    daemon.wait_plugins_ready(count + 1, timeout=60)
     responder.hang("hung")
     with contextlib.suppress(TimeoutError):  # the answer may outlast our read timeout
         daemon.client.request("POST", "/v1/plugins/hung/probe")

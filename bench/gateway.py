@@ -1,6 +1,6 @@
 """What the gateway costs on a healthy plugin, and how fast it refuses for a hung one.
 
-Setup: PLUGINS (10) ready plugins served by one responder process (bench/_common.py),
+Setup: PLUGINS (10) ready plugins served by one responder process (tests/fakeplugin/many.py),
 plus ``hung`` (activated, then it hangs: reads, never answers; a forced probe makes it
 unhealthy); the real daemon runs with ``[gateway] enabled``.
 

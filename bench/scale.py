@@ -64,10 +64,10 @@ def part_a(setup: c.Setup, count: int, window: float, profile: Path | None) -> b
     print(f"(a) {count} plugins at the default interval ({INTERVAL:.0f} s), "
           f"{window:.0f} s window")
     daemon, responder = setup.daemon, setup.responder
-    took = daemon.wait_ready(count, timeout=60)
+    took = daemon.wait_plugins_ready(count, timeout=60)
     print(f"  all {count} ready {took:.1f} s after the control socket answered")
     profiler = None if profile is None else c.Profiler(daemon.pid, profile)
-    d_split, r_cpu, served = (c.proc_cpu_split(daemon.pid), responder.cpu_seconds(),
+    d_split, r_cpu, served = (c.proc_cpu_split(daemon.pid), c.proc_cpu_seconds(responder.pid),
                               responder.served())
     start = time.monotonic()
     rss: list[int] = []
@@ -77,7 +77,7 @@ def part_a(setup: c.Setup, count: int, window: float, profile: Path | None) -> b
     elapsed = time.monotonic() - start
     user, system = (b - a for a, b in zip(d_split, c.proc_cpu_split(daemon.pid), strict=True))
     d_cpu, d_sys = (user + system) / elapsed, system / elapsed
-    r_cpu = (responder.cpu_seconds() - r_cpu) / elapsed
+    r_cpu = (c.proc_cpu_seconds(responder.pid) - r_cpu) / elapsed
     rate = (responder.served() - served) / elapsed
     threads = c.proc_threads(daemon.pid)
     if profiler is not None:

@@ -161,7 +161,7 @@ def live(count: int, scrapes: int, interval: float) -> bool:
     config = f"[probe]\ninterval = {interval}\n"
     with contextlib.ExitStack() as stack:
         setup = c.Setup.start(stack, count, config, prefix="vpm")
-        took = setup.daemon.wait_ready(count, timeout=300)
+        took = setup.daemon.wait_plugins_ready(count, timeout=300)
         print(f"1. live daemon: {count} plugins ready in {took:.1f} s; probe interval "
               f"{interval:g} s ({count / interval:.0f} probes/s)")
         probing = wait_probing(setup.responder, count,

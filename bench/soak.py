@@ -44,18 +44,6 @@ RSS_GOAL = 10 << 20
 SETTLE = 120.0  # seconds the storm may take to settle before we call it a leak
 
 
-@dataclass(frozen=True)
-class Usage:
-    fds: int
-    threads: int
-    rss: int
-
-    @classmethod
-    def of(cls, pid: int) -> Usage:
-        return cls(len(os.listdir(f"/proc/{pid}/fd")), c.proc_threads(pid),
-                   c.proc_rss_bytes(pid))
-
-
 @dataclass
 class Reader:
     """One endpoint polled in a loop; latencies by phase, and every 5xx answer."""
@@ -90,8 +78,8 @@ class Reader:
 
 @dataclass
 class Report:
-    before: Usage
-    after: Usage
+    before: c.Usage
+    after: c.Usage
     settled: bool
     readers: list[Reader]
     calls: Counter[str]  # "name status" -> count, the volume calls to hostile plugins
@@ -238,7 +226,7 @@ def listed(daemon: c.Daemon, names: set[str], timeout: float = 60.0) -> None:
         daemon.client.close()  # the storm's connections are its own threads' only
 
 
-def settle(daemon: c.Daemon, before: Usage) -> tuple[bool, Usage]:
+def settle(daemon: c.Daemon, before: c.Usage) -> tuple[bool, c.Usage]:
     """Wait until only the steady plugins are listed, all ready, and the daemon holds no
     more fds and threads than at the baseline; False at the deadline. With the usage
     then (a probe's connection may come and go a moment later)."""
@@ -249,7 +237,7 @@ def settle(daemon: c.Daemon, before: Usage) -> tuple[bool, Usage]:
             counts = json.loads(client.get("/v1/health")[1])["plugins"]
         finally:
             client.close()
-        now = Usage.of(daemon.pid)
+        now = c.Usage.of(daemon.pid)
         if (sum(counts.values()), counts["ready"]) == (STEADY, STEADY) and \
                 now.fds <= before.fds and now.threads <= before.threads:
             return True, now
@@ -262,7 +250,7 @@ def soak(count: int, *, rate: float = 200.0, window: int = 100, base: float = 10
     """The whole run (also used, short, by tests/test_soak.py)."""
     with contextlib.ExitStack() as stack:
         s = c.Setup.start(stack, STEADY, CONFIG, prefix="vpsoak")
-        s.daemon.wait_ready(STEADY, timeout=60)
+        s.daemon.wait_plugins_ready(STEADY, timeout=60)
         control, pid = s.daemon.socket, s.daemon.pid
         phase, stop = ["base"], threading.Event()
         readers = [Reader(t) for t in READERS]
@@ -275,7 +263,7 @@ def soak(count: int, *, rate: float = 200.0, window: int = 100, base: float = 10
         first = metric_lines(control)
         s.daemon.client.close()  # only the readers stay connected
         time.sleep(base)  # the baseline phase: readers only
-        before, at_storm = Usage.of(pid), metric_lines(control)
+        before, at_storm = c.Usage.of(pid), metric_lines(control)
         if not quiet:
             print(f"baseline: {STEADY} plugins ready, {base:.0f} s of readers; storm: "
                   f"{count} cycles at {rate:.0f}/s")
