@@ -14,6 +14,7 @@ import pytest
 
 from tests.fakeplugin import FakePlugin
 from tests.fakeplugin import behaviours as b
+from tests.fakeplugin.many import Responder
 from tests.harness import Daemon
 from tests.waiting import wait_until
 
@@ -143,23 +144,28 @@ def test_plugin_dir_created_late_and_recreated_is_watched(
 
 
 def test_many_sockets_present_at_start_are_ready_once_serving(
-        daemon: Callable[..., Daemon], fakes: Callable[..., FakePlugin],
-        short_tmp: Path) -> None:
+        daemon: Callable[..., Daemon], short_tmp: Path) -> None:
     """200 plugins present at start are all ready once the daemon says it is ready.
 
+    The plugins are the many-plugin responder (one process, tests/fakeplugin/many.py).
     Default deadlines: READY waits for each first activation to end, answered or timed
-    out (see the test below), and 200 plugins served by this one test process may take
-    longer than FAST's 0.5 s to answer on a busy machine (they then count as activating),
-    or miss FAST's 0.3 s probes before the last one is activated (unhealthy).
+    out (see the test below), and 200 plugins may take longer than FAST's 0.5 s to
+    answer on a busy machine (they then count as activating), or miss FAST's 0.3 s
+    probes before the last one is activated (unhealthy).
     """
     d = daemon()
     d.plugin_dirs[0].mkdir(parents=True)
-    made = [fakes(d.plugin_dirs[0] / f"p{i:03}.sock") for i in range(200)]
-    d.start()
-    ready = d.wait_log("volplugd_ready", timeout=60)
-    assert (ready["ready"], ready["activating"]) == (200, 0)
-    assert d.get("/v1/health")["plugins"]["ready"] == 200
-    assert all(r.path == "/Plugin.Activate" for fp in made for r in fp.requests[:1])
+    responder = Responder(d.plugin_dirs[0], 200)
+    try:
+        d.start()
+        ready = d.wait_log("volplugd_ready", timeout=60)
+        assert (ready["ready"], ready["activating"]) == (200, 0)
+        assert d.get("/v1/health")["plugins"]["ready"] == 200
+        seen = responder.requests(short_tmp)
+    finally:
+        responder.stop()
+    assert sorted(seen) == responder.names
+    assert all(seen[name][0][1] == "A" for name in responder.names)
 
 
 def test_ready_waits_for_each_first_activation_but_not_for_its_retries(
