@@ -195,6 +195,10 @@ def test_not_ready_plugins_fail_fast_with_plugin_not_ready(
     assert "/VolumeDriver.List" not in sent  # failed fast: only probes reached the plugins
 
 
+SIGINT_DEFAULT_THEN_EXEC = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                            "os.execv(sys.argv[1], sys.argv[1:])")
+
+
 def test_events_list_and_follow(running: tuple[Daemon, FakePlugin],
                                 plugins: Callable[..., FakePlugin]) -> None:
     """events prints the log; --follow streams new events until Ctrl-C, which exits 0."""
@@ -205,7 +209,10 @@ def test_events_list_and_follow(running: tuple[Daemon, FakePlugin],
     human = ok(d, "events").splitlines()
     assert any(" state_changed  fake  activating -> ready" in line for line in human)
     assert ok(d, "events", "--since", str(last)) == ""
-    follow = subprocess.Popen([VOLPLUGCTL, "--socket", d.socket, "--json", "events", "--follow",
+    # As from a terminal: SIGINT at its default. A test run started in the background
+    # (CI, `make test &`) has it ignored, and an ignored SIGINT is inherited.
+    follow = subprocess.Popen([sys.executable, "-c", SIGINT_DEFAULT_THEN_EXEC, VOLPLUGCTL,
+                               "--socket", d.socket, "--json", "events", "--follow",
                                "--since", str(last)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     try:
