@@ -149,9 +149,11 @@ def test_results_are_parsed_from_the_answers(fake: FakePlugin, client: PluginCli
 
 
 def _server_connections(path: str) -> int:
-    """Connections the plugin has accepted and not yet closed (the kernel's own table)."""
-    with open("/proc/net/unix") as table:
-        bound = sum(1 for line in table if line.rstrip().endswith(" " + path))
+    """Connections the plugin has accepted and not yet closed (the kernel's own table;
+    read as bytes: other tests bind sockets whose names are not UTF-8)."""
+    suffix = b" " + os.fsencode(path)
+    with open("/proc/net/unix", "rb") as table:
+        bound = sum(1 for line in table if line.rstrip().endswith(suffix))
     return bound - 1  # the listening socket
 
 
