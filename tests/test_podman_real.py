@@ -253,6 +253,9 @@ def test_real_daemon_keeps_podman_in_step(podman: PodmanSandbox, short_tmp: Path
         assert lists(podman, NAME, sock)
         refused = podman.run("volume", "create", "--driver", NAME, "v2")
         assert refused.stderr.endswith(f"dial unix {sock}: connect: connection refused\n")
+    os.unlink(sock)  # the stale socket goes: evicted, and dropped from the drop-in
+    # (waited for, so that "listed again" below can only be the new plugin's write)
+    wait_until(lambda: lists(podman, NAME, None), 15, message="the stale one dropped")
 
     with FakePlugin(sock) as plugin:  # a new socket at the path: a new plugin to volplugd
         proc.wait_state(NAME, "ready")
