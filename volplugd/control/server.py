@@ -6,7 +6,6 @@ Runs on: the caller's thread (start/stop/join); see ``listener`` for the rest.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import grp
 import ipaddress
@@ -23,6 +22,7 @@ from volplugd.control.app import make_metrics_app
 from volplugd.control.connection import FIRST_REQUEST_TIMEOUT
 from volplugd.control.head import loopback_host
 from volplugd.control.listener import BACKLOG, Listener
+from volplugd.unixsocket import GroupRefused, listen_unix
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -121,19 +121,11 @@ def _bind_unix(path: str, mode: int, group: str | None) -> socket.socket:
     if _check_replaceable(path):
         os.unlink(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(path)
-        os.chmod(path, mode)
-        if gid is not None:
-            _chgrp(path, gid, group)
-        sock.listen(BACKLOG)
-    except BaseException:
-        sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        raise
-    return sock
+        return listen_unix(path, mode, gid, BACKLOG)
+    except GroupRefused as err:
+        raise ControlSocketError(err.errno, f"cannot give the socket to group {group!r}: "
+                                 f"{err.strerror}", path) from err
 
 
 def _check_replaceable(path: str) -> bool:
@@ -168,16 +160,6 @@ def _gid(group: str) -> int:
         return grp.getgrnam(group).gr_gid
     except KeyError:
         raise ControlSocketError(errno.EINVAL, f"no group named {group!r}") from None
-
-
-def _chgrp(path: str, gid: int, group: str | None) -> None:
-    if os.stat(path).st_gid == gid:
-        return
-    try:
-        os.chown(path, -1, gid)
-    except OSError as err:
-        raise ControlSocketError(err.errno, f"cannot give the socket to group {group!r}: "
-                                 f"{err.strerror}", path) from err
 
 
 class TcpMetricsServer(Listener):

@@ -33,6 +33,7 @@ from volplugd.gateway.connection import serve
 from volplugd.gateway.specs import SpecFiles
 from volplugd.log import get_logger
 from volplugd.model import PluginState, PluginView, Snapshot
+from volplugd.unixsocket import listen_unix
 
 __all__ = ["Gateway", "OnGatewayRequest", "name_problem", "socket_path"]
 
@@ -328,17 +329,6 @@ def _bind(path: str, mode: int, gid: int | None) -> socket.socket:
         if not stat.S_ISSOCK(st.st_mode):
             raise FileExistsError(f"{path} exists and is not a socket; not replacing it")
         os.unlink(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(path)
-        os.chmod(path, mode)
-        if gid is not None and os.stat(path).st_gid != gid:
-            os.chown(path, -1, gid)
-        sock.listen(BACKLOG)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        raise
+    sock = listen_unix(path, mode, gid, BACKLOG)
+    sock.setblocking(False)
     return sock
