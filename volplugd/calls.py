@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 from volplugd.config import ProbeSettings
 from volplugd.plugin.client import PluginClient
-from volplugd.plugin.errors import PluginBadResponse, PluginError
+from volplugd.plugin.errors import PluginBadResponse, PluginError, detached
 from volplugd.plugin.models import Capabilities, Manifest, UnknownScope
 from volplugd.plugin.multiplex import Multiplexer
 from volplugd.plugin.protocol import ACTIVATE, CAPABILITIES, LIST
@@ -179,7 +179,7 @@ class Calls:
         try:
             value = job()
         except Exception as err:  # noqa: BLE001 - every failure becomes a fact for the loop
-            result = Failed(kind, name, token, time.monotonic() - started, err)
+            result = Failed(kind, name, token, time.monotonic() - started, detached(err))
         else:
             seconds = time.monotonic() - started
             result = (Activated(name, token, seconds, value)

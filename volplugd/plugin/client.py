@@ -148,6 +148,9 @@ class PluginClient:
     def close(self) -> None:
         """Close the keep-alive connections; later calls raise PluginError. Idempotent."""
         self._closed = True
+        # The interpreters refer back to the client: without them, a closed client is
+        # freed as soon as the last reference to it goes, not by the garbage collector.
+        self.__dict__.pop("_answers", None)
         with self._connections_lock:
             if self._connections is not None:
                 self._connections.close()
@@ -171,12 +174,12 @@ class PluginClient:
         checked: the open connection already shows the plugin is there.
 
         Raises PluginError as the call would (closed client, socket file gone...)."""
+        self._check_open(endpoint, "")  # before _answers, which close() dropped
         interpret = self._answers.get(endpoint)
         if interpret is None:
             raise ValueError(f"{endpoint} cannot be driven from outside; "
                              f"only {sorted(self._answers)}")
         seconds = self._seconds(endpoint, timeout)
-        self._check_open(endpoint, "")
         if self.address.is_unix and not connected:
             self._verify_reachable(endpoint, "")
         return self._exchange(endpoint, None, "", interpret, seconds=seconds, started=started)

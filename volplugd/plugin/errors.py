@@ -8,9 +8,11 @@ plugin or a file put into it, it is encodable UTF-8 of at most 4 KiB.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from volplugd.plugin.text import safe_text
+
+E = TypeVar("E", bound=BaseException)
 
 __all__ = [
     "NotAPlugin",
@@ -22,6 +24,7 @@ __all__ = [
     "PluginReportedError",
     "PluginTimeout",
     "PluginUnreachable",
+    "detached",
 ]
 
 
@@ -104,3 +107,24 @@ class PluginAddressError(ValueError):
         super().__init__(safe_text(f"{path}: {problem}"))
         self.path = path
         self.problem = problem
+
+
+def detached(error: E) -> E:
+    """``error``, and the errors it was raised from or during, without their tracebacks.
+
+    An error kept as data (a call's result) would otherwise hold, through its
+    traceback, the frames that raised and caught it and everything they referred to —
+    often the object that keeps the error, a reference cycle that only the garbage
+    collector's rare full passes free. Dropped at once instead, a storm of failing
+    calls leaves no pile of dead frames, exchanges and clients behind. Returns ``error``.
+    """
+    todo: list[BaseException] = [error]
+    seen: set[int] = set()
+    while todo:
+        err = todo.pop()
+        if id(err) in seen:
+            continue
+        seen.add(id(err))
+        err.__traceback__ = None
+        todo.extend(e for e in (err.__cause__, err.__context__) if e is not None)
+    return error

@@ -26,6 +26,7 @@ from volplugd.plugin.errors import (
     PluginRemoved,
     PluginTimeout,
     PluginUnreachable,
+    detached,
 )
 from volplugd.plugin.protocol import ACCEPT, ACTIVATE, CONTENT_TYPE, user_agent
 
@@ -99,12 +100,17 @@ class Exchange(Generic[T]):
         self._first = True  # nothing received yet
         self._length = False  # the head gave the body's length or chunked it
         self._until_close = False  # no length, not chunked: the body ends at EOF
-        self._parser = httptools.HttpResponseParser(self)
+        # The parser refers back to the exchange (its callbacks): dropped once finished,
+        # so that a finished exchange is freed at once, not by the garbage collector.
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
 
     # -- what the driver tells the exchange ---------------------------------------------
     def receive(self, data: bytes) -> None:
         """Bytes from the plugin (not empty)."""
         first, self._first = self._first, False
+        if self._parser is None:  # finished: bytes after a whole answer (or an abandon)
+            self.keep = False
+            return
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as err:
@@ -149,6 +155,11 @@ class Exchange(Generic[T]):
         self._end(self._failure(f"timed out: no complete answer within {self.seconds:g} s",
                                 PluginTimeout), cause or TimeoutError("deadline passed"))
 
+    def abandon(self) -> None:
+        """The driver gives the call up and wants no result (``value`` is not called
+        after this): the connection is not kept, and the parser goes."""
+        self._finish(keep=False)
+
     def left(self, now: float) -> float:
         """Seconds until the deadline (zero or less: none)."""
         return self.deadline - now
@@ -166,11 +177,14 @@ class Exchange(Generic[T]):
         return bytes(self._body)
 
     def result(self) -> T | PluginError:
-        """``value()``, or the PluginError it would raise."""
+        """``value()``, or the PluginError it would raise (without a traceback: it is
+        kept as data)."""
+        if self._error is not None:
+            return self._error
         try:
-            return self.value()
+            return self._interpret(self)
         except PluginError as err:
-            return err
+            return detached(err)
 
     # -- httptools' callbacks -------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -190,6 +204,7 @@ class Exchange(Generic[T]):
 
     def on_headers_complete(self) -> None:
         self._head = -1
+        assert self._parser is not None  # callbacks run inside feed_data
         self.status = self._parser.get_status_code()
         self._until_close = not self._length and not self._parser.should_keep_alive()
 
@@ -202,16 +217,18 @@ class Exchange(Generic[T]):
         if 100 <= self.status < 200 and self.status != 101:  # interim (100 Continue): skip
             self.status, self.content_type, self._head, self._length = 0, None, 0, False
             return
+        assert self._parser is not None  # callbacks run inside feed_data
         self._finish(keep=self._parser.should_keep_alive())
 
     # -- endings ----------------------------------------------------------------------------
     def _finish(self, *, keep: bool) -> None:
         self.finished, self.keep = True, keep
+        self._parser = None  # a feed_data under way holds it until it returns
 
     def _end(self, error: PluginError, cause: BaseException | None = None) -> None:
         if error.__cause__ is None and cause is not None:
             error.__cause__ = cause  # as ``raise error from cause`` would set it
-        self._error = error
+        self._error = detached(error)  # kept as data: no frames held through tracebacks
         self._finish(keep=False)
 
     def _phase(self) -> str:

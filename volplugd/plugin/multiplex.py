@@ -29,7 +29,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from volplugd.plugin.client import PluginClient
-from volplugd.plugin.errors import PluginError
+from volplugd.plugin.errors import PluginError, detached
 from volplugd.plugin.exchange import CHUNK, Exchange
 
 __all__ = ["Multiplexer", "OnResult"]
@@ -89,7 +89,7 @@ class Multiplexer:
         except PluginError as err:
             client.report(endpoint, err.outcome, 0.0)
             failed = _Call(key, client, done, started, None)
-            failed.result = err
+            failed.result = detached(err)  # kept as data: no frames held
             self._finished.append(failed)
             return
         call = self._calls[key] = _Call(key, client, done, started, exchange)
@@ -106,6 +106,9 @@ class Multiplexer:
         call = self._calls.pop(key, None)
         if call is not None:
             self._close(call.sock)
+            if call.exchange is not None:  # its timer entry stays until the deadline
+                call.exchange.abandon()
+                call.exchange = None
         for ended in self._finished:
             ended.dropped |= ended.key == key
         self._close(self._idle.pop(key, None))
@@ -137,8 +140,9 @@ class Multiplexer:
         self._run_timers(self._clock())
         while self._finished:  # a done() may forget a key, or start a call that ends at once
             call = self._finished.popleft()
+            result, call.result = call.result, None  # its timer entry may outlive it
             if not call.dropped:
-                call.done(call.result, self._clock() - call.started)
+                call.done(result, self._clock() - call.started)
 
     def close(self) -> None:
         """Close every connection and the selector; pending calls are dropped."""
@@ -235,6 +239,7 @@ class Multiplexer:
         else:
             self._close(sock)
         call.result = exchange.result()
+        call.exchange = None  # its deadline's timer entry stays until then: not the answer
         outcome = call.result.outcome if isinstance(call.result, PluginError) else "success"
         call.client.report(exchange.endpoint, outcome, self._clock() - call.started)
         self._finished.append(call)
