@@ -6,7 +6,8 @@ control characters, bidi overrides and any lone surrogate are escaped visibly
 (``printable``), then it is HTML-escaped; the metrics listener sends it with a CSP that
 allows no script.
 
-Runs on: the metrics HTTP threads (one render per request; pure, no locks, no I/O).
+Runs on: the metrics listener's loop thread (one render per request; pure, no locks,
+no I/O).
 """
 
 from __future__ import annotations

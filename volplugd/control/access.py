@@ -2,7 +2,7 @@
 
 The rule is pure (``decide``) so it is unit-testable with a fake environ; the group
 lookup (``groups_of``) is the one part that asks NSS and is cached briefly.
-Runs on: control connection threads.
+Runs on: the control loop thread and connection threads.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ most ``per_uid`` of them; privileged peers (root, admins) may take any free slot
 have no per-uid bound. A peer without credentials (TCP) counts as unprivileged with no
 per-uid bound. Whether a uid is privileged is asked once while it has connections open,
 so refusing a uid that keeps reconnecting costs no user-database lookups.
-Runs on: the caller's threads (a listener's accept thread admits; connection threads
-release).
+Runs on: the caller's threads (a listener's loop thread admits; the loop or a
+connection thread releases).
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ Reads come from ``commands.snapshot()`` and its pre-encoded JSON (nothing re-enc
 the plugin list per request); volume operations go through ``commands.call``, which
 fails fast for a plugin that is not ready. The server puts peer credentials and a few
 hooks into the environ (keys ``volplugd.*``, see ``ControlServer``).
-Runs on: control connection threads (never the supervisor thread).
+Runs on: the control loop thread (the reads of ``INLINE_ROUTES``) and connection threads
+(everything else); never the supervisor thread.
 """
 
 from __future__ import annotations
@@ -77,6 +78,11 @@ ROUTES: Mapping[str, frozenset[str]] = {
 }
 """Every route and its methods (HEAD is implied by GET); the OpenAPI test checks this."""
 
+INLINE_ROUTES = frozenset({"/v1/health", "/v1/plugins", "/v1/plugins/{name}", "/v1/events",
+                           "/metrics", "/openapi.json"})
+"""GET routes answered from the snapshot, the event log or cached bytes, never waiting:
+the server answers them on its event loop (``/v1/events`` unless it follows)."""
+
 
 class ControlApp(WsgiBase):
     """The control socket's routes over a ``Commands``."""
@@ -94,7 +100,12 @@ class ControlApp(WsgiBase):
         self._rescan_timeout = rescan_timeout
         self._clock = clock
         self._openapi = _openapi_bytes()
-        super().__init__(self._table(), on_request, error_reply)
+        self._version_json = encode(version)
+        self._counts: tuple[object, bytes] = (None, b"")
+        super().__init__(self._table(), on_request, error_reply, INLINE_ROUTES)
+
+    def inline_query(self, template: str, query: str) -> bool:
+        return template != "/v1/events" or "follow" not in query  # a stream waits
 
     def _table(self) -> dict[str, dict[str, Handler]]:
         handlers: dict[tuple[str, str], Handler] = {
@@ -135,12 +146,15 @@ class ControlApp(WsgiBase):
 
     def health(self, req: Request) -> Reply:
         snapshot = self._commands.snapshot()
+        counts = self._counts
+        if counts[0] is not snapshot:  # once per snapshot, not per request
+            counts = self._counts = (snapshot, encode(dict(snapshot.counts)))
         age = self._commands.loop_age()
-        return json_reply(200, {"status": "ok" if age < STALLED_AFTER else "stalled",
-                           "version": self._version,
-                           "uptime_seconds": round(self._clock() - self._started_at, 3),
-                           "loop_age_seconds": round(age, 3),
-                           "plugins": dict(snapshot.counts)})
+        status = b"ok" if age < STALLED_AFTER else b"stalled"
+        uptime = round(self._clock() - self._started_at, 3)
+        return raw_reply(200, b'{"status":"%s","version":%s,"uptime_seconds":%r,'
+                         b'"loop_age_seconds":%r,"plugins":%s}'
+                         % (status, self._version_json, uptime, round(age, 3), counts[1]))
 
     def plugins(self, req: Request) -> Reply:
         state = state_filter(req.query)
@@ -281,7 +295,7 @@ class _MetricsApp(WsgiBase):
         routes: dict[str, dict[str, Handler]] = {"/metrics": {"GET": self.metrics}}
         if status_page is not None:
             routes["/"] = {"GET": self.index}
-        super().__init__(routes, on_request, error_reply)
+        super().__init__(routes, on_request, error_reply, routes)  # all from memory
 
     def metrics(self, req: Request) -> Reply:
         body, content_type = self._metrics()

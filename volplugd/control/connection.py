@@ -1,18 +1,22 @@
 """One HTTP/1.1 connection, served by our own small server: heads read strictly, each
 request handed to the WSGI app, answers written whole.
 
-What it does, in order: read the next head under a deadline (a connection's first head
-within ``first_request_timeout``, any later one within ``read_timeout`` of its first
-byte; an idle keep-alive connection waits ``read_timeout``) and within a byte budget;
-parse it strictly (``head.parse_head``: any malformed head gets its 4xx, never a
-traceback); refuse a ``Host`` the listener must not serve (421) and, on a read-only
-listener, any method but GET and HEAD (405); give the app an environ with the peer's
-credentials and a ``wsgi.input`` that sends ``100 Continue`` only when the app reads;
-write the answer (head and body in one ``sendmsg``); keep the connection when the answer
-has a length and nothing forbids it. Protocol errors are JSON. Closing on unread bytes
-would reset the connection under a client still sending (it would never read our 413),
-so such a connection is half-closed and a bounded amount swallowed first.
-Runs on: one thread per connection.
+It starts on its listener's event loop, which answers requests the app can answer at
+once from memory (``Site.inline``) without a thread hand-off. The first request that
+may wait (a plugin call, a stream, a body, a head to refuse, an answer the client is
+slow to take) moves the connection to a thread of its own (``run``) until it closes.
+
+In order: the next head is read under a deadline (the first within
+``first_request_timeout``, a later one within ``read_timeout`` of its first byte) and a
+byte budget, parsed strictly (``head.parse_head``: a malformed head gets its 4xx, never
+a traceback); a ``Host`` the listener must not serve gets 421, anything but GET and
+HEAD on a read-only listener 405; the app gets an environ with the peer's credentials
+and a ``wsgi.input`` that sends ``100 Continue`` only when read; the answer leaves in
+one ``sendmsg``; the connection is kept when the answer has a length and nothing
+forbids it. Protocol errors are JSON. A connection closed on unread bytes would be
+reset under a client still sending (it would never read our 413), so it is
+half-closed and a bounded amount swallowed first.
+Runs on: the loop thread (``receive``, ``serve_buffered``), then its own (``run``).
 """
 
 from __future__ import annotations
@@ -21,69 +25,47 @@ import contextlib
 import select
 import socket
 import sys
-import threading
 import time
-import urllib.parse
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
 
 from volplugd.control.access import Peer, groups_of
 from volplugd.control.head import BadHead, Head
 from volplugd.control.replies import CRASHED, Answer, protocol_error
 from volplugd.control.routing import JSON
-from volplugd.control.sockio import MAX_HEAD_BYTES, Body, HeadTooLarge, Wire
+from volplugd.control.site import READ_METHODS, Site, Step
+from volplugd.control.sockio import (
+    MAX_HEAD_BYTES,
+    MAX_REQUEST_LINE,
+    RECV_SIZE,
+    Body,
+    HeadTooLarge,
+    Wire,
+)
 from volplugd.log import get_logger
 
-if TYPE_CHECKING:
-    from _typeshed.wsgi import WSGIApplication
+__all__ = ["DRAIN_LIMIT", "PROTOCOL_ERRORS", "Connection"]
 
-__all__ = ["FIRST_REQUEST_TIMEOUT", "MAX_HEAD_BYTES", "PROTOCOL_ERRORS", "Site",
-           "serve_connection"]
-
-# A new connection must deliver its first head this soon: a client that connects and says
-# nothing holds a slot (and a thread) for seconds at most, not a whole read_timeout.
-FIRST_REQUEST_TIMEOUT = 2.0
 DRAIN_LIMIT = 64 * 1024  # an unread body up to this is skipped to keep the connection
+# Pipelined requests one connection may have answered on the loop per wake-up; a client
+# that sends more at once is served by a thread (it cannot hold the loop for long).
+MAX_INLINE = 16
 # A unix socket's default send buffer (~200 KiB) takes the plugin list of 1,000 plugins
-# (~0.5 MB) in three writes, each waiting for the client to read; with this (the kernel
-# doubles it) it leaves in one and the thread is free at once. Kernel memory, held only
-# while a client has not read its answer yet.
+# (~0.5 MB) in three writes; with this (the kernel doubles it) it leaves in one, from the
+# loop. Kernel memory, held only while a client has not read its answer yet.
 SEND_BUFFER = 512 * 1024
 LINGER_BYTES = 4 * 1024 * 1024
 LINGER_SECONDS = 2.0
-_READ_METHODS = frozenset({"GET", "HEAD"})
 _NO_BODY = ("204", "304")
 PROTOCOL_ERRORS = frozenset({"too_many_connections"})
 """Codes the control socket's server answers by itself, beyond the app's error table
 (``misdirected_request`` is the TCP listener's only)."""
+_HEAD_TOO_LARGE = "request head is over the limit"
 _MISDIRECTED = "this listener answers only requests for localhost, 127.0.0.0/8 or [::1]"
 
 _log = get_logger(__name__)
 
 
-@dataclass
-class Site:
-    """What every connection of one listener shares (built by the server)."""
-
-    app: WSGIApplication
-    read_timeout: float
-    read_only: bool
-    stopping: threading.Event
-    follow_slot: Callable[[], Callable[[], None] | None]
-    may_keep_alive: Callable[[], bool]
-    set_idle: Callable[[socket.socket, bool], bool]  # False: the slot was taken away
-    first_request_timeout: float = FIRST_REQUEST_TIMEOUT
-    host_allowed: Callable[[str | None], bool] | None = None  # None: any Host
-    base_environ: dict[str, Any] = field(default_factory=lambda: {
-        "SERVER_NAME": "localhost", "SERVER_PORT": "0", "GATEWAY_INTERFACE": "CGI/1.1",
-        "SCRIPT_NAME": "", "CONTENT_LENGTH": "", "REMOTE_HOST": "",
-        "SERVER_SOFTWARE": "volplugd", "wsgi.version": (1, 0), "wsgi.url_scheme": "http",
-        "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False,
-        "wsgi.run_once": False})
-
-
-class _Connection:
+class Connection:
     """Serves requests on one accepted socket until it closes or must close."""
 
     def __init__(self, sock: socket.socket, site: Site, peer: Peer | None,
@@ -94,22 +76,116 @@ class _Connection:
         self.site = site
         self.peer = peer
         self.groups = frozenset() if peer is None else groups_of(peer.uid, peer.gid)
-        self.wire = Wire(sock, site.read_timeout)
+        sock.setblocking(False)  # it starts on the loop
+        self.wire = Wire(sock, site.read_timeout, blocking=False)
         self.accepted_at = accepted_at
         self.method = ""
         self.body: Body | None = None
         self.expecting = False  # a 100 Continue is owed when the app reads the body
         self.refused = False  # a protocol error: the client may still be sending
         self.address = "local" if sock.family == socket.AF_UNIX else sock.getpeername()[0]
+        # on the loop: the head being waited for, and the deadline it must meet
+        self.first = True  # no request answered yet
+        self.idle = False  # a keep-alive connection that has not sent its next byte
+        self.started = accepted_at  # when the head being read began (its first byte)
+        self.deadline = accepted_at + min(site.first_request_timeout, site.read_timeout)
+        self.ready: Head | None = None  # a head read on the loop, served by ``run``
+        self.refusal: tuple[int, str] | None = None  # a head the loop found malformed
+        self.keep = True  # whether the connection stays after the last answer
+
+    # -- on the listener's event loop --
+
+    def receive(self) -> bool:
+        """One read without blocking; False when the client closed (or reset) it."""
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            self.wire.buf.clear()
+            return False
+        if self.idle and data:
+            self.idle = False
+            self.started = time.monotonic()
+            self.deadline = self.started + self.site.read_timeout
+        self.wire.received += len(data)
+        self.wire.buf += data
+        return bool(data)
+
+    def serve_buffered(self) -> Step:
+        """Answer the complete heads in the buffer that the loop may answer itself."""
+        site, wire = self.site, self.wire
+        for _ in range(MAX_INLINE):
+            if not wire.has_head():
+                unbounded = b"\n" not in wire.buf and len(wire.buf) > MAX_REQUEST_LINE
+                return Step.THREAD if unbounded or len(wire.buf) >= MAX_HEAD_BYTES \
+                    else Step.WAIT
+            head = self._complete_head()
+            if head is None:
+                return Step.THREAD  # the refusal lingers: a thread's job
+            site.set_idle(self.sock, False)
+            wire.deadline = self.started + site.read_timeout  # for a body, on a thread
+            if not site.inline(head):
+                self.ready = head
+                return Step.THREAD
+            self.method = head.method
+            self.keep = self._serve(head)
+            if wire.unsent:
+                return Step.THREAD  # the client is slow to read: a thread waits for it
+            if not self.keep or site.stopping.is_set():
+                return Step.CLOSE
+            self.first, self.idle = False, not wire.buf
+            self.started = time.monotonic()
+            self.deadline = self.started + site.read_timeout
+            wire.received = len(wire.buf)
+            site.set_idle(self.sock, True)
+        return Step.THREAD if wire.buf else Step.WAIT
+
+    def _complete_head(self) -> Head | None:
+        """The head in the buffer, or None with the ``refusal`` a thread must send."""
+        try:
+            head = self.wire.read_head()
+        except HeadTooLarge:
+            self.refusal = (431, _HEAD_TOO_LARGE)
+        except BadHead as bad:
+            self.refusal = (bad.status, bad.message)
+        else:
+            assert head is not None  # a complete head is in the buffer
+            return head
+        return None
+
+    def log_timeout(self) -> None:
+        """The loop's deadline for this connection passed (it is then closed)."""
+        self._log_timeout(self.idle)
+
+    # -- on a thread of its own --
 
     def run(self) -> None:
+        """Serve until the connection ends: first what the loop handed over (an answer
+        still being sent, a head read), then request after request."""
         try:
-            first = True
-            while not self.site.stopping.is_set():
-                head = self._next_head(first)
+            self.wire.blocking = True  # each read and write sets its own timeout
+            if self.wire.unsent:
+                self.wire.flush()
+                if not self.keep:
+                    return
+                self.first = False
+            if self.refusal is not None:
+                self._refuse(*self.refusal)
+                return
+            ready, self.ready = self.ready, None
+            if ready is not None:
+                head = self._accept(ready)
                 if head is None or not self._serve(head):
                     return
-                first = False
+                self.first = False
+            while not self.site.stopping.is_set():
+                head = self._next_head(self.first)
+                if head is None or not self._serve(head):
+                    return
+                self.first = False
+        except OSError:
+            return  # the client went away while its answer was sent
         finally:
             with contextlib.suppress(OSError):
                 self._linger()
@@ -146,7 +222,7 @@ class _Connection:
             if not site.set_idle(self.sock, False):
                 return None  # evicted to make room while its head came in
         except HeadTooLarge:
-            self._refuse(431, "request head is over the limit")
+            self._refuse(431, _HEAD_TOO_LARGE)
         except BadHead as bad:
             self._refuse(bad.status, bad.message)
         except TimeoutError:
@@ -180,7 +256,7 @@ class _Connection:
         if allowed is not None and not allowed(head.get("Host")):
             self._refuse(421, _MISDIRECTED)
             return None
-        if self.site.read_only and head.method not in _READ_METHODS:
+        if self.site.read_only and head.method not in READ_METHODS:
             self._refuse(405, "this listener is read-only")
             return None
         return head
@@ -200,7 +276,11 @@ class _Connection:
         answer = Answer()
         keep = head.keep_alive
         try:
-            result = self.site.app(self._environ(head, body), answer.start_response)
+            environ = self.site.environ(head, body, self.address, self._disconnected)
+            if self.peer is not None:
+                environ["volplugd.peer"] = self.peer
+                environ["volplugd.groups"] = self.groups
+            result = self.site.app(environ, answer.start_response)
             try:
                 keep = self._write(answer, result, keep)
             finally:
@@ -262,37 +342,9 @@ class _Connection:
             self.expecting = False
             self.wire.send(b"HTTP/1.1 100 Continue\r\n\r\n")
 
-    def _environ(self, head: Head, body: Body) -> dict[str, Any]:
-        path, _, query = head.target.partition("?")
-        environ = self.site.base_environ.copy()
-        environ.update({
-            "REQUEST_METHOD": head.method, "SERVER_PROTOCOL": head.version,
-            "PATH_INFO": urllib.parse.unquote(path, "iso-8859-1"), "QUERY_STRING": query,
-            "REMOTE_ADDR": self.address, "wsgi.input": body,
-            "volplugd.raw_path": path, "volplugd.stopping": self.site.stopping,
-            "volplugd.disconnected": self._disconnected,
-            "volplugd.follow_slot": self.site.follow_slot})
-        for name, value in head.fields:
-            key = name.upper().replace("-", "_")
-            if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-                key = "HTTP_" + key
-                if key in environ:
-                    environ[key] += "," + value
-                    continue
-            environ[key] = value
-        if self.peer is not None:
-            environ["volplugd.peer"] = self.peer
-            environ["volplugd.groups"] = self.groups
-        return environ
-
     def _disconnected(self) -> bool:
         """True once the client has hung up (a follow stream then ends)."""
         poller = select.poll()
         poller.register(self.sock, select.POLLRDHUP)
         return bool(poller.poll(0))
 
-
-def serve_connection(sock: socket.socket, site: Site, peer: Peer | None,
-                     accepted_at: float) -> None:
-    """Serve ``sock`` until it is done; the caller closes it."""
-    _Connection(sock, site, peer, accepted_at).run()

@@ -1,6 +1,6 @@
 """The control API's ONE error→HTTP table: every failure of a request, the app's own
 conditions and the daemon's and the plugin client's errors, becomes its JSON answer here.
-Runs on: control connection threads.
+Runs on: the control loop thread and connection threads.
 """
 
 from __future__ import annotations

@@ -1,26 +1,25 @@
-"""Serving one listening socket: an accept thread and one thread per connection.
+"""Serving one listening socket: connection slots, an event loop (``control.loop``)
+that accepts and answers what can be answered at once, and a thread for each
+connection that needs one (``Connection.run``).
 
 Slots are counted by a ``ConnectionBudget``: at most ``max_connections`` in all. The
-accept thread reads the peer (``_peer``: SO_PEERCRED on the control socket) before any
-request, then admits it or answers ``503 too_many_connections`` at once and closes: the
-control socket bounds each uid and keeps headroom for root and admins. A connection
-that has not yet sent its head (or idles between keep-alive requests) is *waiting*: when
-a newcomer needs room, the one that has waited longest is shut down (on the control
-socket only an unprivileged one makes room for an unprivileged newcomer). When every
-slot is taken by connections at work, clients wait in the listen backlog (1024, not the
-stdlib's 5: a client that connects with a timeout, as volplugctl does, fails at once with
-EAGAIN when the backlog of a unix socket is full instead of waiting, so a flood of
-connections must not fill it easily). ``stop()`` is prompt: it wakes the accept thread,
-shuts every open connection down and makes follow streams end; ``join()`` waits for the
-threads.
-Runs on: the caller's thread (start/stop/join), the accept thread, connection threads.
+peer is read at accept (``_peer``: SO_PEERCRED on the control socket), before any
+request; it is admitted, or answered ``503 too_many_connections`` at once: the control
+socket bounds each uid and keeps headroom for root and admins. A connection that has
+not yet sent its head (or idles between keep-alive requests) is *waiting*: when a
+newcomer needs room, the one that has waited longest is closed (on the control socket
+only an unprivileged one makes room for an unprivileged newcomer). When every slot is
+at work, clients wait in the listen backlog (1024: a client that connects with a
+timeout, as volplugctl does, fails at once with EAGAIN when a unix socket's backlog is
+full). ``stop()`` is prompt: it wakes the loop, shuts every connection down and ends
+follow streams; ``join()`` waits for the threads.
+Runs on: the caller's thread (start/stop/join), the loop thread, connection threads.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import select
 import socket
 import threading
 import time
@@ -30,8 +29,10 @@ from typing import TYPE_CHECKING
 
 from volplugd.control.access import Peer
 from volplugd.control.admission import ConnectionBudget, Refusal, Ticket
-from volplugd.control.connection import FIRST_REQUEST_TIMEOUT, Site, serve_connection
+from volplugd.control.connection import Connection
+from volplugd.control.loop import Loop
 from volplugd.control.replies import too_many_connections
+from volplugd.control.site import FIRST_REQUEST_TIMEOUT, Site
 from volplugd.log import get_logger
 
 if TYPE_CHECKING:
@@ -46,8 +47,8 @@ _log = get_logger(__name__)
 
 @dataclass(frozen=True, eq=False)
 class _Slot:
-    thread: threading.Thread
     ticket: Ticket
+    thread: threading.Thread | None = None  # None while the connection is on the loop
 
 
 class Listener:
@@ -71,10 +72,12 @@ class Listener:
         self._sock: socket.socket | None = None
         self._wake: tuple[int, int] | None = None
         self._thread: threading.Thread | None = None
+        self._loop: Loop | None = None
         self.site = Site(app=app, read_timeout=read_timeout, read_only=read_only,
                          stopping=self._stopping, follow_slot=self._take_follow,
                          may_keep_alive=self._has_room, set_idle=self._set_idle,
-                         first_request_timeout=first_request_timeout)
+                         first_request_timeout=first_request_timeout,
+                         app_inline=getattr(app, "runs_inline", None))
 
     # -- lifecycle --
 
@@ -85,8 +88,10 @@ class Listener:
         self._sock = self._open()
         self._sock.setblocking(False)
         self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._thread = threading.Thread(target=self._serve, name=f"{self._name}-accept",
-                                        daemon=True)
+        self._loop = Loop(self._sock, self._wake[0], self._stopping, accept=self._on_backlog,
+                          hand_off=self._hand_off, release=self._release)
+        self._thread = threading.Thread(target=self._serve, args=(self._loop,),
+                                        name=f"{self._name}-loop", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -106,7 +111,7 @@ class Listener:
             self._discard_unstarted()
 
     def join(self, timeout: float | None = None) -> None:
-        """Wait for the accept and connection threads (see ``is_alive()`` after).
+        """Wait for the loop and connection threads (see ``is_alive()`` after).
 
         A connection thread blocked inside the app (a plugin call) ends when that
         call returns; the threads are daemons, so they never hold up the process exit.
@@ -118,13 +123,13 @@ class Listener:
             thread.join(_left(deadline))
 
     def is_alive(self) -> bool:
-        """True while the accept thread or any connection thread still runs."""
+        """True while the loop thread or any connection thread still runs."""
         accepting = self._thread is not None and self._thread.is_alive()
         return accepting or any(t.is_alive() for t in self._threads())
 
     def _threads(self) -> list[threading.Thread]:
         with self._cond:
-            return [slot.thread for slot in self._conns.values()]
+            return [slot.thread for slot in self._conns.values() if slot.thread is not None]
 
     @property
     def connections(self) -> int:
@@ -138,33 +143,36 @@ class Listener:
         with self._cond:
             return len(self._waiting)
 
-    # -- the accept thread --
+    # -- the loop thread --
 
-    def _serve(self) -> None:
-        assert self._sock is not None
-        assert self._wake is not None
-        poller = select.poll()
-        poller.register(self._sock, select.POLLIN)
-        poller.register(self._wake[0], select.POLLIN)
+    def _serve(self, loop: Loop) -> None:
         try:
-            while not self._stopping.is_set():
-                poller.poll()
-                if self._stopping.is_set() or not self._wait_for_room():
-                    break
-                self._accept_one()
-        except Exception:  # noqa: BLE001 — logged; a dead accept thread must be visible
-            _log.exception("control_accept_thread_died", listener=self._name)
+            loop.run()
+        except Exception:  # noqa: BLE001 — logged; a dead loop thread must be visible
+            _log.exception("control_loop_died", listener=self._name)
         finally:
             self._close_listener()
 
-    def _wait_for_room(self) -> bool:
-        """A client is waiting and every slot is taken: free the longest-waiting slot,
-        or wait for one to end."""
+    def _on_backlog(self) -> bool:
+        """A client waits: make room (free the longest-waiting slot, or wait for one to
+        end), then accept it; False when the listener is stopping."""
         with self._cond:
             while len(self._conns) >= self._max and not self._stopping.is_set():
                 if not self._evict_and_wait(privileged_too=True):
                     self._cond.wait()
-            return not self._stopping.is_set()
+            if self._stopping.is_set():
+                return False
+        self._accept_one()
+        return True
+
+    def _hand_off(self, conn: Connection) -> None:
+        """Give a connection the loop let go a thread of its own."""
+        with self._cond:
+            slot = self._conns[conn.sock]
+            thread = threading.Thread(target=self._handle, args=(conn,), daemon=True,
+                                      name=f"{self._name}-conn")
+            self._conns[conn.sock] = _Slot(slot.ticket, thread)
+            thread.start()
 
     def _accept_one(self) -> None:
         assert self._sock is not None
@@ -192,11 +200,15 @@ class Listener:
                 self._budget.release(ticket)
                 conn.close()
                 return
-            thread = threading.Thread(target=self._handle, args=(conn, peer, accepted_at),
-                                      daemon=True, name=f"{self._name}-conn")
-            self._conns[conn] = _Slot(thread, ticket)
+            self._conns[conn] = _Slot(ticket)
             self._waiting[conn] = None  # it has sent no request yet
-            thread.start()
+        try:
+            held = Connection(conn, self.site, peer, accepted_at)
+        except OSError:  # gone already
+            self._release(conn)
+            return
+        assert self._loop is not None
+        self._loop.hold(held)
 
     def _admit(self, peer: Peer | None) -> Ticket | Refusal:
         """A slot for this peer: free the longest-waiting one if need be."""
@@ -221,9 +233,12 @@ class Listener:
         if victim is None:
             return False
         del self._waiting[victim]
+        _log.debug("control_connection_evicted", listener=self._name)
+        if self._loop is not None and self._loop.holds(victim):
+            self._loop.close(victim)  # this is the loop's thread: closed at once
+            return True
         self._evicted.add(victim)
         _shutdown(victim)
-        _log.debug("control_connection_evicted", listener=self._name)
         while victim in self._conns and not self._stopping.is_set():
             self._cond.wait()
         return True
@@ -269,18 +284,22 @@ class Listener:
 
     # -- connection threads --
 
-    def _handle(self, conn: socket.socket, peer: Peer | None, accepted_at: float) -> None:
+    def _handle(self, conn: Connection) -> None:
         try:
-            serve_connection(conn, self.site, peer, accepted_at)
+            conn.run()
         except Exception:  # noqa: BLE001 — one broken connection must not go unnoticed
             _log.exception("control_connection_failed", listener=self._name)
         finally:
-            with self._cond:
-                self._waiting.pop(conn, None)
-                self._evicted.discard(conn)
-                self._budget.release(self._conns.pop(conn).ticket)
-                conn.close()
-                self._cond.notify_all()
+            self._release(conn.sock)
+
+    def _release(self, conn: socket.socket) -> None:
+        """The connection is done: its slot is free, its socket closed."""
+        with self._cond:
+            self._waiting.pop(conn, None)
+            self._evicted.discard(conn)
+            self._budget.release(self._conns.pop(conn).ticket)
+            conn.close()
+            self._cond.notify_all()
 
     def _has_room(self) -> bool:
         return len(self._conns) < self._max
@@ -288,6 +307,13 @@ class Listener:
     def _set_idle(self, conn: socket.socket, idle: bool) -> bool:
         """A connection starts (True) or stops waiting for its next head. False if it
         was evicted meanwhile: it must not start serving a request."""
+        if self._loop is not None and self._loop.holds(conn):
+            # Asked by the loop thread, the only one that evicts and the only one that
+            # waits for a waiter: no lock, no wake-up. (Dict steps are atomic.)
+            self._waiting.pop(conn, None)
+            if idle:
+                self._waiting[conn] = None
+            return True
         with self._cond:
             if conn in self._evicted:
                 return False

@@ -2,7 +2,7 @@
 the app gave ``start_response``), its JSON answers to protocol errors, and the 503 for a
 connection refused at accept.
 
-Runs on: connection threads (the 503: the accept thread).
+Runs on: the loop thread and connection threads.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A tiny WSGI framework for the control API: replies, a route table, HEAD, and the
 one place where any exception becomes a JSON error answer.
 
-Runs on: control connection threads.
+Runs on: the control loop thread and connection threads.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ __all__ = [
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
 UNMATCHED = "unmatched"  # the metrics route label of a path that matches no route
+_INLINE_PATHS = 4096  # paths whose inline answer is remembered (then forgotten at once)
 
 
 class NotFound(Exception):
@@ -109,10 +110,34 @@ class WsgiBase:
 
     def __init__(self, table: Mapping[str, Mapping[str, Handler]],
                  on_request: Callable[[str, int], None] | None,
-                 errors: Callable[[BaseException], Reply]):
+                 errors: Callable[[BaseException], Reply],
+                 inline: Iterable[str] = ()):
         self._router = _Router(table)
         self._on_request = on_request
         self._errors = errors
+        self._inline = frozenset(inline)
+        self._inline_paths: dict[str, str | None] = {}  # path -> inline template, or None
+
+    def runs_inline(self, method: str, target: str) -> bool:
+        """Whether a GET (or HEAD) of ``target`` is answered at once from memory, so a
+        server may answer it on its event loop (see ``control.connection``).
+
+        ``inline`` names those route templates. The raw path is matched (no decoding):
+        a path that only matches once decoded is served on a thread, just as right.
+        """
+        path, _, query = target.partition("?")
+        template = self._inline_paths.get(path, "")
+        if template == "":
+            found = self._router.match(path.split("/")[1:])
+            template = found.template if found and found.template in self._inline else None
+            if len(self._inline_paths) >= _INLINE_PATHS:
+                self._inline_paths.clear()
+            self._inline_paths[path] = template
+        return template is not None and self.inline_query(template, query)
+
+    def inline_query(self, template: str, query: str) -> bool:
+        """Whether this query keeps an inline route inline (any, by default)."""
+        return True
 
     def __call__(self, environ: WSGIEnvironment,
                  start_response: StartResponse) -> Iterable[bytes]:

@@ -19,9 +19,9 @@ from volplugd.config import parse_listen
 from volplugd.control.access import AccessPolicy, Peer, peer_of
 from volplugd.control.admission import ConnectionBudget
 from volplugd.control.app import make_metrics_app
-from volplugd.control.connection import FIRST_REQUEST_TIMEOUT
 from volplugd.control.head import loopback_host
 from volplugd.control.listener import BACKLOG, Listener
+from volplugd.control.site import FIRST_REQUEST_TIMEOUT
 from volplugd.unixsocket import GroupRefused, listen_unix
 
 if TYPE_CHECKING:

@@ -2,7 +2,10 @@
 per request, the request head read line by line within its byte budget, exact
 Content-Length bodies, and writes that give up on a client that stops reading.
 
-Runs on: the connection thread that owns the socket.
+On the listener's event loop the socket does not block: ``send`` writes what the kernel
+takes and keeps the rest in ``unsent`` for the thread that takes the connection over
+(``flush``); nothing reads there but the loop itself.
+Runs on: whichever thread owns the connection (the loop's, then its own).
 """
 
 from __future__ import annotations
@@ -15,12 +18,12 @@ from typing import Any
 
 from volplugd.control.head import MAX_FIELDS, BadHead, Head, parse_head
 
-__all__ = ["MAX_HEAD_BYTES", "MAX_REQUEST_LINE", "Body", "HeadTooLarge", "RequestTimeout",
-           "Wire"]
+__all__ = ["MAX_HEAD_BYTES", "MAX_REQUEST_LINE", "RECV_SIZE", "Body", "HeadTooLarge",
+           "RequestTimeout", "Wire"]
 
 MAX_REQUEST_LINE = 8 * 1024
 MAX_HEAD_BYTES = 64 * 1024  # request line + headers; http.client alone allows 100 x 64 KiB
-_RECV = 64 * 1024
+RECV_SIZE = 64 * 1024
 
 
 class HeadTooLarge(Exception):
@@ -34,14 +37,16 @@ class RequestTimeout(TimeoutError):
 class Wire:
     """A connected socket: buffered reads under ``deadline``, timed writes."""
 
-    def __init__(self, sock: socket.socket, write_timeout: float):
+    def __init__(self, sock: socket.socket, write_timeout: float, *, blocking: bool = True):
         self.sock = sock
         self.buf = bytearray()
         self.deadline = float("inf")
         self.received = 0  # bytes read since the owner last reset it
+        self.blocking = blocking  # False: on the event loop, ``send`` never waits
+        self.unsent: list[memoryview] = []  # what a non-blocking send left over
         self._write_timeout = write_timeout
 
-    def fill(self, size: int = _RECV) -> bool:
+    def fill(self, size: int = RECV_SIZE) -> bool:
         """One read (at most ``size`` bytes) into the buffer; False when the peer closed."""
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
@@ -54,6 +59,12 @@ class Wire:
         self.received += len(data)
         self.buf += data
         return bool(data)
+
+    def has_head(self) -> bool:
+        """Whether the buffer holds a whole head: a blank line after the request line."""
+        buf = self.buf
+        end = buf.find(b"\n")
+        return end >= 0 and (buf.find(b"\n\r\n", end) >= 0 or buf.find(b"\n\n", end) >= 0)
 
     def read_head(self) -> Head | None:
         """The next request head, parsed and taken from the buffer; None if the client
@@ -97,12 +108,35 @@ class Wire:
         del self.buf[:size]
         return data
 
-    def send(self, *parts: bytes) -> None:
-        """Write ``parts`` whole, within the write timeout of each partial write."""
+    def send(self, *parts: bytes | memoryview) -> None:
+        """Write ``parts`` whole, within the write timeout of each partial write (not
+        blocking: what the kernel does not take now goes to ``unsent``)."""
         views = [memoryview(p) for p in parts if p]
+        if not self.blocking:
+            self.unsent += views
+            self._send_now()
+            return
         while views:
             self.sock.settimeout(self._write_timeout)
             sent = self.sock.sendmsg(views)
+            while views and sent >= len(views[0]):
+                sent -= len(views.pop(0))
+            if sent:
+                views[0] = views[0][sent:]
+
+    def flush(self) -> None:
+        """Become blocking and write what the loop could not."""
+        self.blocking = True
+        views, self.unsent = self.unsent, []
+        self.send(*views)
+
+    def _send_now(self) -> None:
+        views = self.unsent
+        while views:
+            try:
+                sent = self.sock.sendmsg(views)
+            except (BlockingIOError, InterruptedError):
+                return
             while views and sent >= len(views[0]):
                 sent -= len(views.pop(0))
             if sent:
@@ -138,5 +172,5 @@ class Body(io.RawIOBase):
         return filled
 
     def drain(self) -> None:
-        while self.remaining > 0 and self.read(min(self.remaining, _RECV)):
+        while self.remaining > 0 and self.read(min(self.remaining, RECV_SIZE)):
             pass

@@ -1,0 +1,104 @@
+"""A listener's event loop: one thread, one epoll over the listening socket, a wake-up
+pipe and the connections it holds.
+
+A held connection is read without blocking and its complete heads are answered here
+when the app can answer them at once (``Connection.serve_buffered``); one that must
+wait is handed to its listener, which gives it a thread. A held connection whose
+deadline passes (no first head in time, an idle keep-alive, a head that never ends) is
+closed. What a slot is and who may have one is the listener's business: the loop asks
+it through ``accept`` (a connection is waiting in the backlog), ``hand_off`` and
+``release``.
+Runs on: the loop thread (``run`` and everything it calls); ``holds`` from any thread.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from volplugd.control.connection import Connection
+from volplugd.control.site import Step
+
+__all__ = ["Loop"]
+
+
+class Loop:
+    """Runs until ``stopping`` is set (and the wake-up pipe written)."""
+
+    def __init__(self, listening: socket.socket, wake: int, stopping: threading.Event, *,
+                 accept: Callable[[], bool], hand_off: Callable[[Connection], None],
+                 release: Callable[[socket.socket], None]):
+        self._listening = listening.fileno()
+        self._wake = wake
+        self._stopping = stopping
+        self._accept = accept  # False: the listener is stopping
+        self._hand_off = hand_off
+        self._release = release
+        self._epoll = select.epoll()
+        self._held: dict[socket.socket, Connection] = {}
+        self._by_fd: dict[int, Connection] = {}  # the same connections, by descriptor
+
+    def holds(self, sock: socket.socket) -> bool:
+        """Whether ``sock`` is on the loop (dict lookups are atomic: any thread)."""
+        return sock in self._held
+
+    def hold(self, conn: Connection) -> None:
+        """Serve a newly accepted connection on the loop."""
+        fd = conn.sock.fileno()
+        self._epoll.register(fd, select.EPOLLIN)
+        self._held[conn.sock] = self._by_fd[fd] = conn
+
+    def close(self, sock: socket.socket) -> None:
+        """Take a held connection off the loop and end it (its slot is freed)."""
+        self._unhold(sock)
+        self._release(sock)
+
+    def run(self) -> None:
+        epoll, by_fd = self._epoll, self._by_fd
+        epoll.register(self._listening, select.EPOLLIN)
+        epoll.register(self._wake, select.EPOLLIN)
+        try:
+            while not self._stopping.is_set():
+                nearest = min((c.deadline for c in by_fd.values()), default=None)
+                timeout = -1.0 if nearest is None else max(0.0, nearest - time.monotonic())
+                for fd, _ in epoll.poll(timeout):
+                    conn = by_fd.get(fd)
+                    if conn is not None:
+                        self._on_readable(conn)
+                    elif fd == self._listening and not self._accept():
+                        return
+                if nearest is not None and nearest <= time.monotonic():
+                    self._expire()
+        finally:
+            for sock in list(self._held):
+                self.close(sock)
+            epoll.close()
+
+    def _on_readable(self, conn: Connection) -> None:
+        if not conn.receive():
+            if not conn.wire.buf:
+                self.close(conn.sock)
+                return  # closed between requests, or reset
+            step = Step.THREAD  # it hung up mid-head: a thread answers the 400
+        else:
+            step = conn.serve_buffered()
+        if step is Step.CLOSE:
+            self.close(conn.sock)
+        elif step is Step.THREAD:
+            self._unhold(conn.sock)
+            self._hand_off(conn)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for sock, conn in list(self._held.items()):
+            if conn.deadline <= now:
+                conn.log_timeout()
+                self.close(sock)
+
+    def _unhold(self, sock: socket.socket) -> None:
+        fd = sock.fileno()
+        self._epoll.unregister(fd)
+        del self._by_fd[fd], self._held[sock]
