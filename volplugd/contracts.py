@@ -112,6 +112,12 @@ class Commands(Protocol):
 
     def probe(self, name: str, timeout: float) -> PluginView: ...
 
+    def fail_fast(self, name: str) -> None:
+        """Raise what ``call`` would raise at once, without contacting the plugin, for a
+        plugin that is unknown or not ready (UnknownPlugin, PluginNotReady); return if a
+        call would go to the plugin."""
+        ...
+
     def call(self, name: str, op: Callable[[PluginClient], T]) -> T:
         """Run one plugin-client call for a control request on the caller's thread.
 

@@ -35,6 +35,7 @@ from volplugd.contracts import (
     NullObserver,
     Observer,
     OperationFailed,
+    PluginNotReady,
     ProbeNow,
     Rescan,
     Stop,
@@ -44,7 +45,7 @@ from volplugd.contracts import (
 from volplugd.discovery import Watcher
 from volplugd.lifecycle import Lifecycle
 from volplugd.log import get_logger
-from volplugd.model import Event, EventType, PluginView, RescanResult, Snapshot
+from volplugd.model import Event, EventType, PluginState, PluginView, RescanResult, Snapshot
 from volplugd.plugin.client import PluginClient
 from volplugd.registrations import Book
 from volplugd.registry import PendingEvent, Registry
@@ -154,6 +155,11 @@ class Supervisor(Commands):
         if self._stopped.is_set():
             raise Stopping()
         self.put(message)
+
+    def fail_fast(self, name: str) -> None:
+        view = self.snapshot().plugins.get(name)
+        if view is None or view.state is not PluginState.READY:
+            raise UnknownPlugin(name) if view is None else PluginNotReady(view)
 
     def call(self, name: str, op: Callable[[PluginClient], T]) -> T:
         view = self.snapshot().plugins.get(name)

@@ -187,11 +187,14 @@ class MemoryCommands:
         self.views[name] = probed
         return probed
 
-    def call(self, name: str, op: Callable[[Any], T]) -> T:
+    def fail_fast(self, name: str) -> None:
         if name not in self.views:
             raise UnknownPlugin(name)
         plugin = self.views[name]
         if plugin.state is not PluginState.READY:
             raise PluginNotReady(plugin)
+
+    def call(self, name: str, op: Callable[[Any], T]) -> T:
+        self.fail_fast(name)
         self.calls_seen += 1
         return op(self.clients[name])

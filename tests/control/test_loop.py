@@ -78,6 +78,25 @@ def test_reads_from_memory_are_answered_on_the_loop_and_plugin_calls_on_a_thread
                     ("/v1/health", 200, CONN)]
 
 
+def test_the_fail_fast_refusals_are_answered_on_the_loop(
+        threads_seen: tuple[str, list[tuple[str, int, str]]]) -> None:
+    """A volume read of a plugin that is not ready (409) or unknown (404) never waits,
+    so the loop answers it, and the connection stays on the loop."""
+    path, seen = threads_seen
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(path)
+        for target in (b"/v1/plugins/sick/volumes", b"/v1/plugins/fresh/volumes/v1/path",
+                       b"/v1/plugins/nope/capabilities", b"/v1/health"):
+            sock.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % target)
+        (sick, body), (fresh, _), (nope, _), (health, _) = _answers(sock, 4)
+    assert (sick, fresh, nope, health) == (409, 409, 404, 200)
+    assert json_of(b"\r\n\r\n" + body)["error"]["code"] == "plugin_not_ready"
+    assert seen == [("/v1/plugins/{name}/volumes", 409, LOOP),
+                    ("/v1/plugins/{name}/volumes/{volume}/path", 409, LOOP),
+                    ("/v1/plugins/{name}/capabilities", 404, LOOP), ("/v1/health", 200, LOOP)]
+
+
 def test_a_follow_stream_and_a_body_are_served_on_a_thread(
         threads_seen: tuple[str, list[tuple[str, int, str]]]) -> None:
     path, seen = threads_seen
@@ -173,8 +192,10 @@ def test_a_malformed_head_after_a_good_one_gets_its_4xx_after_the_good_answer(
     ("GET", "/v1/events?since=4&follow=1", False),
     ("GET", "/metrics", True),
     ("GET", "/openapi.json", True),
-    ("GET", "/v1/plugins/demo/volumes", False),
-    ("GET", "/v1/plugins/demo/capabilities", False),
+    ("GET", "/v1/plugins/demo/volumes", True),  # its fail-fast answer; else MustWait
+    ("GET", "/v1/plugins/demo/capabilities", True),
+    ("GET", "/v1/plugins/demo/volumes/v/path", True),
+    ("GET", "/v1/plugins/demo/volumes/v/mount", False),
     ("GET", "/v1/%70lugins", False),  # matches once decoded: served on a thread
     ("GET", "/nowhere", False),
 ])

@@ -16,7 +16,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from volplugd.contracts import Commands, PluginBusy, PluginNotReady, UnknownPlugin
 from volplugd.control.access import AccessPolicy, Peer, decide
@@ -35,6 +35,7 @@ from volplugd.control.routing import (
     JSON,
     NDJSON,
     Handler,
+    MustWait,
     Reply,
     Request,
     WsgiBase,
@@ -44,6 +45,7 @@ from volplugd.control.routing import (
 from volplugd.control.stream import FollowStream, follow_slot, ndjson
 from volplugd.log import get_logger
 from volplugd.model import encode
+from volplugd.plugin.client import PluginClient
 from volplugd.plugin.errors import PluginError
 
 if TYPE_CHECKING:
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
 __all__ = ["ROUTES", "AccessPolicy", "make_app", "make_metrics_app", "openapi_document"]
 
 _log = get_logger(__name__)
+T = TypeVar("T")
 
 
 STALLED_AFTER = 10.0  # seconds without a supervisor loop iteration (it runs every second)
@@ -78,10 +81,13 @@ ROUTES: Mapping[str, frozenset[str]] = {
 }
 """Every route and its methods (HEAD is implied by GET); the OpenAPI test checks this."""
 
-INLINE_ROUTES = frozenset({"/v1/health", "/v1/plugins", "/v1/plugins/{name}", "/v1/events",
-                           "/metrics", "/openapi.json"})
-"""GET routes answered from the snapshot, the event log or cached bytes, never waiting:
-the server answers them on its event loop (``/v1/events`` unless it follows)."""
+INLINE_ROUTES = frozenset({
+    "/v1/health", "/v1/plugins", "/v1/plugins/{name}", "/v1/events", "/metrics",
+    "/openapi.json", "/v1/plugins/{name}/capabilities", "/v1/plugins/{name}/volumes",
+    "/v1/plugins/{name}/volumes/{volume}", "/v1/plugins/{name}/volumes/{volume}/path"})
+"""GET routes the server may answer on its event loop: from the snapshot, the event log
+or cached bytes (``/v1/events`` unless it follows), and for a volume read its fail-fast
+refusal (404 unknown, 409 not ready); a read that must go to the plugin ``MustWait``."""
 
 
 class ControlApp(WsgiBase):
@@ -197,12 +203,22 @@ class ControlApp(WsgiBase):
 
     # -- volume operations: through the plugin client, failing fast --
 
+    def _call(self, req: Request, op: Callable[[PluginClient], T]) -> T:
+        """``commands.call`` for the request's plugin. Asked on the server's event loop,
+        only the fail-fast refusal is answered there; a call that would go to the plugin
+        raises ``MustWait``, and the server asks again on a thread."""
+        name = req.params["name"]
+        if req.environ.get("volplugd.inline"):
+            self._commands.fail_fast(name)
+            raise MustWait
+        return self._commands.call(name, op)
+
     def capabilities(self, req: Request) -> Reply:
-        caps = self._commands.call(req.params["name"], lambda c: c.capabilities())
+        caps = self._call(req, lambda c: c.capabilities())
         return json_reply(200, {"scope": caps.scope})
 
     def volumes(self, req: Request) -> Reply:
-        found = self._commands.call(req.params["name"], lambda c: c.list())
+        found = self._call(req, lambda c: c.list())
         return json_reply(200, {"volumes": [v.to_json() for v in found]})
 
     def create_volume(self, req: Request) -> Reply:
@@ -212,7 +228,7 @@ class ControlApp(WsgiBase):
             raise InvalidRequest("name", "required")
         volume = check_volume_name(doc["name"])
         options = volume_options(doc)
-        self._commands.call(plugin, lambda c: c.create(volume, options))
+        self._call(req, lambda c: c.create(volume, options))
         location = (("Location", _volume_url(plugin, volume)),)
         return Reply(201, encode(self._describe(plugin, volume)), JSON, location)
 
@@ -227,29 +243,29 @@ class ControlApp(WsgiBase):
 
     def volume(self, req: Request) -> Reply:
         volume = check_volume_name(req.params["volume"], "volume")
-        found = self._commands.call(req.params["name"], lambda c: c.get(volume))
+        found = self._call(req, lambda c: c.get(volume))
         return json_reply(200, found.to_json())
 
     def remove_volume(self, req: Request) -> Reply:
         volume = check_volume_name(req.params["volume"], "volume")
-        self._commands.call(req.params["name"], lambda c: c.remove(volume))
+        self._call(req, lambda c: c.remove(volume))
         return Reply(204, b"", None)
 
     def volume_path(self, req: Request) -> Reply:
         volume = check_volume_name(req.params["volume"], "volume")
-        mountpoint = self._commands.call(req.params["name"], lambda c: c.path(volume))
+        mountpoint = self._call(req, lambda c: c.path(volume))
         return json_reply(200, {"mountpoint": mountpoint})
 
     def mount(self, req: Request) -> Reply:
         volume = check_volume_name(req.params["volume"], "volume")
         ident = mount_id(read_json_object(req.environ))
-        mountpoint = self._commands.call(req.params["name"], lambda c: c.mount(volume, ident))
+        mountpoint = self._call(req, lambda c: c.mount(volume, ident))
         return json_reply(200, {"mountpoint": mountpoint})
 
     def unmount(self, req: Request) -> Reply:
         volume = check_volume_name(req.params["volume"], "volume")
         ident = mount_id(read_json_object(req.environ))
-        self._commands.call(req.params["name"], lambda c: c.unmount(volume, ident))
+        self._call(req, lambda c: c.unmount(volume, ident))
         return Reply(204, b"", None)
 
 

@@ -22,7 +22,6 @@ Runs on: the loop thread (``receive``, ``serve_buffered``), then its own (``run`
 from __future__ import annotations
 
 import contextlib
-import select
 import socket
 import sys
 import time
@@ -31,11 +30,9 @@ from collections.abc import Iterable
 from volplugd.control.access import Peer, groups_of
 from volplugd.control.head import BadHead, Head
 from volplugd.control.replies import CRASHED, Answer, protocol_error
-from volplugd.control.routing import JSON
+from volplugd.control.routing import JSON, MustWait
 from volplugd.control.site import READ_METHODS, Site, Step
 from volplugd.control.sockio import (
-    MAX_HEAD_BYTES,
-    MAX_REQUEST_LINE,
     RECV_SIZE,
     Body,
     HeadTooLarge,
@@ -116,20 +113,21 @@ class Connection:
         """Answer the complete heads in the buffer that the loop may answer itself."""
         site, wire = self.site, self.wire
         for _ in range(MAX_INLINE):
-            if not wire.has_head():
-                unbounded = b"\n" not in wire.buf and len(wire.buf) > MAX_REQUEST_LINE
-                return Step.THREAD if unbounded or len(wire.buf) >= MAX_HEAD_BYTES \
-                    else Step.WAIT
+            if not wire.has_head():  # a thread answers one over budget (414, 431)
+                return Step.THREAD if wire.head_over_budget() else Step.WAIT
             head = self._complete_head()
             if head is None:
                 return Step.THREAD  # the refusal lingers: a thread's job
             site.set_idle(self.sock, False)
             wire.deadline = self.started + site.read_timeout  # for a body, on a thread
-            if not site.inline(head):
+            self.method = head.method
+            try:
+                if not site.inline(head):
+                    raise MustWait
+                self.keep = self._serve(head)
+            except MustWait:  # nothing of an answer was sent
                 self.ready = head
                 return Step.THREAD
-            self.method = head.method
-            self.keep = self._serve(head)
             if wire.unsent:
                 return Step.THREAD  # the client is slow to read: a thread waits for it
             if not self.keep or site.stopping.is_set():
@@ -276,10 +274,12 @@ class Connection:
         answer = Answer()
         keep = head.keep_alive
         try:
-            environ = self.site.environ(head, body, self.address, self._disconnected)
+            environ = self.site.environ(head, body, self.address, self.wire.hung_up)
             if self.peer is not None:
                 environ["volplugd.peer"] = self.peer
                 environ["volplugd.groups"] = self.groups
+            if not self.wire.blocking:
+                environ["volplugd.inline"] = True  # on the loop: MustWait if it must
             result = self.site.app(environ, answer.start_response)
             try:
                 keep = self._write(answer, result, keep)
@@ -290,6 +290,8 @@ class Connection:
         except OSError as err:  # the client went away, or stopped reading
             _log.info("control_client_write_failed", error=str(err))
             return False
+        except MustWait:
+            raise
         except Exception:  # noqa: BLE001 — logged; the client gets a JSON 500
             _log.error("control_request_crashed", exc_info=sys.exc_info())
             if answer.sent:
@@ -341,10 +343,4 @@ class Connection:
         if self.expecting:
             self.expecting = False
             self.wire.send(b"HTTP/1.1 100 Continue\r\n\r\n")
-
-    def _disconnected(self) -> bool:
-        """True once the client has hung up (a follow stream then ends)."""
-        poller = select.poll()
-        poller.register(self.sock, select.POLLRDHUP)
-        return bool(poller.poll(0))
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 __all__ = [
-    "JSON", "NDJSON", "UNMATCHED", "Handler", "MethodNotAllowed", "NotFound", "Reply",
+    "JSON", "NDJSON", "UNMATCHED", "Handler", "MethodNotAllowed", "MustWait", "NotFound", "Reply",
     "Request", "WsgiBase", "json_reply", "raw_reply",
 ]
 
@@ -30,6 +30,12 @@ _INLINE_PATHS = 4096  # paths whose inline answer is remembered (then forgotten 
 
 class NotFound(Exception):
     """No route matches the path (404 not_found)."""
+
+
+class MustWait(Exception):
+    """Raised by a handler asked on the server's event loop (``volplugd.inline`` in the
+    environ) that would have to wait: the server answers the request on a thread
+    instead. Only before anything of the answer is decided; never an error answer."""
 
 
 class MethodNotAllowed(Exception):
@@ -164,6 +170,8 @@ class WsgiBase:
             if bad_path is not None:
                 raise bad_path
             return route, self._dispatch(found, environ, method)
+        except MustWait:
+            raise
         except Exception as exc:  # noqa: BLE001 — every failure becomes a JSON error
             return route, self._errors(exc)
 

@@ -11,6 +11,7 @@ Runs on: whichever thread owns the connection (the loop's, then its own).
 from __future__ import annotations
 
 import io
+import select
 import socket
 import time
 from collections.abc import Callable
@@ -65,6 +66,18 @@ class Wire:
         buf = self.buf
         end = buf.find(b"\n")
         return end >= 0 and (buf.find(b"\n\r\n", end) >= 0 or buf.find(b"\n\n", end) >= 0)
+
+    def head_over_budget(self) -> bool:
+        """Whether the incomplete head in the buffer is already too long (a request line
+        over MAX_REQUEST_LINE, or the head over MAX_HEAD_BYTES)."""
+        buf = self.buf
+        return len(buf) >= MAX_HEAD_BYTES or (len(buf) > MAX_REQUEST_LINE and b"\n" not in buf)
+
+    def hung_up(self) -> bool:
+        """True once the client has hung up (a follow stream then ends)."""
+        poller = select.poll()
+        poller.register(self.sock, select.POLLRDHUP)
+        return bool(poller.poll(0))
 
     def read_head(self) -> Head | None:
         """The next request head, parsed and taken from the buffer; None if the client
