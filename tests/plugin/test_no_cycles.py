@@ -110,6 +110,20 @@ def test_a_finished_call_leaves_nothing_for_the_collector(
         check_freed(run(mux, client, LIST, timeout))
 
 
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_blocking_call_leaves_nothing_for_the_collector(
+        fake: FakePlugin, make_client: Callable[..., PluginClient], no_gc: None,
+        case: str) -> None:
+    """A volume operation's error is raised, not kept: no cycle through its exchange."""
+    behaviour, timeout = CASES[case]
+    fake.set(LIST, behaviour)
+    client = make_client(max_response_bytes=4096)
+    with contextlib.suppress(PluginError):
+        client.list(timeout=timeout)
+    assert alive(Exchange) == []
+    assert garbage() == []
+
+
 def test_a_call_failing_before_it_starts_leaves_nothing(
         short_tmp: Path, mux: Multiplexer, no_gc: None) -> None:
     """Socket file gone (raised in ``begin``), and a stale one nobody listens on."""

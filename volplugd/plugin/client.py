@@ -148,9 +148,7 @@ class PluginClient:
     def close(self) -> None:
         """Close the keep-alive connections; later calls raise PluginError. Idempotent."""
         self._closed = True
-        # The interpreters refer back to the client: without them, a closed client is
-        # freed as soon as the last reference to it goes, not by the garbage collector.
-        self.__dict__.pop("_answers", None)
+        self.__dict__.pop("_answers", None)  # they refer back to it: freed without gc
         with self._connections_lock:
             if self._connections is not None:
                 self._connections.close()
@@ -200,7 +198,12 @@ class PluginClient:
             exchange = self._exchange(endpoint, request, volume, interpret, seconds=seconds,
                                       started=started)
             self._connections_for(endpoint, volume).run(exchange)
-            result = exchange.value()
+            result = exchange.result()  # not value(): no cycle exchange <-> its error
+            if isinstance(result, PluginError):
+                try:
+                    raise result
+                finally:  # nor this frame (in the traceback) <-> its error
+                    del result, exchange
             outcome = "success"
             return result
         except PluginError as err:
