@@ -84,11 +84,17 @@ class _Found:
         self.present: list[str] = []
 
     def add(self, path: str, name: str, kind: Kind, order: int, nested: bool) -> None:
-        try:
-            st = os.stat(path)  # follows symlinks: a plugin's identity is its target's
+        try:  # lstat first: most paths a scan_one tries do not exist (one call, not two)
+            st = os.lstat(path)
         except OSError as err:
-            _unstattable(path, err, self.ignored)
+            _unstattable(path, err, self.ignored, link=False)
             return
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                st = os.stat(path)  # a plugin's identity is its target's
+            except OSError as err:
+                _unstattable(path, err, self.ignored, link=True)
+                return
         if not is_utf8(name):  # it could not be named faithfully in JSON, metrics or logs
             self.ignored.append(Ignored(path, NOT_UTF8))
             return
@@ -130,7 +136,9 @@ def scan_one(name: str, dirs: Sequence[str], trusted: Sequence[str] = ()) -> Sca
     for order, root in _existing_dirs(dirs, found):
         if not _is_plugin_name(name):
             continue
-        nested_ok = not _MANAGED.fullmatch(name) and not _is_gateway(os.path.join(root, name))
+        folder = os.path.join(root, name)
+        nested_ok = (not _MANAGED.fullmatch(name) and _may_hold(folder)
+                     and not _is_gateway(folder))
         for kind, suffix in ((Kind.SOCK, ".sock"), (Kind.SPEC, ".spec"), (Kind.JSON, ".json")):
             found.add(os.path.join(root, name + suffix), name, kind, order, nested=False)
             if nested_ok:
@@ -227,6 +235,17 @@ def _scan_folder(folder: str, name: str, order: int, found: _Found) -> None:
         found.add(path, name, kind, order, nested=True)
 
 
+def _may_hold(folder: str) -> bool:
+    """Whether a ``<name>/`` folder may hold plugin files: not when there is none (its
+    paths need not be tried one by one), but when it cannot be looked at (they say why)."""
+    try:
+        return stat.S_ISDIR(os.stat(folder).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+
+
 def _is_gateway(folder: str) -> bool:
     return os.path.lexists(os.path.join(folder, GATEWAY_MARK))
 
@@ -246,10 +265,11 @@ def _is_dir(entry: os.DirEntry[str]) -> bool:
         return False
 
 
-def _unstattable(path: str, err: OSError, ignored: list[Ignored]) -> None:
+def _unstattable(path: str, err: OSError, ignored: list[Ignored], *, link: bool) -> None:
+    """``link``: the path is a symlink, and following it failed."""
     if not isinstance(err, FileNotFoundError | NotADirectoryError):
         ignored.append(Ignored(path, f"cannot stat: {err.strerror}"))
-    elif os.path.islink(path):
+    elif link:
         ignored.append(Ignored(path, "dangling symlink"))
     # else there is no such file (or it vanished during the scan): nothing to say
 
