@@ -11,7 +11,8 @@
 3. Settle: hostile plugins stopped; wait (deadline) for only the 50 listed, all ready,
    fds and threads at most the baseline's; then RSS.
 Prints those figures beside the baseline's, 5xx per reader (and 500s among the volume
-calls), p50/p99 per reader and probe lateness (the daemon's histogram), baseline vs storm.
+calls), p50/p99 per reader and probe lateness (the daemon's histogram), baseline vs storm;
+the daemon's CPU in the storm, all threads and the supervisor loop's (its main thread).
 Usage: .venv/bin/python bench/soak.py [--cycles N] [--rate R] [--quick]
 Runs on: the main thread (cycles), a thread per reader, one for the calls, the Killer's.
 """
@@ -90,6 +91,7 @@ class Report:
     lateness: dict[str, float]  # phase -> p99 upper bound (s), from the histogram
     rss: dict[int, int]  # cycles done -> the daemon's RSS then
     storm_seconds: float
+    cpu: tuple[float, ...]  # the daemon's CPU s/s in the storm: all threads, the loop's
 
     @property
     def five_xx(self) -> int:
@@ -115,6 +117,13 @@ def lateness_buckets(lines: list[str]) -> dict[float, float]:
 
 def counter(lines: list[str], sample: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(sample))
+
+
+def cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds of the daemon, and of its main thread (the supervisor loop)."""
+    with open(f"/proc/{pid}/task/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return c.proc_cpu_seconds(pid), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def p99_bound(before: dict[float, float], after: dict[float, float]) -> float:
@@ -268,9 +277,10 @@ def soak(count: int, *, rate: float = 200.0, window: int = 100, base: float = 10
             print(f"baseline: {STEADY} plugins ready, {base:.0f} s of readers; storm: "
                   f"{count} cycles at {rate:.0f}/s")
         phase[0] = "storm"
-        started = time.monotonic()
+        started, cpu_before = time.monotonic(), cpu(pid)
         calls, bad_calls, killer, rss = storm(s, count, rate, window)
         storm_seconds = time.monotonic() - started
+        used = tuple((b - a) / storm_seconds for a, b in zip(cpu_before, cpu(pid), strict=True))
         at_end = metric_lines(control)
         phase[0] = "settle"
         settled, after = settle(s.daemon, before)
@@ -280,7 +290,7 @@ def soak(count: int, *, rate: float = 200.0, window: int = 100, base: float = 10
                   int(counter(at_end, added) - counter(at_storm, added)),
                   {"base": p99_bound(lateness_buckets(first), lateness_buckets(at_storm)),
                    "storm": p99_bound(lateness_buckets(at_storm), lateness_buckets(at_end))},
-                  rss, storm_seconds)
+                  rss, storm_seconds, used)
 
 
 def show(r: Report, count: int) -> bool:
@@ -309,6 +319,7 @@ def show(r: Report, count: int) -> bool:
         f"{n}: {v / mb:.1f}" for n, v in r.rss.items()))
     print(f"probe lateness p99 (histogram bound): baseline <= {r.lateness['base']} s, "
           f"storm <= {r.lateness['storm']} s")
+    print(f"daemon CPU in the storm: {r.cpu[0]:.2f} s/s, the loop's {r.cpu[1]:.2f} s/s")
     health = c.percentile(r.readers[0].times["storm"], 99)
     goals = [("0 5xx", r.five_xx == 0), ("fds and threads back to baseline", r.settled),
              ("RSS growth <= 10 MB", r.after.rss - r.before.rss <= RSS_GOAL),
