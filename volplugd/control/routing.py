@@ -9,7 +9,7 @@ from __future__ import annotations
 import http
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from volplugd.control.inputs import InvalidRequest, content_length, path_segments, query
 from volplugd.model import encode
@@ -25,7 +25,12 @@ __all__ = [
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
 UNMATCHED = "unmatched"  # the metrics route label of a path that matches no route
-_INLINE_PATHS = 4096  # paths whose inline answer is remembered (then forgotten at once)
+# What is learnt about a path (its route, whether it is answered inline) is kept for up
+# to this many paths of at most this length; then all is forgotten at once.
+_MEMO_ENTRIES = 4096
+_MEMO_KEY = 256
+_STATUS_LINES: dict[int, str] = {}
+T = TypeVar("T")
 
 
 class NotFound(Exception):
@@ -123,6 +128,7 @@ class WsgiBase:
         self._errors = errors
         self._inline = frozenset(inline)
         self._inline_paths: dict[str, str | None] = {}  # path -> inline template, or None
+        self._matches: dict[str, _Match | None] = {}  # raw path -> its route (read-only)
 
     def runs_inline(self, method: str, target: str) -> bool:
         """Whether a GET (or HEAD) of ``target`` is answered at once from memory, so a
@@ -136,9 +142,7 @@ class WsgiBase:
         if template == "":
             found = self._router.match(path.split("/")[1:])
             template = found.template if found and found.template in self._inline else None
-            if len(self._inline_paths) >= _INLINE_PATHS:
-                self._inline_paths.clear()
-            self._inline_paths[path] = template
+            _remember(self._inline_paths, path, template)
         return template is not None and self.inline_query(template, query)
 
     def inline_query(self, template: str, query: str) -> bool:
@@ -159,11 +163,18 @@ class WsgiBase:
 
     def _answer(self, environ: WSGIEnvironment, method: str) -> tuple[str, Reply]:
         bad_path: InvalidRequest | None = None
+        raw = environ.get("volplugd.raw_path")
         found: _Match | None = None
-        try:
-            found = self._router.match(path_segments(environ))
-        except InvalidRequest as exc:
-            bad_path = exc
+        if raw is not None and raw in self._matches:
+            found = self._matches[raw]
+        else:
+            try:
+                found = self._router.match(path_segments(environ))
+            except InvalidRequest as exc:
+                bad_path = exc
+            else:
+                if raw is not None:
+                    _remember(self._matches, raw, found)
         route = UNMATCHED if found is None else found.template
         try:
             self.admit(environ, method)
@@ -186,18 +197,30 @@ class WsgiBase:
         handler = found.handlers.get("GET" if method == "HEAD" else method)
         if handler is None:
             raise MethodNotAllowed(_allow(found.handlers))
-        return handler(Request(environ, method, found.params, query(environ)))
+        params = query(environ) if environ.get("QUERY_STRING") else {}
+        return handler(Request(environ, method, found.params, params))
 
 
 def _allow(handlers: Mapping[str, Handler]) -> set[str]:
     return set(handlers) | ({"HEAD"} if "GET" in handlers else set())
 
 
+def _remember(memo: dict[str, T], key: str, value: T) -> None:
+    if len(key) <= _MEMO_KEY:
+        if len(memo) >= _MEMO_ENTRIES:
+            memo.clear()
+        memo[key] = value
+
+
 def _status_line(status: int) -> str:
-    try:
-        return f"{status} {http.HTTPStatus(status).phrase}"
-    except ValueError:
-        return f"{status} Unknown"
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        try:
+            line = f"{status} {http.HTTPStatus(status).phrase}"
+        except ValueError:
+            line = f"{status} Unknown"
+        _STATUS_LINES[status] = line
+    return line
 
 
 def _headers(reply: Reply) -> list[tuple[str, str]]:
