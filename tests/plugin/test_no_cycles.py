@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import socket
 import time
 import types
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+import volplugd
 from tests.fakeplugin import FakePlugin
 from tests.fakeplugin import behaviours as b
 from tests.plugin.test_multiplex import collect, run
@@ -28,6 +30,7 @@ from volplugd.plugin import ACTIVATE, LIST, PluginAddress, PluginClient, PluginE
 from volplugd.plugin.exchange import Exchange
 from volplugd.plugin.multiplex import Multiplexer
 
+PACKAGE = os.path.dirname(volplugd.__file__) + os.sep
 CASES: dict[str, tuple[b.Behaviour, float | None]] = {
     "normal": (b.Normal(), None),
     "garbage": (b.Garbage(), None),
@@ -71,7 +74,7 @@ def garbage() -> list[str]:
         gc.set_debug(0)
     found = [repr(o)[:120] for o in gc.garbage
              if type(o).__module__.startswith("volplugd")
-             or (isinstance(o, types.FrameType) and "volplugd" in o.f_code.co_filename)]
+             or (isinstance(o, types.FrameType) and o.f_code.co_filename.startswith(PACKAGE))]
     gc.garbage.clear()
     return found
 
