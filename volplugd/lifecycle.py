@@ -120,7 +120,10 @@ class Lifecycle:
         for path, reason in sorted(current - self._ignored_logged):
             log.warning("plugin_file_ignored", path=path, reason=reason)
             self._observer.discovery("ignored")
-        self._ignored_logged = self._ignored_logged | current if partial else current
+        if partial:  # in place: a copy per hint grew with every file ignored since a scan
+            self._ignored_logged |= current
+        else:
+            self._ignored_logged = current
 
     def register(self, want: DesiredPlugin, now: float) -> None:
         tracked = policy.register(want, next(self._tokens), self._wall())
