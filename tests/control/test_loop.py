@@ -19,7 +19,6 @@ from tests.control.memory import MemoryCommands, view
 from tests.waiting import wait_until
 from volplugd.control import make_app
 from volplugd.control.access import AccessPolicy
-from volplugd.control.connection import MAX_INLINE
 
 HEALTH = b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n"
 LOOP, CONN = "control-loop", "control-conn"
@@ -113,14 +112,14 @@ def test_a_follow_stream_and_a_body_are_served_on_a_thread(
     assert seen[0] == ("/v1/rescan", 200, CONN)
 
 
-def test_pipelined_requests_beyond_the_loops_share_are_all_answered_in_order(
-        sockdir: str, commands: MemoryCommands) -> None:
-    """More pipelined requests than the loop answers per wake-up: the rest are answered
-    by the connection's thread, none lost, none reordered, and the connection stays."""
-    path = os.path.join(sockdir, "c.sock")
-    count = 3 * MAX_INLINE + 1
+def test_pipelined_requests_are_all_answered_in_order_on_the_loop(
+        threads_seen: tuple[str, list[tuple[str, int, str]]]) -> None:
+    """Many requests in one write: each answered, in order, by the loop (one per turn),
+    and the connection stays."""
+    path, seen = threads_seen
+    count = 49
     targets = [b"/v1/plugins/demo" if i % 2 else b"/v1/plugins/nope" for i in range(count)]
-    with serving(build_app(commands), path) as server, socket.socket(socket.AF_UNIX) as sock:
+    with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(10)
         sock.connect(path)
         sock.sendall(b"".join(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % t for t in targets))
@@ -131,7 +130,45 @@ def test_pipelined_requests_beyond_the_loops_share_are_all_answered_in_order(
                    for status, body in answers if status == 200)
         sock.sendall(HEALTH)
         assert _answers(sock, 1)[0][0] == 200
-        assert server.connections == 1
+    assert {thread for _, _, thread in seen} == {LOOP}
+    assert len(seen) == count + 1
+
+
+def test_a_client_that_pipelines_waits_its_turn(sockdir: str) -> None:
+    """While the loop is held up (in the first request's metrics hook), one client
+    pipelines 40 requests and another sends one: the loop answers one request of each
+    ready connection per turn, so the lone request is not served after the 40."""
+    seen: list[str] = []
+    held, gate = threading.Event(), threading.Event()
+
+    def note(route: str, status: int) -> None:
+        if not seen:
+            held.set()
+            gate.wait(10)  # the loop thread stops here until both clients have sent
+        seen.append(route)
+
+    path = os.path.join(sockdir, "control.sock")
+    with fake_backed(sockdir) as (cmds, _fakes):
+        app = make_app(cmds, metrics=lambda: (b"x 1\n", "text/plain"), on_request=note,
+                       version="9.9.9", started_at=time.time(), access=AccessPolicy())
+        with serving(app, path, read_timeout=10.0) as server, \
+                socket.socket(socket.AF_UNIX) as first, \
+                socket.socket(socket.AF_UNIX) as greedy, socket.socket(socket.AF_UNIX) as lone:
+            for sock in (first, greedy, lone):
+                sock.settimeout(10)
+                sock.connect(path)
+            wait_until(lambda: server.connections == 3, timeout=10,
+                       message="the three connections were not accepted")
+            first.sendall(b"GET /v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert held.wait(10), "the first request never reached the app"
+            greedy.sendall(40 * b"GET /v1/plugins/demo HTTP/1.1\r\nHost: x\r\n\r\n")
+            lone.sendall(HEALTH)
+            gate.set()
+            assert _answers(lone, 1)[0][0] == 200
+            assert len(_answers(greedy, 40)) == 40
+    assert seen[0] == "/v1/events"
+    assert seen.index("/v1/health") <= 2  # after at most one of the greedy client's
+    assert seen.count("/v1/plugins/{name}") == 40
 
 
 def test_an_answer_the_client_does_not_read_never_holds_the_loop(
@@ -147,7 +184,7 @@ def test_an_answer_the_client_does_not_read_never_holds_the_loop(
         slow.settimeout(30)
         slow.connect(path)
         slow.sendall(b"GET /v1/plugins HTTP/1.1\r\nHost: x\r\n\r\n" + HEALTH)
-        wait_until(lambda: server.waiting == 0, timeout=10,
+        wait_until(lambda: server.connections == 1 and server.waiting == 0, timeout=10,
                    message="the list was never taken up")
         for _ in range(3):
             raw = raw_exchange(path, HEALTH.replace(b"\r\n\r\n", b"\r\nConnection: close"

@@ -43,9 +43,6 @@ from volplugd.log import get_logger
 __all__ = ["DRAIN_LIMIT", "PROTOCOL_ERRORS", "Connection"]
 
 DRAIN_LIMIT = 64 * 1024  # an unread body up to this is skipped to keep the connection
-# Pipelined requests one connection may have answered on the loop per wake-up; a client
-# that sends more at once is served by a thread (it cannot hold the loop for long).
-MAX_INLINE = 16
 # A unix socket's default send buffer (~200 KiB) takes the plugin list of 1,000 plugins
 # (~0.5 MB) in three writes; with this (the kernel doubles it) it leaves in one, from the
 # loop. Kernel memory, held only while a client has not read its answer yet.
@@ -110,34 +107,34 @@ class Connection:
         return bool(data)
 
     def serve_buffered(self) -> Step:
-        """Answer the complete heads in the buffer that the loop may answer itself."""
+        """Answer the next complete head in the buffer, if the loop may answer it itself:
+        one per call, so that every connection with work gets its turn."""
         site, wire = self.site, self.wire
-        for _ in range(MAX_INLINE):
-            if not wire.has_head():  # a thread answers one over budget (414, 431)
-                return Step.THREAD if wire.head_over_budget() else Step.WAIT
-            head = self._complete_head()
-            if head is None:
-                return Step.THREAD  # the refusal lingers: a thread's job
-            site.set_idle(self.sock, False)
-            wire.deadline = self.started + site.read_timeout  # for a body, on a thread
-            self.method = head.method
-            try:
-                if not site.inline(head):
-                    raise MustWait
-                self.keep = self._serve(head)
-            except MustWait:  # nothing of an answer was sent
-                self.ready = head
-                return Step.THREAD
-            if wire.unsent:
-                return Step.THREAD  # the client is slow to read: a thread waits for it
-            if not self.keep or site.stopping.is_set():
-                return Step.CLOSE
-            self.first, self.idle = False, not wire.buf
-            self.started = time.monotonic()
-            self.deadline = self.started + site.read_timeout
-            wire.received = len(wire.buf)
-            site.set_idle(self.sock, True)
-        return Step.THREAD if wire.buf else Step.WAIT
+        if not wire.has_head():  # a thread answers one over budget (414, 431)
+            return Step.THREAD if wire.head_over_budget() else Step.WAIT
+        head = self._complete_head()
+        if head is None:
+            return Step.THREAD  # the refusal lingers: a thread's job
+        site.set_idle(self.sock, False)
+        wire.deadline = self.started + site.read_timeout  # for a body, on a thread
+        self.method = head.method
+        try:
+            if not site.inline(head):
+                raise MustWait
+            self.keep = self._serve(head)
+        except MustWait:  # nothing of an answer was sent
+            self.ready = head
+            return Step.THREAD
+        if wire.unsent:
+            return Step.THREAD  # the client is slow to read: a thread waits for it
+        if not self.keep or site.stopping.is_set():
+            return Step.CLOSE
+        self.first, self.idle = False, not wire.buf
+        self.started = time.monotonic()
+        self.deadline = self.started + site.read_timeout
+        wire.received = len(wire.buf)
+        site.set_idle(self.sock, True)
+        return Step.AGAIN if wire.buf else Step.WAIT
 
     def _complete_head(self) -> Head | None:
         """The head in the buffer, or None with the ``refusal`` a thread must send."""

@@ -2,7 +2,9 @@
 pipe and the connections it holds.
 
 A held connection is read without blocking and its complete heads are answered here
-when the app can answer them at once (``Connection.serve_buffered``); one that must
+when the app can answer them at once (``Connection.serve_buffered``), one request per
+connection per turn: a client that pipelines many waits behind every other ready
+connection between two of its answers, so no one client holds the loop. One that must
 wait is handed to its listener, which gives it a thread. A held connection whose
 deadline passes (no first head in time, an idle keep-alive, a head that never ends) is
 closed. What a slot is and who may have one is the listener's business: the loop asks
@@ -17,6 +19,7 @@ import select
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 from volplugd.control.connection import Connection
@@ -39,6 +42,8 @@ class Loop:
         self._release = release
         self._epoll = select.epoll()
         self._held: dict[socket.socket, Connection] = {}
+        self._turns: deque[Connection] = deque()  # with a request buffered, in turn
+        self._queued: set[Connection] = set()  # the same, for a quick lookup
         self._by_fd: dict[int, Connection] = {}  # the same connections, by descriptor
 
     def holds(self, sock: socket.socket) -> bool:
@@ -64,12 +69,15 @@ class Loop:
             while not self._stopping.is_set():
                 nearest = min((c.deadline for c in by_fd.values()), default=None)
                 timeout = -1.0 if nearest is None else max(0.0, nearest - time.monotonic())
+                if self._turns:
+                    timeout = 0.0
                 for fd, _ in epoll.poll(timeout):
                     conn = by_fd.get(fd)
                     if conn is not None:
                         self._on_readable(conn)
                     elif fd == self._listening and not self._accept():
                         return
+                self._take_turns()
                 if nearest is not None and nearest <= time.monotonic():
                     self._expire()
         finally:
@@ -82,10 +90,23 @@ class Loop:
             if not conn.wire.buf:
                 self.close(conn.sock)
                 return  # closed between requests, or reset
-            step = Step.THREAD  # it hung up mid-head: a thread answers the 400
-        else:
-            step = conn.serve_buffered()
-        if step is Step.CLOSE:
+            self._after(conn, Step.THREAD)  # it hung up mid-head: a thread sends the 400
+        elif conn not in self._queued:  # else its turn comes
+            self._after(conn, conn.serve_buffered())
+
+    def _take_turns(self) -> None:
+        """One request from each connection that had more buffered."""
+        for _ in range(len(self._turns)):
+            conn = self._turns.popleft()
+            self._queued.discard(conn)
+            if self._held.get(conn.sock) is conn:
+                self._after(conn, conn.serve_buffered())
+
+    def _after(self, conn: Connection, step: Step) -> None:
+        if step is Step.AGAIN:
+            self._turns.append(conn)
+            self._queued.add(conn)
+        elif step is Step.CLOSE:
             self.close(conn.sock)
         elif step is Step.THREAD:
             self._unhold(conn.sock)

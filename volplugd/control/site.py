@@ -35,6 +35,7 @@ class Step(enum.Enum):
     """What the loop does with a connection after ``Connection.serve_buffered``."""
 
     WAIT = "wait"  # for more bytes (the connection stays on the loop)
+    AGAIN = "again"  # more is buffered: its turn comes after the other ready connections'
     THREAD = "thread"  # hand it to a thread of its own (``Connection.run``)
     CLOSE = "close"  # it is done
 
