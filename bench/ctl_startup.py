@@ -11,6 +11,7 @@ Goal: ``volplugctl ls`` in < 150 ms. Usage: python bench/ctl_startup.py [N]
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -61,7 +62,9 @@ def run_once(argv: list[str]) -> float:
 
 
 def main() -> None:
-    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 30
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="?", type=int, default=30, help="runs per case (30)")
+    runs = parser.parse_args().runs
     ctl = str(Path(sys.executable).with_name("volplugctl"))
     workdir = tempfile.mkdtemp(prefix="vp-bench-", dir="/tmp")
     sock = f"{workdir}/control.sock"
