@@ -111,11 +111,9 @@ class Listener:
             self._discard_unstarted()
 
     def join(self, timeout: float | None = None) -> None:
-        """Wait for the loop and connection threads (see ``is_alive()`` after).
-
-        A connection thread blocked inside the app (a plugin call) ends when that
-        call returns; the threads are daemons, so they never hold up the process exit.
-        """
+        """Wait for the loop and connection threads (see ``is_alive()`` after). A thread
+        blocked in a plugin call ends when the call returns; the threads are daemons, so
+        they never hold up the process exit."""
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._thread is not None:
             self._thread.join(_left(deadline))
