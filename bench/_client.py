@@ -90,7 +90,7 @@ class RawClient:
     @staticmethod
     def _recv(sock: socket.socket) -> bytes:
         try:
-            chunk = sock.recv(1 << 18)
+            chunk = sock.recv(1 << 20)
         except BlockingIOError:  # SO_RCVTIMEO ran out
             raise TimeoutError("timed out") from None
         if not chunk:
