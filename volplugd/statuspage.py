@@ -6,7 +6,7 @@ control characters, bidi overrides and any lone surrogate are escaped visibly
 (``printable``), then it is HTML-escaped; the metrics listener sends it with a CSP that
 allows no script.
 
-Runs on: the metrics listener's loop thread (one render per request; pure, no locks,
+Runs on: metrics connection threads (one render per request; pure, no locks,
 no I/O).
 """
 

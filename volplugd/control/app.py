@@ -82,12 +82,14 @@ ROUTES: Mapping[str, frozenset[str]] = {
 """Every route and its methods (HEAD is implied by GET); the OpenAPI test checks this."""
 
 INLINE_ROUTES = frozenset({
-    "/v1/health", "/v1/plugins", "/v1/plugins/{name}", "/v1/events", "/metrics",
+    "/v1/health", "/v1/plugins", "/v1/plugins/{name}", "/v1/events",
     "/openapi.json", "/v1/plugins/{name}/capabilities", "/v1/plugins/{name}/volumes",
     "/v1/plugins/{name}/volumes/{volume}", "/v1/plugins/{name}/volumes/{volume}/path"})
-"""GET routes the server may answer on its event loop: from the snapshot, the event log
-or cached bytes (``/v1/events`` unless it follows), and for a volume read its fail-fast
-refusal (404 unknown, 409 not ready); a read that must go to the plugin ``MustWait``."""
+"""GET routes the server may answer on its event loop, each in microseconds: from the
+snapshot, the event log or cached bytes (``/v1/events`` unless it follows), and for a
+volume read its fail-fast refusal (404 unknown, 409 not ready); a read that must go to
+the plugin ``MustWait``. Not ``/metrics`` (or the status page): a render takes
+milliseconds, and on the loop every other client would wait for it."""
 
 
 class ControlApp(WsgiBase):
@@ -311,7 +313,7 @@ class _MetricsApp(WsgiBase):
         routes: dict[str, dict[str, Handler]] = {"/metrics": {"GET": self.metrics}}
         if status_page is not None:
             routes["/"] = {"GET": self.index}
-        super().__init__(routes, on_request, error_reply, routes)  # all from memory
+        super().__init__(routes, on_request, error_reply)  # renders: never on the loop
 
     def metrics(self, req: Request) -> Reply:
         body, content_type = self._metrics()
