@@ -5,15 +5,17 @@ error-level log record, and the server still answers."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from tests.control.conftest import build_app, serving
 from tests.control.helpers import fetch, json_of, raw_exchange, status_of
 from tests.control.memory import MemoryCommands
-from volplugd.control import ControlServer
+from volplugd.control import ControlServer, head
 from volplugd.control.head import BadHead, loopback_host, parse_head
 
 
@@ -153,3 +155,38 @@ def test_malformed_heads_get_a_4xx_and_no_traceback(control: ControlServer, raw:
         assert fetch(control.path, "GET", "/v1/health").status == 200
     assert [e for e in logs if e["log_level"] in {"error", "critical"}] == []
 
+
+
+# --- the one-match shortcuts agree with the step-by-step checks ---------------------
+
+_TOKEN = st.sampled_from([b"GET", b"HEAD", b"POST", b"Host", b"X-A", b"content-length",
+                          b"G\x00T", b"", b"\xc3\xa9", b"a b"])
+_ANY = st.binary(max_size=40)
+# Mostly what a field or path may hold, and now and then a byte that it may not.
+_ODD = st.lists(st.sampled_from([b"a", b"Z", b"/", b"~", b" ", b"\t", b":", b"\x21", b"\x7e",
+                                 b"\x7f", b"\x1f", b"\x00", b"\xff", b"\r", b"\n"]),
+                max_size=12).map(b"".join)
+
+
+def _outcome(parse: Callable[[bytes], tuple[str, ...]], line: bytes) -> object:
+    try:
+        return parse(line)
+    except BadHead as bad:
+        return (bad.status, bad.message)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(_ANY, st.builds(lambda m, t, v: m + b" " + t + b" " + v, _TOKEN,
+                                 st.one_of(_ANY, _ODD.map(lambda t: b"/" + t)),
+                                 st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0",
+                                                  b"HTTP/1.9", b"http/1.1", b"HTTP/1.1 "]))))
+def test_the_request_line_shortcut_agrees_with_the_checks(line: bytes) -> None:
+    assert _outcome(head._request_line, line) == _outcome(head._checked_request_line, line)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(_ANY, st.builds(lambda n, sep, v, tail: n + b":" + sep + v + tail, _TOKEN,
+                                 st.sampled_from([b"", b" ", b"\t", b"  "]), st.one_of(_ANY, _ODD),
+                                 st.sampled_from([b"", b" ", b"\t ", b"\r"]))))
+def test_the_field_shortcut_agrees_with_the_checks(line: bytes) -> None:
+    assert _outcome(head._field, line) == _outcome(head._checked_field, line)

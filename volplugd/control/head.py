@@ -31,6 +31,11 @@ _TARGET = re.compile(rb"/[\x21-\x7e]*")
 _VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])")
 _VALUE = re.compile(rb"[\x20-\x7e\t]*")
 _PORT = re.compile(r"[0-9]{1,5}")
+# The common, valid shapes in one match each; anything else takes the step-by-step checks
+# below, which name what is wrong. Each accepts a subset of what those accept.
+_GOOD_REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}) (/[\x21-\x7e]*) "
+                                rb"HTTP/1\.([0-9])")
+_GOOD_FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\x20-\x7e\t]*?)[ \t]*")
 _IPV6_LOOPBACK = ipaddress.IPv6Address("::1")
 
 
@@ -102,6 +107,14 @@ def _strip_eol(line: bytes) -> bytes:
 
 
 def _request_line(line: bytes) -> tuple[str, str, str]:
+    good = _GOOD_REQUEST_LINE.fullmatch(line)
+    if good is None:
+        return _checked_request_line(line)
+    served = "HTTP/1.0" if good[3] == b"0" else "HTTP/1.1"
+    return good[1].decode("ascii"), good[2].decode("ascii"), served
+
+
+def _checked_request_line(line: bytes) -> tuple[str, str, str]:
     parts = line.split(b" ")
     if len(parts) != 3:
         raise BadHead(400, "the request line must be METHOD SP /path SP HTTP/1.1")
@@ -120,6 +133,13 @@ def _request_line(line: bytes) -> tuple[str, str, str]:
 
 
 def _field(line: bytes) -> tuple[str, str]:
+    good = _GOOD_FIELD.fullmatch(line)
+    if good is None:
+        return _checked_field(line)
+    return good[1].decode("ascii"), good[2].decode("ascii")
+
+
+def _checked_field(line: bytes) -> tuple[str, str]:
     if line[:1] in (b" ", b"\t"):
         raise BadHead(400, "header folding is not accepted")
     name, colon, value = line.partition(b":")
