@@ -5,6 +5,8 @@ error-level log record, and the server still answers."""
 from __future__ import annotations
 
 import os
+import socket
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -16,7 +18,8 @@ from tests.control.conftest import build_app, serving
 from tests.control.helpers import fetch, json_of, raw_exchange, status_of
 from tests.control.memory import MemoryCommands
 from volplugd.control import ControlServer, head
-from volplugd.control.head import BadHead, loopback_host, parse_head
+from volplugd.control.head import MAX_FIELDS, BadHead, loopback_host, parse_head
+from volplugd.control.sockio import MAX_HEAD_BYTES, MAX_REQUEST_LINE, HeadTooLarge, Wire
 
 
 def _parse(raw: bytes):  # type: ignore[no-untyped-def]
@@ -190,3 +193,46 @@ def test_the_request_line_shortcut_agrees_with_the_checks(line: bytes) -> None:
                                  st.sampled_from([b"", b" ", b"\t ", b"\r"]))))
 def test_the_field_shortcut_agrees_with_the_checks(line: bytes) -> None:
     assert _outcome(head._field, line) == _outcome(head._checked_field, line)
+
+
+_LINE = st.one_of(
+    st.sampled_from([b"GET /v1/health HTTP/1.1", b"Host: localhost", b"Content-Length: 0",
+                     b"X-A:  b \t", b"", b" folded", b"G\x00T / HTTP/1.1", b"Bad Name: x"]),
+    _ODD, st.binary(max_size=30))
+_EOL = st.sampled_from([b"\r\n", b"\n", b"\r\r\n"])
+
+
+def _read(buffer: bytes, by_lines: bool) -> object:
+    """What a Wire reads from ``buffer`` (the client then hung up), and what is left."""
+    ours, theirs = socket.socketpair()
+    theirs.close()
+    with ours:
+        wire = Wire(ours, 5.0)
+        wire.deadline = time.monotonic() + 5
+        wire.buf += buffer
+        try:
+            got: object = wire._read_head_by_lines() if by_lines else wire.read_head()
+        except BadHead as bad:
+            got = (bad.status, bad.message)
+        except HeadTooLarge:
+            got = "too large"
+        return got, bytes(wire.buf)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_LINE, _EOL), max_size=6),
+       st.sampled_from([b"\r\n", b"\n", b""]), st.binary(max_size=20))
+def test_a_whole_head_at_once_reads_as_line_by_line(lines: list[tuple[bytes, bytes]],
+                                                    blank: bytes, after: bytes) -> None:
+    buffer = b"".join(line + eol for line, eol in lines) + blank + after
+    assert _read(buffer, by_lines=False) == _read(buffer, by_lines=True)
+
+
+@pytest.mark.parametrize("buffer", [
+    b"GET /" + b"a" * (MAX_REQUEST_LINE + 10) + b" HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: a\r\n" % i for i in range(MAX_FIELDS + 1)) + b"\r\n",
+    b"GET / HTTP/1.1\r\nX-Pad: " + b"a" * MAX_HEAD_BYTES + b"\r\n\r\n",
+    b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: a\r\n" % i for i in range(MAX_FIELDS)) + b"\r\n",
+])
+def test_heads_at_the_limits_read_the_same_both_ways(buffer: bytes) -> None:
+    assert _read(buffer, by_lines=False) == _read(buffer, by_lines=True)

@@ -82,6 +82,34 @@ class Wire:
     def read_head(self) -> Head | None:
         """The next request head, parsed and taken from the buffer; None if the client
         closed before sending a byte. Raises BadHead, HeadTooLarge, RequestTimeout."""
+        whole = self._whole_lines()
+        if whole is None:
+            return self._read_head_by_lines()
+        lines, taken = whole
+        del self.buf[:taken]
+        return parse_head(lines[0], lines[1:])
+
+    def _whole_lines(self) -> tuple[list[bytes], int] | None:
+        """The common case at once: the whole head is buffered and within every limit.
+        Its lines without their line ends, and the bytes it takes; None otherwise (then
+        it is read line by line, which names what is wrong)."""
+        buf = self.buf
+        first = buf.find(b"\n")
+        if first < 0 or first >= MAX_REQUEST_LINE:
+            return None
+        crlf, lf = buf.find(b"\n\r\n", first), buf.find(b"\n\n", first)
+        if crlf < 0 and lf < 0:
+            return None
+        end, blank = (crlf, 2) if lf < 0 or 0 <= crlf < lf else (lf, 1)
+        if end >= MAX_HEAD_BYTES:
+            return None
+        lines = [line[:-1] if line.endswith(b"\r") else line
+                 for line in bytes(buf[:end]).split(b"\n")]
+        if len(lines) > MAX_FIELDS + 1:
+            return None
+        return lines, end + 1 + blank
+
+    def _read_head_by_lines(self) -> Head | None:
         buf = self.buf
         pos = 0
         request_line: bytes | None = None
