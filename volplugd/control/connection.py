@@ -115,7 +115,8 @@ class Connection:
         head = self._complete_head()
         if head is None:
             return Step.THREAD  # the refusal lingers: a thread's job
-        site.set_idle(self.sock, False)
+        # Waiting or at work matters only to eviction, which runs on this thread: the
+        # connection stops waiting only if a thread takes it over at work.
         wire.deadline = self.started + site.read_timeout  # for a body, on a thread
         self.method = head.method
         try:
@@ -124,8 +125,10 @@ class Connection:
             self.keep = self._serve(head)
         except MustWait:  # nothing of an answer was sent
             self.ready = head
+            site.set_idle(self.sock, False)
             return Step.THREAD
         if wire.unsent:
+            site.set_idle(self.sock, False)
             return Step.THREAD  # the client is slow to read: a thread waits for it
         if not self.keep or site.stopping.is_set():
             return Step.CLOSE
@@ -312,7 +315,7 @@ class Connection:
             body = result[0] if result else b""
             if answer.length() is None and not answer.status.startswith(_NO_BODY):
                 answer.headers.append(("Content-Length", str(len(body))))
-            return self._send_head(answer, keep, body)
+            return self._send_head(answer, keep, body, framed=True)
         for chunk in result:
             if not answer.sent:
                 keep = self._send_head(answer, keep, chunk)
@@ -322,10 +325,12 @@ class Connection:
             keep = self._send_head(answer, keep, b"")
         return keep
 
-    def _send_head(self, answer: Answer, keep: bool, body: bytes) -> bool:
-        """The status line and headers, with ``body`` if any; decides keep-alive."""
+    def _send_head(self, answer: Answer, keep: bool, body: bytes, *,
+                   framed: bool = False) -> bool:
+        """The status line and headers, with ``body`` if any; decides keep-alive.
+        ``framed``: the headers are known to carry a Content-Length (or need none)."""
         no_body = answer.status.startswith(_NO_BODY)
-        if not no_body and answer.length() is None:
+        if not framed and not no_body and answer.length() is None:
             keep = False  # a stream: its end is the connection's
         unread = 0 if self.body is None else self.body.remaining
         if unread and (unread > DRAIN_LIMIT or self.expecting):
