@@ -95,20 +95,30 @@ def _probe_lines(labels: str, s: PluginSeries) -> tuple[bytes, bytes]:
             _histogram(_PROBE, labels, s.probe_hist).encode() if s.probes else b"")
 
 
+def _endpoint_lines(counter: str, template: str, labels: str,
+                    counts: Mapping[tuple[str, str], int],
+                    hists: Mapping[str, Histogram]) -> tuple[bytes, bytes]:
+    """Counts by (endpoint, outcome) and a histogram per endpoint: the plugin client's
+    requests and the gateway's alike."""
+    return ("".join(f'{counter}{{{labels},endpoint="{endpoint}",outcome="{outcome}"}} '
+                    f'{count}\n' for (endpoint, outcome), count in sorted(counts.items())
+                    ).encode(),
+            "".join(_histogram(template, f'{labels},endpoint="{endpoint}"', hist)
+                    for endpoint, hist in sorted(hists.items())).encode())
+
+
 def _request_lines(labels: str, s: PluginSeries) -> tuple[bytes, bytes]:
-    return ("".join(f'volplugd_plugin_requests_total{{{labels},endpoint="{endpoint}",'
-                    f'outcome="{outcome}"}} {count}\n'
-                    for (endpoint, outcome), count in sorted(s.requests.items())).encode(),
-            "".join(_histogram(_REQUEST, f'{labels},endpoint="{endpoint}"', hist)
-                    for endpoint, hist in sorted(s.request_hists.items())).encode())
+    return _endpoint_lines("volplugd_plugin_requests_total", _REQUEST, labels, s.requests,
+                           s.request_hists)
 
 
 def _gateway_lines(labels: str, s: PluginSeries) -> tuple[bytes, bytes]:
-    return ("".join(f'volplugd_gateway_requests_total{{{labels},endpoint="{endpoint}",'
-                    f'outcome="{outcome}"}} {count}\n'
-                    for (endpoint, outcome), count in sorted(s.gateway.items())).encode(),
-            "".join(_histogram(_GATEWAY, f'{labels},endpoint="{endpoint}"', hist)
-                    for endpoint, hist in sorted(s.gateway_hists.items())).encode())
+    return _endpoint_lines("volplugd_gateway_requests_total", _GATEWAY, labels, s.gateway,
+                           s.gateway_hists)
+
+
+def _busy_line(labels: str, s: PluginSeries) -> bytes:
+    return f"volplugd_plugin_busy_total{{{labels}}} {s.busy}\n".encode() if s.busy else b""
 
 
 def _counters(labels: str, s: PluginSeries | None, old: PluginSeries | None,
@@ -119,16 +129,14 @@ def _counters(labels: str, s: PluginSeries | None, old: PluginSeries | None,
     if s is None:
         return _NO_COUNTERS
     if old is None:
-        return (*_probe_lines(labels, s), *_request_lines(labels, s),
-                f"volplugd_plugin_busy_total{{{labels}}} {s.busy}\n".encode() if s.busy
-                else b"", *_gateway_lines(labels, s))
+        return (*_probe_lines(labels, s), *_request_lines(labels, s), _busy_line(labels, s),
+                *_gateway_lines(labels, s))
     return (
         *(kept[0:2] if old.probes is s.probes and old.probe_hist is s.probe_hist
           else _probe_lines(labels, s)),
         *(kept[2:4] if old.requests is s.requests and old.request_hists is s.request_hists
           else _request_lines(labels, s)),
-        kept[4] if old.busy == s.busy else
-        (f"volplugd_plugin_busy_total{{{labels}}} {s.busy}\n".encode() if s.busy else b""),
+        kept[4] if old.busy == s.busy else _busy_line(labels, s),
         *(kept[5:7] if old.gateway is s.gateway and old.gateway_hists is s.gateway_hists
           else _gateway_lines(labels, s)),
     )
