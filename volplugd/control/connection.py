@@ -110,11 +110,9 @@ class Connection:
         """Answer the next complete head in the buffer, if the loop may answer it itself:
         one per call, so that every connection with work gets its turn."""
         site, wire = self.site, self.wire
-        if not wire.has_head():  # a thread answers one over budget (414, 431)
-            return Step.THREAD if wire.head_over_budget() else Step.WAIT
-        head = self._complete_head()
-        if head is None:
-            return Step.THREAD  # the refusal lingers: a thread's job
+        head = self._buffered_head()
+        if head is None:  # a refusal, or one over budget (414, 431), lingers: a thread's job
+            return Step.THREAD if self.refusal or wire.head_over_budget() else Step.WAIT
         # Waiting or at work matters only to eviction, which runs on this thread: the
         # connection stops waiting only if a thread takes it over at work.
         wire.deadline = self.started + site.read_timeout  # for a body, on a thread
@@ -139,16 +137,19 @@ class Connection:
         site.set_idle(self.sock, True)
         return Step.AGAIN if wire.buf else Step.WAIT
 
-    def _complete_head(self) -> Head | None:
-        """The head in the buffer, or None with the ``refusal`` a thread must send."""
+    def _buffered_head(self) -> Head | None:
+        """The head in the buffer; None if it is not all there yet, or with the
+        ``refusal`` a thread must send."""
+        wire = self.wire
         try:
-            head = self.wire.read_head()
+            head = wire.whole_head()
+            if head is None and wire.has_head():
+                head = wire.read_head()  # all there but over a limit: says which
         except HeadTooLarge:
             self.refusal = (431, _HEAD_TOO_LARGE)
         except BadHead as bad:
             self.refusal = (bad.status, bad.message)
         else:
-            assert head is not None  # a complete head is in the buffer
             return head
         return None
 

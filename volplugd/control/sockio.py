@@ -82,9 +82,15 @@ class Wire:
     def read_head(self) -> Head | None:
         """The next request head, parsed and taken from the buffer; None if the client
         closed before sending a byte. Raises BadHead, HeadTooLarge, RequestTimeout."""
+        head = self.whole_head()
+        return self._read_head_by_lines() if head is None else head
+
+    def whole_head(self) -> Head | None:
+        """The head, parsed and taken from the buffer, if it is all there and within
+        every limit; None otherwise (nothing read). Raises BadHead."""
         whole = self._whole_lines()
         if whole is None:
-            return self._read_head_by_lines()
+            return None
         lines, taken = whole
         del self.buf[:taken]
         return parse_head(lines[0], lines[1:])
