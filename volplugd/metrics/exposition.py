@@ -17,6 +17,7 @@ from prometheus_client import (
     GCCollector,
     PlatformCollector,
     ProcessCollector,
+    generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.openmetrics import exposition as openmetrics
@@ -24,7 +25,6 @@ from prometheus_client.openmetrics import exposition as openmetrics
 from volplugd.metrics.collect import RegistryCollector
 from volplugd.metrics.observer import Observations, Taken
 from volplugd.metrics.render import TextRenderer
-from volplugd.metrics.runtime import runtime_text
 from volplugd.model import Snapshot
 
 __all__ = ["Metrics"]
@@ -43,7 +43,7 @@ class Metrics(Observations):
         self._snapshot = snapshot
         self._version = version
         self._text = TextRenderer()
-        # The process/platform/GC collectors; runtime_text() writes them.
+        # The process/platform/GC collectors are cheap; generate_latest() writes them.
         self._runtime = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self._runtime)
         PlatformCollector(registry=self._runtime)
@@ -58,7 +58,7 @@ class Metrics(Observations):
         if _only_openmetrics(accept):
             body: bytes = openmetrics.generate_latest(self.registry)  # type: ignore[no-untyped-call]
             return body, openmetrics.CONTENT_TYPE_LATEST
-        runtime = runtime_text(self._runtime)  # generate_latest's bytes, faster
+        runtime: bytes = generate_latest(self._runtime)
         body = self._text.render(self._take_now(), self._version, head=runtime)
         return body, CONTENT_TYPE_PLAIN_0_0_4
 
