@@ -228,6 +228,26 @@ def test_a_whole_head_at_once_reads_as_line_by_line(lines: list[tuple[bytes, byt
     assert _read(buffer, by_lines=False) == _read(buffer, by_lines=True)
 
 
+def test_a_head_read_again_is_the_same_object_and_the_memo_stays_bounded() -> None:
+    """``parse_whole`` remembers valid heads of up to MEMO_HEAD_BYTES (the loop keys its
+    own per-head work on the object): equal bytes, the same Head; a longer head is
+    parsed alike but not kept; and however many heads a client sends, at most
+    MEMO_HEADS are kept."""
+    raw = b"GET /v1/health HTTP/1.1\r\nHost: localhost\r"
+    first = head.parse_whole(raw)
+    assert head.parse_whole(bytes(raw)) is first
+    assert first == _parse(b"GET /v1/health HTTP/1.1\r\nHost: localhost")
+    long = b"GET /v1/health HTTP/1.1\r\nX-Pad: " + b"a" * head.MEMO_HEAD_BYTES
+    assert head.parse_whole(long) == head.parse_whole(long)
+    assert head.parse_whole(long) is not head.parse_whole(long)
+    for i in range(head.MEMO_HEADS + 10):
+        head.parse_whole(b"GET /v1/plugins/p%d HTTP/1.1" % i)
+        assert len(head._parsed) <= head.MEMO_HEADS
+    with pytest.raises(BadHead, match="the method must be a token"):
+        head.parse_whole(b"G(T / HTTP/1.1")
+    assert b"G(T / HTTP/1.1" not in head._parsed
+
+
 @pytest.mark.parametrize("buffer", [
     b"GET /" + b"a" * (MAX_REQUEST_LINE + 10) + b" HTTP/1.1\r\n\r\n",
     b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: a\r\n" % i for i in range(MAX_FIELDS + 1)) + b"\r\n",

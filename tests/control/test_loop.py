@@ -19,6 +19,9 @@ from tests.control.memory import MemoryCommands, view
 from tests.waiting import wait_until
 from volplugd.control import make_app
 from volplugd.control.access import AccessPolicy
+from volplugd.control.head import MEMO_HEADS, parse_head, parse_whole
+from volplugd.control.site import Site
+from volplugd.control.sockio import Body, Wire
 
 HEALTH = b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n"
 LOOP, CONN = "control-loop", "control-conn"
@@ -240,3 +243,32 @@ def test_which_routes_the_app_answers_from_memory(commands: MemoryCommands, meth
                                                   target: str, inline: bool) -> None:
     app = build_app(commands)
     assert app.runs_inline(method, target) is inline
+
+
+def test_what_the_site_works_out_once_per_head_is_copied_per_request(
+        commands: MemoryCommands) -> None:
+    """``Site`` remembers, per head object, whether the loop may answer it and the
+    environ its fields make; each request still gets an environ of its own, and a
+    head that merely looks alike is worked out on its own."""
+    app = build_app(commands)
+    site = Site(app=app, read_timeout=5.0, read_only=False, stopping=threading.Event(),
+                follow_slot=lambda: None, may_keep_alive=lambda: True,
+                set_idle=lambda sock, idle: True, app_inline=app.runs_inline)
+    get = parse_whole(b"GET /v1/plugins/demo?x=1 HTTP/1.1\r\nHost: a\r\nX-A: 1\r\nx-a: 2")
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        body = Body(Wire(ours, 5.0), 0, lambda: None)
+        first = site.environ(get, body, "local", lambda: False)
+        first["volplugd.peer"] = "someone"
+        second = site.environ(get, body, "10.0.0.1", lambda: True)
+    assert "volplugd.peer" not in second
+    assert second["REMOTE_ADDR"] == "10.0.0.1"
+    assert second["wsgi.input"] is body
+    assert (second["PATH_INFO"], second["QUERY_STRING"]) == ("/v1/plugins/demo", "x=1")
+    assert (second["HTTP_HOST"], second["HTTP_X_A"]) == ("a", "1,2")
+    assert site.inline(get)
+    posted = parse_head(b"GET /v1/plugins/demo HTTP/1.1", [b"Content-Length: 3"])
+    assert not site.inline(posted)  # a body is read on a thread
+    for i in range(MEMO_HEADS + 5):
+        site.inline(parse_head(b"GET /v1/plugins/p%d HTTP/1.1" % i, []))
+    assert len(site._prepared) <= MEMO_HEADS

@@ -32,12 +32,7 @@ from volplugd.control.head import BadHead, Head
 from volplugd.control.replies import CRASHED, Answer, protocol_error
 from volplugd.control.routing import JSON, MustWait
 from volplugd.control.site import READ_METHODS, Site, Step
-from volplugd.control.sockio import (
-    RECV_SIZE,
-    Body,
-    HeadTooLarge,
-    Wire,
-)
+from volplugd.control.sockio import RECV_SIZE, Body, HeadTooLarge, Wire
 from volplugd.log import get_logger
 
 __all__ = ["DRAIN_LIMIT", "PROTOCOL_ERRORS", "Connection"]
@@ -75,6 +70,7 @@ class Connection:
         self.accepted_at = accepted_at
         self.method = ""
         self.body: Body | None = None
+        self._empty = Body(self.wire, 0, self._send_continue)  # every request without a body
         self.expecting = False  # a 100 Continue is owed when the app reads the body
         self.refused = False  # a protocol error: the client may still be sending
         self.address = "local" if sock.family == socket.AF_UNIX else sock.getpeername()[0]
@@ -271,7 +267,8 @@ class Connection:
 
     def _serve(self, head: Head) -> bool:
         """Answer one request; True if the connection may serve another."""
-        self.body = body = Body(self.wire, head.content_length, self._send_continue)
+        length = head.content_length
+        self.body = body = Body(self.wire, length, self._send_continue) if length else self._empty
         answer = Answer()
         keep = head.keep_alive
         try:

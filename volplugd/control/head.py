@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 __all__ = ["MAX_FIELDS", "MAX_LENGTH_DIGITS", "BadHead", "Head", "loopback_host",
-           "parse_head"]
+           "parse_head", "parse_whole"]
 
 MAX_FIELDS = 100  # header fields in one head (http.client's limit)
 MAX_LENGTH_DIGITS = 18  # a longer Content-Length is over any limit (and int() may refuse it)
@@ -37,6 +37,12 @@ _GOOD_REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}) (/[\x21-\
                                 rb"HTTP/1\.([0-9])")
 _GOOD_FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\x20-\x7e\t]*?)[ \t]*")
 _IPV6_LOOPBACK = ipaddress.IPv6Address("::1")
+# A client sends the same head again and again (a keep-alive poller, a scraper, Podman):
+# valid heads of up to this many bytes are remembered, up to this many, then all are
+# forgotten at once (at most ~1 MiB, whatever a client sends).
+MEMO_HEAD_BYTES = 1024
+MEMO_HEADS = 1024
+_parsed: dict[bytes, Head] = {}
 
 
 class BadHead(Exception):
@@ -98,6 +104,21 @@ def parse_head(request_line: bytes, field_lines: Sequence[bytes]) -> Head:
     if len(by_name.get("host", ())) > 1:
         raise BadHead(400, "Host given more than once")
     return Head(method, target, version, fields, length, by_name)
+
+
+def parse_whole(raw: bytes) -> Head:
+    """``parse_head`` of a head given whole: its bytes up to the line end of its last
+    field (lines end in LF or CRLF). The same bytes give the same (immutable) ``Head``
+    object while it is remembered."""
+    head = _parsed.get(raw)
+    if head is None:
+        lines = [line[:-1] if line.endswith(b"\r") else line for line in raw.split(b"\n")]
+        head = parse_head(lines[0], lines[1:])
+        if len(raw) <= MEMO_HEAD_BYTES:
+            if len(_parsed) >= MEMO_HEADS:
+                _parsed.clear()
+            _parsed[raw] = head
+    return head
 
 
 def _strip_eol(line: bytes) -> bytes:

@@ -121,7 +121,10 @@ def follow_flag(params: Mapping[str, str]) -> bool:
 
 def content_length(environ: Mapping[str, Any]) -> int:
     """The declared body size; refuses a body over the limit before anything reads it."""
-    value = (environ.get("CONTENT_LENGTH") or "0").strip()
+    value = environ.get("CONTENT_LENGTH") or "0"
+    if value == "0":
+        return 0
+    value = value.strip()
     if not value.isascii() or not value.isdigit():
         raise InvalidRequest("Content-Length", "must be a non-negative integer")
     length = int(value)

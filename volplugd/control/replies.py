@@ -41,17 +41,20 @@ class Answer:
         return _no_write
 
     def length(self) -> str | None:
-        return next((v for k, v in self.headers if k.lower() == "content-length"), None)
+        for name, value in self.headers:
+            if name == "Content-Length" or name.lower() == "content-length":
+                return value
+        return None
 
     def head(self, *, no_body: bool, keep: bool) -> bytes:
         """The status line and headers (Content-Length dropped for a 204 or 304)."""
-        lines = [f"HTTP/1.1 {self.status}", *_stamp()]
-        lines += [f"{k}: {v}" for k, v in self.headers
-                  if not (no_body and k.lower() == "content-length")]
-        if not keep:
-            lines.append("Connection: close")
+        headers = self.headers
+        if no_body:
+            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
         self.sent = True
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        fields = "".join(map("%s: %s\r\n".__mod__, headers))
+        close = "" if keep else "Connection: close\r\n"
+        return f"HTTP/1.1 {self.status}\r\n{_stamp()}{fields}{close}\r\n".encode("latin-1")
 
 
 def _no_write(data: bytes) -> object:
@@ -62,20 +65,20 @@ def protocol_error(code: int, message: str) -> tuple[bytes, bytes]:
     """The head and JSON body answering a request the server refuses by itself."""
     body = encode({"error": {"code": _PROTOCOL_CODES.get(code, "invalid_request"),
                              "message": message}})
-    head = [f"HTTP/1.1 {code} {http.HTTPStatus(code).phrase}", *_stamp(),
-            f"Content-Type: {JSON}", f"Content-Length: {len(body)}", "Connection: close"]
-    if code == 405:
-        head.append("Allow: GET, HEAD")
-    return ("\r\n".join(head) + "\r\n\r\n").encode("ascii"), body
+    allow = "Allow: GET, HEAD\r\n" if code == 405 else ""
+    head = (f"HTTP/1.1 {code} {http.HTTPStatus(code).phrase}\r\n{_stamp()}"
+            f"Content-Type: {JSON}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
+            f"{allow}\r\n")
+    return head.encode("ascii"), body
 
 
-def _stamp() -> tuple[str, str]:
-    """The Server and Date headers (the date formatted once a second)."""
+def _stamp() -> str:
+    """The Server and Date header lines (the date formatted once a second)."""
     global _date  # noqa: PLW0603 — a one-entry cache; a race only formats twice
     now = int(time.time())
     if _date[0] != now:
-        _date = (now, f"Date: {formatdate(now, usegmt=True)}")
-    return "Server: volplugd", _date[1]
+        _date = (now, f"Server: volplugd\r\nDate: {formatdate(now, usegmt=True)}\r\n")
+    return _date[1]
 
 
 def too_many_connections(message: str) -> bytes:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from volplugd.control.head import Head
+from volplugd.control.head import MEMO_HEADS, Head
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -62,25 +62,48 @@ class Site:
         "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False,
         "wsgi.run_once": False})
 
+    _prepared: dict[int, tuple[Head, bool, dict[str, Any]]] = field(
+        default_factory=dict, repr=False)  # id(head) -> (head, inline, environ): heads recur
+
     def inline(self, head: Head) -> bool:
         """Whether the loop thread may answer this request itself: a read without a
         body, for a Host this listener serves, that the app answers from memory."""
+        return self._prepare(head)[1]
+
+    def environ(self, head: Head, body: Body, address: str,
+                disconnected: Callable[[], bool]) -> dict[str, Any]:
+        """The WSGI environ of one request (the caller adds the peer's credentials)."""
+        environ = self._prepare(head)[2].copy()
+        environ["wsgi.input"], environ["REMOTE_ADDR"] = body, address
+        environ["volplugd.disconnected"] = disconnected
+        return environ
+
+    def _prepare(self, head: Head) -> tuple[Head, bool, dict[str, Any]]:
+        """What depends on the head alone, worked out once per head object (a head
+        read again is the same object, see ``head.parse_whole``). The entry holds its
+        head, so an id is not reused while it is remembered."""
+        entry = self._prepared.get(id(head))
+        if entry is None or entry[0] is not head:
+            entry = (head, self._inline(head), self._head_environ(head))
+            if len(self._prepared) >= MEMO_HEADS:
+                self._prepared.clear()
+            self._prepared[id(head)] = entry
+        return entry
+
+    def _inline(self, head: Head) -> bool:
         return (self.app_inline is not None and head.method in READ_METHODS
                 and head.content_length == 0 and not head.expects_continue
                 and (self.host_allowed is None or self.host_allowed(head.get("Host")))
                 and self.app_inline(head.method, head.target))
 
-    def environ(self, head: Head, body: Body, address: str,
-                disconnected: Callable[[], bool]) -> dict[str, Any]:
-        """The WSGI environ of one request (the caller adds the peer's credentials)."""
+    def _head_environ(self, head: Head) -> dict[str, Any]:
         path, _, query = head.target.partition("?")
         environ = self.base_environ.copy()
         environ.update({
             "REQUEST_METHOD": head.method, "SERVER_PROTOCOL": head.version,
             "PATH_INFO": urllib.parse.unquote(path, "iso-8859-1"), "QUERY_STRING": query,
-            "REMOTE_ADDR": address, "wsgi.input": body,
             "volplugd.raw_path": path, "volplugd.stopping": self.stopping,
-            "volplugd.disconnected": disconnected, "volplugd.follow_slot": self.follow_slot})
+            "volplugd.follow_slot": self.follow_slot})
         for name, value in head.fields:
             key = name.upper().replace("-", "_")
             if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from volplugd.control.head import MAX_FIELDS, BadHead, Head, parse_head
+from volplugd.control.head import MAX_FIELDS, BadHead, Head, parse_head, parse_whole
 
 __all__ = ["MAX_HEAD_BYTES", "MAX_REQUEST_LINE", "RECV_SIZE", "Body", "HeadTooLarge",
            "RequestTimeout", "Wire"]
@@ -44,7 +44,7 @@ class Wire:
         self.deadline = float("inf")
         self.received = 0  # bytes read since the owner last reset it
         self.blocking = blocking  # False: on the event loop, ``send`` never waits
-        self.unsent: list[memoryview] = []  # what a non-blocking send left over
+        self.unsent: list[bytes | memoryview] = []  # what a non-blocking send left over
         self._write_timeout = write_timeout
 
     def fill(self, size: int = RECV_SIZE) -> bool:
@@ -88,17 +88,18 @@ class Wire:
     def whole_head(self) -> Head | None:
         """The head, parsed and taken from the buffer, if it is all there and within
         every limit; None otherwise (nothing read). Raises BadHead."""
-        whole = self._whole_lines()
-        if whole is None:
+        span = self._whole_span()
+        if span is None:
             return None
-        lines, taken = whole
+        end, taken = span
+        raw = bytes(self.buf[:end])
         del self.buf[:taken]
-        return parse_head(lines[0], lines[1:])
+        return parse_whole(raw)
 
-    def _whole_lines(self) -> tuple[list[bytes], int] | None:
+    def _whole_span(self) -> tuple[int, int] | None:
         """The common case at once: the whole head is buffered and within every limit.
-        Its lines without their line ends, and the bytes it takes; None otherwise (then
-        it is read line by line, which names what is wrong)."""
+        Where its last line ends, and the bytes it takes with the blank line; None
+        otherwise (then it is read line by line, which names what is wrong)."""
         buf = self.buf
         first = buf.find(b"\n")
         if first < 0 or first >= MAX_REQUEST_LINE:
@@ -107,13 +108,9 @@ class Wire:
         if crlf < 0 and lf < 0:
             return None
         end, blank = (crlf, 2) if lf < 0 or 0 <= crlf < lf else (lf, 1)
-        if end >= MAX_HEAD_BYTES:
+        if end >= MAX_HEAD_BYTES or buf.count(b"\n", 0, end) > MAX_FIELDS:
             return None
-        lines = [line[:-1] if line.endswith(b"\r") else line
-                 for line in bytes(buf[:end]).split(b"\n")]
-        if len(lines) > MAX_FIELDS + 1:
-            return None
-        return lines, end + 1 + blank
+        return end, end + 1 + blank
 
     def _read_head_by_lines(self) -> Head | None:
         buf = self.buf
@@ -158,18 +155,14 @@ class Wire:
     def send(self, *parts: bytes | memoryview) -> None:
         """Write ``parts`` whole, within the write timeout of each partial write (not
         blocking: what the kernel does not take now goes to ``unsent``)."""
-        views = [memoryview(p) for p in parts if p]
+        views = [p for p in parts if p]
         if not self.blocking:
             self.unsent += views
             self._send_now()
             return
         while views:
             self.sock.settimeout(self._write_timeout)
-            sent = self.sock.sendmsg(views)
-            while views and sent >= len(views[0]):
-                sent -= len(views.pop(0))
-            if sent:
-                views[0] = views[0][sent:]
+            _advance(views, self.sock.sendmsg(views))
 
     def flush(self) -> None:
         """Become blocking and write what the loop could not."""
@@ -184,10 +177,15 @@ class Wire:
                 sent = self.sock.sendmsg(views)
             except (BlockingIOError, InterruptedError):
                 return
-            while views and sent >= len(views[0]):
-                sent -= len(views.pop(0))
-            if sent:
-                views[0] = views[0][sent:]
+            _advance(views, sent)
+
+
+def _advance(views: list[bytes | memoryview], sent: int) -> None:
+    """Drop the ``sent`` bytes from the front of ``views``."""
+    while views and sent >= len(views[0]):
+        sent -= len(views.pop(0))
+    if sent:
+        views[0] = memoryview(views[0])[sent:]
 
 
 class Body(io.RawIOBase):
