@@ -159,10 +159,10 @@ class ControlApp(WsgiBase):
             counts = self._counts = (snapshot, encode(dict(snapshot.counts)))
         age = self._commands.loop_age()
         status = b"ok" if age < STALLED_AFTER else b"stalled"
-        uptime = round(self._clock() - self._started_at, 3)
-        return raw_reply(200, b'{"status":"%s","version":%s,"uptime_seconds":%r,'
-                         b'"loop_age_seconds":%r,"plugins":%s}'
-                         % (status, self._version_json, uptime, round(age, 3), counts[1]))
+        uptime = self._clock() - self._started_at
+        return raw_reply(200, b'{"status":"%s","version":%s,"uptime_seconds":%.3f,'
+                         b'"loop_age_seconds":%.3f,"plugins":%s}'  # ms, as round(x, 3) would
+                         % (status, self._version_json, uptime, age, counts[1]))
 
     def plugins(self, req: Request) -> Reply:
         state = state_filter(req.query)
