@@ -9,7 +9,8 @@ header folding, space before the colon, a version that is not ``HTTP/<digit>.<di
 ``Content-Length`` repeated, not a plain decimal, or too long to be a length at all, and
 ``Transfer-Encoding`` (bodies are framed by ``Content-Length`` only, so a request that
 sends both can never be read two ways). A repeated ``Host`` is refused too.
-Runs on: any thread (no state).
+``parse_whole`` remembers the valid heads it parsed, by their exact bytes.
+Runs on: any thread (the memo's dict steps are atomic: a race only parses twice).
 """
 
 from __future__ import annotations
