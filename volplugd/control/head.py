@@ -40,7 +40,7 @@ _GOOD_FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\x20-\x7e\t]*
 _IPV6_LOOPBACK = ipaddress.IPv6Address("::1")
 # A client sends the same head again and again (a keep-alive poller, a scraper, Podman):
 # valid heads of up to this many bytes are remembered, up to this many, then all are
-# forgotten at once (at most ~1 MiB, whatever a client sends).
+# forgotten at once (the bytes and their Heads: ~2 MiB at most, whatever clients send).
 MEMO_HEAD_BYTES = 1024
 MEMO_HEADS = 1024
 _parsed: dict[bytes, Head] = {}
