@@ -63,7 +63,7 @@ class Site:
         "wsgi.run_once": False})
 
     _prepared: dict[int, tuple[Head, bool, dict[str, Any]]] = field(
-        default_factory=dict, repr=False)  # id(head) -> (head, inline, environ): heads recur
+        default_factory=dict, init=False, repr=False)  # id(head) -> (head, inline, environ)
 
     def inline(self, head: Head) -> bool:
         """Whether the loop thread may answer this request itself: a read without a
