@@ -30,6 +30,21 @@ def test_publish_encodes_each_view_once_and_counts_states() -> None:
     assert second.generation == first.generation + 1
 
 
+def test_views_is_a_copy_of_the_current_snapshots_to_edit_into_the_next() -> None:
+    """``views()`` equals the snapshot's plugins; editing it changes no snapshot."""
+    reg = Registry()
+    assert reg.views() == {}
+    snap = reg.publish(views(view("a"), view("b")))
+    mine = reg.views()
+    assert mine == dict(snap.plugins)
+    mine.pop("a")
+    mine["c"] = view("c")
+    assert sorted(snap.plugins) == ["a", "b"]
+    assert sorted(reg.views()) == ["a", "b"]
+    after = reg.publish(mine, changed={"a", "c"})
+    assert sorted(after.plugins) == sorted(reg.views()) == ["b", "c"]
+
+
 def test_plugins_json_is_the_contract_shape_with_a_state_filter() -> None:
     """plugins_json() joins pre-encoded records into {"plugins": [...]}, sorted by name."""
     reg = Registry()

@@ -193,7 +193,7 @@ class Book:
 
     def publish(self) -> None:
         """The last snapshot with the changed names' current views (or without them)."""
-        views = dict(self._registry.snapshot().plugins)
+        views = self._registry.views()
         for name in self._changed:
             record = self.records.get(name)
             if record is None:

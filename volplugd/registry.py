@@ -45,6 +45,7 @@ class Registry:
 
     def __init__(self, *, max_events: int = 10_000, clock: Callable[[], float] = time.time):
         self._snapshot = EMPTY_SNAPSHOT
+        self._views: dict[str, PluginView] = {}  # the dict under the snapshot's proxy
         self._json: dict[str, tuple[PluginView, bytes]] = {}  # shared by the snapshots
         self._events: deque[Event] = deque(maxlen=max_events)
         self._seq = 0
@@ -53,6 +54,12 @@ class Registry:
 
     def snapshot(self) -> Snapshot:
         return self._snapshot
+
+    def views(self) -> dict[str, PluginView]:
+        """A new dict of the current snapshot's views, to edit into the next one: a
+        C-level copy (``dict()`` of the snapshot's read-only proxy goes key by key, 20 times
+        slower: 0.1 ms at 1,000 plugins, all of it holding the GIL)."""
+        return self._views.copy()
 
     def publish(self, views: Mapping[str, PluginView],
                 changed: Iterable[str] | None = None,
@@ -75,12 +82,13 @@ class Registry:
                 counts[after.state.value] += 1
             else:
                 self._json.pop(name, None)
-        plugins = MappingProxyType(dict(views))
+        plain = dict(views)
+        plugins = MappingProxyType(plain)
         snap = Snapshot(plugins, JsonRecords(plugins, self._json),
                         generation=old.generation + 1, published_at=self._clock(),
                         counts=MappingProxyType(counts))
         with self._changed:
-            self._snapshot = snap
+            self._snapshot, self._views = snap, plain
             for event in events:
                 self._append(*event)
             self._changed.notify_all()
