@@ -112,10 +112,10 @@ class Commands(Protocol):
 
     def probe(self, name: str, timeout: float) -> PluginView: ...
 
-    def fail_fast(self, name: str) -> None:
+    def fail_fast(self, name: str) -> PluginView:
         """Raise what ``call`` would raise at once, without contacting the plugin, for a
-        plugin that is unknown or not ready (UnknownPlugin, PluginNotReady); return if a
-        call would go to the plugin."""
+        plugin that is unknown or not ready (UnknownPlugin, PluginNotReady); else the
+        ready view a call would go to (``call`` goes through this check)."""
         ...
 
     def call(self, name: str, op: Callable[[PluginClient], T]) -> T:

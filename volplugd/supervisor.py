@@ -156,16 +156,14 @@ class Supervisor(Commands):
             raise Stopping()
         self.put(message)
 
-    def fail_fast(self, name: str) -> None:
+    def fail_fast(self, name: str) -> PluginView:
         view = self.snapshot().plugins.get(name)
         if view is None or view.state is not PluginState.READY:
             raise UnknownPlugin(name) if view is None else PluginNotReady(view)
+        return view
 
     def call(self, name: str, op: Callable[[PluginClient], T]) -> T:
-        view = self.snapshot().plugins.get(name)
-        if view is None:
-            raise UnknownPlugin(name)
-        return self._plugins.call(view, op, self.put)
+        return self._plugins.call(self.fail_fast(name), op, self.put)
 
     def wait_started(self, timeout: float) -> bool:
         """True once the first scan is reconciled and each plugin found then was tried."""

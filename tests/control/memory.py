@@ -187,12 +187,13 @@ class MemoryCommands:
         self.views[name] = probed
         return probed
 
-    def fail_fast(self, name: str) -> None:
+    def fail_fast(self, name: str) -> PluginView:
         if name not in self.views:
             raise UnknownPlugin(name)
         plugin = self.views[name]
         if plugin.state is not PluginState.READY:
             raise PluginNotReady(plugin)
+        return plugin
 
     def call(self, name: str, op: Callable[[Any], T]) -> T:
         self.fail_fast(name)
