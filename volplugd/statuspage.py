@@ -6,8 +6,7 @@ control characters, bidi overrides and any lone surrogate are escaped visibly
 (``printable``), then it is HTML-escaped; the metrics listener sends it with a CSP that
 allows no script.
 
-Runs on: metrics connection threads (one render per request; pure, no locks,
-no I/O).
+Runs on: metrics connection threads (one render per request; pure, no locks, no I/O).
 """
 
 from __future__ import annotations

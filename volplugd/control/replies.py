@@ -41,10 +41,7 @@ class Answer:
         return _no_write
 
     def length(self) -> str | None:
-        for name, value in self.headers:
-            if name == "Content-Length" or name.lower() == "content-length":
-                return value
-        return None
+        return next((v for k, v in self.headers if k.lower() == "content-length"), None)
 
     def head(self, *, no_body: bool, keep: bool) -> bytes:
         """The status line and headers (Content-Length dropped for a 204 or 304)."""

@@ -63,9 +63,7 @@ class Wire:
 
     def has_head(self) -> bool:
         """Whether the buffer holds a whole head: a blank line after the request line."""
-        buf = self.buf
-        end = buf.find(b"\n")
-        return end >= 0 and (buf.find(b"\n\r\n", end) >= 0 or buf.find(b"\n\n", end) >= 0)
+        return self._blank_line() is not None
 
     def head_over_budget(self) -> bool:
         """Whether the incomplete head in the buffer is already too long (a request line
@@ -100,17 +98,26 @@ class Wire:
         """The common case at once: the whole head is buffered and within every limit.
         Where its last line ends, and the bytes it takes with the blank line; None
         otherwise (then it is read line by line, which names what is wrong)."""
+        found = self._blank_line()
+        if found is None:
+            return None
+        first, end, blank = found
+        if first >= MAX_REQUEST_LINE or end >= MAX_HEAD_BYTES or \
+                self.buf.count(b"\n", 0, end) > MAX_FIELDS:
+            return None
+        return end, end + 1 + blank
+
+    def _blank_line(self) -> tuple[int, int, int] | None:
+        """Where the request line ends, where the last line before the blank one ends,
+        and the blank line's length (CRLF or LF); None while no blank line is buffered."""
         buf = self.buf
         first = buf.find(b"\n")
-        if first < 0 or first >= MAX_REQUEST_LINE:
+        if first < 0:
             return None
         crlf, lf = buf.find(b"\n\r\n", first), buf.find(b"\n\n", first)
         if crlf < 0 and lf < 0:
             return None
-        end, blank = (crlf, 2) if lf < 0 or 0 <= crlf < lf else (lf, 1)
-        if end >= MAX_HEAD_BYTES or buf.count(b"\n", 0, end) > MAX_FIELDS:
-            return None
-        return end, end + 1 + blank
+        return (first, crlf, 2) if lf < 0 or 0 <= crlf < lf else (first, lf, 1)
 
     def _read_head_by_lines(self) -> Head | None:
         buf = self.buf
