@@ -25,8 +25,8 @@ __all__ = [
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
 UNMATCHED = "unmatched"  # the metrics route label of a path that matches no route
-# What is learnt about a path (its route, whether it is answered inline) is kept for up
-# to this many paths of at most this length; then all is forgotten at once.
+# A path's route is kept for up to this many paths of at most this length; then all are
+# forgotten at once.
 _MEMO_ENTRIES = 4096
 _MEMO_KEY = 256
 _STATUS_LINES: dict[int, str] = {}
@@ -127,7 +127,6 @@ class WsgiBase:
         self._on_request = on_request
         self._errors = errors
         self._inline = frozenset(inline)
-        self._inline_paths: dict[str, str | None] = {}  # path -> inline template, or None
         self._matches: dict[str, _Match | None] = {}  # raw path -> its route (read-only)
 
     def runs_inline(self, method: str, target: str) -> bool:
@@ -136,14 +135,12 @@ class WsgiBase:
 
         ``inline`` names those route templates. The raw path is matched (no decoding):
         a path that only matches once decoded is served on a thread, just as right.
+        A server asks once per head it parsed (``control.site`` remembers the answer).
         """
         path, _, query = target.partition("?")
-        template = self._inline_paths.get(path, "")
-        if template == "":
-            found = self._router.match(path.split("/")[1:])
-            template = found.template if found and found.template in self._inline else None
-            _remember(self._inline_paths, path, template)
-        return template is not None and self.inline_query(template, query)
+        found = self._router.match(path.split("/")[1:])
+        return (found is not None and found.template in self._inline
+                and self.inline_query(found.template, query))
 
     def inline_query(self, template: str, query: str) -> bool:
         """Whether this query keeps an inline route inline (any, by default)."""
