@@ -3,7 +3,7 @@
 ``configure()`` is called by the CLI at start and again on SIGHUP with a new level;
 every other module only calls ``get_logger(__name__)`` and logs snake_case facts with
 key/values (``log.info("plugin_ready", plugin=name, activation_ms=12.5)``). The stdlib
-``logging`` records of libraries (watchdog, the WSGI server) at WARNING and above are
+``logging`` records of libraries (watchdog) at WARNING and above are
 rendered by the same renderer into the same stream.
 
 Every string value (and a stdlib record's message) passes ``safe_text`` on its way:

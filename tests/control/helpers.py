@@ -1,5 +1,5 @@
-"""Calling the control app two ways: as a WSGI callable with a fake environ, and over
-a real unix socket with http.client (no third-party client in the loop)."""
+"""Calling the control app two ways: straight, with a ``Request`` as our server builds
+it, and over a real unix socket with http.client (no third-party client in the loop)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ import io
 import json
 import socket
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from wsgiref.util import setup_testing_defaults
 
 import requests
 from requests_unixsocket.adapters import UnixAdapter
 
 from tests.harness import UnixHTTPConnection
 from volplugd.control.access import Peer
+from volplugd.control.routing import Application, Request
 
 ROOT = Peer(pid=4242, uid=0, gid=0)
 
@@ -42,37 +42,28 @@ def _payload(body: bytes | Mapping[str, Any] | None) -> bytes:
     return body if isinstance(body, bytes) else json.dumps(body).encode()
 
 
-def wsgi(app: Callable[..., Iterable[bytes]], method: str, target: str, *,
+def call(app: Application, method: str, target: str, *,
          body: bytes | Mapping[str, Any] | None = None, peer: Peer | None = ROOT,
-         groups: frozenset[int] | None = None,
-         environ: Mapping[str, Any] | None = None) -> Answer:
-    """One request straight into the WSGI app, as our server would build its environ."""
-    env: dict[str, Any] = {}
-    setup_testing_defaults(env)
+         groups: frozenset[int] | None = None, **hooks: Any) -> Answer:
+    """One request straight into the app, as our server builds it (``hooks``: more
+    ``Request`` fields, e.g. ``follow_slot``), a stream read to its end."""
     path, _, query = target.partition("?")
     data = _payload(body)
-    env.update({"REQUEST_METHOD": method, "QUERY_STRING": query,
-                "PATH_INFO": urllib.parse.unquote(path, "latin-1"),
-                "volplugd.raw_path": path, "wsgi.input": io.BytesIO(data),
-                "CONTENT_LENGTH": str(len(data)) if data else ""})
-    if peer is not None:
-        env["volplugd.peer"] = peer
-        env["volplugd.groups"] = groups if groups is not None else frozenset({peer.gid})
-    env.update(environ or {})
-    seen: dict[str, Any] = {}
-
-    def start_response(status: str, headers: list[tuple[str, str]], exc: Any = None) -> Any:
-        seen["status"], seen["headers"] = int(status.split(maxsplit=1)[0]), dict(headers)
-        return lambda _: None
-
-    result = app(env, start_response)
+    if groups is None:
+        groups = frozenset() if peer is None else frozenset({peer.gid})
+    reply = app(Request(method, path, query, len(data), io.BytesIO(data), peer, groups,
+                        **hooks))
+    content = reply.body
     try:
-        out = b"".join(result)
+        out = content if isinstance(content, bytes) else b"".join(content)
     finally:
-        close = getattr(result, "close", None)
+        close = getattr(content, "close", None)
         if close is not None:
             close()
-    return Answer(seen["status"], seen["headers"], out)
+    headers = dict(reply.headers)
+    if reply.content_type is not None:
+        headers["Content-Type"] = reply.content_type
+    return Answer(reply.status, headers, out)
 
 
 def fetch(sock_path: str, method: str, target: str, *,

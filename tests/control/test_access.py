@@ -8,7 +8,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.control.conftest import build_app
-from tests.control.helpers import wsgi
+from tests.control.helpers import call
 from tests.control.memory import MemoryCommands
 from volplugd.control.access import AccessPolicy, Grant, Peer, decide, groups_of
 
@@ -42,7 +42,7 @@ def test_unprivileged_request_is_403_and_logged(commands: MemoryCommands) -> Non
     """Refused: 403 forbidden JSON, the refusal logged with uid and pid, no plugin call."""
     app = build_app(commands, POLICY)
     with capture_logs() as logs:
-        ans = wsgi(app, "GET", "/v1/plugins", peer=USER, groups=frozenset({1000}))
+        ans = call(app, "GET", "/v1/plugins", peer=USER, groups=frozenset({1000}))
     assert ans.status == 403
     assert ans.error == ("forbidden", "this user may not do that on the control socket")
     assert logs == [{"event": "control_request_forbidden", "log_level": "warning",
@@ -54,31 +54,31 @@ def test_read_group_may_read_but_not_change(commands: MemoryCommands) -> None:
     """A read-group member lists plugins but cannot create volumes or rescan."""
     app = build_app(commands, POLICY)
     reader = frozenset({1000, 600})
-    assert wsgi(app, "GET", "/v1/plugins", peer=USER, groups=reader).status == 200
-    assert wsgi(app, "HEAD", "/v1/health", peer=USER, groups=reader).status == 200
-    refused = wsgi(app, "POST", "/v1/plugins/demo/volumes", body={"name": "v"}, peer=USER,
+    assert call(app, "GET", "/v1/plugins", peer=USER, groups=reader).status == 200
+    assert call(app, "HEAD", "/v1/health", peer=USER, groups=reader).status == 200
+    refused = call(app, "POST", "/v1/plugins/demo/volumes", body={"name": "v"}, peer=USER,
                    groups=reader)
     assert refused.status == 403
-    assert wsgi(app, "POST", "/v1/rescan", peer=USER, groups=reader).status == 403
+    assert call(app, "POST", "/v1/rescan", peer=USER, groups=reader).status == 403
     assert commands.clients["demo"].calls == []
 
 
 def test_admin_group_may_change(commands: MemoryCommands) -> None:
     """An admin-group member creates a volume."""
     app = build_app(commands, POLICY)
-    ans = wsgi(app, "POST", "/v1/plugins/demo/volumes", body={"name": "v"}, peer=USER,
+    ans = call(app, "POST", "/v1/plugins/demo/volumes", body={"name": "v"}, peer=USER,
                groups=frozenset({1000, 500}))
     assert ans.status == 201
 
 
 def test_no_credentials_is_refused(commands: MemoryCommands) -> None:
     """An environ without peer credentials (not our unix server) gets 403: fail closed."""
-    assert wsgi(build_app(commands), "GET", "/v1/health", peer=None).status == 403
+    assert call(build_app(commands), "GET", "/v1/health", peer=None).status == 403
 
 
 def test_refusal_comes_before_routing(commands: MemoryCommands) -> None:
     """An outsider learns nothing about routes: unknown paths are 403 too."""
-    ans = wsgi(build_app(commands, POLICY), "GET", "/nope", peer=USER)
+    ans = call(build_app(commands, POLICY), "GET", "/nope", peer=USER)
     assert ans.status == 403
 
 

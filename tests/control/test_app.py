@@ -1,16 +1,18 @@
-"""The control app called as a WSGI callable: every route, every error code."""
+"""The control app called with a ``Request``: every route, every error code."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
 
 from tests.control.conftest import build_app
-from tests.control.helpers import wsgi
+from tests.control.helpers import ROOT, call
 from tests.control.memory import MemoryClient, MemoryCommands, view
 from volplugd.contracts import Stopping
 from volplugd.control.app import ROUTES, openapi_document
+from volplugd.control.routing import Request
 from volplugd.model import EventType, PluginState, RescanResult
 from volplugd.plugin.errors import (
     NotAPlugin,
@@ -29,7 +31,7 @@ def app(commands: MemoryCommands):  # type: ignore[no-untyped-def]
 
 def test_health_reports_version_uptime_and_counts(app) -> None:  # type: ignore[no-untyped-def]
     """GET /v1/health: status ok, the version, uptime and a count per state."""
-    ans = wsgi(app, "GET", "/v1/health")
+    ans = call(app, "GET", "/v1/health")
     doc = ans.json()
     assert ans.status == 200
     assert ans.headers["Content-Type"] == "application/json"
@@ -43,16 +45,16 @@ def test_health_says_stalled_when_the_supervisor_loop_stopped_running(
         commands: MemoryCommands) -> None:
     """A loop that has not run for 10 s makes health say "stalled" (snapshot may be stale)."""
     commands.loop_age_seconds = 0.25
-    fresh = wsgi(build_app(commands), "GET", "/v1/health").json()
+    fresh = call(build_app(commands), "GET", "/v1/health").json()
     commands.loop_age_seconds = 42.0
-    stale = wsgi(build_app(commands), "GET", "/v1/health").json()
+    stale = call(build_app(commands), "GET", "/v1/health").json()
     assert (fresh["status"], fresh["loop_age_seconds"]) == ("ok", 0.25)
     assert (stale["status"], stale["loop_age_seconds"]) == ("stalled", 42.0)
 
 
 def test_plugins_lists_the_snapshot_sorted(app) -> None:  # type: ignore[no-untyped-def]
     """GET /v1/plugins answers the snapshot's pre-encoded records, sorted by name."""
-    ans = wsgi(app, "GET", "/v1/plugins")
+    ans = call(app, "GET", "/v1/plugins")
     assert ans.status == 200
     assert [p["name"] for p in ans.json()["plugins"]] == ["demo", "fresh", "sick"]
     assert ans.json()["plugins"][0] == view("demo").to_json()
@@ -60,9 +62,9 @@ def test_plugins_lists_the_snapshot_sorted(app) -> None:  # type: ignore[no-unty
 
 def test_plugins_state_filter(app) -> None:  # type: ignore[no-untyped-def]
     """?state=unhealthy keeps only unhealthy plugins; an unknown state is a 400."""
-    ans = wsgi(app, "GET", "/v1/plugins?state=unhealthy")
+    ans = call(app, "GET", "/v1/plugins?state=unhealthy")
     assert [p["name"] for p in ans.json()["plugins"]] == ["sick"]
-    bad = wsgi(app, "GET", "/v1/plugins?state=dead")
+    bad = call(app, "GET", "/v1/plugins?state=dead")
     assert bad.status == 400
     assert bad.error == ("invalid_request",
                          "state: must be one of activating, ready, unhealthy, rejected")
@@ -70,10 +72,10 @@ def test_plugins_state_filter(app) -> None:  # type: ignore[no-untyped-def]
 
 def test_plugin_by_name_and_unknown(app) -> None:  # type: ignore[no-untyped-def]
     """GET /v1/plugins/{name}: the record, or 404 plugin_not_found."""
-    ans = wsgi(app, "GET", "/v1/plugins/sick")
+    ans = call(app, "GET", "/v1/plugins/sick")
     assert ans.json()["state"] == "unhealthy"
     assert ans.json()["last_error"] == "timeout after 5.0s"
-    missing = wsgi(app, "GET", "/v1/plugins/nope")
+    missing = call(app, "GET", "/v1/plugins/nope")
     assert missing.status == 404
     assert missing.error == ("plugin_not_found", "no plugin named 'nope'")
 
@@ -85,13 +87,13 @@ def test_reads_use_the_pre_encoded_bytes(commands: MemoryCommands) -> None:
     fixed = type(snap)(snap.plugins, {**snap.encoded, "demo": marker})
     commands.snapshot = lambda: fixed  # type: ignore[method-assign]
     app = build_app(commands)
-    assert wsgi(app, "GET", "/v1/plugins/demo").body == marker
-    assert marker in wsgi(app, "GET", "/v1/plugins").body
+    assert call(app, "GET", "/v1/plugins/demo").body == marker
+    assert marker in call(app, "GET", "/v1/plugins").body
 
 
 def test_probe_answers_the_probed_record(app, commands: MemoryCommands) -> None:  # type: ignore[no-untyped-def]
     """POST /v1/plugins/{name}/probe answers the plugin after the probe."""
-    ans = wsgi(app, "POST", "/v1/plugins/demo/probe")
+    ans = call(app, "POST", "/v1/plugins/demo/probe")
     assert ans.status == 200
     assert ans.json()["probe_latency_seconds"] == 0.001
     assert ans.json()["last_probe_at"] is not None
@@ -100,7 +102,7 @@ def test_probe_answers_the_probed_record(app, commands: MemoryCommands) -> None:
 def test_probe_that_times_out_is_503(commands: MemoryCommands) -> None:
     """The daemon's own wait running out is 503 unavailable, not a plugin error."""
     commands.probe_error = TimeoutError()
-    ans = wsgi(build_app(commands), "POST", "/v1/plugins/demo/probe")
+    ans = call(build_app(commands), "POST", "/v1/plugins/demo/probe")
     assert ans.status == 503
     assert ans.error == ("unavailable", "the daemon did not answer in time; try again")
 
@@ -108,7 +110,7 @@ def test_probe_that_times_out_is_503(commands: MemoryCommands) -> None:
 def test_rescan_while_stopping_is_503(commands: MemoryCommands) -> None:
     """A request the stopping loop will never handle is 503 unavailable, at once."""
     commands.rescan_error = Stopping()
-    ans = wsgi(build_app(commands), "POST", "/v1/rescan")
+    ans = call(build_app(commands), "POST", "/v1/rescan")
     assert ans.status == 503
     assert ans.error == ("unavailable", "volplugd is stopping")
 
@@ -116,7 +118,7 @@ def test_rescan_while_stopping_is_503(commands: MemoryCommands) -> None:
 def test_rescan_answers_what_changed(commands: MemoryCommands) -> None:
     """POST /v1/rescan: added, removed, changed names."""
     commands.rescan_result = RescanResult(added=("a",), removed=("b",), changed=())
-    ans = wsgi(build_app(commands), "POST", "/v1/rescan")
+    ans = call(build_app(commands), "POST", "/v1/rescan")
     assert ans.status == 200
     assert ans.json() == {"added": ["a"], "removed": ["b"], "changed": []}
 
@@ -125,7 +127,7 @@ def test_events_are_ndjson_after_since(app, commands: MemoryCommands) -> None:  
     """GET /v1/events?since=1: one Event JSON a line, seq > since."""
     for name in ("a", "b", "c"):
         commands.emit(EventType.DISCOVERED, name, "appeared")
-    ans = wsgi(app, "GET", "/v1/events?since=1")
+    ans = call(app, "GET", "/v1/events?since=1")
     assert ans.status == 200
     assert ans.headers["Content-Type"] == "application/x-ndjson"
     lines = [json.loads(line) for line in ans.body.splitlines()]
@@ -144,7 +146,7 @@ def test_events_are_ndjson_after_since(app, commands: MemoryCommands) -> None:  
 ])
 def test_events_bad_query(app, query: str, message: str) -> None:  # type: ignore[no-untyped-def]
     """A malformed since or follow is a 400 naming it."""
-    ans = wsgi(app, "GET", f"/v1/events?{query}")
+    ans = call(app, "GET", f"/v1/events?{query}")
     assert ans.status == 400
     assert ans.error == ("invalid_request", message)
 
@@ -156,26 +158,23 @@ def test_follow_stream_yields_events_then_ends_when_stopping(commands: MemoryCom
     app = build_app(commands)
     stopping = threading.Event()
     commands.emit(EventType.RESCAN, reason="startup")
-    seen: dict[str, object] = {}
-    result = app({"REQUEST_METHOD": "GET", "PATH_INFO": "/v1/events",
-                  "QUERY_STRING": "follow=1", "volplugd.peer": wsgi.__globals__["ROOT"],
-                  "volplugd.groups": frozenset({0}), "volplugd.stopping": stopping},
-                 lambda s, h, e=None: seen.update(status=s))
-    chunks = iter(result)
+    reply = app(Request("GET", "/v1/events", "follow=1", peer=ROOT, groups=frozenset({0}),
+                        stopping=stopping))
+    assert not isinstance(reply.body, bytes)
+    chunks = iter(reply.body)
     assert next(chunks) == b""  # headers go out before the first event
     assert json.loads(next(chunks))["seq"] == 1
     commands.emit(EventType.DISCOVERED, "x")
     assert json.loads(next(chunks))["plugin"] == "x"
     stopping.set()
     assert list(chunks) == []
-    result.close()  # type: ignore[attr-defined]
-    assert seen["status"] == "200 OK"
+    reply.body.close()  # type: ignore[attr-defined]
+    assert reply.status == 200
 
 
 def test_follow_stream_limit_is_429(app) -> None:  # type: ignore[no-untyped-def]
     """With no follow slot left the server's hook refuses and the app answers 429."""
-    ans = wsgi(app, "GET", "/v1/events?follow=1",
-               environ={"volplugd.follow_slot": lambda: None})
+    ans = call(app, "GET", "/v1/events?follow=1", follow_slot=lambda: None)
     assert ans.status == 429
     assert ans.error == ("too_many_streams", "too many open follow streams; try again later")
 
@@ -183,42 +182,39 @@ def test_follow_stream_limit_is_429(app) -> None:  # type: ignore[no-untyped-def
 def test_follow_slot_released_even_if_never_iterated(app) -> None:  # type: ignore[no-untyped-def]
     """close() on an un-iterated follow stream still gives the slot back."""
     released: list[bool] = []
-    seen: dict[str, str] = {}
-    result = app({"REQUEST_METHOD": "GET", "PATH_INFO": "/v1/events",
-                  "QUERY_STRING": "follow=1", "volplugd.peer": wsgi.__globals__["ROOT"],
-                  "volplugd.groups": frozenset({0}),
-                  "volplugd.follow_slot": lambda: lambda: released.append(True)},
-                 lambda s, h, e=None: seen.update(status=s))
-    result.close()
-    result.close()
+    reply = app(Request("GET", "/v1/events", "follow=1", peer=ROOT, groups=frozenset({0}),
+                        follow_slot=lambda: lambda: released.append(True)))
+    assert reply.status == 200
+    reply.body.close()  # type: ignore[union-attr]
+    reply.body.close()  # type: ignore[union-attr]
     assert released == [True]
 
 
 def test_capabilities(app) -> None:  # type: ignore[no-untyped-def]
     """GET …/capabilities answers the plugin's scope."""
-    ans = wsgi(app, "GET", "/v1/plugins/demo/capabilities")
+    ans = call(app, "GET", "/v1/plugins/demo/capabilities")
     assert (ans.status, ans.json()) == (200, {"scope": "local"})
 
 
 def test_volume_lifecycle(app, commands: MemoryCommands) -> None:  # type: ignore[no-untyped-def]
     """create → list → get → path → mount → unmount → remove through the plugin client."""
-    created = wsgi(app, "POST", "/v1/plugins/demo/volumes",
+    created = call(app, "POST", "/v1/plugins/demo/volumes",
                    body={"name": "v1", "options": {"size": "1G"}})
     assert created.status == 201
     assert created.headers["Location"] == "/v1/plugins/demo/volumes/v1"
     assert created.json() == {"name": "v1", "mountpoint": "/mnt/demo/v1",
                               "created_at": "2024-01-01T00:00:00Z", "status": {"size": "1G"}}
-    assert wsgi(app, "GET", "/v1/plugins/demo/volumes").json() == {
+    assert call(app, "GET", "/v1/plugins/demo/volumes").json() == {
         "volumes": [created.json()]}
-    assert wsgi(app, "GET", "/v1/plugins/demo/volumes/v1").json() == created.json()
-    assert wsgi(app, "GET", "/v1/plugins/demo/volumes/v1/path").json() == {
+    assert call(app, "GET", "/v1/plugins/demo/volumes/v1").json() == created.json()
+    assert call(app, "GET", "/v1/plugins/demo/volumes/v1/path").json() == {
         "mountpoint": "/mnt/demo/v1"}
-    mounted = wsgi(app, "POST", "/v1/plugins/demo/volumes/v1/mount", body={"id": "c1"})
+    mounted = call(app, "POST", "/v1/plugins/demo/volumes/v1/mount", body={"id": "c1"})
     assert (mounted.status, mounted.json()) == (200, {"mountpoint": "/mnt/demo/v1"})
-    unmounted = wsgi(app, "POST", "/v1/plugins/demo/volumes/v1/unmount", body={"id": "c1"})
+    unmounted = call(app, "POST", "/v1/plugins/demo/volumes/v1/unmount", body={"id": "c1"})
     assert (unmounted.status, unmounted.body) == (204, b"")
     assert "Content-Length" not in unmounted.headers
-    removed = wsgi(app, "DELETE", "/v1/plugins/demo/volumes/v1")
+    removed = call(app, "DELETE", "/v1/plugins/demo/volumes/v1")
     assert (removed.status, removed.body) == (204, b"")
     client = commands.clients["demo"]
     assert [c[0] for c in client.calls] == [
@@ -231,7 +227,7 @@ def test_volume_lifecycle(app, commands: MemoryCommands) -> None:  # type: ignor
 def test_create_falls_back_to_name_when_get_fails(commands: MemoryCommands) -> None:
     """201 with only {"name"} when the Get after the Create fails."""
     commands.clients["demo"].fail_on["get"] = PluginTimeout("slow", plugin="demo")
-    ans = wsgi(build_app(commands), "POST", "/v1/plugins/demo/volumes", body={"name": "v2"})
+    ans = call(build_app(commands), "POST", "/v1/plugins/demo/volumes", body={"name": "v2"})
     assert (ans.status, ans.json()) == (201, {"name": "v2"})
 
 
@@ -255,7 +251,7 @@ def test_create_falls_back_to_name_when_get_fails(commands: MemoryCommands) -> N
 def test_create_refuses_bad_bodies(app, commands: MemoryCommands, body: bytes,
                                    message: str) -> None:  # type: ignore[no-untyped-def]
     """A malformed create body is a 400 naming the field; the plugin is not called."""
-    ans = wsgi(app, "POST", "/v1/plugins/demo/volumes", body=body)
+    ans = call(app, "POST", "/v1/plugins/demo/volumes", body=body)
     assert ans.status == 400
     assert ans.error == ("invalid_request", message)
     assert commands.clients["demo"].calls == []
@@ -263,7 +259,7 @@ def test_create_refuses_bad_bodies(app, commands: MemoryCommands, body: bytes,
 
 def test_longest_allowed_name_passes(app) -> None:  # type: ignore[no-untyped-def]
     """255 bytes is allowed (NAME_MAX); options null means none."""
-    ans = wsgi(app, "POST", "/v1/plugins/demo/volumes",
+    ans = call(app, "POST", "/v1/plugins/demo/volumes",
                body={"name": "x" * 255, "options": None})
     assert ans.status == 201
 
@@ -277,7 +273,7 @@ def test_longest_allowed_name_passes(app) -> None:  # type: ignore[no-untyped-de
 ])
 def test_volume_path_segment_is_validated(app, target: str, message: str) -> None:  # type: ignore[no-untyped-def]
     """Volume names in the path are checked before a plugin sees them."""
-    ans = wsgi(app, "GET", target)
+    ans = call(app, "GET", target)
     assert ans.status == 400
     assert ans.error == ("invalid_request", message)
 
@@ -290,18 +286,18 @@ def test_volume_path_segment_is_validated(app, target: str, message: str) -> Non
 def test_mount_id_is_validated(app, body: bytes, message: str) -> None:  # type: ignore[no-untyped-def]
     """mount and unmount need a valid "id"."""
     for action in ("mount", "unmount"):
-        ans = wsgi(app, "POST", f"/v1/plugins/demo/volumes/v1/{action}", body=body)
+        ans = call(app, "POST", f"/v1/plugins/demo/volumes/v1/{action}", body=body)
         assert ans.status == 400
         assert ans.error == ("invalid_request", message)
 
 
 def test_not_ready_plugin_fails_fast_with_state_and_error(app, commands: MemoryCommands) -> None:  # type: ignore[no-untyped-def]
     """409 plugin_not_ready names the state and the last error; the plugin is not called."""
-    ans = wsgi(app, "GET", "/v1/plugins/sick/volumes")
+    ans = call(app, "GET", "/v1/plugins/sick/volumes")
     assert ans.status == 409
     assert ans.error == ("plugin_not_ready", "plugin sick is unhealthy: timeout after 5.0s")
     assert commands.clients["sick"].calls == []
-    fresh = wsgi(app, "POST", "/v1/plugins/fresh/volumes", body={"name": "v"})
+    fresh = call(app, "POST", "/v1/plugins/fresh/volumes", body={"name": "v"})
     assert fresh.error == ("plugin_not_ready", "plugin fresh is activating")
 
 
@@ -326,7 +322,7 @@ def test_plugin_errors_map_through_one_table(commands: MemoryCommands, error: Ex
                                  ("GET", "/v1/plugins/demo/capabilities", None),
                                  ("DELETE", "/v1/plugins/demo/volumes/v", None),
                                  ("POST", "/v1/plugins/demo/volumes/v/mount", {"id": "c"})]:
-        ans = wsgi(app, method, target, body=body)
+        ans = call(app, method, target, body=body)
         assert (ans.status, ans.error) == (status, (code, message)), target
 
 
@@ -336,7 +332,7 @@ def test_unexpected_exception_is_500_and_logged(commands: MemoryCommands) -> Non
 
     commands.clients["demo"].fail = ZeroDivisionError("oops")
     with capture_logs() as logs:
-        ans = wsgi(build_app(commands), "GET", "/v1/plugins/demo/volumes")
+        ans = call(build_app(commands), "GET", "/v1/plugins/demo/volumes")
     assert (ans.status, ans.error) == (500, ("internal_error",
                                              "internal error; the daemon logged it"))
     assert logs[0]["event"] == "control_request_failed"
@@ -346,46 +342,42 @@ def test_unexpected_exception_is_500_and_logged(commands: MemoryCommands) -> Non
 def test_unknown_route_is_404_not_found(app) -> None:  # type: ignore[no-untyped-def]
     """A path no route matches is 404 not_found (not plugin_not_found)."""
     for target in ("/v2/health", "/v1/plugins/demo/nothing", "/v1/plugins/", "/"):
-        ans = wsgi(app, "GET", target)
+        ans = call(app, "GET", target)
         assert (ans.status, ans.error) == (404, ("not_found", "no such route")), target
 
 
 def test_wrong_method_is_405_with_allow(app) -> None:  # type: ignore[no-untyped-def]
     """A known path with another method: 405 method_not_allowed and an Allow header."""
-    ans = wsgi(app, "PUT", "/v1/plugins/demo/volumes")
+    ans = call(app, "PUT", "/v1/plugins/demo/volumes")
     assert ans.status == 405
     assert ans.headers["Allow"] == "GET, HEAD, POST"
     assert ans.error == ("method_not_allowed", "allowed: GET, HEAD, POST")
-    assert wsgi(app, "GET", "/v1/rescan").headers["Allow"] == "POST"
+    assert call(app, "GET", "/v1/rescan").headers["Allow"] == "POST"
 
 
-def test_head_answers_headers_without_body(app) -> None:  # type: ignore[no-untyped-def]
-    """HEAD on a GET route: same status and Content-Length, empty body."""
-    full = wsgi(app, "GET", "/v1/plugins")
-    head = wsgi(app, "HEAD", "/v1/plugins")
-    assert head.status == 200
-    assert head.body == b""
-    assert head.headers["Content-Length"] == str(len(full.body))
+def test_head_is_routed_as_get(app) -> None:  # type: ignore[no-untyped-def]
+    """HEAD on a GET route: the GET's status and body (the server sends its length and
+    leaves the body out: ``test_server.test_head_has_length_and_no_body``)."""
+    full = call(app, "GET", "/v1/plugins")
+    head = call(app, "HEAD", "/v1/plugins")
+    assert (head.status, head.body) == (200, full.body)
 
 
 def test_body_over_one_mib_is_413(app) -> None:  # type: ignore[no-untyped-def]
     """A declared body over 1 MiB is refused with 413 before anything reads it."""
-    ans = wsgi(app, "POST", "/v1/plugins/demo/volumes",
-               environ={"CONTENT_LENGTH": str(2 * 1024 * 1024)})
-    assert ans.status == 413
-    assert ans.error == ("request_too_large",
-                         "request body of 2097152 bytes exceeds the limit of 1048576 bytes")
-
-
-def test_bad_content_length_is_400(app) -> None:  # type: ignore[no-untyped-def]
-    """A Content-Length that is not a number is 400 naming the header."""
-    ans = wsgi(app, "POST", "/v1/rescan", environ={"CONTENT_LENGTH": "ten"})
-    assert ans.error == ("invalid_request", "Content-Length: must be a non-negative integer")
+    body = io.BytesIO()
+    reply = app(Request("POST", "/v1/plugins/demo/volumes", content_length=2 * 1024 * 1024,
+                        body=body, peer=ROOT, groups=frozenset({0})))
+    assert reply.status == 413
+    assert json.loads(reply.body)["error"] == {
+        "code": "request_too_large",
+        "message": "request body of 2097152 bytes exceeds the limit of 1048576 bytes"}
+    assert body.tell() == 0
 
 
 def test_metrics_route(commands: MemoryCommands) -> None:
     """GET /metrics answers the metrics callable's bytes and content type; 404 when off."""
-    ans = wsgi(build_app(commands), "GET", "/metrics")
+    ans = call(build_app(commands), "GET", "/metrics")
     assert ans.status == 200
     assert ans.body == b"# HELP x y\nx 1\n"
     assert ans.headers["Content-Type"].startswith("text/plain; version=0.0.4")
@@ -394,12 +386,12 @@ def test_metrics_route(commands: MemoryCommands) -> None:
     from volplugd.control import AccessPolicy, make_app
     off = make_app(commands, metrics=None, version="1", started_at=time.time(),
                    access=AccessPolicy())
-    assert wsgi(off, "GET", "/metrics").error == ("not_found", "metrics are turned off")
+    assert call(off, "GET", "/metrics").error == ("not_found", "metrics are turned off")
 
 
 def test_openapi_route_serves_the_document(app) -> None:  # type: ignore[no-untyped-def]
     """GET /openapi.json answers the packaged document."""
-    ans = wsgi(app, "GET", "/openapi.json")
+    ans = call(app, "GET", "/openapi.json")
     assert ans.json() == openapi_document()
 
 
@@ -407,10 +399,10 @@ def test_on_request_gets_route_templates_and_status(commands: MemoryCommands) ->
     """on_request sees the route template (bounded), never the raw path."""
     seen: list[tuple[str, int]] = []
     app = build_app(commands, seen=seen)
-    wsgi(app, "GET", "/v1/plugins/demo")
-    wsgi(app, "GET", "/v1/plugins/zzz")
-    wsgi(app, "POST", "/v1/plugins/demo/volumes/v/mount", body={"id": "c"})
-    wsgi(app, "GET", "/random/thing")
+    call(app, "GET", "/v1/plugins/demo")
+    call(app, "GET", "/v1/plugins/zzz")
+    call(app, "POST", "/v1/plugins/demo/volumes/v/mount", body={"id": "c"})
+    call(app, "GET", "/random/thing")
     assert seen == [("/v1/plugins/{name}", 200), ("/v1/plugins/{name}", 404),
                     ("/v1/plugins/{name}/volumes/{volume}/mount", 502),
                     ("unmatched", 404)]
@@ -423,7 +415,7 @@ def test_every_route_answers(commands: MemoryCommands) -> None:
     pairs = [(t, m) for t, methods in ROUTES.items() for m in methods]
     for template, method in sorted(pairs, key=lambda p: p[1] == "DELETE"):  # remove last
         target = template.replace("{name}", "demo").replace("{volume}", "v")
-        ans = wsgi(app, method, target, body={"id": "c", "name": "w"}
+        ans = call(app, method, target, body={"id": "c", "name": "w"}
                    if method == "POST" else None)
         assert ans.status < 300, (method, target, ans.body)
 
@@ -432,9 +424,3 @@ def test_ready_plugin_list_helper_view_is_ready() -> None:
     """The test helper builds ready views by default (guards the fixtures)."""
     assert view("x").state is PluginState.READY
     assert MemoryClient("x").list() == []
-
-
-def test_any_wsgi_server_works_without_the_raw_path(app) -> None:  # type: ignore[no-untyped-def]
-    """Without volplugd.raw_path (another WSGI server) routing uses PATH_INFO."""
-    ans = wsgi(app, "GET", "/v1/plugins/demo", environ={"volplugd.raw_path": None})
-    assert ans.json()["name"] == "demo"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.control.conftest import build_app
-from tests.control.helpers import wsgi
+from tests.control.helpers import call
 from tests.control.memory import MemoryCommands
 from volplugd.contracts import PluginBusy
 from volplugd.control.app import openapi_document
@@ -28,7 +28,7 @@ def test_a_busy_plugin_is_503_plugin_busy_with_retry_after(
         body: dict[str, str] | None) -> None:
     """Every volume operation maps PluginBusy to exactly this answer."""
     commands.clients["demo"].fail = PluginBusy("demo", 4, 1)
-    ans = wsgi(build_app(commands), method, target, body=body)
+    ans = call(build_app(commands), method, target, body=body)
     assert ans.status == 503
     assert ans.body == (b'{"error":{"code":"plugin_busy",'
                         b'"message":"plugin demo is busy (4 operations in flight)"}}')
@@ -40,10 +40,10 @@ def test_the_daemon_keeps_serving_after_a_busy_answer(commands: MemoryCommands) 
     """The next call, once a slot is free, is served as usual; other routes never care."""
     app = build_app(commands)
     commands.clients["demo"].fail = PluginBusy("demo", 4, 1)
-    assert wsgi(app, "GET", "/v1/plugins/demo/volumes").status == 503
-    assert wsgi(app, "GET", "/v1/health").status == 200
+    assert call(app, "GET", "/v1/plugins/demo/volumes").status == 503
+    assert call(app, "GET", "/v1/health").status == 200
     commands.clients["demo"].fail = None
-    ans = wsgi(app, "GET", "/v1/plugins/demo/volumes")
+    ans = call(app, "GET", "/v1/plugins/demo/volumes")
     assert (ans.status, ans.json()) == (200, {"volumes": []})
     assert "Retry-After" not in ans.headers
 
@@ -51,7 +51,7 @@ def test_the_daemon_keeps_serving_after_a_busy_answer(commands: MemoryCommands) 
 def test_a_busy_get_after_create_still_answers_201(commands: MemoryCommands) -> None:
     """The volume was created; the Get that describes it found no slot: name only."""
     commands.clients["demo"].fail_on["get"] = PluginBusy("demo", 4, 1)
-    ans = wsgi(build_app(commands), "POST", "/v1/plugins/demo/volumes", body={"name": "v"})
+    ans = call(build_app(commands), "POST", "/v1/plugins/demo/volumes", body={"name": "v"})
     assert (ans.status, ans.json()) == (201, {"name": "v"})
     assert "v" in commands.clients["demo"].volumes
 

@@ -5,6 +5,7 @@ short, a malformed head)."""
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import threading
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.control.conftest import build_app, fake_backed, serving
-from tests.control.helpers import json_of, raw_exchange, status_of
+from tests.control.helpers import ROOT, json_of, raw_exchange, status_of
 from tests.control.memory import MemoryCommands, view
 from tests.waiting import wait_until
 from volplugd.control import make_app
@@ -245,27 +246,32 @@ def test_which_routes_the_app_answers_from_memory(commands: MemoryCommands, meth
     assert app.runs_inline(method, target) is inline
 
 
-def test_what_the_site_works_out_once_per_head_is_copied_per_request(
+def test_what_the_site_works_out_once_per_head_is_given_to_each_request(
         commands: MemoryCommands) -> None:
-    """``Site`` remembers, per head object, whether the loop may answer it and the
-    environ its fields make; each request still gets an environ of its own, and a
-    head that merely looks alike is worked out on its own."""
+    """``Site`` remembers, per head object, whether the loop may answer it and what its
+    request line says; each request still gets a ``Request`` of its own, with its own
+    body, peer and hooks, and a head that merely looks alike is worked out on its own."""
     app = build_app(commands)
     site = Site(app=app, read_timeout=5.0, read_only=False, stopping=threading.Event(),
                 follow_slot=lambda: None, may_keep_alive=lambda: True,
                 set_idle=lambda sock, idle: True, app_inline=app.runs_inline)
-    get = parse_whole(b"GET /v1/plugins/demo?x=1 HTTP/1.1\r\nHost: a\r\nX-A: 1\r\nx-a: 2")
+    get = parse_whole(b"get /v1/plugins/demo?x=1 HTTP/1.1\r\nHost: a")
     ours, theirs = socket.socketpair()
     with ours, theirs:
         body = Body(Wire(ours, 5.0), 0, lambda: None)
-        first = site.environ(get, body, "local", lambda: False)
-        first["volplugd.peer"] = "someone"
-        second = site.environ(get, body, "10.0.0.1", lambda: True)
-    assert "volplugd.peer" not in second
-    assert second["REMOTE_ADDR"] == "10.0.0.1"
-    assert second["wsgi.input"] is body
-    assert (second["PATH_INFO"], second["QUERY_STRING"]) == ("/v1/plugins/demo", "x=1")
-    assert (second["HTTP_HOST"], second["HTTP_X_A"]) == ("a", "1,2")
+        first = site.request(get, body, ROOT, frozenset({0}), inline=True,
+                             disconnected=lambda: False)
+        first.params["name"] = "changed"
+        second = site.request(get, io.BytesIO(), None, frozenset(), inline=False,
+                              disconnected=lambda: True)
+    assert (first.body, first.peer, first.inline, first.disconnected()) == (
+        body, ROOT, True, False)
+    assert (second.peer, second.groups, second.inline, second.disconnected()) == (
+        None, frozenset(), False, True)
+    assert (second.method, second.path, second.query_string) == ("GET", "/v1/plugins/demo", "x=1")
+    assert (second.params, second.content_length, second.stopping) == ({}, 0, site.stopping)
+    assert not site.inline(get)  # "get" is not a read method to the server
+    get = parse_whole(b"GET /v1/plugins/demo?x=1 HTTP/1.1\r\nHost: a")
     assert site.inline(get)
     posted = parse_head(b"GET /v1/plugins/demo HTTP/1.1", [b"Content-Length: 3"])
     assert not site.inline(posted)  # a body is read on a thread

@@ -88,8 +88,8 @@ def test_head_on_metrics(metrics_server: TcpMetricsServer) -> None:
     assert resp.getheader("Content-Length") == "14"
 
 
-def test_a_wsgi_app_with_host_and_port() -> None:
-    """The other form: any WSGI app, host and port given apart; still read-only."""
+def test_an_app_with_host_and_port() -> None:
+    """The other form: an app, host and port given apart; still read-only."""
     server = TcpMetricsServer(make_metrics_app(_metrics, _page), host="127.0.0.1", port=0)
     server.start()
     try:

@@ -28,6 +28,7 @@ from tests.control.helpers import (
 from tests.control.memory import MemoryCommands
 from tests.waiting import wait_until
 from volplugd.control import ControlServer, ControlSocketError
+from volplugd.control.routing import Reply, Request
 from volplugd.model import EventType
 
 
@@ -127,13 +128,12 @@ def test_http10_client_is_answered_and_closed(live: Live) -> None:
 
 
 def test_peer_credentials_reach_the_app(sockdir: str) -> None:
-    """SO_PEERCRED: the environ carries this process's pid, uid and gid, and its groups."""
+    """SO_PEERCRED: the request carries this process's pid, uid and gid, and its groups."""
     seen: dict[str, Any] = {}
 
-    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        seen.update(peer=environ["volplugd.peer"], groups=environ["volplugd.groups"])
-        start_response("200 OK", [("Content-Length", "0")])
-        return [b""]
+    def app(req: Request) -> Reply:
+        seen.update(peer=req.peer, groups=req.groups)
+        return Reply(200)
 
     with serving(app, os.path.join(sockdir, "c.sock")) as server:
         assert server.path is not None

@@ -7,14 +7,14 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 from structlog.testing import capture_logs
 
 from tests.control.conftest import serving
 from tests.control.helpers import json_of, raw_exchange, status_of
 from tests.waiting import wait_until
+from volplugd.control.routing import NDJSON, Reply, Request
 
 BIG = b"[" + b"0," * 300_000 + b"0]"  # 600 KB: over the ~200 KiB default send buffer
 GET = b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n"
@@ -43,12 +43,11 @@ def test_a_crashing_app_gets_a_json_500_and_the_connection_serves_on(sockdir: st
     the crash logged once, and the next request on the same connection is served."""
     calls = []
 
-    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        calls.append(environ["PATH_INFO"])
-        if environ["PATH_INFO"] == "/crash":
+    def app(req: Request) -> Reply:
+        calls.append(req.path)
+        if req.path == "/crash":
             raise RuntimeError("boom")
-        start_response("200 OK", [("Content-Length", "2")])
-        return [b"ok"]
+        return Reply(200, b"ok")
 
     path = os.path.join(sockdir, "c.sock")
     with capture_logs() as logs, serving(app, path), \
@@ -76,9 +75,8 @@ def test_a_crash_mid_stream_ends_the_connection(sockdir: str) -> None:
         yield b"first\n"
         raise RuntimeError("mid-stream")
 
-    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        start_response("200 OK", [("Content-Type", "application/x-ndjson")])
-        return stream()
+    def app(req: Request) -> Reply:
+        return Reply(200, stream(), NDJSON)
 
     path = os.path.join(sockdir, "s.sock")
     with capture_logs() as logs, serving(app, path):
@@ -98,13 +96,11 @@ def test_a_big_answer_leaves_at_once_and_pipelined_requests_keep_their_order(
     served: list[str] = []
     both = threading.Event()
 
-    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        served.append(environ["PATH_INFO"])
+    def app(req: Request) -> Reply:
+        served.append(req.path)
         if len(served) == 2:
             both.set()
-        body = BIG if environ["PATH_INFO"] == "/big" else b"small"
-        start_response("200 OK", [("Content-Length", str(len(body)))])
-        return [body]
+        return Reply(200, BIG if req.path == "/big" else b"small")
 
     path = os.path.join(sockdir, "b.sock")
     with serving(app, path), socket.socket(socket.AF_UNIX) as sock:
@@ -119,12 +115,11 @@ def test_a_big_answer_leaves_at_once_and_pipelined_requests_keep_their_order(
 
 
 def test_an_answer_without_length_is_sent_whole_then_closed(sockdir: str) -> None:
-    """A 200 without Content-Length (and not a list of one): its end is the
+    """A 200 whose body is a stream (not bytes) has no Content-Length: its end is the
     connection's end, so the server says Connection: close and closes."""
 
-    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        return iter([b"a", b"", b"b"])
+    def app(req: Request) -> Reply:
+        return Reply(200, iter([b"a", b"", b"b"]), "text/plain")
 
     path = os.path.join(sockdir, "n.sock")
     with serving(app, path):

@@ -1,4 +1,4 @@
-"""The control API: a WSGI app (``make_app``) served on a unix socket
+"""The control API: an app (``make_app``) served on a unix socket
 (``ControlServer``), plus the read-only TCP metrics listener (``TcpMetricsServer``).
 
 The contract is ``openapi.json`` beside this file, also served at ``GET /openapi.json``.

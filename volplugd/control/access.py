@@ -1,6 +1,6 @@
 """Who may do what on the control socket: peer credentials → allow, read-only, or refuse.
 
-The rule is pure (``decide``) so it is unit-testable with a fake environ; the group
+The rule is pure (``decide``) so it is unit-testable without a socket; the group
 lookup (``groups_of``) is the one part that asks NSS and is cached briefly.
 Runs on: the control loop thread and connection threads.
 """

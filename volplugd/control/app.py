@@ -1,10 +1,10 @@
-"""The control API as a WSGI application: routes and the access rule (the one
-error→HTTP table every failure goes through is ``control.errors``).
+"""The control API as an ``App``: routes and the access rule (the one error→HTTP table
+every failure goes through is ``control.errors``).
 
 Reads come from ``commands.snapshot()`` and its pre-encoded JSON (nothing re-encodes
 the plugin list per request); volume operations go through ``commands.call``, which
-fails fast for a plugin that is not ready. The server puts peer credentials and a few
-hooks into the environ (keys ``volplugd.*``, see ``ControlServer``).
+fails fast for a plugin that is not ready. The server hands each ``Request`` over with
+the peer's credentials and its hooks (see ``control.connection``).
 Runs on: the control loop thread (the reads of ``INLINE_ROUTES``) and connection threads
 (everything else); never the supervisor thread.
 """
@@ -16,10 +16,10 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from importlib import resources
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from volplugd.contracts import Commands, PluginBusy, PluginNotReady, UnknownPlugin
-from volplugd.control.access import AccessPolicy, Peer, decide
+from volplugd.control.access import AccessPolicy, decide
 from volplugd.control.errors import Forbidden, MetricsOff, TooManyStreams, error_reply
 from volplugd.control.inputs import (
     InvalidRequest,
@@ -34,11 +34,11 @@ from volplugd.control.inputs import (
 from volplugd.control.routing import (
     JSON,
     NDJSON,
+    App,
     Handler,
     MustWait,
     Reply,
     Request,
-    WsgiBase,
     json_reply,
     raw_reply,
 )
@@ -47,9 +47,6 @@ from volplugd.log import get_logger
 from volplugd.model import encode
 from volplugd.plugin.client import PluginClient
 from volplugd.plugin.errors import PluginError
-
-if TYPE_CHECKING:
-    from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
 
 __all__ = ["ROUTES", "AccessPolicy", "make_app", "make_metrics_app", "openapi_document"]
 
@@ -92,7 +89,7 @@ the plugin ``MustWait``. Not ``/metrics`` (or the status page): a render takes
 milliseconds, and on the loop every other client would wait for it."""
 
 
-class ControlApp(WsgiBase):
+class ControlApp(App):
     """The control socket's routes over a ``Commands``."""
 
     def __init__(self, commands: Commands, *, metrics: Callable[[], tuple[bytes, str]] | None,
@@ -112,8 +109,8 @@ class ControlApp(WsgiBase):
         self._counts: tuple[object, bytes] = (None, b"")
         super().__init__(self._table(), on_request, error_reply, INLINE_ROUTES)
 
-    def inline_query(self, template: str, query: str) -> bool:
-        return template != "/v1/events" or "follow" not in query  # a stream waits
+    def inline_query(self, template: str, query_string: str) -> bool:
+        return template != "/v1/events" or "follow" not in query_string  # a stream waits
 
     def _table(self) -> dict[str, dict[str, Handler]]:
         handlers: dict[tuple[str, str], Handler] = {
@@ -139,16 +136,14 @@ class ControlApp(WsgiBase):
             table.setdefault(template, {})[method] = handler
         return table
 
-    def admit(self, environ: WSGIEnvironment, method: str) -> None:
-        peer: Peer | None = environ.get("volplugd.peer")
-        groups: frozenset[int] = environ.get("volplugd.groups", frozenset())
-        if not decide(self._access, peer, groups, method):
-            _log.warning("control_request_forbidden", method=method,
-                         path=environ.get("PATH_INFO", ""),
+    def admit(self, req: Request) -> None:
+        peer = req.peer
+        if not decide(self._access, peer, req.groups, req.method):
+            _log.warning("control_request_forbidden", method=req.method, path=req.path,
                          uid=None if peer is None else peer.uid,
                          pid=None if peer is None else peer.pid)
             raise Forbidden
-        super().admit(environ, method)
+        super().admit(req)
 
     # -- reads: the snapshot and its pre-encoded JSON --
 
@@ -180,10 +175,10 @@ class ControlApp(WsgiBase):
         if not follow_flag(req.query) or req.method == "HEAD":
             lines = b"".join(ndjson(self._commands.events(since, wait=0.0)))
             return raw_reply(200, lines, NDJSON)
-        release = follow_slot(req.environ)
+        release = follow_slot(req)
         if release is None:
             raise TooManyStreams
-        return Reply(200, FollowStream(self._commands, since, req.environ, release), NDJSON)
+        return Reply(200, FollowStream(self._commands, since, req, release), NDJSON)
 
     def metrics(self, req: Request) -> Reply:
         if self._metrics is None:
@@ -210,7 +205,7 @@ class ControlApp(WsgiBase):
         only the fail-fast refusal is answered there; a call that would go to the plugin
         raises ``MustWait``, and the server asks again on a thread."""
         name = req.params["name"]
-        if req.environ.get("volplugd.inline"):
+        if req.inline:
             self._commands.fail_fast(name)
             raise MustWait
         return self._commands.call(name, op)
@@ -225,7 +220,7 @@ class ControlApp(WsgiBase):
 
     def create_volume(self, req: Request) -> Reply:
         plugin = req.params["name"]
-        doc = read_json_object(req.environ)
+        doc = read_json_object(req.body, req.content_length)
         if "name" not in doc:
             raise InvalidRequest("name", "required")
         volume = check_volume_name(doc["name"])
@@ -260,13 +255,13 @@ class ControlApp(WsgiBase):
 
     def mount(self, req: Request) -> Reply:
         volume = check_volume_name(req.params["volume"], "volume")
-        ident = mount_id(read_json_object(req.environ))
+        ident = mount_id(read_json_object(req.body, req.content_length))
         mountpoint = self._call(req, lambda c: c.mount(volume, ident))
         return json_reply(200, {"mountpoint": mountpoint})
 
     def unmount(self, req: Request) -> Reply:
         volume = check_volume_name(req.params["volume"], "volume")
-        ident = mount_id(read_json_object(req.environ))
+        ident = mount_id(read_json_object(req.body, req.content_length))
         self._call(req, lambda c: c.unmount(volume, ident))
         return Reply(204, b"", None)
 
@@ -290,7 +285,7 @@ def make_app(commands: Commands, *, metrics: Callable[[], tuple[bytes, str]] | N
              on_request: Callable[[str, int], None] | None = None, version: str,
              started_at: float, access: AccessPolicy, probe_timeout: float = 10.0,
              rescan_timeout: float = 10.0,
-             clock: Callable[[], float] = time.time) -> WSGIApplication:
+             clock: Callable[[], float] = time.time) -> App:
     """The control API. ``started_at`` is a reading of ``clock`` (``time.time()``).
 
     ``on_request(route, status)`` is told each answer; ``route`` is a template such as
@@ -301,7 +296,7 @@ def make_app(commands: Commands, *, metrics: Callable[[], tuple[bytes, str]] | N
                       rescan_timeout=rescan_timeout, clock=clock)
 
 
-class _MetricsApp(WsgiBase):
+class _MetricsApp(App):
     """The TCP listener's app: ``/metrics`` and ``/`` (unless the page is off), GET and
     HEAD only."""
 
@@ -333,7 +328,7 @@ STATUS_PAGE_HEADERS = (
 
 def make_metrics_app(metrics: Callable[[], tuple[bytes, str]],
                      status_page: Callable[[], bytes] | None,
-                     on_request: Callable[[str, int], None] | None = None) -> WSGIApplication:
+                     on_request: Callable[[str, int], None] | None = None) -> App:
     """What the TCP metrics listener serves; nothing here can change state.
     ``status_page`` None: no HTML page, ``/`` is 404 ``not_found``."""
     return _MetricsApp(metrics, status_page, on_request)

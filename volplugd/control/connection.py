@@ -1,5 +1,5 @@
 """One HTTP/1.1 connection, served by our own small server: heads read strictly, each
-request handed to the WSGI app, answers written whole.
+request handed to the app as a ``Request``, its ``Reply`` written whole.
 
 It starts on its listener's event loop, which answers requests the app can answer at
 once from memory (``Site.inline``) without a thread hand-off. The first request that
@@ -10,10 +10,10 @@ In order: the next head is read under a deadline (the first within
 ``first_request_timeout``, a later one within ``read_timeout`` of its first byte) and a
 byte budget, parsed strictly (``head.parse_head``: a malformed head gets its 4xx, never
 a traceback); a ``Host`` the listener must not serve gets 421, anything but GET and
-HEAD on a read-only listener 405; the app gets an environ with the peer's credentials
-and a ``wsgi.input`` that sends ``100 Continue`` only when read; the answer leaves in
-one ``sendmsg``; the connection is kept when the answer has a length and nothing
-forbids it. Protocol errors are JSON. A connection closed on unread bytes would be
+HEAD on a read-only listener 405; the app gets a ``Request`` with the peer's credentials
+and a body that sends ``100 Continue`` only when read; the answer leaves in one
+``sendmsg``; the connection is kept when the answer has a length and nothing forbids
+it. Protocol errors are JSON. A connection closed on unread bytes would be
 reset under a client still sending (it would never read our 413), so it is
 half-closed and a bounded amount swallowed first.
 Runs on: the loop thread (``receive``, ``serve_buffered``), then its own (``run``).
@@ -25,12 +25,11 @@ import contextlib
 import socket
 import sys
 import time
-from collections.abc import Iterable
 
 from volplugd.control.access import Peer, groups_of
 from volplugd.control.head import BadHead, Head
-from volplugd.control.replies import CRASHED, Answer, protocol_error
-from volplugd.control.routing import JSON, MustWait
+from volplugd.control.replies import CRASHED, protocol_error, reply_head
+from volplugd.control.routing import MustWait, Reply
 from volplugd.control.site import READ_METHODS, Site, Step
 from volplugd.control.sockio import RECV_SIZE, Body, HeadTooLarge, Wire
 from volplugd.log import get_logger
@@ -44,7 +43,7 @@ DRAIN_LIMIT = 64 * 1024  # an unread body up to this is skipped to keep the conn
 SEND_BUFFER = 512 * 1024
 LINGER_BYTES = 4 * 1024 * 1024
 LINGER_SECONDS = 2.0
-_NO_BODY = ("204", "304")
+_NO_BODY = (204, 304)
 PROTOCOL_ERRORS = frozenset({"too_many_connections"})
 """Codes the control socket's server answers by itself, beyond the app's error table
 (``misdirected_request`` is the TCP listener's only)."""
@@ -73,7 +72,7 @@ class Connection:
         self._empty = Body(self.wire, 0, self._send_continue)  # every request without a body
         self.expecting = False  # a 100 Continue is owed when the app reads the body
         self.refused = False  # a protocol error: the client may still be sending
-        self.address = "local" if sock.family == socket.AF_UNIX else sock.getpeername()[0]
+        self.answered = False  # the head of the current request's answer went out
         # on the loop: the head being waited for, and the deadline it must meet
         self.first = True  # no request answered yet
         self.idle = False  # a keep-alive connection that has not sent its next byte
@@ -263,28 +262,19 @@ class Connection:
         with contextlib.suppress(OSError):
             self.wire.send(head, b"" if self.method == "HEAD" else body)
 
-    # -- one request through the WSGI app --
+    # -- one request through the app --
 
     def _serve(self, head: Head) -> bool:
         """Answer one request; True if the connection may serve another."""
         length = head.content_length
         self.body = body = Body(self.wire, length, self._send_continue) if length else self._empty
-        answer = Answer()
         keep = head.keep_alive
+        self.answered = False
         try:
-            environ = self.site.environ(head, body, self.address, self.wire.hung_up)
-            if self.peer is not None:
-                environ["volplugd.peer"] = self.peer
-                environ["volplugd.groups"] = self.groups
-            if not self.wire.blocking:
-                environ["volplugd.inline"] = True  # on the loop: MustWait if it must
-            result = self.site.app(environ, answer.start_response)
-            try:
-                keep = self._write(answer, result, keep)
-            finally:
-                close = getattr(result, "close", None)
-                if close is not None:
-                    close()
+            request = self.site.request(head, body, self.peer, self.groups,
+                                        inline=not self.wire.blocking,
+                                        disconnected=self.wire.hung_up)
+            keep = self._send(self.site.app(request), keep)
         except OSError as err:  # the client went away, or stopped reading
             _log.info("control_client_write_failed", error=str(err))
             return False
@@ -292,12 +282,10 @@ class Connection:
             raise
         except Exception:  # noqa: BLE001 — logged; the client gets a JSON 500
             _log.error("control_request_crashed", exc_info=sys.exc_info())
-            if answer.sent:
+            if self.answered:
                 return False
-            answer.start_response("500 Internal Server Error", [
-                ("Content-Type", JSON), ("Content-Length", str(len(CRASHED)))])
             try:
-                keep = self._write(answer, [CRASHED], keep)
+                keep = self._send(CRASHED, keep)
             except OSError:
                 return False
         if keep and body.remaining:
@@ -307,37 +295,37 @@ class Connection:
                 return False
         return keep
 
-    def _write(self, answer: Answer, result: Iterable[bytes], keep: bool) -> bool:
-        """Send the answer; whether the connection stays open after it."""
-        if isinstance(result, list) and len(result) <= 1:
-            body = result[0] if result else b""
-            if answer.length() is None and not answer.status.startswith(_NO_BODY):
-                answer.headers.append(("Content-Length", str(len(body))))
-            return self._send_head(answer, keep, body, framed=True)
-        for chunk in result:
-            if not answer.sent:
-                keep = self._send_head(answer, keep, chunk)
-            elif chunk and self.method != "HEAD":
+    def _send(self, reply: Reply, keep: bool) -> bool:
+        """Send the reply; whether the connection stays open after it."""
+        content = reply.body
+        bare = reply.status in _NO_BODY or self.method == "HEAD"  # the head alone goes out
+        if isinstance(content, bytes):
+            keep = self._may_keep(keep)
+            length = None if reply.status in _NO_BODY else len(content)
+            self.answered = True
+            self.wire.send(reply_head(reply, length, keep=keep), b"" if bare else content)
+            return keep
+        try:  # a stream: its end is the connection's (the head alone for HEAD)
+            keep = self._may_keep(keep) and bare
+            chunks = iter(()) if bare else iter(content)
+            first = next(chunks, b"")  # a stream sends b"" to have its head sent at once
+            self.answered = True
+            self.wire.send(reply_head(reply, None, keep=keep), first)
+            for chunk in chunks:
                 self.wire.send(chunk)
-        if not answer.sent:
-            keep = self._send_head(answer, keep, b"")
-        return keep
+            return keep
+        finally:
+            close = getattr(content, "close", None)
+            if close is not None:
+                close()
 
-    def _send_head(self, answer: Answer, keep: bool, body: bytes, *,
-                   framed: bool = False) -> bool:
-        """The status line and headers, with ``body`` if any; decides keep-alive.
-        ``framed``: the headers are known to carry a Content-Length (or need none)."""
-        no_body = answer.status.startswith(_NO_BODY)
-        if not framed and not no_body and answer.length() is None:
-            keep = False  # a stream: its end is the connection's
+    def _may_keep(self, keep: bool) -> bool:
+        """Whether the connection may stay after this answer (``keep``: the client's
+        wish)."""
         unread = 0 if self.body is None else self.body.remaining
         if unread and (unread > DRAIN_LIMIT or self.expecting):
-            keep = False
-        if self.site.stopping.is_set() or not self.site.may_keep_alive():
-            keep = False
-        head = answer.head(no_body=no_body, keep=keep)
-        self.wire.send(head, b"" if no_body or self.method == "HEAD" else body)
-        return keep
+            return False
+        return keep and not self.site.stopping.is_set() and self.site.may_keep_alive()
 
     def _send_continue(self) -> None:
         if self.expecting:

@@ -4,7 +4,7 @@ Every failure is an ``InvalidRequest`` naming the field, so the API's 400 says e
 what to fix. Text that is not valid UTF-8 (raw bytes in the path, percent-escapes of
 them, lone surrogates from JSON ``\ud800`` escapes) is refused here, where it enters;
 what an error quotes of the request passes ``safe_text``.
-Pure functions over environ values. Runs on: the control loop and connection threads.
+Pure functions over what the head and body say. Runs on: the control loop and connection threads.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import urllib.parse
 from collections.abc import Mapping
-from typing import IO, Any
+from typing import Any, Protocol
 
 from volplugd.model import PluginState
 from volplugd.plugin.text import is_utf8, safe_text
@@ -20,10 +20,11 @@ from volplugd.plugin.text import is_utf8, safe_text
 __all__ = [
     "MAX_BODY_BYTES",
     "MAX_NAME_BYTES",
+    "BodyReader",
     "BodyTooLarge",
     "InvalidRequest",
+    "check_length",
     "check_volume_name",
-    "content_length",
     "follow_flag",
     "mount_id",
     "path_segments",
@@ -39,6 +40,12 @@ MAX_NAME_BYTES = 255  # NAME_MAX: plugins commonly turn a volume name into a dir
 _MAX_SEQ = 2**63 - 1
 _TRUE = frozenset({"1", "true", "yes"})
 _FALSE = frozenset({"0", "false", "no"})
+
+
+class BodyReader(Protocol):
+    """A request body: ``read(n)`` gives up to ``n`` bytes (fewer only at its end)."""
+
+    def read(self, size: int = -1, /) -> bytes | None: ...
 
 
 class InvalidRequest(ValueError):
@@ -60,36 +67,22 @@ class BodyTooLarge(ValueError):
         self.length = length
 
 
-def path_segments(environ: Mapping[str, Any]) -> list[str]:
-    """The request path split on "/" BEFORE percent-decoding, then each part decoded.
+def path_segments(path: str) -> list[str]:
+    """The raw request path split on "/" BEFORE percent-decoding, then each part decoded.
 
     So ``a%2Fb`` stays one segment (and is refused as a name later) instead of
-    becoming two. Our server passes the raw path as ``volplugd.raw_path``; any other
-    WSGI server gives only the decoded PATH_INFO (latin-1 per PEP 3333). Either way the
-    bytes must be UTF-8: anything else is refused, never guessed at.
+    becoming two. The decoded bytes must be UTF-8: anything else is refused, never
+    guessed at.
     """
-    raw = environ.get("volplugd.raw_path")
-    if not raw:
-        return _utf8(str(environ.get("PATH_INFO", ""))).split("/")[1:]
-    return [_utf8(p, unquote=True) for p in str(raw).split("/")[1:]]
-
-
-def _utf8(latin1: str, *, unquote: bool = False) -> str:
-    """A WSGI string (each byte one latin-1 character) read as the UTF-8 it should be."""
     try:
-        data = latin1.encode("latin-1")
-    except UnicodeEncodeError:  # not a WSGI byte string: text already
-        data = latin1.encode("utf-8", errors="surrogateescape")
-    try:
-        return (urllib.parse.unquote_to_bytes(data) if unquote else data).decode("utf-8")
+        return [urllib.parse.unquote_to_bytes(p).decode("utf-8") for p in path.split("/")[1:]]
     except UnicodeDecodeError:
         raise InvalidRequest("path", "bytes (raw or percent-encoded) are not UTF-8") from None
 
 
-def query(environ: Mapping[str, Any]) -> dict[str, str]:
+def query(query_string: str) -> dict[str, str]:
     """Query parameters; a repeated key keeps its last value."""
-    pairs = urllib.parse.parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True)
-    return dict(pairs)
+    return dict(urllib.parse.parse_qsl(query_string, keep_blank_values=True))
 
 
 def state_filter(params: Mapping[str, str]) -> PluginState | None:
@@ -119,29 +112,20 @@ def follow_flag(params: Mapping[str, str]) -> bool:
     raise InvalidRequest("follow", "must be 1 or 0 (true/false)")
 
 
-def content_length(environ: Mapping[str, Any]) -> int:
+def check_length(length: int) -> int:
     """The declared body size; refuses a body over the limit before anything reads it."""
-    value = environ.get("CONTENT_LENGTH") or "0"
-    if value == "0":
-        return 0
-    value = value.strip()
-    if not value.isascii() or not value.isdigit():
-        raise InvalidRequest("Content-Length", "must be a non-negative integer")
-    length = int(value)
     if length > MAX_BODY_BYTES:
         raise BodyTooLarge(length)
     return length
 
 
-def read_json_object(environ: Mapping[str, Any]) -> dict[str, Any]:
-    """The body as a JSON object (at most MAX_BODY_BYTES, as Content-Length says)."""
-    length = content_length(environ)
-    stream: IO[bytes] = environ["wsgi.input"]
-    body = stream.read(length) if length else b""
-    if not body.strip():
+def read_json_object(body: BodyReader | None, length: int) -> dict[str, Any]:
+    """The body (``length`` bytes, at most MAX_BODY_BYTES) as a JSON object."""
+    data = (body.read(check_length(length)) if length and body is not None else b"") or b""
+    if not data.strip():
         raise InvalidRequest("body", "a JSON object is required")
     try:
-        doc = json.loads(body)
+        doc = json.loads(data)
     except (ValueError, RecursionError) as err:
         raise InvalidRequest("body", f"not valid JSON ({err})") from None
     if not isinstance(doc, dict):

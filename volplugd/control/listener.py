@@ -36,7 +36,7 @@ from volplugd.control.site import FIRST_REQUEST_TIMEOUT, Site
 from volplugd.log import get_logger
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import WSGIApplication
+    from volplugd.control.routing import Application
 
 __all__ = ["BACKLOG", "Listener"]
 
@@ -54,7 +54,7 @@ class _Slot:
 class Listener:
     """The accept loop and connection bookkeeping shared by both servers."""
 
-    def __init__(self, app: WSGIApplication, *, name: str, max_connections: int,
+    def __init__(self, app: Application, *, name: str, max_connections: int,
                  max_follow: int, read_timeout: float, read_only: bool,
                  first_request_timeout: float = FIRST_REQUEST_TIMEOUT,
                  budget: ConnectionBudget | None = None):

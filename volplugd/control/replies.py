@@ -1,6 +1,5 @@
-"""What the control server writes of its own: the head of an app's answer (from what
-the app gave ``start_response``), its JSON answers to protocol errors, and the 503 for a
-connection refused at accept.
+"""What the control server writes of its own: the head of an app's ``Reply``, its JSON
+answers to protocol errors, and the 503 for a connection refused at accept.
 
 Runs on: the loop thread and connection threads.
 """
@@ -9,53 +8,43 @@ from __future__ import annotations
 
 import http
 import time
-from collections.abc import Callable
 from email.utils import formatdate
-from typing import Any
 
-from volplugd.control.routing import JSON
+from volplugd.control.routing import JSON, Reply
 from volplugd.model import encode
 
-__all__ = ["CRASHED", "Answer", "protocol_error", "too_many_connections"]
+__all__ = ["CRASHED", "protocol_error", "reply_head", "too_many_connections"]
 
 _PROTOCOL_CODES = {405: "method_not_allowed", 413: "request_too_large",
                    414: "request_too_large", 421: "misdirected_request",
                    431: "request_too_large"}
-CRASHED = encode({"error": {"code": "internal_error",
-                            "message": "internal error; the daemon logged it"}})
+CRASHED = Reply(500, encode({"error": {"code": "internal_error",
+                                       "message": "internal error; the daemon logged it"}}))
+_STATUS_LINES: dict[int, str] = {}
 _date: tuple[int, str] = (0, "")
 
 
-class Answer:
-    """The app's status and headers (``start_response``), until the head goes out."""
-
-    status = ""
-    headers: list[tuple[str, str]]
-    sent = False
-
-    def start_response(self, status: str, headers: list[tuple[str, str]],
-                       exc_info: Any = None) -> Callable[[bytes], object]:
-        if exc_info is not None and self.sent:
-            raise exc_info[1].with_traceback(exc_info[2])
-        self.status, self.headers = status, headers
-        return _no_write
-
-    def length(self) -> str | None:
-        return next((v for k, v in self.headers if k.lower() == "content-length"), None)
-
-    def head(self, *, no_body: bool, keep: bool) -> bytes:
-        """The status line and headers (Content-Length dropped for a 204 or 304)."""
-        headers = self.headers
-        if no_body:
-            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
-        self.sent = True
-        fields = "".join(map("%s: %s\r\n".__mod__, headers))
-        close = "" if keep else "Connection: close\r\n"
-        return f"HTTP/1.1 {self.status}\r\n{_stamp()}{fields}{close}\r\n".encode("latin-1")
+def reply_head(reply: Reply, length: int | None, *, keep: bool) -> bytes:
+    """The status line and header lines of ``reply``, with ``Content-Length: length``
+    (None: no length, for a stream or a 204/304) and ``Connection: close`` unless
+    ``keep``."""
+    fields = "".join(map("%s: %s\r\n".__mod__, reply.headers)) if reply.headers else ""
+    kind = "" if reply.content_type is None else f"Content-Type: {reply.content_type}\r\n"
+    size = "" if length is None else f"Content-Length: {length}\r\n"
+    close = "" if keep else "Connection: close\r\n"
+    return (f"HTTP/1.1 {_status_line(reply.status)}\r\n{_stamp()}{fields}{kind}{size}{close}"
+            "\r\n").encode("latin-1")
 
 
-def _no_write(data: bytes) -> object:
-    raise NotImplementedError("this server takes the body from the app's iterable")
+def _status_line(status: int) -> str:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        try:
+            line = f"{status} {http.HTTPStatus(status).phrase}"
+        except ValueError:
+            line = f"{status} Unknown"
+        _STATUS_LINES[status] = line
+    return line
 
 
 def protocol_error(code: int, message: str) -> tuple[bytes, bytes]:

@@ -1,25 +1,33 @@
-"""A tiny WSGI framework for the control API: replies, a route table, HEAD, and the
-one place where any exception becomes a JSON error answer.
+"""A tiny framework for the control API: the request the server hands over, replies, a
+route table, and the one place where any exception becomes a JSON error answer.
 
+The server and the app meet here: the server builds a ``Request`` from the head it read
+and calls the app with it; the app returns a ``Reply`` (its body whole, or an iterable
+for a stream), which the server writes. No WSGI environ, no ``start_response``: the
+app is ours, and the server is ours (``control.connection``).
 Runs on: the control loop thread and connection threads.
 """
 
 from __future__ import annotations
 
-import http
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from volplugd.control.inputs import InvalidRequest, content_length, path_segments, query
+from volplugd.control.access import Peer
+from volplugd.control.inputs import (
+    BodyReader,
+    InvalidRequest,
+    check_length,
+    path_segments,
+    query,
+)
 from volplugd.model import encode
 
-if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIEnvironment
-
 __all__ = [
-    "JSON", "NDJSON", "UNMATCHED", "Handler", "MethodNotAllowed", "MustWait", "NotFound", "Reply",
-    "Request", "WsgiBase", "json_reply", "raw_reply",
+    "JSON", "NDJSON", "UNMATCHED", "App", "Application", "Handler", "MethodNotAllowed",
+    "MustWait", "NotFound", "Reply", "Request", "json_reply", "raw_reply",
 ]
 
 JSON = "application/json"
@@ -29,7 +37,6 @@ UNMATCHED = "unmatched"  # the metrics route label of a path that matches no rou
 # forgotten at once.
 _MEMO_ENTRIES = 4096
 _MEMO_KEY = 256
-_STATUS_LINES: dict[int, str] = {}
 T = TypeVar("T")
 
 
@@ -38,9 +45,9 @@ class NotFound(Exception):
 
 
 class MustWait(Exception):
-    """Raised by a handler asked on the server's event loop (``volplugd.inline`` in the
-    environ) that would have to wait: the server answers the request on a thread
-    instead. Only before anything of the answer is decided; never an error answer."""
+    """Raised by a handler asked on the server's event loop (``Request.inline``) that
+    would have to wait: the server answers the request on a thread instead. Only before
+    anything of the answer is decided; never an error answer."""
 
 
 class MethodNotAllowed(Exception):
@@ -51,10 +58,35 @@ class MethodNotAllowed(Exception):
         super().__init__(f"allowed: {self.allow}")
 
 
+def _never() -> bool:
+    return False
+
+
+@dataclass(slots=True)
+class Request:
+    """One request, as the server hands it to the app: what its head says, its body,
+    who sent it, and the server's hooks. ``params`` and ``query`` are the route's."""
+
+    method: str
+    path: str  # the raw path (before percent-decoding), without the query
+    query_string: str = ""
+    content_length: int = 0  # as the head declared it (the server checked its form)
+    body: BodyReader | None = None  # reads exactly content_length bytes (100 Continue first)
+    peer: Peer | None = None  # SO_PEERCRED; None: no credentials (refused)
+    groups: frozenset[int] = frozenset()  # the peer's groups
+    inline: bool = False  # on the server's event loop: raise MustWait to be asked on a thread
+    stopping: threading.Event | None = None  # set when the server stops (a stream ends)
+    disconnected: Callable[[], bool] = _never  # whether the client has hung up
+    # takes a follow-stream slot: its release, or None when all are taken; None: no limit
+    follow_slot: Callable[[], Callable[[], None] | None] | None = None
+    params: dict[str, str] = field(default_factory=dict)
+    query: dict[str, str] = field(default_factory=dict)
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     status: int
-    body: bytes | Iterable[bytes] = b""
+    body: bytes | Iterable[bytes] = b""  # an iterable is a stream: its end is the connection's
     content_type: str | None = JSON
     headers: tuple[tuple[str, str], ...] = ()
 
@@ -67,15 +99,9 @@ def raw_reply(status: int, body: bytes, content_type: str = JSON) -> Reply:
     return Reply(status, body, content_type)
 
 
-@dataclass(slots=True)
-class Request:
-    environ: WSGIEnvironment
-    method: str
-    params: dict[str, str]
-    query: dict[str, str] = field(default_factory=dict)
-
-
 Handler = Callable[[Request], Reply]
+Application = Callable[[Request], Reply]
+"""What a server serves: an ``App``, or any callable of the same shape."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +139,9 @@ def _bind(parts: tuple[str, ...], segments: list[str]) -> dict[str, str] | None:
     return params
 
 
-class WsgiBase:
-    """Routing, errors, HEAD and the ``on_request(route, status)`` hook.
+class App:
+    """Routing, errors and the ``on_request(route, status)`` hook: ``app(request)`` is
+    the reply (HEAD is routed as GET; the server sends no body for it).
 
     ``errors`` turns any exception into the error Reply (the app's one table).
     """
@@ -137,99 +164,66 @@ class WsgiBase:
         a path that only matches once decoded is served on a thread, just as right.
         A server asks once per head it parsed (``control.site`` remembers the answer).
         """
-        path, _, query = target.partition("?")
+        path, _, query_string = target.partition("?")
         found = self._router.match(path.split("/")[1:])
         return (found is not None and found.template in self._inline
-                and self.inline_query(found.template, query))
+                and self.inline_query(found.template, query_string))
 
-    def inline_query(self, template: str, query: str) -> bool:
+    def inline_query(self, template: str, query_string: str) -> bool:
         """Whether this query keeps an inline route inline (any, by default)."""
         return True
 
-    def __call__(self, environ: WSGIEnvironment,
-                 start_response: StartResponse) -> Iterable[bytes]:
-        method = str(environ.get("REQUEST_METHOD", "GET")).upper()
-        route, reply = self._answer(environ, method)
+    def __call__(self, req: Request) -> Reply:
+        route, reply = self._answer(req)
         if self._on_request is not None:
             self._on_request(route, reply.status)
-        start_response(_status_line(reply.status), _headers(reply))
-        if method == "HEAD":
-            _close(reply.body)
-            return []
-        return [reply.body] if isinstance(reply.body, bytes) else reply.body
+        return reply
 
-    def _answer(self, environ: WSGIEnvironment, method: str) -> tuple[str, Reply]:
+    def _answer(self, req: Request) -> tuple[str, Reply]:
         bad_path: InvalidRequest | None = None
-        raw = environ.get("volplugd.raw_path")
         found: _Match | None = None
-        if raw is not None and raw in self._matches:
-            found = self._matches[raw]
-        else:
-            try:
-                found = self._router.match(path_segments(environ))
-            except InvalidRequest as exc:
-                bad_path = exc
-            else:
-                if raw is not None:
-                    _remember(self._matches, raw, found)
+        try:
+            found = self._route(req.path)
+        except InvalidRequest as exc:
+            bad_path = exc
         route = UNMATCHED if found is None else found.template
         try:
-            self.admit(environ, method)
+            self.admit(req)
             if bad_path is not None:
                 raise bad_path
-            return route, self._dispatch(found, environ, method)
+            return route, self._dispatch(found, req)
         except MustWait:
             raise
         except Exception as exc:  # noqa: BLE001 — every failure becomes a JSON error
             return route, self._errors(exc)
 
-    def admit(self, environ: WSGIEnvironment, method: str) -> None:
-        """Checks before routing (the body's declared size here); raise to refuse."""
-        content_length(environ)
+    def _route(self, path: str) -> _Match | None:
+        """The route of a raw path (remembered); raises InvalidRequest for one that is
+        not UTF-8."""
+        if path in self._matches:
+            return self._matches[path]
+        found = self._router.match(path_segments(path))
+        if len(path) <= _MEMO_KEY:
+            if len(self._matches) >= _MEMO_ENTRIES:
+                self._matches.clear()
+            self._matches[path] = found
+        return found
 
-    def _dispatch(self, found: _Match | None, environ: WSGIEnvironment,
-                  method: str) -> Reply:
+    def admit(self, req: Request) -> None:
+        """Checks before routing (the body's declared size here); raise to refuse."""
+        check_length(req.content_length)
+
+    def _dispatch(self, found: _Match | None, req: Request) -> Reply:
         if found is None:
             raise NotFound
-        handler = found.handlers.get("GET" if method == "HEAD" else method)
+        handler = found.handlers.get("GET" if req.method == "HEAD" else req.method)
         if handler is None:
             raise MethodNotAllowed(_allow(found.handlers))
-        params = query(environ) if environ.get("QUERY_STRING") else {}
-        return handler(Request(environ, method, found.params, params))
+        req.params = found.params
+        if req.query_string:
+            req.query = query(req.query_string)
+        return handler(req)
 
 
 def _allow(handlers: Mapping[str, Handler]) -> set[str]:
     return set(handlers) | ({"HEAD"} if "GET" in handlers else set())
-
-
-def _remember(memo: dict[str, T], key: str, value: T) -> None:
-    if len(key) <= _MEMO_KEY:
-        if len(memo) >= _MEMO_ENTRIES:
-            memo.clear()
-        memo[key] = value
-
-
-def _status_line(status: int) -> str:
-    line = _STATUS_LINES.get(status)
-    if line is None:
-        try:
-            line = f"{status} {http.HTTPStatus(status).phrase}"
-        except ValueError:
-            line = f"{status} Unknown"
-        _STATUS_LINES[status] = line
-    return line
-
-
-def _headers(reply: Reply) -> list[tuple[str, str]]:
-    headers = list(reply.headers)
-    if reply.content_type is not None:
-        headers.append(("Content-Type", reply.content_type))
-    if isinstance(reply.body, bytes) and reply.status not in {204, 304}:
-        headers.append(("Content-Length", str(len(reply.body))))  # none for no-body codes
-    return headers
-
-
-def _close(body: bytes | Iterable[bytes]) -> None:
-    close = getattr(body, "close", None)
-    if close is not None:
-        close()

@@ -25,7 +25,7 @@ from volplugd.control.site import FIRST_REQUEST_TIMEOUT
 from volplugd.unixsocket import GroupRefused, listen_unix
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import WSGIApplication
+    from volplugd.control.routing import Application
 
 __all__ = ["BACKLOG", "MAX_PER_UID", "RESERVED_SLOTS", "ControlServer", "ControlSocketError",
            "TcpMetricsServer"]
@@ -52,7 +52,7 @@ class ControlServer(Listener):
     root and ``access``'s admin groups (see ``ConnectionBudget``).
     """
 
-    def __init__(self, app: WSGIApplication, *, path: str | None, mode: int,
+    def __init__(self, app: Application, *, path: str | None, mode: int,
                  group: str | None, sock: socket.socket | None = None,
                  max_connections: int = 64, max_follow: int = 16, read_timeout: float = 10.0,
                  access: AccessPolicy | None = None, max_per_uid: int = MAX_PER_UID,
@@ -166,7 +166,7 @@ class TcpMetricsServer(Listener):
     """The metrics port: GET and HEAD only (anything else 405), so nothing on TCP can
     change state.
 
-    Give either a WSGI ``app``, or the ``metrics`` callable with a ``status_page``
+    Give either an ``app``, or the ``metrics`` callable with a ``status_page``
     callable (served at ``/metrics`` and ``/``; ``show_status_page=False`` leaves ``/``
     a 404). The address is ``listen`` ("HOST:PORT", "[::1]:PORT") or ``host`` and
     ``port``; port 0 picks a free port and ``.port`` says which after ``start()``. With
@@ -177,7 +177,7 @@ class TcpMetricsServer(Listener):
     bound elsewhere, the operator chose to expose it and any ``Host`` is served.
     """
 
-    def __init__(self, app: WSGIApplication | Callable[[], tuple[bytes, str]],
+    def __init__(self, app: Application | Callable[[], tuple[bytes, str]],
                  status_page: Callable[[], bytes] | None = None, *,
                  listen: str | None = None, host: str | None = None, port: int | None = None,
                  sock: socket.socket | None = None,
@@ -189,7 +189,7 @@ class TcpMetricsServer(Listener):
             metrics = cast("Callable[[], tuple[bytes, str]]", app)
             app = make_metrics_app(metrics, status_page if show_status_page else None,
                                    on_request)
-        super().__init__(cast("WSGIApplication", app), name="metrics",
+        super().__init__(cast("Application", app), name="metrics",
                          max_connections=max_connections, max_follow=1,
                          read_timeout=read_timeout, read_only=True,
                          first_request_timeout=first_request_timeout)
@@ -205,7 +205,6 @@ class TcpMetricsServer(Listener):
         sock = self._inherited or _bind_tcp(self.host, self.port)
         address = sock.getsockname()
         self.port = address[1]
-        self.site.base_environ["SERVER_PORT"] = str(self.port)
         if ipaddress.ip_address(address[0].partition("%")[0]).is_loopback:
             self.site.host_allowed = loopback_host
         return sock

@@ -9,19 +9,14 @@ from __future__ import annotations
 
 import enum
 import socket
-import sys
 import threading
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
+from volplugd.control.access import Peer
 from volplugd.control.head import MEMO_HEADS, Head
-
-if TYPE_CHECKING:
-    from _typeshed.wsgi import WSGIApplication
-
-    from volplugd.control.sockio import Body
+from volplugd.control.inputs import BodyReader
+from volplugd.control.routing import Application, Request
 
 __all__ = ["FIRST_REQUEST_TIMEOUT", "READ_METHODS", "Site", "Step"]
 
@@ -44,7 +39,7 @@ class Step(enum.Enum):
 class Site:
     """One listener's settings and hooks, built by the listener."""
 
-    app: WSGIApplication
+    app: Application
     read_timeout: float
     read_only: bool
     stopping: threading.Event
@@ -55,36 +50,32 @@ class Site:
     host_allowed: Callable[[str | None], bool] | None = None  # None: any Host
     # whether the app answers (method, target) at once from memory: ``runs_inline``
     app_inline: Callable[[str, str], bool] | None = None
-    base_environ: dict[str, Any] = field(default_factory=lambda: {
-        "SERVER_NAME": "localhost", "SERVER_PORT": "0", "GATEWAY_INTERFACE": "CGI/1.1",
-        "SCRIPT_NAME": "", "CONTENT_LENGTH": "", "REMOTE_HOST": "",
-        "SERVER_SOFTWARE": "volplugd", "wsgi.version": (1, 0), "wsgi.url_scheme": "http",
-        "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False,
-        "wsgi.run_once": False})
 
-    _prepared: dict[int, tuple[Head, bool, dict[str, Any]]] = field(
-        default_factory=dict, init=False, repr=False)  # id(head) -> (head, inline, environ)
+    # id(head) -> (head, inline, method, path, query string)
+    _prepared: dict[int, tuple[Head, bool, str, str, str]] = field(
+        default_factory=dict, init=False, repr=False)
 
     def inline(self, head: Head) -> bool:
         """Whether the loop thread may answer this request itself: a read without a
         body, for a Host this listener serves, that the app answers from memory."""
         return self._prepare(head)[1]
 
-    def environ(self, head: Head, body: Body, address: str,
-                disconnected: Callable[[], bool]) -> dict[str, Any]:
-        """The WSGI environ of one request (the caller adds the peer's credentials)."""
-        environ = self._prepare(head)[2].copy()
-        environ["wsgi.input"], environ["REMOTE_ADDR"] = body, address
-        environ["volplugd.disconnected"] = disconnected
-        return environ
+    def request(self, head: Head, body: BodyReader, peer: Peer | None,
+                groups: frozenset[int], *, inline: bool,
+                disconnected: Callable[[], bool]) -> Request:
+        """The ``Request`` the app gets for ``head`` (``inline``: on the event loop)."""
+        _, _, method, path, query_string = self._prepare(head)
+        return Request(method, path, query_string, head.content_length, body, peer, groups,
+                       inline, self.stopping, disconnected, self.follow_slot)
 
-    def _prepare(self, head: Head) -> tuple[Head, bool, dict[str, Any]]:
+    def _prepare(self, head: Head) -> tuple[Head, bool, str, str, str]:
         """What depends on the head alone, worked out once per head object (a head
         read again is the same object, see ``head.parse_whole``). The entry holds its
         head, so an id is not reused while it is remembered."""
         entry = self._prepared.get(id(head))
         if entry is None or entry[0] is not head:
-            entry = (head, self._inline(head), self._head_environ(head))
+            path, _, query_string = head.target.partition("?")
+            entry = (head, self._inline(head), head.method.upper(), path, query_string)
             if len(self._prepared) >= MEMO_HEADS:
                 self._prepared.clear()
             self._prepared[id(head)] = entry
@@ -95,21 +86,3 @@ class Site:
                 and head.content_length == 0 and not head.expects_continue
                 and (self.host_allowed is None or self.host_allowed(head.get("Host")))
                 and self.app_inline(head.method, head.target))
-
-    def _head_environ(self, head: Head) -> dict[str, Any]:
-        path, _, query = head.target.partition("?")
-        environ = self.base_environ.copy()
-        environ.update({
-            "REQUEST_METHOD": head.method, "SERVER_PROTOCOL": head.version,
-            "PATH_INFO": urllib.parse.unquote(path, "iso-8859-1"), "QUERY_STRING": query,
-            "volplugd.raw_path": path, "volplugd.stopping": self.stopping,
-            "volplugd.follow_slot": self.follow_slot})
-        for name, value in head.fields:
-            key = name.upper().replace("-", "_")
-            if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-                key = "HTTP_" + key
-                if key in environ:
-                    environ[key] += "," + value
-                    continue
-            environ[key] = value
-        return environ

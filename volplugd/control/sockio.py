@@ -196,7 +196,8 @@ def _advance(views: list[bytes | memoryview], sent: int) -> None:
 
 
 class Body(io.RawIOBase):
-    """``wsgi.input``: exactly Content-Length bytes; asks for them (100 Continue) lazily."""
+    """A request's body: exactly Content-Length bytes; asks for them (100 Continue)
+    lazily."""
 
     def __init__(self, wire: Wire, length: int, ask: Callable[[], None]):
         self._wire = wire

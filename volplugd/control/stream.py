@@ -1,7 +1,7 @@
 """``GET /v1/events?follow=1``: an NDJSON stream of events as they happen.
 
-It ends when the server stops (``volplugd.stopping``) or the client hangs up
-(``volplugd.disconnected``), noticing either within FOLLOW_POLL_SECONDS.
+It ends when the server stops (``Request.stopping``) or the client hangs up
+(``Request.disconnected``), noticing either within FOLLOW_POLL_SECONDS.
 Runs on: the connection thread that serves the stream.
 """
 
@@ -15,7 +15,7 @@ from volplugd.contracts import Commands
 from volplugd.model import Event, encode
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import WSGIEnvironment
+    from volplugd.control.routing import Request
 
 __all__ = ["FOLLOW_POLL_SECONDS", "FollowStream", "follow_slot", "ndjson"]
 
@@ -28,14 +28,13 @@ def ndjson(events: Iterable[Event]) -> Iterator[bytes]:
         yield encode(event.to_json()) + b"\n"
 
 
-def follow_slot(environ: WSGIEnvironment) -> Callable[[], None] | None:
+def follow_slot(req: Request) -> Callable[[], None] | None:
     """Take one of the server's follow-stream slots: its release, or None if all are
-    taken. Without our server's hook (a unit test, another server) there is no limit.
+    taken. Without the server's hook (a unit test) there is no limit.
     """
-    acquire: Callable[[], Callable[[], None] | None] | None = environ.get("volplugd.follow_slot")
-    if acquire is None:
+    if req.follow_slot is None:
         return lambda: None
-    return acquire()
+    return req.follow_slot()
 
 
 class FollowStream:
@@ -44,12 +43,12 @@ class FollowStream:
     follow slot even if the server never started iterating.
     """
 
-    def __init__(self, commands: Commands, since: int, environ: WSGIEnvironment,
+    def __init__(self, commands: Commands, since: int, req: Request,
                  release: Callable[[], None]):
         self._commands = commands
         self._since = since
-        self._stopping: threading.Event = environ.get("volplugd.stopping", threading.Event())
-        self._gone: Callable[[], bool] = environ.get("volplugd.disconnected", lambda: False)
+        self._stopping = threading.Event() if req.stopping is None else req.stopping
+        self._gone = req.disconnected
         self._release: Callable[[], None] | None = release
 
     def __iter__(self) -> Iterator[bytes]:
