@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple
 
 from volplugd.control.access import Peer
 from volplugd.control.inputs import (
@@ -37,7 +37,6 @@ UNMATCHED = "unmatched"  # the metrics route label of a path that matches no rou
 # forgotten at once.
 _MEMO_ENTRIES = 4096
 _MEMO_KEY = 256
-T = TypeVar("T")
 
 
 class NotFound(Exception):
@@ -83,8 +82,10 @@ class Request:
     query: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(NamedTuple):
+    """What the app answers (a tuple: made once per request, three times cheaper than a
+    frozen dataclass)."""
+
     status: int
     body: bytes | Iterable[bytes] = b""  # an iterable is a stream: its end is the connection's
     content_type: str | None = JSON
@@ -174,28 +175,33 @@ class App:
         return True
 
     def __call__(self, req: Request) -> Reply:
-        route, reply = self._answer(req)
-        if self._on_request is not None:
-            self._on_request(route, reply.status)
-        return reply
-
-    def _answer(self, req: Request) -> tuple[str, Reply]:
-        bad_path: InvalidRequest | None = None
         found: _Match | None = None
+        bad_path: InvalidRequest | None = None
         try:
             found = self._route(req.path)
         except InvalidRequest as exc:
             bad_path = exc
         route = UNMATCHED if found is None else found.template
         try:
-            self.admit(req)
+            self.admit(req)  # who may ask comes before what is wrong with the path
             if bad_path is not None:
                 raise bad_path
-            return route, self._dispatch(found, req)
+            if found is None:
+                raise NotFound
+            handler = found.handlers.get("GET" if req.method == "HEAD" else req.method)
+            if handler is None:
+                raise MethodNotAllowed(_allow(found.handlers))
+            req.params = found.params
+            if req.query_string:
+                req.query = query(req.query_string)
+            reply = handler(req)
         except MustWait:
             raise
         except Exception as exc:  # noqa: BLE001 — every failure becomes a JSON error
-            return route, self._errors(exc)
+            reply = self._errors(exc)
+        if self._on_request is not None:
+            self._on_request(route, reply.status)
+        return reply
 
     def _route(self, path: str) -> _Match | None:
         """The route of a raw path (remembered); raises InvalidRequest for one that is
@@ -211,18 +217,8 @@ class App:
 
     def admit(self, req: Request) -> None:
         """Checks before routing (the body's declared size here); raise to refuse."""
-        check_length(req.content_length)
-
-    def _dispatch(self, found: _Match | None, req: Request) -> Reply:
-        if found is None:
-            raise NotFound
-        handler = found.handlers.get("GET" if req.method == "HEAD" else req.method)
-        if handler is None:
-            raise MethodNotAllowed(_allow(found.handlers))
-        req.params = found.params
-        if req.query_string:
-            req.query = query(req.query_string)
-        return handler(req)
+        if req.content_length:
+            check_length(req.content_length)
 
 
 def _allow(handlers: Mapping[str, Handler]) -> set[str]:

@@ -85,19 +85,8 @@ class Wire:
 
     def whole_head(self) -> Head | None:
         """The head, parsed and taken from the buffer, if it is all there and within
-        every limit; None otherwise (nothing read). Raises BadHead."""
-        span = self._whole_span()
-        if span is None:
-            return None
-        end, taken = span
-        raw = bytes(self.buf[:end])
-        del self.buf[:taken]
-        return parse_whole(raw)
-
-    def _whole_span(self) -> tuple[int, int] | None:
-        """The common case at once: the whole head is buffered and within every limit.
-        Where its last line ends, and the bytes it takes with the blank line; None
-        otherwise (then it is read line by line, which names what is wrong)."""
+        every limit (the common case, at once); None otherwise, nothing read (then
+        ``read_head`` reads it line by line, which names what is wrong). Raises BadHead."""
         found = self._blank_line()
         if found is None:
             return None
@@ -105,7 +94,9 @@ class Wire:
         if first >= MAX_REQUEST_LINE or end >= MAX_HEAD_BYTES or \
                 self.buf.count(b"\n", 0, end) > MAX_FIELDS:
             return None
-        return end, end + 1 + blank
+        raw = bytes(self.buf[:end])
+        del self.buf[:end + 1 + blank]
+        return parse_whole(raw)
 
     def _blank_line(self) -> tuple[int, int, int] | None:
         """Where the request line ends, where the last line before the blank one ends,
@@ -162,11 +153,22 @@ class Wire:
     def send(self, *parts: bytes | memoryview) -> None:
         """Write ``parts`` whole, within the write timeout of each partial write (not
         blocking: what the kernel does not take now goes to ``unsent``)."""
-        views = [p for p in parts if p]
         if not self.blocking:
-            self.unsent += views
+            if not self.unsent:  # the common case: the kernel takes it all at once
+                try:
+                    sent = self.sock.sendmsg(parts)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                if sent == sum(map(len, parts)):
+                    return
+                views = [p for p in parts if p]
+                _advance(views, sent)
+                self.unsent = views
+                return
+            self.unsent += [p for p in parts if p]
             self._send_now()
             return
+        views = [p for p in parts if p]
         while views:
             self.sock.settimeout(self._write_timeout)
             _advance(views, self.sock.sendmsg(views))
