@@ -72,7 +72,7 @@ def test_admin_group_may_change(commands: MemoryCommands) -> None:
 
 
 def test_no_credentials_is_refused(commands: MemoryCommands) -> None:
-    """An environ without peer credentials (not our unix server) gets 403: fail closed."""
+    """A request without peer credentials (not our unix server) gets 403: fail closed."""
     assert call(build_app(commands), "GET", "/v1/health", peer=None).status == 403
 
 
