@@ -213,13 +213,20 @@ def test_stop_ends_a_request_in_flight_and_joins_its_thread(
 
 
 def test_stop_closes_idle_keepalive_connections(fake: FakePlugin) -> None:
-    """A client holding an idle keep-alive connection does not keep stop() waiting."""
-    with socket.socket(socket.AF_UNIX) as s:
-        s.connect(fake.socket_path)
-        s.sendall(PODMAN_ACTIVATE)
-        fake.wait_requests(1)
+    """A client holding an idle keep-alive connection (its answer read, the connection
+    kept open) does not keep stop() waiting: stop() returns and the client reads the end.
+    (The answer is read first: a request merely recorded may still be unanswered.)"""
+    conn = UnixHTTPConnection(fake.socket_path, host="plugin")
+    try:
+        conn.request("POST", "/Plugin.Activate", body=b"")
+        resp = conn.getresponse()
+        assert (resp.status, resp.will_close) == (200, False)
+        assert json.loads(resp.read()) == {"Implements": ["VolumeDriver"]}
         fake.stop()
-        assert recv_all(s).startswith(b"HTTP/1.1 200 OK\r\n")
+        assert conn.sock is not None
+        assert recv_all(conn.sock) == b""
+    finally:
+        conn.close()
 
 
 def test_stale_socket_refuses_then_a_new_plugin_replaces_it(sock_path: str) -> None:
