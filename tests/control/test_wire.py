@@ -127,3 +127,39 @@ def test_an_answer_without_length_is_sent_whole_then_closed(sockdir: str) -> Non
     assert raw.endswith(b"\r\n\r\nab")
     assert b"\r\nConnection: close\r\n" in raw
     assert b"Content-Length" not in raw
+
+
+def test_head_of_a_stream_sends_the_head_alone_and_keeps_the_connection(
+        sockdir: str) -> None:
+    """HEAD of a route whose GET streams: the head without a length (a HEAD answer never
+    has a body, so the connection stays), nothing of the stream, and the stream closed
+    without being read; the next request on the connection is served."""
+    closed: list[bool] = []
+
+    class Stream:
+        def __iter__(self) -> Iterator[bytes]:
+            raise AssertionError("a HEAD must not read the stream")
+
+        def close(self) -> None:
+            closed.append(True)
+
+    def app(req: Request) -> Reply:
+        return Reply(200, Stream() if req.method == "HEAD" else b"small", "text/plain")
+
+    path = os.path.join(sockdir, "h.sock")
+    with serving(app, path), socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(path)
+        sock.sendall(b"HEAD /x HTTP/1.1\r\nHost: x\r\n\r\n" + GET)
+        buf = bytearray()
+        while buf.count(b"\r\n\r\n") < 2 or not buf.endswith(b"small"):
+            chunk = sock.recv(65536)
+            assert chunk, f"closed early: {bytes(buf)!r}"
+            buf += chunk
+    head, rest = bytes(buf).split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"Content-Length" not in head
+    assert b"Connection: close" not in head
+    assert rest.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert rest.endswith(b"\r\n\r\nsmall")
+    assert closed == [True]
