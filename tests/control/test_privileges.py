@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from typing import Any
 
+import pytest
 from structlog.testing import capture_logs
 
 from tests.control.conftest import build_app, serving
+from tests.control.helpers import fetch
 from tests.control.memory import MemoryCommands
 from tests.harness import NOBODY, SYSTEM_PYTHON, run_as
-from volplugd.control import AccessPolicy
+from volplugd.control import AccessPolicy, access
 
 CLIENT = r"""
 import http.client, json, socket, sys
@@ -83,3 +86,38 @@ def test_admin_group_member_may_change(sockdir: str, commands: MemoryCommands) -
     with serving(build_app(commands, policy), path, mode=0o666):
         answers = _as_nobody(path, [("POST", "/v1/plugins/demo/volumes", {"name": "v"})])
     assert answers[0][0] == 201
+
+
+def test_a_users_groups_are_asked_on_its_own_thread_never_the_loop(
+        sockdir: str, commands: MemoryCommands, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The user database may be slow (a directory server that does not answer): a user's
+    groups, when not cached, are asked for on its connection's own thread, and the loop
+    answers root meanwhile (root's groups are never asked for: root may do everything)."""
+    asked: list[str] = []
+    asking, answer = threading.Event(), threading.Event()
+    real = access._lookup
+
+    def slow(uid: int, gid: int) -> frozenset[int]:
+        asked.append(threading.current_thread().name)
+        asking.set()
+        answer.wait(60)
+        return real(uid, gid)
+
+    monkeypatch.setattr(access, "_cache", {})
+    monkeypatch.setattr(access, "_lookup", slow)
+    path = _open_path(sockdir)
+    got: list[list[list[Any]]] = []
+    with serving(build_app(commands, AccessPolicy(read_gids=frozenset({NOBODY}))), path,
+                 mode=0o666):
+        nobody = threading.Thread(
+            target=lambda: got.append(_as_nobody(path, [("GET", "/v1/plugins/demo", None)])))
+        nobody.start()
+        try:
+            assert asking.wait(30), "nobody's groups were never asked for"
+            health = fetch(path, "GET", "/v1/health")
+        finally:
+            answer.set()
+            nobody.join(60)
+    assert health.status == 200
+    assert asked == ["control-conn"]
+    assert [status for status, _ in got[0]] == [200]

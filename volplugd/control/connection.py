@@ -26,7 +26,7 @@ import socket
 import sys
 import time
 
-from volplugd.control.access import Peer, groups_of
+from volplugd.control.access import Peer, cached_groups, groups_of
 from volplugd.control.head import BadHead, Head
 from volplugd.control.replies import CRASHED, protocol_error, reply_head
 from volplugd.control.routing import MustWait, Reply
@@ -63,7 +63,12 @@ class Connection:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         self.site = site
         self.peer = peer
-        self.groups = frozenset() if peer is None else groups_of(peer.uid, peer.gid)
+        # The groups the access rule needs: none without credentials, root's primary gid
+        # (root may do everything), a user's from the user database (None: not cached;
+        # its first request is served on a thread, which asks: never the loop).
+        self.groups: frozenset[int] | None = (
+            frozenset() if peer is None else frozenset({peer.gid}) if peer.uid == 0
+            else cached_groups(peer.uid, peer.gid))
         sock.setblocking(False)  # it starts on the loop
         self.wire = Wire(sock, site.read_timeout, blocking=False)
         self.accepted_at = accepted_at
@@ -113,7 +118,7 @@ class Connection:
         wire.deadline = self.started + site.read_timeout  # for a body, on a thread
         self.method = head.method
         try:
-            if not site.inline(head):
+            if self.groups is None or not site.inline(head):
                 raise MustWait
             self.keep = self._serve(head)
         except MustWait:  # nothing of an answer was sent
@@ -271,6 +276,9 @@ class Connection:
         keep = head.keep_alive
         self.answered = False
         try:
+            if self.groups is None:  # on a thread (the loop hands such a request over)
+                assert self.peer is not None
+                self.groups = groups_of(self.peer.uid, self.peer.gid)
             request = self.site.request(head, body, self.peer, self.groups,
                                         inline=not self.wire.blocking,
                                         disconnected=self.wire.hung_up)

@@ -72,7 +72,7 @@ class Request:
     content_length: int = 0  # as the head declared it (the server checked its form)
     body: BodyReader | None = None  # reads exactly content_length bytes (100 Continue first)
     peer: Peer | None = None  # SO_PEERCRED; None: no credentials (refused)
-    groups: frozenset[int] = frozenset()  # the peer's groups
+    groups: frozenset[int] = frozenset()  # the peer's groups (root: its own gid only)
     inline: bool = False  # on the server's event loop: raise MustWait to be asked on a thread
     stopping: threading.Event | None = None  # set when the server stops (a stream ends)
     disconnected: Callable[[], bool] = _never  # whether the client has hung up
