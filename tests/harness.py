@@ -80,6 +80,15 @@ def readable_package() -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def skip_unless_switching_to(uid: int) -> None:
+    """Skip the test, saying why, where ``run_as(uid, ...)`` cannot work (call it on the
+    test's own thread: a skip raised on another thread is lost)."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    if os.geteuid() != 0:
+        pytest.skip(f"switching to uid {uid} needs root")
+
+
 def run_as(uid: int, argv: Sequence[str], *, pythonpath: Path | None = None,
            timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` as ``uid`` (its gid the same number, no supplementary groups).
@@ -88,10 +97,7 @@ def run_as(uid: int, argv: Sequence[str], *, pythonpath: Path | None = None,
     directory, the venv, ``sys.path``) has to be readable by that uid. Skips the test
     where switching users is impossible (no ``setpriv``, not root).
     """
-    if shutil.which("setpriv") is None:
-        pytest.skip("setpriv (util-linux) is not installed")
-    if os.geteuid() != 0:
-        pytest.skip(f"switching to uid {uid} needs root")
+    skip_unless_switching_to(uid)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from tests.control.conftest import build_app, serving
 from tests.control.helpers import fetch
 from tests.control.memory import MemoryCommands
-from tests.harness import NOBODY, SYSTEM_PYTHON, run_as
+from tests.harness import NOBODY, SYSTEM_PYTHON, run_as, skip_unless_switching_to
 from volplugd.control import AccessPolicy, access
 
 CLIENT = r"""
@@ -93,6 +93,7 @@ def test_a_users_groups_are_asked_on_its_own_thread_never_the_loop(
     """The user database may be slow (a directory server that does not answer): a user's
     groups, when not cached, are asked for on its connection's own thread, and the loop
     answers root meanwhile (root's groups are never asked for: root may do everything)."""
+    skip_unless_switching_to(NOBODY)  # here: nobody's client runs on a thread
     asked: list[str] = []
     asking, answer = threading.Event(), threading.Event()
     real = access._lookup
