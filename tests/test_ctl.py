@@ -13,7 +13,6 @@ import json
 import os
 import pty
 import re
-import select
 import socket
 import socketserver
 import struct
@@ -31,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from tests.waiting import terminal_lines
 from volplugd.ctl import cli, render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -348,20 +348,6 @@ def test_width_from_columns_then_the_terminal_else_none(
         assert render.terminal_width(pipe, {}) is None
 
 
-def _terminal_lines(master: int, count: int, timeout: float = 10.0) -> list[str]:
-    """What the terminal shows, once it holds ``count`` whole lines. What is written to
-    the slave reaches the master through the kernel's line discipline a moment later,
-    so one read right after the write may return only the first line."""
-    data = b""
-    deadline = time.monotonic() + timeout
-    while data.count(b"\n") < count:
-        left = deadline - time.monotonic()
-        assert left > 0, f"the terminal shows only {data!r}"
-        if select.select([master], [], [], left)[0]:
-            data += os.read(master, 65536)
-    return data.decode().replace("\r\n", "\n").splitlines()
-
-
 def test_ls_on_a_terminal_is_coloured_and_fits_it(
         canned: Canned, tty: tuple[int, io.TextIOWrapper]) -> None:
     """`ls` on a 100-column TTY: states coloured, the error cut to fit the width."""
@@ -370,7 +356,7 @@ def test_ls_on_a_terminal_is_coloured_and_fits_it(
               {"plugins": [plugin("bv", "unhealthy", "timeout after 5.0s " + "x" * 60)]})
     status, _, _ = run(canned, "ls", stdout=terminal)
     assert status == 0
-    shown = _terminal_lines(master, 2)  # the header and the plugin's row
+    shown = terminal_lines(master, 2)  # the header and the plugin's row
     assert "\x1b[31munhealthy\x1b[0m" in shown[1]
     assert all(len(ANSI.sub("", line)) <= 100 for line in shown)
     assert ANSI.sub("", shown[1]).endswith("…")

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 import pytest
 import structlog
 
+from tests.waiting import terminal_lines
 from volplugd import log
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -63,7 +64,7 @@ def test_auto_is_coloured_console_text_on_a_tty() -> None:
         log.configure("auto", "info", tty)
         log.get_logger("volplugd.test").info("plugin_ready", plugin="foo")
         tty.flush()
-        written = os.read(leader, 65536).decode()
+        written = "\n".join(terminal_lines(leader, 1))
     os.close(leader)
     assert ANSI.search(written)
     plain = ANSI.sub("", written)

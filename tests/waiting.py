@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import select
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -20,3 +22,18 @@ def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: floa
         time.sleep(interval)
         last = predicate()
     return last
+
+
+def terminal_lines(master: int, count: int, timeout: float = 10.0) -> list[str]:
+    """What a pseudo-terminal shows once it holds ``count`` whole lines (``master``: its
+    master side). What is written to the other side reaches the master through the
+    kernel's line discipline a moment later, so one read right after the write may
+    return only the first lines."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while data.count(b"\n") < count:
+        left = deadline - time.monotonic()
+        assert left > 0, f"the terminal shows only {data!r}"
+        if select.select([master], [], [], left)[0]:
+            data += os.read(master, 65536)
+    return data.decode().replace("\r\n", "\n").splitlines()
