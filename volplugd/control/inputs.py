@@ -4,7 +4,8 @@ Every failure is an ``InvalidRequest`` naming the field, so the API's 400 says e
 what to fix. Text that is not valid UTF-8 (raw bytes in the path, percent-escapes of
 them, lone surrogates from JSON ``\ud800`` escapes) is refused here, where it enters;
 what an error quotes of the request passes ``safe_text``.
-Pure functions over what the head and body say. Runs on: the control loop and connection threads.
+Pure functions over what the head and body say.
+Runs on: the control loop and connection threads.
 """
 
 from __future__ import annotations

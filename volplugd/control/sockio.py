@@ -153,22 +153,11 @@ class Wire:
     def send(self, *parts: bytes | memoryview) -> None:
         """Write ``parts`` whole, within the write timeout of each partial write (not
         blocking: what the kernel does not take now goes to ``unsent``)."""
+        views = [p for p in parts if p]
         if not self.blocking:
-            if not self.unsent:  # the common case: the kernel takes it all at once
-                try:
-                    sent = self.sock.sendmsg(parts)
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
-                if sent == sum(map(len, parts)):
-                    return
-                views = [p for p in parts if p]
-                _advance(views, sent)
-                self.unsent = views
-                return
-            self.unsent += [p for p in parts if p]
+            self.unsent += views
             self._send_now()
             return
-        views = [p for p in parts if p]
         while views:
             self.sock.settimeout(self._write_timeout)
             _advance(views, self.sock.sendmsg(views))
