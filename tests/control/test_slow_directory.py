@@ -33,13 +33,14 @@ int getgrouplist(const char *user, gid_t group, gid_t *groups, int *ngroups) {
 CHILD = r"""
 import json, os, threading, time
 from volplugd.control import access
-ticks, done = [0], threading.Event()
+ticks, ticking, done = [0], threading.Event(), threading.Event()
 def tick():
     while not done.is_set():
         time.sleep(0.001)
         ticks[0] += 1
+        ticking.set()
 threading.Thread(target=tick, daemon=True).start()
-time.sleep(0.05)
+assert ticking.wait(10)
 before, start = ticks[0], time.monotonic()
 groups = access.groups_of(0, 0)
 print(json.dumps({"seconds": time.monotonic() - start, "ticks": ticks[0] - before,
