@@ -8,7 +8,8 @@ the tests' own parts rather than copies:
 * ``Responder`` (``tests/fakeplugin/many.py``) -- one process serving N fake plugins.
 * ``RawClient`` (``_client.py``) -- a keep-alive control-socket client of little cost.
 * ``Inotify`` (``_inotify.py``), ``Profiler`` (``_profile.py``).
-* ``Setup``, ``workdir``, ``percentile``, ``machine_line``, ``verdict`` ... (here).
+* ``Setup``, ``workdir``, ``percentile``, ``machine_line``, ``cpu_ticks`` and
+  ``steal_share``, ``verdict`` ... (here).
 
 Runs on: the bench's main thread (and its client threads for RawClient).
 """
@@ -97,6 +98,21 @@ def machine_line() -> str:
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     return (f"{time.strftime('%Y-%m-%d %H:%M %Z')}  {model}  {os.cpu_count()} vCPU  "
             f"load {load}  Python {platform.python_version()}")
+
+
+def cpu_ticks() -> list[int]:
+    """The machine's CPU time so far, from /proc/stat: user, nice, system, idle, iowait,
+    irq, softirq, steal (ticks; guest time is inside user)."""
+    with open("/proc/stat") as f:
+        return [int(x) for x in f.readline().split()[1:9]]
+
+
+def steal_share(before: Sequence[int], after: Sequence[int]) -> float:
+    """The share of the vCPUs' time the hypervisor gave elsewhere between two
+    ``cpu_ticks`` readings: on a shared VM, a minute with much of it has a higher floor
+    under every latency, whatever the server."""
+    diff = [b - a for a, b in zip(before, after, strict=True)]
+    return diff[7] / sum(diff) if sum(diff) else 0.0
 
 
 def verdict(ok: bool) -> str:
