@@ -339,6 +339,30 @@ def test_unexpected_exception_is_500_and_logged(commands: MemoryCommands) -> Non
     assert logs[0]["log_level"] == "error"
 
 
+def test_route_params_are_read_only_so_a_path_keeps_its_own() -> None:
+    """A path's route match, params included, is remembered and shared by every request
+    of that path: a handler that tried to change its params would change them for the
+    requests after it. They are read-only: that handler gets the JSON 500, and the next
+    request of the path still sees its own name."""
+    from structlog.testing import capture_logs
+
+    from volplugd.control.errors import error_reply
+    from volplugd.control.routing import App, Reply
+
+    def greet(req: Request) -> Reply:
+        name = req.params["name"]
+        if req.query:
+            req.params["name"] = "someone else"  # type: ignore[index]
+        return Reply(200, name.encode())
+
+    app = App({"/hello/{name}": {"GET": greet}}, None, error_reply)
+    with capture_logs() as logs:
+        assert call(app, "GET", "/hello/ann?change=1").status == 500
+    assert logs[0]["event"] == "control_request_failed"
+    assert (call(app, "GET", "/hello/ann").status, call(app, "GET", "/hello/ann").body) \
+        == (200, b"ann")
+
+
 def test_unknown_route_is_404_not_found(app) -> None:  # type: ignore[no-untyped-def]
     """A path no route matches is 404 not_found (not plugin_not_found)."""
     for target in ("/v2/health", "/v1/plugins/demo/nothing", "/v1/plugins/", "/"):

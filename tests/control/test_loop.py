@@ -250,7 +250,8 @@ def test_what_the_site_works_out_once_per_head_is_given_to_each_request(
         commands: MemoryCommands) -> None:
     """``Site`` remembers, per head object, whether the loop may answer it and what its
     request line says; each request still gets a ``Request`` of its own, with its own
-    body, peer and hooks, and a head that merely looks alike is worked out on its own."""
+    body, peer and hooks (its params read-only), and a head that merely looks alike is
+    worked out on its own."""
     app = build_app(commands)
     site = Site(app=app, read_timeout=5.0, read_only=False, stopping=threading.Event(),
                 follow_slot=lambda: None, may_keep_alive=lambda: True,
@@ -261,7 +262,8 @@ def test_what_the_site_works_out_once_per_head_is_given_to_each_request(
         body = Body(Wire(ours, 5.0), 0, lambda: None)
         first = site.request(get, body, ROOT, frozenset({0}), inline=True,
                              disconnected=lambda: False)
-        first.params["name"] = "changed"
+        with pytest.raises(TypeError):  # read-only: the app's route memo hands them out
+            first.params["name"] = "changed"  # type: ignore[index]
         second = site.request(get, io.BytesIO(), None, frozenset(), inline=False,
                               disconnected=lambda: True)
     assert (first.body, first.peer, first.inline, first.disconnected()) == (

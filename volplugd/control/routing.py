@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from volplugd.control.access import Peer
@@ -61,10 +62,18 @@ def _never() -> bool:
     return False
 
 
+_NONE: Mapping[str, str] = MappingProxyType({})
+
+
+def _none() -> Mapping[str, str]:
+    return _NONE
+
+
 @dataclass(slots=True)
 class Request:
     """One request, as the server hands it to the app: what its head says, its body,
-    who sent it, and the server's hooks. ``params`` and ``query`` are the route's."""
+    who sent it, and the server's hooks. ``params`` (read-only: one mapping per route
+    match, shared by every request of that path) and ``query`` are the route's."""
 
     method: str
     path: str  # the raw path (before percent-decoding), without the query
@@ -78,8 +87,8 @@ class Request:
     disconnected: Callable[[], bool] = _never  # whether the client has hung up
     # takes a follow-stream slot: its release, or None when all are taken; None: no limit
     follow_slot: Callable[[], Callable[[], None] | None] | None = None
-    params: dict[str, str] = field(default_factory=dict)
-    query: dict[str, str] = field(default_factory=dict)
+    params: Mapping[str, str] = field(default_factory=_none)
+    query: Mapping[str, str] = field(default_factory=_none)
 
 
 class Reply(NamedTuple):
@@ -109,7 +118,7 @@ Application = Callable[[Request], Reply]
 class _Match:
     template: str
     handlers: Mapping[str, Handler]
-    params: dict[str, str]
+    params: Mapping[str, str]  # read-only: the match is remembered per path
 
 
 class _Router:
@@ -122,7 +131,7 @@ class _Router:
         for template, parts, handlers in self._routes:
             params = _bind(parts, segments)
             if params is not None:
-                return _Match(template, handlers, params)
+                return _Match(template, handlers, MappingProxyType(params))
         return None
 
 
