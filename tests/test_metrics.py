@@ -25,8 +25,15 @@ from tests.fakeplugin import behaviours as fb
 from tests.harness import Daemon
 from tests.renderers import PageCells
 from tests.waiting import wait_until
+from volplugd.control.admission import Refusal
 from volplugd.metrics import Metrics
-from volplugd.metrics.observer import MAX_ROUTES, PROBE_BUCKETS, REQUEST_BUCKETS, Observations
+from volplugd.metrics.observer import (
+    MAX_ROUTES,
+    PROBE_BUCKETS,
+    REFUSAL_REASONS,
+    REQUEST_BUCKETS,
+    Observations,
+)
 from volplugd.metrics.render import TextRenderer
 from volplugd.model import EMPTY_SNAPSHOT, Kind, PluginState, PluginView, Snapshot
 from volplugd.plugin.text import printable
@@ -179,6 +186,24 @@ def test_daemon_counters_start_at_zero_and_count_unknown_values_as_other() -> No
     assert get("volplugd_rescans_total", {"trigger": "other"}) == 1
     assert get("volplugd_evictions_total", {"reason": "removed"}) == 1
     assert get("volplugd_evictions_total", {"reason": "replaced"}) == 0
+
+
+def test_refused_control_connections_are_counted_by_reason() -> None:
+    """Both reasons of a refusal at accept exist at 0; an unknown one counts as "other"."""
+    m, _ = make()
+    get = m.registry.get_sample_value
+    total = "volplugd_control_connections_refused_total"
+    assert (get(total, {"reason": "uid_limit"}), get(total, {"reason": "full"})) == (0, 0)
+    assert get(total, {"reason": "other"}) is None
+    for reason in ("uid_limit", "uid_limit", "full", "because"):
+        m.control_refused(reason)
+    assert (get(total, {"reason": "uid_limit"}), get(total, {"reason": "full"}),
+            get(total, {"reason": "other"})) == (2, 1, 1)
+
+
+def test_refusal_reasons_are_the_admissions() -> None:
+    """The metric's reasons are the values the control socket's admission refuses with."""
+    assert set(REFUSAL_REASONS) == {r.value for r in Refusal}
 
 
 def test_watcher_up_follows_reports() -> None:
@@ -352,6 +377,7 @@ def feed_everything(m: Observations, names: list[str], rounds: int) -> None:
         m.discovery(("added", "ignored", "strange")[i % 3])
         m.rescan(("startup", "reload", "whim")[i % 3])
         m.control_request(f'/v1/"{i % 2}"', 200 + i)
+        m.control_refused(("uid_limit", "full", "odd")[i % 3])
         m.probe_lateness(0.05 * i)
 
 
@@ -375,7 +401,7 @@ def test_registry_holds_what_the_text_says() -> None:
         feed_everything(m, NAMES[step:], 2)
         registry = [f for f in m.registry.collect() if f.name.startswith("volplugd_")]
         assert volplugd_families(m.exposition()[0]) == registry
-        assert len(registry) == 18
+        assert len(registry) == 19
 
 
 def test_kept_fragments_render_the_same_bytes_as_a_fresh_render() -> None:

@@ -85,9 +85,9 @@ def names_in(expr: str) -> set[str]:
 
 @pytest.mark.peer
 def test_promtool_check_rules_passes() -> None:
-    """`promtool check rules` accepts the rules file (9 rules)."""
+    """`promtool check rules` accepts the rules file (3 recording rules, 10 alerts)."""
     code, out = run("check", "rules", RULES)
-    assert (code, out.strip().splitlines()[-1].strip()) == (0, "SUCCESS: 12 rules found")
+    assert (code, out.strip().splitlines()[-1].strip()) == (0, "SUCCESS: 13 rules found")
 
 
 @pytest.mark.peer
@@ -107,7 +107,8 @@ def test_rule_tests_cover_every_alert_firing_and_not_firing() -> None:
     assert alerts == {"VolplugdDown", "VolplugdWatcherDown", "VolplugdPluginDown",
                       "VolplugdPluginFlapping", "VolplugdSlowProbes",
                       "VolplugdPluginStuckActivating", "VolplugdProbesLate",
-                      "VolplugdPluginBusy", "VolplugdGatewayRefusing"}
+                      "VolplugdPluginBusy", "VolplugdGatewayRefusing",
+                      "VolplugdControlRefusing"}
     assert (firing, quiet) == (alerts, alerts)
 
 

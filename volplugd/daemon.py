@@ -116,7 +116,8 @@ class Daemon:
                        started_at=self.started_at, access=access)
         control = self.settings.control
         server = ControlServer(app, path=control.socket, mode=control.mode, group=control.group,
-                               sock=control_sock, access=access)
+                               sock=control_sock, access=access,
+                               on_refused=self.metrics.control_refused)
         self._start("control", server.start, server.stop, server.join)
         listen, metrics_sock = self.settings.metrics.listen, inherited.pop("metrics", None)
         if listen or metrics_sock is not None:

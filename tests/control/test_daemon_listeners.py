@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.control.otheruser import CAN_SWITCH_USER, NOBODY, Peer
 from tests.harness import Daemon, call
@@ -35,7 +36,7 @@ def test_status_page_off_and_foreign_host_refused(daemon: Callable[..., Daemon])
 def test_daemon_bounds_connections_per_uid(daemon: Callable[..., Daemon], short_tmp: Path,
                                            peer_script: Path, peers: list[Peer]) -> None:
     """20 silent connections of uid 65534 to the daemon's socket: 4 get 503
-    too_many_connections at once; root is served meanwhile."""
+    too_many_connections at once; root is served meanwhile, and /metrics counts the 4."""
     short_tmp.chmod(0o755)
     d = daemon(config='[control]\nmode = "0666"\n').start()
     hog = Peer(peer_script, NOBODY, d.socket, "hold", "20")
@@ -46,4 +47,8 @@ def test_daemon_bounds_connections_per_uid(daemon: Callable[..., Daemon], short_
     states = hog.report()
     assert states.count({"status": 503, "code": "too_many_connections"}) == 4
     assert d.wait_log("control_connection_refused")["reason"] == "uid_limit"
+    status, body = call(d.socket, "GET", "/metrics")
+    refused = {s.labels["reason"]: s.value for f in text_string_to_metric_families(body.decode())
+               for s in f.samples if s.name == "volplugd_control_connections_refused_total"}
+    assert (status, refused) == (200, {"uid_limit": 4.0, "full": 0.0})
     assert d.stop() == 0

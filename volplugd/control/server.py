@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, cast
 
 from volplugd.config import parse_listen
 from volplugd.control.access import AccessPolicy, Peer, peer_of
-from volplugd.control.admission import ConnectionBudget
+from volplugd.control.admission import ConnectionBudget, Refusal
 from volplugd.control.app import make_metrics_app
 from volplugd.control.head import loopback_host
 from volplugd.control.listener import BACKLOG, Listener
@@ -49,7 +49,8 @@ class ControlServer(Listener):
 
     Each connection's peer is read at accept, before any request: one uid holds at most
     ``max_per_uid`` connections, and ``reserved`` of ``max_connections`` are kept for
-    root and ``access``'s admin groups (see ``ConnectionBudget``).
+    root and ``access``'s admin groups (see ``ConnectionBudget``). ``on_refused(reason)``
+    is told each connection refused (503 too_many_connections): "uid_limit" or "full".
     """
 
     def __init__(self, app: Application, *, path: str | None, mode: int,
@@ -57,7 +58,8 @@ class ControlServer(Listener):
                  max_connections: int = 64, max_follow: int = 16, read_timeout: float = 10.0,
                  access: AccessPolicy | None = None, max_per_uid: int = MAX_PER_UID,
                  reserved: int = RESERVED_SLOTS,
-                 first_request_timeout: float = FIRST_REQUEST_TIMEOUT):
+                 first_request_timeout: float = FIRST_REQUEST_TIMEOUT,
+                 on_refused: Callable[[str], None] | None = None):
         if sock is None and path is None:
             raise ValueError("ControlServer needs a path or an inherited socket")
         budget = ConnectionBudget(total=max_connections, per_uid=max_per_uid,
@@ -66,6 +68,7 @@ class ControlServer(Listener):
                          max_follow=max_follow, read_timeout=read_timeout, read_only=False,
                          first_request_timeout=first_request_timeout, budget=budget)
         self._access = access or AccessPolicy()
+        self._on_refused = on_refused
         self._inherited = sock
         self.path = path if sock is None else _name_of(sock)
         self._mode = mode
@@ -90,6 +93,11 @@ class ControlServer(Listener):
 
     def _privileged(self, peer: Peer) -> bool:
         return self._access.keeps_reserved_slots(peer)
+
+    def _refuse(self, conn: socket.socket, peer: Peer | None, why: Refusal) -> None:
+        if self._on_refused is not None:  # counted before the client can see its 503
+            self._on_refused(why.value)
+        super()._refuse(conn, peer, why)
 
     def _release_address(self) -> None:
         if self._identity is None or self.path is None:

@@ -44,7 +44,10 @@ LATENESS = Family("volplugd_probe_lateness_seconds", "histogram",
                   "Time from a probe's due moment to its dispatch: the scheduler's slack.")
 CONTROL = Family("volplugd_control_requests_total", "counter",
                  "Control API requests answered, by route template and HTTP status code.")
-DAEMON = (BUILD_INFO, PLUGINS, WATCHER_UP, DISCOVERY, RESCANS, EVICTIONS, LATENESS, CONTROL)
+REFUSED = Family("volplugd_control_connections_refused_total", "counter",
+                 "Control socket connections refused at accept (503), by reason.")
+DAEMON = (BUILD_INFO, PLUGINS, WATCHER_UP, DISCOVERY, RESCANS, EVICTIONS, LATENESS, CONTROL,
+          REFUSED)
 
 # Per plugin, straight from the snapshot's view.
 PLUGIN_GAUGES = (

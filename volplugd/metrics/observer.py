@@ -33,6 +33,7 @@ __all__ = [
     "OUTCOMES",
     "PROBE_BUCKETS",
     "PROBE_RESULTS",
+    "REFUSAL_REASONS",
     "REQUEST_BUCKETS",
     "RESCAN_TRIGGERS",
     "Histogram",
@@ -62,6 +63,7 @@ OUTCOMES = ("success", "timeout", "refused", "bad_response", "plugin_error", "er
 DISCOVERY_EVENTS = ("added", "removed", "changed", "ignored")
 RESCAN_TRIGGERS = ("startup", "periodic", "overflow", "watcher_restart", "manual", "reload")
 EVICTION_REASONS = ("removed", "replaced", "reload")
+REFUSAL_REASONS = ("full", "uid_limit")  # control.admission.Refusal's values
 ENDPOINTS = ("activate", "capabilities", "create", "remove", "get", "list", "path", "mount",
              "unmount")
 _ENDPOINT_LABEL = {
@@ -149,6 +151,7 @@ class Taken(NamedTuple):
     evictions: Mapping[str, int]
     control: Mapping[tuple[str, str], int]  # (route, code) -> answers
     lateness: Histogram
+    refused: Mapping[str, int]  # reason -> connections refused at accept
 
 
 class Observations:
@@ -162,6 +165,7 @@ class Observations:
         self._rescans = dict.fromkeys(RESCAN_TRIGGERS, 0)
         self._evictions = dict.fromkeys(EVICTION_REASONS, 0)
         self._control: dict[tuple[str, str], int] = {}
+        self._refused = dict.fromkeys(REFUSAL_REASONS, 0)
         self._routes: set[str] = set()
         self._watcher_up = watcher_up
         self._lateness = Histogram.empty(LATENESS_BUCKETS)
@@ -252,6 +256,12 @@ class Observations:
             key = (route, str(code))
             self._control[key] = self._control.get(key, 0) + 1
 
+    @_never_raise
+    def control_refused(self, reason: str) -> None:
+        """Count one connection the control socket refused at accept (503
+        too_many_connections), by reason (full, uid_limit; else "other")."""
+        self._bump(self._refused, reason if reason in REFUSAL_REASONS else "other")
+
     def forget(self, plugin: str) -> None:
         """Remove every counter and histogram child of ``plugin``."""
         with self._lock:
@@ -281,7 +291,7 @@ class Observations:
                       {n: s for n, s in self._plugins.items() if n in plugins})
             return Taken(snapshot, dict(series), self._watcher_up, dict(self._discovery),
                          dict(self._rescans), dict(self._evictions), dict(self._control),
-                         self._lateness)
+                         self._lateness, dict(self._refused))
 
     def _series(self, plugin: str) -> PluginSeries:
         """The plugin's series, or an empty one (caller holds the lock and stores the
