@@ -4,6 +4,7 @@ limits (slow clients, big bodies, connection and follow bounds), keep-alive, sto
 from __future__ import annotations
 
 import errno
+import gc
 import grp
 import json
 import os
@@ -28,7 +29,10 @@ from tests.control.helpers import (
 from tests.control.memory import MemoryCommands
 from tests.waiting import wait_until
 from volplugd.control import ControlServer, ControlSocketError
+from volplugd.control.access import Peer
+from volplugd.control.connection import Connection
 from volplugd.control.routing import Reply, Request
+from volplugd.control.sockio import Body, Wire
 from volplugd.model import EventType
 
 
@@ -615,3 +619,36 @@ def test_body_that_never_arrives_is_408(sockdir: str, commands: MemoryCommands) 
         "code": "request_timeout",
         "message": "the request did not arrive within the read timeout"}}
     assert commands.clients["demo"].calls == []
+
+
+def test_a_finished_connection_leaves_no_cycle_for_the_garbage_collector(
+        sockdir: str, commands: MemoryCommands) -> None:
+    """A connection's objects are freed when it ends, however it was served (on the loop,
+    on a thread with a body read behind 100 Continue, refused, kept alive): a cycle per
+    connection would leave its socket, buffers and connection for the collector, whose
+    full passes stop every thread of the daemon."""
+    path = os.path.join(sockdir, "control.sock")
+    body = b'{"name":"v1"}'
+    exchanges = [
+        b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"POST /v1/plugins/demo/volumes HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body),
+        b"NOT HTTP\r\n\r\n",
+        b"GET /v1/plugins HTTP/1.1\r\nHost: x\r\n\r\nPOST /v1/rescan HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Length: 0\r\nConnection: close\r\n\r\n",
+    ]
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector finds stays in gc.garbage
+    try:
+        with serving(build_app(commands), path, read_timeout=5.0):
+            answers = [raw_exchange(path, data) for data in exchanges]
+        gc.collect()  # the server is joined: every connection it had is unreferenced now
+        left = [type(o).__qualname__ for o in gc.garbage if isinstance(o, PER_CONNECTION)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert [status_of(a) for a in answers] == [200, 100, 400, 200]
+    assert left == []  # (the server's own objects, once per server, are not counted)
+
+
+PER_CONNECTION = (Connection, Wire, Body, Request, Peer)  # (its socket goes with them)

@@ -53,6 +53,10 @@ _MISDIRECTED = "this listener answers only requests for localhost, 127.0.0.0/8 o
 _log = get_logger(__name__)
 
 
+def _nothing() -> None:
+    pass
+
+
 class Connection:
     """Serves requests on one accepted socket until it closes or must close."""
 
@@ -74,7 +78,7 @@ class Connection:
         self.accepted_at = accepted_at
         self.method = ""
         self.body: Body | None = None
-        self._empty = Body(self.wire, 0, self._send_continue)  # every request without a body
+        self._empty = Body(self.wire, 0, _nothing)  # every request without a body (never asks)
         self.expecting = False  # a 100 Continue is owed when the app reads the body
         self.refused = False  # a protocol error: the client may still be sending
         self.answered = False  # the head of the current request's answer went out
@@ -188,6 +192,7 @@ class Connection:
         finally:
             with contextlib.suppress(OSError):
                 self._linger()
+            self.body = None  # it holds our ``_send_continue``: leave no cycle for the GC
 
     def _linger(self) -> None:
         unread = self.refused or (self.body is not None and self.body.remaining > 0)
