@@ -3,6 +3,7 @@ requests written as Podman writes them (tests/fakeplugin records what reaches a 
 
 from __future__ import annotations
 
+import gc
 import grp
 import http.client
 import json
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+import httptools
 import pytest
 from structlog.testing import capture_logs
 
@@ -29,6 +31,7 @@ from volplugd.config import (
 )
 from volplugd.discovery.scan import GATEWAY_MARK
 from volplugd.gateway import Gateway, connection
+from volplugd.gateway.answer import Reply, Request
 from volplugd.model import PluginState, PluginView
 from volplugd.registry import Registry
 from volplugd.supervisor import Supervisor
@@ -481,3 +484,37 @@ def test_pipelined_requests_are_answered_in_order(world: World) -> None:
     operations = [(r.path, r.body) for r in fake.requests
                   if r.path in ("/VolumeDriver.Create", "/VolumeDriver.Get")]
     assert operations == [("/VolumeDriver.Create", one), ("/VolumeDriver.Get", two)]
+
+
+def test_a_finished_connection_leaves_no_cycle_for_the_garbage_collector() -> None:
+    """The request parser holds its callbacks' object, which holds the parser: a
+    connection lets it go when it ends (kept alive, pipelined, malformed), so its objects
+    are freed at once, not left for the collector, whose full passes stop every thread."""
+    def handle(request: Request) -> Reply:
+        return Reply(200, "application/json", b'{"Err":""}', "answered")
+
+    requests = [PODMAN_HEAD.format("/VolumeDriver.List", 0).encode() * 2,
+                b"NOT HTTP AT ALL\r\n\r\n"]
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector finds stays in gc.garbage
+    try:
+        answers = []
+        for data in requests:
+            ours, theirs = socket.socketpair()
+            server = threading.Thread(target=connection.serve,
+                                      args=(theirs, handle, lambda *_: None))
+            server.start()
+            with ours:
+                ours.sendall(data)
+                ours.shutdown(socket.SHUT_WR)
+                answers.append(b"".join(iter(lambda: ours.recv(65536), b"")))  # noqa: B023
+            server.join(10)
+            assert not server.is_alive()
+        gc.collect()
+        left = [o for o in gc.garbage if isinstance(o, httptools.HttpRequestParser)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert [a.count(b"HTTP/1.1 200 ") for a in answers] == [2, 0]
+    assert answers[1].startswith(b"HTTP/1.1 400 ")
+    assert left == []

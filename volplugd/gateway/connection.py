@@ -70,6 +70,11 @@ class _Messages:
         self.done.append((request, self.parser.should_keep_alive()))
         self.started = False
 
+    def close(self) -> None:
+        """Let the parser go: it holds this object's methods, a cycle left for the garbage
+        collector otherwise."""
+        del self.parser
+
 
 def serve(conn: socket.socket, handle: Callable[[Request], Reply],
           on_reply: Callable[[Request, Reply, float], None]) -> None:
@@ -91,6 +96,7 @@ def serve(conn: socket.socket, handle: Callable[[Request], Reply],
     except OSError:
         return
     finally:
+        messages.close()
         conn.close()
 
 
