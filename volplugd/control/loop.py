@@ -45,6 +45,10 @@ class Loop:
         self._turns: deque[Connection] = deque()  # with a request buffered, in turn
         self._queued: set[Connection] = set()  # the same, for a quick lookup
         self._by_fd: dict[int, Connection] = {}  # the same connections, by descriptor
+        # No held connection's deadline is before this (inf: none held). A deadline only
+        # moves later while its connection is held, so the minimum over all of them is
+        # worked out again only when this passes, not on every turn.
+        self._nearest = float("inf")
 
     def holds(self, sock: socket.socket) -> bool:
         """Whether ``sock`` is on the loop (dict lookups are atomic: any thread)."""
@@ -55,6 +59,7 @@ class Loop:
         fd = conn.sock.fileno()
         self._epoll.register(fd, select.EPOLLIN)
         self._held[conn.sock] = self._by_fd[fd] = conn
+        self._nearest = min(self._nearest, conn.deadline)
 
     def close(self, sock: socket.socket) -> None:
         """Take a held connection off the loop and end it (its slot is freed)."""
@@ -67,8 +72,8 @@ class Loop:
         epoll.register(self._wake, select.EPOLLIN)
         try:
             while not self._stopping.is_set():
-                nearest = min((c.deadline for c in by_fd.values()), default=None)
-                timeout = -1.0 if nearest is None else max(0.0, nearest - time.monotonic())
+                nearest = self._nearest
+                timeout = -1.0 if not by_fd else max(0.0, nearest - time.monotonic())
                 if self._turns:
                     timeout = 0.0
                 for fd, _ in epoll.poll(timeout):
@@ -78,7 +83,7 @@ class Loop:
                     elif fd == self._listening and not self._accept():
                         return
                 self._take_turns()
-                if nearest is not None and nearest <= time.monotonic():
+                if nearest <= time.monotonic():
                     self._expire()
         finally:
             for sock in list(self._held):
@@ -113,11 +118,13 @@ class Loop:
             self._hand_off(conn)
 
     def _expire(self) -> None:
+        """Close the held connections whose deadline passed; note the next deadline."""
         now = time.monotonic()
         for sock, conn in list(self._held.items()):
             if conn.deadline <= now:
                 conn.log_timeout()
                 self.close(sock)
+        self._nearest = min((c.deadline for c in self._by_fd.values()), default=float("inf"))
 
     def _unhold(self, sock: socket.socket) -> None:
         fd = sock.fileno()

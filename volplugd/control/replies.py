@@ -22,12 +22,32 @@ CRASHED = Reply(500, encode({"error": {"code": "internal_error",
                                        "message": "internal error; the daemon logged it"}}))
 _STATUS_LINES: dict[int, str] = {}
 _date: tuple[int, str] = (0, "")
+# The heads made this second, by what they say: most answers repeat a few (the same
+# status, type and length), and the Date line changes once a second. At most this many.
+_HEADS = 256
+_heads: dict[tuple[int, str | None, tuple[tuple[str, str], ...], int | None, bool], bytes] = {}
+_heads_second = 0
 
 
 def reply_head(reply: Reply, length: int | None, *, keep: bool) -> bytes:
     """The status line and header lines of ``reply``, with ``Content-Length: length``
     (None: no length, for a stream or a 204/304) and ``Connection: close`` unless
     ``keep``."""
+    global _heads_second  # noqa: PLW0603 — a cache of this second's heads (see _stamp)
+    key = (reply.status, reply.content_type, reply.headers, length, keep)
+    second = int(time.time())
+    if second != _heads_second:
+        _heads.clear()
+        _heads_second = second
+    head = _heads.get(key)
+    if head is None:
+        head = _make_head(reply, length, keep=keep)
+        if len(_heads) < _HEADS:
+            _heads[key] = head
+    return head
+
+
+def _make_head(reply: Reply, length: int | None, *, keep: bool) -> bytes:
     fields = "".join(map("%s: %s\r\n".__mod__, reply.headers)) if reply.headers else ""
     kind = "" if reply.content_type is None else f"Content-Type: {reply.content_type}\r\n"
     size = "" if length is None else f"Content-Length: {length}\r\n"
