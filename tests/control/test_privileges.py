@@ -122,3 +122,40 @@ def test_a_users_groups_are_asked_on_its_own_thread_never_the_loop(
     assert health.status == 200
     assert asked == ["control-conn"]
     assert [status for status, _ in got[0]] == [200]
+
+
+def test_at_accept_a_users_groups_are_asked_off_the_loop(
+        sockdir: str, commands: MemoryCommands, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With admin groups configured, whether a user keeps the reserved slots depends on
+    its groups: when they are not cached, they are asked for on a lookup thread while
+    its connection waits, and the loop answers root meanwhile. Then its request is
+    served: one lookup in all (the connection finds the groups cached)."""
+    skip_unless_switching_to(NOBODY)  # here: nobody's client runs on a thread
+    asked: list[str] = []
+    asking, answer = threading.Event(), threading.Event()
+    real = access._lookup
+
+    def slow(uid: int, gid: int) -> frozenset[int]:
+        asked.append(threading.current_thread().name)
+        asking.set()
+        answer.wait(60)
+        return real(uid, gid)
+
+    monkeypatch.setattr(access, "_cache", {})
+    monkeypatch.setattr(access, "_lookup", slow)
+    path = _open_path(sockdir)
+    policy = AccessPolicy(admin_gids=frozenset({NOBODY + 1}), read_gids=frozenset({NOBODY}))
+    got: list[list[list[Any]]] = []
+    with serving(build_app(commands, policy), path, mode=0o666, access=policy):
+        nobody = threading.Thread(
+            target=lambda: got.append(_as_nobody(path, [("GET", "/v1/plugins/demo", None)])))
+        nobody.start()
+        try:
+            assert asking.wait(30), "nobody's groups were never asked for"
+            health = fetch(path, "GET", "/v1/health")
+        finally:
+            answer.set()
+            nobody.join(60)
+    assert health.status == 200
+    assert asked == ["control-lookup"]
+    assert [status for status, _ in got[0]] == [200]

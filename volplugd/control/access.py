@@ -66,15 +66,16 @@ class AccessPolicy:
             return Grant.READ
         return Grant.NONE
 
-    def keeps_reserved_slots(self, peer: Peer) -> bool:
-        """Root and admins keep the control socket's reserved connection slots.
-
-        Asks the user database (cached, see ``groups_of``) only for a non-root peer,
-        and only when admin groups are configured.
-        """
-        if peer.uid == 0:
-            return True
-        return bool(self.admin_gids) and bool(groups_of(peer.uid, peer.gid) & self.admin_gids)
+    def keeps_reserved_slots(self, peer: Peer, groups: frozenset[int] | None) -> bool | None:
+        """Root and admins keep the control socket's reserved connection slots. A
+        non-root peer's ``groups`` (None: take them from the cache) matter only when admin
+        groups are configured; None when they do and are not known (never asks the user
+        database: see ``control.gate``)."""
+        if peer.uid == 0 or not self.admin_gids:
+            return peer.uid == 0
+        if groups is None:
+            groups = cached_groups(peer.uid, peer.gid)
+        return None if groups is None else bool(groups & self.admin_gids)
 
 
 def decide(policy: AccessPolicy, peer: Peer | None, groups: frozenset[int],

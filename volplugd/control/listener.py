@@ -3,23 +3,22 @@ that accepts and answers what can be answered at once, and a thread for each
 connection that needs one (``Connection.run``).
 
 Slots are counted by a ``ConnectionBudget``: at most ``max_connections`` in all. The
-peer is read at accept (``_peer``: SO_PEERCRED on the control socket), before any
-request; it is admitted, or answered ``503 too_many_connections`` at once: the control
-socket bounds each uid and keeps headroom for root and admins. A connection that has
-not yet sent its head (or idles between keep-alive requests) is *waiting*: when a
-newcomer needs room, the one that has waited longest is closed (on the control socket
-only an unprivileged one makes room for an unprivileged newcomer). When every slot is
-at work, clients wait in the listen backlog (1024: a client that connects with a
-timeout, as volplugctl does, fails at once with EAGAIN when a unix socket's backlog is
-full). ``stop()`` is prompt: it wakes the loop, shuts every connection down and ends
-follow streams; ``join()`` waits for the threads.
+peer is read at accept (``_peer``: SO_PEERCRED), before any request; it is admitted (its
+groups, if needed and not cached, asked for off the loop: ``control.gate``) or refused
+with 503: the control socket bounds each uid and keeps headroom for root and admins. A
+connection that has not yet sent its head (or idles between keep-alive requests) is
+*waiting*: when a newcomer needs room, the one that has waited longest is closed (on the
+control socket only an unprivileged one makes room for an unprivileged newcomer). When
+every slot is at work, clients wait in the listen backlog (1024: a client that connects
+with a timeout, as volplugctl does, fails at once with EAGAIN when a unix socket's
+backlog is full). ``stop()`` is prompt: it wakes the loop, shuts every connection down
+and ends follow streams; ``join()`` waits for the threads.
 Runs on: the caller's thread (start/stop/join), the loop thread, connection threads.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import threading
 import time
@@ -30,8 +29,8 @@ from typing import TYPE_CHECKING
 from volplugd.control.access import Peer
 from volplugd.control.admission import ConnectionBudget, Refusal, Ticket
 from volplugd.control.connection import Connection
+from volplugd.control.gate import Lookups, Refusals
 from volplugd.control.loop import Loop
-from volplugd.control.replies import too_many_connections
 from volplugd.control.site import FIRST_REQUEST_TIMEOUT, Site
 from volplugd.log import get_logger
 
@@ -41,7 +40,6 @@ if TYPE_CHECKING:
 __all__ = ["BACKLOG", "Listener"]
 
 BACKLOG = 1024  # the kernel caps it at net.core.somaxconn (4096 by default)
-REFUSAL_LOG_SECONDS = 10.0  # refusals are logged once per this, with a count
 _log = get_logger(__name__)
 
 
@@ -67,12 +65,12 @@ class Listener:
         self._conns: dict[socket.socket, _Slot] = {}
         self._waiting: dict[socket.socket, None] = {}  # oldest first: the eviction order
         self._evicted: set[socket.socket] = set()
-        self._refused = 0
-        self._refusal_logged_at = -REFUSAL_LOG_SECONDS
         self._sock: socket.socket | None = None
-        self._wake: tuple[int, int] | None = None
         self._thread: threading.Thread | None = None
         self._loop: Loop | None = None
+        self._lookups = Lookups(self._poke, name=name, total=self._max,
+                                per_uid=self._budget.per_uid or self._max)
+        self._refusals = Refusals(name, self._budget.per_uid)
         self.site = Site(app=app, read_timeout=read_timeout, read_only=read_only,
                          stopping=self._stopping, follow_slot=self._take_follow,
                          may_keep_alive=self._has_room, set_idle=self._set_idle,
@@ -87,9 +85,9 @@ class Listener:
             raise RuntimeError(f"{self._name} can be started once")
         self._sock = self._open()
         self._sock.setblocking(False)
-        self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._loop = Loop(self._sock, self._wake[0], self._stopping, accept=self._on_backlog,
-                          hand_off=self._hand_off, release=self._release)
+        self._loop = Loop(self._sock, self._stopping, accept=self._on_backlog,
+                          hand_off=self._hand_off, release=self._release,
+                          woken=self._admit_looked_up)
         self._thread = threading.Thread(target=self._serve, args=(self._loop,),
                                         name=f"{self._name}-loop", daemon=True)
         self._thread.start()
@@ -100,12 +98,11 @@ class Listener:
             if self._stopping.is_set():
                 return
             self._stopping.set()
-            if self._wake is not None:
-                with contextlib.suppress(BlockingIOError):
-                    os.write(self._wake[1], b"x")
+            self._poke()
             for conn in self._conns:
                 _shutdown(conn)
             self._cond.notify_all()
+        self._lookups.close()
         self._release_address()
         if self._thread is None:
             self._discard_unstarted()
@@ -182,14 +179,31 @@ class Listener:
             _log.warning("control_accept_failed", listener=self._name, error=str(err))
             self._stopping.wait(0.1)
             return
-        accepted_at = time.monotonic()
         try:
             peer = self._peer(conn)
             self._prepare(conn)
         except OSError:  # gone already
             conn.close()
             return
-        ticket = self._admit(peer)
+        privileged = self._privilege(peer, None)
+        if privileged is None:  # its groups are not cached: asked on a thread of their own
+            assert peer is not None
+            refusal = self._lookups.ask(conn, peer)
+            if refusal is not None:
+                self._refuse(conn, peer, refusal)
+            return
+        self._admit_accepted(conn, peer, privileged)
+
+    def _admit_looked_up(self) -> None:
+        """The loop was woken: admit the sockets whose peer's groups came."""
+        for looked in self._lookups.done():
+            self._admit_accepted(looked.sock, looked.peer,
+                                 bool(self._privilege(looked.peer, looked.groups)))
+
+    def _admit_accepted(self, conn: socket.socket, peer: Peer | None, privileged: bool) -> None:
+        """Give an accepted socket a slot and the loop, or refuse it."""
+        accepted_at = time.monotonic()
+        ticket = self._admit(peer, privileged)
         if not isinstance(ticket, Ticket):
             self._refuse(conn, peer, ticket)
             return
@@ -208,13 +222,15 @@ class Listener:
         assert self._loop is not None
         self._loop.hold(held)
 
-    def _admit(self, peer: Peer | None) -> Ticket | Refusal:
+    def _privilege(self, peer: Peer | None, groups: frozenset[int] | None) -> bool | None:
+        """Whether ``peer`` keeps the reserved slots; None: its groups must be asked for."""
+        with self._cond:
+            known = self._budget.privilege_of(None if peer is None else peer.uid)
+        return known if known is not None or peer is None else self._privileged(peer, groups)
+
+    def _admit(self, peer: Peer | None, privileged: bool) -> Ticket | Refusal:
         """A slot for this peer: free the longest-waiting one if need be."""
         uid = None if peer is None else peer.uid
-        with self._cond:
-            privileged = self._budget.privilege_of(uid)
-        if privileged is None:  # outside the lock: this may ask the user database
-            privileged = peer is not None and self._privileged(peer)
         with self._cond:
             while not self._stopping.is_set():
                 outcome = self._budget.admit(uid, privileged)
@@ -242,43 +258,28 @@ class Listener:
         return True
 
     def _refuse(self, conn: socket.socket, peer: Peer | None, why: Refusal) -> None:
-        """Answer 503 without blocking (it fits in a fresh socket's buffer) and close."""
-        if why is Refusal.UID_LIMIT:
-            message = (f"this user has {self._budget.per_uid} connections open, the most "
-                       "one user may; close one and try again")
-        else:
-            message = "every connection slot is taken; try again"
-        with contextlib.suppress(OSError):
-            conn.setblocking(False)
-            conn.send(too_many_connections(message))
-        conn.close()
-        self._refused += 1
-        now = time.monotonic()
-        if now - self._refusal_logged_at >= REFUSAL_LOG_SECONDS:
-            _log.warning("control_connection_refused", listener=self._name,
-                         reason=why.value, uid=None if peer is None else peer.uid,
-                         pid=None if peer is None else peer.pid, refused=self._refused)
-            self._refusal_logged_at, self._refused = now, 0
+        self._refusals.refuse(conn, peer, why)
 
     def _peer(self, conn: socket.socket) -> Peer | None:
         """Who connected, as the kernel saw it (None: no credentials, as on TCP)."""
         return None
 
-    def _privileged(self, peer: Peer) -> bool:
-        """Whether this peer keeps the reserved slots (none by default)."""
+    def _privileged(self, peer: Peer, groups: frozenset[int] | None) -> bool | None:
+        """Whether this peer (in ``groups``, if known) keeps the reserved slots (none by
+        default); None: only its groups can tell, and they are not cached."""
         return False
 
     def _prepare(self, conn: socket.socket) -> None:
         conn.setblocking(True)
 
+    def _poke(self) -> None:
+        if self._loop is not None:
+            self._loop.wake()
+
     def _close_listener(self) -> None:
-        with self._cond:  # under the lock: stop() must never write to a closed pipe
+        with self._cond:
             if self._sock is not None:
                 self._sock.close()
-            if self._wake is not None:
-                os.close(self._wake[0])
-                os.close(self._wake[1])
-                self._wake = None
 
     # -- connection threads --
 

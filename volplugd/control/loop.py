@@ -9,12 +9,15 @@ wait is handed to its listener, which gives it a thread. A held connection whose
 deadline passes (no first head in time, an idle keep-alive, a head that never ends) is
 closed. What a slot is and who may have one is the listener's business: the loop asks
 it through ``accept`` (a connection is waiting in the backlog), ``hand_off`` and
-``release``.
-Runs on: the loop thread (``run`` and everything it calls); ``holds`` from any thread.
+``release``, and tells it when another thread woke it up (``wake``, then ``woken``).
+Runs on: the loop thread (``run`` and everything it calls); ``holds`` and ``wake`` from
+any thread.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import select
 import socket
 import threading
@@ -31,15 +34,17 @@ __all__ = ["Loop"]
 class Loop:
     """Runs until ``stopping`` is set (and the wake-up pipe written)."""
 
-    def __init__(self, listening: socket.socket, wake: int, stopping: threading.Event, *,
+    def __init__(self, listening: socket.socket, stopping: threading.Event, *,
                  accept: Callable[[], bool], hand_off: Callable[[Connection], None],
-                 release: Callable[[socket.socket], None]):
+                 release: Callable[[socket.socket], None], woken: Callable[[], None]):
         self._listening = listening.fileno()
-        self._wake = wake
         self._stopping = stopping
         self._accept = accept  # False: the listener is stopping
         self._hand_off = hand_off
         self._release = release
+        self._woken = woken
+        self._pipe: tuple[int, int] | None = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._pipe_lock = threading.Lock()  # a write never meets a closed (or reused) fd
         self._epoll = select.epoll()
         self._held: dict[socket.socket, Connection] = {}
         self._turns: deque[Connection] = deque()  # with a request buffered, in turn
@@ -49,6 +54,13 @@ class Loop:
         # moves later while its connection is held, so the minimum over all of them is
         # worked out again only when this passes, not on every turn.
         self._nearest = float("inf")
+
+    def wake(self) -> None:
+        """Make ``run`` look up from its poll (any thread; once it ended, nothing)."""
+        with self._pipe_lock:
+            if self._pipe is not None:
+                with contextlib.suppress(BlockingIOError):  # full: it wakes up anyway
+                    os.write(self._pipe[1], b"x")
 
     def holds(self, sock: socket.socket) -> bool:
         """Whether ``sock`` is on the loop (dict lookups are atomic: any thread)."""
@@ -68,8 +80,10 @@ class Loop:
 
     def run(self) -> None:
         epoll, by_fd = self._epoll, self._by_fd
+        assert self._pipe is not None  # run once
+        woke = self._pipe[0]
         epoll.register(self._listening, select.EPOLLIN)
-        epoll.register(self._wake, select.EPOLLIN)
+        epoll.register(woke, select.EPOLLIN)
         try:
             while not self._stopping.is_set():
                 nearest = self._nearest
@@ -80,6 +94,10 @@ class Loop:
                     conn = by_fd.get(fd)
                     if conn is not None:
                         self._on_readable(conn)
+                    elif fd == woke:
+                        with contextlib.suppress(BlockingIOError):
+                            os.read(woke, 4096)
+                        self._woken()
                     elif fd == self._listening and not self._accept():
                         return
                 self._take_turns()
@@ -89,6 +107,10 @@ class Loop:
             for sock in list(self._held):
                 self.close(sock)
             epoll.close()
+            with self._pipe_lock:
+                os.close(self._pipe[0])
+                os.close(self._pipe[1])
+                self._pipe = None
 
     def _on_readable(self, conn: Connection) -> None:
         if not conn.receive():

@@ -91,8 +91,8 @@ class ControlServer(Listener):
     def _peer(self, conn: socket.socket) -> Peer:
         return peer_of(conn)
 
-    def _privileged(self, peer: Peer) -> bool:
-        return self._access.keeps_reserved_slots(peer)
+    def _privileged(self, peer: Peer, groups: frozenset[int] | None) -> bool | None:
+        return self._access.keeps_reserved_slots(peer, groups)
 
     def _refuse(self, conn: socket.socket, peer: Peer | None, why: Refusal) -> None:
         if self._on_refused is not None:  # counted before the client can see its 503
