@@ -88,6 +88,8 @@ class Lookups:
             socks = [s for waiting in self._waiting.values() for s, _ in waiting]
             socks += [looked.sock for looked in self._done]
             self._waiting.clear()
+            self._of_uid.clear()
+            self._count = 0
             self._done.clear()
         for sock in socks:
             sock.close()
