@@ -69,7 +69,7 @@ def test_one_lookup_per_peer_and_every_socket_comes_back_with_its_groups(
     assert lookups.done() == []  # nothing came yet
     directory.answer.set()
     wait_until(woken.is_set, message="the loop woken up")
-    done = wait_until(lambda: (d := lookups.done()) and d, message="the sockets back")
+    done = wait_until(lookups.done, message="the sockets back")
     while len(done) < 3:
         done += wait_until(lookups.done, message="the rest back")
     assert sorted(directory.asked) == [(1000, 1000), (1001, 1001)]

@@ -88,11 +88,12 @@ def test_admin_group_member_may_change(sockdir: str, commands: MemoryCommands) -
     assert answers[0][0] == 201
 
 
-def test_a_users_groups_are_asked_on_its_own_thread_never_the_loop(
-        sockdir: str, commands: MemoryCommands, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The user database may be slow (a directory server that does not answer): a user's
-    groups, when not cached, are asked for on its connection's own thread, and the loop
-    answers root meanwhile (root's groups are never asked for: root may do everything)."""
+def _nobodys_groups_held(sockdir: str, commands: MemoryCommands,
+                         monkeypatch: pytest.MonkeyPatch,
+                         policy: AccessPolicy, **server: Any) -> tuple[int, list[str], list[int]]:
+    """nobody (not cached) GETs a plugin while the user database holds its lookup open;
+    meanwhile root asks for /v1/health. Root's status, the threads that asked for
+    nobody's groups, and nobody's statuses."""
     skip_unless_switching_to(NOBODY)  # here: nobody's client runs on a thread
     asked: list[str] = []
     asking, answer = threading.Event(), threading.Event()
@@ -108,8 +109,7 @@ def test_a_users_groups_are_asked_on_its_own_thread_never_the_loop(
     monkeypatch.setattr(access, "_lookup", slow)
     path = _open_path(sockdir)
     got: list[list[list[Any]]] = []
-    with serving(build_app(commands, AccessPolicy(read_gids=frozenset({NOBODY}))), path,
-                 mode=0o666):
+    with serving(build_app(commands, policy), path, mode=0o666, **server):
         nobody = threading.Thread(
             target=lambda: got.append(_as_nobody(path, [("GET", "/v1/plugins/demo", None)])))
         nobody.start()
@@ -119,9 +119,17 @@ def test_a_users_groups_are_asked_on_its_own_thread_never_the_loop(
         finally:
             answer.set()
             nobody.join(60)
-    assert health.status == 200
-    assert asked == ["control-conn"]
-    assert [status for status, _ in got[0]] == [200]
+    return health.status, asked, [status for status, _ in got[0]]
+
+
+def test_a_users_groups_are_asked_on_its_own_thread_never_the_loop(
+        sockdir: str, commands: MemoryCommands, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The user database may be slow (a directory server that does not answer): a user's
+    groups, when not cached, are asked for on its connection's own thread, and the loop
+    answers root meanwhile (root's groups are never asked for: root may do everything)."""
+    policy = AccessPolicy(read_gids=frozenset({NOBODY}))
+    assert _nobodys_groups_held(sockdir, commands, monkeypatch, policy) == (
+        200, ["control-conn"], [200])
 
 
 def test_at_accept_a_users_groups_are_asked_off_the_loop(
@@ -130,32 +138,6 @@ def test_at_accept_a_users_groups_are_asked_off_the_loop(
     its groups: when they are not cached, they are asked for on a lookup thread while
     its connection waits, and the loop answers root meanwhile. Then its request is
     served: one lookup in all (the connection finds the groups cached)."""
-    skip_unless_switching_to(NOBODY)  # here: nobody's client runs on a thread
-    asked: list[str] = []
-    asking, answer = threading.Event(), threading.Event()
-    real = access._lookup
-
-    def slow(uid: int, gid: int) -> frozenset[int]:
-        asked.append(threading.current_thread().name)
-        asking.set()
-        answer.wait(60)
-        return real(uid, gid)
-
-    monkeypatch.setattr(access, "_cache", {})
-    monkeypatch.setattr(access, "_lookup", slow)
-    path = _open_path(sockdir)
     policy = AccessPolicy(admin_gids=frozenset({NOBODY + 1}), read_gids=frozenset({NOBODY}))
-    got: list[list[list[Any]]] = []
-    with serving(build_app(commands, policy), path, mode=0o666, access=policy):
-        nobody = threading.Thread(
-            target=lambda: got.append(_as_nobody(path, [("GET", "/v1/plugins/demo", None)])))
-        nobody.start()
-        try:
-            assert asking.wait(30), "nobody's groups were never asked for"
-            health = fetch(path, "GET", "/v1/health")
-        finally:
-            answer.set()
-            nobody.join(60)
-    assert health.status == 200
-    assert asked == ["control-lookup"]
-    assert [status for status, _ in got[0]] == [200]
+    assert _nobodys_groups_held(sockdir, commands, monkeypatch, policy, access=policy) == (
+        200, ["control-lookup"], [200])
