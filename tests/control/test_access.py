@@ -11,6 +11,8 @@ from tests.control.conftest import build_app
 from tests.control.helpers import call
 from tests.control.memory import MemoryCommands
 from volplugd.control.access import AccessPolicy, Grant, Peer, decide, groups_of
+from volplugd.control.app import ControlApp
+from volplugd.control.routing import Request
 
 POLICY = AccessPolicy(admin_gids=frozenset({500}), read_gids=frozenset({600}))
 USER = Peer(pid=77, uid=1000, gid=1000)
@@ -48,6 +50,30 @@ def test_unprivileged_request_is_403_and_logged(commands: MemoryCommands) -> Non
     assert logs == [{"event": "control_request_forbidden", "log_level": "warning",
                      "logger_name": "volplugd.control.app",
                      "method": "GET", "path": "/v1/plugins", "uid": 1000, "pid": 77}]
+
+
+def test_a_request_served_again_is_asked_once_and_a_refused_one_every_time(
+        commands: MemoryCommands) -> None:
+    """The server hands the same ``Request`` over again when a client repeats a head on
+    its connection (same peer, same groups, same method): one the app let in is not
+    asked again; one it refused is refused, and logged, each time."""
+    asked: list[int | None] = []
+
+    class Counting(ControlApp):
+        def admit(self, req: Request) -> None:
+            asked.append(None if req.peer is None else req.peer.uid)
+            super().admit(req)
+
+    app = Counting(commands, metrics=None, on_request=None, version="9.9.9",
+                   started_at=0.0, access=POLICY, probe_timeout=1.0, rescan_timeout=1.0,
+                   clock=lambda: 1.0)
+    allowed = Request("GET", "/v1/plugins/demo", peer=USER, groups=frozenset({1000, 600}))
+    refused = Request("GET", "/v1/plugins/demo", peer=USER, groups=frozenset({1000}))
+    with capture_logs() as logs:
+        answers = [app(req).status for req in (allowed, allowed, refused, refused)]
+    assert answers == [200, 200, 403, 403]
+    assert asked == [1000, 1000, 1000]
+    assert [log["event"] for log in logs] == ["control_request_forbidden"] * 2
 
 
 def test_read_group_may_read_but_not_change(commands: MemoryCommands) -> None:

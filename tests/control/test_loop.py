@@ -23,6 +23,7 @@ from volplugd.control.access import AccessPolicy
 from volplugd.control.head import MEMO_HEADS, parse_head, parse_whole
 from volplugd.control.site import Site
 from volplugd.control.sockio import Body, Wire
+from volplugd.model import PluginState
 
 HEALTH = b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n"
 LOOP, CONN = "control-loop", "control-conn"
@@ -136,6 +137,49 @@ def test_pipelined_requests_are_all_answered_in_order_on_the_loop(
         assert _answers(sock, 1)[0][0] == 200
     assert {thread for _, _, thread in seen} == {LOOP}
     assert len(seen) == count + 1
+
+
+def test_the_same_request_sent_again_is_answered_afresh(sockdir: str) -> None:
+    """A poller sends the same bytes again and again on its connection: the loop reuses
+    what it made of them (head, request), never the answer. Each time the app is asked
+    and counted, and sees the daemon as it is now; a request that must now wait moves
+    to a thread; a different request in between is its own."""
+    seen: list[tuple[str, int, str]] = []
+
+    def note(route: str, status: int) -> None:
+        seen.append((route, status, threading.current_thread().name))
+
+    path = os.path.join(sockdir, "control.sock")
+    demo = b"GET /v1/plugins/demo HTTP/1.1\r\nHost: x\r\n\r\n"
+    sick = b"GET /v1/plugins/sick/volumes HTTP/1.1\r\nHost: x\r\n\r\n"
+    with fake_backed(sockdir) as (cmds, _fakes):
+        app = make_app(cmds, metrics=None, on_request=note, version="9.9.9",
+                       started_at=time.time(), access=AccessPolicy())
+        with serving(app, path, read_timeout=5.0), socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(path)
+            statuses = []
+            for change in (lambda: None, lambda: setattr(cmds, "loop_age_seconds", 60.0),
+                           lambda: None):
+                change()
+                sock.sendall(HEALTH)
+                (status, body), = _answers(sock, 1)
+                statuses.append((status, json_of(b"\r\n\r\n" + body)["status"]))
+            sock.sendall(demo)
+            first = json_of(b"\r\n\r\n" + _answers(sock, 1)[0][1])["state"]
+            cmds.views["demo"] = view("demo", PluginState.UNHEALTHY, last_error="gone")
+            sock.sendall(demo)
+            again = json_of(b"\r\n\r\n" + _answers(sock, 1)[0][1])["state"]
+            sock.sendall(sick)
+            refused = _answers(sock, 1)[0][0]
+            cmds.views["sick"] = view("sick")  # ready now: its volumes come from its client
+            sock.sendall(sick)
+            listed = _answers(sock, 1)[0]
+    assert statuses == [(200, "ok"), (200, "stalled"), (200, "stalled")]
+    assert (first, again) == ("ready", "unhealthy")
+    assert (refused, listed) == (409, (200, b'{"volumes":[]}'))
+    assert seen == [("/v1/health", 200, LOOP)] * 3 + [("/v1/plugins/{name}", 200, LOOP)] * 2 + [
+        ("/v1/plugins/{name}/volumes", 409, LOOP), ("/v1/plugins/{name}/volumes", 200, CONN)]
 
 
 def test_a_client_that_pipelines_waits_its_turn(sockdir: str) -> None:

@@ -2,9 +2,11 @@
 request handed to the app as a ``Request``, its ``Reply`` written whole.
 
 It starts on its listener's event loop, which answers requests the app can answer at
-once from memory (``Site.inline``) without a thread hand-off. The first request that
-may wait (a plugin call, a stream, a body, a head to refuse, an answer the client is
-slow to take) moves the connection to a thread of its own (``run``) until it closes.
+once from memory (``Site.inline``) without a thread hand-off; the same bytes sent again
+(a poller's) reuse the head and ``Request`` made of them, and the app answers anew. The
+first request that may wait (a plugin call, a stream, a body, a head to refuse, an
+answer the client is slow to take) moves the connection to a thread of its own
+(``run``) until it closes.
 
 In order: the next head is read under a deadline (the first within
 ``first_request_timeout``, a later one within ``read_timeout`` of its first byte) and a
@@ -13,9 +15,9 @@ a traceback); a ``Host`` the listener must not serve gets 421, anything but GET 
 HEAD on a read-only listener 405; the app gets a ``Request`` with the peer's credentials
 and a body that sends ``100 Continue`` only when read; the answer leaves in one
 ``sendmsg``; the connection is kept when the answer has a length and nothing forbids
-it. Protocol errors are JSON. A connection closed on unread bytes would be
-reset under a client still sending (it would never read our 413), so it is
-half-closed and a bounded amount swallowed first.
+it. Protocol errors are JSON. A connection closed on unread bytes would be reset under a
+client still sending (it would never read our 413): it is half-closed and a bounded
+amount swallowed first.
 Runs on: the loop thread (``receive``, ``serve_buffered``), then its own (``run``).
 """
 
@@ -27,9 +29,9 @@ import sys
 import time
 
 from volplugd.control.access import Peer, cached_groups, groups_of
-from volplugd.control.head import BadHead, Head
+from volplugd.control.head import MEMO_HEAD_BYTES, BadHead, Head
 from volplugd.control.replies import CRASHED, protocol_error, reply_head
-from volplugd.control.routing import MustWait, Reply
+from volplugd.control.routing import MustWait, Reply, Request
 from volplugd.control.site import READ_METHODS, Site, Step
 from volplugd.control.sockio import RECV_SIZE, Body, HeadTooLarge, Wire
 from volplugd.log import get_logger
@@ -41,8 +43,7 @@ DRAIN_LIMIT = 64 * 1024  # an unread body up to this is skipped to keep the conn
 # (~0.5 MB) in three writes; with this (the kernel doubles it) it leaves in one, from the
 # loop. Kernel memory, held only while a client has not read its answer yet.
 SEND_BUFFER = 512 * 1024
-LINGER_BYTES = 4 * 1024 * 1024
-LINGER_SECONDS = 2.0
+LINGER_BYTES, LINGER_SECONDS = 4 * 1024 * 1024, 2.0  # swallowed at most, before close
 _NO_BODY = (204, 304)
 PROTOCOL_ERRORS = frozenset({"too_many_connections"})
 """Codes the control socket's server answers by itself, beyond the app's error table
@@ -67,9 +68,8 @@ class Connection:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         self.site = site
         self.peer = peer
-        # The groups the access rule needs: none without credentials, root's primary gid
-        # (root may do everything), a user's from the user database (None: not cached;
-        # its first request is served on a thread, which asks: never the loop).
+        # The access rule's groups: none without credentials, root's gid (root may do
+        # all), a user's if cached (None: a thread asks the user database; never the loop).
         self.groups: frozenset[int] | None = (
             frozenset() if peer is None else frozenset({peer.gid}) if peer.uid == 0
             else cached_groups(peer.uid, peer.gid))
@@ -77,8 +77,8 @@ class Connection:
         self.wire = Wire(sock, site.read_timeout, blocking=False)
         self.accepted_at = accepted_at
         self.method = ""
-        self.body: Body | None = None
         self._empty = Body(self.wire, 0, _nothing)  # every request without a body (never asks)
+        self.body = self._empty
         self.expecting = False  # a 100 Continue is owed when the app reads the body
         self.refused = False  # a protocol error: the client may still be sending
         self.answered = False  # the head of the current request's answer went out
@@ -90,6 +90,8 @@ class Connection:
         self.ready: Head | None = None  # a head read on the loop, served by ``run``
         self.refusal: tuple[int, str] | None = None  # a head the loop found malformed
         self.keep = True  # whether the connection stays after the last answer
+        # the bytes, head and request the loop answered last (an empty buffer after)
+        self._again: tuple[bytes, Head, Request] | None = None
 
     # -- on the listener's event loop --
 
@@ -114,21 +116,30 @@ class Connection:
         """Answer the next complete head in the buffer, if the loop may answer it itself:
         one per call, so that every connection with work gets its turn."""
         site, wire = self.site, self.wire
-        head = self._buffered_head()
-        if head is None:  # a refusal, or one over budget (414, 431), lingers: a thread's job
-            return Step.THREAD if self.refusal or wire.head_over_budget() else Step.WAIT
+        again = self._again
+        if again is None or wire.buf != again[0]:
+            raw = bytes(wire.buf) if len(wire.buf) <= MEMO_HEAD_BYTES else b""
+            head, request = self._buffered_head(), None
+            if head is None:  # a refusal, or one over budget (414, 431), lingers: a thread's
+                return Step.THREAD if self.refusal or wire.head_over_budget() else Step.WAIT
+        else:  # the bytes of the last request again
+            wire.buf.clear()
+            raw, head, request = again
         # Waiting or at work matters only to eviction, which runs on this thread: the
         # connection stops waiting only if a thread takes it over at work.
         wire.deadline = self.started + site.read_timeout  # for a body, on a thread
         self.method = head.method
         try:
-            if self.groups is None or not site.inline(head):
-                raise MustWait
-            self.keep = self._serve(head)
+            if request is None:
+                if self.groups is None or not site.inline(head):
+                    raise MustWait
+                request = self._request(head)
+            self.keep = self._serve(head, request)
         except MustWait:  # nothing of an answer was sent
             self.ready = head
             site.set_idle(self.sock, False)
             return Step.THREAD
+        self._again = (raw, head, request) if raw and not wire.buf else None
         if wire.unsent:
             site.set_idle(self.sock, False)
             return Step.THREAD  # the client is slow to read: a thread waits for it
@@ -157,10 +168,6 @@ class Connection:
             return head
         return None
 
-    def log_timeout(self) -> None:
-        """The loop's deadline for this connection passed (it is then closed)."""
-        self._log_timeout(self.idle)
-
     # -- on a thread of its own --
 
     def run(self) -> None:
@@ -176,14 +183,10 @@ class Connection:
             if self.refusal is not None:
                 self._refuse(*self.refusal)
                 return
-            ready, self.ready = self.ready, None
-            if ready is not None:
-                head = self._accept(ready)
-                if head is None or not self._serve(head):
-                    return
-                self.first = False
-            while not self.site.stopping.is_set():
-                head = self._next_head(self.first)
+            ready, self.ready = self.ready, None  # served even if stopping: it was read
+            while ready is not None or not self.site.stopping.is_set():
+                head = self._next_head(self.first) if ready is None else self._accept(ready)
+                ready = None
                 if head is None or not self._serve(head):
                     return
                 self.first = False
@@ -192,17 +195,11 @@ class Connection:
         finally:
             with contextlib.suppress(OSError):
                 self._linger()
-            self.body = None  # it holds our ``_send_continue``: leave no cycle for the GC
+            self.body = self._empty  # a body holds our ``_send_continue``: no cycle for the GC
 
     def _linger(self) -> None:
-        unread = self.refused or (self.body is not None and self.body.remaining > 0)
-        if not unread or self.site.stopping.is_set():
-            return
-        self.sock.shutdown(socket.SHUT_WR)
-        self.wire.deadline = time.monotonic() + min(LINGER_SECONDS, self.site.read_timeout)
-        self.wire.buf.clear()
-        while self.wire.received < LINGER_BYTES and self.wire.fill():
-            self.wire.buf.clear()
+        if (self.refused or self.body.remaining) and not self.site.stopping.is_set():
+            self.wire.linger(min(LINGER_SECONDS, self.site.read_timeout), LINGER_BYTES)
 
     # -- reading a request head --
 
@@ -230,7 +227,7 @@ class Connection:
         except BadHead as bad:
             self._refuse(bad.status, bad.message)
         except TimeoutError:
-            self._log_timeout(idle)
+            self.log_timeout(idle)
         except OSError:
             pass  # reset, or shut down by stop() or to make room
         else:
@@ -241,10 +238,12 @@ class Connection:
             site.set_idle(self.sock, False)
         return None
 
-    def _log_timeout(self, idle: bool) -> None:
-        # An idle keep-alive connection, or one that never sent a byte, timing out is
-        # normal (and cheap to cause: logged at debug); a request that started and did
-        # not finish in time is a slow (or hostile) client.
+    def log_timeout(self, idle: bool | None = None) -> None:
+        """Its deadline passed (``idle`` None: the loop's). An idle keep-alive connection,
+        or one that never sent a byte, timing out is normal (and cheap to cause: logged
+        at debug); a request that started and did not finish in time is a slow (or
+        hostile) client."""
+        idle = self.idle if idle is None else idle
         pid = self.peer and self.peer.pid
         if idle or self.wire.received == 0:
             event = "control_idle_connection_closed" if idle else "control_connection_silent"
@@ -274,19 +273,14 @@ class Connection:
 
     # -- one request through the app --
 
-    def _serve(self, head: Head) -> bool:
-        """Answer one request; True if the connection may serve another."""
-        length = head.content_length
-        self.body = body = Body(self.wire, length, self._send_continue) if length else self._empty
+    def _serve(self, head: Head, request: Request | None = None) -> bool:
+        """Answer one request (``request``: made already, on the loop); True if the
+        connection may serve another."""
         keep = head.keep_alive
         self.answered = False
         try:
-            if self.groups is None:  # on a thread (the loop hands such a request over)
-                assert self.peer is not None
-                self.groups = groups_of(self.peer.uid, self.peer.gid)
-            request = self.site.request(head, body, self.peer, self.groups,
-                                        inline=not self.wire.blocking,
-                                        disconnected=self.wire.hung_up)
+            if request is None:
+                request = self._request(head)
             keep = self._send(self.site.app(request), keep)
         except OSError as err:  # the client went away, or stopped reading
             _log.info("control_client_write_failed", error=str(err))
@@ -301,12 +295,22 @@ class Connection:
                 keep = self._send(CRASHED, keep)
             except OSError:
                 return False
-        if keep and body.remaining:
+        if keep and self.body.remaining:
             try:
-                body.drain()
+                self.body.drain()
             except OSError:  # too slow, or gone: this connection is done
                 return False
         return keep
+
+    def _request(self, head: Head) -> Request:
+        """What the app gets for ``head``; its body is read from the wire when asked."""
+        length = head.content_length
+        self.body = body = Body(self.wire, length, self._send_continue) if length else self._empty
+        if self.groups is None:  # on a thread (the loop hands such a request over)
+            assert self.peer is not None
+            self.groups = groups_of(self.peer.uid, self.peer.gid)
+        return self.site.request(head, body, self.peer, self.groups,
+                                 inline=not self.wire.blocking, disconnected=self.wire.hung_up)
 
     def _send(self, reply: Reply, keep: bool) -> bool:
         """Send the reply; whether the connection stays open after it."""
@@ -333,9 +337,8 @@ class Connection:
                 close()
 
     def _may_keep(self, keep: bool) -> bool:
-        """Whether the connection may stay after this answer (``keep``: the client's
-        wish)."""
-        unread = 0 if self.body is None else self.body.remaining
+        """Whether the connection may stay after this answer (``keep``: the client's)."""
+        unread = self.body.remaining
         if unread and (unread > DRAIN_LIMIT or self.expecting):
             return False
         return keep and not self.site.stopping.is_set() and self.site.may_keep_alive()

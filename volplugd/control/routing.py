@@ -89,6 +89,7 @@ class Request:
     follow_slot: Callable[[], Callable[[], None] | None] | None = None
     params: Mapping[str, str] = field(default_factory=_none)
     query: Mapping[str, str] = field(default_factory=_none)
+    admitted: bool = False  # the app let it in: a request served again is not asked again
 
 
 class Reply(NamedTuple):
@@ -192,7 +193,9 @@ class App:
             bad_path = exc
         route = UNMATCHED if found is None else found.template
         try:
-            self.admit(req)  # who may ask comes before what is wrong with the path
+            if not req.admitted:  # who may ask comes before what is wrong with the path
+                self.admit(req)
+                req.admitted = True
             if bad_path is not None:
                 raise bad_path
             if found is None:

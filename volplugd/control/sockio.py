@@ -150,14 +150,24 @@ class Wire:
         del self.buf[:size]
         return data
 
+    def linger(self, seconds: float, limit: int) -> None:
+        """Half-close, then read and drop what the client still sends (``limit`` bytes
+        in all, for ``seconds``): a socket closed on unread bytes is reset, and the
+        client may lose the answer it has not read yet."""
+        self.sock.shutdown(socket.SHUT_WR)
+        self.deadline = time.monotonic() + seconds
+        self.buf.clear()
+        while self.received < limit and self.fill():
+            self.buf.clear()
+
     def send(self, *parts: bytes | memoryview) -> None:
         """Write ``parts`` whole, within the write timeout of each partial write (not
         blocking: what the kernel does not take now goes to ``unsent``)."""
-        views = [p for p in parts if p]
-        if not self.blocking:
-            self.unsent += views
+        if not self.blocking:  # (an empty part costs nothing: ``_advance`` drops it)
+            self.unsent += parts
             self._send_now()
             return
+        views = [p for p in parts if p]
         while views:
             self.sock.settimeout(self._write_timeout)
             _advance(views, self.sock.sendmsg(views))
@@ -174,6 +184,9 @@ class Wire:
             try:
                 sent = self.sock.sendmsg(views)
             except (BlockingIOError, InterruptedError):
+                return
+            if sent == sum(map(len, views)):  # the common case: all of it at once
+                views.clear()
                 return
             _advance(views, sent)
 
