@@ -19,6 +19,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 
 from tests.fakeplugin import FakePlugin
 from tests.fakeplugin import behaviours as fb
@@ -246,10 +247,18 @@ def test_control_requests_are_counted_and_route_labels_are_capped() -> None:
 def test_observer_methods_never_raise() -> None:
     """A bad argument from a caller is logged, not raised into the supervisor or a worker."""
     m, _ = make(snap(view("p")))
-    m.probe("p", "success", "soon")  # type: ignore[arg-type]
-    m.request("p", "list", "success", None)  # type: ignore[arg-type]
+    with capture_logs() as logs:
+        m.probe("p", "success", "soon")  # type: ignore[arg-type]
+        m.request("p", "list", "success", None)  # type: ignore[arg-type]
+        m.control_request(["not", "a", "route"], 200)  # type: ignore[arg-type]
     assert m.registry.get_sample_value("volplugd_plugin_probes_total",
                                        {"plugin": "p", "result": "success"}) is None
+    assert [(log["event"], log["method"]) for log in logs] == [
+        ("metrics_observer_failed", "probe"), ("metrics_observer_failed", "request"),
+        ("metrics_observer_failed", "control_request")]
+    m.control_request("/v1/health", 200)  # and counting goes on
+    assert m.registry.get_sample_value("volplugd_control_requests_total",
+                                       {"route": "/v1/health", "code": "200"}) == 1
 
 
 def test_concurrent_observations_are_all_counted_while_scraping() -> None:

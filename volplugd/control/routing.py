@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -89,7 +90,9 @@ class Request:
     follow_slot: Callable[[], Callable[[], None] | None] | None = None
     params: Mapping[str, str] = field(default_factory=_none)
     query: Mapping[str, str] = field(default_factory=_none)
-    admitted: bool = False  # the app let it in: a request served again is not asked again
+    # the app's, once it let the request in: its route label and handler (a request the
+    # server hands over again, the same head on the same connection, is not asked again)
+    routed: tuple[str, Handler] | None = None
 
 
 class Reply(NamedTuple):
@@ -185,27 +188,8 @@ class App:
         return True
 
     def __call__(self, req: Request) -> Reply:
-        found: _Match | None = None
-        bad_path: InvalidRequest | None = None
+        route, handler = req.routed or self._resolve(req)
         try:
-            found = self._route(req.path)
-        except InvalidRequest as exc:
-            bad_path = exc
-        route = UNMATCHED if found is None else found.template
-        try:
-            if not req.admitted:  # who may ask comes before what is wrong with the path
-                self.admit(req)
-                req.admitted = True
-            if bad_path is not None:
-                raise bad_path
-            if found is None:
-                raise NotFound
-            handler = found.handlers.get("GET" if req.method == "HEAD" else req.method)
-            if handler is None:
-                raise MethodNotAllowed(_allow(found.handlers))
-            req.params = found.params
-            if req.query_string:
-                req.query = query(req.query_string)
             reply = handler(req)
         except MustWait:
             raise
@@ -214,6 +198,32 @@ class App:
         if self._on_request is not None:
             self._on_request(route, reply.status)
         return reply
+
+    def _resolve(self, req: Request) -> tuple[str, Handler]:
+        """The route label and handler of ``req``, kept in ``req.routed``; refused, a
+        handler that raises why (a refusal is decided again each time)."""
+        bad_path: InvalidRequest | None = None
+        try:
+            found = self._route(req.path)
+        except InvalidRequest as exc:
+            found, bad_path = None, exc
+        route = UNMATCHED if found is None else found.template
+        try:
+            self.admit(req)  # who may ask comes before what is wrong with the path
+            if bad_path is not None:
+                raise bad_path
+            if found is None:
+                raise NotFound
+            handler = found.handlers.get("GET" if req.method == "HEAD" else req.method)
+            if handler is None:
+                raise MethodNotAllowed(_allow(found.handlers))
+            if req.query_string:
+                req.query = query(req.query_string)
+        except Exception as exc:  # noqa: BLE001 — refused: its error is the answer
+            return route, partial(_raise, exc)
+        req.params = found.params
+        req.routed = (route, handler)
+        return req.routed
 
     def _route(self, path: str) -> _Match | None:
         """The route of a raw path (remembered); raises InvalidRequest for one that is
@@ -231,6 +241,10 @@ class App:
         """Checks before routing (the body's declared size here); raise to refuse."""
         if req.content_length:
             check_length(req.content_length)
+
+
+def _raise(exc: Exception, req: Request) -> Reply:
+    raise exc
 
 
 def _allow(handlers: Mapping[str, Handler]) -> set[str]:
