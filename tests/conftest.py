@@ -17,6 +17,32 @@ from tests.supervising import fakes, plugins_dir, supervisors  # noqa: F401 - fi
 from tests.waiting import wait_until
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_report_to_serializable(config: pytest.Config,
+                                  report: pytest.TestReport | pytest.CollectReport
+                                  ) -> Iterator[None] | Any:
+    """A report as xdist sends it from a worker, its strings made UTF-8-encodable.
+
+    Tests here feed lone surrogates through everything, and a failing one's report (its
+    message, captured log, a leaked fd's path) may carry them; execnet refuses such a
+    string, and the whole run would end in an INTERNALERROR that hides which test failed
+    and why. Surrogates become visible escapes (``\\udcff``) instead."""
+    data = yield
+    return _encodable(data)
+
+
+def _encodable(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_encodable(k): _encodable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_encodable(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_encodable(v) for v in value)
+    return value
+
+
 def _open_fds() -> set[int]:
     return {int(fd) for fd in os.listdir("/proc/self/fd")}
 

@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import execnet
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -367,3 +368,17 @@ def test_promtool_accepts_a_scrape_with_hostile_names(short_tmp: Path) -> None:
     checked = subprocess.run(["promtool", "check", "metrics"], input=scrape, check=False,
                              capture_output=True, timeout=60)
     assert checked.returncode == 0, checked.stderr + checked.stdout
+
+
+def test_a_failing_tests_report_with_surrogates_still_reaches_the_runner(
+        request: pytest.FixtureRequest) -> None:
+    """The suite's report guard (tests/conftest.py): a failed test's report whose message
+    and captured log carry lone surrogates is serialized as xdist sends it (execnet),
+    with visible escapes, instead of ending the whole run in an INTERNALERROR."""
+    report = pytest.TestReport("t.py::x", ("t.py", 1, "x"), {}, "failed", "boom \ud800",
+                               "call", sections=[("Captured log call", "WARNING a \udcff")])
+    data = request.config.hook.pytest_report_to_serializable(config=request.config,
+                                                               report=report)
+    execnet.dumps(data)  # DumpError: "strings must be utf-8 encodable", without the guard
+    assert data["longrepr"] == "boom \\ud800"
+    assert data["sections"] == [("Captured log call", "WARNING a \\udcff")]
