@@ -23,10 +23,12 @@ def pytest_report_to_serializable(config: pytest.Config,
                                   ) -> Iterator[None] | Any:
     """A report as xdist sends it from a worker, its strings made UTF-8-encodable.
 
-    Tests here feed lone surrogates through everything, and a failing one's report (its
-    message, captured log, a leaked fd's path) may carry them; execnet refuses such a
-    string, and the whole run would end in an INTERNALERROR that hides which test failed
-    and why. Surrogates become visible escapes (``\\udcff``) instead."""
+    Tests here feed lone surrogates through everything, and any test's report may carry
+    them: a failure's message, a leaked fd's path, or the captured log that every report
+    takes along, passed or not (``tests/renderers.py`` logs raw text to a stdlib logger
+    on purpose, and pytest's own handler on the root logger keeps it). execnet refuses
+    such a string, and the whole run ended in an INTERNALERROR that named no failure.
+    Surrogates become visible escapes (``\\udcff``) instead."""
     data = yield
     return _encodable(data)
 

@@ -372,9 +372,9 @@ def test_promtool_accepts_a_scrape_with_hostile_names(short_tmp: Path) -> None:
 
 def test_a_failing_tests_report_with_surrogates_still_reaches_the_runner(
         request: pytest.FixtureRequest) -> None:
-    """The suite's report guard (tests/conftest.py): a failed test's report whose message
-    and captured log carry lone surrogates is serialized as xdist sends it (execnet),
-    with visible escapes, instead of ending the whole run in an INTERNALERROR."""
+    """The suite's report guard (tests/conftest.py): a test's report whose message and
+    captured log carry lone surrogates is serialized as xdist sends it (execnet), with
+    visible escapes, instead of ending the whole run in an INTERNALERROR."""
     report = pytest.TestReport("t.py::x", ("t.py", 1, "x"), {}, "failed", "boom \ud800",
                                "call", sections=[("Captured log call", "WARNING a \udcff")])
     data = request.config.hook.pytest_report_to_serializable(config=request.config,
