@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -32,6 +33,15 @@ class Buttervolume:
     log: Path
 
 
+def _accepts(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(path)
+        except OSError:  # not there yet, or bound and not listening yet
+            return False
+    return True
+
+
 def _preconditions() -> None:
     if os.geteuid() != 0:
         pytest.skip("buttervolume needs root to loop-mount a btrfs image")
@@ -49,8 +59,9 @@ def buttervolume() -> Iterator[Buttervolume]:
         proc = subprocess.Popen(["bash", str(bv.LAUNCHER), sock, str(workdir)], stdout=out,
                                 stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: os.path.exists(sock) or proc.poll() is not None, timeout=120,
-                   message="buttervolume's socket")
+        # Its socket file appears at bind(), a moment before listen(): wait for a connect.
+        wait_until(lambda: _accepts(sock) or proc.poll() is not None, timeout=120,
+                   message="buttervolume's socket to accept a connection")
         assert proc.poll() is None, f"buttervolume exited:\n{log.read_text()}"
         if not os.path.ismount(workdir / "btrfs"):
             pytest.skip("no loop-mounted btrfs here (the launcher fell back to a plain dir, "
