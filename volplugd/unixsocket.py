@@ -9,8 +9,12 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import stat
 
-__all__ = ["GroupRefused", "listen_unix"]
+__all__ = ["MAX_UNIX_PATH", "STAGING_SUFFIX", "GroupRefused", "listen_unix"]
+
+MAX_UNIX_PATH = 107  # sun_path is 108 bytes with the terminating NUL
+STAGING_SUFFIX = ".new"
 
 
 class GroupRefused(OSError):
@@ -18,22 +22,33 @@ class GroupRefused(OSError):
 
 
 def listen_unix(path: str, mode: int, gid: int | None, backlog: int) -> socket.socket:
-    """Bind ``path``, set its mode (and group), and only then listen: until ``listen()``
-    a bound socket refuses every connection, so nobody connects while the file still has
-    the umask's permissions. On failure the socket is closed and its file removed."""
+    """A socket listening at ``path`` with ``mode`` (and group ``gid``), whose file
+    appears only once it accepts: it is bound under a staging name beside ``path``
+    (``path`` + ".new"), given its mode and group, made to listen, then renamed into
+    place. Nobody connects while the file has the umask's permissions, and a client
+    that connects as soon as it sees the file (Docker, Podman) is never refused. A path
+    too long for a staging name is bound in place (until ``listen()`` a bound socket
+    refuses every connection). On failure the socket is closed and no file is left."""
+    staging = path + STAGING_SUFFIX
+    if len(os.fsencode(staging)) > MAX_UNIX_PATH:
+        staging = path
+    elif os.path.lexists(staging) and stat.S_ISSOCK(os.lstat(staging).st_mode):
+        os.unlink(staging)  # left by a crash between bind and rename
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(path)
-        os.chmod(path, mode)
-        if gid is not None and os.stat(path).st_gid != gid:
+        sock.bind(staging)
+        os.chmod(staging, mode)
+        if gid is not None and os.stat(staging).st_gid != gid:
             try:
-                os.chown(path, -1, gid)
+                os.chown(staging, -1, gid)
             except OSError as err:
                 raise GroupRefused(err.errno, err.strerror) from err
         sock.listen(backlog)
+        if staging != path:
+            os.rename(staging, path)
     except BaseException:
         sock.close()
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+            os.unlink(staging)
         raise
     return sock

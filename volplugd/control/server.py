@@ -22,7 +22,7 @@ from volplugd.control.app import make_metrics_app
 from volplugd.control.head import loopback_host
 from volplugd.control.listener import BACKLOG, Listener
 from volplugd.control.site import FIRST_REQUEST_TIMEOUT
-from volplugd.unixsocket import GroupRefused, listen_unix
+from volplugd.unixsocket import MAX_UNIX_PATH, GroupRefused, listen_unix
 
 if TYPE_CHECKING:
     from volplugd.control.routing import Application
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 __all__ = ["BACKLOG", "MAX_PER_UID", "RESERVED_SLOTS", "ControlServer", "ControlSocketError",
            "TcpMetricsServer"]
 
-_MAX_UNIX_PATH = 107  # sun_path is 108 bytes with the terminating NUL
 MAX_PER_UID = 16  # control-socket connections one unprivileged uid may hold
 RESERVED_SLOTS = 8  # of max_connections, kept for root and the admin groups
 
@@ -122,9 +121,9 @@ def _bind_unix(path: str, mode: int, group: str | None) -> socket.socket:
     Until ``listen()`` a bound socket refuses every connection, so nobody can connect
     while the file still has the umask's permissions.
     """
-    if len(os.fsencode(path)) > _MAX_UNIX_PATH:
+    if len(os.fsencode(path)) > MAX_UNIX_PATH:
         raise ControlSocketError(errno.ENAMETOOLONG,
-                                 f"unix socket path longer than {_MAX_UNIX_PATH} bytes", path)
+                                 f"unix socket path longer than {MAX_UNIX_PATH} bytes", path)
     gid = None if group is None else _gid(group)
     if _check_replaceable(path):
         os.unlink(path)
