@@ -370,7 +370,7 @@ def test_promtool_accepts_a_scrape_with_hostile_names(short_tmp: Path) -> None:
     assert checked.returncode == 0, checked.stderr + checked.stdout
 
 
-def test_a_failing_tests_report_with_surrogates_still_reaches_the_runner(
+def test_a_report_with_surrogates_still_reaches_the_runner(
         request: pytest.FixtureRequest) -> None:
     """The suite's report guard (tests/conftest.py): a test's report whose message and
     captured log carry lone surrogates is serialized as xdist sends it (execnet), with

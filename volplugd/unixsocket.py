@@ -32,8 +32,10 @@ def listen_unix(path: str, mode: int, gid: int | None, backlog: int) -> socket.s
     staging = path + STAGING_SUFFIX
     if len(os.fsencode(staging)) > MAX_UNIX_PATH:
         staging = path
-    elif os.path.lexists(staging) and stat.S_ISSOCK(os.lstat(staging).st_mode):
-        os.unlink(staging)  # left by a crash between bind and rename
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(os.lstat(staging).st_mode):
+                os.unlink(staging)  # left by a crash between bind and rename
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(staging)

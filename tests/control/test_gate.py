@@ -69,9 +69,8 @@ def test_one_lookup_per_peer_and_every_socket_comes_back_with_its_groups(
     assert lookups.done() == []  # nothing came yet
     directory.answer.set()
     wait_until(woken.is_set, message="the loop woken up")
-    done = wait_until(lookups.done, message="the sockets back")
-    while len(done) < 3:
-        done += wait_until(lookups.done, message="the rest back")
+    done: list[gate.Looked] = []
+    wait_until(lambda: done.extend(lookups.done()) or len(done) == 3, message="all back")
     assert sorted(directory.asked) == [(1000, 1000), (1001, 1001)]
     assert {(looked.sock, looked.peer, looked.groups) for looked in done} == {
         (first, ANN, frozenset({1000, 4242})), (second, second_ann, frozenset({1000, 4242})),

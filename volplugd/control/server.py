@@ -116,11 +116,8 @@ def _name_of(sock: socket.socket) -> str | None:
 
 
 def _bind_unix(path: str, mode: int, group: str | None) -> socket.socket:
-    """Replace a stale socket, bind, set mode and group, and only then listen.
-
-    Until ``listen()`` a bound socket refuses every connection, so nobody can connect
-    while the file still has the umask's permissions.
-    """
+    """Replace a stale socket, then ``listen_unix``: the file appears at ``path`` only
+    once it listens, with its mode and group."""
     if len(os.fsencode(path)) > MAX_UNIX_PATH:
         raise ControlSocketError(errno.ENAMETOOLONG,
                                  f"unix socket path longer than {MAX_UNIX_PATH} bytes", path)
