@@ -12,9 +12,20 @@ from typing import Any
 
 import pytest
 
+from tests import tiers
 from tests.harness import Daemon
 from tests.supervising import fakes, plugins_dir, supervisors  # noqa: F401 - fixtures
 from tests.waiting import wait_until
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Each test's markers are known to the launchers it calls (``tests/tiers.py``)."""
+    tiers.running(item)
+    try:
+        return (yield)
+    finally:
+        tiers.running(None)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests import tiers
 from tests.waiting import wait_until
 
 PACKAGE = Path(__file__).resolve().parents[1] / "volplugd"
@@ -137,6 +138,7 @@ class Daemon:
         return argv + self.args
 
     def start(self, wait: bool = True) -> Daemon:
+        tiers.require("system", "starts the volplugd process")
         for d in self.plugin_dirs:
             d.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:

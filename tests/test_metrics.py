@@ -8,7 +8,6 @@ a real Prometheus server scraping it over loopback.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
+from tests import tiers
 from tests.fakeplugin import FakePlugin
 from tests.fakeplugin import behaviours as fb
 from tests.harness import Daemon
@@ -438,10 +438,7 @@ def test_metrics_flips_no_process_wide_switch() -> None:
 
 
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.skip("promtool not installed (Debian package `prometheus`; `make system-deps`)")
-    return path
+    return tiers.tool("promtool", "prometheus")
 
 
 @pytest.mark.peer
@@ -493,9 +490,7 @@ ARTEFACTS = REPO / "test-artifacts"
 @pytest.mark.peer
 def test_status_page_renders_in_headless_chromium(tmp_path: Path) -> None:
     """Chromium parses the page into one row per plugin with the hostile name as text."""
-    browser = shutil.which("chromium")
-    if browser is None:
-        pytest.skip("chromium not installed (Debian package `chromium`; `make system-deps`)")
+    browser = tiers.tool("chromium", "chromium")
     page = tmp_path / "status.html"
     page.write_bytes(status_page(every_state(), "1.2.3"))
     ARTEFACTS.mkdir(exist_ok=True)

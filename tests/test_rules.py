@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests import tiers
 from tests.test_metrics import every_state, make
 from volplugd.metrics.observer import ENDPOINTS, EVICTION_REASONS, PROBE_RESULTS
 
@@ -27,10 +27,7 @@ GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$job": ".*", "$instance": ".*", 
 
 
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.skip("promtool not installed (Debian package `prometheus`; `make system-deps`)")
-    return path
+    return tiers.tool("promtool", "prometheus")
 
 
 def run(*argv: str | Path) -> tuple[int, str]:
