@@ -94,9 +94,9 @@ def test_only_a_socket_nobody_listens_on_is_replaceable(short_tmp: Path,
     with socket.socket(socket.AF_UNIX) as stale:
         stale.bind(str(short_tmp / "stale.sock"))  # bound, never listening: refuses
     assert replaceable(folder, "stale.sock") is True
-    with listen_unix(folder, "live.sock", 0o600, None, 8):
-        with pytest.raises(AddressKept) as live:
-            replaceable(folder, "live.sock")
+    with listen_unix(folder, "live.sock", 0o600, None, 8), \
+            pytest.raises(AddressKept) as live:
+        replaceable(folder, "live.sock")
     (short_tmp / "link.sock").symlink_to(short_tmp / "stale.sock")
     with pytest.raises(AddressKept) as link:
         replaceable(folder, "link.sock")
