@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import MappingProxyType
 
@@ -23,6 +24,7 @@ from volplugd.metrics import Metrics
 from volplugd.model import Kind, PluginState, PluginView, Snapshot
 from volplugd.podman import DropinWriter, plan_dropin
 
+MakeSpecs = Callable[[str, str], SpecFiles]
 MARK = f"volplugd {__version__}; rewritten when volplugd starts and stops, do not edit"
 
 
@@ -47,10 +49,23 @@ def specs_dir(tmp_path: Path) -> Path:
     return tmp_path / "etc-docker-plugins"
 
 
-def test_spec_files_point_docker_at_the_gateway_and_back(specs_dir: Path,
+@pytest.fixture
+def specs() -> Iterator[MakeSpecs]:
+    """SpecFiles, each closed (its folder's descriptor) after the test."""
+    made: list[SpecFiles] = []
+
+    def make(directory: str, docker_sockets: str) -> SpecFiles:
+        made.append(SpecFiles(directory, docker_sockets))
+        return made[-1]
+    yield make
+    for files in made:
+        files.close()
+
+
+def test_spec_files_point_docker_at_the_gateway_and_back(specs: MakeSpecs, specs_dir: Path,
                                                          tmp_path: Path) -> None:
     docker = tmp_path / "run-docker-plugins"
-    files = SpecFiles(str(specs_dir), str(docker))
+    files = specs(str(specs_dir), str(docker))
     outside = view("btrfs", "/run/volplugd/plugins/btrfs.sock")
     inside = view("local2", f"{docker}/local2.sock")  # Docker finds it itself
     umask = os.umask(0o077)  # the shipped unit's UMask
@@ -76,11 +91,11 @@ def test_spec_files_point_docker_at_the_gateway_and_back(specs_dir: Path,
     assert os.listdir(specs_dir) == []
 
 
-def test_spec_files_never_replace_the_administrators(specs_dir: Path) -> None:
+def test_spec_files_never_replace_the_administrators(specs: MakeSpecs, specs_dir: Path) -> None:
     specs_dir.mkdir()
     (specs_dir / "mine.json").write_text('{"Addr": "unix:///admin.sock"}')
     (specs_dir / "texty.spec").write_text("unix:///admin2.sock\n")
-    files = SpecFiles(str(specs_dir), "/run/docker/plugins")
+    files = specs(str(specs_dir), "/run/docker/plugins")
     served = {n: (f"/gw/{n}.sock", view(n, f"/srv/{n}.sock")) for n in ("mine", "texty")}
     with capture_logs() as logs:
         files.update(served)
@@ -96,8 +111,8 @@ def test_spec_files_never_replace_the_administrators(specs_dir: Path) -> None:
     assert (specs_dir / "mine.json").read_text() == '{"Addr": "unix:///admin.sock"}'
 
 
-def test_restore_removes_what_cannot_be_restored(specs_dir: Path) -> None:
-    files = SpecFiles(str(specs_dir), "/run/docker/plugins")
+def test_restore_removes_what_cannot_be_restored(specs: MakeSpecs, specs_dir: Path) -> None:
+    files = specs(str(specs_dir), "/run/docker/plugins")
     tls = view("tls", "/etc/volplugd/tls.json", address="https://10.0.0.1:9000")
     files.update({"tls": ("/gw/tls.sock", tls), "gone": ("/gw/gone.sock",
                                                          view("gone", "/srv/gone.sock"))})
@@ -106,8 +121,9 @@ def test_restore_removes_what_cannot_be_restored(specs_dir: Path) -> None:
     assert os.listdir(specs_dir) == []
 
 
-def test_discovery_skips_our_spec_files_but_not_the_administrators(specs_dir: Path) -> None:
-    files = SpecFiles(str(specs_dir), "/run/docker/plugins")
+def test_discovery_skips_our_spec_files_but_not_the_administrators(specs: MakeSpecs,
+                                                                    specs_dir: Path) -> None:
+    files = specs(str(specs_dir), "/run/docker/plugins")
     files.update({"ours": ("/gw/ours.sock", view("ours", "/srv/ours.sock"))})
     (specs_dir / "admin.json").write_text('{"Addr": "unix:///srv/admin.sock"}')
     found = scan([str(specs_dir)])

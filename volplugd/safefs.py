@@ -140,10 +140,17 @@ class Folder:
             if err.errno == errno.ELOOP:
                 raise NotAFile(errno.ELOOP, "a symlink", self.join(name)) from err
             raise
-        with os.fdopen(fd, "rb") as f:
+        try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise NotAFile(errno.EINVAL, "not a regular file", self.join(name))
-            return f.read(limit)
+            chunks: list[bytes] = []
+            left = limit
+            while left > 0 and (chunk := os.read(fd, left)):
+                chunks.append(chunk)
+                left -= len(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
 
     def write(self, name: str, data: bytes, mode: int) -> None:
         """Make ``name`` hold ``data`` with ``mode``, atomically: a reader sees the old

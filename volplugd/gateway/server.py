@@ -1,10 +1,15 @@
 """The gateway: one v1-protocol unix socket per registered plugin, ``<dir>/<name>.sock``.
 
-The ``gateway`` thread follows the registry's snapshots: a plugin that is registered and
-not ``rejected`` gets a socket (bound, given ``mode`` and ``group``, and only then
-listening), one that leaves or is rejected loses it, and at a clean stop every socket is
-closed and removed. A name that cannot be a file name is skipped with one warning. The
-folder holds ``GATEWAY_MARK`` so that discovery never takes these sockets for plugins.
+The ``gateway`` thread follows the registry's snapshots: a plugin that is registered,
+not ``rejected``, from a trusted folder, and (while it has never been activated) whose
+own socket somebody listens on gets a socket (bound, given ``mode`` and ``group``, and
+only then listening: ``serves``), one that leaves or is rejected loses it, and at a clean
+stop every socket is closed and removed. A plugin left out, or whose socket cannot be
+made (EMFILE, ENOSPC, EACCES...), is logged once, not once per snapshot. The folder is
+one volplugd may write in (``volplugd.safefs``: created 0755, or refused), every file in
+it is made and removed through its descriptor, and an existing file at a socket's name
+is replaced only when it is a socket nobody listens on. The folder holds
+``GATEWAY_MARK`` so that discovery never takes these sockets for plugins.
 The ``gateway-accept`` thread accepts on every socket and gives each connection its own
 thread (``connection.serve``), at most ``max_connections`` at once (more are closed at
 once). What a request gets is ``answer``'s job; Docker spec files are ``specs``'.
@@ -16,11 +21,11 @@ Runs on: the ``gateway`` and ``gateway-accept`` threads, one thread per connecti
 from __future__ import annotations
 
 import contextlib
+import errno
 import grp
 import os
 import selectors
 import socket
-import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -28,14 +33,16 @@ from collections.abc import Callable, Mapping
 from volplugd.config import GatewaySettings
 from volplugd.contracts import Commands
 from volplugd.discovery.scan import GATEWAY_MARK
+from volplugd.discovery.trust import untrusted_reason
 from volplugd.gateway.answer import Reply, Request, answer, endpoint_label
 from volplugd.gateway.connection import serve
 from volplugd.gateway.specs import SpecFiles
 from volplugd.log import get_logger
 from volplugd.model import PluginState, PluginView, Snapshot
-from volplugd.unixsocket import listen_unix
+from volplugd.safefs import Folder
+from volplugd.unixsocket import listen_unix, replaceable
 
-__all__ = ["Gateway", "OnGatewayRequest", "name_problem", "socket_path"]
+__all__ = ["Gateway", "OnGatewayRequest", "name_problem", "serves", "socket_path"]
 
 log = get_logger(__name__)
 
@@ -45,6 +52,7 @@ UNIX_PATH_MAX = 107
 NAME_MAX = 255
 BACKLOG = 128
 SPECS_REFRESH = 30.0  # seconds between looks at unchanged spec files
+MARK_TEXT = b"volplugd's gateway sockets: never plugins of their own\n"
 
 
 def name_problem(directory: str, name: str) -> str | None:
@@ -57,6 +65,24 @@ def name_problem(directory: str, name: str) -> str | None:
         return f"{name}.sock is longer than {NAME_MAX} bytes"
     if len(os.fsencode(os.path.join(directory, name + ".sock"))) > UNIX_PATH_MAX:
         return f"the socket path would be longer than {UNIX_PATH_MAX} bytes"
+    return None
+
+
+def serves(view: PluginView, listening: Callable[[str], bool]) -> str | None:
+    """Why plugin ``view`` gets no gateway socket, or None if it gets one: not when it is
+    ``rejected``, nor from an untrusted folder, nor, while it has never been activated
+    (``activating`` with no success yet), when nobody listens on its own unix socket
+    (``listening(path)``): a folder of stale sockets costs no descriptors. A plugin once
+    ready keeps its socket while it is ``unhealthy``: it is answered at once, fail-fast."""
+    if view.state is PluginState.REJECTED:
+        return "rejected"
+    untrusted = untrusted_reason(view.warnings)
+    if untrusted is not None:
+        return f"untrusted: {untrusted}"
+    never_ready = view.state is PluginState.ACTIVATING and view.last_success_at is None
+    if never_ready and view.address.startswith("unix://") \
+            and not listening(view.address[len("unix://"):]):
+        return "nobody listens on its socket"
     return None
 
 
@@ -86,6 +112,11 @@ class Gateway:
         self._retired: list[socket.socket] = []  # closed by the acceptor
         self._lock = threading.Lock()
         self._skipped: set[str] = set()
+        self._left: dict[str, str] = {}  # name -> why it has no socket (logged once)
+        self._heard: dict[str, tuple[PluginView, bool]] = {}  # name -> (view, listening)
+        self._failed: dict[str, str] = {}  # name -> the error its socket got (logged once)
+        self._inodes: dict[str, tuple[int, int]] = {}  # name -> its socket file's identity
+        self._folder: Folder | None = None
         self._connections = threading.BoundedSemaphore(max_connections)
         self._live: set[socket.socket] = set()  # connections being served (under _lock)
         self._stopping = threading.Event()
@@ -109,10 +140,18 @@ class Gateway:
     # --- life cycle ---------------------------------------------------------------
 
     def start(self) -> None:
-        """Create the folder and its mark (errors raise here), then start the threads."""
-        _make_dir(self._dir)
-        with open(os.path.join(self._dir, GATEWAY_MARK), "w") as f:
-            f.write("volplugd's gateway sockets: never plugins of their own\n")
+        """Open (or create) the folder and write its mark, open the spec folder (errors
+        raise here: UnsafeFolder for a folder volplugd may not write in), then start
+        the threads."""
+        folder = Folder.open(self._dir, 0o755)
+        try:
+            folder.write(GATEWAY_MARK, MARK_TEXT, 0o644)
+            if self._specs is not None:
+                self._specs.open()
+        except BaseException:
+            folder.close()
+            raise
+        self._folder = folder
         self._follower.start()
         self._acceptor.start()
 
@@ -142,7 +181,10 @@ class Gateway:
         """Bring the sockets (and spec files) in step with ``snapshot``: one step."""
         self._last = snapshot
         wanted = {name: view for name, view in snapshot.plugins.items()
-                  if view.state is not PluginState.REJECTED and self._usable(name)}
+                  if self._usable(name) and self._wanted(name, view)}
+        self._left = {n: why for n, why in self._left.items() if n in snapshot.plugins}
+        self._heard = {n: seen for n, seen in self._heard.items() if n in snapshot.plugins}
+        self._failed = {n: error for n, error in self._failed.items() if n in wanted}
         with self._lock:
             gone = [n for n in self._listeners if n not in wanted]
         for name in gone:
@@ -178,26 +220,59 @@ class Gateway:
             log.warning("gateway_plugin_skipped", plugin=name, reason=problem)
         return problem is None
 
+    def _wanted(self, name: str, view: PluginView) -> bool:
+        """Whether ``view`` gets a socket (``serves``); a change of reason is logged."""
+        why = serves(view, lambda path: self._listening(name, view, path))
+        if why is not None and why != "rejected" and self._left.get(name) != why:
+            log.warning("gateway_plugin_left_out", plugin=name, reason=why)
+        if why is None:
+            self._left.pop(name, None)
+        else:
+            self._left[name] = why
+        return why is None
+
+    def _listening(self, name: str, view: PluginView, path: str) -> bool:
+        """Asked once per version of the view (a failed activation makes a new one)."""
+        seen = self._heard.get(name)
+        if seen is None or seen[0] is not view:
+            seen = (view, _listens(path))
+            self._heard[name] = seen
+        return seen[1]
+
     def _path(self, name: str) -> str:
         return os.path.join(self._dir, name + ".sock")
 
     def _open(self, name: str) -> None:
-        path = self._path(name)
+        assert self._folder is not None
+        file = name + ".sock"
         try:
-            sock = _bind(path, self._settings.mode, self._gid)
+            replaceable(self._folder, file)  # a stale socket (ours, a crash's) is replaced
+            sock = listen_unix(self._folder, file, self._settings.mode, self._gid, BACKLOG)
+            sock.setblocking(False)
+            st = self._folder.lstat(file)
         except OSError as err:
-            log.error("gateway_socket_failed", plugin=name, path=path, error=str(err))
+            error = str(err)
+            if self._failed.get(name) != error:
+                log.error("gateway_socket_failed", plugin=name, path=self._path(name),
+                          error=error)
+            self._failed[name] = error
             return
+        self._failed.pop(name, None)
+        if st is not None:
+            self._inodes[name] = (st.st_dev, st.st_ino)
         with self._lock:
             self._listeners[name] = sock
-        log.info("gateway_socket_created", plugin=name, path=path)
+        log.info("gateway_socket_created", plugin=name, path=self._path(name))
 
     def _close(self, name: str) -> None:
         with self._lock:
             sock = self._listeners.pop(name)
             self._retired.append(sock)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._path(name))
+        identity = self._inodes.pop(name, None)
+        if self._folder is not None:
+            st = self._folder.lstat(name + ".sock")
+            if st is not None and (st.st_dev, st.st_ino) == identity:
+                self._folder.remove(name + ".sock")  # never a file someone put there since
         log.info("gateway_socket_removed", plugin=name)
 
     def _finish(self) -> None:
@@ -209,8 +284,11 @@ class Gateway:
                 log.exception("gateway_specs_restore_failed")
         for name in self.names:
             self._close(name)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(self._dir, GATEWAY_MARK))
+        if self._folder is not None:
+            self._folder.remove(GATEWAY_MARK)
+            self._folder.close()
+        if self._specs is not None:
+            self._specs.close()
         with self._lock:
             live = list(self._live)
         for conn in live:  # idle keep-alive clients see the end now, not at IDLE
@@ -302,14 +380,6 @@ class Gateway:
             self._on_request(name, endpoint_label(request.path), reply.outcome, seconds)
 
 
-def _make_dir(path: str) -> None:
-    """Create ``path`` 0755 whatever the umask (the unit's is 0077: the socket modes
-    must decide who may connect); a folder that exists is left as it is."""
-    if not os.path.isdir(path):
-        os.makedirs(path, mode=0o755, exist_ok=True)
-        os.chmod(path, 0o755)  # noqa: S103 - a folder others must traverse, read-only
-
-
 def _gid(group: str) -> int:
     if group.isdigit():
         return int(group)
@@ -319,16 +389,15 @@ def _gid(group: str) -> int:
         raise ValueError(f"gateway.group: no group named {group!r}") from None
 
 
-def _bind(path: str, mode: int, gid: int | None) -> socket.socket:
-    """Replace a stale socket (ours, from a crash), bind, set mode and group, listen."""
+def _listens(path: str) -> bool:
+    """Whether someone listens on the unix socket at ``path`` (a non-blocking connect,
+    closed at once; a socket too long to name, or not there, listens to nobody)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.setblocking(False)
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        pass
-    else:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise FileExistsError(f"{path} exists and is not a socket; not replacing it")
-        os.unlink(path)
-    sock = listen_unix(path, mode, gid, BACKLOG)
-    sock.setblocking(False)
-    return sock
+        code = probe.connect_ex(path)
+    except (OSError, ValueError):
+        return False
+    finally:
+        probe.close()
+    return code in (0, errno.EAGAIN, errno.EINPROGRESS)
