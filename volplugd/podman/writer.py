@@ -141,7 +141,11 @@ class DropinWriter:
         return self._settings.dropin
 
     def start(self) -> None:
+        """Start the thread; first the drop-in's folder is opened (created 0755 if
+        missing): UnsafeFolder here, at start, if volplugd may not write in it."""
         if not self._stopping.is_set() and not self._thread.is_alive():
+            with _folder_of(self.path):
+                pass
             self._thread.start()
 
     def stop(self) -> None:
