@@ -246,8 +246,7 @@ def _open_failed(path: str, err: OSError) -> OSError:
     except OSError:
         return err
     if stat.S_ISLNK(st.st_mode):
-        return UnsafeFolder(path, f"{_shown(path)} is a symlink: volplugd writes only in "
-                            "a real folder")
+        return UnsafeFolder(path, f"{_shown(path)} is a symlink, not a real folder")
     if not stat.S_ISDIR(st.st_mode):
         return UnsafeFolder(path, f"{_shown(path)} is not a folder")
     return err
