@@ -1,11 +1,10 @@
 """The gateway: one v1-protocol unix socket per registered plugin, ``<dir>/<name>.sock``.
 
-The ``gateway`` thread follows the registry's snapshots: a plugin that is registered,
-not ``rejected``, from a trusted folder, and (while it has never been activated) whose
-own socket somebody listens on gets a socket (bound, given ``mode`` and ``group``, and
-only then listening: ``serves``), one that leaves or is rejected loses it, and at a clean
-stop every socket is closed and removed. A plugin left out, or whose socket cannot be
-made (EMFILE, ENOSPC, EACCES...), is logged once, not once per snapshot. The folder is
+The ``gateway`` thread follows the registry's snapshots: a plugin ``choice`` picks gets a
+socket (bound, given ``mode`` and ``group``, and only then listening), one that leaves
+or is no longer picked loses it, and at a clean
+stop every socket is closed and removed. A plugin whose socket cannot be made (EMFILE,
+ENOSPC, EACCES...) is logged once, not once per snapshot. The folder is
 one volplugd may write in (``volplugd.safefs``: created 0755, or refused), every file in
 it is made and removed through its descriptor, and an existing file at a socket's name
 is replaced only when it is a socket nobody listens on. The folder holds
@@ -21,7 +20,6 @@ Runs on: the ``gateway`` and ``gateway-accept`` threads, one thread per connecti
 from __future__ import annotations
 
 import contextlib
-import errno
 import grp
 import os
 import selectors
@@ -33,64 +31,24 @@ from collections.abc import Callable, Mapping
 from volplugd.config import GatewaySettings
 from volplugd.contracts import Commands
 from volplugd.discovery.scan import GATEWAY_MARK
-from volplugd.discovery.trust import untrusted_reason
 from volplugd.gateway.answer import Reply, Request, answer, endpoint_label
+from volplugd.gateway.choice import Choice, socket_path
 from volplugd.gateway.connection import serve
 from volplugd.gateway.specs import SpecFiles
 from volplugd.log import get_logger
-from volplugd.model import PluginState, PluginView, Snapshot
+from volplugd.model import PluginView, Snapshot
 from volplugd.safefs import Folder
 from volplugd.unixsocket import listen_unix, replaceable
 
-__all__ = ["Gateway", "OnGatewayRequest", "name_problem", "serves", "socket_path"]
+__all__ = ["Gateway", "OnGatewayRequest"]
 
 log = get_logger(__name__)
 
 OnGatewayRequest = Callable[[str, str, str, float], None]  # plugin, endpoint, outcome, s
 WaitSnapshot = Callable[[int, float], Snapshot]
-UNIX_PATH_MAX = 107
-NAME_MAX = 255
 BACKLOG = 128
 SPECS_REFRESH = 30.0  # seconds between looks at unchanged spec files
 MARK_TEXT = b"volplugd's gateway sockets: never plugins of their own\n"
-
-
-def name_problem(directory: str, name: str) -> str | None:
-    """Why ``<directory>/<name>.sock`` cannot be a gateway socket, or None."""
-    if not name or name in (".", "..") or "/" in name or "\x00" in name:
-        return "cannot be a file name"
-    if name.startswith("."):
-        return "a hidden file name"
-    if len(os.fsencode(name + ".sock")) > NAME_MAX:
-        return f"{name}.sock is longer than {NAME_MAX} bytes"
-    if len(os.fsencode(os.path.join(directory, name + ".sock"))) > UNIX_PATH_MAX:
-        return f"the socket path would be longer than {UNIX_PATH_MAX} bytes"
-    return None
-
-
-def serves(view: PluginView, listening: Callable[[str], bool]) -> str | None:
-    """Why plugin ``view`` gets no gateway socket, or None if it gets one: not when it is
-    ``rejected``, nor from an untrusted folder, nor, while it has never been activated
-    (``activating`` with no success yet), when nobody listens on its own unix socket
-    (``listening(path)``): a folder of stale sockets costs no descriptors. A plugin once
-    ready keeps its socket while it is ``unhealthy``: it is answered at once, fail-fast."""
-    if view.state is PluginState.REJECTED:
-        return "rejected"
-    untrusted = untrusted_reason(view.warnings)
-    if untrusted is not None:
-        return f"untrusted: {untrusted}"
-    never_ready = view.state is PluginState.ACTIVATING and view.last_success_at is None
-    if never_ready and view.address.startswith("unix://") \
-            and not listening(view.address[len("unix://"):]):
-        return "nobody listens on its socket"
-    return None
-
-
-def socket_path(directory: str, name: str) -> str | None:
-    """The gateway socket of plugin ``name``, or None if the name cannot have one."""
-    if name_problem(directory, name) is not None:
-        return None
-    return os.path.join(directory, name + ".sock")
 
 
 class Gateway:
@@ -111,9 +69,7 @@ class Gateway:
         self._listeners: dict[str, socket.socket] = {}  # name -> listening socket
         self._retired: list[socket.socket] = []  # closed by the acceptor
         self._lock = threading.Lock()
-        self._skipped: set[str] = set()
-        self._left: dict[str, str] = {}  # name -> why it has no socket (logged once)
-        self._heard: dict[str, tuple[PluginView, bool]] = {}  # name -> (view, listening)
+        self._choice = Choice(self._dir)
         self._failed: dict[str, str] = {}  # name -> the error its socket got (logged once)
         self._inodes: dict[str, tuple[int, int]] = {}  # name -> its socket file's identity
         self._folder: Folder | None = None
@@ -180,10 +136,7 @@ class Gateway:
     def update(self, snapshot: Snapshot) -> None:
         """Bring the sockets (and spec files) in step with ``snapshot``: one step."""
         self._last = snapshot
-        wanted = {name: view for name, view in snapshot.plugins.items()
-                  if self._usable(name) and self._wanted(name, view)}
-        self._left = {n: why for n, why in self._left.items() if n in snapshot.plugins}
-        self._heard = {n: seen for n, seen in self._heard.items() if n in snapshot.plugins}
+        wanted = self._choice.wanted(snapshot)
         self._failed = {n: error for n, error in self._failed.items() if n in wanted}
         with self._lock:
             gone = [n for n in self._listeners if n not in wanted]
@@ -212,32 +165,6 @@ class Gateway:
         except OSError as err:
             self._specs_due = 0.0  # try again with the next snapshot
             log.error("docker_specs_failed", error=str(err))
-
-    def _usable(self, name: str) -> bool:
-        problem = name_problem(self._dir, name)
-        if problem is not None and name not in self._skipped:
-            self._skipped.add(name)
-            log.warning("gateway_plugin_skipped", plugin=name, reason=problem)
-        return problem is None
-
-    def _wanted(self, name: str, view: PluginView) -> bool:
-        """Whether ``view`` gets a socket (``serves``); a change of reason is logged."""
-        why = serves(view, lambda path: self._listening(name, view, path))
-        if why is not None and why != "rejected" and self._left.get(name) != why:
-            log.warning("gateway_plugin_left_out", plugin=name, reason=why)
-        if why is None:
-            self._left.pop(name, None)
-        else:
-            self._left[name] = why
-        return why is None
-
-    def _listening(self, name: str, view: PluginView, path: str) -> bool:
-        """Asked once per version of the view (a failed activation makes a new one)."""
-        seen = self._heard.get(name)
-        if seen is None or seen[0] is not view:
-            seen = (view, _listens(path))
-            self._heard[name] = seen
-        return seen[1]
 
     def _path(self, name: str) -> str:
         return os.path.join(self._dir, name + ".sock")
@@ -387,17 +314,3 @@ def _gid(group: str) -> int:
         return grp.getgrnam(group).gr_gid
     except KeyError:
         raise ValueError(f"gateway.group: no group named {group!r}") from None
-
-
-def _listens(path: str) -> bool:
-    """Whether someone listens on the unix socket at ``path`` (a non-blocking connect,
-    closed at once; a socket too long to name, or not there, listens to nobody)."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.setblocking(False)
-    try:
-        code = probe.connect_ex(path)
-    except (OSError, ValueError):
-        return False
-    finally:
-        probe.close()
-    return code in (0, errno.EAGAIN, errno.EINPROGRESS)
