@@ -64,6 +64,10 @@ def test_a_missing_folder_is_created_with_its_mode_whatever_the_umask(tmp_path: 
         os.umask(umask)
     folder.close()
     assert stat.S_IMODE((tmp_path / "a" / "gw").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o755  # others reach below
+    narrow = Folder.open(str(tmp_path / "b"), 0o700)
+    narrow.close()
+    assert stat.S_IMODE((tmp_path / "b").stat().st_mode) == 0o700
 
 
 @pytest.mark.parametrize(("mode", "who"), [(0o777, "group and others"), (0o757, "others"),

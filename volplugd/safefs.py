@@ -83,7 +83,7 @@ class Folder:
         FileNotFoundError if it is missing and not ``create``d, OSError otherwise."""
         path = os.path.abspath(path)
         euid = os.geteuid() if euid is None else euid
-        created = create and _make(path, mode)
+        created = create and _make(path)
         try:
             fd = os.open(path, _DIR_FLAGS)
         except OSError as err:
@@ -224,19 +224,29 @@ def _identity(path: str) -> tuple[object, ...]:
     return ("inode", st.st_dev, st.st_ino)
 
 
-def _make(path: str, mode: int) -> bool:
-    """Create ``path`` (its missing ancestors 0755); False if it was there already."""
-    try:
-        os.mkdir(path, mode)
-    except FileExistsError:
-        return False
-    except FileNotFoundError:
-        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+def _make(path: str) -> bool:
+    """Create ``path`` (its mode is set on the descriptor by ``Folder.open``) and its
+    missing ancestors, those ``0755`` whatever the umask (others must reach the files
+    below: Docker, rootless Podman); False if ``path`` was there already."""
+    missing = []
+    here = path
+    while not os.path.lexists(here):
+        missing.append(here)
+        here = os.path.dirname(here)
+    for folder in reversed(missing):
         try:
-            os.mkdir(path, mode)
+            os.mkdir(folder, 0o700)  # nobody else's until its mode is set
         except FileExistsError:
-            return False
-    return True
+            if folder == path:
+                return False
+            continue
+        if folder != path:
+            fd = os.open(folder, _DIR_FLAGS)
+            try:
+                os.fchmod(fd, 0o755)
+            finally:
+                os.close(fd)
+    return bool(missing)
 
 
 def _open_failed(path: str, err: OSError) -> OSError:
