@@ -165,7 +165,7 @@ def test_a_symlink_at_the_dropin_is_left_and_logged_once_and_the_daemon_serves(
     assert d.get("/v1/health")["status"] == "ok"
 
 
-@pytest.mark.parametrize("case", ["others", "other user", "control others"])
+@pytest.mark.parametrize("case", ["others", "other user", "control others", "symlink"])
 def test_the_daemon_refuses_to_start_in_a_folder_it_may_not_write_in(
         daemon: Callable[..., Daemon], short_tmp: Path, case: str) -> None:
     """The same one line and status as any config error, before anything is written."""
@@ -175,6 +175,11 @@ def test_the_daemon_refuses_to_start_in_a_folder_it_may_not_write_in(
     if case == "other user":
         folder = _nobodys_folder(short_tmp)
         why = f"{folder} is owned by uid 65534, not root"
+    elif case == "symlink":
+        (short_tmp / "real").mkdir(mode=0o755)
+        folder = short_tmp / "link"
+        folder.symlink_to(short_tmp / "real")
+        why = f"{folder} is a symlink, not a real folder"
     else:
         why = f"{folder} is writable by group and others (mode 0777)"
     if case == "control others":
