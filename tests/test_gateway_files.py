@@ -4,11 +4,13 @@ gateway metrics, the [gateway] settings and --gateway."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -19,7 +21,7 @@ from volplugd import __version__
 from volplugd.cli import build_parser, flag_overrides
 from volplugd.config import ConfigError, GatewaySettings, PodmanSettings, load_settings
 from volplugd.discovery import scan
-from volplugd.gateway import SpecFiles, name_problem, socket_path
+from volplugd.gateway import SpecFiles, name_problem, serves, socket_path
 from volplugd.metrics import Metrics
 from volplugd.model import Kind, PluginState, PluginView, Snapshot
 from volplugd.podman import DropinWriter, plan_dropin
@@ -235,3 +237,30 @@ def test_the_gateway_flag() -> None:
     args = build_parser().parse_args(["--gateway"])
     assert flag_overrides(args) == {"gateway.enabled": True}
     assert flag_overrides(build_parser().parse_args([])) == {}
+
+
+def test_which_plugins_get_a_gateway_socket() -> None:
+    """Not rejected ones, not untrusted ones, and — only while never activated — not a
+    unix plugin nobody listens on; the socket is asked only in that last case."""
+    asked: list[str] = []
+
+    def nobody(path: str) -> bool:
+        asked.append(path)
+        return False
+
+    def ok(state: PluginState, **kw: Any) -> PluginView:
+        return dataclasses.replace(view("p", "/srv/p.sock", state=state), **kw)
+
+    untrusted = ok(PluginState.READY, warnings=("untrusted: /srv is writable by others",))
+    table = [
+        (ok(PluginState.REJECTED), "rejected"),
+        (untrusted, "untrusted: /srv is writable by others"),
+        (ok(PluginState.ACTIVATING), "nobody listens on its socket"),
+        (ok(PluginState.ACTIVATING, last_success_at=2.0), None),  # once ready: kept
+        (ok(PluginState.UNHEALTHY), None),
+        (ok(PluginState.READY), None),
+        (ok(PluginState.ACTIVATING, address="tcp://127.0.0.1:9"), None),
+    ]
+    assert [serves(v, nobody) for v, _ in table] == [want for _, want in table]
+    assert asked == ["/srv/p.sock"]
+    assert serves(ok(PluginState.ACTIVATING), lambda path: True) is None
