@@ -45,7 +45,7 @@ def _as_nobody(path: str, requests: list[tuple[str, str, Any]]) -> list[list[Any
 
 
 def _open_path(sockdir: str) -> str:
-    os.chmod(sockdir, 0o777)  # noqa: S103 — the other uid must reach the socket file
+    os.chmod(sockdir, 0o755)  # noqa: S103 — the other uid must reach the socket (not write)
     return os.path.join(sockdir, "c.sock")
 
 

@@ -11,7 +11,6 @@ import grp
 import ipaddress
 import os
 import socket
-import stat
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
@@ -22,7 +21,14 @@ from volplugd.control.app import make_metrics_app
 from volplugd.control.head import loopback_host
 from volplugd.control.listener import BACKLOG, Listener
 from volplugd.control.site import FIRST_REQUEST_TIMEOUT
-from volplugd.unixsocket import MAX_UNIX_PATH, GroupRefused, listen_unix
+from volplugd.safefs import Folder
+from volplugd.unixsocket import (
+    MAX_UNIX_PATH,
+    AddressKept,
+    GroupRefused,
+    listen_unix,
+    replaceable,
+)
 
 if TYPE_CHECKING:
     from volplugd.control.routing import Application
@@ -41,8 +47,11 @@ class ControlSocketError(OSError):
 class ControlServer(Listener):
     """The control API on a unix socket, created ``mode`` and owned by ``group``.
 
-    A stale socket file at ``path`` is replaced; a path that is not a socket, or a
-    socket someone still listens on, is refused. The file is removed by ``stop()``.
+    Its folder must be one volplugd may write in (``volplugd.safefs``: created 0755, or
+    refused when it is a symlink, owned by another user, or writable by group or
+    others); the socket is made through the folder's descriptor. A stale socket file at
+    ``path`` is replaced; a path that is not a socket, or a socket someone still listens
+    on, is refused. The file is removed by ``stop()``.
     With ``sock`` (systemd socket activation) that socket is served as it is and the
     file is never touched.
 
@@ -73,14 +82,26 @@ class ControlServer(Listener):
         self._mode = mode
         self._group = group
         self._identity: tuple[int, int] | None = None
+        self._folder: Folder | None = None  # the socket's folder, open while it is served
 
     def _open(self) -> socket.socket:
         if self._inherited is not None:
             return self._inherited
         assert self.path is not None
-        sock = _bind_unix(self.path, self._mode, self._group)
-        st = os.stat(self.path)
-        self._identity = (st.st_dev, st.st_ino)
+        if len(os.fsencode(self.path)) > MAX_UNIX_PATH:
+            raise ControlSocketError(errno.ENAMETOOLONG,
+                                     f"unix socket path longer than {MAX_UNIX_PATH} bytes",
+                                     self.path)
+        folder = Folder.open(os.path.dirname(os.path.abspath(self.path)))
+        name = os.path.basename(self.path)
+        try:
+            sock = _bind_unix(folder, name, self._mode, self._group)
+        except BaseException:
+            folder.close()
+            raise
+        self._folder = folder
+        st = folder.lstat(name)
+        self._identity = None if st is None else (st.st_dev, st.st_ino)
         return sock
 
     def _discard_unstarted(self) -> None:
@@ -99,15 +120,15 @@ class ControlServer(Listener):
         super()._refuse(conn, peer, why)
 
     def _release_address(self) -> None:
-        if self._identity is None or self.path is None:
+        folder, self._folder = self._folder, None
+        if folder is None or self.path is None:
             return
         identity, self._identity = self._identity, None
-        try:
-            st = os.lstat(self.path)
-            if (st.st_dev, st.st_ino) == identity:  # never remove a successor's socket
-                os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        name = os.path.basename(self.path)
+        st = folder.lstat(name)
+        if st is not None and (st.st_dev, st.st_ino) == identity:
+            folder.remove(name)  # never a successor's socket
+        folder.close()
 
 
 def _name_of(sock: socket.socket) -> str | None:
@@ -115,46 +136,19 @@ def _name_of(sock: socket.socket) -> str | None:
     return name if isinstance(name, str) and name else None
 
 
-def _bind_unix(path: str, mode: int, group: str | None) -> socket.socket:
-    """Replace a stale socket, then ``listen_unix``: the file appears at ``path`` only
+def _bind_unix(folder: Folder, name: str, mode: int, group: str | None) -> socket.socket:
+    """Replace a stale socket, then ``listen_unix``: the file appears at ``name`` only
     once it listens, with its mode and group."""
-    if len(os.fsencode(path)) > MAX_UNIX_PATH:
-        raise ControlSocketError(errno.ENAMETOOLONG,
-                                 f"unix socket path longer than {MAX_UNIX_PATH} bytes", path)
+    path = folder.join(name)
     gid = None if group is None else _gid(group)
-    if _check_replaceable(path):
-        os.unlink(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     try:
-        return listen_unix(path, mode, gid, BACKLOG)
+        replaceable(folder, name)  # a stale socket is replaced by the rename
+        return listen_unix(folder, name, mode, gid, BACKLOG)
+    except AddressKept as err:
+        raise ControlSocketError(err.errno, err.strerror, path) from err
     except GroupRefused as err:
         raise ControlSocketError(err.errno, f"cannot give the socket to group {group!r}: "
                                  f"{err.strerror}", path) from err
-
-
-def _check_replaceable(path: str) -> bool:
-    """True if a stale socket is there to remove; raises if the path must be kept."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    if not stat.S_ISSOCK(st.st_mode):
-        raise ControlSocketError(errno.EEXIST, "exists and is not a socket; not replacing it",
-                                 path)
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        return True  # stale: nobody listens
-    except FileNotFoundError:
-        return False
-    except OSError as err:
-        raise ControlSocketError(err.errno, f"cannot tell whether it is in use: {err}",
-                                 path) from err
-    finally:
-        probe.close()
-    raise ControlSocketError(errno.EADDRINUSE, "another process is listening on it", path)
 
 
 def _gid(group: str) -> int:

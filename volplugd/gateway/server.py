@@ -1,10 +1,14 @@
 """The gateway: one v1-protocol unix socket per registered plugin, ``<dir>/<name>.sock``.
 
-The ``gateway`` thread follows the registry's snapshots: a plugin that is registered and
-not ``rejected`` gets a socket (bound, given ``mode`` and ``group``, and only then
-listening), one that leaves or is rejected loses it, and at a clean stop every socket is
-closed and removed. A name that cannot be a file name is skipped with one warning. The
-folder holds ``GATEWAY_MARK`` so that discovery never takes these sockets for plugins.
+The ``gateway`` thread follows the registry's snapshots: a plugin ``choice`` picks gets a
+socket (bound, given ``mode`` and ``group``, and only then listening), one that leaves
+or is no longer picked loses it, and at a clean
+stop every socket is closed and removed. A plugin whose socket cannot be made (EMFILE,
+ENOSPC, EACCES...) is logged once, not once per snapshot. The folder is
+one volplugd may write in (``volplugd.safefs``: created 0755, or refused), every file in
+it is made and removed through its descriptor, and an existing file at a socket's name
+is replaced only when it is a socket nobody listens on. The folder holds
+``GATEWAY_MARK`` so that discovery never takes these sockets for plugins.
 The ``gateway-accept`` thread accepts on every socket and gives each connection its own
 thread (``connection.serve``), at most ``max_connections`` at once (more are closed at
 once). What a request gets is ``answer``'s job; Docker spec files are ``specs``'.
@@ -20,7 +24,6 @@ import grp
 import os
 import selectors
 import socket
-import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -29,42 +32,23 @@ from volplugd.config import GatewaySettings
 from volplugd.contracts import Commands
 from volplugd.discovery.scan import GATEWAY_MARK
 from volplugd.gateway.answer import Reply, Request, answer, endpoint_label
+from volplugd.gateway.choice import Choice, socket_path
 from volplugd.gateway.connection import serve
 from volplugd.gateway.specs import SpecFiles
 from volplugd.log import get_logger
-from volplugd.model import PluginState, PluginView, Snapshot
-from volplugd.unixsocket import listen_unix
+from volplugd.model import PluginView, Snapshot
+from volplugd.safefs import Folder
+from volplugd.unixsocket import listen_unix, replaceable
 
-__all__ = ["Gateway", "OnGatewayRequest", "name_problem", "socket_path"]
+__all__ = ["Gateway", "OnGatewayRequest"]
 
 log = get_logger(__name__)
 
 OnGatewayRequest = Callable[[str, str, str, float], None]  # plugin, endpoint, outcome, s
 WaitSnapshot = Callable[[int, float], Snapshot]
-UNIX_PATH_MAX = 107
-NAME_MAX = 255
 BACKLOG = 128
 SPECS_REFRESH = 30.0  # seconds between looks at unchanged spec files
-
-
-def name_problem(directory: str, name: str) -> str | None:
-    """Why ``<directory>/<name>.sock`` cannot be a gateway socket, or None."""
-    if not name or name in (".", "..") or "/" in name or "\x00" in name:
-        return "cannot be a file name"
-    if name.startswith("."):
-        return "a hidden file name"
-    if len(os.fsencode(name + ".sock")) > NAME_MAX:
-        return f"{name}.sock is longer than {NAME_MAX} bytes"
-    if len(os.fsencode(os.path.join(directory, name + ".sock"))) > UNIX_PATH_MAX:
-        return f"the socket path would be longer than {UNIX_PATH_MAX} bytes"
-    return None
-
-
-def socket_path(directory: str, name: str) -> str | None:
-    """The gateway socket of plugin ``name``, or None if the name cannot have one."""
-    if name_problem(directory, name) is not None:
-        return None
-    return os.path.join(directory, name + ".sock")
+MARK_TEXT = b"volplugd's gateway sockets: never plugins of their own\n"
 
 
 class Gateway:
@@ -85,7 +69,10 @@ class Gateway:
         self._listeners: dict[str, socket.socket] = {}  # name -> listening socket
         self._retired: list[socket.socket] = []  # closed by the acceptor
         self._lock = threading.Lock()
-        self._skipped: set[str] = set()
+        self._choice = Choice(self._dir)
+        self._failed: dict[str, str] = {}  # name -> the error its socket got (logged once)
+        self._inodes: dict[str, tuple[int, int]] = {}  # name -> its socket file's identity
+        self._folder: Folder | None = None
         self._connections = threading.BoundedSemaphore(max_connections)
         self._live: set[socket.socket] = set()  # connections being served (under _lock)
         self._stopping = threading.Event()
@@ -109,10 +96,18 @@ class Gateway:
     # --- life cycle ---------------------------------------------------------------
 
     def start(self) -> None:
-        """Create the folder and its mark (errors raise here), then start the threads."""
-        _make_dir(self._dir)
-        with open(os.path.join(self._dir, GATEWAY_MARK), "w") as f:
-            f.write("volplugd's gateway sockets: never plugins of their own\n")
+        """Open (or create) the folder and write its mark, open the spec folder (errors
+        raise here: UnsafeFolder for a folder volplugd may not write in), then start
+        the threads."""
+        folder = Folder.open(self._dir, 0o755)
+        try:
+            folder.write(GATEWAY_MARK, MARK_TEXT, 0o644)
+            if self._specs is not None:
+                self._specs.open()
+        except BaseException:
+            folder.close()
+            raise
+        self._folder = folder
         self._follower.start()
         self._acceptor.start()
 
@@ -141,8 +136,8 @@ class Gateway:
     def update(self, snapshot: Snapshot) -> None:
         """Bring the sockets (and spec files) in step with ``snapshot``: one step."""
         self._last = snapshot
-        wanted = {name: view for name, view in snapshot.plugins.items()
-                  if view.state is not PluginState.REJECTED and self._usable(name)}
+        wanted = self._choice.wanted(snapshot)
+        self._failed = {n: error for n, error in self._failed.items() if n in wanted}
         with self._lock:
             gone = [n for n in self._listeners if n not in wanted]
         for name in gone:
@@ -171,33 +166,40 @@ class Gateway:
             self._specs_due = 0.0  # try again with the next snapshot
             log.error("docker_specs_failed", error=str(err))
 
-    def _usable(self, name: str) -> bool:
-        problem = name_problem(self._dir, name)
-        if problem is not None and name not in self._skipped:
-            self._skipped.add(name)
-            log.warning("gateway_plugin_skipped", plugin=name, reason=problem)
-        return problem is None
-
     def _path(self, name: str) -> str:
         return os.path.join(self._dir, name + ".sock")
 
     def _open(self, name: str) -> None:
-        path = self._path(name)
+        assert self._folder is not None
+        file = name + ".sock"
         try:
-            sock = _bind(path, self._settings.mode, self._gid)
+            replaceable(self._folder, file)  # a stale socket (ours, a crash's) is replaced
+            sock = listen_unix(self._folder, file, self._settings.mode, self._gid, BACKLOG)
+            sock.setblocking(False)
+            st = self._folder.lstat(file)
         except OSError as err:
-            log.error("gateway_socket_failed", plugin=name, path=path, error=str(err))
+            error = str(err)
+            if self._failed.get(name) != error:
+                log.error("gateway_socket_failed", plugin=name, path=self._path(name),
+                          error=error)
+            self._failed[name] = error
             return
+        self._failed.pop(name, None)
+        if st is not None:
+            self._inodes[name] = (st.st_dev, st.st_ino)
         with self._lock:
             self._listeners[name] = sock
-        log.info("gateway_socket_created", plugin=name, path=path)
+        log.info("gateway_socket_created", plugin=name, path=self._path(name))
 
     def _close(self, name: str) -> None:
         with self._lock:
             sock = self._listeners.pop(name)
             self._retired.append(sock)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._path(name))
+        identity = self._inodes.pop(name, None)
+        if self._folder is not None:
+            st = self._folder.lstat(name + ".sock")
+            if st is not None and (st.st_dev, st.st_ino) == identity:
+                self._folder.remove(name + ".sock")  # never a file someone put there since
         log.info("gateway_socket_removed", plugin=name)
 
     def _finish(self) -> None:
@@ -209,8 +211,11 @@ class Gateway:
                 log.exception("gateway_specs_restore_failed")
         for name in self.names:
             self._close(name)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(self._dir, GATEWAY_MARK))
+        if self._folder is not None:
+            self._folder.remove(GATEWAY_MARK)
+            self._folder.close()
+        if self._specs is not None:
+            self._specs.close()
         with self._lock:
             live = list(self._live)
         for conn in live:  # idle keep-alive clients see the end now, not at IDLE
@@ -302,14 +307,6 @@ class Gateway:
             self._on_request(name, endpoint_label(request.path), reply.outcome, seconds)
 
 
-def _make_dir(path: str) -> None:
-    """Create ``path`` 0755 whatever the umask (the unit's is 0077: the socket modes
-    must decide who may connect); a folder that exists is left as it is."""
-    if not os.path.isdir(path):
-        os.makedirs(path, mode=0o755, exist_ok=True)
-        os.chmod(path, 0o755)  # noqa: S103 - a folder others must traverse, read-only
-
-
 def _gid(group: str) -> int:
     if group.isdigit():
         return int(group)
@@ -317,18 +314,3 @@ def _gid(group: str) -> int:
         return grp.getgrnam(group).gr_gid
     except KeyError:
         raise ValueError(f"gateway.group: no group named {group!r}") from None
-
-
-def _bind(path: str, mode: int, gid: int | None) -> socket.socket:
-    """Replace a stale socket (ours, from a crash), bind, set mode and group, listen."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        pass
-    else:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise FileExistsError(f"{path} exists and is not a socket; not replacing it")
-        os.unlink(path)
-    sock = listen_unix(path, mode, gid, BACKLOG)
-    sock.setblocking(False)
-    return sock
