@@ -22,6 +22,8 @@ from volplugd.gateway.server import MARK_TEXT
 from volplugd.safefs import temp_name
 from volplugd.unixsocket import staging_name
 
+pytestmark = pytest.mark.system
+
 DROPIN = "50-volplugd.conf"
 
 
