@@ -112,9 +112,11 @@ def test_socket_created_and_removed_are_hinted(base: Path, inbox: Inbox,
 
 def test_plugin_folder_and_spec_file_are_hinted(base: Path, inbox: Inbox,
                                                 watching: Callable[..., Watcher]) -> None:
-    """<name>/<name>.sock in a new folder and a written .spec file are hinted."""
+    """A new folder is hinted once it is watched (its scan_one sees what it already
+    holds), then <name>/<name>.sock in it; a written .spec file is hinted."""
     watching(base)
     (base / "foo").mkdir()
+    inbox.wait_for(hint(base / "foo"))
     bind(base / "foo/foo.sock")
     inbox.wait_for(hint(base / "foo/foo.sock"))
     (base / "bar.spec").write_text("tcp://127.0.0.1:1\n")
@@ -146,14 +148,14 @@ def test_noise_is_not_hinted(base: Path, inbox: Inbox,
 
 def test_dir_created_late_is_watched_after_refresh(base: Path, inbox: Inbox,
                                                    watching: Callable[..., Watcher]) -> None:
-    """A missing dir is awaited on its parent; once it appears, refresh() watches it."""
+    """A missing dir is awaited on its parent; once it appears, refresh() watches it (a
+    new watch is no restart: the scan that follows refresh() covers what came before)."""
     plugins = base / "run/docker/plugins"
     watcher = watching(plugins)
     assert watcher.up  # waiting on the nearest parent is the normal state
     assert watcher.refresh() is False
     plugins.mkdir(parents=True)
     inbox.wait_for(RESTART)
-    assert watcher.refresh() is True  # new watch: events may have been missed, rescan
     assert watcher.refresh() is False
     bind(plugins / "foo.sock")
     inbox.wait_for(hint(plugins / "foo.sock"))
@@ -166,7 +168,7 @@ def test_dir_created_inside_another_watched_dir(base: Path, inbox: Inbox,
     watcher = watching(base, inner)
     inner.mkdir()
     assert inbox.wait_for(RESTART) == []
-    assert watcher.refresh() is True
+    assert watcher.refresh() is False
     bind(inner / "foo.sock")
     inbox.wait_for(hint(inner / "foo.sock"))
 
@@ -181,10 +183,10 @@ def test_dir_deleted_and_recreated_is_watched_again(base: Path, inbox: Inbox,
     inbox.wait_for(hint(plugins / "foo.sock"))
     shutil.rmtree(plugins)
     inbox.wait_for(RESTART)
-    assert watcher.refresh() is True
+    assert watcher.refresh() is False
     plugins.mkdir()
     inbox.wait_for(RESTART)
-    assert watcher.refresh() is True
+    assert watcher.refresh() is False
     bind(plugins / "bar.sock")
     inbox.wait_for(hint(plugins / "bar.sock"))
     assert up(watcher)
@@ -198,26 +200,25 @@ def test_dir_swapped_behind_our_back_is_watched_again(base: Path, inbox: Inbox,
     watcher = watching(plugins)
     plugins.rename(base / "old")
     plugins.mkdir()
-    assert watcher.refresh() is True  # its identity changed
+    assert watcher.refresh() is False  # its identity changed: watched anew
     bind(plugins / "foo.sock")
     inbox.wait_for(hint(plugins / "foo.sock"))
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-def test_crashed_observer_is_restarted_by_refresh(base: Path, inbox: Inbox,
-                                                  watching: Callable[..., Watcher]) -> None:
-    """refresh() replaces a dispatcher killed by an exception (#793) and stops its leftovers."""
+def test_crashed_dispatcher_is_restarted_by_refresh(base: Path, inbox: Inbox,
+                                                    watching: Callable[..., Watcher]) -> None:
+    """refresh() replaces an inotify reader whose dispatcher died of an exception."""
     watcher = watching(base)
     assert watcher.refresh() is False
-    dead = thread_named("volplugd-watcher")
-    dead.event_queue.put(("not an event", None))  # type: ignore[attr-defined]
+    dead = thread_named("volplugd-inotify")
+    dead._raw_queue.put(object())  # type: ignore[attr-defined]
     dead.join(5.0)
     assert not dead.is_alive()
-    assert thread_named("volplugd-inotify").is_alive()  # left behind, still reading
     assert not up(watcher)
     assert watcher.refresh() is True
     assert up(watcher)
-    assert thread_named("volplugd-watcher") is not dead
+    assert thread_named("volplugd-inotify") is not dead
     bind(base / "foo.sock")
     inbox.wait_for(hint(base / "foo.sock"))
 

@@ -31,6 +31,7 @@ from volplugd.calls import Calls
 from volplugd.config import Settings
 from volplugd.contracts import (
     Commands,
+    Flooded,
     FsHint,
     NullObserver,
     Observer,
@@ -56,6 +57,7 @@ log = get_logger(__name__)
 STATUS_EVERY = 1.0  # at most one status callback a second
 MAX_BATCH = 1000    # messages handled per loop iteration before publishing
 LIVENESS = 1.0      # the loop runs at least this often, so its age shows a wedged loop
+FLOOD_LOG_EVERY = 60.0  # seconds between two discovery_flooded lines for one folder
 
 
 class WatcherLike(Protocol):
@@ -81,6 +83,7 @@ class Timers:
     beat: float = 0.0  # the heartbeat (systemd's watchdog), if there is one
     status: float = 0.0  # the earliest next status callback
     burst_scan: float | None = None  # one full scan that covers a burst of hints
+    flood: float | None = None  # a muted plugin dir is re-armed and rescanned
 
 
 class Supervisor(Commands):
@@ -119,6 +122,7 @@ class Supervisor(Commands):
         self._stopped = threading.Event()
         self._last_iteration = clock()
         self._last_counts: Mapping[str, int] | None = None
+        self._flood_logged: dict[str, float] = {}
         self._thread: threading.Thread | None = None
 
     # --- the Commands interface (any thread) -------------------------------------
@@ -229,7 +233,7 @@ class Supervisor(Commands):
             timers.beat if self._heartbeat is not None else None,
             None if book.lazy_since is None else book.lazy_since + policy.LAZY_PUBLISH,
             timers.status if status_pending else None,
-            book.next_due(), timers.burst_scan))
+            book.next_due(), timers.burst_scan, timers.flood))
 
     def _handle(self, message: object, now: float) -> None:
         match message:
@@ -239,6 +243,8 @@ class Supervisor(Commands):
                     self._check_started()
                     self._book.publish()  # what the answer names is in /v1/plugins by then
                     reply.set_result(result)
+            case Flooded(folder=folder, until=until):
+                self._flooded(folder, until, now)
             case ProbeNow():
                 self._plugins.probe_now(message, now)
             case OperationFailed():
@@ -253,6 +259,8 @@ class Supervisor(Commands):
             self._plugins.scan(now)
             self._check_started()
         self._plugins.dispatch_due(now)
+        if timers.flood is not None and now >= timers.flood:
+            self._full_scan("flood", now)
         if now >= timers.rescan:
             self._full_scan("periodic", now)
             self._check_started()
@@ -276,22 +284,31 @@ class Supervisor(Commands):
     # --- discovery ------------------------------------------------------------------
 
     def _full_scan(self, trigger: str, now: float) -> RescanResult:
-        self._timers.burst_scan = None  # this scan covers every hint so far
+        """Re-arm the watcher, then scan: a change after the re-arming is hinted, one
+        before it is in the scan. The scan covers every hint and muted dir so far."""
+        self._timers.burst_scan = self._timers.flood = None
+        if self._watcher.refresh():
+            log.warning("watcher_restarted")
+            self._observer.rescan("watcher_restart")
         result = self._plugins.scan(now)
         self._observer.rescan(trigger)
         self._book.event(PendingEvent(EventType.RESCAN, reason=trigger))
         self._timers.rescan = now + self._plugins.settings.discovery.rescan_interval
-        if self._watcher.refresh():
-            log.warning("watcher_restarted")
-            self._observer.rescan("watcher_restart")
-            more = self._plugins.scan(now)
-            result = RescanResult(result.added + more.added, result.removed + more.removed,
-                                  result.changed + more.changed)
         self._observer.watcher(self._watcher.up)
         if trigger == "startup":
             self._book.start_all()
             self._check_started()
         return result
+
+    def _flooded(self, folder: str, until: float, now: float) -> None:
+        """The watcher muted ``folder``: one full scan once it is re-armed. Logged once a
+        minute per folder at most (a storm must not flood the log too)."""
+        timers = self._timers
+        timers.flood = until if timers.flood is None else min(timers.flood, until)
+        last = self._flood_logged.get(folder)
+        if last is None or now - last >= FLOOD_LOG_EVERY:
+            self._flood_logged[folder] = now
+            log.warning("discovery_flooded", dir=folder, muted_for=max(0.0, until - now))
 
     # --- startup, status and reload ------------------------------------------------
 

@@ -29,7 +29,7 @@ from volplugd.plugin.errors import PluginAddressError
 from volplugd.plugin.text import is_utf8, safe_text
 
 __all__ = ["GATEWAY_MARK", "GENERATED_SPEC", "Ignored", "ScanResult", "is_inside",
-           "normalized_dirs", "plugin_path_of", "scan", "scan_one"]
+           "is_plugin_folder", "normalized_dirs", "plugin_path_of", "scan", "scan_one"]
 
 _KINDS = {".sock": Kind.SOCK, ".spec": Kind.SPEC, ".json": Kind.JSON}
 # Docker's order inside one directory: flat before nested, .spec before .json.
@@ -157,12 +157,18 @@ def plugin_path_of(path: str, dirs: Sequence[str]) -> str | None:
         if not rest and suffix in _KINDS:
             return stem if _is_plugin_name(stem) else None
         # A plugin's folder, or something in it (Docker's managed folders are not ours).
-        return first if _is_plugin_name(first) and not _MANAGED.fullmatch(first) else None
+        return first if is_plugin_folder(first) else None
     return None
 
 
 def _is_plugin_name(name: str) -> bool:
     return bool(name) and not name.startswith(".") and "/" not in name
+
+
+def is_plugin_folder(name: str) -> bool:
+    """Whether an entry of a plugin dir named ``name`` may be a ``<name>/`` folder that
+    holds a plugin (not a dot-name, not one of Docker's managed-plugin folders)."""
+    return _is_plugin_name(name) and not _MANAGED.fullmatch(name)
 
 
 def normalized_dirs(dirs: Sequence[str]) -> tuple[str, ...]:
@@ -216,7 +222,7 @@ def _consider(entry: os.DirEntry[str], order: int, found: _Found) -> None:
     kind = _KINDS.get(dot + suffix) if stem else None
     if kind is not None:
         found.add(entry.path, stem, kind, order, nested=False)
-    elif not _MANAGED.fullmatch(name) and _is_dir(entry):
+    elif is_plugin_folder(name) and _is_dir(entry):
         _scan_folder(entry.path, name, order, found)
 
 
