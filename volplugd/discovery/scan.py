@@ -24,7 +24,12 @@ from typing import NamedTuple
 
 from volplugd.discovery.trust import UNTRUSTED, Trust
 from volplugd.model import DesiredPlugin, FileIdentity, Kind
-from volplugd.plugin.address import PluginAddress, address_from_socket, load_address
+from volplugd.plugin.address import (
+    PluginAddress,
+    address_from_socket,
+    load_address,
+    read_plugin_file,
+)
 from volplugd.plugin.errors import PluginAddressError
 from volplugd.plugin.text import is_utf8, safe_text
 
@@ -257,10 +262,10 @@ def _is_gateway(folder: str) -> bool:
 
 
 def _generated(path: str) -> bool:
+    """volplugd writes its spec files as regular files: a symlink is never one of them."""
     try:
-        with open(path, "rb") as f:
-            return f.read(len(GENERATED_SPEC)) == GENERATED_SPEC
-    except OSError:
+        return read_plugin_file(path, follow_symlinks=False).startswith(GENERATED_SPEC)
+    except PluginAddressError:
         return False
 
 
@@ -335,8 +340,10 @@ def _address(candidate: _Candidate, ignored: list[Ignored], untrusted: str | Non
     try:
         if candidate.kind is Kind.SOCK:
             return address_from_socket(candidate.path)
-        # A file in an untrusted folder must not make root read key or certificate files.
-        return load_address(candidate.path, tls_files=untrusted is None)
+        # A file in an untrusted folder must not make root read key or certificate files,
+        # nor open what a symlink there names (a device, whatever it does when opened).
+        trusted = untrusted is None
+        return load_address(candidate.path, tls_files=trusted, follow_symlinks=trusted)
     except PluginAddressError as err:
         if os.path.lexists(candidate.path):  # else it vanished between stat and read
             reason = err.problem
