@@ -168,6 +168,9 @@ class Observer(Protocol):
     def probe_lateness(self, seconds: float) -> None:
         """A probe was dispatched ``seconds`` after it was due (the scheduler's slack)."""
 
+    def loop_error(self, code: int) -> None:
+        """The loop met an OSError (``errno`` ``code``) and went on."""
+
 
 class NullObserver:
     """An Observer that records nothing (library use and unit tests)."""
@@ -194,4 +197,7 @@ class NullObserver:
         pass
 
     def probe_lateness(self, seconds: float) -> None:
+        pass
+
+    def loop_error(self, code: int) -> None:
         pass

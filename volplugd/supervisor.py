@@ -18,6 +18,7 @@ methods from any thread; TCP jobs on the calls' pool.
 
 from __future__ import annotations
 
+import errno
 import queue
 import threading
 import time
@@ -48,6 +49,7 @@ from volplugd.lifecycle import Lifecycle
 from volplugd.log import get_logger
 from volplugd.model import Event, EventType, PluginState, PluginView, RescanResult, Snapshot
 from volplugd.plugin.client import PluginClient
+from volplugd.plugin.text import safe_text
 from volplugd.registrations import Book
 from volplugd.registry import PendingEvent, Registry
 
@@ -58,6 +60,8 @@ STATUS_EVERY = 1.0  # at most one status callback a second
 MAX_BATCH = 1000    # messages handled per loop iteration before publishing
 LIVENESS = 1.0      # the loop runs at least this often, so its age shows a wedged loop
 FLOOD_LOG_EVERY = 60.0  # seconds between two discovery_flooded lines for one folder
+LOOP_ERROR_LOG_EVERY = 600.0  # seconds between two loop_error lines for one errno and step
+ERROR_PAUSE = 0.1  # after a failed step the loop waits at least this long (or a message)
 
 
 class WatcherLike(Protocol):
@@ -123,6 +127,9 @@ class Supervisor(Commands):
         self._last_iteration = clock()
         self._last_counts: Mapping[str, int] | None = None
         self._flood_logged: dict[str, float] = {}
+        self._erred = False  # a step of the last iteration raised an OSError
+        self._loop_errors: dict[tuple[str, str], int] = {}  # (errno, step) -> count
+        self._loop_errors_logged: dict[tuple[str, str], float] = {}  # -> next log time
         self._thread: threading.Thread | None = None
 
     # --- the Commands interface (any thread) -------------------------------------
@@ -191,15 +198,20 @@ class Supervisor(Commands):
     def run(self) -> None:
         """The loop. Returns after a Stop message, with workers told to stop."""
         try:
-            self._watcher.start()
-            self._full_scan("startup", self._clock())
+            self._survive(self._watcher.start)
+            self._survive(self._full_scan, "startup", self._clock())
             while self._iterate():
                 pass
         finally:
             self._shutdown()
 
     def _iterate(self) -> bool:
-        results = self._calls.poll(0.0 if not self._queue.empty() else self._sleep_time())
+        """One round; every step survives an OSError (``_survive``), so nothing a plugin
+        folder holds (descriptors used up, a folder that cannot be read) ends the loop."""
+        timeout = 0.0 if not self._queue.empty() else self._sleep_time()
+        if self._erred:  # a step that failed is not retried in a busy loop
+            self._erred, timeout = False, max(timeout, ERROR_PAUSE)
+        results = self._survive(self._calls.poll, timeout) or []
         batch: list[object] = []
         while len(batch) < MAX_BATCH:
             try:
@@ -212,15 +224,40 @@ class Supervisor(Commands):
                 _refuse(message)
             return False
         for result in results:  # the one way results reach the loop
-            self._plugins.apply(result, now)
+            self._survive(self._plugins.apply, result, now)
         for message in batch:
-            self._handle(message, now)
+            self._survive(self._handle, message, now)
         hints = [m.path for m in batch if isinstance(m, FsHint)]
         if hints:
-            self._timers.burst_scan = self._plugins.hints(hints, self._timers.burst_scan, now)
+            self._survive(self._hints, hints, now)
         self._check_started()
-        self._tick(now)
+        self._survive(self._tick, now)
+        self._survive(self._report, now)  # the heartbeat goes out even if a scan failed
         return True
+
+    def _hints(self, paths: list[str], now: float) -> None:
+        self._timers.burst_scan = self._plugins.hints(paths, self._timers.burst_scan, now)
+
+    def _survive(self, step: Callable[..., T], *args: object) -> T | None:
+        """``step(*args)``; an OSError is counted, logged once per errno and step every
+        LOOP_ERROR_LOG_EVERY seconds, and answered to a request that was waiting."""
+        try:
+            return step(*args)
+        except OSError as err:
+            self._erred = True
+            self._observer.loop_error(err.errno or 0)
+            name = errno.errorcode.get(err.errno or 0, "other")
+            key, now = (name, step.__name__), self._clock()
+            self._loop_errors[key] = self._loop_errors.get(key, 0) + 1
+            if now >= self._loop_errors_logged.get(key, now):
+                self._loop_errors_logged[key] = now + LOOP_ERROR_LOG_EVERY
+                log.error("loop_error", errno=name, step=step.__name__.lstrip("_"),
+                          error=safe_text(str(err)), count=self._loop_errors[key])
+            for arg in args:
+                reply = arg.reply if isinstance(arg, Rescan | ProbeNow) else None
+                if reply is not None and not reply.done():
+                    reply.set_exception(err)
+            return None
 
     def _sleep_time(self) -> float:
         """Seconds until the loop has something to do unless a message or an answer
@@ -264,6 +301,10 @@ class Supervisor(Commands):
         if now >= timers.rescan:
             self._full_scan("periodic", now)
             self._check_started()
+
+    def _report(self, now: float) -> None:
+        """The heartbeat, a due publish, the status callback."""
+        timers = self._timers
         if self._heartbeat is not None and now >= timers.beat:
             interval, beat = self._heartbeat
             beat()
@@ -287,13 +328,13 @@ class Supervisor(Commands):
         """Re-arm the watcher, then scan: a change after the re-arming is hinted, one
         before it is in the scan. The scan covers every hint and muted dir so far."""
         self._timers.burst_scan = self._timers.flood = None
+        self._timers.rescan = now + self._plugins.settings.discovery.rescan_interval
         if self._watcher.refresh():
             log.warning("watcher_restarted")
             self._observer.rescan("watcher_restart")
         result = self._plugins.scan(now)
         self._observer.rescan(trigger)
         self._book.event(PendingEvent(EventType.RESCAN, reason=trigger))
-        self._timers.rescan = now + self._plugins.settings.discovery.rescan_interval
         self._observer.watcher(self._watcher.up)
         if trigger == "startup":
             self._book.start_all()

@@ -79,6 +79,8 @@ class _Reader(InotifyFD):
     watchdog 7.1 sees IN_Q_OVERFLOW, logs a warning and tells callbacks only through
     hooks a plain callback may miss (#654), and its reader thread queues what it reads
     for the dispatcher without a bound; this subclass reports both as ``on_overflow``.
+    It also closes its descriptors when stopped before its thread first read (watchdog
+    7.1 leaves them open then).
     """
 
     def __init__(self, on_overflow: Callable[[], None]) -> None:
@@ -86,6 +88,20 @@ class _Reader(InotifyFD):
         self.name = "volplugd-inotify"
         self._on_overflow = on_overflow
         self._seen = 0
+        self._released = False
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            with self._lock:
+                if self._closed:
+                    self._close_resources()
+
+    def _close_resources(self) -> None:  # under self._lock, in watchdog and in run()
+        if not self._released:
+            self._released = True
+            super()._close_resources()
 
     def handle_event(self, event: InotifyEvent) -> None:  # the dispatcher thread
         self._seen += 1
