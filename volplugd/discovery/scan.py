@@ -4,10 +4,12 @@
 beat spec files, an earlier directory beats a later one) and returns the desired state.
 ``scan_one`` answers the same for one name, ``plugin_path_of`` maps a changed path to the
 plugin it concerns. All are pure apart from reading the filesystem and never raise for
-filesystem trouble. A plugin whose name is not valid UTF-8 is skipped (``Ignored``, with
-its path escaped): it could be shown only by a name that is not its own. Each winner's
-folders are judged by ``trust`` (once per scan): an untrusted plugin leads its warnings
-with ``untrusted: <why>``, and its ``.json`` may not name key or certificate files.
+filesystem trouble; they raise OSError when the process is out of descriptors or memory
+(``EXHAUSTED``): a scan that could not look must not report every plugin gone. A plugin
+whose name is not valid UTF-8 is skipped (``Ignored``, with its path escaped): it could
+be shown only by a name that is not its own. Each winner's folders are judged by
+``trust`` (once per scan): an untrusted plugin leads its warnings with ``untrusted:
+<why>``, and its ``.json`` may not name key or certificate files.
 Runs on: the supervisor thread (``scan``/``scan_one``); ``plugin_path_of``,
 ``normalized_dirs`` and ``is_inside`` also on watchdog's dispatcher thread, via the watcher.
 """
@@ -25,6 +27,7 @@ from typing import NamedTuple
 from volplugd.discovery.trust import UNTRUSTED, Trust
 from volplugd.model import DesiredPlugin, FileIdentity, Kind
 from volplugd.plugin.address import (
+    EXHAUSTED,
     PluginAddress,
     address_from_socket,
     load_address,
@@ -215,6 +218,8 @@ def _scan_dir(root: str, order: int, found: _Found) -> None:
     except FileNotFoundError:
         return  # removed while we looked: the next scan will not see it either
     except OSError as err:
+        if err.errno in EXHAUSTED:  # a scan that could not look must not say all went
+            raise
         found.ignored.append(Ignored(root, f"cannot read: {err.strerror}"))
 
 
@@ -237,7 +242,9 @@ def _scan_folder(folder: str, name: str, order: int, found: _Found) -> None:
     try:
         with os.scandir(folder) as entries:
             names = [(e.path, e.name) for e in entries]
-    except OSError:
+    except OSError as err:
+        if err.errno in EXHAUSTED:
+            raise
         return  # a folder we cannot read holds no plugin we could use
     if any(n == GATEWAY_MARK for _, n in names):
         return

@@ -27,6 +27,7 @@ from volplugd.plugin.errors import PluginAddressError
 from volplugd.plugin.text import is_utf8
 
 __all__ = [
+    "EXHAUSTED",
     "MAX_FILE_BYTES",
     "PLUGIN_FILE_SUFFIXES",
     "PluginAddress",
@@ -215,12 +216,16 @@ def read_plugin_file(path: str, *, follow_symlinks: bool = True) -> bytes:
     Opened non-blocking, then judged by an fstat of the descriptor (what was opened, not
     what a stat saw before): anything but a regular file of at most MAX_FILE_BYTES is
     refused before a byte is read. ``follow_symlinks=False`` adds O_NOFOLLOW: a symlink
-    at ``path`` is refused. Raises ``PluginAddressError(path, problem)``.
+    at ``path`` is refused. Raises ``PluginAddressError(path, problem)`` for what the file
+    is; OSError when the process itself is out of descriptors or memory (``EXHAUSTED``):
+    that says nothing about the file.
     """
     flags = _OPEN_FLAGS | (0 if follow_symlinks else os.O_NOFOLLOW)
     try:
         fd = os.open(path, flags)
     except OSError as err:
+        if err.errno in EXHAUSTED:
+            raise
         if err.errno == errno.ELOOP and not follow_symlinks:
             raise PluginAddressError(path, "a symlink (not followed here)") from None
         raise PluginAddressError(path, err.strerror or str(err)) from None
@@ -241,6 +246,8 @@ def read_plugin_file(path: str, *, follow_symlinks: bool = True) -> bytes:
 
 
 _TOO_LARGE = f"file is larger than {MAX_FILE_BYTES} bytes"
+# Errors about the process, not the file: no descriptor or memory left.
+EXHAUSTED = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS))
 
 
 def _read_text(path: str, follow_symlinks: bool) -> str:
