@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,11 +22,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakeplugin import FakePlugin
-from tests.harness import Daemon
+from tests.harness import NOBODY, Daemon
+from tests.trees import make_chain, remove_chain
 
 pytestmark = pytest.mark.system
 
-DEPTH = 1100  # past sys.getrecursionlimit() (1000)
 FAST = """
 [probe]
 interval = 0.5
@@ -34,30 +35,6 @@ failure_threshold = 1
 [plugin]
 timeouts = { activate = 1.0, default = 2.0 }
 """
-
-
-def make_chain(top: Path, depth: int = DEPTH) -> None:
-    """``top/d/d/.../d``, ``depth`` folders, made through folder descriptors."""
-    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for _ in range(depth):
-            os.mkdir("d", dir_fd=fd)
-            inner = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = inner
-    finally:
-        os.close(fd)
-
-
-def remove_chain(top: Path) -> None:
-    """Remove what ``make_chain`` made, iteratively (shutil.rmtree recurses)."""
-    path = top
-    depth = 0
-    while (path / "d").is_dir():
-        path, depth = path / "d", depth + 1
-    for _ in range(depth):
-        os.rmdir(path)
-        path = path.parent
 
 
 def metric(d: Daemon, name: str, labels: dict[str, str]) -> float | None:
@@ -223,3 +200,63 @@ def test_descriptors_used_up_are_counted_once_and_the_daemon_goes_on(
     steps = [e["step"] for e in lines]
     assert len(steps) == len(set(steps)), steps  # once per errno and step, not per round
     assert not [e for e in events(d, "plugin_evicted") if e["plugin"] == "good"]
+
+
+STORM = r"""
+import os, sys
+a, b = os.path.join(sys.argv[1], "a"), os.path.join(sys.argv[1], "b")
+open(a, "w").close()
+print("storming", flush=True)
+while True:
+    os.rename(a, b)
+    os.rename(b, a)
+"""
+
+
+@pytest.fixture
+def open_folder() -> Iterator[Path]:
+    """A 0777 folder any user may fill (in a 0755 one: other uids can reach it)."""
+    top = Path(tempfile.mkdtemp(prefix="vp-storm-", dir="/tmp"))
+    top.chmod(0o755)
+    folder = top / "u"
+    folder.mkdir()
+    folder.chmod(0o777)
+    yield folder
+    shutil.rmtree(top, ignore_errors=True)
+
+
+def test_a_storm_in_an_untrusted_folder_does_not_blind_a_trusted_one(
+        daemon: Any, plugins: Path, open_folder: Path) -> None:
+    """uid 65534 renames a file back and forth in an untrusted 0777 plugin dir as fast as
+    it can; the dir is muted (discovery_flooded) and a plugin that appears meanwhile in a
+    trusted dir is found and ready, with a periodic rescan an hour away (the only
+    periodic scan is the startup one)."""
+    config = FAST + "[discovery]\nrescan_interval = 3600.0\n"
+    d = daemon(plugin_dirs=[plugins, open_folder], config=config,
+               args=["--log-level", "info"]).start()
+    storm = _as_nobody_if_possible([sys.executable if os.geteuid() != 0 else
+                                    "/usr/bin/python3", "-I", "-c", STORM, str(open_folder)])
+    try:
+        assert storm.stdout is not None
+        assert storm.stdout.readline() == "storming\n"
+        flooded = d.wait_log("discovery_flooded", timeout=30.0)
+        assert flooded["dir"] == str(open_folder)
+        with FakePlugin(str(plugins / "new.sock")):
+            d.wait_state("new", "ready", timeout=30.0)
+            assert d.get("/v1/health")["status"] == "ok"
+            assert metric(d, "volplugd_rescans_total", {"trigger": "periodic"}) == 0.0
+            assert metric(d, "volplugd_watcher_up", {}) == 1.0
+    finally:
+        storm.kill()
+        storm.wait(10)
+        assert storm.stdout is not None
+        storm.stdout.close()
+    assert d.stop() == 0
+    assert len(events(d, "discovery_flooded")) == 1  # once a minute at most
+
+
+def _as_nobody_if_possible(argv: list[str]) -> subprocess.Popen[str]:
+    """``argv`` as uid 65534 where this process may switch users, else as itself."""
+    if os.geteuid() == 0 and shutil.which("setpriv") is not None:
+        argv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd="/")

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.trees import make_chain, remove_chain
 from tests.waiting import wait_until
-from volplugd.contracts import FsHint, Rescan
+from volplugd.contracts import Flooded, FsHint, Rescan
 from volplugd.discovery import Watcher
+from volplugd.discovery.watcher import FLOOD_EVENTS, FLOOD_WINDOW, MAX_FOLDERS
 
 RESTART = Rescan("watcher_restart")
 
@@ -337,3 +339,77 @@ def _burst(folder: Path, events: int) -> None:
         path = folder / f".f{i}"
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY))  # IN_CREATE, IN_CLOSE_WRITE
         os.unlink(path)  # IN_DELETE
+
+
+class Clock:
+    """The watcher's clock, moved by the test: a mute ends when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_flooding_dir_is_muted_while_another_is_still_hinted(
+        base: Path, inbox: Inbox) -> None:
+    """Past FLOOD_EVENTS events in a window, a dir is muted (one Flooded, no more hints
+    from it) while hints from another dir keep coming; refresh() after the mute re-arms it."""
+    noisy, quiet = base / "noisy", base / "quiet"
+    noisy.mkdir()
+    quiet.mkdir()
+    clock = Clock()
+    watcher = Watcher([str(noisy), str(quiet)], inbox.put, clock=clock)
+    watcher.start()
+    try:
+        _burst(noisy, events=FLOOD_EVENTS + 30)
+        inbox.wait_for(Flooded(str(noisy), clock.now + FLOOD_WINDOW))
+        bind(noisy / "muted.sock")
+        bind(quiet / "foo.sock")
+        assert hint(noisy / "muted.sock") not in inbox.wait_for(hint(quiet / "foo.sock"))
+        assert watcher.up
+        assert watcher.refresh() is False  # still muted: nothing to re-arm yet
+        bind(noisy / "still.sock")
+        bind(quiet / "bar.sock")
+        assert hint(noisy / "still.sock") not in inbox.wait_for(hint(quiet / "bar.sock"))
+        clock.now += FLOOD_WINDOW
+        assert watcher.refresh() is False  # re-armed on purpose: not a restart
+        bind(noisy / "back.sock")
+        inbox.wait_for(hint(noisy / "back.sock"))
+    finally:
+        watcher.stop()
+        watcher.join(5.0)
+
+
+def test_at_most_max_folders_name_folders_are_watched(
+        base: Path, inbox: Inbox, watching: Callable[..., Watcher]) -> None:
+    """A dir with more <name>/ folders than MAX_FOLDERS gets exactly MAX_FOLDERS watched:
+    a socket in each is hinted for that many folders only (the scan finds the rest)."""
+    for i in range(MAX_FOLDERS + 5):
+        (base / f"p{i}").mkdir()
+    watching(base)
+    for i in range(MAX_FOLDERS + 5):
+        bind(base / f"p{i}/p{i}.sock")
+    bind(base / "sentinel.sock")
+    before = inbox.wait_for(hint(base / "sentinel.sock"))
+    depth = str(base).count("/") + 2  # base/pN/pN.sock
+    nested = [m for m in before if isinstance(m, FsHint) and m.path.count("/") == depth]
+    assert len(nested) == MAX_FOLDERS
+
+
+def test_a_chain_deeper_than_the_recursion_limit_costs_one_watch(
+        base: Path, inbox: Inbox, watching: Callable[..., Watcher]) -> None:
+    """A 1,100-deep chain in a <name>/ folder, there before the start and made while it
+    runs: the watcher stays up, refresh() is quiet, and hints still come."""
+    (base / "deep").mkdir()
+    make_chain(base / "deep")
+    watcher = watching(base)
+    (base / "late").mkdir()
+    inbox.wait_for(hint(base / "late"))
+    make_chain(base / "late")
+    assert watcher.refresh() is False
+    assert up(watcher)
+    bind(base / "late/late.sock")
+    inbox.wait_for(hint(base / "late/late.sock"))
+    for chain in ("deep", "late"):
+        remove_chain(base / chain)
