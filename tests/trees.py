@@ -31,3 +31,20 @@ def remove_chain(top: Path) -> None:
     for _ in range(depth):
         os.rmdir(path)
         path = path.parent
+
+
+def remove_tree(top: Path) -> None:
+    """``shutil.rmtree`` without recursion: symlinks are removed, never followed."""
+    stack = [(str(top), False)]
+    while stack:
+        path, emptied = stack.pop()
+        if emptied:
+            os.rmdir(path)
+            continue
+        stack.append((path, True))
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((entry.path, False))
+                else:
+                    os.unlink(entry.path)
