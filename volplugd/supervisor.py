@@ -5,7 +5,8 @@ applies the results the poll returns (``Activated | Probed | Failed``), then the
 messages (filesystem hints, scan requests, commands), starts the work that is due and
 publishes an immutable snapshot. What happens to registrations is ``lifecycle``'s, their
 records are ``registrations``'s, and every timing decision is a pure function in
-``policy``; this module is the shell that runs them in order.
+``policy``; this module is the shell that runs them in order. Every step survives an
+OSError (``survival``): nothing a plugin folder holds ends the loop.
 
 Activations and probes of unix-socket plugins are non-blocking exchanges the loop
 multiplexes itself, so a probe costs no thread hand-off and a hung plugin costs only a
@@ -18,7 +19,6 @@ methods from any thread; TCP jobs on the calls' pool.
 
 from __future__ import annotations
 
-import errno
 import queue
 import threading
 import time
@@ -49,9 +49,9 @@ from volplugd.lifecycle import Lifecycle
 from volplugd.log import get_logger
 from volplugd.model import Event, EventType, PluginState, PluginView, RescanResult, Snapshot
 from volplugd.plugin.client import PluginClient
-from volplugd.plugin.text import safe_text
 from volplugd.registrations import Book
 from volplugd.registry import PendingEvent, Registry
+from volplugd.survival import Survival
 
 T = TypeVar("T")
 log = get_logger(__name__)
@@ -59,9 +59,6 @@ log = get_logger(__name__)
 STATUS_EVERY = 1.0  # at most one status callback a second
 MAX_BATCH = 1000    # messages handled per loop iteration before publishing
 LIVENESS = 1.0      # the loop runs at least this often, so its age shows a wedged loop
-FLOOD_LOG_EVERY = 60.0  # seconds between two discovery_flooded lines for one folder
-LOOP_ERROR_LOG_EVERY = 600.0  # seconds between two loop_error lines for one errno and step
-ERROR_PAUSE = 0.1  # after a failed step the loop waits at least this long (or a message)
 
 
 class WatcherLike(Protocol):
@@ -126,10 +123,7 @@ class Supervisor(Commands):
         self._stopped = threading.Event()
         self._last_iteration = clock()
         self._last_counts: Mapping[str, int] | None = None
-        self._flood_logged: dict[str, float] = {}
-        self._erred = False  # a step of the last iteration raised an OSError
-        self._loop_errors: dict[tuple[str, str], int] = {}  # (errno, step) -> count
-        self._loop_errors_logged: dict[tuple[str, str], float] = {}  # -> next log time
+        self._survive = Survival(self._observer, clock)
         self._thread: threading.Thread | None = None
 
     # --- the Commands interface (any thread) -------------------------------------
@@ -137,7 +131,7 @@ class Supervisor(Commands):
     def put(self, message: object) -> None:
         self._queue.put(message)
         if self._stopped.is_set():  # the loop has left (or is leaving): nobody else will
-            self._refuse_queued()
+            _refuse_queued(self._queue)
             return
         self._calls.wake()
 
@@ -206,12 +200,8 @@ class Supervisor(Commands):
             self._shutdown()
 
     def _iterate(self) -> bool:
-        """One round; every step survives an OSError (``_survive``), so nothing a plugin
-        folder holds (descriptors used up, a folder that cannot be read) ends the loop."""
         timeout = 0.0 if not self._queue.empty() else self._sleep_time()
-        if self._erred:  # a step that failed is not retried in a busy loop
-            self._erred, timeout = False, max(timeout, ERROR_PAUSE)
-        results = self._survive(self._calls.poll, timeout) or []
+        results = self._survive(self._calls.poll, self._survive.pause(timeout)) or []
         batch: list[object] = []
         while len(batch) < MAX_BATCH:
             try:
@@ -229,35 +219,11 @@ class Supervisor(Commands):
             self._survive(self._handle, message, now)
         hints = [m.path for m in batch if isinstance(m, FsHint)]
         if hints:
-            self._survive(self._hints, hints, now)
+            self._timers.burst_scan = self._survive(self._plugins.hints, hints,
+                                                    self._timers.burst_scan, now)
         self._check_started()
         self._survive(self._tick, now)
-        self._survive(self._report, now)  # the heartbeat goes out even if a scan failed
         return True
-
-    def _hints(self, paths: list[str], now: float) -> None:
-        self._timers.burst_scan = self._plugins.hints(paths, self._timers.burst_scan, now)
-
-    def _survive(self, step: Callable[..., T], *args: object) -> T | None:
-        """``step(*args)``; an OSError is counted, logged once per errno and step every
-        LOOP_ERROR_LOG_EVERY seconds, and answered to a request that was waiting."""
-        try:
-            return step(*args)
-        except OSError as err:
-            self._erred = True
-            self._observer.loop_error(err.errno or 0)
-            name = errno.errorcode.get(err.errno or 0, "other")
-            key, now = (name, step.__name__), self._clock()
-            self._loop_errors[key] = self._loop_errors.get(key, 0) + 1
-            if now >= self._loop_errors_logged.get(key, now):
-                self._loop_errors_logged[key] = now + LOOP_ERROR_LOG_EVERY
-                log.error("loop_error", errno=name, step=step.__name__.lstrip("_"),
-                          error=safe_text(str(err)), count=self._loop_errors[key])
-            for arg in args:
-                reply = arg.reply if isinstance(arg, Rescan | ProbeNow) else None
-                if reply is not None and not reply.done():
-                    reply.set_exception(err)
-            return None
 
     def _sleep_time(self) -> float:
         """Seconds until the loop has something to do unless a message or an answer
@@ -280,8 +246,8 @@ class Supervisor(Commands):
                     self._check_started()
                     self._book.publish()  # what the answer names is in /v1/plugins by then
                     reply.set_result(result)
-            case Flooded(folder=folder, until=until):
-                self._flooded(folder, until, now)
+            case Flooded():
+                self._timers.flood = self._plugins.flooded(message, self._timers.flood, now)
             case ProbeNow():
                 self._plugins.probe_now(message, now)
             case OperationFailed():
@@ -291,6 +257,10 @@ class Supervisor(Commands):
 
     def _tick(self, now: float) -> None:
         timers = self._timers
+        if self._heartbeat is not None and now >= timers.beat:  # first: whatever fails next
+            interval, beat = self._heartbeat
+            beat()
+            timers.beat = now + interval
         if timers.burst_scan is not None and now >= timers.burst_scan:
             timers.burst_scan = None
             self._plugins.scan(now)
@@ -301,21 +271,13 @@ class Supervisor(Commands):
         if now >= timers.rescan:
             self._full_scan("periodic", now)
             self._check_started()
-
-    def _report(self, now: float) -> None:
-        """The heartbeat, a due publish, the status callback."""
-        timers = self._timers
-        if self._heartbeat is not None and now >= timers.beat:
-            interval, beat = self._heartbeat
-            beat()
-            timers.beat = now + interval
         if self._book.publish_due(now):
             self._book.publish()
         self._report_status(now)
 
     def _shutdown(self) -> None:
         self._stopped.set()  # before the drain: a later put() drains for itself
-        self._refuse_queued()
+        _refuse_queued(self._queue)
         self._watcher.stop()
         self._calls.close()
         self._plugins.close()
@@ -325,8 +287,7 @@ class Supervisor(Commands):
     # --- discovery ------------------------------------------------------------------
 
     def _full_scan(self, trigger: str, now: float) -> RescanResult:
-        """Re-arm the watcher, then scan: a change after the re-arming is hinted, one
-        before it is in the scan. The scan covers every hint and muted dir so far."""
+        """Re-arm the watcher, then scan (a change in between is hinted); covers all so far."""
         self._timers.burst_scan = self._timers.flood = None
         self._timers.rescan = now + self._plugins.settings.discovery.rescan_interval
         if self._watcher.refresh():
@@ -340,16 +301,6 @@ class Supervisor(Commands):
             self._book.start_all()
             self._check_started()
         return result
-
-    def _flooded(self, folder: str, until: float, now: float) -> None:
-        """The watcher muted ``folder``: one full scan once it is re-armed. Logged once a
-        minute per folder at most (a storm must not flood the log too)."""
-        timers = self._timers
-        timers.flood = until if timers.flood is None else min(timers.flood, until)
-        last = self._flood_logged.get(folder)
-        if last is None or now - last >= FLOOD_LOG_EVERY:
-            self._flood_logged[folder] = now
-            log.warning("discovery_flooded", dir=folder, muted_for=max(0.0, until - now))
 
     # --- startup, status and reload ------------------------------------------------
 
@@ -381,13 +332,14 @@ class Supervisor(Commands):
         log.info("config_reloaded")
         self._full_scan("reload", now)
 
-    def _refuse_queued(self) -> None:
-        """Answer every queued request: nobody waits out a timeout for a loop that left."""
-        while True:
-            try:
-                _refuse(self._queue.get_nowait())
-            except queue.Empty:
-                return
+
+def _refuse_queued(messages: queue.SimpleQueue[object]) -> None:
+    """Answer every queued request: nobody waits out a timeout for a loop that left."""
+    while True:
+        try:
+            _refuse(messages.get_nowait())
+        except queue.Empty:
+            return
 
 
 def _refuse(message: object) -> None:
