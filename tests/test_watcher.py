@@ -16,12 +16,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from watchdog.observers.inotify_c import InotifyEvent, Mask, WatchDescriptor
 
 from tests.trees import make_chain, remove_chain
 from tests.waiting import wait_until
 from volplugd.contracts import Flooded, FsHint, Rescan
 from volplugd.discovery import Watcher
-from volplugd.discovery.watcher import FLOOD_EVENTS, FLOOD_WINDOW, MAX_FOLDERS
+from volplugd.discovery.inotify import Reader
+from volplugd.discovery.watcher import FLOOD_EVENTS, FLOOD_WINDOW, MAX_BACKLOG, MAX_FOLDERS
 
 RESTART = Rescan("watcher_restart")
 
@@ -413,3 +415,24 @@ def test_a_chain_deeper_than_the_recursion_limit_costs_one_watch(
     inbox.wait_for(hint(base / "late/late.sock"))
     for chain in ("deep", "late"):
         remove_chain(base / chain)
+
+
+def test_read_ahead_past_its_bound_is_dropped_and_asks_for_a_rescan() -> None:
+    """More than MAX_BACKLOG buffers read ahead of the dispatcher are dropped, once,
+    with one overflow report (the rescan it asks for finds what they said)."""
+    overflows: list[bool] = []
+    reader = Reader(lambda: overflows.append(True))  # not started: the test dispatches
+    try:
+        for _ in range(MAX_BACKLOG + 10):
+            reader._raw_queue.put(b"buffer")
+        for _ in range(256):  # the bound is looked at every 256 events
+            reader.handle_event(InotifyEvent(WatchDescriptor(1), Mask(0x100), 0, b"x"))
+        assert overflows == [True]
+        assert reader._raw_queue.qsize() == 0
+        for _ in range(256):  # under the bound now: nothing more to say
+            reader.handle_event(InotifyEvent(WatchDescriptor(1), Mask(0x100), 0, b"x"))
+        assert overflows == [True]
+    finally:
+        reader.stop()
+        with reader._lock:
+            reader._close_resources()

@@ -27,7 +27,7 @@ __all__ = ["FLOOD_EVENTS", "FLOOD_WINDOW", "MASK", "MAX_BACKLOG", "Reader", "Spe
 
 FLOOD_EVENTS = 1000  # events a watch tree may send per FLOOD_WINDOW before it is muted
 FLOOD_WINDOW = 1.0  # seconds; also how long a flooding tree stays muted
-MAX_BACKLOG = 64  # inotify read buffers (up to 64 KiB each) waiting for the dispatcher
+MAX_BACKLOG = 64  # inotify read buffers (up to 80 KiB each) waiting for the dispatcher
 
 _C = InotifyConstants
 # No IN_OPEN/IN_CLOSE_NOWRITE (our own scan reading a .spec file must not hint), no
