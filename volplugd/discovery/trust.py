@@ -102,22 +102,29 @@ class Trust:
 
     def _ancestor(self, path: str) -> str | None:
         """An ancestor and its own ancestors up to ``/``, each looked at once per scan.
-        lstat, not realpath: only an ancestor that is a symlink costs a resolution."""
-        if path in self._ancestors:
-            return self._ancestors[path]
+        lstat, not realpath: only an ancestor that is a symlink costs a resolution.
+        Iterative, from the top down: a path may be thousands of folders deep."""
+        chain = []
+        while path not in self._ancestors:
+            chain.append(path)
+            if path == "/":
+                break
+            path = os.path.dirname(path)
+        above = self._ancestors.get(path) if path in self._ancestors else None
+        for step in reversed(chain):
+            above = self._one_ancestor(step) or above
+            self._ancestors[step] = above
+        return above
+
+    def _one_ancestor(self, path: str) -> str | None:
+        """What is wrong with one ancestor itself (not the ones above it)."""
         try:
             st = os.lstat(path)
         except OSError as err:
-            problem: str | None = _unstattable(path, err)
-        else:
-            if stat.S_ISLNK(st.st_mode):  # e.g. /var/run -> /run: judge where it leads
-                problem = self._ancestor(os.path.realpath(path))
-            else:
-                problem = self._owner(path, st) or _open_without_sticky(path, st)
-        if problem is None and path != "/":
-            problem = self._ancestor(os.path.dirname(path))
-        self._ancestors[path] = problem
-        return problem
+            return _unstattable(path, err)
+        if stat.S_ISLNK(st.st_mode):  # e.g. /var/run -> /run: judge where it leads
+            return self._ancestor(os.path.realpath(path))  # no symlinks: one level deeper
+        return self._owner(path, st) or _open_without_sticky(path, st)
 
     def _own(self, path: str, st: os.stat_result) -> str | None:
         """A folder or file whose owner speaks for the plugin: the owner, and no one else
