@@ -26,7 +26,7 @@ from tests.fakeplugin import behaviours as fb
 from tests.harness import Daemon
 from tests.renderers import PageCells
 from tests.waiting import wait_until
-from volplugd.control.admission import Refusal
+from volplugd.admission import Refusal
 from volplugd.metrics import Metrics
 from volplugd.metrics.observer import (
     MAX_ROUTES,
