@@ -104,6 +104,7 @@ class World:
         self.plugins.mkdir()
         self.gw_dir = root / "gw"
         self.recorder = Recorder()
+        self.refused: list[str] = []
         self.fakes: list[FakePlugin] = []
         self.sup: Supervisor | None = None
         self.gateway: Gateway | None = None
@@ -120,7 +121,8 @@ class World:
         self.sup = Supervisor(settings, registry, workers=2)
         self.gateway = Gateway(settings.gateway, self.sup, registry.wait,
                                on_request=self.recorder, tick=0.05,
-                               max_connections=max_connections)
+                               max_connections=max_connections,
+                               on_refused=self.refused.append)
         self.gateway.start()
         self.sup.start()
         return self.sup, self.gateway
@@ -445,7 +447,10 @@ def test_deadlines_and_size_per_connection(world: World,
     assert Client(world.sock("p")).post("/VolumeDriver.List")[0] == 200
 
 
-def test_connections_over_the_bound_are_closed_at_once(world: World) -> None:
+def test_connections_over_the_bound_get_503_at_once(world: World) -> None:
+    """Past max_connections a newcomer, even root's, is answered 503 with an Err before
+    its request is read, and closed; the refusal is logged and counted; a freed slot
+    serves again."""
     world.plugin("p")
     world.start(max_connections=1)
     world.wait_state("p", PluginState.READY)
@@ -453,8 +458,13 @@ def test_connections_over_the_bound_are_closed_at_once(world: World) -> None:
     assert first.post("/VolumeDriver.List")[0] == 200
     with capture_logs() as logs:
         second = Client(world.sock("p"))
-        assert second.sock.recv(1) == b""  # closed without an answer
-    assert [e["event"] for e in logs] == ["gateway_connections_exhausted"]
+        assert second.read() == (503, "application/vnd.docker.plugins.v1+json",
+                                 b'{"Err":"volplugd: every gateway connection slot is '
+                                 b'taken; try again"}')
+        assert second.sock.recv(1) == b""  # and closed
+    assert [(e["event"], e["reason"], e["uid"]) for e in logs] == [
+        ("gateway_connection_refused", "full", os.getuid())]
+    assert world.refused == ["full"]
     first.close()
     assert wait_until(lambda: _answers(world.sock("p")), message="a slot again") == 200
 

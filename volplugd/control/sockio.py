@@ -21,12 +21,11 @@ from collections.abc import Callable
 from typing import Any
 
 from volplugd.control.head import MAX_FIELDS, BadHead, Head, parse_head, parse_whole
+from volplugd.limits import MAX_HEAD_BYTES, MAX_REQUEST_LINE
 
 __all__ = ["MAX_HEAD_BYTES", "MAX_REQUEST_LINE", "RECV_SIZE", "Body", "HeadTooLarge",
            "RequestTimeout", "Wire"]
 
-MAX_REQUEST_LINE = 8 * 1024
-MAX_HEAD_BYTES = 64 * 1024  # request line + headers; http.client alone allows 100 x 64 KiB
 RECV_SIZE = 64 * 1024
 
 

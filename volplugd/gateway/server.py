@@ -6,8 +6,14 @@ listening), one that leaves or is rejected loses it, and at a clean stop every s
 closed and removed. A name that cannot be a file name is skipped with one warning. The
 folder holds ``GATEWAY_MARK`` so that discovery never takes these sockets for plugins.
 The ``gateway-accept`` thread accepts on every socket and gives each connection its own
-thread (``connection.serve``), at most ``max_connections`` at once (more are closed at
-once). What a request gets is ``answer``'s job; Docker spec files are ``specs``'.
+thread (``connection.serve``), at most ``max_connections`` at once over all sockets,
+counted per uid from the kernel's peer credentials (``admission.ConnectionBudget``): one
+uid other than root holds at most ``max_per_uid`` of them, and ``reserved`` are root's
+alone (Docker and Podman), so no member of ``gateway.group`` can keep them out. A
+connection over a bound is answered at once, before its request is read, ``503 {"Err":
+…}`` with ``Connection: close``; refusals are logged once per 10 s per uid and reason and
+each is told to ``on_refused(reason)``. What a request gets is ``answer``'s job; Docker
+spec files are ``specs``'.
 
 Runs on: the ``gateway`` and ``gateway-accept`` threads, one thread per connection;
 ``start``/``stop``/``join`` from the daemon's main thread; ``socket_for`` on any thread.
@@ -25,17 +31,20 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
+from volplugd.admission import ConnectionBudget, Refusal, Ticket, peer_of
 from volplugd.config import GatewaySettings
 from volplugd.contracts import Commands
 from volplugd.discovery.scan import GATEWAY_MARK
-from volplugd.gateway.answer import Reply, Request, answer, endpoint_label
-from volplugd.gateway.connection import serve
+from volplugd.gateway.answer import Reply, Request, answer, endpoint_label, error_reply
+from volplugd.gateway.connection import encode_reply, serve
 from volplugd.gateway.specs import SpecFiles
 from volplugd.log import get_logger
 from volplugd.model import PluginState, PluginView, Snapshot
+from volplugd.refusals import RefusalLog
 from volplugd.unixsocket import listen_unix
 
-__all__ = ["Gateway", "OnGatewayRequest", "name_problem", "socket_path"]
+__all__ = ["MAX_CONNECTIONS", "MAX_PER_UID", "RESERVED", "Gateway", "OnGatewayRequest",
+           "name_problem", "socket_path"]
 
 log = get_logger(__name__)
 
@@ -45,6 +54,9 @@ UNIX_PATH_MAX = 107
 NAME_MAX = 255
 BACKLOG = 128
 SPECS_REFRESH = 30.0  # seconds between looks at unchanged spec files
+MAX_CONNECTIONS = 512  # client connections at once, over all gateway sockets
+MAX_PER_UID = 64  # of them, what one uid other than root may hold
+RESERVED = 64  # of them, kept for root (Docker, Podman)
 
 
 def name_problem(directory: str, name: str) -> str | None:
@@ -73,7 +85,9 @@ class Gateway:
     def __init__(self, settings: GatewaySettings, commands: Commands,
                  wait_snapshot: WaitSnapshot, *, on_request: OnGatewayRequest | None = None,
                  specs: SpecFiles | None = None, tick: float = 0.5,
-                 max_connections: int = 512) -> None:
+                 max_connections: int = MAX_CONNECTIONS, max_per_uid: int = MAX_PER_UID,
+                 reserved: int = RESERVED,
+                 on_refused: Callable[[str], None] | None = None) -> None:
         self._settings = settings
         self._dir = os.path.abspath(settings.dir)
         self._commands = commands
@@ -86,7 +100,10 @@ class Gateway:
         self._retired: list[socket.socket] = []  # closed by the acceptor
         self._lock = threading.Lock()
         self._skipped: set[str] = set()
-        self._connections = threading.BoundedSemaphore(max_connections)
+        self._budget = ConnectionBudget(total=max_connections, per_uid=max_per_uid,
+                                        reserved=min(reserved, max_connections - 1))
+        self._on_refused = on_refused
+        self._refusals = RefusalLog(__name__)
         self._live: set[socket.socket] = set()  # connections being served (under _lock)
         self._stopping = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -269,20 +286,45 @@ class Gateway:
         except OSError as err:
             log.warning("gateway_accept_failed", plugin=name, error=str(err))
             return
-        if not self._connections.acquire(blocking=False):
-            log.warning("gateway_connections_exhausted", plugin=name)  # before the client
-            conn.close()  # too many at once: the client sees the connection end
+        ticket = self._admit(conn, name)
+        if ticket is None:
             return
         conn.setblocking(True)
-        thread = threading.Thread(target=self._serve, args=(conn, name),
+        thread = threading.Thread(target=self._serve, args=(conn, name, ticket),
                                   name=f"gateway-conn {name}", daemon=True)
         try:
             thread.start()
         except RuntimeError:
             conn.close()
-            self._connections.release()
+            self._release(ticket)
 
-    def _serve(self, conn: socket.socket, name: str) -> None:
+    def _admit(self, conn: socket.socket, name: str) -> Ticket | None:
+        """A slot for this connection's uid, or its 503 (then None: it is closed)."""
+        try:
+            peer = peer_of(conn)
+        except OSError:  # gone already
+            conn.close()
+            return None
+        with self._lock:
+            ticket = self._budget.admit(peer.uid, peer.uid == 0)
+        if isinstance(ticket, Ticket):
+            return ticket
+        if self._on_refused is not None:  # counted before the client can see its 503
+            self._on_refused(ticket.value)
+        self._refusals.refused("gateway_connection_refused", peer.uid, ticket.value,
+                               plugin=name, pid=peer.pid)
+        with contextlib.suppress(OSError):  # fits in a fresh socket's buffer: never waits
+            conn.setblocking(False)
+            conn.send(encode_reply(error_reply(_REFUSALS[ticket], "refused", 503),
+                                   keep_alive=False))
+        conn.close()
+        return None
+
+    def _release(self, ticket: Ticket) -> None:
+        with self._lock:
+            self._budget.release(ticket)
+
+    def _serve(self, conn: socket.socket, name: str, ticket: Ticket) -> None:
         with self._lock:
             self._live.add(conn)
         try:
@@ -294,12 +336,19 @@ class Gateway:
             with self._lock:
                 self._live.discard(conn)
             conn.close()
-            self._connections.release()
+            self._release(ticket)
 
     def _count(self, name: str, request: Request, reply: Reply, seconds: float) -> None:
         """Metrics only: a refusal is a hot path (no log line per request)."""
         if self._on_request is not None:
             self._on_request(name, endpoint_label(request.path), reply.outcome, seconds)
+
+
+_REFUSALS = {
+    Refusal.UID_LIMIT: "this user has as many gateway connections open as one user may; "
+                       "close one and try again",
+    Refusal.FULL: "every gateway connection slot is taken; try again",
+}
 
 
 def _make_dir(path: str) -> None:

@@ -46,8 +46,10 @@ CONTROL = Family("volplugd_control_requests_total", "counter",
                  "Control API requests answered, by route template and HTTP status code.")
 REFUSED = Family("volplugd_control_connections_refused_total", "counter",
                  "Control socket connections refused at accept (503), by reason.")
+GATEWAY_REFUSED = Family("volplugd_gateway_connections_refused_total", "counter",
+                         "Gateway socket connections refused at accept (503 Err), by reason.")
 DAEMON = (BUILD_INFO, PLUGINS, WATCHER_UP, DISCOVERY, RESCANS, EVICTIONS, LATENESS, CONTROL,
-          REFUSED)
+          REFUSED, GATEWAY_REFUSED)
 
 # Per plugin, straight from the snapshot's view.
 PLUGIN_GAUGES = (

@@ -63,7 +63,7 @@ OUTCOMES = ("success", "timeout", "refused", "bad_response", "plugin_error", "er
 DISCOVERY_EVENTS = ("added", "removed", "changed", "ignored")
 RESCAN_TRIGGERS = ("startup", "periodic", "overflow", "watcher_restart", "manual", "reload")
 EVICTION_REASONS = ("removed", "replaced", "reload")
-REFUSAL_REASONS = ("full", "uid_limit")  # control.admission.Refusal's values
+REFUSAL_REASONS = ("full", "uid_limit")  # admission.Refusal's values
 ENDPOINTS = ("activate", "capabilities", "create", "remove", "get", "list", "path", "mount",
              "unmount")
 _ENDPOINT_LABEL = {
@@ -152,6 +152,7 @@ class Taken(NamedTuple):
     control: Mapping[tuple[str, str], int]  # (route, code) -> answers
     lateness: Histogram
     refused: Mapping[str, int]  # reason -> connections refused at accept
+    gateway_refused: Mapping[str, int]  # reason -> gateway connections refused at accept
 
 
 class Observations:
@@ -167,6 +168,7 @@ class Observations:
         self._control: dict[tuple[str, str], int] = {}
         self._control_lock = Lock()  # the control loop's: it never waits for the supervisor
         self._refused = dict.fromkeys(REFUSAL_REASONS, 0)
+        self._gateway_refused = dict.fromkeys(REFUSAL_REASONS, 0)
         self._routes: set[str] = set()
         self._watcher_up = watcher_up
         self._lateness = Histogram.empty(LATENESS_BUCKETS)
@@ -267,6 +269,12 @@ class Observations:
         too_many_connections), by reason (full, uid_limit; else "other")."""
         self._bump(self._refused, reason if reason in REFUSAL_REASONS else "other")
 
+    @_never_raise
+    def gateway_refused(self, reason: str) -> None:
+        """Count one connection a gateway socket refused at accept (503 Err), by reason
+        (full, uid_limit; else "other")."""
+        self._bump(self._gateway_refused, reason if reason in REFUSAL_REASONS else "other")
+
     def forget(self, plugin: str) -> None:
         """Remove every counter and histogram child of ``plugin``."""
         with self._lock:
@@ -298,7 +306,7 @@ class Observations:
                       {n: s for n, s in self._plugins.items() if n in plugins})
             return Taken(snapshot, dict(series), self._watcher_up, dict(self._discovery),
                          dict(self._rescans), dict(self._evictions), control,
-                         self._lateness, dict(self._refused))
+                         self._lateness, dict(self._refused), dict(self._gateway_refused))
 
     def _series(self, plugin: str) -> PluginSeries:
         """The plugin's series, or an empty one (caller holds the lock and stores the
