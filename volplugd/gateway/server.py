@@ -123,6 +123,12 @@ class Gateway:
         with self._lock:
             return sorted(self._listeners)
 
+    @property
+    def connections(self) -> int:
+        """Client connections admitted and not yet ended, over all gateway sockets."""
+        with self._lock:
+            return self._budget.in_use
+
     # --- life cycle ---------------------------------------------------------------
 
     def start(self) -> None:
