@@ -1,7 +1,8 @@
 """Who gets a slot (a connection, a follow stream): a bound per uid, and headroom that
 privileged peers (root, the admin groups) always keep. Pure bookkeeping that any server
 can reuse (the control socket, the gateway): no sockets but ``peer_of``, no lock of its
-own (the caller serialises admit and release, e.g. under its connection lock).
+own (the caller serialises admit and release, e.g. under its connection lock; ``Slots``
+is a budget with a lock of its own, for callers that have none).
 
 Of ``total`` slots, unprivileged peers share ``total - reserved`` and each uid holds at
 most ``per_uid`` of them; privileged peers (root, admins) may take any free slot and
@@ -14,13 +15,16 @@ connection thread releases).
 
 from __future__ import annotations
 
+import functools
 import socket
 import struct
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import NamedTuple
 
-__all__ = ["ConnectionBudget", "Peer", "Refusal", "Ticket", "peer_of"]
+__all__ = ["ConnectionBudget", "Peer", "Refusal", "Slots", "Ticket", "peer_of"]
 
 
 class Peer(NamedTuple):
@@ -112,3 +116,28 @@ class ConnectionBudget:
         holder.count -= 1
         if holder.count == 0:
             del self._holders[ticket.uid]
+
+
+class Slots:
+    """A ``ConnectionBudget`` any thread may take from and give back to."""
+
+    def __init__(self, budget: ConnectionBudget):
+        self._budget = budget
+        self._lock = threading.Lock()
+
+    @property
+    def in_use(self) -> int:
+        with self._lock:
+            return self._budget.in_use
+
+    def take(self, uid: int | None, privileged: bool) -> Callable[[], None] | Refusal:
+        """A slot for ``uid``: its release (call it exactly once), or why there is none."""
+        with self._lock:
+            ticket = self._budget.admit(uid, privileged)
+        if not isinstance(ticket, Ticket):
+            return ticket
+        return functools.partial(self._release, ticket)
+
+    def _release(self, ticket: Ticket) -> None:
+        with self._lock:
+            self._budget.release(ticket)

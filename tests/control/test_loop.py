@@ -306,15 +306,15 @@ def test_what_the_site_works_out_once_per_head_is_given_to_each_request(
     with ours, theirs:
         body = Body(Wire(ours, 5.0), 0, lambda: None)
         first = site.request(get, body, ROOT, frozenset({0}), inline=True,
-                             disconnected=lambda: False, stalled=lambda: False)
+                             disconnected=lambda: None)
         with pytest.raises(TypeError):  # read-only: the app's route memo hands them out
             first.params["name"] = "changed"  # type: ignore[index]
         second = site.request(get, io.BytesIO(), None, frozenset(), inline=False,
-                              disconnected=lambda: True, stalled=lambda: False)
+                              disconnected=lambda: "hung_up")
     assert (first.body, first.peer, first.inline, first.disconnected()) == (
-        body, ROOT, True, False)
+        body, ROOT, True, None)
     assert (second.peer, second.groups, second.inline, second.disconnected()) == (
-        None, frozenset(), False, True)
+        None, frozenset(), False, "hung_up")
     assert (second.method, second.path, second.query_string) == ("GET", "/v1/plugins/demo", "x=1")
     assert (second.params, second.content_length, second.stopping) == ({}, 0, site.stopping)
     assert not site.inline(get)  # "get" is not a read method to the server

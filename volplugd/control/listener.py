@@ -11,17 +11,15 @@ connection that has not yet sent its head (or idles between keep-alive requests)
 control socket only an unprivileged one makes room for an unprivileged newcomer). When
 every slot is at work, clients wait in the listen backlog (1024: a client that connects
 with a timeout, as volplugctl does, fails at once with EAGAIN when a unix socket's
-backlog is full). Follow streams have a ``ConnectionBudget`` of their own
-(``follow_budget``): on the control socket a share per uid and headroom for root and
-admins, as for connections. ``stop()`` is prompt: it wakes the loop, shuts every connection down
-and ends follow streams; ``join()`` waits for the threads.
+backlog is full). Follow streams are counted by a budget of their own (``follows``).
+``stop()`` is prompt: it wakes the loop, shuts every connection down and ends follow
+streams; ``join()`` waits for the threads.
 Runs on: the caller's thread (start/stop/join), the loop thread, connection threads.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import socket
 import threading
 import time
@@ -29,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from volplugd.admission import ConnectionBudget, Peer, Refusal, Ticket
+from volplugd.admission import ConnectionBudget, Peer, Refusal, Slots, Ticket
 from volplugd.control.connection import Connection
 from volplugd.control.gate import Lookups, Refusals
 from volplugd.control.loop import Loop
@@ -55,15 +53,13 @@ class Listener:
     """The accept loop and connection bookkeeping shared by both servers."""
 
     def __init__(self, app: Application, *, name: str, max_connections: int,
-                 max_follow: int, read_timeout: float, read_only: bool,
+                 follows: ConnectionBudget, read_timeout: float, read_only: bool,
                  first_request_timeout: float = FIRST_REQUEST_TIMEOUT,
-                 budget: ConnectionBudget | None = None,
-                 follow_budget: ConnectionBudget | None = None):
+                 budget: ConnectionBudget | None = None):
         self._name = name
         self._budget = budget or ConnectionBudget(total=max_connections)
         self._max = self._budget.total
-        self._follows = follow_budget or ConnectionBudget(total=max_follow)
-        self._follows_lock = threading.Lock()
+        self._follows = Slots(follows)
         self._stopping = threading.Event()
         self._cond = threading.Condition()
         self._conns: dict[socket.socket, _Slot] = {}
@@ -329,17 +325,8 @@ class Listener:
 
     def _take_follow(self, peer: Peer | None,
                      groups: frozenset[int]) -> Callable[[], None] | Refusal:
-        """A follow-stream slot for this peer: its release (call it once), or why not."""
         privileged = peer is not None and bool(self._privileged(peer, groups))
-        with self._follows_lock:
-            ticket = self._follows.admit(None if peer is None else peer.uid, privileged)
-        if not isinstance(ticket, Ticket):
-            return ticket
-        return functools.partial(self._release_follow, ticket)
-
-    def _release_follow(self, ticket: Ticket) -> None:
-        with self._follows_lock:
-            self._follows.release(ticket)
+        return self._follows.take(None if peer is None else peer.uid, privileged)
 
     # -- per listener kind --
 

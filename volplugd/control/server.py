@@ -71,9 +71,8 @@ class ControlServer(Listener):
         follows = ConnectionBudget(total=max_follow, per_uid=follow_per_uid,
                                    reserved=min(reserved_follow, max_follow - 1))
         super().__init__(app, name="control", max_connections=max_connections,
-                         max_follow=max_follow, read_timeout=read_timeout, read_only=False,
-                         first_request_timeout=first_request_timeout, budget=budget,
-                         follow_budget=follows)
+                         follows=follows, read_timeout=read_timeout, read_only=False,
+                         first_request_timeout=first_request_timeout, budget=budget)
         self._access = access or AccessPolicy()
         self._on_refused = on_refused
         self._inherited = sock
@@ -202,7 +201,7 @@ class TcpMetricsServer(Listener):
             app = make_metrics_app(metrics, status_page if show_status_page else None,
                                    on_request)
         super().__init__(cast("Application", app), name="metrics",
-                         max_connections=max_connections, max_follow=1,
+                         max_connections=max_connections, follows=ConnectionBudget(total=1),
                          read_timeout=read_timeout, read_only=True,
                          first_request_timeout=first_request_timeout)
         if listen:

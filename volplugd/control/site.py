@@ -62,11 +62,11 @@ class Site:
 
     def request(self, head: Head, body: BodyReader, peer: Peer | None,
                 groups: frozenset[int], *, inline: bool,
-                disconnected: Callable[[], bool], stalled: Callable[[], bool]) -> Request:
+                disconnected: Callable[[], str | None]) -> Request:
         """The ``Request`` the app gets for ``head`` (``inline``: on the event loop)."""
         _, _, method, path, query_string = self._prepare(head)
         return Request(method, path, query_string, head.content_length, body, peer, groups,
-                       inline, self.stopping, disconnected, stalled, self.follow_slot)
+                       inline, self.stopping, disconnected, self.follow_slot)
 
     def _prepare(self, head: Head) -> tuple[Head, bool, str, str, str]:
         """What depends on the head alone, worked out once per head object (a head

@@ -80,6 +80,12 @@ class Wire:
         poller.register(self.sock, select.POLLRDHUP)
         return bool(poller.poll(0))
 
+    def gone(self) -> str | None:
+        """Why the client is gone: "hung_up", "not_reading" (``stalled``); None if not."""
+        if self.hung_up():
+            return "hung_up"
+        return "not_reading" if self.stalled() else None
+
     def stalled(self) -> bool:
         """True once bytes sent have lain unread by the client, their count not going
         down, for the write timeout (a follow stream then ends): asked now and then, it

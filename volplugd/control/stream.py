@@ -1,9 +1,9 @@
 """``GET /v1/events?follow=1``: an NDJSON stream of events as they happen.
 
-It ends when the server stops (``Request.stopping``), the client hangs up
-(``Request.disconnected``), or the client leaves what was sent (the answer's head, an
-event) unread for the write timeout (``Request.stalled``: its slot is freed, and the drop
-logged once per 10 s per uid), noticing each within FOLLOW_POLL_SECONDS.
+It ends when the server stops (``Request.stopping``), or the client is gone
+(``Request.disconnected``): it hung up, or it left what was sent (the answer's head, an
+event) unread for the write timeout (its slot is freed, and the drop logged once per
+10 s per uid), noticing each within FOLLOW_POLL_SECONDS.
 Runs on: the connection thread that serves the stream.
 """
 
@@ -54,19 +54,20 @@ class FollowStream:
         self._since = since
         self._stopping = threading.Event() if req.stopping is None else req.stopping
         self._gone = req.disconnected
-        self._stalled = req.stalled
         self._peer = req.peer
         self._refusals = refusals
         self._release: Callable[[], None] | None = release
 
     def __iter__(self) -> Iterator[bytes]:
         yield b""  # makes the server send the headers now, before the first event
-        while not self._stopping.is_set() and not self._gone():
-            if self._stalled():
+        while not self._stopping.is_set():
+            gone = self._gone()
+            if gone == "not_reading":
                 peer = self._peer
                 self._refusals.refused("control_stream_dropped",
-                                       None if peer is None else peer.uid, "not_reading",
+                                       None if peer is None else peer.uid, gone,
                                        pid=None if peer is None else peer.pid)
+            if gone is not None:
                 return
             events = self._commands.events(self._since, wait=FOLLOW_POLL_SECONDS)
             if events:

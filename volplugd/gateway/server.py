@@ -7,12 +7,9 @@ closed and removed. A name that cannot be a file name is skipped with one warnin
 folder holds ``GATEWAY_MARK`` so that discovery never takes these sockets for plugins.
 The ``gateway-accept`` thread accepts on every socket and gives each connection its own
 thread (``connection.serve``), at most ``max_connections`` at once over all sockets,
-counted per uid from the kernel's peer credentials (``admission.ConnectionBudget``): one
-uid other than root holds at most ``max_per_uid`` of them, and ``reserved`` are root's
-alone (Docker and Podman), so no member of ``gateway.group`` can keep them out. A
-connection over a bound is answered at once, before its request is read, ``503 {"Err":
-…}`` with ``Connection: close``; refusals are logged once per 10 s per uid and reason and
-each is told to ``on_refused(reason)``. What a request gets is ``answer``'s job; Docker
+``max_per_uid`` for a uid other than root, ``reserved`` for root alone (Docker and
+Podman), so no member of ``gateway.group`` can keep them out; a connection over a bound
+gets its 503 at once (``admission``). What a request gets is ``answer``'s job; Docker
 spec files are ``specs``'.
 
 Runs on: the ``gateway`` and ``gateway-accept`` threads, one thread per connection;
@@ -31,20 +28,18 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
-from volplugd.admission import ConnectionBudget, Refusal, Ticket, peer_of
 from volplugd.config import GatewaySettings
 from volplugd.contracts import Commands
 from volplugd.discovery.scan import GATEWAY_MARK
-from volplugd.gateway.answer import Reply, Request, answer, endpoint_label, error_reply
-from volplugd.gateway.connection import encode_reply, serve
+from volplugd.gateway.admission import MAX_CONNECTIONS, MAX_PER_UID, RESERVED, Admission
+from volplugd.gateway.answer import Reply, Request, answer, endpoint_label
+from volplugd.gateway.connection import serve
 from volplugd.gateway.specs import SpecFiles
 from volplugd.log import get_logger
 from volplugd.model import PluginState, PluginView, Snapshot
-from volplugd.refusals import RefusalLog
 from volplugd.unixsocket import listen_unix
 
-__all__ = ["MAX_CONNECTIONS", "MAX_PER_UID", "RESERVED", "Gateway", "OnGatewayRequest",
-           "name_problem", "socket_path"]
+__all__ = ["Gateway", "OnGatewayRequest", "name_problem", "socket_path"]
 
 log = get_logger(__name__)
 
@@ -54,9 +49,6 @@ UNIX_PATH_MAX = 107
 NAME_MAX = 255
 BACKLOG = 128
 SPECS_REFRESH = 30.0  # seconds between looks at unchanged spec files
-MAX_CONNECTIONS = 512  # client connections at once, over all gateway sockets
-MAX_PER_UID = 64  # of them, what one uid other than root may hold
-RESERVED = 64  # of them, kept for root (Docker, Podman)
 
 
 def name_problem(directory: str, name: str) -> str | None:
@@ -100,10 +92,8 @@ class Gateway:
         self._retired: list[socket.socket] = []  # closed by the acceptor
         self._lock = threading.Lock()
         self._skipped: set[str] = set()
-        self._budget = ConnectionBudget(total=max_connections, per_uid=max_per_uid,
-                                        reserved=min(reserved, max_connections - 1))
-        self._on_refused = on_refused
-        self._refusals = RefusalLog(__name__)
+        self._admission = Admission(total=max_connections, per_uid=max_per_uid,
+                                    reserved=reserved, on_refused=on_refused)
         self._live: set[socket.socket] = set()  # connections being served (under _lock)
         self._stopping = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -126,8 +116,7 @@ class Gateway:
     @property
     def connections(self) -> int:
         """Client connections admitted and not yet ended, over all gateway sockets."""
-        with self._lock:
-            return self._budget.in_use
+        return self._admission.in_use
 
     # --- life cycle ---------------------------------------------------------------
 
@@ -292,45 +281,19 @@ class Gateway:
         except OSError as err:
             log.warning("gateway_accept_failed", plugin=name, error=str(err))
             return
-        ticket = self._admit(conn, name)
-        if ticket is None:
+        release = self._admission.admit(conn, name)
+        if release is None:
             return
         conn.setblocking(True)
-        thread = threading.Thread(target=self._serve, args=(conn, name, ticket),
+        thread = threading.Thread(target=self._serve, args=(conn, name, release),
                                   name=f"gateway-conn {name}", daemon=True)
         try:
             thread.start()
         except RuntimeError:
             conn.close()
-            self._release(ticket)
+            release()
 
-    def _admit(self, conn: socket.socket, name: str) -> Ticket | None:
-        """A slot for this connection's uid, or its 503 (then None: it is closed)."""
-        try:
-            peer = peer_of(conn)
-        except OSError:  # gone already
-            conn.close()
-            return None
-        with self._lock:
-            ticket = self._budget.admit(peer.uid, peer.uid == 0)
-        if isinstance(ticket, Ticket):
-            return ticket
-        if self._on_refused is not None:  # counted before the client can see its 503
-            self._on_refused(ticket.value)
-        self._refusals.refused("gateway_connection_refused", peer.uid, ticket.value,
-                               plugin=name, pid=peer.pid)
-        with contextlib.suppress(OSError):  # fits in a fresh socket's buffer: never waits
-            conn.setblocking(False)
-            conn.send(encode_reply(error_reply(_REFUSALS[ticket], "refused", 503),
-                                   keep_alive=False))
-        conn.close()
-        return None
-
-    def _release(self, ticket: Ticket) -> None:
-        with self._lock:
-            self._budget.release(ticket)
-
-    def _serve(self, conn: socket.socket, name: str, ticket: Ticket) -> None:
+    def _serve(self, conn: socket.socket, name: str, release: Callable[[], None]) -> None:
         with self._lock:
             self._live.add(conn)
         try:
@@ -342,19 +305,12 @@ class Gateway:
             with self._lock:
                 self._live.discard(conn)
             conn.close()
-            self._release(ticket)
+            release()
 
     def _count(self, name: str, request: Request, reply: Reply, seconds: float) -> None:
         """Metrics only: a refusal is a hot path (no log line per request)."""
         if self._on_request is not None:
             self._on_request(name, endpoint_label(request.path), reply.outcome, seconds)
-
-
-_REFUSALS = {
-    Refusal.UID_LIMIT: "this user has as many gateway connections open as one user may; "
-                       "close one and try again",
-    Refusal.FULL: "every gateway connection slot is taken; try again",
-}
 
 
 def _make_dir(path: str) -> None:
