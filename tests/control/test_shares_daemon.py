@@ -13,7 +13,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.control.otheruser import CAN_SWITCH_USER, NOBODY, Peer
+from tests.fakeplugin import FakePlugin
 from tests.harness import Daemon, call
+from tests.test_gateway import Client
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(not CAN_SWITCH_USER,
@@ -104,3 +106,44 @@ def test_a_burst_of_403s_is_one_log_line_and_every_one_is_counted(
     assert [(e["suppressed"], e["refused"]) for e in lines] == [(0, 1), (sent - 2, sent - 1)]
     assert _requests_total(d, "/v1/plugins", "403") == sent
     assert d.stop() == 0
+
+
+def test_the_daemons_gateway_keeps_a_user_to_its_share_and_counts_the_refusal(
+        daemon: Callable[..., Daemon], short_tmp: Path, peer_script: Path,
+        peers: list[Peer]) -> None:
+    """uid 65534 holds 64 connections to a gateway socket (the most one user other than
+    root may); its 65th gets the exact 503 Err at once, logged and counted in
+    volplugd_gateway_connections_refused_total; root is served meanwhile."""
+    short_tmp.chmod(0o755)
+    (short_tmp / "plugins").mkdir()
+    fake = FakePlugin(str(short_tmp / "plugins" / "p.sock"))
+    try:
+        d = daemon(config=f'[gateway]\nenabled = true\ndir = "{short_tmp}/gw"\n'
+                          'mode = "0666"\n').start()
+        d.wait_state("p", "ready")
+        gw = short_tmp / "gw" / "p.sock"
+        wait_until(gw.exists, message="the gateway socket")
+        hog = Peer(peer_script, NOBODY, str(gw), "hold", "64")
+        peers.append(hog)
+        assert hog.line() == "connected"
+        extra = Peer(peer_script, NOBODY, str(gw), "get")  # accepted after the 64
+        peers.append(extra)
+        assert extra.report() == [{"status": 503, "err": (
+            "volplugd: this user has as many gateway connections open as one user may; "
+            "close one and try again")}]
+        root = Client(str(gw))
+        assert root.post("/VolumeDriver.List")[0] == 200  # root, meanwhile
+        root.close()
+        refused = d.wait_log("gateway_connection_refused")
+        assert (refused["uid"], refused["reason"], refused["plugin"]) == (
+            NOBODY, "uid_limit", "p")
+        status, body = call(d.socket, "GET", "/metrics")
+        counted = {s.labels["reason"]: s.value
+                   for f in text_string_to_metric_families(body.decode()) for s in f.samples
+                   if s.name == "volplugd_gateway_connections_refused_total"}
+        assert (status, counted) == (200, {"uid_limit": 1.0, "full": 0.0})
+        hog.tell()
+        assert hog.report() == ["open"] * 64
+        assert d.stop() == 0
+    finally:
+        fake.stop()
