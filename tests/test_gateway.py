@@ -469,7 +469,7 @@ def test_connections_over_the_bound_get_503_at_once(world: World) -> None:
         ("gateway_connection_refused", "full", os.getuid())]
     assert world.refused == ["full"]
     first.close()
-    assert wait_until(lambda: _answers(world.sock("p")), message="a slot again") == 200
+    wait_until(lambda: _answers(world.sock("p")) == 200, message="a slot again")
 
 
 def _sent_in_a_thread(path: str, data: bytes) -> tuple[Client, threading.Thread]:
