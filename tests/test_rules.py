@@ -84,7 +84,7 @@ def names_in(expr: str) -> set[str]:
 def test_promtool_check_rules_passes() -> None:
     """`promtool check rules` accepts the rules file (3 recording rules, 10 alerts)."""
     code, out = run("check", "rules", RULES)
-    assert (code, out.strip().splitlines()[-1].strip()) == (0, "SUCCESS: 13 rules found")
+    assert (code, out.strip().splitlines()[-1].strip()) == (0, "SUCCESS: 14 rules found")
 
 
 @pytest.mark.peer
@@ -105,7 +105,7 @@ def test_rule_tests_cover_every_alert_firing_and_not_firing() -> None:
                       "VolplugdPluginFlapping", "VolplugdSlowProbes",
                       "VolplugdPluginStuckActivating", "VolplugdProbesLate",
                       "VolplugdPluginBusy", "VolplugdGatewayRefusing",
-                      "VolplugdControlRefusing"}
+                      "VolplugdControlRefusing", "VolplugdGatewayConnectionsRefused"}
     assert (firing, quiet) == (alerts, alerts)
 
 
