@@ -204,14 +204,16 @@ class Gateway:
         log.info("gateway_socket_created", plugin=name, path=self._path(name))
 
     def _close(self, name: str) -> None:
-        with self._lock:
-            sock = self._listeners.pop(name)
-            self._retired.append(sock)
+        """Remove the socket's file, then stop serving it: once ``names`` leaves it out,
+        its file is gone too."""
         identity = self._inodes.pop(name, None)
         if self._folder is not None:
             st = self._folder.lstat(name + ".sock")
             if st is not None and (st.st_dev, st.st_ino) == identity:
                 self._folder.remove(name + ".sock")  # never a file someone put there since
+        with self._lock:
+            sock = self._listeners.pop(name)
+            self._retired.append(sock)
         log.info("gateway_socket_removed", plugin=name)
 
     def _finish(self) -> None:
