@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.harness import Daemon
+from tests.realsystemd import wheelhouse  # noqa: F401 - fixture
 from tests.supervising import fakes, plugins_dir, supervisors  # noqa: F401 - fixtures
 from tests.waiting import wait_until
 
