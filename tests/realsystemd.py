@@ -336,14 +336,14 @@ def build_wheelhouse(folder: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Wheels for an offline ``make install``, built once per test run: the xdist workers
     of one run share the folder (the first builds it under a lock)."""
     reason = skip_reason()
     if reason is not None:
         pytest.skip(reason)
     shared = tmp_path_factory.getbasetemp()
-    if worker_id != "master":
+    if "PYTEST_XDIST_WORKER" in os.environ:
         shared = shared.parent  # the run's folder, common to its workers
     folder = shared / "wheelhouse"
     with (shared / "wheelhouse.lock").open("a") as lock:
