@@ -22,6 +22,18 @@ Use (the tests of issue 21 do; later issues reuse it for restarts of real units)
 its entries under ``/run/systemd/nspawn``. Every container has its own name, folder and
 cgroup (``vpn-<pid>-<n>``), so several may run at once (pytest-xdist workers).
 
+For the next tests (restarts of real units driven over D-Bus): the container's system
+bus is socket-activated (``dbus.socket``), so ``box.run(["busctl", "--system", "call",
+"org.freedesktop.systemd1", ...])`` reaches its systemd, and a client under test can run
+inside from the source copy (``SOURCE``, e.g. ``/usr/bin/python3 -m ...`` with
+``WorkingDirectory=SOURCE`` through ``systemd-run``, as tests/test_sandbox_system.py runs
+tests/fakeplugin). Share one container per module (a module fixture, and
+``pytest.mark.xdist_group`` so ``make test``'s ``--dist loadgroup`` keeps the module on
+one worker) and put state back before each test, as that module's ``fresh`` does.
+Commands given to ``run`` see the container's root only (``nsenter -r -w``); pids are
+the container's. The host sees the container's files below ``box.root``, except in its
+own tmpfs mounts (/run, /tmp): write those with ``box.write``.
+
 ``wheelhouse`` (a session fixture, shared by the xdist workers of one run) holds wheels of
 volplugd's runtime and build dependencies: a ``--private-network`` container reaches no
 package index, so ``make install`` inside runs pip with ``PIP_NO_INDEX=1``.
