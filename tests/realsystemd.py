@@ -66,6 +66,7 @@ CGROUPS = Path("/sys/fs/cgroup")
 NSPAWN_RUN = Path("/run/systemd/nspawn")
 # Taken while a container starts and while shared nspawn folders are removed, so one
 # clean-up never removes a folder another nspawn has just made (processes, not threads).
+# The file itself stays: removing a lock file that another process may hold breaks it.
 LOCK = Path("/run/volplugd-tests-nspawn.lock")
 SOURCE = "/usr/src/volplugd"  # where install_volplugd puts the checkout, in the container
 WHEELS = "/usr/src/volplugd-wheels"
