@@ -40,6 +40,7 @@ LIMIT_NOFILE = 65536
 # Folders the tests make in the container (so that each path below exists).
 FOLDERS = ("/run/docker/plugins", "/etc/docker/plugins", "/usr/lib/docker/plugins")
 FAKE_UNITS = "vp-fake-*.service"
+PODMAN_DROPIN = "/etc/containers/containers.conf.d/50-volplugd.conf"
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def fresh(box: Container) -> Container:
     """The service stopped, the shipped unit and configuration, no test plugins."""
     box.systemctl("stop", SERVICE, FAKE_UNITS)
     box.remove(*DROPINS, "/etc/docker/plugins", "/usr/lib/docker/plugins",
-               "/run/docker/plugins", "/run/volplugd/gateway")
+               "/run/docker/plugins", "/run/volplugd/gateway", PODMAN_DROPIN)
     box.run(["mkdir", "-p", *FOLDERS])
     box.run(["cp", SHIPPED_CONF, CONF])
     box.systemctl("daemon-reload")
@@ -268,6 +269,6 @@ def test_enabled_features_write_their_folders(box: Container) -> None:
         ["cat", "/etc/docker/plugins/sbx.json"]).stdout
     assert box.run(["test", "-S", "/run/volplugd/gateway/sbx.sock"], check=False).returncode == 0
     box.wait_for(lambda: "sbx" in box.run(
-        ["cat", "/etc/containers/containers.conf.d/50-volplugd.conf"], check=False).stdout,
+        ["cat", PODMAN_DROPIN], check=False).stdout,
         message="the Podman drop-in naming sbx")
     assert "Read-only file system" not in box.journal(SERVICE, cursor=cursor)
