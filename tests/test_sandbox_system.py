@@ -166,6 +166,20 @@ def test_watchdog_restarts_a_stopped_daemon(box: Container) -> None:
     assert ctl(box, "health")["status"] == "ok"
 
 
+def test_without_the_socket_unit_volplugd_binds_its_own(box: Container) -> None:
+    """With volplugd.socket stopped, volplugd binds /run/volplugd/control.sock itself in
+    the sandbox (the writable RuntimeDirectory= under the read-only /run) and serves it."""
+    box.systemctl("stop", SOCKET)
+    assert box.run(["test", "-e", "/run/volplugd/control.sock"], check=False).returncode == 1
+    start(box)
+    assert box.show(SOCKET, "ActiveState") == "inactive"
+    assert ctl(box, "health")["status"] == "ok"
+    assert box.run(["stat", "-c", "%F %U", "/run/volplugd/control.sock"]).stdout == \
+        "socket root\n"
+    box.systemctl("stop", SERVICE)
+    assert box.run(["test", "-e", "/run/volplugd/control.sock"], check=False).returncode == 1
+
+
 def test_descriptor_limit(box: Container) -> None:
     """LimitNOFILE=65536 (soft = hard) reaches the running service. systemd clamps it to
     its own hard limit where it may not raise that (no CAP_SYS_RESOURCE: this machine's
