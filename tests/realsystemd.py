@@ -120,6 +120,7 @@ class Container:
         self.log = folder / "nspawn.log"  # nspawn's and the console's output
         self.nspawn: subprocess.Popen[bytes] | None = None
         self.leader = 0  # host pid of the container's PID 1
+        self.image_lock: Path | None = None
 
     # --- running commands --------------------------------------------------------------
     def run(self, argv: Sequence[str], *, check: bool = True, timeout: float = 120.0,
@@ -228,6 +229,10 @@ class Container:
         _check(["mount", "-t", "overlay", "-o",
                 f"lowerdir=/,upperdir={self.folder}/upper/u,workdir={self.folder}/upper/w",
                 "vpn-overlay", str(self.root)])
+        # nspawn's lock on the image, named by the overlay's device and inode; nspawn
+        # removes it when it ends, unless it is killed.
+        root = self.root.stat()
+        self.image_lock = NSPAWN_RUN / "locks" / f"inode-{root.st_dev}:{root.st_ino}"
         for cgroup in _cgroup_roots():
             (cgroup / self.name).mkdir()
         # nspawn with --keep-unit makes its "payload" and "supervisor" cgroups below its
@@ -242,7 +247,6 @@ class Container:
                                            stderr=subprocess.STDOUT, start_new_session=True)
         self.leader = wait_until(self._find_leader, timeout=60.0,
                                  message=f"container {self.name}'s PID 1")
-        # Until PID 1 listens on its private bus, systemctl prints nothing and exits 1.
         state = wait_until(self._system_state, timeout=60.0,
                            message=f"container {self.name} to boot")
         if state not in ("running", "degraded"):
@@ -250,7 +254,10 @@ class Container:
                         f"{self.log.read_text(errors='replace')}")
 
     def _system_state(self) -> str:
-        return self.run(["systemctl", "is-system-running", "--wait"], check=False).stdout.strip()
+        """PID 1's state once booted; "" before. Until PID 1 has made /run/systemd/system
+        systemctl says "offline", until it listens on its private bus it says nothing."""
+        state = self.run(["systemctl", "is-system-running", "--wait"], check=False).stdout
+        return "" if state.strip() == "offline" else state.strip()
 
     def _find_leader(self) -> int:
         assert self.nspawn is not None
@@ -273,10 +280,16 @@ class Container:
             except subprocess.TimeoutExpired:
                 os.killpg(self.nspawn.pid, signal.SIGKILL)
                 self.nspawn.wait(timeout=60)
+        # A container whose nspawn was killed (or that was stopped while it booted) may
+        # outlive it: whatever is left in its cgroups is killed.
+        for cgroup in _cgroup_roots():
+            _kill_cgroup(cgroup / self.name)
         for mount in (self.root, self.folder / "upper"):
             if os.path.ismount(mount):
                 _check(["umount", "--lazy", str(mount)])
         with _locked():
+            if self.image_lock is not None:
+                self.image_lock.unlink(missing_ok=True)
             for entry in ("propagate", "unix-export"):
                 shutil.rmtree(NSPAWN_RUN / entry / self.name, ignore_errors=True)
             for leftover in (NSPAWN_RUN / "propagate", NSPAWN_RUN / "unix-export",
@@ -288,14 +301,27 @@ class Container:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def _kill_cgroup(top: Path) -> bool:
+    """SIGKILL every process in ``top`` and below; True if there was none."""
+    found = False
+    for procs in top.rglob("cgroup.procs") if top.is_dir() else ():
+        with contextlib.suppress(OSError):  # the cgroup went meanwhile
+            for pid in procs.read_text().split():
+                found = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+    return not found
+
+
 def _remove_cgroup(top: Path) -> None:
     """Remove a cgroup and those below it, deepest first (they are empty once the
     container is gone; a process still inside would make this raise)."""
     if not top.is_dir():
         return
     below = sorted((Path(d) for d, _s, _f in os.walk(top)), key=lambda p: -len(p.parts))
+    wait_until(lambda: _kill_cgroup(top), timeout=30.0, message=f"cgroup {top} empty")
     for folder in below:
-        wait_until(lambda f=folder: _rmdir(f), timeout=30.0, message=f"cgroup {folder} empty")
+        wait_until(lambda f=folder: _rmdir(f), timeout=30.0, message=f"cgroup {folder} removed")
 
 
 def _rmdir(folder: Path) -> bool:

@@ -17,7 +17,8 @@ pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 def _traces(box: Container) -> list[str]:
     """What of ``box`` is still on the host."""
     left = [str(p) for p in (box.folder, NSPAWN_RUN / "propagate" / box.name,
-                             NSPAWN_RUN / "unix-export" / box.name) if p.exists()]
+                             NSPAWN_RUN / "unix-export" / box.name, box.image_lock)
+            if p is not None and p.exists()]
     left += [str(c / box.name) for c in realsystemd._cgroup_roots() if (c / box.name).exists()]
     mounts = Path("/proc/self/mounts").read_text()
     left += [line for line in mounts.splitlines() if str(box.folder) in line]
@@ -48,6 +49,28 @@ def test_two_at_once_then_nothing_left() -> None:
     assert len(seen) == 2
     assert [(box.name, _traces(box)) for box in seen] == [(box.name, []) for box in seen]
     assert all(box.nspawn is not None and box.nspawn.returncode is not None for box in seen)
+
+
+def test_a_container_that_outlives_its_nspawn_is_removed_too() -> None:
+    """nspawn SIGKILLed: its container lives on without it; leaving ``boot`` kills what
+    is left in the container's cgroups and removes everything all the same."""
+    with boot("orphan") as box:
+        assert box.nspawn is not None
+        box.nspawn.kill()
+        box.nspawn.wait(timeout=60)
+        leader = box.leader
+        assert Path(f"/proc/{leader}/comm").read_text() == "systemd\n"
+    assert _traces(box) == []
+    assert _gone_or_zombie(leader)
+
+
+def _gone_or_zombie(pid: int) -> bool:
+    """Killed: gone, or a zombie its new parent (the host's PID 1) has yet to reap."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def test_skip_reason_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
