@@ -15,6 +15,7 @@ import pytest
 from tests import tiers
 from tests.control.otheruser import SCRIPT, Peer
 from tests.harness import Daemon
+from tests.realsystemd import wheelhouse  # noqa: F401 - fixture
 from tests.supervising import fakes, plugins_dir, supervisors  # noqa: F401 - fixtures
 from tests.waiting import wait_until
 
