@@ -1,6 +1,9 @@
 """The lifecycle of plugin registrations: what the loop does to its ``Book``.
 
-Reconciling a scan registers, evicts and replaces plugins (``policy.plan``); due work
+Reconciling a scan registers, evicts and replaces plugins (``policy.plan``); filesystem
+hints re-resolve single names, or coalesce into one burst scan a little later
+(``policy.coalesce``), and a folder the watcher muted for a flood asks for the full
+scan that re-arms it (``rearm_at``; the loop runs full scans); due work
 starts an activation or a probe through ``Calls`` (at most one in flight per
 registration); each ``Result`` the loop hands back moves its registration through the
 pure transitions of ``policy``; volume operations run on API threads within the
@@ -43,14 +46,13 @@ from volplugd.plugin.errors import (
     PluginUnreachable,
 )
 from volplugd.plugin.failures import Failure, classify
-from volplugd.registrations import Book, Registration
+from volplugd.registrations import Book, Registration, Slots
 from volplugd.registry import PendingEvent
-from volplugd.scheduling import Slots
 
 __all__ = ["BUSY_RETRY_AFTER", "SLOT_WAIT", "Lifecycle"]
 
 T = TypeVar("T")
-log = get_logger("volplugd.supervisor")
+log = get_logger(__name__)
 
 SLOT_WAIT = 1.0  # an operation waits this long at most for one of its plugin's slots
 BUSY_RETRY_AFTER = 1  # seconds, the Retry-After of a 503 plugin_busy
@@ -72,6 +74,8 @@ class Lifecycle:
         self._tokens = itertools.count(1)
         self._ignored_logged: set[tuple[str, str]] = set()
         self._flood_logged: dict[str, float] = {}  # folder -> when it was last logged
+        self.burst_at: float | None = None  # when one scan covers a burst of hints
+        self.rearm_at: float | None = None  # when a full scan re-arms a muted folder
 
     # --- discovery -> desired state -> plan ---------------------------------------------
     def scan(self, now: float) -> RescanResult:
@@ -79,29 +83,41 @@ class Lifecycle:
         discovery = self.settings.discovery
         return self.reconcile(scan(discovery.dirs, discovery.trust), now)
 
-    def hints(self, paths: list[str], burst_at: float | None, now: float) -> float | None:
+    def hints(self, paths: list[str], now: float) -> None:
         """Re-resolve only the plugins the hinted paths concern; anything else (a plugin
-        folder itself appearing or going) gets a full scan, a burst one a little later.
-        Returns when that burst scan is due (None: no burst)."""
+        folder itself appearing or going) gets a scan now, a burst one a little later
+        (``burst_at``)."""
         discovery = self.settings.discovery
         names = {plugin_path_of(path, discovery.dirs) for path in paths}
-        hints = policy.coalesce(names, burst_at, now)
+        hints = policy.coalesce(names, self.burst_at, now)
         if hints.full:
             self.scan(now)
         for name in hints.names:
             self.reconcile(scan_one(name, discovery.dirs, discovery.trust), now, only=name)
-        return hints.burst_at
+        self.burst_at = hints.burst_at
 
-    def flooded(self, flooded: Flooded, due: float | None, now: float) -> float:
-        """The watcher muted a folder: when the one full scan that re-arms it is due (the
-        earlier of ``due`` and the mute's end). Logged once a minute per folder at most:
-        a storm must not flood the log too."""
+    def scan_burst(self, now: float) -> bool:
+        """The scan that covers a burst of hints, once it is due; True if it ran."""
+        if self.burst_at is None or now < self.burst_at:
+            return False
+        self.burst_at = None
+        self.scan(now)
+        return True
+
+    def flooded(self, flooded: Flooded, now: float) -> None:
+        """The watcher muted a folder: the full scan that re-arms it is due at the
+        earlier of ``rearm_at`` and the mute's end. Logged once a minute per folder at
+        most: a storm must not flood the log too."""
         folder, until = flooded.folder, flooded.until
         last = self._flood_logged.get(folder)
         if last is None or now - last >= FLOOD_LOG_EVERY:
             self._flood_logged[folder] = now
             log.warning("discovery_flooded", dir=folder, muted_for=max(0.0, until - now))
-        return until if due is None else min(due, until)
+        self.rearm_at = until if self.rearm_at is None else min(self.rearm_at, until)
+
+    def scanned_fully(self) -> None:
+        """A full scan ran: it covers any burst, and it re-armed every muted folder."""
+        self.burst_at = self.rearm_at = None
 
     def reconcile(self, found: ScanResult, now: float, only: str | None = None
                   ) -> RescanResult:
@@ -195,9 +211,9 @@ class Lifecycle:
 
     def dispatch(self, record: Registration, due: float, now: float) -> None:
         """Start the work a registration needs; ``due`` keeps the probe phase."""
-        if record.calling is not None:
+        if record.serving is not None:
             return
-        record.calling = due
+        record.serving = due
         if record.probing:
             self._observer.probe_lateness(now - due)
             self._calls.probe(record.name, record.token, record.client, self.settings.probe)
@@ -215,19 +231,22 @@ class Lifecycle:
         self.dispatch(record, now, now)
 
     # --- applying results ------------------------------------------------------------------
-    def apply(self, result: Result, now: float) -> None:
+    def apply(self, result: Result, now: float) -> bool:
         """A finished activation or probe moves its registration (a stale one is dropped:
-        the plugin was evicted or replaced while the call ran)."""
+        the plugin was evicted or replaced while the call ran). True when it was an
+        activation that ran its course (not only given a second chance)."""
         record = self._book.current(result.name, result.token)
         if record is None:
-            return
-        due = now if record.calling is None else record.calling
-        record.calling = None
+            return False
+        due = now if record.serving is None else record.serving
+        record.serving = None
+        tried = False
         if isinstance(result, Probed) or (isinstance(result, Failed) and result.kind == "probe"):
             self._probed(record, result, due, now)
-        elif self._activated(record, result, now):
-            self._book.tried(record)
+        else:
+            tried = self._activated(record, result, now)
         record.answer_waiters()
+        return tried
 
     def _activated(self, record: Registration, result: Activated | Failed, now: float) -> bool:
         """Apply an activation's result; False while it is only given a second chance."""

@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 P = ParamSpec("P")
-log = get_logger("volplugd.metrics")
+log = get_logger(__name__)
 
 # Unix-socket calls take ~0.5 ms when healthy; probes are cut at probe.timeout (5 s by
 # default), operations at their deadline (up to 120 s). Each bucket costs one line per
