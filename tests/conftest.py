@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from tests import tiers
+from tests.fakes import fakes, fakes_at  # noqa: F401 - fixtures
 from tests.harness import Daemon
-from tests.supervising import fakes, plugins_dir, supervisors  # noqa: F401 - fixtures
+from tests.supervising import plugins_dir, supervisors  # noqa: F401 - fixtures
 from tests.waiting import wait_until
 
 

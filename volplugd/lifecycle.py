@@ -1,13 +1,11 @@
 """The lifecycle of plugin registrations: what the loop does to its ``Book``.
 
-Reconciling a scan registers, evicts and replaces plugins (``policy.plan``); filesystem
-hints re-resolve single names, or coalesce into one burst scan a little later
-(``policy.coalesce``), and a folder the watcher muted for a flood asks for the full
-scan that re-arms it (``rearm_at``; the loop runs full scans); due work
-starts an activation or a probe through ``Calls`` (at most one in flight per
-registration); each ``Result`` the loop hands back moves its registration through the
-pure transitions of ``policy``; volume operations run on API threads within the
-plugin's fair-share ``Slots``. Every timing decision is a ``policy`` function.
+Reconciling a scan (``scanning`` decides when) registers, evicts and replaces plugins
+(``policy.plan``); due work starts an activation or a probe through ``Calls`` (at most
+one in flight per registration); each ``Result`` the loop hands back moves its
+registration through the pure transitions of ``policy``; volume operations run on API
+threads within the plugin's fair-share ``Slots``. Every timing decision is a ``policy``
+function.
 
 Runs on: the supervisor thread; ``call`` (and the client's ``on_request``) on API
 threads.
@@ -26,7 +24,6 @@ from volplugd import policy
 from volplugd.calls import Activated, Calls, Failed, Probed, Result
 from volplugd.config import Settings
 from volplugd.contracts import (
-    Flooded,
     Observer,
     OperationFailed,
     PluginBusy,
@@ -34,7 +31,7 @@ from volplugd.contracts import (
     ProbeNow,
     UnknownPlugin,
 )
-from volplugd.discovery import ScanResult, plugin_path_of, scan, scan_one
+from volplugd.discovery import ScanResult
 from volplugd.log import get_logger
 from volplugd.model import DesiredPlugin, EventType, PluginState, PluginView, RescanResult
 from volplugd.plugin.client import PluginClient
@@ -56,7 +53,6 @@ log = get_logger(__name__)
 
 SLOT_WAIT = 1.0  # an operation waits this long at most for one of its plugin's slots
 BUSY_RETRY_AFTER = 1  # seconds, the Retry-After of a 503 plugin_busy
-FLOOD_LOG_EVERY = 60.0  # seconds between two discovery_flooded lines for one folder
 
 _operation = threading.local()  # .active: this thread runs a volume operation now
 
@@ -72,57 +68,11 @@ class Lifecycle:
         self._observer = observer
         self._wall = wall
         self._tokens = itertools.count(1)
-        self._ignored_logged: set[tuple[str, str]] = set()
-        self._flood_logged: dict[str, float] = {}  # folder -> when it was last logged
-        self.burst_at: float | None = None  # when one scan covers a burst of hints
-        self.rearm_at: float | None = None  # when a full scan re-arms a muted folder
 
-    # --- discovery -> desired state -> plan ---------------------------------------------
-    def scan(self, now: float) -> RescanResult:
-        """Scan every plugin folder and reconcile."""
-        discovery = self.settings.discovery
-        return self.reconcile(scan(discovery.dirs, discovery.trust), now)
-
-    def hints(self, paths: list[str], now: float) -> None:
-        """Re-resolve only the plugins the hinted paths concern; anything else (a plugin
-        folder itself appearing or going) gets a scan now, a burst one a little later
-        (``burst_at``)."""
-        discovery = self.settings.discovery
-        names = {plugin_path_of(path, discovery.dirs) for path in paths}
-        hints = policy.coalesce(names, self.burst_at, now)
-        if hints.full:
-            self.scan(now)
-        for name in hints.names:
-            self.reconcile(scan_one(name, discovery.dirs, discovery.trust), now, only=name)
-        self.burst_at = hints.burst_at
-
-    def scan_burst(self, now: float) -> bool:
-        """The scan that covers a burst of hints, once it is due; True if it ran."""
-        if self.burst_at is None or now < self.burst_at:
-            return False
-        self.burst_at = None
-        self.scan(now)
-        return True
-
-    def flooded(self, flooded: Flooded, now: float) -> None:
-        """The watcher muted a folder: the full scan that re-arms it is due at the
-        earlier of ``rearm_at`` and the mute's end. Logged once a minute per folder at
-        most: a storm must not flood the log too."""
-        folder, until = flooded.folder, flooded.until
-        last = self._flood_logged.get(folder)
-        if last is None or now - last >= FLOOD_LOG_EVERY:
-            self._flood_logged[folder] = now
-            log.warning("discovery_flooded", dir=folder, muted_for=max(0.0, until - now))
-        self.rearm_at = until if self.rearm_at is None else min(self.rearm_at, until)
-
-    def scanned_fully(self) -> None:
-        """A full scan ran: it covers any burst, and it re-armed every muted folder."""
-        self.burst_at = self.rearm_at = None
-
+    # --- a scan's desired state -> plan ---------------------------------------------------
     def reconcile(self, found: ScanResult, now: float, only: str | None = None
                   ) -> RescanResult:
         """Reconcile a scan: of everything, or (``only``) of one plugin name."""
-        self._log_ignored(found, partial=only is not None)
         records = self._book.records
         if only is not None:
             records = {only: records[only]} if only in records else {}
@@ -143,17 +93,6 @@ class Lifecycle:
             self._book.urgent = True
         return RescanResult(tuple(w.name for w in plan.add), plan.remove,
                             tuple(w.name for w in plan.replace))
-
-    def _log_ignored(self, found: ScanResult, partial: bool) -> None:
-        """Log each ignored file once; a full scan forgets files that were fixed."""
-        current = {(i.path, i.reason) for i in found.ignored}
-        for path, reason in sorted(current - self._ignored_logged):
-            log.warning("plugin_file_ignored", path=path, reason=reason)
-            self._observer.discovery("ignored")
-        if partial:  # in place: a copy per hint grew with every file ignored since a scan
-            self._ignored_logged |= current
-        else:
-            self._ignored_logged = current
 
     def register(self, want: DesiredPlugin, now: float) -> None:
         tracked = policy.register(want, next(self._tokens), self._wall())

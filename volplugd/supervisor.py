@@ -4,8 +4,9 @@ Each iteration waits on its plugins' sockets and its mailbox at once (``Calls.po
 which can wait on more descriptors: ``Calls.watch``), applies the results the poll
 returns (``Activated | Probed | Failed``), then the queued messages (filesystem hints,
 scan requests, commands), starts the work that is due and publishes an immutable
-snapshot. What happens to registrations is ``lifecycle``'s, their records and due times
-are ``registrations``'s, when the daemon counts as started is ``startup``'s, and every
+snapshot. When the folders are scanned is ``scanning``'s, what happens to registrations
+``lifecycle``'s, their records and due times ``registrations``'s, when the daemon counts
+as started ``startup``'s, and every
 timing decision is a pure function in ``policy``; this module is the shell that runs
 them in order and sleeps until the earliest thing any of them waits for. Every step
 survives an OSError (``survival``): nothing a plugin folder holds ends the loop.
@@ -26,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from volplugd import policy
 from volplugd.calls import Calls
@@ -49,10 +50,11 @@ from volplugd.discovery import Watcher
 from volplugd.lifecycle import Lifecycle
 from volplugd.log import get_logger
 from volplugd.mailbox import Mailbox
-from volplugd.model import Event, EventType, PluginState, PluginView, RescanResult, Snapshot
+from volplugd.model import Event, PluginState, PluginView, RescanResult, Snapshot
 from volplugd.plugin.client import PluginClient
 from volplugd.registrations import Book
-from volplugd.registry import PendingEvent, Registry
+from volplugd.registry import Registry
+from volplugd.scanning import Scans, WatcherLike
 from volplugd.startup import Startup
 from volplugd.survival import Survival
 
@@ -64,16 +66,6 @@ MAX_BATCH = 1000    # messages handled per loop iteration before publishing
 LIVENESS = 1.0      # the loop runs at least this often, so its age shows a wedged loop
 
 
-class WatcherLike(Protocol):
-    def start(self) -> None: ...
-    def refresh(self) -> bool: ...
-    def set_dirs(self, dirs: Sequence[str]) -> None: ...
-    @property
-    def up(self) -> bool: ...
-    def stop(self) -> None: ...
-    def join(self, timeout: float | None = None) -> None: ...
-
-
 @dataclass(frozen=True, slots=True)
 class Reload:
     """Re-read the configuration (SIGHUP)."""
@@ -82,10 +74,8 @@ class Reload:
 @dataclass(slots=True)
 class Timers:
     """When the loop next does each of its own chores (monotonic seconds; 0.0: at the
-    first iteration). Registrations' due times are the book's, scans after hints and
-    floods the lifecycle's."""
+    first iteration). Registrations' due times are the book's, scans' are ``Scans``'."""
 
-    rescan: float = 0.0  # the periodic full scan
     beat: float = 0.0  # the heartbeat (systemd's watchdog); used only if there is one
     status: float = 0.0  # the earliest next status callback; used only if counts changed
 
@@ -121,6 +111,7 @@ class Supervisor(Commands):
         self._calls.watch(self._mailbox.fileno())  # _iterate takes the messages
         self._book = Book(registry, clock)
         self._plugins = Lifecycle(settings, self._book, self._calls, self._observer, wall)
+        self._scans = Scans(self._plugins, self._book, self._watcher, self._observer)
         self._startup = Startup(on_started)
         self._timers = Timers()
         self._stopped = threading.Event()
@@ -194,7 +185,7 @@ class Supervisor(Commands):
         """The loop. Returns after a Stop message, with workers told to stop."""
         try:
             self._survive(self._watcher.start)
-            scanned = self._survive(self._full_scan, "startup", self._clock())
+            scanned = self._survive(self._scans.full, "startup", self._clock())
             self._startup.expect(self._book if scanned is not None else ())
             self._startup.check(self._book)
             while self._iterate():
@@ -218,7 +209,7 @@ class Supervisor(Commands):
             self._survive(self._handle, message, now)
         hints = [m.path for m in batch if isinstance(m, FsHint)]
         if hints:
-            self._survive(self._plugins.hints, hints, now)
+            self._survive(self._scans.hints, hints, now)
         self._startup.check(self._book)
         self._survive(self._tick, now)
         return True
@@ -226,25 +217,25 @@ class Supervisor(Commands):
     def _sleep_time(self) -> float:
         """Seconds until the loop has something to do unless a message or an answer
         comes first."""
-        now, timers, plugins = self._clock(), self._timers, self._plugins
+        now, timers = self._clock(), self._timers
         status_pending = (self._on_status is not None
                           and self.snapshot().counts != self._last_counts)
         return policy.sleep_time(now, (
-            timers.rescan, now + LIVENESS,
+            now + LIVENESS,
             timers.beat if self._heartbeat is not None else None,
             timers.status if status_pending else None,
-            self._book.wake_at(), plugins.burst_at, plugins.rearm_at))
+            self._book.wake_at(), *self._scans.wake_at()))
 
     def _handle(self, message: object, now: float) -> None:
         match message:
             case Rescan(trigger=trigger, reply=reply):
-                result = self._full_scan(trigger, now)
+                result = self._scans.full(trigger, now)
                 if reply is not None and not reply.done():
                     self._startup.check(self._book)
                     self._book.publish()  # what the answer names is in /v1/plugins by then
                     reply.set_result(result)
             case Flooded():
-                self._plugins.flooded(message, now)
+                self._scans.flooded(message, now)
             case ProbeNow():
                 self._plugins.probe_now(message, now)
             case OperationFailed():
@@ -258,14 +249,10 @@ class Supervisor(Commands):
             interval, beat = self._heartbeat
             beat()
             timers.beat = now + interval
-        plugins = self._plugins
-        if plugins.scan_burst(now):
+        if self._scans.burst(now):
             self._startup.check(self._book)
-        plugins.dispatch_due(now)
-        if plugins.rearm_at is not None and now >= plugins.rearm_at:
-            self._full_scan("flood", now)
-        if now >= timers.rescan:
-            self._full_scan("periodic", now)
+        self._plugins.dispatch_due(now)
+        if self._scans.due(now):
             self._startup.check(self._book)
         if self._book.publish_due(now):
             self._book.publish()
@@ -280,21 +267,6 @@ class Supervisor(Commands):
         self._plugins.close()
         self._watcher.join(2.0)
         self._startup.stopped()
-
-    # --- discovery ------------------------------------------------------------------
-
-    def _full_scan(self, trigger: str, now: float) -> RescanResult:
-        """Re-arm the watcher, then scan (a change in between is hinted); covers all so far."""
-        self._plugins.scanned_fully()
-        self._timers.rescan = now + self._plugins.settings.discovery.rescan_interval
-        if self._watcher.refresh():
-            log.warning("watcher_restarted")
-            self._observer.rescan("watcher_restart")
-        result = self._plugins.scan(now)
-        self._observer.rescan(trigger)
-        self._book.event(PendingEvent(EventType.RESCAN, reason=trigger))
-        self._observer.watcher(self._watcher.up)
-        return result
 
     # --- status and reload ------------------------------------------------------------
 
@@ -316,7 +288,7 @@ class Supervisor(Commands):
         if new.discovery.dirs != old.discovery.dirs:
             self._watcher.set_dirs(new.discovery.dirs)
         log.info("config_reloaded")
-        self._full_scan("reload", now)
+        self._scans.full("reload", now)
 
 
 def _refuse_all(messages: list[object]) -> None:
