@@ -62,7 +62,7 @@ class Scans:
         """When the scans next need the loop (None: not pending)."""
         return self.rescan_at, self.burst_at, self.rearm_at
 
-    def full(self, trigger: str, now: float) -> RescanResult:
+    def full_scan(self, trigger: str, now: float) -> RescanResult:
         """Re-arm the watcher, then scan (a change in between is hinted); covers all so far."""
         self.burst_at = self.rearm_at = None
         self.rescan_at = now + self._plugins.settings.discovery.rescan_interval
@@ -114,10 +114,10 @@ class Scans:
         True if one ran."""
         ran = False
         if self.rearm_at is not None and now >= self.rearm_at:
-            self.full("flood", now)
+            self.full_scan("flood", now)
             ran = True
         if now >= self.rescan_at:
-            self.full("periodic", now)
+            self.full_scan("periodic", now)
             ran = True
         return ran
 

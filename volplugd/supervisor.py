@@ -185,7 +185,7 @@ class Supervisor(Commands):
         """The loop. Returns after a Stop message, with workers told to stop."""
         try:
             self._survive(self._watcher.start)
-            scanned = self._survive(self._scans.full, "startup", self._clock())
+            scanned = self._survive(self._scans.full_scan, "startup", self._clock())
             self._startup.expect(self._book if scanned is not None else ())
             self._startup.check(self._book)
             while self._iterate():
@@ -229,7 +229,7 @@ class Supervisor(Commands):
     def _handle(self, message: object, now: float) -> None:
         match message:
             case Rescan(trigger=trigger, reply=reply):
-                result = self._scans.full(trigger, now)
+                result = self._scans.full_scan(trigger, now)
                 if reply is not None and not reply.done():
                     self._startup.check(self._book)
                     self._book.publish()  # what the answer names is in /v1/plugins by then
@@ -288,7 +288,7 @@ class Supervisor(Commands):
         if new.discovery.dirs != old.discovery.dirs:
             self._watcher.set_dirs(new.discovery.dirs)
         log.info("config_reloaded")
-        self._scans.full("reload", now)
+        self._scans.full_scan("reload", now)
 
 
 def _refuse_all(messages: list[object]) -> None:
