@@ -173,7 +173,7 @@ def test_release_without_a_slot_is_a_bug_and_says_so() -> None:
         Slots(0)
 
 
-def test_resize_keeps_the_holders_and_admits_waiters_to_new_room() -> None:
+def test_resize_keeps_the_holders_and_gives_a_waiter_the_new_room() -> None:
     """A reload's new bound: holders keep their slots, a waiter gets the new room."""
     slots = Slots(1)
     assert slots.acquire(0)

@@ -75,6 +75,7 @@ def all_views(d: Daemon, port: int) -> dict[str, Any]:
             "page": page.decode()}
 
 
+@pytest.mark.peer  # all_views runs promtool
 def test_hostile_names_break_no_view(daemon: Callable[..., Daemon],
                                      fakes_at: Callable[..., FakePlugin]) -> None:
     """bad\\xff.sock is skipped with one escaped warning (also after rescans); the plugin
@@ -107,6 +108,7 @@ def test_hostile_names_break_no_view(daemon: Callable[..., Daemon],
         == sorted([EVIL, "good"])
 
 
+@pytest.mark.peer  # all_views runs promtool
 def test_hostile_errs_give_bounded_502s(daemon: Callable[..., Daemon],
                                         fakes_at: Callable[..., FakePlugin]) -> None:
     """An Err with a lone surrogate is a 502 plugin_error with the escape; a 1 MiB Err
@@ -141,6 +143,7 @@ def test_hostile_errs_give_bounded_502s(daemon: Callable[..., Daemon],
     assert any("PPPP" in line for line in lines)
 
 
+@pytest.mark.peer  # all_views runs promtool
 def test_a_spec_symlink_to_a_secret_quotes_nothing(daemon: Callable[..., Daemon],
                                                    short_tmp: Path) -> None:
     """leak.spec and leak.json link to a root-only file: each is ignored with what is
