@@ -7,8 +7,9 @@ resets the descriptor, then drains the queue. The reset comes first: an item put
 ``take`` runs is either taken now or leaves the descriptor readable for the next poll,
 never lost behind a quiet descriptor.
 
-Runs on: ``put`` from any thread, also after ``close`` (the item is queued, nobody is
-woken); ``take``, ``empty``, ``fileno`` and ``close`` on the owner's thread.
+Runs on: ``put`` and ``take`` from any thread, also after ``close`` (an item put then
+is queued and wakes nobody: the supervisor, once stopped, takes and refuses it on the
+caller's thread); ``empty``, ``fileno`` and ``close`` on the owner's thread.
 """
 
 from __future__ import annotations
