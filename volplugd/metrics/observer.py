@@ -1,8 +1,8 @@
 """The daemon's Observer: counters and histograms fed by the supervisor, the gateway and
 the control server, and ``take()``, one consistent copy of them for a scrape.
 
-A plugin's series are one immutable ``PluginSeries``: an observation replaces it (a few
-µs, next to a plugin call of ~0.5 ms), so a scrape copies references, and a renderer
+A plugin's series are one immutable ``PluginSeries``: an observation replaces it (cheap
+beside the plugin call it counts), so a scrape copies references, and a renderer
 knows a plugin's counters did not change since its last render when it holds the very
 same object (``is``).
 
