@@ -4,6 +4,7 @@ over the items in order, and nothing put is lost once the descriptor is closed."
 from __future__ import annotations
 
 import select
+import signal
 import threading
 
 from volplugd.mailbox import Mailbox
@@ -50,3 +51,29 @@ def test_after_close_a_put_is_kept_for_take_and_wakes_nobody() -> None:
     box.put("late")
     assert box.take() == ["late"]
     box.close()  # twice: nothing to do
+
+
+def test_a_put_from_a_signal_handler_never_waits_for_the_owners_take() -> None:
+    """Signal handlers run on the owner's thread, between any two bytecodes, also inside
+    ``take``: a put there must not wait for a lock the interrupted take holds (it would
+    never be released). A timer signal puts while the owner takes in a tight loop; every
+    item arrives and the loop ends."""
+    box: Mailbox[int] = Mailbox()
+    sent: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        sent.append(len(sent))
+        box.put(sent[-1])
+
+    previous = signal.signal(signal.SIGVTALRM, handler)
+    got: list[int] = []
+    try:
+        signal.setitimer(signal.ITIMER_VIRTUAL, 0.0002, 0.0002)  # CPU time: SIGVTALRM
+        while len(sent) < 150:
+            got.extend(box.take())
+    finally:
+        signal.setitimer(signal.ITIMER_VIRTUAL, 0, 0)
+        signal.signal(signal.SIGVTALRM, previous)
+    got.extend(box.take())
+    assert got == sent
+    box.close()

@@ -7,9 +7,10 @@ resets the descriptor, then drains the queue. The reset comes first: an item put
 ``take`` runs is either taken now or leaves the descriptor readable for the next poll,
 never lost behind a quiet descriptor.
 
-Runs on: ``put`` and ``take`` from any thread, also after ``close`` (an item put then
-is queued and wakes nobody: the supervisor, once stopped, takes and refuses it on the
-caller's thread); ``empty``, ``fileno`` and ``close`` on the owner's thread.
+Runs on: ``put`` and ``take`` from any thread (``put`` also in a signal handler), also
+after ``close`` (an item put then is queued and wakes nobody: the supervisor, once
+stopped, takes and refuses it on the caller's thread); ``empty``, ``fileno`` and
+``close`` on the owner's thread.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ class Mailbox(Generic[T]):
     def __init__(self) -> None:
         self._items: queue.SimpleQueue[T] = queue.SimpleQueue()
         self._fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._lock = threading.Lock()  # close() must not free the fd under a write
+        # close() must not free the fd under a write. Reentrant: a signal handler runs on
+        # the owner's thread, perhaps inside take(), and its put() must not wait for it.
+        self._lock = threading.RLock()
 
     def fileno(self) -> int:
         return self._fd
@@ -63,6 +66,6 @@ class Mailbox(Generic[T]):
     def close(self) -> None:
         """Close the descriptor; items still queued stay for ``take``."""
         with self._lock:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
+            fd, self._fd = self._fd, -1  # first: a put in a signal handler sees -1
+            if fd >= 0:
+                os.close(fd)
