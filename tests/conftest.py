@@ -14,9 +14,10 @@ import pytest
 
 from tests import tiers
 from tests.control.otheruser import SCRIPT, Peer
+from tests.fakes import fakes, fakes_at  # noqa: F401 - fixtures
 from tests.harness import Daemon
 from tests.realsystemd import wheelhouse  # noqa: F401 - fixture
-from tests.supervising import fakes, plugins_dir, supervisors  # noqa: F401 - fixtures
+from tests.supervising import plugins_dir, supervisors  # noqa: F401 - fixtures
 from tests.waiting import wait_until
 
 

@@ -1,6 +1,6 @@
 """The supervisor in-process over a directory of real fake plugins: fixtures shared by
-test_supervisor, test_fair_share and test_odd_capabilities (tests/conftest.py imports them;
-a module may still define its own ``fakes``)."""
+test_supervisor, test_fair_share and test_odd_capabilities (tests/conftest.py imports
+them; the fake plugins themselves come from tests/fakes.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from tests.fakeplugin import FakePlugin
 from volplugd.config import Settings
 from volplugd.registry import Registry
 from volplugd.supervisor import Supervisor
@@ -18,8 +17,9 @@ from volplugd.supervisor import Supervisor
 
 @pytest.fixture
 def plugins_dir(short_tmp: Path) -> Path:
+    """``short_tmp/plugins``, made (it may exist: a daemon fixture may have made it)."""
     path = short_tmp / "plugins"
-    path.mkdir()
+    path.mkdir(exist_ok=True)
     return path
 
 
@@ -39,18 +39,3 @@ def supervisors() -> Iterator[Callable[..., Supervisor]]:
     for sup in running:
         sup.stop()
         sup.join(5)
-
-
-@pytest.fixture
-def fakes(plugins_dir: Path) -> Iterator[Callable[..., FakePlugin]]:
-    """Fake plugins at ``plugins_dir/<name>.sock``, stopped after the test."""
-    made: list[FakePlugin] = []
-
-    def make(name: str, **kw: Any) -> FakePlugin:
-        fp = FakePlugin(str(plugins_dir / f"{name}.sock"), **kw).start()
-        made.append(fp)
-        return fp
-
-    yield make
-    for fp in made:
-        fp.stop()

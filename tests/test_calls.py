@@ -3,6 +3,7 @@ and ``poll`` returns both kinds."""
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,16 @@ from tests.fakeplugin import FakePlugin
 from tests.fakeplugin import behaviours as b
 from tests.plugin.test_client_tcp import TCPPlugin
 from tests.waiting import wait_until
-from volplugd.calls import Activated, Activation, Calls, Failed, Probed, Result, _activate_job
+from volplugd.calls import (
+    Activated,
+    Activation,
+    Calls,
+    Failed,
+    Probed,
+    Result,
+    WorkerPool,
+    _activate_job,
+)
 from volplugd.config import ProbeSettings
 from volplugd.plugin import PluginAddress, PluginClient, PluginTimeout
 from volplugd.plugin.protocol import ACTIVATE, CAPABILITIES
@@ -182,3 +192,18 @@ def test_a_capabilities_probe_takes_an_unknown_scope_as_an_answer(
         assert isinstance(result.error, PluginBadResponse)
         with pytest.raises(PluginBadResponse, match="not JSON"):
             _probe_job(client, settings)
+
+
+def test_pool_runs_jobs_on_its_own_daemon_threads() -> None:
+    """Jobs run on the pool's named threads, which are daemon threads: a job hung in a
+    plugin must never keep the interpreter from exiting."""
+    pool = WorkerPool(2, "test-pool")
+    seen: queue.SimpleQueue[tuple[str, bool]] = queue.SimpleQueue()
+    try:
+        pool.submit(lambda: seen.put((threading.current_thread().name,
+                                      threading.current_thread().daemon)))
+        name, daemon = seen.get(timeout=10)
+        assert (name in {"test-pool-0", "test-pool-1"}, daemon) == (True, True)
+    finally:
+        pool.stop()
+        pool.join(10)

@@ -7,11 +7,12 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.configs import FAST
 from tests.fakeplugin import FakePlugin
 from tests.fakeplugin import behaviours as b
 from tests.fakeplugin.many import Responder
@@ -20,29 +21,6 @@ from tests.waiting import wait_until
 
 pytestmark = pytest.mark.system
 
-FAST = """
-[probe]
-interval = 0.3
-timeout = 0.3
-failure_threshold = 2
-[plugin]
-timeouts = { activate = 0.5, default = 1.0 }
-"""
-
-
-@pytest.fixture
-def fakes() -> Iterator[Callable[..., FakePlugin]]:
-    """Fake plugins at any socket path, stopped after the test."""
-    made: list[FakePlugin] = []
-
-    def make(path: Path, **kw: object) -> FakePlugin:
-        fp = FakePlugin(str(path), **kw)  # type: ignore[arg-type]
-        made.append(fp)
-        return fp
-
-    yield make
-    for fp in made:
-        fp.stop()
 
 
 def events(d: Daemon, plugin: str) -> list[tuple[str, str | None, str]]:
@@ -52,10 +30,10 @@ def events(d: Daemon, plugin: str) -> list[tuple[str, str | None, str]]:
 
 
 def test_socket_appears_ready_and_disappears_evicted(
-        daemon: Callable[..., Daemon], fakes: Callable[..., FakePlugin]) -> None:
+        daemon: Callable[..., Daemon], fakes_at: Callable[..., FakePlugin]) -> None:
     """A plugin socket is activated when it appears and evicted when it goes."""
     d = daemon(config=FAST).start()
-    fp = fakes(d.plugin_dirs[0] / "alpha.sock")
+    fp = fakes_at(d.plugin_dirs[0] / "alpha.sock")
     plugin = d.wait_state("alpha", "ready")
     assert (plugin["kind"], plugin["implements"], plugin["capabilities"]) == (
         "sock", ["VolumeDriver"], {"scope": "local"})
@@ -68,15 +46,15 @@ def test_socket_appears_ready_and_disappears_evicted(
 
 
 def test_replaced_socket_is_activated_again(
-        daemon: Callable[..., Daemon], fakes: Callable[..., FakePlugin]) -> None:
+        daemon: Callable[..., Daemon], fakes_at: Callable[..., FakePlugin]) -> None:
     """A new socket at the same path is evicted as 'replaced' and activated anew."""
     d = daemon(config=FAST).start()
     path = d.plugin_dirs[0] / "swap.sock"
-    old = fakes(path)
+    old = fakes_at(path)
     first = d.wait_state("swap", "ready")
     old.stop(unlink=False)
     os.unlink(path)
-    fakes(path)
+    fakes_at(path)
     wait_until(lambda: ("evicted", None, "replaced") in events(d, "swap")
                or ("evicted", None, "removed") in events(d, "swap"), message="old one evicted")
     second = d.wait_state("swap", "ready")
@@ -85,10 +63,10 @@ def test_replaced_socket_is_activated_again(
 
 
 def test_not_a_volume_driver_is_rejected(
-        daemon: Callable[..., Daemon], fakes: Callable[..., FakePlugin]) -> None:
+        daemon: Callable[..., Daemon], fakes_at: Callable[..., FakePlugin]) -> None:
     """A plugin implementing only NetworkDriver is listed as rejected, never probed."""
     d = daemon(config=FAST).start()
-    fakes(d.plugin_dirs[0] / "net.sock", implements=("NetworkDriver",))
+    fakes_at(d.plugin_dirs[0] / "net.sock", implements=("NetworkDriver",))
     plugin = d.wait_state("net", "rejected")
     assert plugin["implements"] == ["NetworkDriver"]
     assert plugin["last_error"].endswith("plugin is not a volume plugin")
@@ -96,10 +74,10 @@ def test_not_a_volume_driver_is_rejected(
 
 
 def test_hung_plugin_goes_unhealthy_and_recovers(
-        daemon: Callable[..., Daemon], fakes: Callable[..., FakePlugin]) -> None:
+        daemon: Callable[..., Daemon], fakes_at: Callable[..., FakePlugin]) -> None:
     """Probes that time out make a plugin unhealthy; answers make it ready again."""
     d = daemon(config=FAST).start()
-    fp = fakes(d.plugin_dirs[0] / "slow.sock")
+    fp = fakes_at(d.plugin_dirs[0] / "slow.sock")
     d.wait_state("slow", "ready")
     fp.set("/Plugin.Activate", b.Hang())
     plugin = d.wait_state("slow", "unhealthy")
@@ -111,11 +89,11 @@ def test_hung_plugin_goes_unhealthy_and_recovers(
 
 
 def test_stale_socket_is_told_apart_from_a_slow_plugin(
-        daemon: Callable[..., Daemon], fakes: Callable[..., FakePlugin]) -> None:
+        daemon: Callable[..., Daemon], fakes_at: Callable[..., FakePlugin]) -> None:
     """A socket file nobody listens on stays activating with a 'refused' error."""
     d = daemon(config=FAST)
     d.plugin_dirs[0].mkdir(parents=True)
-    fakes(d.plugin_dirs[0] / "stale.sock").stop(unlink=False)
+    fakes_at(d.plugin_dirs[0] / "stale.sock").stop(unlink=False)
     d.start()
     plugin = wait_until(lambda: (d.plugins().get("stale") or {}).get("last_error"),
                         message="an activation error")
@@ -124,7 +102,7 @@ def test_stale_socket_is_told_apart_from_a_slow_plugin(
 
 
 def test_plugin_dir_created_late_and_recreated_is_watched(
-        daemon: Callable[..., Daemon], fakes: Callable[..., FakePlugin],
+        daemon: Callable[..., Daemon], fakes_at: Callable[..., FakePlugin],
         short_tmp: Path) -> None:
     """A plugin dir missing at start, then deleted and recreated, is still watched."""
     late = short_tmp / "late" / "plugins"
@@ -133,13 +111,13 @@ def test_plugin_dir_created_late_and_recreated_is_watched(
     shutil.rmtree(short_tmp / "late", ignore_errors=True)
     d.wait_ready()
     late.mkdir(parents=True)
-    first = fakes(late / "one.sock")
+    first = fakes_at(late / "one.sock")
     d.wait_state("one", "ready")
     first.stop()
     shutil.rmtree(late)
     d.wait_state("one", None)
     late.mkdir()
-    fakes(late / "two.sock")
+    fakes_at(late / "two.sock")
     d.wait_state("two", "ready")
 
 
@@ -169,13 +147,13 @@ def test_many_sockets_present_at_start_are_ready_once_serving(
 
 
 def test_ready_waits_for_each_first_activation_but_not_for_its_retries(
-        daemon: Callable[..., Daemon], fakes: Callable[..., FakePlugin]) -> None:
+        daemon: Callable[..., Daemon], fakes_at: Callable[..., FakePlugin]) -> None:
     """A plugin present at start that never answers holds READY back until its first
     activation times out, not longer: it is then counted as activating, and retried."""
     d = daemon(config="[plugin]\ntimeouts = { activate = 3.0 }\n")
     d.plugin_dirs[0].mkdir(parents=True)
-    fakes(d.plugin_dirs[0] / "good.sock")
-    hung = fakes(d.plugin_dirs[0] / "hung.sock")
+    fakes_at(d.plugin_dirs[0] / "good.sock")
+    hung = fakes_at(d.plugin_dirs[0] / "hung.sock")
     hung.set("/Plugin.Activate", b.Hang())
     d.start()
     ready = d.wait_log("volplugd_ready", timeout=60)
@@ -192,11 +170,11 @@ def test_ready_waits_for_each_first_activation_but_not_for_its_retries(
 
 
 def test_sigterm_with_a_hung_plugin_exits_promptly(
-        daemon: Callable[..., Daemon], fakes: Callable[..., FakePlugin]) -> None:
+        daemon: Callable[..., Daemon], fakes_at: Callable[..., FakePlugin]) -> None:
     """Nobody waits on a hung plugin call at shutdown: SIGTERM exits 0."""
     d = daemon(config="[plugin]\ntimeouts = { activate = 300.0, default = 300.0 }\n")
     d.plugin_dirs[0].mkdir(parents=True)
-    fp = fakes(d.plugin_dirs[0] / "hang.sock")
+    fp = fakes_at(d.plugin_dirs[0] / "hang.sock")
     fp.set("*", b.Hang())
     d.start()
     fp.wait_requests(1)
@@ -206,7 +184,7 @@ def test_sigterm_with_a_hung_plugin_exits_promptly(
 
 
 def test_sighup_reloads_dirs_and_probe_settings_keeping_unchanged_plugins(
-        daemon: Callable[..., Daemon], fakes: Callable[..., FakePlugin],
+        daemon: Callable[..., Daemon], fakes_at: Callable[..., FakePlugin],
         short_tmp: Path) -> None:
     """SIGHUP re-reads the config: new dirs are watched, plugins still present are kept."""
     one, two = short_tmp / "one", short_tmp / "two"
@@ -214,10 +192,10 @@ def test_sighup_reloads_dirs_and_probe_settings_keeping_unchanged_plugins(
     d.config_path.write_text(FAST + f'[discovery]\ndirs = ["{one}"]\n')
     one.mkdir()
     two.mkdir()
-    fakes(one / "keep.sock")
+    fakes_at(one / "keep.sock")
     d.start()
     kept = d.wait_state("keep", "ready")
-    fakes(two / "new.sock")
+    fakes_at(two / "new.sock")
     d.config_path.write_text(FAST + f'[discovery]\ndirs = ["{one}", "{two}"]\n')
     d.signal(signal.SIGHUP)
     d.wait_state("new", "ready")

@@ -21,20 +21,13 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.configs import PATIENT, fast
 from tests.fakeplugin import FakePlugin
 from tests.harness import NOBODY, Daemon
 from tests.trees import make_chain, remove_chain
 
 pytestmark = pytest.mark.system
 
-FAST = """
-[probe]
-interval = 0.5
-timeout = 0.5
-failure_threshold = 1
-[plugin]
-timeouts = { activate = 1.0, default = 2.0 }
-"""
 
 
 def metric(d: Daemon, name: str, labels: dict[str, str]) -> float | None:
@@ -69,7 +62,7 @@ def test_deep_chain_neither_stops_the_daemon_nor_a_restart(
     (plugins / "deep").mkdir()
     make_chain(plugins / "deep")
     with FakePlugin(str(plugins / "good.sock")):
-        d = daemon(plugin_dirs=[plugins], config=FAST).start()
+        d = daemon(plugin_dirs=[plugins], config=PATIENT).start()
         d.wait_state("good", "ready")
         (plugins / "nest").mkdir()
         with FakePlugin(str(plugins / "nest/nest.sock")):
@@ -80,7 +73,7 @@ def test_deep_chain_neither_stops_the_daemon_nor_a_restart(
             assert metric(d, "volplugd_watcher_up", {}) == 1.0
             assert d.get("/v1/health")["status"] == "ok"
             assert d.stop() == 0
-            again = daemon(plugin_dirs=[plugins], config=FAST).start()
+            again = daemon(plugin_dirs=[plugins], config=PATIENT).start()
             again.wait_state("good", "ready")
             again.wait_state("nest", "ready")
             assert metric(again, "volplugd_watcher_up", {}) == 1.0
@@ -123,7 +116,7 @@ def test_fifo_swapped_in_for_a_json_never_stalls_the_loop(daemon: Any, plugins: 
             swaps[0] += 1
 
     with FakePlugin(str(plugins / "good.sock")):
-        d = daemon(plugin_dirs=[plugins], config=FAST,
+        d = daemon(plugin_dirs=[plugins], config=PATIENT,
                    args=["--log-level", "info"]).start()
         d.wait_state("good", "ready")
         swapper = threading.Thread(target=swap, name="fifo swapper")
@@ -165,7 +158,8 @@ def test_descriptors_used_up_are_counted_once_and_the_daemon_goes_on(
     EMFILE. The loop goes on: one loop_error line per errno and step, the counter
     volplugd_loop_errors_total{errno="EMFILE"}; no plugin is evicted because a scan could
     not look; once the sockets go quiet the daemon serves and its plugin is ready again."""
-    config = FAST.replace("activate = 1.0", "activate = 60.0") + (
+    config = fast(interval=0.5, timeout=0.5, failure_threshold=1, activate=60.0,
+                  default=2.0) + (
         "[discovery]\nrescan_interval = 0.2\n")
     if shutil.which("prlimit") is None:
         pytest.skip("prlimit (util-linux) is not installed")
@@ -231,7 +225,7 @@ def test_a_storm_in_an_untrusted_folder_does_not_blind_a_trusted_one(
     it can; the dir is muted (discovery_flooded) and a plugin that appears meanwhile in a
     trusted dir is found and ready, with a periodic rescan an hour away (the only
     periodic scan is the startup one)."""
-    config = FAST + "[discovery]\nrescan_interval = 3600.0\n"
+    config = PATIENT + "[discovery]\nrescan_interval = 3600.0\n"
     d = daemon(plugin_dirs=[plugins, open_folder], config=config,
                args=["--log-level", "info"]).start()
     storm = _as_nobody_if_possible([sys.executable if os.geteuid() != 0 else

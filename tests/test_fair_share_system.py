@@ -10,7 +10,7 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,21 +35,6 @@ timeouts = { activate = 0.5, capabilities = 1.0, list = 120.0, default = 5.0 }
 """
 BUSY = {"error": {"code": "plugin_busy",
                   "message": "plugin stuck0 is busy (4 operations in flight)"}}
-
-
-@pytest.fixture
-def fakes(short_tmp: Path) -> Iterator[Callable[..., FakePlugin]]:
-    made: list[FakePlugin] = []
-
-    def make(name: str) -> FakePlugin:
-        (short_tmp / "plugins").mkdir(exist_ok=True)
-        fp = FakePlugin(str(short_tmp / "plugins" / f"{name}.sock")).start()
-        made.append(fp)
-        return fp
-
-    yield make
-    for fp in made:
-        fp.stop()
 
 
 def request(d: Daemon, method: str, path: str) -> tuple[int, dict[str, str], Any]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests import tiers
+from tests.configs import fast
 from tests.control.fuzz import fuzz_operations
 from tests.control.helpers import unix_session
 from tests.fakeplugin import FakePlugin
@@ -26,14 +27,7 @@ from volplugd.control import openapi_document
 pytestmark = [pytest.mark.system, pytest.mark.peer]
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = """
-[probe]
-interval = 0.3
-timeout = 0.3
-failure_threshold = 1
-[plugin]
-timeouts = { activate = 0.5, default = 1.0 }
-"""
+CONFIG = fast(failure_threshold=1)  # one failed probe shows in the metrics at once
 
 
 @pytest.fixture

@@ -548,7 +548,7 @@ def sample(text_: str, name: str, **labels: str) -> float | None:
 
 
 @pytest.fixture
-def fakes(short_tmp: Path) -> Iterator[dict[str, FakePlugin]]:
+def fakes_by_outcome(short_tmp: Path) -> Iterator[dict[str, FakePlugin]]:
     """Fake plugins in short_tmp/plugins: ok, rejected, stuck, refused and PROBE_FAULTS."""
     folder = short_tmp / "plugins"
     folder.mkdir()
@@ -567,19 +567,19 @@ def fakes(short_tmp: Path) -> Iterator[dict[str, FakePlugin]]:
 @pytest.mark.system
 @pytest.mark.peer
 def test_live_daemon_scrape_covers_every_state_and_probe_result(
-        daemon: Callable[..., Daemon], fakes: dict[str, FakePlugin]) -> None:
+        daemon: Callable[..., Daemon], fakes_by_outcome: dict[str, FakePlugin]) -> None:
     """A running daemon's /metrics has each state and each probe result a fake plugin
     provokes, passes `promtool check metrics`, and drops an evicted plugin's series."""
     d = daemon(config=LIVE_CONFIG).start()
     for name in ("ok", "refused", *PROBE_FAULTS):
         d.wait_state(name, "ready")
-    fakes["ok"].set("/VolumeDriver.Create", fb.ErrOn200("no space left"))
+    fakes_by_outcome["ok"].set("/VolumeDriver.Create", fb.ErrOn200("no space left"))
     assert d.call("GET", "/v1/plugins/ok/volumes")[0] == 200
     assert d.call("POST", "/v1/plugins/ok/volumes", {"name": "v1"})[0] == 502
-    fakes["ok"].reset()
+    fakes_by_outcome["ok"].reset()
     for name, (behaviour, _) in PROBE_FAULTS.items():
-        fakes[name].set("/VolumeDriver.List", behaviour)
-    fakes["refused"].stop(unlink=False)  # a stale socket: connect() is refused
+        fakes_by_outcome[name].set("/VolumeDriver.List", behaviour)
+    fakes_by_outcome["refused"].stop(unlink=False)  # a stale socket: connect() is refused
     for name in ("refused", *PROBE_FAULTS):
         d.wait_state(name, "unhealthy")
     d.wait_state("rejected", "rejected")
@@ -611,7 +611,7 @@ def test_live_daemon_scrape_covers_every_state_and_probe_result(
                           capture_output=True, timeout=60, check=False)
     assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
 
-    fakes["ok"].stop()  # the socket file goes: evicted
+    fakes_by_outcome["ok"].stop()  # the socket file goes: evicted
     d.wait_state("ok", None)
     wait_until(lambda: 'plugin="ok"' not in scrape(d), timeout=10,
                message="the evicted plugin's series to vanish")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import socket
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -45,18 +45,6 @@ docker_spec_dir = "{tmp}/specs"
     return text
 
 
-@pytest.fixture
-def fakes() -> Iterator[Callable[[Path], FakePlugin]]:
-    started: list[FakePlugin] = []
-
-    def make(path: Path) -> FakePlugin:
-        started.append(FakePlugin(str(path)))
-        return started[-1]
-    yield make
-    for fake in started:
-        fake.stop()
-
-
 class Secret:
     """A root-only file that planted symlinks point at: it must never change."""
 
@@ -89,7 +77,7 @@ def _probed_twice_more(d: Daemon, name: str) -> None:
 
 def test_symlinks_at_every_path_volplugd_writes_change_nothing_they_point_at(
         daemon: Callable[..., Daemon], short_tmp: Path,
-        fakes: Callable[[Path], FakePlugin]) -> None:
+        fakes_at: Callable[[Path], FakePlugin]) -> None:
     """The mark and its temp name, a gateway socket and a staging name, a spec file and a
     spec temp name, the drop-in's temp name, the control socket's staging name: each holds
     a symlink to a root-only file at start. Names volplugd replaces (the mark, temp and
@@ -104,7 +92,7 @@ def test_symlinks_at_every_path_volplugd_writes_change_nothing_they_point_at(
         gw / staging_name("b.sock"), specs / "b.json", specs / temp_name("c.json"),
         short_tmp / "conf.d" / temp_name(DROPIN), short_tmp / staging_name("control.sock"))]
     for name in ("a", "b", "c"):
-        fakes(short_tmp / "plugins" / f"{name}.sock")
+        fakes_at(short_tmp / "plugins" / f"{name}.sock")
     d = daemon(config=_config(short_tmp)).start()
     for name in ("a", "b", "c"):
         d.wait_state(name, "ready")
@@ -150,12 +138,12 @@ def test_a_symlink_at_the_control_socket_stops_the_start_with_one_line(
 
 def test_a_symlink_at_the_dropin_is_left_and_logged_once_and_the_daemon_serves(
         daemon: Callable[..., Daemon], short_tmp: Path,
-        fakes: Callable[[Path], FakePlugin]) -> None:
+        fakes_at: Callable[[Path], FakePlugin]) -> None:
     secret = Secret(short_tmp)
     (short_tmp / "conf.d").mkdir(mode=0o755)
     dropin = secret.plant(short_tmp / "conf.d" / DROPIN)
     (short_tmp / "plugins").mkdir()
-    fakes(short_tmp / "plugins" / "p.sock")
+    fakes_at(short_tmp / "plugins" / "p.sock")
     d = daemon(args=["--podman-dropin", str(dropin)],
                config="[probe]\ninterval = 0.2\ntimeout = 0.2\n").start()
     d.wait_state("p", "ready")
@@ -200,13 +188,13 @@ def test_the_daemon_refuses_to_start_in_a_folder_it_may_not_write_in(
 
 def test_untrusted_plugins_get_no_gateway_socket_and_no_spec_file(
         daemon: Callable[..., Daemon], short_tmp: Path,
-        fakes: Callable[[Path], FakePlugin]) -> None:
+        fakes_at: Callable[[Path], FakePlugin]) -> None:
     trusted, shady = short_tmp / "plugins", short_tmp / "shady"
     trusted.mkdir(mode=0o755)
     shady.mkdir(mode=0o755)
     shady.chmod(0o757)
-    fakes(trusted / "good.sock")
-    fakes(shady / "bad.sock")
+    fakes_at(trusted / "good.sock")
+    fakes_at(shady / "bad.sock")
     d = daemon(config=_config(short_tmp, podman=False), plugin_dirs=[trusted, shady]).start()
     d.wait_state("good", "ready")
     assert d.wait_state("bad", "ready")["warnings"] == [
@@ -223,7 +211,7 @@ def test_untrusted_plugins_get_no_gateway_socket_and_no_spec_file(
 
 def test_sockets_nobody_listens_on_get_no_gateway_socket(
         daemon: Callable[..., Daemon], short_tmp: Path,
-        fakes: Callable[[Path], FakePlugin]) -> None:
+        fakes_at: Callable[[Path], FakePlugin]) -> None:
     """300 stale socket files (bound once, nobody listening) cost no gateway socket and
     one log line each; the plugin that listens is served through the gateway."""
     plugins = short_tmp / "plugins"
@@ -231,7 +219,7 @@ def test_sockets_nobody_listens_on_get_no_gateway_socket(
     for i in range(300):
         with socket.socket(socket.AF_UNIX) as stale:
             stale.bind(str(plugins / f"stale{i}.sock"))
-    fakes(plugins / "live.sock")
+    fakes_at(plugins / "live.sock")
     d = daemon(config=_config(short_tmp, podman=False)).start()
     d.wait_state("live", "ready")
     wait_until((short_tmp / "gw" / "live.sock").exists, message="live's gateway socket")

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.configs import fast
 from tests.fakeplugin import FakePlugin
 from tests.harness import Daemon
 from tests.test_trust_discovery import SPEC_UNVERIFIED, TLS_REFUSED, has_reader, tls_json
@@ -19,26 +20,7 @@ from tests.waiting import wait_until
 pytestmark = [pytest.mark.system,
               pytest.mark.skipif(os.geteuid() != 0, reason="folder owners need root")]
 
-FAST = """
-[probe]
-interval = 0.3
-timeout = 0.3
-[plugin]
-timeouts = { activate = 0.5, default = 1.0 }
-"""
-
-
-@pytest.fixture
-def fakes() -> Iterator[Callable[[Path], FakePlugin]]:
-    made: list[FakePlugin] = []
-
-    def make(path: Path) -> FakePlugin:
-        made.append(FakePlugin(str(path)))
-        return made[-1]
-
-    yield make
-    for fp in made:
-        fp.stop()
+FAST = fast(failure_threshold=3)  # the default threshold: these tests need no other
 
 
 def dropin_plugins(path: Path) -> dict[str, Any] | None:
@@ -66,7 +48,7 @@ def probed_again(d: Daemon, name: str, times: int) -> None:
 
 
 def test_untrusted_plugin_is_served_with_its_warning_and_kept_out_of_podman(
-        daemon: Callable[..., Daemon], fakes: Callable[[Path], FakePlugin],
+        daemon: Callable[..., Daemon], fakes_at: Callable[[Path], FakePlugin],
         short_tmp: Path) -> None:
     """shady (in a 0757 folder) is ready with 'untrusted: …' and absent from the drop-in
     while alpha (0755) is listed; a .json there naming TLS files is ignored and its files
@@ -83,8 +65,8 @@ def test_untrusted_plugin_is_served_with_its_warning_and_kept_out_of_podman(
     dropin = short_tmp / "50-volplugd.conf"
     d = daemon(config=FAST, plugin_dirs=[good, shady],
                args=["--podman-dropin", str(dropin)]).start()
-    fakes(good / "alpha.sock")
-    fakes(shady / "shady.sock")
+    fakes_at(good / "alpha.sock")
+    fakes_at(shady / "shady.sock")
 
     alpha = d.wait_state("alpha", "ready")
     untrusted = f"untrusted: {shady} is writable by others (mode 0757)"

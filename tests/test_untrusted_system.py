@@ -11,7 +11,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import tiers
+from tests.configs import PATIENT
 from tests.fakeplugin import FakePlugin
 from tests.fakeplugin import behaviours as b
 from tests.harness import Daemon, call
@@ -27,33 +28,12 @@ from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.system, pytest.mark.peer]  # promtool checks every scrape
 
-FAST = """
-[probe]
-interval = 0.5
-timeout = 0.5
-failure_threshold = 1
-[plugin]
-timeouts = { activate = 1.0, default = 2.0 }
-"""
 EVIL = "evil\x1b]0;PWNED\x07"
 BAD = b"bad\xff"
 VOLPLUGCTL = str(Path(sys.executable).with_name("volplugctl"))
 MARKER_TEXT = "TOPSECRET-4f2a91"
 NOT_UTF8 = "plugin name is not valid UTF-8 (the plugin is skipped)"
 LIMIT = 4096
-
-
-@pytest.fixture
-def fakes() -> Iterator[Callable[..., FakePlugin]]:
-    made: list[FakePlugin] = []
-
-    def make(path: str) -> FakePlugin:
-        made.append(FakePlugin(path))
-        return made[-1]
-
-    yield make
-    for fp in made:
-        fp.stop()
 
 
 def tcp_get(port: int, path: str) -> tuple[int, bytes]:
@@ -95,16 +75,17 @@ def all_views(d: Daemon, port: int) -> dict[str, Any]:
             "page": page.decode()}
 
 
+@pytest.mark.peer  # all_views runs promtool
 def test_hostile_names_break_no_view(daemon: Callable[..., Daemon],
-                                     fakes: Callable[..., FakePlugin]) -> None:
+                                     fakes_at: Callable[..., FakePlugin]) -> None:
     """bad\\xff.sock is skipped with one escaped warning (also after rescans); the plugin
     named with terminal escapes is served, and every view of both is 200 and parses."""
-    d = daemon(config=FAST, args=["--metrics-listen", "127.0.0.1:0"]).start()
+    d = daemon(config=PATIENT, args=["--metrics-listen", "127.0.0.1:0"]).start()
     port = int(d.wait_log("metrics_listening")["port"])
     folder = os.fsencode(d.plugin_dirs[0])
-    fakes(os.fsdecode(os.path.join(folder, BAD + b".sock")))
-    fakes(str(d.plugin_dirs[0] / f"{EVIL}.sock"))
-    fakes(str(d.plugin_dirs[0] / "good.sock"))
+    fakes_at(os.fsdecode(os.path.join(folder, BAD + b".sock")))
+    fakes_at(str(d.plugin_dirs[0] / f"{EVIL}.sock"))
+    fakes_at(str(d.plugin_dirs[0] / "good.sock"))
     d.wait_state(EVIL, "ready")
     d.wait_state("good", "ready")
     ignored = d.wait_log("plugin_file_ignored")
@@ -127,13 +108,14 @@ def test_hostile_names_break_no_view(daemon: Callable[..., Daemon],
         == sorted([EVIL, "good"])
 
 
+@pytest.mark.peer  # all_views runs promtool
 def test_hostile_errs_give_bounded_502s(daemon: Callable[..., Daemon],
-                                        fakes: Callable[..., FakePlugin]) -> None:
+                                        fakes_at: Callable[..., FakePlugin]) -> None:
     """An Err with a lone surrogate is a 502 plugin_error with the escape; a 1 MiB Err
     is a 502 of at most 4 KiB, and it stays bounded in last_error, events, log, page."""
-    d = daemon(config=FAST, args=["--metrics-listen", "127.0.0.1:0"]).start()
+    d = daemon(config=PATIENT, args=["--metrics-listen", "127.0.0.1:0"]).start()
     port = int(d.wait_log("metrics_listening")["port"])
-    fp = fakes(str(d.plugin_dirs[0] / "boom.sock"))
+    fp = fakes_at(str(d.plugin_dirs[0] / "boom.sock"))
     d.wait_state("boom", "ready")
     fp.set("/VolumeDriver.Mount", b.Status(200, b'{"Err": "boom \\ud800"}'))
     status, body = d.call("POST", "/v1/plugins/boom/volumes/v/mount", {"id": "c1"})
@@ -161,6 +143,7 @@ def test_hostile_errs_give_bounded_502s(daemon: Callable[..., Daemon],
     assert any("PPPP" in line for line in lines)
 
 
+@pytest.mark.peer  # all_views runs promtool
 def test_a_spec_symlink_to_a_secret_quotes_nothing(daemon: Callable[..., Daemon],
                                                    short_tmp: Path) -> None:
     """leak.spec and leak.json link to a root-only file: each is ignored with what is
@@ -171,7 +154,7 @@ def test_a_spec_symlink_to_a_secret_quotes_nothing(daemon: Callable[..., Daemon]
     secret_json = short_tmp / "secret.json"
     secret_json.write_text(f'{{"Addr": "{MARKER_TEXT}"}}')
     secret_json.chmod(0o600)
-    d = daemon(config=FAST, args=["--metrics-listen", "127.0.0.1:0"])
+    d = daemon(config=PATIENT, args=["--metrics-listen", "127.0.0.1:0"])
     d.plugin_dirs[0].mkdir(parents=True)
     (d.plugin_dirs[0] / "leak.spec").symlink_to(secret)
     (d.plugin_dirs[0] / "leak2.json").symlink_to(secret_json)
@@ -191,10 +174,10 @@ def test_a_spec_symlink_to_a_secret_quotes_nothing(daemon: Callable[..., Daemon]
 
 
 def test_no_raw_control_character_reaches_a_terminal_from_the_log(
-        daemon: Callable[..., Daemon], fakes: Callable[..., FakePlugin]) -> None:
+        daemon: Callable[..., Daemon], fakes_at: Callable[..., FakePlugin]) -> None:
     """With --log-format console the escape-named plugin is logged escaped."""
-    d = daemon(config=FAST, args=["--log-format", "console"]).start()
-    fakes(str(d.plugin_dirs[0] / f"{EVIL}.sock"))
+    d = daemon(config=PATIENT, args=["--log-format", "console"]).start()
+    fakes_at(str(d.plugin_dirs[0] / f"{EVIL}.sock"))
     wait_until(lambda: "evil\\x1b]0;PWNED\\x07" in d.log(), message="the plugin logged")
     for line in d.log().splitlines():
         assert CONTROL.search(line) is None, repr(line)

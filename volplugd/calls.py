@@ -5,7 +5,8 @@ drives through ``poll``: no thread per call and no hand-off per probe. TCP and T
 plugins go through the blocking ``PluginClient`` on a pool of daemon threads. Either
 way the outcome is one ``Result`` (``Activated | Probed | Failed``), and results reach
 the loop one way: ``poll`` returns them, the multiplexed ones and the pool's alike (a
-pool thread queues its result and wakes the poll). Nothing is applied inside the poll.
+pool thread puts its result in a ``Mailbox`` the poll waits on). Nothing is applied
+inside the poll. The poll can wait on other descriptors of the loop too (``watch``).
 
 An activation is Activate then, if it answered, Capabilities for the scope; a probe is
 one call to the configured endpoint. Capabilities never fails an activation: an odd
@@ -13,13 +14,13 @@ answer (an unknown scope, garbage, a timeout) makes the scope "local", as Docker
 with a warning for the plugin's view; an error answer is "local" without one (the
 endpoint is optional). Both transports share ``scope_of`` for this.
 
-Runs on: the supervisor thread (every method but ``wake``); pool threads (TCP jobs);
-``wake`` from any thread.
+Runs on: the supervisor thread (every method of ``Calls``); pool threads (TCP jobs).
 """
 
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,14 +28,15 @@ from functools import partial
 from typing import NamedTuple
 
 from volplugd.config import ProbeSettings
+from volplugd.mailbox import Mailbox
 from volplugd.plugin.client import PluginClient
 from volplugd.plugin.errors import PluginBadResponse, PluginError, detached
 from volplugd.plugin.models import Capabilities, Manifest, UnknownScope
 from volplugd.plugin.multiplex import Multiplexer
 from volplugd.plugin.protocol import ACTIVATE, CAPABILITIES, LIST
-from volplugd.scheduling import WorkerPool
 
-__all__ = ["Activated", "Activation", "Calls", "Failed", "Probed", "Result", "scope_of"]
+__all__ = ["Activated", "Activation", "Calls", "Failed", "Probed", "Result", "WorkerPool",
+           "scope_of"]
 
 
 class Activation(NamedTuple):
@@ -88,6 +90,36 @@ class _Job:
     started: float
 
 
+class WorkerPool:
+    """A fixed set of daemon threads for the blocking TCP/TLS calls: a call hung in a
+    plugin never holds up exit. A job reports its own outcome (``Calls._run`` queues a
+    ``Result`` for every end, a raised one too); the pool hands nothing back."""
+
+    def __init__(self, size: int, name: str):
+        self.name = name
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+                         for i in range(size)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+    def stop(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+
+    def join(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+
 class Calls:
     """Activations and probes in flight, at most one per registration token."""
 
@@ -97,7 +129,8 @@ class Calls:
         self._workers = workers
         self._pool: WorkerPool | None = None  # started for the first TCP/TLS plugin
         self._ended: list[Result] = []  # multiplexed results of the current poll
-        self._pooled: queue.SimpleQueue[Result] = queue.SimpleQueue()  # the pool's
+        self._pooled: Mailbox[Result] = Mailbox()  # the pool's
+        self.watch(self._pooled.fileno())  # ``poll`` takes them
 
     def activate(self, name: str, token: int, client: PluginClient,
                  capabilities_timeout: float | None) -> None:
@@ -123,23 +156,26 @@ class Calls:
         (A TCP job still running reports; its token no longer matches anything.)"""
         self._mux.forget(token)
 
-    def poll(self, timeout: float) -> list[Result]:
-        """Wait up to ``timeout`` for answers or ``wake``; the results that came, both
-        the multiplexer's and the pool's, for the caller to apply."""
-        self._mux.poll(0.0 if not self._pooled.empty() else timeout)
-        ended, self._ended = self._ended, []
-        while True:
-            try:
-                ended.append(self._pooled.get_nowait())
-            except queue.Empty:
-                return ended
+    def watch(self, fd: int, on_ready: Callable[[], None] | None = None) -> None:
+        """Wait for ``fd`` in ``poll`` too (``Multiplexer.watch``: its owner reads it).
+        Without ``on_ready`` the poll only returns: right for a ``Mailbox`` its owner
+        takes from after every poll."""
+        self._mux.watch(fd, on_ready or _nothing)
 
-    def wake(self) -> None:
-        """Make ``poll`` return now (any thread)."""
-        self._mux.wake()
+    def unwatch(self, fd: int) -> None:
+        self._mux.unwatch(fd)
+
+    def poll(self, timeout: float) -> list[Result]:
+        """Wait up to ``timeout`` for answers or a watched descriptor; the results that
+        came, both the multiplexer's and the pool's, for the caller to apply."""
+        self._mux.poll(timeout)
+        ended, self._ended = self._ended, []
+        ended.extend(self._pooled.take())
+        return ended
 
     def close(self) -> None:
         self._mux.close()
+        self._pooled.close()
         if self._pool is not None:
             self._pool.stop()
 
@@ -185,7 +221,10 @@ class Calls:
             result = (Activated(name, token, seconds, value)
                       if isinstance(value, Activation) else Probed(name, token, seconds))
         self._pooled.put(result)
-        self._mux.wake()
+
+
+def _nothing() -> None:
+    """What a watched mailbox needs when it wakes the poll: its owner takes from it."""
 
 
 def _failed(kind: str, job: _Job, now: float, result: object) -> Failed:

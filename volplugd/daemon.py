@@ -3,8 +3,8 @@ messages, and stop everything in reverse order.
 
 Start order: metrics → supervisor (not yet running) → signal handlers → control
 socket → TCP metrics listener → gateway → Podman drop-in writer → the supervisor loop on this
-(the main) thread. READY=1 goes out from the loop once the first scan is reconciled and
-every plugin found then has been tried; by then the sockets are bound.
+(the main) thread. When READY=1 goes out is ``startup``'s (the loop calls
+``_on_started``); by then the sockets are bound.
 
 Runs on: the main thread; signal handlers only enqueue.
 """

@@ -1,10 +1,11 @@
 """The lifecycle of plugin registrations: what the loop does to its ``Book``.
 
-Reconciling a scan registers, evicts and replaces plugins (``policy.plan``); due work
-starts an activation or a probe through ``Calls`` (at most one in flight per
-registration); each ``Result`` the loop hands back moves its registration through the
-pure transitions of ``policy``; volume operations run on API threads within the
-plugin's fair-share ``Slots``. Every timing decision is a ``policy`` function.
+Reconciling a scan (``scanning`` decides when) registers, evicts and replaces plugins
+(``policy.plan``); due work starts an activation or a probe through ``Calls`` (at most
+one in flight per registration); each ``Result`` the loop hands back moves its
+registration through the pure transitions of ``policy``; volume operations run on API
+threads within the plugin's fair-share ``Slots``. Every timing decision is a ``policy``
+function.
 
 Runs on: the supervisor thread; ``call`` (and the client's ``on_request``) on API
 threads.
@@ -23,7 +24,6 @@ from volplugd import policy
 from volplugd.calls import Activated, Calls, Failed, Probed, Result
 from volplugd.config import Settings
 from volplugd.contracts import (
-    Flooded,
     Observer,
     OperationFailed,
     PluginBusy,
@@ -31,7 +31,7 @@ from volplugd.contracts import (
     ProbeNow,
     UnknownPlugin,
 )
-from volplugd.discovery import ScanResult, plugin_path_of, scan, scan_one
+from volplugd.discovery import ScanResult
 from volplugd.log import get_logger
 from volplugd.model import DesiredPlugin, EventType, PluginState, PluginView, RescanResult
 from volplugd.plugin.client import PluginClient
@@ -43,18 +43,16 @@ from volplugd.plugin.errors import (
     PluginUnreachable,
 )
 from volplugd.plugin.failures import Failure, classify
-from volplugd.registrations import Book, Registration
+from volplugd.registrations import Book, Registration, Slots
 from volplugd.registry import PendingEvent
-from volplugd.scheduling import Slots
 
 __all__ = ["BUSY_RETRY_AFTER", "SLOT_WAIT", "Lifecycle"]
 
 T = TypeVar("T")
-log = get_logger("volplugd.supervisor")
+log = get_logger(__name__)
 
 SLOT_WAIT = 1.0  # an operation waits this long at most for one of its plugin's slots
 BUSY_RETRY_AFTER = 1  # seconds, the Retry-After of a 503 plugin_busy
-FLOOD_LOG_EVERY = 60.0  # seconds between two discovery_flooded lines for one folder
 
 _operation = threading.local()  # .active: this thread runs a volume operation now
 
@@ -70,43 +68,11 @@ class Lifecycle:
         self._observer = observer
         self._wall = wall
         self._tokens = itertools.count(1)
-        self._ignored_logged: set[tuple[str, str]] = set()
-        self._flood_logged: dict[str, float] = {}  # folder -> when it was last logged
 
-    # --- discovery -> desired state -> plan ---------------------------------------------
-    def scan(self, now: float) -> RescanResult:
-        """Scan every plugin folder and reconcile."""
-        discovery = self.settings.discovery
-        return self.reconcile(scan(discovery.dirs, discovery.trust), now)
-
-    def hints(self, paths: list[str], burst_at: float | None, now: float) -> float | None:
-        """Re-resolve only the plugins the hinted paths concern; anything else (a plugin
-        folder itself appearing or going) gets a full scan, a burst one a little later.
-        Returns when that burst scan is due (None: no burst)."""
-        discovery = self.settings.discovery
-        names = {plugin_path_of(path, discovery.dirs) for path in paths}
-        hints = policy.coalesce(names, burst_at, now)
-        if hints.full:
-            self.scan(now)
-        for name in hints.names:
-            self.reconcile(scan_one(name, discovery.dirs, discovery.trust), now, only=name)
-        return hints.burst_at
-
-    def flooded(self, flooded: Flooded, due: float | None, now: float) -> float:
-        """The watcher muted a folder: when the one full scan that re-arms it is due (the
-        earlier of ``due`` and the mute's end). Logged once a minute per folder at most:
-        a storm must not flood the log too."""
-        folder, until = flooded.folder, flooded.until
-        last = self._flood_logged.get(folder)
-        if last is None or now - last >= FLOOD_LOG_EVERY:
-            self._flood_logged[folder] = now
-            log.warning("discovery_flooded", dir=folder, muted_for=max(0.0, until - now))
-        return until if due is None else min(due, until)
-
+    # --- a scan's desired state -> plan ---------------------------------------------------
     def reconcile(self, found: ScanResult, now: float, only: str | None = None
                   ) -> RescanResult:
         """Reconcile a scan: of everything, or (``only``) of one plugin name."""
-        self._log_ignored(found, partial=only is not None)
         records = self._book.records
         if only is not None:
             records = {only: records[only]} if only in records else {}
@@ -127,17 +93,6 @@ class Lifecycle:
             self._book.urgent = True
         return RescanResult(tuple(w.name for w in plan.add), plan.remove,
                             tuple(w.name for w in plan.replace))
-
-    def _log_ignored(self, found: ScanResult, partial: bool) -> None:
-        """Log each ignored file once; a full scan forgets files that were fixed."""
-        current = {(i.path, i.reason) for i in found.ignored}
-        for path, reason in sorted(current - self._ignored_logged):
-            log.warning("plugin_file_ignored", path=path, reason=reason)
-            self._observer.discovery("ignored")
-        if partial:  # in place: a copy per hint grew with every file ignored since a scan
-            self._ignored_logged |= current
-        else:
-            self._ignored_logged = current
 
     def register(self, want: DesiredPlugin, now: float) -> None:
         tracked = policy.register(want, next(self._tokens), self._wall())
@@ -195,9 +150,9 @@ class Lifecycle:
 
     def dispatch(self, record: Registration, due: float, now: float) -> None:
         """Start the work a registration needs; ``due`` keeps the probe phase."""
-        if record.calling is not None:
+        if record.serving is not None:
             return
-        record.calling = due
+        record.serving = due
         if record.probing:
             self._observer.probe_lateness(now - due)
             self._calls.probe(record.name, record.token, record.client, self.settings.probe)
@@ -215,19 +170,22 @@ class Lifecycle:
         self.dispatch(record, now, now)
 
     # --- applying results ------------------------------------------------------------------
-    def apply(self, result: Result, now: float) -> None:
+    def apply(self, result: Result, now: float) -> bool:
         """A finished activation or probe moves its registration (a stale one is dropped:
-        the plugin was evicted or replaced while the call ran)."""
+        the plugin was evicted or replaced while the call ran). True when it was an
+        activation that ran its course (not only given a second chance)."""
         record = self._book.current(result.name, result.token)
         if record is None:
-            return
-        due = now if record.calling is None else record.calling
-        record.calling = None
+            return False
+        due = now if record.serving is None else record.serving
+        record.serving = None
+        tried = False
         if isinstance(result, Probed) or (isinstance(result, Failed) and result.kind == "probe"):
             self._probed(record, result, due, now)
-        elif self._activated(record, result, now):
-            self._book.tried(record)
+        else:
+            tried = self._activated(record, result, now)
         record.answer_waiters()
+        return tried
 
     def _activated(self, record: Registration, result: Activated | Failed, now: float) -> bool:
         """Apply an activation's result; False while it is only given a second chance."""

@@ -1,24 +1,27 @@
 """The supervisor's book: one record per plugin registration, and what the next publish
-carries.
+carries; and the ``Slots`` that bound one registration's volume operations in flight.
 
 A ``Registration`` holds all the loop knows about one registration of a plugin name:
 its ``policy.Tracked`` (desired entry, view, token, retry state), its client and the
 fair-share ``Slots`` of its volume operations, when it next needs work, the call in
-flight, its second chance, whether the startup scan waits for it, and the ``probe``
-requests waiting for its next result. Evicting a plugin is one ``pop``.
+flight, its second chance, and the ``probe`` requests waiting for its next result.
+Evicting a plugin is one ``pop``.
 
 The ``Book`` keeps the records by name, a heap of due times (lazily deleted: an entry
 counts only while it matches its record's ``due``), and the outbox of the next publish:
-the names whose view changed and the events that go out with them. The published
-snapshot itself is the registry's; a publish copies it and applies the changed names.
+the names whose view changed and the events that go out with them. It answers when it
+next needs the loop (``wake_at``): the earliest due time, or the end of a lazy
+publish's wait. The published snapshot itself is the registry's; a publish copies it
+and applies the changed names.
 
 Runs on: the supervisor thread; API threads only read a record's ``client``, ``slots``
-and ``token`` (``Commands.call``).
+and ``token`` (``Commands.call``); ``Slots`` from any thread (control requests).
 """
 
 from __future__ import annotations
 
 import heapq
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -28,11 +31,67 @@ from volplugd.log import get_logger
 from volplugd.model import EventType, PluginState, PluginView
 from volplugd.plugin.client import PluginClient
 from volplugd.registry import PendingEvent, Registry
-from volplugd.scheduling import Slots
 
-__all__ = ["Book", "Registration"]
+__all__ = ["Book", "Registration", "Slots"]
 
-log = get_logger("volplugd.supervisor")
+log = get_logger(__name__)
+
+
+class Slots:
+    """At most ``limit`` holders at once, and at most ``limit`` more callers waiting.
+
+    ``acquire`` never blocks past its ``wait``, and a caller that finds the queue full
+    is refused at once: a hung plugin costs its callers at most ``wait`` seconds each,
+    and never more than ``limit`` calls that really wait on the plugin.
+    """
+
+    def __init__(self, limit: int):
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, not {limit}")
+        self.limit = limit
+        self._cond = threading.Condition(threading.Lock())
+        self._held = 0
+        self._waiting = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self._held
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    def acquire(self, wait: float) -> bool:
+        """Take a slot, waiting up to ``wait`` s if the queue has room; False if none."""
+        with self._cond:
+            if self._held < self.limit:
+                self._held += 1
+                return True
+            if wait <= 0 or self._waiting >= self.limit:
+                return False
+            self._waiting += 1
+            try:
+                if not self._cond.wait_for(lambda: self._held < self.limit, wait):
+                    return False
+                self._held += 1
+                return True
+            finally:
+                self._waiting -= 1
+
+    def release(self) -> None:
+        with self._cond:
+            if self._held <= 0:
+                raise RuntimeError("Slots.release() without a slot held")
+            self._held -= 1
+            self._cond.notify()
+
+    def resize(self, limit: int) -> None:
+        """A new bound (a reload); calls in flight keep their slots and count."""
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, not {limit}")
+        with self._cond:
+            self.limit = limit
+            self._cond.notify_all()
 
 
 @dataclass(eq=False, slots=True)
@@ -43,9 +102,8 @@ class Registration:
     client: PluginClient
     slots: Slots  # its volume operations in flight (fair share: plugin.max_in_flight)
     due: float | None = None  # when it next needs work (None: not scheduled)
-    calling: float | None = None  # its call in flight: the due time it served (None: none)
+    serving: float | None = None  # the due time its call in flight serves (None: no call)
     second_chance: bool = False  # refused once right after discovery, retried soon
-    starting: bool = False  # found by the startup scan and not tried yet
     waiters: list[Future[PluginView]] = field(default_factory=list)
 
     @property
@@ -90,7 +148,6 @@ class Book:
         self._clock = clock
         self.records: dict[str, Registration] = {}
         self._heap: list[tuple[float, int, str]] = []
-        self._starting = 0  # records with ``starting`` set
         self._changed: set[str] = set()  # names whose view changed since the last publish
         self._events: list[PendingEvent] = []  # events that go out with that publish
         self.urgent = False  # publish at the end of this iteration
@@ -116,24 +173,7 @@ class Book:
         """Evict: the record and everything about it goes; its heap entries go stale."""
         record = self.records.pop(name)
         self._changed.add(name)
-        if record.starting:
-            self._starting -= 1
         return record
-
-    # -- the startup scan waits for every plugin it found to be tried -----------------
-    def start_all(self) -> None:
-        for record in self.records.values():
-            record.starting = True
-        self._starting = len(self.records)
-
-    def tried(self, record: Registration) -> None:
-        if record.starting:
-            record.starting = False
-            self._starting -= 1
-
-    @property
-    def starting(self) -> int:
-        return self._starting
 
     # -- due times ---------------------------------------------------------------------
     def at(self, record: Registration, when: float) -> None:
@@ -151,7 +191,15 @@ class Book:
                 out.append((when, record))
         return out
 
+    def wake_at(self) -> float | None:
+        """When the book next needs the loop: its earliest due time, or the moment a
+        lazy publish has waited long enough (None: neither)."""
+        lazy = None if self.lazy_since is None else self.lazy_since + policy.LAZY_PUBLISH
+        due = self.next_due()
+        return lazy if due is None else due if lazy is None else min(due, lazy)
+
     def next_due(self) -> float | None:
+        """The earliest due time of a record (stale heap entries are dropped)."""
         while self._heap:
             when, token, name = self._heap[0]
             record = self.current(name, token)

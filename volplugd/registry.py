@@ -57,8 +57,8 @@ class Registry:
 
     def views(self) -> dict[str, PluginView]:
         """A new dict of the current snapshot's views, to edit into the next one: a
-        C-level copy (``dict()`` of the snapshot's read-only proxy goes key by key, 20 times
-        slower: 0.1 ms at 1,000 plugins, all of it holding the GIL)."""
+        C-level copy (``dict()`` of the snapshot's read-only proxy goes key by key, many
+        times slower and all of it holding the GIL: docs/performance.md)."""
         return self._views.copy()
 
     def publish(self, views: Mapping[str, PluginView],

@@ -1,12 +1,15 @@
 """The supervisor: THE loop that owns plugin state, and the Commands the API uses.
 
-Each iteration waits on its plugins' sockets and its queue at once (``Calls.poll``),
-applies the results the poll returns (``Activated | Probed | Failed``), then the queued
-messages (filesystem hints, scan requests, commands), starts the work that is due and
-publishes an immutable snapshot. What happens to registrations is ``lifecycle``'s, their
-records are ``registrations``'s, and every timing decision is a pure function in
-``policy``; this module is the shell that runs them in order. Every step survives an
-OSError (``survival``): nothing a plugin folder holds ends the loop.
+Each iteration waits on its plugins' sockets and its mailbox at once (``Calls.poll``,
+which can wait on more descriptors: ``Calls.watch``), applies the results the poll
+returns (``Activated | Probed | Failed``), then the queued messages (filesystem hints,
+scan requests, commands), starts the work that is due and publishes an immutable
+snapshot. When the folders are scanned is ``scanning``'s, what happens to registrations
+``lifecycle``'s, their records and due times ``registrations``'s, when the daemon counts
+as started ``startup``'s, and every timing decision is a pure function in ``policy``;
+this module is the shell that runs them in order and sleeps until the earliest thing
+any of them waits for. Every step survives an OSError (``survival``): nothing a plugin
+folder holds ends the loop.
 
 Activations and probes of unix-socket plugins are non-blocking exchanges the loop
 multiplexes itself, so a probe costs no thread hand-off and a hung plugin costs only a
@@ -19,13 +22,12 @@ methods from any thread; TCP jobs on the calls' pool.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from volplugd import policy
 from volplugd.calls import Calls
@@ -47,10 +49,13 @@ from volplugd.contracts import (
 from volplugd.discovery import Watcher
 from volplugd.lifecycle import Lifecycle
 from volplugd.log import get_logger
-from volplugd.model import Event, EventType, PluginState, PluginView, RescanResult, Snapshot
+from volplugd.mailbox import Mailbox
+from volplugd.model import Event, PluginState, PluginView, RescanResult, Snapshot
 from volplugd.plugin.client import PluginClient
 from volplugd.registrations import Book
-from volplugd.registry import PendingEvent, Registry
+from volplugd.registry import Registry
+from volplugd.scanning import Scans, WatcherLike
+from volplugd.startup import Startup
 from volplugd.survival import Survival
 
 T = TypeVar("T")
@@ -61,16 +66,6 @@ MAX_BATCH = 1000    # messages handled per loop iteration before publishing
 LIVENESS = 1.0      # the loop runs at least this often, so its age shows a wedged loop
 
 
-class WatcherLike(Protocol):
-    def start(self) -> None: ...
-    def refresh(self) -> bool: ...
-    def set_dirs(self, dirs: Sequence[str]) -> None: ...
-    @property
-    def up(self) -> bool: ...
-    def stop(self) -> None: ...
-    def join(self, timeout: float | None = None) -> None: ...
-
-
 @dataclass(frozen=True, slots=True)
 class Reload:
     """Re-read the configuration (SIGHUP)."""
@@ -78,13 +73,11 @@ class Reload:
 
 @dataclass(slots=True)
 class Timers:
-    """When the loop next does each of its own chores (None: not pending)."""
+    """When the loop next does each of its own chores (monotonic seconds; 0.0: at the
+    first iteration). Registrations' due times are the book's, scans' are ``Scans``'."""
 
-    rescan: float = 0.0  # the periodic full scan
-    beat: float = 0.0  # the heartbeat (systemd's watchdog), if there is one
-    status: float = 0.0  # the earliest next status callback
-    burst_scan: float | None = None  # one full scan that covers a burst of hints
-    flood: float | None = None  # a muted plugin dir is re-armed and rescanned
+    beat: float = 0.0  # the heartbeat (systemd's watchdog); used only if there is one
+    status: float = 0.0  # the earliest next status callback; used only if counts changed
 
 
 class Supervisor(Commands):
@@ -111,15 +104,16 @@ class Supervisor(Commands):
         self._reload = reload
         self._heartbeat = heartbeat
         self._on_status = on_status
-        self._on_started = on_started
         self._clock = clock
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._mailbox: Mailbox[object] = Mailbox()
         self._watcher = watcher_factory(settings.discovery.dirs, self.put)
         self._calls = Calls(workers=workers, clock=clock)
+        self._calls.watch(self._mailbox.fileno())  # _iterate takes the messages
         self._book = Book(registry, clock)
         self._plugins = Lifecycle(settings, self._book, self._calls, self._observer, wall)
+        self._scans = Scans(self._plugins, self._book, self._watcher, self._observer)
+        self._startup = Startup(on_started)
         self._timers = Timers()
-        self._started = threading.Event()
         self._stopped = threading.Event()
         self._last_iteration = clock()
         self._last_counts: Mapping[str, int] | None = None
@@ -129,11 +123,9 @@ class Supervisor(Commands):
     # --- the Commands interface (any thread) -------------------------------------
 
     def put(self, message: object) -> None:
-        self._queue.put(message)
+        self._mailbox.put(message)
         if self._stopped.is_set():  # the loop has left (or is leaving): nobody else will
-            _refuse_queued(self._queue)
-            return
-        self._calls.wake()
+            _refuse_all(self._mailbox.take())
 
     def snapshot(self) -> Snapshot:
         return self._registry.snapshot()
@@ -171,8 +163,8 @@ class Supervisor(Commands):
         return self._plugins.call(self.fail_fast(name), op, self.put)
 
     def wait_started(self, timeout: float) -> bool:
-        """True once the first scan is reconciled and each plugin found then was tried."""
-        return self._started.wait(timeout)
+        """True once started (``startup``: each plugin the first scan found was tried)."""
+        return self._startup.wait(timeout)
 
     # --- life cycle -------------------------------------------------------------
 
@@ -193,61 +185,57 @@ class Supervisor(Commands):
         """The loop. Returns after a Stop message, with workers told to stop."""
         try:
             self._survive(self._watcher.start)
-            self._survive(self._full_scan, "startup", self._clock())
+            scanned = self._survive(self._scans.full_scan, "startup", self._clock())
+            self._startup.expect(self._book if scanned is not None else ())
+            self._startup.check(self._book)
             while self._iterate():
                 pass
         finally:
             self._shutdown()
 
     def _iterate(self) -> bool:
-        timeout = 0.0 if not self._queue.empty() else self._sleep_time()
+        timeout = 0.0 if not self._mailbox.empty() else self._sleep_time()
         results = self._survive(self._calls.poll, self._survive.pause(timeout)) or []
-        batch: list[object] = []
-        while len(batch) < MAX_BATCH:
-            try:
-                batch.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
+        batch = self._mailbox.take(MAX_BATCH)
         now = self._last_iteration = self._clock()
         if any(isinstance(m, Stop) for m in batch):
             for message in batch:
                 _refuse(message)
             return False
         for result in results:  # the one way results reach the loop
-            self._survive(self._plugins.apply, result, now)
+            if self._survive(self._plugins.apply, result, now):
+                self._startup.tried(result.name, result.token)
         for message in batch:
             self._survive(self._handle, message, now)
         hints = [m.path for m in batch if isinstance(m, FsHint)]
         if hints:
-            self._timers.burst_scan = self._survive(self._plugins.hints, hints,
-                                                    self._timers.burst_scan, now)
-        self._check_started()
+            self._survive(self._scans.hints, hints, now)
+        self._startup.check(self._book)
         self._survive(self._tick, now)
         return True
 
     def _sleep_time(self) -> float:
         """Seconds until the loop has something to do unless a message or an answer
         comes first."""
-        now, timers, book = self._clock(), self._timers, self._book
+        now, timers = self._clock(), self._timers
         status_pending = (self._on_status is not None
                           and self.snapshot().counts != self._last_counts)
         return policy.sleep_time(now, (
-            timers.rescan, now + LIVENESS,
+            now + LIVENESS,
             timers.beat if self._heartbeat is not None else None,
-            None if book.lazy_since is None else book.lazy_since + policy.LAZY_PUBLISH,
             timers.status if status_pending else None,
-            book.next_due(), timers.burst_scan, timers.flood))
+            self._book.wake_at(), *self._scans.wake_at()))
 
     def _handle(self, message: object, now: float) -> None:
         match message:
             case Rescan(trigger=trigger, reply=reply):
-                result = self._full_scan(trigger, now)
+                result = self._scans.full_scan(trigger, now)
                 if reply is not None and not reply.done():
-                    self._check_started()
+                    self._startup.check(self._book)
                     self._book.publish()  # what the answer names is in /v1/plugins by then
                     reply.set_result(result)
             case Flooded():
-                self._timers.flood = self._plugins.flooded(message, self._timers.flood, now)
+                self._scans.flooded(message, now)
             case ProbeNow():
                 self._plugins.probe_now(message, now)
             case OperationFailed():
@@ -261,56 +249,26 @@ class Supervisor(Commands):
             interval, beat = self._heartbeat
             beat()
             timers.beat = now + interval
-        if timers.burst_scan is not None and now >= timers.burst_scan:
-            timers.burst_scan = None
-            self._plugins.scan(now)
-            self._check_started()
+        if self._scans.burst(now):
+            self._startup.check(self._book)
         self._plugins.dispatch_due(now)
-        if timers.flood is not None and now >= timers.flood:
-            self._full_scan("flood", now)
-        if now >= timers.rescan:
-            self._full_scan("periodic", now)
-            self._check_started()
+        if self._scans.due(now):
+            self._startup.check(self._book)
         if self._book.publish_due(now):
             self._book.publish()
         self._report_status(now)
 
     def _shutdown(self) -> None:
         self._stopped.set()  # before the drain: a later put() drains for itself
-        _refuse_queued(self._queue)
+        _refuse_all(self._mailbox.take())
         self._watcher.stop()
         self._calls.close()
+        self._mailbox.close()
         self._plugins.close()
         self._watcher.join(2.0)
-        self._started.set()
+        self._startup.stopped()
 
-    # --- discovery ------------------------------------------------------------------
-
-    def _full_scan(self, trigger: str, now: float) -> RescanResult:
-        """Re-arm the watcher, then scan (a change in between is hinted); covers all so far."""
-        self._timers.burst_scan = self._timers.flood = None
-        self._timers.rescan = now + self._plugins.settings.discovery.rescan_interval
-        if self._watcher.refresh():
-            log.warning("watcher_restarted")
-            self._observer.rescan("watcher_restart")
-        result = self._plugins.scan(now)
-        self._observer.rescan(trigger)
-        self._book.event(PendingEvent(EventType.RESCAN, reason=trigger))
-        self._observer.watcher(self._watcher.up)
-        if trigger == "startup":
-            self._book.start_all()
-            self._check_started()
-        return result
-
-    # --- startup, status and reload ------------------------------------------------
-
-    def _check_started(self) -> None:
-        """Once every plugin found by the startup scan was tried (or is gone): started."""
-        if not self._book.starting and not self._started.is_set():
-            self._book.publish()
-            self._started.set()
-            if self._on_started is not None:
-                self._on_started()
+    # --- status and reload ------------------------------------------------------------
 
     def _report_status(self, now: float) -> None:
         if self._on_status is None or now < self._timers.status:
@@ -330,16 +288,13 @@ class Supervisor(Commands):
         if new.discovery.dirs != old.discovery.dirs:
             self._watcher.set_dirs(new.discovery.dirs)
         log.info("config_reloaded")
-        self._full_scan("reload", now)
+        self._scans.full_scan("reload", now)
 
 
-def _refuse_queued(messages: queue.SimpleQueue[object]) -> None:
+def _refuse_all(messages: list[object]) -> None:
     """Answer every queued request: nobody waits out a timeout for a loop that left."""
-    while True:
-        try:
-            _refuse(messages.get_nowait())
-        except queue.Empty:
-            return
+    for message in messages:
+        _refuse(message)
 
 
 def _refuse(message: object) -> None:

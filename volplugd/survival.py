@@ -23,7 +23,7 @@ from volplugd.plugin.text import safe_text
 __all__ = ["LOG_EVERY", "PAUSE", "Survival"]
 
 T = TypeVar("T")
-log = get_logger("volplugd.supervisor")
+log = get_logger(__name__)
 
 LOG_EVERY = 600.0  # seconds between two loop_error lines for one errno and step
 PAUSE = 0.1  # after a failed step the loop waits at least this long (or a message)

@@ -289,7 +289,7 @@ def test_a_hung_plugin_does_not_delay_the_others(fake: FakePlugin, mux: Multiple
         mux.call(key, client, LIST, collect(results, key))
     drive(mux, results, keys)
     assert results == {key: [] for key in keys}
-    assert mux.busy("hung")
+    assert "hung" not in results  # still in flight: done() has not run
 
 
 def test_one_call_per_key_until_forget(mux: Multiplexer, silent: PluginClient) -> None:
@@ -299,9 +299,9 @@ def test_one_call_per_key_until_forget(mux: Multiplexer, silent: PluginClient) -
     with pytest.raises(RuntimeError) as caught:
         mux.call("k", silent, LIST, collect(results, "k"))
     assert str(caught.value) == "a call for 'k' is already in flight"
-    assert (fds(), mux.busy("k")) == (before + 1, True)
+    assert fds() == before + 1
     mux.forget("k")
-    assert (fds(), mux.busy("k")) == (before, False)
+    assert fds() == before
     past = time.monotonic() + 0.3
     while time.monotonic() < past:
         mux.poll(0.05)
@@ -369,7 +369,7 @@ def test_a_full_backlog_is_retried_until_room_or_the_deadline(
         assert (type(results["short"]), str(results["short"])) == (PluginTimeout, (
             "sending request to plugin foo activation endpoint: timed out: "
             "no complete answer within 0.3 s"))
-        assert mux.busy("long")  # no connect happens outside call and poll: none until...
+        assert "long" not in results  # no connect happens outside call and poll: none until...
     with FakePlugin(sock_path) as fake:  # ...this plugin listens at the same path
         drive(mux, results, {"long"})
         assert [r.path for r in fake.requests] == [ACTIVATE]
@@ -421,23 +421,36 @@ def test_on_request_is_called_once_per_call(fake: FakePlugin, mux: Multiplexer,
     assert seen[0][2] >= 0
 
 
-def test_wake_ends_a_poll_on_another_thread(mux: Multiplexer) -> None:
-    """``wake`` makes a ``poll(30)`` with nothing to do return at once."""
-    poller = threading.Thread(target=mux.poll, args=(30,), name="poller")
-    poller.start()
-    mux.wake()
-    poller.join(timeout=10)
-    assert not poller.is_alive()
+def test_a_watched_descriptor_ends_a_poll_and_is_left_to_its_owner(mux: Multiplexer) -> None:
+    """A watched descriptor that becomes readable (here from another thread) ends a
+    ``poll(30)`` and gets its ``on_ready``; after ``unwatch`` it is no longer waited
+    for, and it is never closed by the multiplexer."""
+    read_end, write_end = os.pipe()
+    seen: list[str] = []
+    try:
+        mux.watch(read_end, lambda: seen.append("ready"))
+        poller = threading.Thread(target=mux.poll, args=(30,), name="poller")
+        poller.start()
+        os.write(write_end, b"x")
+        poller.join(timeout=10)
+        assert (poller.is_alive(), seen) == (False, ["ready"])
+        mux.unwatch(read_end)
+        mux.poll(0.0)  # still readable, no longer watched
+        assert seen == ["ready"]
+        assert os.read(read_end, 1) == b"x"  # still open: the owner's
+    finally:
+        os.close(read_end)
+        os.close(write_end)
 
 
 def test_close_closes_every_connection(fake: FakePlugin, client: PluginClient,
                                        silent: PluginClient) -> None:
-    """``close`` closes idle and busy connections, the selector and the wake pipe."""
+    """``close`` closes idle and busy connections and the selector."""
     before = fds()
     mux = Multiplexer()
     assert run(mux, client, ACTIVATE, key="idle") == VOLUME_DRIVER
     mux.call("busy", silent, ACTIVATE, collect({}, "busy"))
-    # epoll, the wake pipe's two ends, the two sockets, and the fake's end of "idle"
-    assert fds() == before + 6
+    # epoll, the two sockets, and the fake's end of "idle"
+    assert fds() == before + 4
     mux.close()
     wait_until(lambda: fds() == before, message="every fd to close")

@@ -3,7 +3,9 @@
 
 Built from the same ``Taken`` and the same family table as the text renderer, sample
 for sample what ``prometheus_client.parser`` reads back from that text (a test holds the
-two to it); nothing here parses text. Not the fast path: Prometheus gets the text.
+two to it); nothing here parses text. Not the fast path: Prometheus gets the text
+from ``render``. Text from these objects would make one path for both formats, at many
+times a scrape's cost (docs/performance.md, "One metrics path?"), so both stay.
 
 Runs on: the threads that serve a scrape.
 """

@@ -1,8 +1,8 @@
 """The daemon's Observer: counters and histograms fed by the supervisor, the gateway and
 the control server, and ``take()``, one consistent copy of them for a scrape.
 
-A plugin's series are one immutable ``PluginSeries``: an observation replaces it (a few
-µs, next to a plugin call of ~0.5 ms), so a scrape copies references, and a renderer
+A plugin's series are one immutable ``PluginSeries``: an observation replaces it (cheap
+beside the plugin call it counts), so a scrape copies references, and a renderer
 knows a plugin's counters did not change since its last render when it holds the very
 same object (``is``).
 
@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 P = ParamSpec("P")
-log = get_logger("volplugd.metrics")
+log = get_logger(__name__)
 
 # Unix-socket calls take ~0.5 ms when healthy; probes are cut at probe.timeout (5 s by
 # default), operations at their deadline (up to 120 s). Each bucket costs one line per

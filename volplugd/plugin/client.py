@@ -198,7 +198,7 @@ class PluginClient:
             exchange = self._exchange(endpoint, request, volume, interpret, seconds=seconds,
                                       started=started)
             self._connections_for(endpoint, volume).run(exchange)
-            result = exchange.result()  # not value(): no cycle exchange <-> its error
+            result = exchange.result()  # data, not raised: no cycle exchange <-> its error
             if isinstance(result, PluginError):
                 try:
                     raise result

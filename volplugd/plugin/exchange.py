@@ -4,8 +4,8 @@ PluginError worded as Podman words it.
 
 A driver owns the socket and tells the exchange what happened: ``receive(data)``,
 ``closed()`` (EOF), ``fail(error, now)`` (a socket error), ``time_out()``. Once
-``finished``, ``keep`` says whether the connection can carry another call and ``value()``
-gives the result. Two drivers use it: ``connections`` (blocking sockets, for
+``finished``, ``keep`` says whether the connection can carry another call and ``result()``
+gives the value or the error, as data. Two drivers use it: ``connections`` (blocking sockets, for
 ``PluginClient``'s calls on any thread) and ``multiplex`` (non-blocking, one thread).
 llhttp (through httptools) parses the answers.
 
@@ -156,7 +156,7 @@ class Exchange(Generic[T]):
                                 PluginTimeout), cause or TimeoutError("deadline passed"))
 
     def abandon(self) -> None:
-        """The driver gives the call up and wants no result (``value`` is not called
+        """The driver gives the call up and wants no result (``result`` is not called
         after this): the connection is not kept, and the parser goes."""
         self._finish(keep=False)
 
@@ -165,20 +165,14 @@ class Exchange(Generic[T]):
         return self.deadline - now
 
     # -- the result -----------------------------------------------------------------------
-    def value(self) -> T:
-        """The call's value; raises its PluginError. Only once ``finished``."""
-        if self._error is not None:
-            raise self._error
-        return self._interpret(self)
-
     @property
     def body(self) -> bytes:
         """The answer's body (whole once ``finished`` without error)."""
         return bytes(self._body)
 
     def result(self) -> T | PluginError:
-        """``value()``, or the PluginError it would raise (without a traceback: it is
-        kept as data)."""
+        """The call's value, or its PluginError (without a traceback: it is kept as
+        data). Only once ``finished``."""
         if self._error is not None:
             return self._error
         try:

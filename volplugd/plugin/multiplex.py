@@ -9,20 +9,21 @@ thread that calls ``poll``, keeping one keep-alive connection per key.
 
 Unix sockets only: TCP and TLS plugins are few, and ``PluginClient`` serves them.
 
-Runs on: one thread (``call``, ``poll``, ``forget``, ``close``); ``wake`` from any thread,
-also after ``close`` (then it does nothing).
+The thread that polls may wait on descriptors of its own in the same ``poll``
+(``watch``): a queue's wake-up, a process's pidfd. The multiplexer only says that one is
+readable; its owner reads it.
+
+Runs on: one thread (every method).
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import heapq
 import itertools
 import os
 import selectors
 import socket
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
@@ -58,7 +59,13 @@ class _Call:
         self.result: object = None
 
 
-_WAKE = object()  # the selector data of the wake-up pipe; a connection's is its key
+class _Watch:
+    """The selector data of a watched descriptor (a connection's is its key)."""
+
+    __slots__ = ("on_ready",)
+
+    def __init__(self, on_ready: Callable[[], None]) -> None:
+        self.on_ready = on_ready
 
 
 class Multiplexer:
@@ -67,9 +74,7 @@ class Multiplexer:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, _WAKE)
-        self._wake_lock = threading.Lock()
+        self._watched: set[int] = set()
         self._calls: dict[Hashable, _Call] = {}
         self._idle: dict[Hashable, socket.socket] = {}
         self._timers: list[tuple[float, int, _Call]] = []  # deadlines and connect retries
@@ -96,10 +101,6 @@ class Multiplexer:
         heapq.heappush(self._timers, (exchange.deadline, next(self._seq), call))
         self._connect(call, exchange)
 
-    def busy(self, key: Hashable) -> bool:
-        """Whether a call for ``key`` is in flight."""
-        return key in self._calls
-
     def forget(self, key: Hashable) -> None:
         """Drop ``key``'s call (its ``done`` is never called, even if it has already
         finished and only waits to be handed over) and its connection."""
@@ -113,24 +114,32 @@ class Multiplexer:
             ended.dropped |= ended.key == key
         self._close(self._idle.pop(key, None))
 
-    def wake(self) -> None:
-        """Make a ``poll`` on another thread return now. Any thread; never blocks."""
-        with self._wake_lock:  # close() must not free the fd under a write
-            if self._wake_w >= 0:
-                with contextlib.suppress(BlockingIOError):  # full: poll wakes anyway
-                    os.write(self._wake_w, b"\0")
+    def watch(self, fd: int, on_ready: Callable[[], None]) -> None:
+        """Wait for ``fd`` to be readable in every ``poll`` too, and then call
+        ``on_ready`` (on the polling thread). The descriptor stays its owner's: it reads
+        it (while it stays readable, ``poll`` returns at once) and closes it after
+        ``unwatch``."""
+        self._selector.register(fd, selectors.EVENT_READ, _Watch(on_ready))
+        self._watched.add(fd)
+
+    def unwatch(self, fd: int) -> None:
+        """Stop waiting for ``fd`` (it is not closed)."""
+        if fd in self._watched:
+            self._watched.discard(fd)
+            self._selector.unregister(fd)
 
     def poll(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for I/O or ``wake``; run the ``done`` of every
-        call that finished (or timed out)."""
+        """Wait up to ``timeout`` seconds for I/O or a watched descriptor; call the
+        ``on_ready`` of each watched one that is readable and the ``done`` of every call
+        that finished (or timed out)."""
         now = self._clock()
         if self._finished:
             timeout = 0.0
         elif self._timers:
             timeout = min(timeout, self._timers[0][0] - now)
         for ready, mask in self._selector.select(max(0.0, timeout)):
-            if ready.data is _WAKE:
-                self._drain_wake()
+            if isinstance(ready.data, _Watch):
+                ready.data.on_ready()
                 continue
             call = self._calls.get(ready.data)
             if call is not None and call.sock is ready.fileobj:
@@ -145,14 +154,12 @@ class Multiplexer:
                 call.done(result, self._clock() - call.started)
 
     def close(self) -> None:
-        """Close every connection and the selector; pending calls are dropped."""
+        """Close every connection and the selector; pending calls are dropped, and
+        watched descriptors are left to their owners."""
         for key in list(self._calls) + list(self._idle):
             self.forget(key)
+        self._watched.clear()
         self._selector.close()
-        with self._wake_lock:
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            self._wake_w = -1
 
     # -- connecting, sending, receiving ---------------------------------------------------
     def _connect(self, call: _Call, exchange: Exchange[Any]) -> None:
@@ -266,11 +273,6 @@ class Multiplexer:
             return
         self._selector.unregister(sock)
         sock.close()
-
-    def _drain_wake(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            while os.read(self._wake_r, 4096):
-                pass
 
 
 def _os_error(code: int) -> OSError:

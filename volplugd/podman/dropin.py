@@ -52,7 +52,7 @@ __all__ = [
 
 # The package's name, not this module's: log lines keep the logger they had before the
 # split into dropin/writer.
-log = get_logger("volplugd.podman")
+log = get_logger(__name__)
 
 DROPIN_NAME = "50-volplugd.conf"
 SYSTEM_DROPIN = f"/etc/containers/containers.conf.d/{DROPIN_NAME}"

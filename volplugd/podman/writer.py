@@ -38,7 +38,7 @@ __all__ = ["DropinWriter", "ForeignFileError", "WaitSnapshot", "write_if_changed
 
 # The package's name, not this module's: log lines keep the logger they had before the
 # split into dropin/writer.
-log = get_logger("volplugd.podman")
+log = get_logger(__name__)
 
 _MAX_DROPIN = 16 * 1024 * 1024  # read back to compare; ours are a few KiB
 
