@@ -182,7 +182,7 @@ def test_gateway_metrics() -> None:
     metrics.gateway_request("p", "weird", "what", 0.5)
     text = metrics.exposition()[0].decode()
     lines = [line.replace("volplugd_gateway_request_duration_seconds", "H")
-             for line in text.splitlines() if line.startswith("volplugd_gateway")]
+             for line in text.splitlines() if line.startswith("volplugd_gateway_request")]
     assert lines == [
         'volplugd_gateway_requests_total{plugin="p",endpoint="create",outcome="answered"} 1',
         'volplugd_gateway_requests_total{plugin="p",endpoint="create",outcome="not_ready"} 1',

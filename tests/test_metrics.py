@@ -26,7 +26,7 @@ from tests.fakeplugin import behaviours as fb
 from tests.harness import Daemon
 from tests.renderers import PageCells
 from tests.waiting import wait_until
-from volplugd.control.admission import Refusal
+from volplugd.admission import Refusal
 from volplugd.metrics import Metrics
 from volplugd.metrics.observer import (
     MAX_ROUTES,
@@ -189,15 +189,18 @@ def test_daemon_counters_start_at_zero_and_count_unknown_values_as_other() -> No
     assert get("volplugd_evictions_total", {"reason": "replaced"}) == 0
 
 
-def test_refused_control_connections_are_counted_by_reason() -> None:
-    """Both reasons of a refusal at accept exist at 0; an unknown one counts as "other"."""
+@pytest.mark.parametrize(("total", "method"), [
+    ("volplugd_control_connections_refused_total", "control_refused"),
+    ("volplugd_gateway_connections_refused_total", "gateway_refused")])
+def test_refused_connections_are_counted_by_reason(total: str, method: str) -> None:
+    """Both reasons of a refusal at accept exist at 0; an unknown one counts as "other"
+    (the control socket's and the gateway's, each in its own family)."""
     m, _ = make()
     get = m.registry.get_sample_value
-    total = "volplugd_control_connections_refused_total"
     assert (get(total, {"reason": "uid_limit"}), get(total, {"reason": "full"})) == (0, 0)
     assert get(total, {"reason": "other"}) is None
     for reason in ("uid_limit", "uid_limit", "full", "because"):
-        m.control_refused(reason)
+        getattr(m, method)(reason)
     assert (get(total, {"reason": "uid_limit"}), get(total, {"reason": "full"}),
             get(total, {"reason": "other"})) == (2, 1, 1)
 
@@ -387,6 +390,7 @@ def feed_everything(m: Observations, names: list[str], rounds: int) -> None:
         m.rescan(("startup", "reload", "whim")[i % 3])
         m.control_request(f'/v1/"{i % 2}"', 200 + i)
         m.control_refused(("uid_limit", "full", "odd")[i % 3])
+        m.gateway_refused(("full", "odd", "uid_limit")[i % 3])
         m.probe_lateness(0.05 * i)
 
 
@@ -410,7 +414,7 @@ def test_registry_holds_what_the_text_says() -> None:
         feed_everything(m, NAMES[step:], 2)
         registry = [f for f in m.registry.collect() if f.name.startswith("volplugd_")]
         assert volplugd_families(m.exposition()[0]) == registry
-        assert len(registry) == 20
+        assert len(registry) == 21
 
 
 def test_kept_fragments_render_the_same_bytes_as_a_fresh_render() -> None:

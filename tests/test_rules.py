@@ -3,6 +3,7 @@ every metric they name is one volplugd exports."""
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import subprocess
@@ -48,6 +49,7 @@ def exported_names() -> set[str]:
     m.control_request("/v1/health", 200)
     m.busy("b-ready")
     m.gateway_request("b-ready", "create", "not_ready", 0.0004)
+    m.loop_error(errno.EMFILE)
     body, _ = m.exposition()
     lines = body.decode().splitlines()
     return {re.split(r"[{ ]", line, maxsplit=1)[0] for line in lines if not line.startswith("#")}
@@ -84,7 +86,7 @@ def names_in(expr: str) -> set[str]:
 def test_promtool_check_rules_passes() -> None:
     """`promtool check rules` accepts the rules file (3 recording rules, 10 alerts)."""
     code, out = run("check", "rules", RULES)
-    assert (code, out.strip().splitlines()[-1].strip()) == (0, "SUCCESS: 13 rules found")
+    assert (code, out.strip().splitlines()[-1].strip()) == (0, "SUCCESS: 15 rules found")
 
 
 @pytest.mark.peer
@@ -105,7 +107,8 @@ def test_rule_tests_cover_every_alert_firing_and_not_firing() -> None:
                       "VolplugdPluginFlapping", "VolplugdSlowProbes",
                       "VolplugdPluginStuckActivating", "VolplugdProbesLate",
                       "VolplugdPluginBusy", "VolplugdGatewayRefusing",
-                      "VolplugdControlRefusing"}
+                      "VolplugdControlRefusing", "VolplugdGatewayConnectionsRefused",
+                      "VolplugdLoopErrors"}
     assert (firing, quiet) == (alerts, alerts)
 
 

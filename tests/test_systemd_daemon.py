@@ -371,6 +371,7 @@ def volplugctl(sock: str, *argv: str) -> subprocess.CompletedProcess[str]:
                           text=True, env=env, timeout=WAIT, check=False)
 
 
+@pytest.mark.peer
 def test_socket_activated_by_systemd_socket_activate(
         service: Callable[..., ServiceDaemon], notify: NotifySocket,
         plugins: Callable[[str], FakePlugin], short_tmp: Path) -> None:

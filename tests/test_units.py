@@ -124,6 +124,8 @@ def test_service_settings() -> None:
     assert s["CapabilityBoundingSet"] == [""]
     assert s["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
     assert s["ReadWritePaths"] == ["-/etc/containers/containers.conf.d"]
+    assert s["ReadOnlyPaths"] == ["/run"]  # tests/test_sandbox_system.py proves why
+    assert s["LimitNOFILE"] == ["65536"]
     assert s["Also"] == ["volplugd.socket"]
 
 

@@ -25,7 +25,7 @@ from tests.harness import Daemon, call
 from tests.renderers import CONTROL
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.system
+pytestmark = [pytest.mark.system, pytest.mark.peer]  # promtool checks every scrape
 
 FAST = """
 [probe]

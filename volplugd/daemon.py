@@ -143,7 +143,8 @@ class Daemon:
             return None
         specs = SpecFiles(settings.docker_spec_dir) if settings.docker_specs else None
         gateway = Gateway(settings, self.supervisor, self.registry.wait,
-                          on_request=self.metrics.gateway_request, specs=specs)
+                          on_request=self.metrics.gateway_request, specs=specs,
+                          on_refused=self.metrics.gateway_refused)
         self._start("gateway", gateway.start, gateway.stop, gateway.join)
         logger.info("gateway_listening", dir=settings.dir,
                     docker_specs=settings.docker_spec_dir if specs else None)

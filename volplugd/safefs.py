@@ -37,8 +37,8 @@ import stat
 
 from volplugd.plugin.text import safe_text
 
-__all__ = ["Folder", "NotAFile", "UnsafeFolder", "folder_problem", "inside", "same_folder",
-           "temp_name"]
+__all__ = ["Folder", "NotAFile", "UnsafeFolder", "folder_problem", "inside", "mode_text",
+           "same_folder", "temp_name", "writers"]
 
 _WRITABLE = stat.S_IWGRP | stat.S_IWOTH
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -265,7 +265,7 @@ def _open_failed(path: str, err: OSError) -> OSError:
 def _own_problem(path: str, st: os.stat_result, euid: int) -> str | None:
     problem = _owner_problem(path, st, euid)
     if problem is None and st.st_mode & _WRITABLE:
-        problem = f"{_shown(path)} is writable by {_who(st.st_mode)} (mode {_mode(st)})"
+        problem = f"{_shown(path)} is writable by {writers(st.st_mode)} (mode {mode_text(st)})"
     return problem
 
 
@@ -283,8 +283,8 @@ def _ancestors_problem(path: str, euid: int) -> str | None:
         if st is not None:
             problem = _owner_problem(real, st, euid)
             if problem is None and st.st_mode & _WRITABLE and not st.st_mode & stat.S_ISVTX:
-                problem = (f"{_shown(real)} is writable by {_who(st.st_mode)} without the "
-                           f"sticky bit (mode {_mode(st)})")
+                problem = (f"{_shown(real)} is writable by {writers(st.st_mode)} without the "
+                           f"sticky bit (mode {mode_text(st)})")
             if problem is not None:
                 return problem
         if real == "/":
@@ -310,13 +310,15 @@ def _owner_problem(path: str, st: os.stat_result, euid: int) -> str | None:
             f"uid {euid}")
 
 
-def _who(mode: int) -> str:
+def writers(mode: int) -> str:
+    """Who besides the owner may write, for messages: "group", "others" or both."""
     if mode & stat.S_IWGRP and mode & stat.S_IWOTH:
         return "group and others"
     return "group" if mode & stat.S_IWGRP else "others"
 
 
-def _mode(st: os.stat_result) -> str:
+def mode_text(st: os.stat_result) -> str:
+    """The permission bits as in ``chmod``: ``0755``."""
     return f"{stat.S_IMODE(st.st_mode):04o}"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from volplugd.control.admission import ConnectionBudget, Refusal, Ticket
+from volplugd.admission import ConnectionBudget, Refusal, Ticket
 
 
 def _admit_all(budget: ConnectionBudget, uid: int | None, n: int,

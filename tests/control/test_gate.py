@@ -11,9 +11,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.waiting import wait_until
+from volplugd.admission import Refusal
 from volplugd.control import gate
 from volplugd.control.access import Peer
-from volplugd.control.admission import Refusal
 from volplugd.control.gate import Lookups, Refusals
 
 ANN, BOB = Peer(pid=10, uid=1000, gid=1000), Peer(pid=20, uid=1001, gid=1001)
@@ -130,14 +130,16 @@ def test_a_refusal_is_an_exact_503_and_logged_once_per_ten_seconds(
     refusals = Refusals("control", per_uid=16)
     answers = []
     with capture_logs() as logs:
-        for why in (Refusal.UID_LIMIT, Refusal.FULL):
+        for why in (Refusal.UID_LIMIT, Refusal.FULL, Refusal.UID_LIMIT):
             ours, theirs = socket.socketpair()
             with theirs:
                 refusals.refuse(ours, ANN, why)
                 answers.append(b"".join(iter(lambda: theirs.recv(65536), b"")))  # noqa: B023
-    assert [a.split(b"\r\n")[0] for a in answers] == [b"HTTP/1.1 503 Service Unavailable"] * 2
+    assert [a.split(b"\r\n")[0] for a in answers] == [b"HTTP/1.1 503 Service Unavailable"] * 3
     assert answers[0].endswith(b'"message":"this user has 16 connections open, the most one '
                                b'user may; close one and try again"}}')
     assert answers[1].endswith(b'"message":"every connection slot is taken; try again"}}')
+    # once per 10 s per uid and reason: the second uid_limit is counted, not logged
     assert [(e["event"], e["reason"], e["uid"], e["refused"]) for e in logs] == [
-        ("control_connection_refused", "uid_limit", 1000, 1)]
+        ("control_connection_refused", "uid_limit", 1000, 1),
+        ("control_connection_refused", "full", 1000, 1)]

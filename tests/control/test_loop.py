@@ -18,6 +18,7 @@ from tests.control.conftest import build_app, fake_backed, serving
 from tests.control.helpers import ROOT, json_of, raw_exchange, status_of
 from tests.control.memory import MemoryCommands, view
 from tests.waiting import wait_until
+from volplugd.admission import Refusal
 from volplugd.control import make_app
 from volplugd.control.access import AccessPolicy
 from volplugd.control.head import MEMO_HEADS, parse_head, parse_whole
@@ -298,22 +299,22 @@ def test_what_the_site_works_out_once_per_head_is_given_to_each_request(
     worked out on its own."""
     app = build_app(commands)
     site = Site(app=app, read_timeout=5.0, read_only=False, stopping=threading.Event(),
-                follow_slot=lambda: None, may_keep_alive=lambda: True,
+                follow_slot=lambda peer, groups: Refusal.FULL, may_keep_alive=lambda: True,
                 set_idle=lambda sock, idle: True, app_inline=app.runs_inline)
     get = parse_whole(b"get /v1/plugins/demo?x=1 HTTP/1.1\r\nHost: a")
     ours, theirs = socket.socketpair()
     with ours, theirs:
         body = Body(Wire(ours, 5.0), 0, lambda: None)
         first = site.request(get, body, ROOT, frozenset({0}), inline=True,
-                             disconnected=lambda: False)
+                             disconnected=lambda: None)
         with pytest.raises(TypeError):  # read-only: the app's route memo hands them out
             first.params["name"] = "changed"  # type: ignore[index]
         second = site.request(get, io.BytesIO(), None, frozenset(), inline=False,
-                              disconnected=lambda: True)
+                              disconnected=lambda: "hung_up")
     assert (first.body, first.peer, first.inline, first.disconnected()) == (
-        body, ROOT, True, False)
+        body, ROOT, True, None)
     assert (second.peer, second.groups, second.inline, second.disconnected()) == (
-        None, frozenset(), False, True)
+        None, frozenset(), False, "hung_up")
     assert (second.method, second.path, second.query_string) == ("GET", "/v1/plugins/demo", "x=1")
     assert (second.params, second.content_length, second.stopping) == ({}, 0, site.stopping)
     assert not site.inline(get)  # "get" is not a read method to the server

@@ -13,13 +13,12 @@ from __future__ import annotations
 import ctypes
 import os
 import pwd
-import socket
-import struct
 import threading
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import NamedTuple
+
+from volplugd.admission import Peer, peer_of
 
 __all__ = [
     "READ_METHODS", "AccessPolicy", "Grant", "Peer", "cached_groups", "decide", "groups_of",
@@ -27,20 +26,6 @@ __all__ = [
 ]
 
 READ_METHODS = frozenset({"GET", "HEAD"})
-
-
-class Peer(NamedTuple):
-    """SO_PEERCRED of one connection: the process that connected, as the kernel saw it."""
-
-    pid: int
-    uid: int
-    gid: int
-
-
-def peer_of(sock: socket.socket) -> Peer:
-    """The connected unix socket's peer (SO_PEERCRED): one syscall, no lookups."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return Peer(*struct.unpack("3i", raw))
 
 
 class Grant(Enum):

@@ -310,7 +310,7 @@ class Connection:
             assert self.peer is not None
             self.groups = groups_of(self.peer.uid, self.peer.gid)
         return self.site.request(head, body, self.peer, self.groups,
-                                 inline=not self.wire.blocking, disconnected=self.wire.hung_up)
+                                 inline=not self.wire.blocking, disconnected=self.wire.gone)
 
     def _send(self, reply: Reply, keep: bool) -> bool:
         """Send the reply; whether the connection stays open after it."""

@@ -18,18 +18,17 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-from volplugd.control.access import Peer, groups_of
-from volplugd.control.admission import Refusal
+from volplugd.admission import Peer, Refusal
+from volplugd.control.access import groups_of
 from volplugd.control.replies import too_many_connections
 from volplugd.log import get_logger
+from volplugd.refusals import RefusalLog
 
-__all__ = ["REFUSAL_LOG_SECONDS", "Looked", "Lookups", "Refusals"]
+__all__ = ["Looked", "Lookups", "Refusals"]
 
-REFUSAL_LOG_SECONDS = 10.0  # refusals are logged once per this, with a count
 _log = get_logger(__name__)
 
 
@@ -115,14 +114,13 @@ class Lookups:
 
 
 class Refusals:
-    """Answers a socket refused at accept and closes it; logs refusals once per
-    REFUSAL_LOG_SECONDS, with a count."""
+    """Answers a socket refused at accept and closes it; logs refusals once per 10 s
+    per uid and reason, with a count (``refusals.RefusalLog``)."""
 
     def __init__(self, name: str, per_uid: int | None):
         self._name = name
         self._per_uid = per_uid
-        self._count = 0
-        self._logged_at = -REFUSAL_LOG_SECONDS
+        self._log = RefusalLog(__name__)
 
     def refuse(self, sock: socket.socket, peer: Peer | None, why: Refusal) -> None:
         """Answer 503 without blocking (it fits in a fresh socket's buffer) and close."""
@@ -135,10 +133,6 @@ class Refusals:
             sock.setblocking(False)
             sock.send(too_many_connections(message))
         sock.close()
-        self._count += 1
-        now = time.monotonic()
-        if now - self._logged_at >= REFUSAL_LOG_SECONDS:
-            _log.warning("control_connection_refused", listener=self._name,
-                         reason=why.value, uid=None if peer is None else peer.uid,
-                         pid=None if peer is None else peer.pid, refused=self._count)
-            self._logged_at, self._count = now, 0
+        self._log.refused("control_connection_refused", None if peer is None else peer.uid,
+                          why.value, listener=self._name,
+                          pid=None if peer is None else peer.pid)

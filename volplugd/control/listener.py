@@ -11,8 +11,9 @@ connection that has not yet sent its head (or idles between keep-alive requests)
 control socket only an unprivileged one makes room for an unprivileged newcomer). When
 every slot is at work, clients wait in the listen backlog (1024: a client that connects
 with a timeout, as volplugctl does, fails at once with EAGAIN when a unix socket's
-backlog is full). ``stop()`` is prompt: it wakes the loop, shuts every connection down
-and ends follow streams; ``join()`` waits for the threads.
+backlog is full). Follow streams are counted by a budget of their own (``follows``).
+``stop()`` is prompt: it wakes the loop, shuts every connection down and ends follow
+streams; ``join()`` waits for the threads.
 Runs on: the caller's thread (start/stop/join), the loop thread, connection threads.
 """
 
@@ -26,8 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from volplugd.control.access import Peer
-from volplugd.control.admission import ConnectionBudget, Refusal, Ticket
+from volplugd.admission import ConnectionBudget, Peer, Refusal, Slots, Ticket
 from volplugd.control.connection import Connection
 from volplugd.control.gate import Lookups, Refusals
 from volplugd.control.loop import Loop
@@ -53,13 +53,13 @@ class Listener:
     """The accept loop and connection bookkeeping shared by both servers."""
 
     def __init__(self, app: Application, *, name: str, max_connections: int,
-                 max_follow: int, read_timeout: float, read_only: bool,
+                 follows: ConnectionBudget, read_timeout: float, read_only: bool,
                  first_request_timeout: float = FIRST_REQUEST_TIMEOUT,
                  budget: ConnectionBudget | None = None):
         self._name = name
         self._budget = budget or ConnectionBudget(total=max_connections)
         self._max = self._budget.total
-        self._follow = threading.BoundedSemaphore(max_follow)
+        self._follows = Slots(follows)
         self._stopping = threading.Event()
         self._cond = threading.Condition()
         self._conns: dict[socket.socket, _Slot] = {}
@@ -323,10 +323,10 @@ class Listener:
                 self._cond.notify_all()
             return True
 
-    def _take_follow(self) -> Callable[[], None] | None:
-        if not self._follow.acquire(blocking=False):
-            return None
-        return self._follow.release
+    def _take_follow(self, peer: Peer | None,
+                     groups: frozenset[int]) -> Callable[[], None] | Refusal:
+        privileged = peer is not None and bool(self._privileged(peer, groups))
+        return self._follows.take(None if peer is None else peer.uid, privileged)
 
     # -- per listener kind --
 

@@ -17,7 +17,7 @@ from functools import partial
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from volplugd.control.access import Peer
+from volplugd.admission import Peer, Refusal
 from volplugd.control.inputs import (
     BodyReader,
     InvalidRequest,
@@ -59,8 +59,8 @@ class MethodNotAllowed(Exception):
         super().__init__(f"allowed: {self.allow}")
 
 
-def _never() -> bool:
-    return False
+def _never() -> str | None:
+    return None
 
 
 _NONE: Mapping[str, str] = MappingProxyType({})
@@ -85,9 +85,12 @@ class Request:
     groups: frozenset[int] = frozenset()  # the peer's groups (root: its own gid only)
     inline: bool = False  # on the server's event loop: raise MustWait to be asked on a thread
     stopping: threading.Event | None = None  # set when the server stops (a stream ends)
-    disconnected: Callable[[], bool] = _never  # whether the client has hung up
-    # takes a follow-stream slot: its release, or None when all are taken; None: no limit
-    follow_slot: Callable[[], Callable[[], None] | None] | None = None
+    # why the client is gone ("hung_up", "not_reading"), or None (a follow stream ends)
+    disconnected: Callable[[], str | None] = _never
+    # takes a follow-stream slot for (peer, groups): its release, or why there is none;
+    # None: no limit
+    follow_slot: Callable[[Peer | None, frozenset[int]],
+                          Callable[[], None] | Refusal] | None = None
     params: Mapping[str, str] = field(default_factory=_none)
     query: Mapping[str, str] = field(default_factory=_none)
     # the app's, once it let the request in: its route label and handler (a request the

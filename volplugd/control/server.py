@@ -14,9 +14,9 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
+from volplugd.admission import ConnectionBudget, Refusal
 from volplugd.config import parse_listen
 from volplugd.control.access import AccessPolicy, Peer, peer_of
-from volplugd.control.admission import ConnectionBudget, Refusal
 from volplugd.control.app import make_metrics_app
 from volplugd.control.head import loopback_host
 from volplugd.control.listener import BACKLOG, Listener
@@ -33,11 +33,13 @@ from volplugd.unixsocket import (
 if TYPE_CHECKING:
     from volplugd.control.routing import Application
 
-__all__ = ["BACKLOG", "MAX_PER_UID", "RESERVED_SLOTS", "ControlServer", "ControlSocketError",
-           "TcpMetricsServer"]
+__all__ = ["BACKLOG", "FOLLOW_PER_UID", "MAX_PER_UID", "RESERVED_FOLLOW", "RESERVED_SLOTS",
+           "ControlServer", "ControlSocketError", "TcpMetricsServer"]
 
 MAX_PER_UID = 16  # control-socket connections one unprivileged uid may hold
 RESERVED_SLOTS = 8  # of max_connections, kept for root and the admin groups
+FOLLOW_PER_UID = 4  # follow streams one unprivileged uid may hold
+RESERVED_FOLLOW = 4  # of max_follow, kept for root and the admin groups
 
 
 class ControlSocketError(OSError):
@@ -59,6 +61,8 @@ class ControlServer(Listener):
     ``max_per_uid`` connections, and ``reserved`` of ``max_connections`` are kept for
     root and ``access``'s admin groups (see ``ConnectionBudget``). ``on_refused(reason)``
     is told each connection refused (503 too_many_connections): "uid_limit" or "full".
+    Follow streams are shared the same way: ``follow_per_uid`` of ``max_follow`` per
+    unprivileged uid, ``reserved_follow`` kept for root and admins.
     """
 
     def __init__(self, app: Application, *, path: str | None, mode: int,
@@ -67,13 +71,16 @@ class ControlServer(Listener):
                  access: AccessPolicy | None = None, max_per_uid: int = MAX_PER_UID,
                  reserved: int = RESERVED_SLOTS,
                  first_request_timeout: float = FIRST_REQUEST_TIMEOUT,
-                 on_refused: Callable[[str], None] | None = None):
+                 on_refused: Callable[[str], None] | None = None,
+                 follow_per_uid: int = FOLLOW_PER_UID, reserved_follow: int = RESERVED_FOLLOW):
         if sock is None and path is None:
             raise ValueError("ControlServer needs a path or an inherited socket")
         budget = ConnectionBudget(total=max_connections, per_uid=max_per_uid,
                                   reserved=min(reserved, max_connections - 1))
+        follows = ConnectionBudget(total=max_follow, per_uid=follow_per_uid,
+                                   reserved=min(reserved_follow, max_follow - 1))
         super().__init__(app, name="control", max_connections=max_connections,
-                         max_follow=max_follow, read_timeout=read_timeout, read_only=False,
+                         follows=follows, read_timeout=read_timeout, read_only=False,
                          first_request_timeout=first_request_timeout, budget=budget)
         self._access = access or AccessPolicy()
         self._on_refused = on_refused
@@ -188,7 +195,7 @@ class TcpMetricsServer(Listener):
             app = make_metrics_app(metrics, status_page if show_status_page else None,
                                    on_request)
         super().__init__(cast("Application", app), name="metrics",
-                         max_connections=max_connections, max_follow=1,
+                         max_connections=max_connections, follows=ConnectionBudget(total=1),
                          read_timeout=read_timeout, read_only=True,
                          first_request_timeout=first_request_timeout)
         if listen:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from volplugd.control.access import Peer
+from volplugd.admission import Peer, Refusal
 from volplugd.control.head import MEMO_HEADS, Head
 from volplugd.control.inputs import BodyReader
 from volplugd.control.routing import Application, Request
@@ -43,7 +43,7 @@ class Site:
     read_timeout: float
     read_only: bool
     stopping: threading.Event
-    follow_slot: Callable[[], Callable[[], None] | None]
+    follow_slot: Callable[[Peer | None, frozenset[int]], Callable[[], None] | Refusal]
     may_keep_alive: Callable[[], bool]
     set_idle: Callable[[socket.socket, bool], bool]  # False: the slot was taken away
     first_request_timeout: float = FIRST_REQUEST_TIMEOUT
@@ -62,7 +62,7 @@ class Site:
 
     def request(self, head: Head, body: BodyReader, peer: Peer | None,
                 groups: frozenset[int], *, inline: bool,
-                disconnected: Callable[[], bool]) -> Request:
+                disconnected: Callable[[], str | None]) -> Request:
         """The ``Request`` the app gets for ``head`` (``inline``: on the event loop)."""
         _, _, method, path, query_string = self._prepare(head)
         return Request(method, path, query_string, head.content_length, body, peer, groups,

@@ -30,6 +30,8 @@ import os
 import stat
 from collections.abc import Callable, Iterable, Sequence
 
+from volplugd.safefs import mode_text, writers
+
 __all__ = ["UNTRUSTED", "Trust", "untrusted_reason"]
 
 # The prefix of the view warning an untrusted plugin carries. The Podman drop-in reads
@@ -131,7 +133,7 @@ class Trust:
         may write it."""
         problem = self._owner(path, st)
         if problem is None and st.st_mode & _WRITABLE:
-            problem = f"{path} is writable by {_who(st.st_mode)} (mode {_mode(st)})"
+            problem = f"{path} is writable by {writers(st.st_mode)} (mode {mode_text(st)})"
         return problem
 
     def _owner(self, path: str, st: os.stat_result) -> str | None:
@@ -147,19 +149,9 @@ class Trust:
 
 def _open_without_sticky(path: str, st: os.stat_result) -> str | None:
     if st.st_mode & _WRITABLE and not st.st_mode & stat.S_ISVTX:
-        return (f"{path} is writable by {_who(st.st_mode)} without the sticky bit "
-                f"(mode {_mode(st)})")
+        return (f"{path} is writable by {writers(st.st_mode)} without the sticky bit "
+                f"(mode {mode_text(st)})")
     return None
-
-
-def _who(mode: int) -> str:
-    if mode & stat.S_IWGRP and mode & stat.S_IWOTH:
-        return "group and others"
-    return "group" if mode & stat.S_IWGRP else "others"
-
-
-def _mode(st: os.stat_result) -> str:
-    return f"{stat.S_IMODE(st.st_mode):04o}"
 
 
 def _unstattable(path: str, err: OSError) -> str:

@@ -4,8 +4,11 @@ llhttp (httptools), answered one after another on this connection's own thread.
 Deadlines per connection: an idle connection is closed after ``IDLE`` s without a
 request; once a request's first byte is in, the whole request must arrive within
 ``READ`` s and may carry at most ``MAX_BODY`` bytes; an answer must be taken by the
-client within ``WRITE`` s. A request that cannot be parsed gets ``400 {"Err": …}`` and
-the connection is closed.
+client within ``WRITE`` s. Its head is bounded as on the control socket (``limits``): a
+request target over ``MAX_REQUEST_LINE`` bytes gets 414, a head over ``MAX_HEAD_BYTES``
+431, decided while it comes in (no more of it is kept than the bound; pieces are joined
+once). A request that cannot be parsed gets ``400 {"Err": …}``; after any of these the
+connection is closed.
 
 Runs on: the connection's thread (one per accepted connection, started by the server).
 """
@@ -21,8 +24,9 @@ from collections.abc import Callable
 import httptools
 
 from volplugd.gateway.answer import Reply, Request, error_reply
+from volplugd.limits import MAX_HEAD_BYTES, MAX_REQUEST_LINE
 
-__all__ = ["IDLE", "MAX_BODY", "READ", "WRITE", "serve"]
+__all__ = ["IDLE", "MAX_BODY", "READ", "WRITE", "encode_reply", "serve"]
 
 IDLE = 120.0  # seconds an idle keep-alive connection stays open (Go's client: 90 s)
 READ = 10.0  # seconds from a request's first byte to its last
@@ -31,8 +35,8 @@ MAX_BODY = 1024 * 1024  # v1 request bodies are a name and a few options
 CHUNK = 64 * 1024
 
 
-class _TooLarge(Exception):
-    pass
+class _Refused(Exception):
+    """A request broke a bound (``_Messages.refusal`` says which)."""
 
 
 class _Messages:
@@ -43,32 +47,45 @@ class _Messages:
         self.done: list[tuple[Request, bool]] = []
         self.started = False  # a request's first byte is in: it must be whole by deadline
         self.deadline = 0.0
-        self.too_large = False
-        self._url = b""
+        self.refusal: tuple[str, int] | None = None  # the bound a request broke
+        self.in_head = True  # the parser waits for head bytes (``_feed`` counts them)
+        self.head_bytes = 0  # fed since the last request ended
+        self._url: list[bytes] = []
+        self._url_size = 0
         self._body: list[bytes] = []
         self._size = 0
 
     def on_message_begin(self) -> None:
-        self._url, self._body, self._size = b"", [], 0
+        self._url, self._url_size, self._body, self._size = [], 0, [], 0
         self.started = True  # also for a pipelined request's first bytes
         self.deadline = time.monotonic() + READ
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
+        self._url_size += len(url)
+        if self._url_size > MAX_REQUEST_LINE:
+            self._refuse(f"request line longer than {MAX_REQUEST_LINE} bytes", 414)
+        self._url.append(url)
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
         if self._size > MAX_BODY:
-            self.too_large = True
-            raise _TooLarge()  # llhttp stops; feed_data raises HttpParserCallbackError
+            self._refuse(f"request body larger than {MAX_BODY} bytes", 413)
         self._body.append(body)
 
     def on_message_complete(self) -> None:
         method = self.parser.get_method().decode("latin-1")
-        path = self._url.decode("latin-1").split("?", 1)[0]
+        path = b"".join(self._url).decode("latin-1").split("?", 1)[0]
         request = Request(method, path, b"".join(self._body))
         self.done.append((request, self.parser.should_keep_alive()))
         self.started = False
+        self.in_head, self.head_bytes = True, 0
+
+    def _refuse(self, message: str, status: int) -> None:
+        self.refusal = (message, status)
+        raise _Refused  # llhttp stops; feed_data raises HttpParserCallbackError
 
     def close(self) -> None:
         """Let the parser go: it holds this object's methods, a cycle left for the garbage
@@ -122,12 +139,23 @@ def _read_requests(conn: socket.socket, messages: _Messages) -> bool:
 
 
 def _feed(messages: _Messages, data: bytes) -> tuple[str, int] | None:
-    """Parse ``data``; (error, status) if the request cannot be served."""
+    """Parse ``data``; (error, status) if the request cannot be served. While a head
+    comes in, the parser gets no more of it than MAX_HEAD_BYTES."""
+    view = memoryview(data)
     try:
-        messages.parser.feed_data(data)
-    except (_TooLarge, httptools.HttpParserCallbackError) as err:
-        if messages.too_large:
-            return f"request body larger than {MAX_BODY} bytes", 413
+        while view:
+            piece = view
+            if messages.in_head:
+                room = MAX_HEAD_BYTES - messages.head_bytes
+                if room <= 0:
+                    return f"request head larger than {MAX_HEAD_BYTES} bytes", 431
+                piece = view[:room]
+                messages.head_bytes += len(piece)
+            messages.parser.feed_data(piece)
+            view = view[len(piece):]
+    except (_Refused, httptools.HttpParserCallbackError) as err:
+        if messages.refusal is not None:
+            return messages.refusal
         return f"malformed request: {err}", 400
     except httptools.HttpParserUpgrade:
         return "protocol upgrades are not served here", 400
@@ -144,6 +172,12 @@ def _refuse(conn: socket.socket, message: str, status: int) -> bool:
 
 
 def _send(conn: socket.socket, reply: Reply, keep_alive: bool) -> None:
+    conn.settimeout(WRITE)
+    conn.sendall(encode_reply(reply, keep_alive=keep_alive))
+
+
+def encode_reply(reply: Reply, *, keep_alive: bool) -> bytes:
+    """``reply`` as HTTP/1.1 bytes, head and body."""
     try:
         reason = http.HTTPStatus(reply.status).phrase
     except ValueError:
@@ -154,9 +188,7 @@ def _send(conn: socket.socket, reply: Reply, keep_alive: bool) -> None:
     head.append(f"Content-Length: {len(reply.body)}")
     if not keep_alive:
         head.append("Connection: close")
-    data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + reply.body
-    conn.settimeout(WRITE)
-    conn.sendall(data)
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + reply.body
 
 
 def _header_text(value: str) -> str:

@@ -10,8 +10,11 @@ it is made and removed through its descriptor, and an existing file at a socket'
 is replaced only when it is a socket nobody listens on. The folder holds
 ``GATEWAY_MARK`` so that discovery never takes these sockets for plugins.
 The ``gateway-accept`` thread accepts on every socket and gives each connection its own
-thread (``connection.serve``), at most ``max_connections`` at once (more are closed at
-once). What a request gets is ``answer``'s job; Docker spec files are ``specs``'.
+thread (``connection.serve``), at most ``max_connections`` at once over all sockets,
+``max_per_uid`` for a uid other than root, ``reserved`` for root alone (Docker and
+Podman), so no member of ``gateway.group`` can keep them out; a connection over a bound
+gets its 503 at once (``admission``). What a request gets is ``answer``'s job; Docker
+spec files are ``specs``'.
 
 Runs on: the ``gateway`` and ``gateway-accept`` threads, one thread per connection;
 ``start``/``stop``/``join`` from the daemon's main thread; ``socket_for`` on any thread.
@@ -31,6 +34,7 @@ from collections.abc import Callable, Mapping
 from volplugd.config import GatewaySettings
 from volplugd.contracts import Commands
 from volplugd.discovery.scan import GATEWAY_MARK
+from volplugd.gateway.admission import MAX_CONNECTIONS, MAX_PER_UID, RESERVED, Admission
 from volplugd.gateway.answer import Reply, Request, answer, endpoint_label
 from volplugd.gateway.choice import Choice, socket_path
 from volplugd.gateway.connection import serve
@@ -57,7 +61,9 @@ class Gateway:
     def __init__(self, settings: GatewaySettings, commands: Commands,
                  wait_snapshot: WaitSnapshot, *, on_request: OnGatewayRequest | None = None,
                  specs: SpecFiles | None = None, tick: float = 0.5,
-                 max_connections: int = 512) -> None:
+                 max_connections: int = MAX_CONNECTIONS, max_per_uid: int = MAX_PER_UID,
+                 reserved: int = RESERVED,
+                 on_refused: Callable[[str], None] | None = None) -> None:
         self._settings = settings
         self._dir = os.path.abspath(settings.dir)
         self._commands = commands
@@ -73,7 +79,8 @@ class Gateway:
         self._failed: dict[str, str] = {}  # name -> the error its socket got (logged once)
         self._inodes: dict[str, tuple[int, int]] = {}  # name -> its socket file's identity
         self._folder: Folder | None = None
-        self._connections = threading.BoundedSemaphore(max_connections)
+        self._admission = Admission(total=max_connections, per_uid=max_per_uid,
+                                    reserved=reserved, on_refused=on_refused)
         self._live: set[socket.socket] = set()  # connections being served (under _lock)
         self._stopping = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -92,6 +99,11 @@ class Gateway:
     def names(self) -> list[str]:
         with self._lock:
             return sorted(self._listeners)
+
+    @property
+    def connections(self) -> int:
+        """Client connections admitted and not yet ended, over all gateway sockets."""
+        return self._admission.in_use
 
     # --- life cycle ---------------------------------------------------------------
 
@@ -192,14 +204,16 @@ class Gateway:
         log.info("gateway_socket_created", plugin=name, path=self._path(name))
 
     def _close(self, name: str) -> None:
-        with self._lock:
-            sock = self._listeners.pop(name)
-            self._retired.append(sock)
+        """Remove the socket's file, then stop serving it: once ``names`` leaves it out,
+        its file is gone too."""
         identity = self._inodes.pop(name, None)
         if self._folder is not None:
             st = self._folder.lstat(name + ".sock")
             if st is not None and (st.st_dev, st.st_ino) == identity:
                 self._folder.remove(name + ".sock")  # never a file someone put there since
+        with self._lock:
+            sock = self._listeners.pop(name)
+            self._retired.append(sock)
         log.info("gateway_socket_removed", plugin=name)
 
     def _finish(self) -> None:
@@ -274,20 +288,19 @@ class Gateway:
         except OSError as err:
             log.warning("gateway_accept_failed", plugin=name, error=str(err))
             return
-        if not self._connections.acquire(blocking=False):
-            log.warning("gateway_connections_exhausted", plugin=name)  # before the client
-            conn.close()  # too many at once: the client sees the connection end
+        release = self._admission.admit(conn, name)
+        if release is None:
             return
         conn.setblocking(True)
-        thread = threading.Thread(target=self._serve, args=(conn, name),
+        thread = threading.Thread(target=self._serve, args=(conn, name, release),
                                   name=f"gateway-conn {name}", daemon=True)
         try:
             thread.start()
         except RuntimeError:
             conn.close()
-            self._connections.release()
+            release()
 
-    def _serve(self, conn: socket.socket, name: str) -> None:
+    def _serve(self, conn: socket.socket, name: str, release: Callable[[], None]) -> None:
         with self._lock:
             self._live.add(conn)
         try:
@@ -299,7 +312,7 @@ class Gateway:
             with self._lock:
                 self._live.discard(conn)
             conn.close()
-            self._connections.release()
+            release()
 
     def _count(self, name: str, request: Request, reply: Reply, seconds: float) -> None:
         """Metrics only: a refusal is a hot path (no log line per request)."""

@@ -65,7 +65,7 @@ DISCOVERY_EVENTS = ("added", "removed", "changed", "ignored")
 RESCAN_TRIGGERS = ("startup", "periodic", "overflow", "watcher_restart", "flood", "manual",
                    "reload")
 EVICTION_REASONS = ("removed", "replaced", "reload")
-REFUSAL_REASONS = ("full", "uid_limit")  # control.admission.Refusal's values
+REFUSAL_REASONS = ("full", "uid_limit")  # admission.Refusal's values
 ENDPOINTS = ("activate", "capabilities", "create", "remove", "get", "list", "path", "mount",
              "unmount")
 _ENDPOINT_LABEL = {
@@ -155,6 +155,7 @@ class Taken(NamedTuple):
     lateness: Histogram
     refused: Mapping[str, int]  # reason -> connections refused at accept
     loop_errors: Mapping[str, int]  # errno name -> OS errors the loop went on after
+    gateway_refused: Mapping[str, int]  # reason -> gateway connections refused at accept
 
 
 class Observations:
@@ -171,6 +172,7 @@ class Observations:
         self._control_lock = Lock()  # the control loop's: it never waits for the supervisor
         self._refused = dict.fromkeys(REFUSAL_REASONS, 0)
         self._loop_errors: dict[str, int] = {}
+        self._gateway_refused = dict.fromkeys(REFUSAL_REASONS, 0)
         self._routes: set[str] = set()
         self._watcher_up = watcher_up
         self._lateness = Histogram.empty(LATENESS_BUCKETS)
@@ -277,6 +279,12 @@ class Observations:
         bounded set: the names of ``errno.errorcode``, else "other")."""
         self._bump(self._loop_errors, errno.errorcode.get(code, "other"))
 
+    @_never_raise
+    def gateway_refused(self, reason: str) -> None:
+        """Count one connection a gateway socket refused at accept (503 Err), by reason
+        (full, uid_limit; else "other")."""
+        self._bump(self._gateway_refused, reason if reason in REFUSAL_REASONS else "other")
+
     def forget(self, plugin: str) -> None:
         """Remove every counter and histogram child of ``plugin``."""
         with self._lock:
@@ -308,7 +316,8 @@ class Observations:
                       {n: s for n, s in self._plugins.items() if n in plugins})
             return Taken(snapshot, dict(series), self._watcher_up, dict(self._discovery),
                          dict(self._rescans), dict(self._evictions), control,
-                         self._lateness, dict(self._refused), dict(self._loop_errors))
+                         self._lateness, dict(self._refused), dict(self._loop_errors),
+                         dict(self._gateway_refused))
 
     def _series(self, plugin: str) -> PluginSeries:
         """The plugin's series, or an empty one (caller holds the lock and stores the

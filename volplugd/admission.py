@@ -1,6 +1,8 @@
-"""Who gets a connection slot: a bound per uid, and headroom that root and the admin
-groups always keep. Pure bookkeeping that any server can reuse: no sockets, no lock of
-its own (the caller serialises admit and release, e.g. under its connection lock).
+"""Who gets a slot (a connection, a follow stream): a bound per uid, and headroom that
+privileged peers (root, the admin groups) always keep. Pure bookkeeping that any server
+can reuse (the control socket, the gateway): no sockets but ``peer_of``, no lock of its
+own (the caller serialises admit and release, e.g. under its connection lock; ``Slots``
+is a budget with a lock of its own, for callers that have none).
 
 Of ``total`` slots, unprivileged peers share ``total - reserved`` and each uid holds at
 most ``per_uid`` of them; privileged peers (root, admins) may take any free slot and
@@ -13,10 +15,30 @@ connection thread releases).
 
 from __future__ import annotations
 
+import functools
+import socket
+import struct
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
-__all__ = ["ConnectionBudget", "Refusal", "Ticket"]
+__all__ = ["ConnectionBudget", "Peer", "Refusal", "Slots", "Ticket", "peer_of"]
+
+
+class Peer(NamedTuple):
+    """SO_PEERCRED of one connection: the process that connected, as the kernel saw it."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_of(sock: socket.socket) -> Peer:
+    """The connected unix socket's peer (SO_PEERCRED): one syscall, no lookups."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return Peer(*struct.unpack("3i", raw))
 
 
 class Refusal(Enum):
@@ -39,7 +61,7 @@ class _Holder:
 
 
 class ConnectionBudget:
-    """The counts behind the connection bounds of one listener."""
+    """The counts behind one bound of one server (its connections, its follow streams)."""
 
     def __init__(self, *, total: int, per_uid: int | None = None, reserved: int = 0):
         if total < 1 or not 0 <= reserved < total or (per_uid is not None and per_uid < 1):
@@ -94,3 +116,28 @@ class ConnectionBudget:
         holder.count -= 1
         if holder.count == 0:
             del self._holders[ticket.uid]
+
+
+class Slots:
+    """A ``ConnectionBudget`` any thread may take from and give back to."""
+
+    def __init__(self, budget: ConnectionBudget):
+        self._budget = budget
+        self._lock = threading.Lock()
+
+    @property
+    def in_use(self) -> int:
+        with self._lock:
+            return self._budget.in_use
+
+    def take(self, uid: int | None, privileged: bool) -> Callable[[], None] | Refusal:
+        """A slot for ``uid``: its release (call it exactly once), or why there is none."""
+        with self._lock:
+            ticket = self._budget.admit(uid, privileged)
+        if not isinstance(ticket, Ticket):
+            return ticket
+        return functools.partial(self._release, ticket)
+
+    def _release(self, ticket: Ticket) -> None:
+        with self._lock:
+            self._budget.release(ticket)
