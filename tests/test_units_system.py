@@ -137,6 +137,7 @@ def test_a_socket_activated_plugin_is_pid_1_and_its_unit_is_the_sockets_service(
     assert (info.pid, inner_pid(info.pid), info.unit, info.socket_unit, info.problems) == (
         box.leader, 1, "vp-act.service", "vp-act.socket", ())
     assert systemd.socket_service("/run/vp/none.sock") is None
+    assert systemd.socket_service("/var/run/vp/act.sock") == "vp-act.service"  # one folder
 
 
 def test_restarting_a_unit_that_does_not_exist_is_no_such_unit(box: Container) -> None:

@@ -20,6 +20,7 @@ Runs on: a worker thread (blocking, bounded by its timeout).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -101,15 +102,18 @@ class SystemdManager:
 
     def socket_service(self, path: str) -> str | None:
         """The service behind the loaded ``.socket`` unit that listens on ``path`` (the
-        path as systemd sees it), or None if no socket unit does."""
+        path as systemd sees it; ``/var/run/x`` and ``/run/x`` are one), or None if no
+        socket unit does."""
         deadline = time.monotonic() + self.call_timeout
+        wanted = {path, os.path.realpath(path)}
         with self._asked(f"the socket unit of {path}") as bus:
             units = bus.call(MANAGER_OBJECT, "ListUnitsByPatterns", "asas",
                              ([], ["*.socket"]), deadline=deadline)[0]
             for name, object_path in _names_and_paths(units):
                 listen = _property(bus, object_path, "org.freedesktop.systemd1.Socket",
                                    "Listen", deadline)
-                if not any(str(address) == path for _, address in listen):
+                if not any(str(address) in wanted or os.path.realpath(str(address)) in wanted
+                           for _, address in listen):
                     continue
                 triggers = _property(bus, object_path, "org.freedesktop.systemd1.Unit",
                                      "Triggers", deadline)
