@@ -128,7 +128,8 @@ def _listener(sock: str, old: int) -> int | None:
 def test_a_socket_activated_plugin_is_pid_1_and_its_unit_is_the_sockets_service(
         box: Container) -> None:
     """The listener of vp-act.socket's path is the container's PID 1 (systemd); the
-    unit, from the Manager's socket units and their Listen=, is vp-act.service."""
+    unit, from the Manager's socket units and their Listen=, is vp-act.service, whose
+    MainPID (the process to watch) is there once a connection (identify's) started it."""
     box.systemctl("start", "vp-act.socket")
     systemd = manager(box)
     info, pidfd = identify(seen(box, "/run/vp/act.sock"),
@@ -136,17 +137,24 @@ def test_a_socket_activated_plugin_is_pid_1_and_its_unit_is_the_sockets_service(
     pidfd.close()
     assert (info.pid, inner_pid(info.pid), info.unit, info.socket_unit, info.problems) == (
         box.leader, 1, "vp-act.service", "vp-act.socket", ())
+    box.wait_for(lambda: box.show("vp-act.service", "ActiveState") == "active",
+                 message="vp-act.service started by identify()'s connection")
+    assert systemd.main_pid("vp-act.service") == box.main_pid("vp-act.service") > 0
     assert systemd.socket_service("/run/vp/none.sock") is None
     assert systemd.socket_service("/var/run/vp/act.sock") == "vp-act.service"  # one folder
 
 
 def test_restarting_a_unit_that_does_not_exist_is_no_such_unit(box: Container) -> None:
-    """systemd's own NoSuchUnit error, its name and text kept."""
+    """systemd's own NoSuchUnit error, its name and text kept (restart, main process)."""
     with pytest.raises(NoSuchUnit) as caught:
         manager(box).restart_unit("vp-nope.service", 30)
     assert (caught.value.error, str(caught.value)) == (
         "org.freedesktop.systemd1.NoSuchUnit",
         "restart vp-nope.service: Unit vp-nope.service not found.")
+    with pytest.raises(NoSuchUnit) as caught:
+        manager(box).main_pid("vp-nope.service")
+    assert str(caught.value) == (
+        "the main process of vp-nope.service: Unit vp-nope.service not loaded.")
 
 
 @pytest.mark.parametrize(("unit", "result"), [

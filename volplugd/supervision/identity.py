@@ -22,6 +22,8 @@ permissions) is left None, with the reason in ``problems``.
 A socket-activated plugin's listener is the service manager itself (pid 1, or a cgroup
 ``init.scope``): its unit is then the service behind the ``.socket`` unit that listens
 on the path, which the caller's ``socket_units`` lookup tells (``units.SystemdManager``).
+The connection, like any probe's, starts that service if it is not running; the process
+to watch for it is the service's main process (``SystemdManager.main_pid``), not pid 1.
 
 Runs on: a worker thread (it does blocking /proc reads); no state.
 """

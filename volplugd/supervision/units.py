@@ -1,7 +1,8 @@
 """systemd's Manager over D-Bus: restart a unit and await its job; find the service
 behind the ``.socket`` unit that listens on a path.
 
-``restart_unit(name, timeout)`` subscribes to the Manager's signals, calls
+``main_pid(name)`` is a service's main process (the one to watch when systemd itself
+listens for the plugin). ``restart_unit(name, timeout)`` subscribes to the Manager's signals, calls
 ``RestartUnit(name, "replace")`` and waits for the ``JobRemoved`` of the job it got,
 returning that job's result as systemd names it: ``done``, ``failed``, ``timeout``
 (systemd's own start timeout), ``canceled``, ``dependency``, ``skipped`` (or any other
@@ -120,6 +121,16 @@ class SystemdManager:
                 services = [str(t) for t in triggers if str(t).endswith(".service")]
                 return services[0] if services else name.removesuffix(".socket") + ".service"
         return None
+
+    def main_pid(self, unit: str) -> int:
+        """The service's main process as systemd numbers it (0: none runs), e.g. the
+        process to watch for a socket-activated plugin, whose listener is systemd itself.
+        ``NoSuchUnit`` if the unit is not loaded."""
+        deadline = time.monotonic() + self.call_timeout
+        with self._asked(f"the main process of {unit}") as bus:
+            path = str(bus.call(MANAGER_OBJECT, "GetUnit", "s", (unit,), deadline=deadline)[0])
+            return int(_property(bus, path, "org.freedesktop.systemd1.Service", "MainPID",
+                                 deadline))
 
     def _asked(self, what: str) -> _Asking:
         return _Asking(self.bus, self.call_timeout, what)
