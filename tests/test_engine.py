@@ -213,6 +213,7 @@ def test_a_plugin_in_a_container_is_identified_and_restarted(engine: Engine) -> 
         assert (info.pid, info.container, info.unit) == (
             engine.pid("plug"), Container(engine.name, container), None)
         assert info.command == "/usr/bin/python3 -m tests.fakeplugin /s/p.sock"
+        assert info.view()["container"] == {"engine": engine.name, "id": container}
         restart_container(engine.name, container, engine.api, stop_timeout=1)
         assert pidfd.exited()
     new = wait_until(lambda: listener(sock) not in (None, info.pid) and listener(sock),

@@ -77,7 +77,9 @@ def test_the_fake_plugin_process_is_identified_with_a_pidfd_of_it(
         assert (info, pidfd.pid, pidfd.exited()) == (expected_info(proc, sock), proc.pid,
                                                      False)
         assert info.view() == {"pid": proc.pid, "uid": os.geteuid(), "command": info.command,
-                               "unit": info.unit, "container": None}
+                               "unit": info.unit, "container": None if info.container is None
+                               else {"engine": info.container.engine,
+                                     "id": info.container.id}}
         proc.kill()
         assert select.select([pidfd], [], [], 30)[0] == [pidfd]
     with pytest.raises(NotListening) as caught:
