@@ -117,3 +117,13 @@ def test_a_reused_pid_never_matches_the_old_pidfd() -> None:
     """)
     assert result == {"same_pid": True, "old_exited": True, "old_fdinfo": -1,
                       "now_exited": False, "now_fdinfo_is_pid": True}
+
+
+def test_adopting_a_descriptor_that_is_no_pidfd_raises_and_closes_it() -> None:
+    """A pipe is no pidfd: OSError naming the fd, and the fd is closed (no leak)."""
+    read, write = os.pipe()
+    os.close(write)
+    with pytest.raises(OSError, match=rf"^fd {read} is not a pidfd \(no Pid: in its fdinfo\)$"):
+        PidFd.adopt(read)
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(read)

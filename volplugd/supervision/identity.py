@@ -114,7 +114,8 @@ def identify(path: str, socket_units: SocketUnitLookup | None = None, *,
     """The listener on unix socket ``path`` and a pidfd of it (the caller closes it).
 
     Raises a ``ProcessUnknown`` (``NotListening``, ``OtherPidNamespace``,
-    ``ProcessGone``, ``ListenerChanged``). ``peer_pidfd=False`` uses the older kernels'
+    ``ProcessGone``, ``ListenerChanged``), or ``OSError`` when volplugd itself lacks a
+    resource (no descriptor left: EMFILE). ``peer_pidfd=False`` uses the older kernels'
     way even where ``SO_PEERPIDFD`` exists (tests exercise both)."""
     pidfd, uid, gid = _listener(path, peer_pidfd)
     try:
@@ -137,9 +138,13 @@ def _listener(path: str, peer_pidfd: bool) -> tuple[PidFd, int, int]:
         return _opened_and_confirmed(path, pid), uid, gid
     if pidfd.pid <= 0 or pidfd.exited():
         pidfd.close()
-        raise ProcessGone(path, f"the process that listened on it (pid {pid}) has exited; "
-                                "another process still holds the socket")
+        raise _gone(path, pid)
     return pidfd, uid, gid
+
+
+def _gone(path: str, pid: int) -> ProcessGone:
+    return ProcessGone(path, f"the process that listened on it (pid {pid}) has exited; "
+                             "another process still holds the socket")
 
 
 def _peer_pidfd(conn: socket.socket) -> PidFd | None:
@@ -159,8 +164,7 @@ def _opened_and_confirmed(path: str, pid: int) -> PidFd:
     try:
         pidfd = PidFd.open(pid)
     except ProcessLookupError:
-        raise ProcessGone(path, f"the process that listened on it (pid {pid}) has exited; "
-                                "another process still holds the socket") from None
+        raise _gone(path, pid) from None
     try:
         with _connected(path) as again:
             now = _CREDS.unpack(

@@ -40,7 +40,11 @@ class PidFd:
     def adopt(cls, fd: int) -> PidFd:
         """Own ``fd``, a pidfd from elsewhere (``SO_PEERPIDFD``); its pid from fdinfo
         (-1 when the process has exited, 0 when it is in no pid namespace of ours)."""
-        return cls(fd, fdinfo_pid(fd))
+        try:
+            return cls(fd, fdinfo_pid(fd))
+        except BaseException:
+            os.close(fd)
+            raise
 
     def fileno(self) -> int:
         if self._fd < 0:
