@@ -163,3 +163,33 @@ def test_no_manager_on_the_bus_is_an_error_with_the_bus_error_name(bus_path: str
     assert caught.value.error == "org.freedesktop.DBus.Error.ServiceUnknown"
     assert str(caught.value).startswith(
         "restart x.service: org.freedesktop.DBus.Error.ServiceUnknown: ")
+
+
+def test_a_bus_that_answers_garbage_is_unreachable(short_tmp: Path) -> None:
+    """A "bus" that accepts the authentication, then sends bytes that are no D-Bus
+    message: UnitsUnreachable, malformed message; nothing else escapes."""
+    path = str(short_tmp / "garbage")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen(8)
+
+    def answer_garbage() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(1024)  # the NUL and AUTH EXTERNAL
+            conn.sendall(b"OK 0123456789abcdef0123456789abcdef\r\n")
+            conn.recv(1024)  # BEGIN, Hello
+            conn.sendall(b"X" * 64)  # no endianness mark D-Bus knows
+            conn.recv(1024)
+
+    thread = threading.Thread(target=answer_garbage)
+    thread.start()
+    try:
+        with pytest.raises(UnitsUnreachable) as caught:
+            SystemdManager(path).restart_unit("x.service", 5)
+    finally:
+        thread.join()
+        server.close()
+    assert str(caught.value) == (
+        f"restart x.service: the system bus is unreachable: {path}: Hello: the bus sent a "
+        "malformed message (KeyError)")

@@ -8,8 +8,8 @@ Signals that arrive while a reply is awaited are kept (at most ``MAX_KEPT``, the
 dropped) for ``next_signal``. jeepney ships no type hints: this module is the one place
 that touches it, and it gives typed answers.
 
-Errors: ``BusUnreachable`` (no socket, refused, the bus closed the connection or would
-not authenticate), ``BusTimeout`` (no answer by the deadline), ``BusCallFailed`` (an
+Errors: ``BusUnreachable`` (no socket, refused, the bus closed the connection, would
+not authenticate or sent a message that does not parse), ``BusTimeout`` (no answer by the deadline), ``BusCallFailed`` (an
 error reply: ``name`` is the D-Bus error name, e.g.
 ``org.freedesktop.systemd1.NoSuchUnit``), all ``BusError``s.
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -167,7 +168,11 @@ class Bus:
 
     def _receive(self, deadline: float, what: str) -> Any:
         while True:
-            message = self._parser.get_next_message()
+            try:
+                message = self._parser.get_next_message()
+            except (ValueError, TypeError, KeyError, IndexError, struct.error) as err:
+                raise BusUnreachable(f"{what}: the bus sent a malformed message "
+                                     f"({type(err).__name__})") from None
             if message is not None:
                 return message
             self._parser.add_data(self._recv(deadline, what))
