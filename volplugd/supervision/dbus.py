@@ -8,10 +8,13 @@ Signals that arrive while a reply is awaited are kept (at most ``MAX_KEPT``, the
 dropped) for ``next_signal``. jeepney ships no type hints: this module is the one place
 that touches it, and it gives typed answers.
 
-Errors: ``BusUnreachable`` (no socket, refused, the bus closed the connection, would
-not authenticate or sent a message that does not parse), ``BusTimeout`` (no answer by the deadline), ``BusCallFailed`` (an
-error reply: ``name`` is the D-Bus error name, e.g.
-``org.freedesktop.systemd1.NoSuchUnit``), all ``BusError``s.
+Errors, all ``BusError``s:
+
+* ``BusUnreachable``: no socket, refused, the bus closed the connection, would not
+  authenticate, or sent a message that does not parse;
+* ``BusTimeout``: no answer by the deadline;
+* ``BusCallFailed``: an error reply; ``name`` is the D-Bus error name, e.g.
+  ``org.freedesktop.systemd1.NoSuchUnit``.
 
 Runs on: the thread that owns the ``Bus`` (a worker); not thread-safe.
 """
