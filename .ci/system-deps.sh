@@ -5,7 +5,9 @@
 #   btrfs-progs (buttervolume), podman (a real plugin client), docker.io (the real
 #   dockerd, run by the tests in a private mount namespace; on a host with systemd the
 #   package also enables docker.service), chromium (status page), curl, util-linux
-#   (setpriv, unshare), gcc (builds the slow user-database shim of one test). Needs
+#   (setpriv, unshare), gcc (builds the slow user-database shim of one test),
+#   dbus-daemon (a private bus for the D-Bus client), runc (Podman containers on a
+#   cgroup-v1 host, where crun refuses). Needs
 #   root and apt; otherwise it says what is missing and the tests that need a tool
 #   skip naming it.
 set -u
@@ -21,6 +23,8 @@ have chromium || need+=(chromium)
 have curl || need+=(curl)
 { have setpriv && have unshare; } || need+=(util-linux)
 have cc || need+=(gcc libc6-dev)
+have dbus-daemon || need+=(dbus-daemon)
+have runc || need+=(runc)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! have apt-get; then
   echo "system-deps: not root or no apt-get; missing: ${need[*]} (tests needing them will skip, saying so)" >&2

@@ -24,6 +24,7 @@ from volplugd.config import (
     MetricsSettings,
     PodmanSettings,
     ProbeSettings,
+    RestartSettings,
     Settings,
     load_settings,
     parse_listen,
@@ -161,7 +162,13 @@ ERRORS = [
     # unknown keys: a typo must not pass silently
     ("[probes]\n", "probes: unknown key (did you mean \"probe\"?)"),
     ("[zzz]\n", "zzz: unknown key (expected one of: discovery, probe, plugin, control, "
-                "metrics, log, podman, gateway)"),
+                "metrics, log, podman, gateway, restart)"),
+    ("[restart]\nunits = [\"buttervolume\"]\n", 'restart.units[0]: must be a service unit '
+     'name like "plugin.service", got "buttervolume"'),
+    ("[restart]\nunits = [\"a b.service\"]\n", 'restart.units[0]: must be a service unit '
+     'name like "plugin.service", got "a b.service"'),
+    ("[restart]\nburst = 0\n", "restart.burst: must be >= 1, got 0"),
+    ("[restart]\nhold = -1\n", "restart.hold: must be > 0, got -1"),
     ("[probe]\nintervall = 3\n", 'probe.intervall: unknown key (did you mean "interval"?)'),
     ("[plugin]\ntimeouts = { mout = 1 }\n",
      'plugin.timeouts.mout: unknown key (did you mean "mount"?)'),
@@ -417,3 +424,11 @@ def test_an_undecodable_flag_value_is_printed_and_quoted_not_a_crash(tmp_path: P
         'discovery.dirs[0]: must be an absolute path, got "rel\udcff"')
     with pytest.raises(UnicodeEncodeError):
         toml_string("/srv/\udcff")
+
+
+def test_restart_settings_load_with_their_unit_names(tmp_path: Path) -> None:
+    """[restart] is read as written; units keep their order."""
+    got = load_settings(write(tmp_path, '[restart]\nenabled = true\nafter = 2.5\nburst = 5\n'
+                                        'units = ["buttervolume.service", "plug@a.service"]\n'))
+    assert got.restart == RestartSettings(enabled=True, after=2.5, burst=5, units=(
+        "buttervolume.service", "plug@a.service"))

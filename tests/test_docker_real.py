@@ -158,9 +158,15 @@ def test_teardown_leaves_nothing_running() -> None:
     assert daemon.proc is not None
     assert {plugin.pid, daemon.proc.pid} <= set(running), running
     ns, root = peer.ns, peer.root
-    peer.close()  # raises if it had to kill anything
-    assert not [pid for pid in running if os.path.exists(f"/proc/{pid}")]
-    assert ns not in {_ns(pid) for pid in os.listdir("/proc") if pid.isdigit()}
+    # Held open, the namespace cannot be freed and its inode number given to a namespace
+    # another test makes meanwhile (containers, unshare): the check below stays sound.
+    held = os.open(f"/proc/{peer.holder.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        peer.close()  # raises if it had to kill anything
+        assert not [pid for pid in running if os.path.exists(f"/proc/{pid}")]
+        assert ns not in {_ns(pid) for pid in os.listdir("/proc") if pid.isdigit()}
+    finally:
+        os.close(held)
     assert not root.exists()
 
 

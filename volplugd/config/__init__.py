@@ -29,6 +29,7 @@ from volplugd.config.settings import (
     PluginSettings,
     PodmanSettings,
     ProbeSettings,
+    RestartSettings,
     Settings,
 )
 
@@ -50,6 +51,7 @@ __all__ = [
     "PluginSettings",
     "PodmanSettings",
     "ProbeSettings",
+    "RestartSettings",
     "Settings",
     "check_folders",
     "load_settings",

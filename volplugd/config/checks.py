@@ -108,6 +108,18 @@ def socket_path(key: str, value: object) -> str:
     return checked
 
 
+_UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.\\@-]{1,250}\.service$")
+
+
+def unit_name(key: str, value: object) -> str:
+    """A systemd service unit's full name (``buttervolume.service``, ``plug@a.service``)."""
+    checked = text(key, value)
+    if _UNIT_NAME.match(checked) is None:
+        raise ConfigError(key, f"must be a service unit name like \"plugin.service\", "
+                               f"got {show(value)}")
+    return checked
+
+
 def one_of(choices: tuple[str, ...], *, fold_case: bool = False) -> Check:
     """A string among ``choices`` (compared in lower case with ``fold_case``)."""
     def check(key: str, value: object) -> str:

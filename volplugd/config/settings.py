@@ -121,6 +121,17 @@ class GatewaySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RestartSettings:
+    enabled: bool = setting(False, c.flag)
+    after: float = setting(10.0, c.seconds)  # unhealthy this long: restart
+    burst: int = setting(3, c.count)  # at most burst restarts per interval, then give up
+    interval: float = setting(600.0, c.seconds)
+    hold: float = setting(15.0, c.seconds)  # a call waits this long for a restarting plugin
+    # only these units may be restarted (empty: any unit or container found from the kernel)
+    units: tuple[str, ...] = setting((), c.array_of(c.unit_name, allow_empty=True))
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     discovery: DiscoverySettings = field(default_factory=DiscoverySettings)
     probe: ProbeSettings = field(default_factory=ProbeSettings)
@@ -130,6 +141,7 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
     podman: PodmanSettings = field(default_factory=PodmanSettings)
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    restart: RestartSettings = field(default_factory=RestartSettings)
 
 
 #: Table name -> its dataclass, in the order of the Settings fields.
