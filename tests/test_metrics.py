@@ -26,7 +26,6 @@ from tests.fakeplugin import behaviours as fb
 from tests.harness import Daemon
 from tests.renderers import PageCells
 from tests.waiting import wait_until
-from volplugd.control.admission import Refusal
 from volplugd.metrics import Metrics
 from volplugd.metrics.observer import (
     MAX_ROUTES,
@@ -38,6 +37,7 @@ from volplugd.metrics.observer import (
 from volplugd.metrics.render import TextRenderer
 from volplugd.model import EMPTY_SNAPSHOT, Kind, PluginState, PluginView, Snapshot
 from volplugd.plugin.text import printable
+from volplugd.serving import Refusal
 from volplugd.statuspage import status_page
 
 REPO = Path(__file__).resolve().parent.parent

@@ -7,14 +7,25 @@ Runs on: the thread that creates the socket.
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
 import socket
 import stat
 
-__all__ = ["MAX_UNIX_PATH", "STAGING_SUFFIX", "GroupRefused", "listen_unix"]
+__all__ = ["MAX_UNIX_PATH", "STAGING_SUFFIX", "GroupRefused", "group_id", "listen_unix"]
 
 MAX_UNIX_PATH = 107  # sun_path is 108 bytes with the terminating NUL
 STAGING_SUFFIX = ".new"
+
+
+def group_id(group: str) -> int:
+    """The gid of ``group`` (a name, or digits); raises LookupError naming it."""
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise LookupError(f"no group named {group!r}") from None
 
 
 class GroupRefused(OSError):

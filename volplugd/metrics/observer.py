@@ -63,7 +63,7 @@ OUTCOMES = ("success", "timeout", "refused", "bad_response", "plugin_error", "er
 DISCOVERY_EVENTS = ("added", "removed", "changed", "ignored")
 RESCAN_TRIGGERS = ("startup", "periodic", "overflow", "watcher_restart", "manual", "reload")
 EVICTION_REASONS = ("removed", "replaced", "reload")
-REFUSAL_REASONS = ("full", "uid_limit")  # control.admission.Refusal's values
+REFUSAL_REASONS = ("full", "uid_limit")  # serving.budget.Refusal's values
 ENDPOINTS = ("activate", "capabilities", "create", "remove", "get", "list", "path", "mount",
              "unmount")
 _ENDPOINT_LABEL = {

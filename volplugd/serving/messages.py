@@ -1,0 +1,106 @@
+"""Where a server and its app meet: the ``Request`` the server hands over, the ``Reply``
+the app returns, and the bytes of a reply's head.
+
+No WSGI environ, no ``start_response``: both apps are ours (the control API and the
+gateway), and so is the server (``serving.connection``).
+Runs on: connection threads.
+"""
+
+from __future__ import annotations
+
+import http
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from types import MappingProxyType
+from typing import NamedTuple, Protocol
+
+from volplugd.serving.peers import Peer
+
+__all__ = ["JSON", "Application", "BodyReader", "Reply", "Request", "reply_head"]
+
+JSON = "application/json"
+
+
+class BodyReader(Protocol):
+    """A request body: ``read(n)`` gives up to ``n`` bytes (fewer only at its end)."""
+
+    def read(self, size: int = -1, /) -> bytes | None: ...
+
+
+def _never() -> bool:
+    return False
+
+
+_NONE: Mapping[str, str] = MappingProxyType({})
+
+
+def _none() -> Mapping[str, str]:
+    return _NONE
+
+
+@dataclass(slots=True)
+class Request:
+    """One request, as the server hands it to the app: what its head says, its body,
+    who sent it, and the server's hooks. ``params`` and ``query`` are the router's to
+    fill (``control.routing``)."""
+
+    method: str
+    path: str  # the raw path (before percent-decoding), without the query
+    query_string: str = ""
+    content_length: int = 0  # as the head declared it (the server checked its form)
+    body: BodyReader | None = None  # reads exactly content_length bytes (100 Continue first)
+    peer: Peer | None = None  # SO_PEERCRED; None: no credentials (TCP)
+    groups: frozenset[int] = frozenset()  # the peer's groups (root: its own gid only)
+    stopping: threading.Event | None = None  # set when the server stops (a stream ends)
+    disconnected: Callable[[], bool] = _never  # whether the client has hung up
+    # takes one of this peer's follow-stream slots: its release, or None when it may
+    # have no more; None: no limit (an app called without a server)
+    follow_slot: Callable[[], Callable[[], None] | None] | None = None
+    listener: str = ""  # the name of the listening socket it came in on (a plugin's)
+    params: Mapping[str, str] = field(default_factory=_none)
+    query: Mapping[str, str] = field(default_factory=_none)
+
+
+class Reply(NamedTuple):
+    """What the app answers."""
+
+    status: int
+    body: bytes | Iterable[bytes] = b""  # an iterable is a stream: its end is the connection's
+    content_type: str | None = JSON
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+Application = Callable[[Request], Reply]
+"""What a server serves."""
+
+
+def reply_head(reply: Reply, length: int | None, *, keep: bool) -> bytes:
+    """The status line and header lines of ``reply``, with ``Content-Length: length``
+    (None: no length, for a stream or a 204/304) and ``Connection: close`` unless
+    ``keep``."""
+    try:
+        phrase = http.HTTPStatus(reply.status).phrase
+    except ValueError:
+        phrase = "Unknown"
+    lines = [f"HTTP/1.1 {reply.status} {phrase}", "Server: volplugd",
+             f"Date: {formatdate(usegmt=True)}"]
+    lines += [f"{name}: {_header_text(value)}" for name, value in reply.headers]
+    if reply.content_type is not None:
+        lines.append(f"Content-Type: {_header_text(reply.content_type)}")
+    if length is not None:
+        lines.append(f"Content-Length: {length}")
+    if not keep:
+        lines.append("Connection: close")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("latin-1")
+
+
+def _header_text(value: str) -> str:
+    """A value as it came (a plugin's Content-Type, say), minus anything that could end
+    the header line."""
+    if value.isprintable() and value.isascii():
+        return value
+    kept = "".join(c for c in value if c >= " " and c != "\x7f")
+    return kept.encode("latin-1", "replace").decode("latin-1")
