@@ -5,20 +5,20 @@ not ``rejected`` gets a socket (bound, given ``mode`` and ``group``, and only th
 listening), one that leaves or is rejected loses it, and at a clean stop every socket is
 closed and removed. A name that cannot be a file name is skipped with one warning. The
 folder holds ``GATEWAY_MARK`` so that discovery never takes these sockets for plugins.
-The ``gateway-accept`` thread accepts on every socket and gives each connection its own
-thread (``connection.serve``), at most ``max_connections`` at once (more are closed at
-once). What a request gets is ``answer``'s job; Docker spec files are ``specs``'.
+Every socket is served by one ``serving.Server`` (its ``gateway-accept`` thread and a
+thread per connection): at most ``max_connections`` at once, ``max_per_uid`` of one
+unprivileged uid, ``reserved`` of them kept for root and ``gateway.group`` (Docker and
+Podman run as root); a connection refused gets ``503 {"Err": …}`` with ``Retry-After``
+at once. What a request gets is ``answer``'s job; Docker spec files are ``specs``'.
 
-Runs on: the ``gateway`` and ``gateway-accept`` threads, one thread per connection;
-``start``/``stop``/``join`` from the daemon's main thread; ``socket_for`` on any thread.
+Runs on: the ``gateway`` thread; the server's threads; ``start``/``stop``/``join`` from
+the daemon's main thread; ``socket_for`` on any thread.
 """
 
 from __future__ import annotations
 
 import contextlib
-import grp
 import os
-import selectors
 import socket
 import stat
 import threading
@@ -28,23 +28,26 @@ from collections.abc import Callable, Mapping
 from volplugd.config import GatewaySettings
 from volplugd.contracts import Commands
 from volplugd.discovery.scan import GATEWAY_MARK
-from volplugd.gateway.answer import Reply, Request, answer, endpoint_label
-from volplugd.gateway.connection import serve
+from volplugd.gateway.answer import GatewayApp, OnGatewayRequest, protocol_error
 from volplugd.gateway.specs import SpecFiles
 from volplugd.log import get_logger
 from volplugd.model import PluginState, PluginView, Snapshot
-from volplugd.unixsocket import listen_unix
+from volplugd.serving import Budget, Peer, RefusalLog, Rules, Server, cached_groups
+from volplugd.unixsocket import MAX_UNIX_PATH, group_id, listen_unix
 
-__all__ = ["Gateway", "OnGatewayRequest", "name_problem", "socket_path"]
+__all__ = ["IDLE", "MAX_PER_UID", "READ", "RESERVED_SLOTS", "Gateway", "OnGatewayRequest",
+           "name_problem", "socket_path"]
 
 log = get_logger(__name__)
 
-OnGatewayRequest = Callable[[str, str, str, float], None]  # plugin, endpoint, outcome, s
 WaitSnapshot = Callable[[int, float], Snapshot]
-UNIX_PATH_MAX = 107
 NAME_MAX = 255
 BACKLOG = 128
 SPECS_REFRESH = 30.0  # seconds between looks at unchanged spec files
+IDLE = 120.0  # seconds an idle keep-alive connection stays open (Go's client: 90 s)
+READ = 10.0  # seconds from a request's first byte to its last; each write
+MAX_PER_UID = 64  # gateway connections one unprivileged uid may hold
+RESERVED_SLOTS = 128  # of max_connections, kept for root and gateway.group
 
 
 def name_problem(directory: str, name: str) -> str | None:
@@ -55,8 +58,8 @@ def name_problem(directory: str, name: str) -> str | None:
         return "a hidden file name"
     if len(os.fsencode(name + ".sock")) > NAME_MAX:
         return f"{name}.sock is longer than {NAME_MAX} bytes"
-    if len(os.fsencode(os.path.join(directory, name + ".sock"))) > UNIX_PATH_MAX:
-        return f"the socket path would be longer than {UNIX_PATH_MAX} bytes"
+    if len(os.fsencode(os.path.join(directory, name + ".sock"))) > MAX_UNIX_PATH:
+        return f"the socket path would be longer than {MAX_UNIX_PATH} bytes"
     return None
 
 
@@ -73,7 +76,8 @@ class Gateway:
     def __init__(self, settings: GatewaySettings, commands: Commands,
                  wait_snapshot: WaitSnapshot, *, on_request: OnGatewayRequest | None = None,
                  specs: SpecFiles | None = None, tick: float = 0.5,
-                 max_connections: int = 512) -> None:
+                 max_connections: int = 512, max_per_uid: int = MAX_PER_UID,
+                 reserved: int = RESERVED_SLOTS, read_timeout: float = READ) -> None:
         self._settings = settings
         self._dir = os.path.abspath(settings.dir)
         self._commands = commands
@@ -81,18 +85,25 @@ class Gateway:
         self._on_request = on_request
         self._specs = specs
         self._tick = tick
-        self._gid = None if settings.group is None else _gid(settings.group)
+        try:
+            self._gid = None if settings.group is None else group_id(settings.group)
+        except LookupError as err:
+            raise ValueError(f"gateway.group: {err}") from None
         self._listeners: dict[str, socket.socket] = {}  # name -> listening socket
-        self._retired: list[socket.socket] = []  # closed by the acceptor
         self._lock = threading.Lock()
         self._skipped: set[str] = set()
-        self._connections = threading.BoundedSemaphore(max_connections)
-        self._live: set[socket.socket] = set()  # connections being served (under _lock)
         self._stopping = threading.Event()
-        self._wake_r, self._wake_w = socket.socketpair()
+        rules = Rules(GatewayApp(commands, on_request, read_timeout), protocol_error,
+                      read_timeout=read_timeout, first_request_timeout=IDLE,
+                      idle_timeout=IDLE, events="gateway")
+        self._server = Server(
+            rules, name="gateway",
+            budget=Budget(total=max_connections, per_uid=max_per_uid,
+                          reserved=min(reserved, max_connections - 1)),
+            follow=Budget(total=1),
+            refusals=RefusalLog("gateway_connection_refused", listener="gateway"),
+            privileged=self._privileged)
         self._follower = threading.Thread(target=self._follow, name="gateway", daemon=True)
-        self._acceptor = threading.Thread(target=self._accept, name="gateway-accept",
-                                          daemon=True)
         self._last: Snapshot | None = None
         self._specs_key: frozenset[tuple[str, str, str]] | None = None
         self._specs_due = 0.0
@@ -100,6 +111,16 @@ class Gateway:
     def socket_for(self, name: str) -> str | None:
         """Where plugin ``name``'s gateway socket is (or will be); None if never."""
         return socket_path(self._dir, name)
+
+    @property
+    def connections(self) -> int:
+        """Client connections being served right now, on all the sockets."""
+        return self._server.connections
+
+    @property
+    def idle(self) -> int:
+        """Of those, the ones waiting for a request (the ones a newcomer may displace)."""
+        return self._server.idle
 
     @property
     def names(self) -> list[str]:
@@ -113,17 +134,28 @@ class Gateway:
         _make_dir(self._dir)
         with open(os.path.join(self._dir, GATEWAY_MARK), "w") as f:
             f.write("volplugd's gateway sockets: never plugins of their own\n")
+        self._server.start()
         self._follower.start()
-        self._acceptor.start()
 
     def stop(self) -> None:
+        """Stop following: the sockets go (``_finish``), then the server stops."""
         self._stopping.set()
-        self._wake()
+        if self._follower.ident is None:
+            self._server.stop()
 
     def join(self, timeout: float | None = None) -> None:
-        for thread in (self._follower, self._acceptor):
-            if thread.ident is not None:
-                thread.join(timeout)
+        if self._follower.ident is not None:
+            self._follower.join(timeout)
+        self._server.join(timeout)
+
+    def _privileged(self, peer: Peer, groups: frozenset[int] | None) -> bool | None:
+        """Root and ``gateway.group`` keep the reserved slots; None: only the peer's
+        groups (not cached) can tell."""
+        if peer.uid == 0 or self._gid is None or peer.gid == self._gid:
+            return peer.uid == 0 or peer.gid == self._gid
+        if groups is None:
+            groups = cached_groups(peer.uid, peer.gid)
+        return None if groups is None else self._gid in groups
 
     # --- following the snapshots (the ``gateway`` thread) --------------------------
 
@@ -152,7 +184,6 @@ class Gateway:
                 self._open(name)
         if self._specs is not None:
             self._update_specs(wanted)
-        self._wake()
 
     def _update_specs(self, wanted: Mapping[str, PluginView]) -> None:
         """Spec files follow the served plugins and their sources; unchanged, they are
@@ -190,12 +221,13 @@ class Gateway:
             return
         with self._lock:
             self._listeners[name] = sock
+        self._server.add(sock, name)
         log.info("gateway_socket_created", plugin=name, path=path)
 
     def _close(self, name: str) -> None:
         with self._lock:
             sock = self._listeners.pop(name)
-            self._retired.append(sock)
+        self._server.remove(sock)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path(name))
         log.info("gateway_socket_removed", plugin=name)
@@ -211,95 +243,7 @@ class Gateway:
             self._close(name)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self._dir, GATEWAY_MARK))
-        with self._lock:
-            live = list(self._live)
-        for conn in live:  # idle keep-alive clients see the end now, not at IDLE
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        self._wake()
-
-    # --- accepting (the ``gateway-accept`` thread) ---------------------------------
-
-    def _wake(self) -> None:
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"\0")
-
-    def _accept(self) -> None:
-        selector = selectors.DefaultSelector()
-        selector.register(self._wake_r, selectors.EVENT_READ, None)
-        registered: dict[socket.socket, str] = {}
-        try:
-            while True:
-                self._sync(selector, registered)
-                if self._stopping.is_set() and not self._follower.is_alive():
-                    return
-                for key, _ in selector.select(self._tick):
-                    if key.data is None:
-                        with contextlib.suppress(OSError):
-                            self._wake_r.recv(4096)
-                    else:
-                        self._take(key.fileobj, key.data)  # type: ignore[arg-type]
-        finally:
-            selector.close()
-            for sock in registered:
-                sock.close()
-            self._wake_r.close()
-            self._wake_w.close()
-
-    def _sync(self, selector: selectors.BaseSelector,
-              registered: dict[socket.socket, str]) -> None:
-        with self._lock:
-            current = {sock: name for name, sock in self._listeners.items()}
-            retired, self._retired = self._retired, []
-        for sock in [s for s in registered if s not in current]:
-            selector.unregister(sock)
-            del registered[sock]
-        for sock in retired:
-            sock.close()
-        for sock, name in current.items():
-            if sock not in registered:
-                selector.register(sock, selectors.EVENT_READ, name)
-                registered[sock] = name
-
-    def _take(self, listener: socket.socket, name: str) -> None:
-        try:
-            conn, _ = listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as err:
-            log.warning("gateway_accept_failed", plugin=name, error=str(err))
-            return
-        if not self._connections.acquire(blocking=False):
-            log.warning("gateway_connections_exhausted", plugin=name)  # before the client
-            conn.close()  # too many at once: the client sees the connection end
-            return
-        conn.setblocking(True)
-        thread = threading.Thread(target=self._serve, args=(conn, name),
-                                  name=f"gateway-conn {name}", daemon=True)
-        try:
-            thread.start()
-        except RuntimeError:
-            conn.close()
-            self._connections.release()
-
-    def _serve(self, conn: socket.socket, name: str) -> None:
-        with self._lock:
-            self._live.add(conn)
-        try:
-            if not self._stopping.is_set():
-                serve(conn, lambda request: answer(self._commands, name, request),
-                      lambda request, reply, seconds: self._count(name, request, reply,
-                                                                  seconds))
-        finally:
-            with self._lock:
-                self._live.discard(conn)
-            conn.close()
-            self._connections.release()
-
-    def _count(self, name: str, request: Request, reply: Reply, seconds: float) -> None:
-        """Metrics only: a refusal is a hot path (no log line per request)."""
-        if self._on_request is not None:
-            self._on_request(name, endpoint_label(request.path), reply.outcome, seconds)
+        self._server.stop()  # idle keep-alive clients see the end now, not at IDLE
 
 
 def _make_dir(path: str) -> None:
@@ -308,15 +252,6 @@ def _make_dir(path: str) -> None:
     if not os.path.isdir(path):
         os.makedirs(path, mode=0o755, exist_ok=True)
         os.chmod(path, 0o755)  # noqa: S103 - a folder others must traverse, read-only
-
-
-def _gid(group: str) -> int:
-    if group.isdigit():
-        return int(group)
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise ValueError(f"gateway.group: no group named {group!r}") from None
 
 
 def _bind(path: str, mode: int, gid: int | None) -> socket.socket:
@@ -329,6 +264,4 @@ def _bind(path: str, mode: int, gid: int | None) -> socket.socket:
         if not stat.S_ISSOCK(st.st_mode):
             raise FileExistsError(f"{path} exists and is not a socket; not replacing it")
         os.unlink(path)
-    sock = listen_unix(path, mode, gid, BACKLOG)
-    sock.setblocking(False)
-    return sock
+    return listen_unix(path, mode, gid, BACKLOG)
