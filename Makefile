@@ -13,7 +13,7 @@ TRY_SOCK := $(CURDIR)/run/control.sock
 RUN_ARGS ?= --config etc/volplugd/volplugd.toml --plugin-dir $(TRY_DIR) \
             --control-socket $(TRY_SOCK)
 endif
-PYTEST_ARGS ?= -n 2
+PYTEST_ARGS ?= -n 2 --dist loadgroup
 
 .PHONY: run test lint bench system-deps clean install uninstall
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite drives as real peers, when missing:
 #   promtool/prometheus (metrics + rules), systemd-analyze/systemd-socket-activate,
+#   systemd-nspawn (systemd-container: boots a real systemd for the installed units),
 #   btrfs-progs (buttervolume), podman (a real plugin client), docker.io (the real
 #   dockerd, run by the tests in a private mount namespace; on a host with systemd the
 #   package also enables docker.service), chromium (status page), curl, util-linux
@@ -12,6 +13,7 @@ need=()
 have() { command -v "$1" >/dev/null 2>&1; }
 have promtool || need+=(prometheus)
 have systemd-analyze || need+=(systemd)
+have systemd-nspawn || need+=(systemd-container)
 have mkfs.btrfs || need+=(btrfs-progs)
 have podman || need+=(podman)
 { have dockerd && have docker; } || need+=(docker.io)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import tiers
+
 REPO = Path(__file__).resolve().parents[1]
 LAUNCHER = REPO.parent / "shared" / "peers" / "start-buttervolume.sh"
 VERSION = "3.13"  # the launcher's default
@@ -19,6 +21,7 @@ VENV = Path(f"/var/tmp/volplugd-test-buttervolume-{VERSION}")
 
 def preconditions() -> None:
     """Skip the test unless the launcher, btrfs-progs and the kernel's btrfs are there."""
+    tiers.require("peer", "starts buttervolume")
     if not LAUNCHER.exists():
         pytest.skip(f"{LAUNCHER} is missing (shared/ must sit beside the repository)")
     if shutil.which("mkfs.btrfs") is None:

@@ -12,9 +12,22 @@ from typing import Any
 
 import pytest
 
+from tests import tiers
+from tests.control.otheruser import SCRIPT, Peer
 from tests.harness import Daemon
+from tests.realsystemd import wheelhouse  # noqa: F401 - fixture
 from tests.supervising import fakes, plugins_dir, supervisors  # noqa: F401 - fixtures
 from tests.waiting import wait_until
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Each test's markers are known to the launchers it calls (``tests/tiers.py``)."""
+    tiers.running(item)
+    try:
+        return (yield)
+    finally:
+        tiers.running(None)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -105,3 +118,22 @@ def daemon(short_tmp: Path) -> Iterator[Callable[..., Daemon]]:
     for d in started:
         if d.proc is not None and d.proc.poll() is None:
             d.stop()
+@pytest.fixture
+def peer_script() -> Iterator[Path]:
+    """peer_client.py copied where any user can read it (the checkout may be 0700)."""
+    folder = Path(tempfile.mkdtemp(prefix="vp-peer-"))
+    folder.chmod(0o755)
+    copy = folder / "peer_client.py"
+    shutil.copyfile(SCRIPT, copy)
+    copy.chmod(0o644)
+    yield copy
+    shutil.rmtree(folder)
+
+
+@pytest.fixture
+def peers() -> Iterator[list[Peer]]:
+    """Peer clients started by a test; killed and reaped after it."""
+    started: list[Peer] = []
+    yield started
+    for peer in started:
+        peer.end()

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import buttervolume
+from tests import buttervolume, tiers
 from tests.harness import Daemon, call
 from tests.waiting import wait_until
 
@@ -45,6 +45,7 @@ HOLDER_SCRIPT = (
 
 def preconditions() -> tuple[str, str]:
     """(dockerd, docker CLI) paths, or skip saying what is missing."""
+    tiers.require("peer", "starts dockerd")
     if os.geteuid() != 0:
         pytest.skip("needs root: dockerd and mount namespaces")
     for tool in ("unshare", "nsenter", "setpriv"):

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests import tiers
 from tests.waiting import wait_until
 
 PACKAGE = Path(__file__).resolve().parents[1] / "volplugd"
@@ -111,9 +112,11 @@ class Daemon:
 
     def __init__(self, workdir: Path, *, plugin_dirs: Sequence[Path] | None = None,
                  args: Sequence[str] = (), config: str = "", env: dict[str, str] | None = None,
-                 log_level: str = "debug", python_args: Sequence[str] = ()):
+                 log_level: str = "debug", python_args: Sequence[str] = (),
+                 wrapper: Sequence[str] = ()):
         """``python_args`` go between the interpreter and ``-m volplugd`` (the benchmarks
-        pass ``-m cProfile -o FILE``); ``env`` is laid over this process's environment."""
+        pass ``-m cProfile -o FILE``); ``env`` is laid over this process's environment;
+        ``wrapper`` runs the daemon (e.g. ``prlimit --nofile=256:256 --``)."""
         self.workdir = workdir
         self.plugin_dirs = list(plugin_dirs) if plugin_dirs is not None else [workdir / "plugins"]
         self.socket = str(workdir / "control.sock")
@@ -124,10 +127,11 @@ class Daemon:
         self.env = {**os.environ, **(env or {})}
         self.log_level = log_level
         self.python_args = list(python_args)
+        self.wrapper = list(wrapper)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def argv(self) -> list[str]:
-        argv = [sys.executable, *self.python_args, "-m", "volplugd",
+        argv = [*self.wrapper, sys.executable, *self.python_args, "-m", "volplugd",
                 "--config", str(self.config_path), "--control-socket", self.socket,
                 "--log-format", "json", "--log-level", self.log_level]
         for d in self.plugin_dirs:
@@ -137,6 +141,7 @@ class Daemon:
         return argv + self.args
 
     def start(self, wait: bool = True) -> Daemon:
+        tiers.require("system", "starts the volplugd process")
         for d in self.plugin_dirs:
             d.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:

@@ -212,7 +212,7 @@ def test_volume_create_collects_options_in_order() -> None:
     (["ls", "--state", "dead"], "argument --state: invalid choice: 'dead'"),
     (["events", "--since", "-1"], "argument --since: expected a non-negative integer, got '-1'"),
     (["events", "--since", "x"], "argument --since: expected a non-negative integer, got 'x'"),
-    (["--timeout", "0", "ls"], "argument --timeout: expected a positive number of seconds"),
+    (["--timeout", "0", "ls"], "argument --timeout: expected a positive duration"),
     (["inspect"], "the following arguments are required: NAME"),
     (["volume", "rm", "p"], "the following arguments are required: VOLUME"),
 ])
@@ -651,7 +651,7 @@ def test_completion_of_commands_subcommands_and_flags() -> None:
     """Commands, volume subcommands, per-command flags and --state values complete."""
     assert complete("volplugctl", "vol") == ["volume"]
     assert complete("volplugctl", "") == ["ls", "inspect", "probe", "events", "rescan",
-                                          "health", "capabilities", "volume"]
+                                          "health", "capabilities", "wait", "volume"]
     assert complete("volplugctl", "volume", "") == ["ls", "create", "inspect", "rm", "path",
                                                     "mount", "unmount"]
     assert complete("volplugctl", "events", "--f") == ["--follow"]
@@ -671,8 +671,78 @@ def test_completion_of_plugin_and_volume_names(canned: Canned) -> None:
     assert complete("volplugctl", "volume", "path", "alpha", "d",
                     socket_path=canned.path) == ["data"]
     assert complete("volplugctl", "--socket", canned.path, "probe", "b") == ["beta"]
+    assert complete("volplugctl", "wait", "alpha", "", socket_path=canned.path) == ["alpha",
+                                                                                    "beta"]
 
 
 def test_completion_is_quiet_without_a_daemon(short_tmp: Path) -> None:
     """An unreachable daemon completes names to nothing, with nothing on stderr."""
     assert complete("volplugctl", "inspect", "", socket_path=str(short_tmp / "no.sock")) == []
+
+
+# --- wait ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "value"), [("1.5", 1.5), ("500ms", 0.5), ("60s", 60.0),
+                                             ("2m", 120.0), ("1h", 3600.0)])
+def test_durations_take_an_optional_unit(text: str, value: float) -> None:
+    """--timeout takes seconds, or a number with ms, s, m or h."""
+    assert cli.seconds(text) == value
+
+
+@pytest.mark.parametrize("text", ["0", "-1s", "s", "abc", "1d", "infs", "nan", "1e999"])
+def test_a_duration_that_is_not_positive_and_finite_is_a_usage_error(
+        text: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Exit 2, and argparse names the value."""
+    assert cli.main(["wait", f"--timeout={text}"], environ={}) == 2
+    assert (f"argument --timeout: expected a positive duration (seconds, or with ms, s, m, h), "
+            f"got {text!r}") in capsys.readouterr().err
+
+
+def test_wait_with_no_name_waits_for_every_plugin_but_rejected_ones(canned: Canned) -> None:
+    """Ready and rejected plugins only: exit 0 at once, one line per plugin waited for."""
+    canned.on("GET", "/v1/plugins", {"plugins": [plugin("a"), plugin("b"),
+                                                 plugin("no-driver", state="rejected")]})
+    assert run(canned, "wait") == (0, "a: ready\nb: ready\n", "")
+    assert [s.target for s in canned.seen] == ["/v1/plugins"]
+
+
+def test_wait_json_prints_the_daemons_list_as_is(canned: Canned) -> None:
+    """--json: the last GET /v1/plugins answer, unchanged."""
+    listed = {"plugins": [plugin("a")]}
+    canned.on("GET", "/v1/plugins", listed)
+    status, out, err = run(canned, "--json", "wait", "a")
+    assert (status, json.loads(out), err) == (0, listed, "")
+
+
+def test_wait_times_out_with_each_plugins_state_on_stderr(canned: Canned) -> None:
+    """Exit 1; one line per plugin not ready, unknown names too, with its last error."""
+    canned.on("GET", "/v1/plugins", {"plugins": [
+        plugin("a"), plugin("slow", state="activating", last_error="connect: refused\nagain"),
+        plugin("sick", state="unhealthy"), plugin("bad\x1b", state="activating")]})
+    status, out, err = run(canned, "wait", "--timeout", "300ms", "a", "slow", "sick", "gone",
+                           "bad\x1b")
+    assert (status, out) == (1, "")
+    assert err.splitlines() == [
+        "volplugctl: timeout: after 0.3s, plugin gone is not known to volplugd",
+        "volplugctl: timeout: after 0.3s, plugin slow is activating: connect: refused; again",
+        "volplugctl: timeout: after 0.3s, plugin sick is unhealthy",
+        "volplugctl: timeout: after 0.3s, plugin bad\\x1b is activating",
+    ]
+    assert len(canned.seen) >= 2  # it asked again before giving up
+
+
+def test_wait_without_a_daemon_exits_3(short_tmp: Path) -> None:
+    """Nothing to wait on: exit 3 at once, with the hint."""
+    path = str(short_tmp / "none.sock")
+    status, out, err = run(path, "wait", "--timeout", "60s")
+    assert (status, out) == (3, "")
+    assert err == (f"volplugctl: cannot reach volplugd at {path}: No such file or directory "
+                   f"{HINT}\n")
+
+
+def test_wait_passes_on_a_daemon_error(canned: Canned) -> None:
+    """An error answer (here 403) is exit 1 with its code, not a wait until the timeout."""
+    canned.on("GET", "/v1/plugins", Answer(403, {"error": {"code": "forbidden",
+                                                           "message": "uid 7 may not"}}))
+    assert run(canned, "wait", "a") == (1, "", "volplugctl: forbidden: uid 7 may not\n")

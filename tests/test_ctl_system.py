@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakeplugin import FakePlugin
 from tests.fakeplugin import behaviours as b
@@ -247,6 +249,53 @@ def test_follow_ends_with_exit_3_when_volplugd_stops(
             follow.communicate()
     assert (follow.returncode, err) == (
         3, f"volplugctl: cannot reach volplugd at {d.socket}: the event stream ended {HINT}\n")
+
+
+def _plugin_lists_served(d: Daemon) -> float:
+    """How many ``GET /v1/plugins`` volplugd has answered 200 (from its own metrics)."""
+    scrape = d.get("/metrics").decode()
+    for family in text_string_to_metric_families(scrape):
+        for s in family.samples:
+            if (s.name == "volplugd_control_requests_total"
+                    and s.labels == {"route": "/v1/plugins", "code": "200"}):
+                return s.value
+    return 0.0
+
+
+def test_wait_returns_once_a_plugin_that_came_later_is_ready(
+        daemon: Callable[..., Daemon], plugins: Callable[..., FakePlugin]) -> None:
+    """`wait late` keeps asking while volplugd does not know "late", then exits 0."""
+    d = daemon().start()
+    waiter = subprocess.Popen([VOLPLUGCTL, "--socket", d.socket, "wait", "--timeout", "60s",
+                               "late"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        wait_until(lambda: _plugin_lists_served(d) >= 2, timeout=30,
+                   message="volplugctl wait to ask twice")
+        assert waiter.poll() is None  # "late" is unknown: it is still waiting
+        plugins("late").start()
+        out, err = waiter.communicate(timeout=60)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.communicate()
+    assert (waiter.returncode, out, err) == (0, "late: ready\n", "")
+
+
+def test_wait_times_out_on_a_socket_nobody_listens_on(
+        daemon: Callable[..., Daemon], short_tmp: Path) -> None:
+    """A stale socket stays activating: exit 1 naming its state and the daemon's error."""
+    (short_tmp / "plugins").mkdir(exist_ok=True)
+    stale = short_tmp / "plugins" / "stale.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(str(stale))  # and never listens
+        d = daemon().start()
+        d.wait_state("stale", "activating")
+        done = volplugctl(d, "wait", "--timeout", "1s")
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == ("volplugctl: timeout: after 1s, plugin stale is activating: "
+                           "sending request to plugin stale activation endpoint: dial unix "
+                           f"{stale}: connect: connection refused\n")
 
 
 def test_stopped_daemon_exits_3_with_the_hint(running: tuple[Daemon, FakePlugin]) -> None:

@@ -3,6 +3,7 @@ requests written as Podman writes them (tests/fakeplugin records what reaches a 
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import http.client
 import json
@@ -17,6 +18,7 @@ from typing import BinaryIO
 import pytest
 from structlog.testing import capture_logs
 
+from tests.control.otheruser import CAN_SWITCH_USER, NOBODY, Peer
 from tests.fakeplugin import DEFAULT_CONTENT_TYPE, FakePlugin
 from tests.fakeplugin import behaviours as b
 from tests.waiting import wait_until
@@ -102,24 +104,26 @@ class World:
         self.plugins.mkdir()
         self.gw_dir = root / "gw"
         self.recorder = Recorder()
+        self.refused: list[str] = []
         self.fakes: list[FakePlugin] = []
         self.sup: Supervisor | None = None
         self.gateway: Gateway | None = None
 
     def start(self, *, probe: ProbeSettings = PROBE, max_in_flight: int = 4,
               dirs: tuple[str, ...] | None = None, group: str | None = None,
-              max_connections: int = 512, reserved: int = 128,
-              read_timeout: float = 10.0) -> tuple[Supervisor, Gateway]:
+              max_connections: int = 512, max_per_uid: int = 64, reserved: int = 64,
+              mode: int = 0o600, read_timeout: float = 10.0) -> tuple[Supervisor, Gateway]:
         settings = Settings(
             discovery=DiscoverySettings(dirs=dirs or (str(self.plugins),)), probe=probe,
             plugin=PluginSettings(timeouts=TIMEOUTS, max_in_flight=max_in_flight),
-            gateway=GatewaySettings(enabled=True, dir=str(self.gw_dir), mode=0o600,
+            gateway=GatewaySettings(enabled=True, dir=str(self.gw_dir), mode=mode,
                                     group=group))
         registry = Registry()
         self.sup = Supervisor(settings, registry, workers=2)
         self.gateway = Gateway(settings.gateway, self.sup, registry.wait,
                                on_request=self.recorder, tick=0.05,
-                               max_connections=max_connections, reserved=reserved,
+                               max_connections=max_connections, max_per_uid=max_per_uid,
+                               reserved=reserved, on_refused=self.refused.append,
                                read_timeout=read_timeout)
         self.gateway.start()
         self.sup.start()
@@ -445,7 +449,8 @@ def test_deadlines_and_size_per_connection(world: World) -> None:
 
 def test_at_the_bound_the_longest_idle_connection_gives_its_slot(world: World) -> None:
     """One slot: a connection that has sent nothing yet is closed to let a newcomer in,
-    which is served; the gateway goes on serving."""
+    which is served; the gateway goes on serving (root is never refused at the total
+    bound: it waits in the backlog or displaces an idle connection)."""
     world.plugin("p")
     world.start(max_connections=1, reserved=0)
     world.wait_state("p", PluginState.READY)
@@ -457,6 +462,84 @@ def test_at_the_bound_the_longest_idle_connection_gives_its_slot(world: World) -
     assert first.sock.recv(1) == b""  # closed to make room
     second.close()
     assert wait_until(lambda: _answers(world.sock("p")), message="a slot again") == 200
+
+
+def _sent_in_a_thread(path: str, data: bytes) -> tuple[Client, threading.Thread]:
+    """A client sending ``data`` on its own thread (the gateway may answer and close
+    before all of it is in: the send then fails, the answer is there to read)."""
+    client = Client(path)
+
+    def send() -> None:
+        with contextlib.suppress(OSError):
+            client.sock.sendall(data)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    return client, thread
+
+
+def test_a_16_mib_request_line_gets_414_and_the_gateway_keeps_serving(world: World) -> None:
+    """A 16 MiB path: 414 with an Err as soon as 8 KiB of it are in, the connection
+    closed, nothing sent to the plugin; the next client is served."""
+    fake = world.plugin("p")
+    world.start()
+    world.wait_state("p", PluginState.READY)
+    line = b"POST /VolumeDriver." + b"a" * (16 * 1024 * 1024) + b" HTTP/1.1\r\n\r\n"
+    client, sender = _sent_in_a_thread(world.sock("p"), line)
+    assert client.read() == (414, "application/vnd.docker.plugins.v1+json",
+                             b'{"Err":"volplugd: request line longer than 8192 bytes"}')
+    client.close()
+    sender.join(30)
+    assert [r.path for r in fake.requests if r.path.startswith("/VolumeDriver.a")] == []
+    assert Client(world.sock("p")).post("/VolumeDriver.List")[0] == 200
+
+
+def test_a_head_over_64_kib_gets_431_and_one_within_it_is_served(world: World) -> None:
+    """Headers of 70 KiB: 431 with an Err; 50 KiB of headers (within the bound) and a
+    request line of 8 KiB less a little are served as any other request."""
+    world.plugin("p")
+    world.start()
+    world.wait_state("p", PluginState.READY)
+    big = (PODMAN_HEAD.format("/VolumeDriver.List", 0)[:-2] + "X-Pad: " + "a" * 70_000 +
+           "\r\n\r\n").encode()
+    client, sender = _sent_in_a_thread(world.sock("p"), big)
+    assert client.read() == (431, "application/vnd.docker.plugins.v1+json",
+                             b'{"Err":"volplugd: request head larger than 65536 bytes"}')
+    sender.join(30)
+    fits = (PODMAN_HEAD.format("/VolumeDriver.List?" + "q" * 8000, 0)[:-2] + "X-Pad: " +
+            "a" * 50_000 + "\r\n\r\n").encode()
+    ok = Client(world.sock("p"))
+    ok.sock.sendall(fits)
+    assert ok.read()[0] == 200
+
+
+@pytest.mark.skipif(not CAN_SWITCH_USER, reason="needs root and setpriv to act as another user")
+def test_another_user_cannot_keep_root_out_of_the_gateway(
+        world: World, short_tmp: Path, peer_script: Path, peers: list[Peer]) -> None:
+    """uid 65534 holds the 3 connections one user may (of 8, 2 kept for root); its next
+    one gets an exact 503 Err at once, logged and counted; root is served meanwhile."""
+    short_tmp.chmod(0o755)
+    world.plugin("p")
+    world.start(max_connections=8, max_per_uid=3, reserved=2, mode=0o666)
+    world.wait_state("p", PluginState.READY)
+    gateway = world.gateway
+    assert gateway is not None
+    hog = Peer(peer_script, NOBODY, world.sock("p"), "hold", "3")
+    peers.append(hog)
+    assert hog.line() == "connected"
+    wait_until(lambda: gateway.connections == 3, message="the hog's connections admitted")
+    with capture_logs() as logs:
+        extra = Peer(peer_script, NOBODY, world.sock("p"), "get")
+        peers.append(extra)
+        assert extra.report() == [{"status": 503, "err": (
+            "volplugd: this user has as many gateway connections open as one user may; "
+            "close one and try again")}]
+    assert [(e["event"], e["uid"], e["reason"]) for e in logs] == [
+        ("gateway_connection_refused", NOBODY, "uid_limit")]
+    assert world.refused == ["uid_limit"]
+    assert Client(world.sock("p")).post("/VolumeDriver.List")[0] == 200  # root, meanwhile
+    hog.tell()
+    assert hog.report() == ["open"] * 3
 
 
 def _answers(path: str) -> int | None:

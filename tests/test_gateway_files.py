@@ -4,10 +4,13 @@ gateway metrics, the [gateway] settings and --gateway."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -18,11 +21,12 @@ from volplugd import __version__
 from volplugd.cli import build_parser, flag_overrides
 from volplugd.config import ConfigError, GatewaySettings, PodmanSettings, load_settings
 from volplugd.discovery import scan
-from volplugd.gateway import SpecFiles, name_problem, socket_path
+from volplugd.gateway import SpecFiles, name_problem, serves, socket_path
 from volplugd.metrics import Metrics
 from volplugd.model import Kind, PluginState, PluginView, Snapshot
 from volplugd.podman import DropinWriter, plan_dropin
 
+MakeSpecs = Callable[[str, str], SpecFiles]
 MARK = f"volplugd {__version__}; rewritten when volplugd starts and stops, do not edit"
 
 
@@ -47,10 +51,23 @@ def specs_dir(tmp_path: Path) -> Path:
     return tmp_path / "etc-docker-plugins"
 
 
-def test_spec_files_point_docker_at_the_gateway_and_back(specs_dir: Path,
+@pytest.fixture
+def specs() -> Iterator[MakeSpecs]:
+    """SpecFiles, each closed (its folder's descriptor) after the test."""
+    made: list[SpecFiles] = []
+
+    def make(directory: str, docker_sockets: str) -> SpecFiles:
+        made.append(SpecFiles(directory, docker_sockets))
+        return made[-1]
+    yield make
+    for files in made:
+        files.close()
+
+
+def test_spec_files_point_docker_at_the_gateway_and_back(specs: MakeSpecs, specs_dir: Path,
                                                          tmp_path: Path) -> None:
     docker = tmp_path / "run-docker-plugins"
-    files = SpecFiles(str(specs_dir), str(docker))
+    files = specs(str(specs_dir), str(docker))
     outside = view("btrfs", "/run/volplugd/plugins/btrfs.sock")
     inside = view("local2", f"{docker}/local2.sock")  # Docker finds it itself
     umask = os.umask(0o077)  # the shipped unit's UMask
@@ -76,11 +93,11 @@ def test_spec_files_point_docker_at_the_gateway_and_back(specs_dir: Path,
     assert os.listdir(specs_dir) == []
 
 
-def test_spec_files_never_replace_the_administrators(specs_dir: Path) -> None:
+def test_spec_files_never_replace_the_administrators(specs: MakeSpecs, specs_dir: Path) -> None:
     specs_dir.mkdir()
     (specs_dir / "mine.json").write_text('{"Addr": "unix:///admin.sock"}')
     (specs_dir / "texty.spec").write_text("unix:///admin2.sock\n")
-    files = SpecFiles(str(specs_dir), "/run/docker/plugins")
+    files = specs(str(specs_dir), "/run/docker/plugins")
     served = {n: (f"/gw/{n}.sock", view(n, f"/srv/{n}.sock")) for n in ("mine", "texty")}
     with capture_logs() as logs:
         files.update(served)
@@ -96,8 +113,8 @@ def test_spec_files_never_replace_the_administrators(specs_dir: Path) -> None:
     assert (specs_dir / "mine.json").read_text() == '{"Addr": "unix:///admin.sock"}'
 
 
-def test_restore_removes_what_cannot_be_restored(specs_dir: Path) -> None:
-    files = SpecFiles(str(specs_dir), "/run/docker/plugins")
+def test_restore_removes_what_cannot_be_restored(specs: MakeSpecs, specs_dir: Path) -> None:
+    files = specs(str(specs_dir), "/run/docker/plugins")
     tls = view("tls", "/etc/volplugd/tls.json", address="https://10.0.0.1:9000")
     files.update({"tls": ("/gw/tls.sock", tls), "gone": ("/gw/gone.sock",
                                                          view("gone", "/srv/gone.sock"))})
@@ -106,8 +123,9 @@ def test_restore_removes_what_cannot_be_restored(specs_dir: Path) -> None:
     assert os.listdir(specs_dir) == []
 
 
-def test_discovery_skips_our_spec_files_but_not_the_administrators(specs_dir: Path) -> None:
-    files = SpecFiles(str(specs_dir), "/run/docker/plugins")
+def test_discovery_skips_our_spec_files_but_not_the_administrators(specs: MakeSpecs,
+                                                                    specs_dir: Path) -> None:
+    files = specs(str(specs_dir), "/run/docker/plugins")
     files.update({"ours": ("/gw/ours.sock", view("ours", "/srv/ours.sock"))})
     (specs_dir / "admin.json").write_text('{"Addr": "unix:///srv/admin.sock"}')
     found = scan([str(specs_dir)])
@@ -164,7 +182,7 @@ def test_gateway_metrics() -> None:
     metrics.gateway_request("p", "weird", "what", 0.5)
     text = metrics.exposition()[0].decode()
     lines = [line.replace("volplugd_gateway_request_duration_seconds", "H")
-             for line in text.splitlines() if line.startswith("volplugd_gateway")]
+             for line in text.splitlines() if line.startswith("volplugd_gateway_request")]
     assert lines == [
         'volplugd_gateway_requests_total{plugin="p",endpoint="create",outcome="answered"} 1',
         'volplugd_gateway_requests_total{plugin="p",endpoint="create",outcome="not_ready"} 1',
@@ -211,11 +229,6 @@ def test_gateway_settings_default_off_and_validated(tmp_path: Path) -> None:
     assert str(err.value) == ("gateway.docker_specs: needs the gateway: set gateway.enabled "
                               "= true (or --gateway)")
     with pytest.raises(ConfigError) as err:
-        load_settings(None, {"gateway.enabled": True, "gateway.dir": "/run/docker/plugins"})
-    assert str(err.value) == ("gateway.dir: is one of discovery.dirs: the plugins there "
-                              "would be hidden (discovery skips the gateway's folder); give "
-                              "it its own")
-    with pytest.raises(ConfigError) as err:
         load_settings(None, {"gateway.dir": "relative"})
     assert str(err.value) == 'gateway.dir: must be an absolute path, got "relative"'
 
@@ -224,3 +237,30 @@ def test_the_gateway_flag() -> None:
     args = build_parser().parse_args(["--gateway"])
     assert flag_overrides(args) == {"gateway.enabled": True}
     assert flag_overrides(build_parser().parse_args([])) == {}
+
+
+def test_which_plugins_get_a_gateway_socket() -> None:
+    """Not rejected ones, not untrusted ones, and — only while never activated — not a
+    unix plugin nobody listens on; the socket is asked only in that last case."""
+    asked: list[str] = []
+
+    def nobody(path: str) -> bool:
+        asked.append(path)
+        return False
+
+    def ok(state: PluginState, **kw: Any) -> PluginView:
+        return dataclasses.replace(view("p", "/srv/p.sock", state=state), **kw)
+
+    untrusted = ok(PluginState.READY, warnings=("untrusted: /srv is writable by others",))
+    table = [
+        (ok(PluginState.REJECTED), "rejected"),
+        (untrusted, "untrusted: /srv is writable by others"),
+        (ok(PluginState.ACTIVATING), "nobody listens on its socket"),
+        (ok(PluginState.ACTIVATING, last_success_at=2.0), None),  # once ready: kept
+        (ok(PluginState.UNHEALTHY), None),
+        (ok(PluginState.READY), None),
+        (ok(PluginState.ACTIVATING, address="tcp://127.0.0.1:9"), None),
+    ]
+    assert [serves(v, nobody) for v, _ in table] == [want for _, want in table]
+    assert asked == ["/srv/p.sock"]
+    assert serves(ok(PluginState.ACTIVATING), lambda path: True) is None

@@ -19,6 +19,8 @@ from tests.harness import Daemon, call
 from tests.test_gateway import Client
 from tests.waiting import wait_until
 
+pytestmark = pytest.mark.system
+
 
 def _config(tmp: Path) -> str:
     return f"""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import tiers
 from tests.control.fuzz import fuzz_operations
 from tests.control.helpers import unix_session
 from tests.fakeplugin import FakePlugin
@@ -76,9 +77,7 @@ def _free_port() -> int:
 
 def test_real_prometheus_scrapes_the_daemon(served: tuple[Daemon, int]) -> None:
     """Debian's Prometheus scrapes --metrics-listen; its query API returns plugin_up."""
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.skip("prometheus not installed (Debian package `prometheus`; make system-deps)")
+    binary = tiers.tool("prometheus", "prometheus")
     _, target = served
     work = Path(tempfile.mkdtemp(dir="/tmp", prefix="vpprom"))
     (work / "prometheus.yml").write_text(
@@ -107,9 +106,7 @@ def test_real_prometheus_scrapes_the_daemon(served: tuple[Daemon, int]) -> None:
 def test_chromium_renders_the_daemons_status_page(served: tuple[Daemon, int],
                                                   tmp_path: Path) -> None:
     """The TCP listener's / is an HTML page a real browser renders, one row per plugin."""
-    browser = shutil.which("chromium")
-    if browser is None:
-        pytest.skip("chromium not installed (Debian package `chromium`; make system-deps)")
+    browser = tiers.tool("chromium", "chromium")
     _, port = served
     url = f"http://127.0.0.1:{port}/"
     argv = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",

@@ -8,7 +8,6 @@ a real Prometheus server scraping it over loopback.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -21,11 +20,13 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
+from tests import tiers
 from tests.fakeplugin import FakePlugin
 from tests.fakeplugin import behaviours as fb
 from tests.harness import Daemon
 from tests.renderers import PageCells
 from tests.waiting import wait_until
+from volplugd.admission import Refusal
 from volplugd.metrics import Metrics
 from volplugd.metrics.observer import (
     MAX_ROUTES,
@@ -37,7 +38,6 @@ from volplugd.metrics.observer import (
 from volplugd.metrics.render import TextRenderer
 from volplugd.model import EMPTY_SNAPSHOT, Kind, PluginState, PluginView, Snapshot
 from volplugd.plugin.text import printable
-from volplugd.serving import Refusal
 from volplugd.statuspage import status_page
 
 REPO = Path(__file__).resolve().parent.parent
@@ -189,15 +189,18 @@ def test_daemon_counters_start_at_zero_and_count_unknown_values_as_other() -> No
     assert get("volplugd_evictions_total", {"reason": "replaced"}) == 0
 
 
-def test_refused_control_connections_are_counted_by_reason() -> None:
-    """Both reasons of a refusal at accept exist at 0; an unknown one counts as "other"."""
+@pytest.mark.parametrize(("total", "method"), [
+    ("volplugd_control_connections_refused_total", "control_refused"),
+    ("volplugd_gateway_connections_refused_total", "gateway_refused")])
+def test_refused_connections_are_counted_by_reason(total: str, method: str) -> None:
+    """Both reasons of a refusal at accept exist at 0; an unknown one counts as "other"
+    (the control socket's and the gateway's, each in its own family)."""
     m, _ = make()
     get = m.registry.get_sample_value
-    total = "volplugd_control_connections_refused_total"
     assert (get(total, {"reason": "uid_limit"}), get(total, {"reason": "full"})) == (0, 0)
     assert get(total, {"reason": "other"}) is None
     for reason in ("uid_limit", "uid_limit", "full", "because"):
-        m.control_refused(reason)
+        getattr(m, method)(reason)
     assert (get(total, {"reason": "uid_limit"}), get(total, {"reason": "full"}),
             get(total, {"reason": "other"})) == (2, 1, 1)
 
@@ -387,6 +390,7 @@ def feed_everything(m: Observations, names: list[str], rounds: int) -> None:
         m.rescan(("startup", "reload", "whim")[i % 3])
         m.control_request(f'/v1/"{i % 2}"', 200 + i)
         m.control_refused(("uid_limit", "full", "odd")[i % 3])
+        m.gateway_refused(("full", "odd", "uid_limit")[i % 3])
         m.probe_lateness(0.05 * i)
 
 
@@ -410,7 +414,7 @@ def test_registry_holds_what_the_text_says() -> None:
         feed_everything(m, NAMES[step:], 2)
         registry = [f for f in m.registry.collect() if f.name.startswith("volplugd_")]
         assert volplugd_families(m.exposition()[0]) == registry
-        assert len(registry) == 19
+        assert len(registry) == 21
 
 
 def test_kept_fragments_render_the_same_bytes_as_a_fresh_render() -> None:
@@ -438,10 +442,7 @@ def test_metrics_flips_no_process_wide_switch() -> None:
 
 
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.skip("promtool not installed (Debian package `prometheus`; `make system-deps`)")
-    return path
+    return tiers.tool("promtool", "prometheus")
 
 
 @pytest.mark.peer
@@ -493,9 +494,7 @@ ARTEFACTS = REPO / "test-artifacts"
 @pytest.mark.peer
 def test_status_page_renders_in_headless_chromium(tmp_path: Path) -> None:
     """Chromium parses the page into one row per plugin with the hostile name as text."""
-    browser = shutil.which("chromium")
-    if browser is None:
-        pytest.skip("chromium not installed (Debian package `chromium`; `make system-deps`)")
+    browser = tiers.tool("chromium", "chromium")
     page = tmp_path / "status.html"
     page.write_bytes(status_page(every_state(), "1.2.3"))
     ARTEFACTS.mkdir(exist_ok=True)

@@ -35,6 +35,7 @@ from volplugd.podman import (
     toml_string,
     write_if_changed,
 )
+from volplugd.safefs import NotAFile
 
 NO_TIMEOUT = PodmanSettings(enabled=True)
 
@@ -298,12 +299,12 @@ def test_changed_content_replaces_the_file_by_rename(tmp_path: Path) -> None:
 
 
 def test_failed_write_leaves_no_temp_file(tmp_path: Path) -> None:
-    """When the target cannot be replaced (it is a folder), the error is raised and
-    no temp file is left behind."""
+    """When the target is not a regular file (a folder), the error is raised, nothing
+    is replaced and no temp file is left behind."""
     target = tmp_path / "d.conf"
     target.mkdir()
     (target / "keep").write_text("x")
-    with pytest.raises(IsADirectoryError):
+    with pytest.raises(NotAFile, match=f"^{target} is not a regular file$"):
         write_if_changed(str(target), "a = 1\n")
     assert sorted(os.listdir(tmp_path)) == ["d.conf"]
 

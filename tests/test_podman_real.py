@@ -25,6 +25,7 @@ from types import MappingProxyType
 import pytest
 
 from tests import buttervolume as bv
+from tests import tiers
 from tests.fakeplugin.behaviours import Hang
 from tests.fakeplugin.server import FakePlugin
 from tests.harness import Daemon
@@ -73,8 +74,7 @@ class PodmanSandbox:
 
 @pytest.fixture
 def podman(short_tmp: Path) -> PodmanSandbox:
-    if shutil.which("podman") is None:
-        pytest.skip("podman is not installed (apt-get install podman)")
+    tiers.tool("podman", "podman")
     if os.geteuid() != 0:
         pytest.skip("needs root: rootless podman needs subuid/subgid setup")
     if shutil.which("unshare") is None:

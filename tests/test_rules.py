@@ -3,9 +3,9 @@ every metric they name is one volplugd exports."""
 
 from __future__ import annotations
 
+import errno
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests import tiers
 from tests.test_metrics import every_state, make
 from volplugd.metrics.observer import ENDPOINTS, EVICTION_REASONS, PROBE_RESULTS
 
@@ -27,10 +28,7 @@ GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$job": ".*", "$instance": ".*", 
 
 
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.skip("promtool not installed (Debian package `prometheus`; `make system-deps`)")
-    return path
+    return tiers.tool("promtool", "prometheus")
 
 
 def run(*argv: str | Path) -> tuple[int, str]:
@@ -51,6 +49,7 @@ def exported_names() -> set[str]:
     m.control_request("/v1/health", 200)
     m.busy("b-ready")
     m.gateway_request("b-ready", "create", "not_ready", 0.0004)
+    m.loop_error(errno.EMFILE)
     body, _ = m.exposition()
     lines = body.decode().splitlines()
     return {re.split(r"[{ ]", line, maxsplit=1)[0] for line in lines if not line.startswith("#")}
@@ -87,7 +86,7 @@ def names_in(expr: str) -> set[str]:
 def test_promtool_check_rules_passes() -> None:
     """`promtool check rules` accepts the rules file (3 recording rules, 10 alerts)."""
     code, out = run("check", "rules", RULES)
-    assert (code, out.strip().splitlines()[-1].strip()) == (0, "SUCCESS: 13 rules found")
+    assert (code, out.strip().splitlines()[-1].strip()) == (0, "SUCCESS: 15 rules found")
 
 
 @pytest.mark.peer
@@ -108,7 +107,8 @@ def test_rule_tests_cover_every_alert_firing_and_not_firing() -> None:
                       "VolplugdPluginFlapping", "VolplugdSlowProbes",
                       "VolplugdPluginStuckActivating", "VolplugdProbesLate",
                       "VolplugdPluginBusy", "VolplugdGatewayRefusing",
-                      "VolplugdControlRefusing"}
+                      "VolplugdControlRefusing", "VolplugdGatewayConnectionsRefused",
+                      "VolplugdLoopErrors"}
     assert (firing, quiet) == (alerts, alerts)
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import tiers
 from tests.waiting import wait_until
 from volplugd.systemd import Notifier, listen_fds
 
@@ -209,9 +210,7 @@ conn.close()
 
 def _activate(paths: list[Path], fdnames: str | None) -> dict[str, object]:
     """Run CHILD under systemd-socket-activate, trigger it by connecting, return its report."""
-    tool = shutil.which("systemd-socket-activate")
-    if tool is None:
-        pytest.skip("systemd-socket-activate is missing (Debian package systemd)")
+    tool = tiers.tool("systemd-socket-activate", "systemd")
     argv = [tool, *(f"--listen={p}" for p in paths)]
     argv += [f"--fdname={fdnames}"] if fdnames else []
     argv += [sys.executable, "-c", CHILD]
@@ -235,6 +234,7 @@ def _activate(paths: list[Path], fdnames: str | None) -> dict[str, object]:
     return report
 
 
+@pytest.mark.peer
 def test_listen_fds_adopts_the_named_activated_socket(short_dir: Path) -> None:
     """Under systemd-socket-activate --fdname=control, listen_fds returns that socket by name."""
     path = short_dir / "control.sock"
@@ -253,6 +253,7 @@ def test_listen_fds_adopts_the_named_activated_socket(short_dir: Path) -> None:
     assert report["env_after"] == {}
 
 
+@pytest.mark.peer
 def test_listen_fds_names_several_sockets_in_order(short_dir: Path) -> None:
     """Two activated sockets come back in fd order under their LISTEN_FDNAMES names."""
     control, metrics = short_dir / "control.sock", short_dir / "metrics.sock"
@@ -262,6 +263,7 @@ def test_listen_fds_names_several_sockets_in_order(short_dir: Path) -> None:
     assert report["addr"] == [str(control), str(metrics)]
 
 
+@pytest.mark.peer
 def test_listen_fds_rejects_two_unnamed_sockets(short_dir: Path) -> None:
     """Two sockets without names would both be "unknown": listen_fds says so instead of guessing."""
     report = _activate([short_dir / "a.sock", short_dir / "b.sock"], None)

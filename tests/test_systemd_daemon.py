@@ -17,7 +17,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import signal
 import socket
 import stat
@@ -33,6 +32,7 @@ from typing import Any
 
 import pytest
 
+from tests import tiers
 from tests.fakeplugin import FakePlugin
 from tests.harness import Daemon, call
 from tests.waiting import wait_until
@@ -371,15 +371,14 @@ def volplugctl(sock: str, *argv: str) -> subprocess.CompletedProcess[str]:
                           text=True, env=env, timeout=WAIT, check=False)
 
 
+@pytest.mark.peer
 def test_socket_activated_by_systemd_socket_activate(
         service: Callable[..., ServiceDaemon], notify: NotifySocket,
         plugins: Callable[[str], FakePlugin], short_tmp: Path) -> None:
     """Under the real systemd-socket-activate, volplugd serves the inherited "control" fd:
     volplugctl's first connection starts it, ls and health work, and after SIGTERM the
     socket file it did not create is still there, the same inode."""
-    tool = shutil.which("systemd-socket-activate")
-    if tool is None:
-        pytest.skip("systemd-socket-activate is missing (Debian package systemd)")
+    tool = tiers.tool("systemd-socket-activate", "systemd")
     plugins("fake")
     path = str(short_tmp / "control.sock")
     # The tool passes on only the -E variables (plus LISTEN_*), as systemd would;

@@ -312,3 +312,20 @@ def test_the_writer_logs_each_untrusted_plugin_once(tmp_path: Path) -> None:
     written = [e for e in logs if e["event"] == "podman_dropin_written"]
     assert [(e["plugins"], e["untrusted"]) for e in written] == [(["good"], ["shady"])]
     assert "shady =" not in Path(dropin).read_text()
+
+
+def test_no_symlink_is_followed_in_an_untrusted_folder(base: Path) -> None:
+    """A .spec symlink in an untrusted folder is ignored with its reason (root opens
+    nothing it names: a device could act on the open); in a trusted folder the same
+    symlink gives the plugin."""
+    target = base / "target.spec"
+    target.write_text("tcp://127.0.0.1:9\n")
+    shady = folder(base / "shady", 0o757)
+    fine = folder(base / "fine")
+    (shady / "a.spec").symlink_to(target)
+    (fine / "b.spec").symlink_to(target)
+    result = scan([str(shady), str(fine)])
+    assert list(result.desired) == ["b"]
+    (ignored,) = [i for i in result.ignored if i.path == str(shady / "a.spec")]
+    assert ignored.reason == ("a symlink (not followed here); untrusted: "
+                              f"{shady} is writable by others (mode 0757)")

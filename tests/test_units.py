@@ -16,6 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from tests import tiers
+
+pytestmark = pytest.mark.peer
+
 REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "systemd"
 INSTALLED_EXEC = "/opt/volplugd/bin/volplugd"
@@ -36,10 +40,7 @@ RELAXED = {
 
 
 def _analyze() -> str:
-    tool = shutil.which("systemd-analyze")
-    if tool is None:
-        pytest.skip("systemd-analyze is missing (Debian package systemd; make system-deps)")
-    return tool
+    return tiers.tool("systemd-analyze", "systemd")
 
 
 @pytest.fixture
@@ -123,6 +124,8 @@ def test_service_settings() -> None:
     assert s["CapabilityBoundingSet"] == [""]
     assert s["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
     assert s["ReadWritePaths"] == ["-/etc/containers/containers.conf.d"]
+    assert s["ReadOnlyPaths"] == ["/run"]  # tests/test_sandbox_system.py proves why
+    assert s["LimitNOFILE"] == ["65536"]
     assert s["Also"] == ["volplugd.socket"]
 
 

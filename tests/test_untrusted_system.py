@@ -18,13 +18,14 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests import tiers
 from tests.fakeplugin import FakePlugin
 from tests.fakeplugin import behaviours as b
 from tests.harness import Daemon, call
 from tests.renderers import CONTROL
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.system
+pytestmark = [pytest.mark.system, pytest.mark.peer]  # promtool checks every scrape
 
 FAST = """
 [probe]
@@ -79,9 +80,10 @@ def all_views(d: Daemon, port: int) -> dict[str, Any]:
     status, tcp_scrape = tcp_get(port, "/metrics")
     assert status == 200
     scrapes.append(tcp_scrape)
+    promtool = tiers.tool("promtool", "prometheus")
     for scrape in scrapes:
         list(text_string_to_metric_families(scrape.decode("utf-8")))
-        checked = subprocess.run(["promtool", "check", "metrics"], input=scrape, check=False,
+        checked = subprocess.run([promtool, "check", "metrics"], input=scrape, check=False,
                                  capture_output=True, timeout=60)
         assert checked.returncode == 0, checked
     status, page = tcp_get(port, "/")

@@ -16,10 +16,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from watchdog.observers.inotify_c import InotifyEvent, Mask, WatchDescriptor
 
+from tests.trees import make_chain, remove_chain
 from tests.waiting import wait_until
-from volplugd.contracts import FsHint, Rescan
+from volplugd.contracts import Flooded, FsHint, Rescan
 from volplugd.discovery import Watcher
+from volplugd.discovery.inotify import Reader
+from volplugd.discovery.watcher import FLOOD_EVENTS, FLOOD_WINDOW, MAX_BACKLOG, MAX_FOLDERS
 
 RESTART = Rescan("watcher_restart")
 
@@ -112,9 +116,11 @@ def test_socket_created_and_removed_are_hinted(base: Path, inbox: Inbox,
 
 def test_plugin_folder_and_spec_file_are_hinted(base: Path, inbox: Inbox,
                                                 watching: Callable[..., Watcher]) -> None:
-    """<name>/<name>.sock in a new folder and a written .spec file are hinted."""
+    """A new folder is hinted once it is watched (its scan_one sees what it already
+    holds), then <name>/<name>.sock in it; a written .spec file is hinted."""
     watching(base)
     (base / "foo").mkdir()
+    inbox.wait_for(hint(base / "foo"))
     bind(base / "foo/foo.sock")
     inbox.wait_for(hint(base / "foo/foo.sock"))
     (base / "bar.spec").write_text("tcp://127.0.0.1:1\n")
@@ -146,14 +152,14 @@ def test_noise_is_not_hinted(base: Path, inbox: Inbox,
 
 def test_dir_created_late_is_watched_after_refresh(base: Path, inbox: Inbox,
                                                    watching: Callable[..., Watcher]) -> None:
-    """A missing dir is awaited on its parent; once it appears, refresh() watches it."""
+    """A missing dir is awaited on its parent; once it appears, refresh() watches it (a
+    new watch is no restart: the scan that follows refresh() covers what came before)."""
     plugins = base / "run/docker/plugins"
     watcher = watching(plugins)
     assert watcher.up  # waiting on the nearest parent is the normal state
     assert watcher.refresh() is False
     plugins.mkdir(parents=True)
     inbox.wait_for(RESTART)
-    assert watcher.refresh() is True  # new watch: events may have been missed, rescan
     assert watcher.refresh() is False
     bind(plugins / "foo.sock")
     inbox.wait_for(hint(plugins / "foo.sock"))
@@ -166,7 +172,7 @@ def test_dir_created_inside_another_watched_dir(base: Path, inbox: Inbox,
     watcher = watching(base, inner)
     inner.mkdir()
     assert inbox.wait_for(RESTART) == []
-    assert watcher.refresh() is True
+    assert watcher.refresh() is False
     bind(inner / "foo.sock")
     inbox.wait_for(hint(inner / "foo.sock"))
 
@@ -181,10 +187,10 @@ def test_dir_deleted_and_recreated_is_watched_again(base: Path, inbox: Inbox,
     inbox.wait_for(hint(plugins / "foo.sock"))
     shutil.rmtree(plugins)
     inbox.wait_for(RESTART)
-    assert watcher.refresh() is True
+    assert watcher.refresh() is False
     plugins.mkdir()
     inbox.wait_for(RESTART)
-    assert watcher.refresh() is True
+    assert watcher.refresh() is False
     bind(plugins / "bar.sock")
     inbox.wait_for(hint(plugins / "bar.sock"))
     assert up(watcher)
@@ -198,26 +204,25 @@ def test_dir_swapped_behind_our_back_is_watched_again(base: Path, inbox: Inbox,
     watcher = watching(plugins)
     plugins.rename(base / "old")
     plugins.mkdir()
-    assert watcher.refresh() is True  # its identity changed
+    assert watcher.refresh() is False  # its identity changed: watched anew
     bind(plugins / "foo.sock")
     inbox.wait_for(hint(plugins / "foo.sock"))
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-def test_crashed_observer_is_restarted_by_refresh(base: Path, inbox: Inbox,
-                                                  watching: Callable[..., Watcher]) -> None:
-    """refresh() replaces a dispatcher killed by an exception (#793) and stops its leftovers."""
+def test_crashed_dispatcher_is_restarted_by_refresh(base: Path, inbox: Inbox,
+                                                    watching: Callable[..., Watcher]) -> None:
+    """refresh() replaces an inotify reader whose dispatcher died of an exception."""
     watcher = watching(base)
     assert watcher.refresh() is False
-    dead = thread_named("volplugd-watcher")
-    dead.event_queue.put(("not an event", None))  # type: ignore[attr-defined]
+    dead = thread_named("volplugd-inotify")
+    dead._raw_queue.put(object())  # type: ignore[attr-defined]
     dead.join(5.0)
     assert not dead.is_alive()
-    assert thread_named("volplugd-inotify").is_alive()  # left behind, still reading
     assert not up(watcher)
     assert watcher.refresh() is True
     assert up(watcher)
-    assert thread_named("volplugd-watcher") is not dead
+    assert thread_named("volplugd-inotify") is not dead
     bind(base / "foo.sock")
     inbox.wait_for(hint(base / "foo.sock"))
 
@@ -336,3 +341,98 @@ def _burst(folder: Path, events: int) -> None:
         path = folder / f".f{i}"
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY))  # IN_CREATE, IN_CLOSE_WRITE
         os.unlink(path)  # IN_DELETE
+
+
+class Clock:
+    """The watcher's clock, moved by the test: a mute ends when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_flooding_dir_is_muted_while_another_is_still_hinted(
+        base: Path, inbox: Inbox) -> None:
+    """Past FLOOD_EVENTS events in a window, a dir is muted (one Flooded, no more hints
+    from it) while hints from another dir keep coming; refresh() after the mute re-arms it."""
+    noisy, quiet = base / "noisy", base / "quiet"
+    noisy.mkdir()
+    quiet.mkdir()
+    clock = Clock()
+    watcher = Watcher([str(noisy), str(quiet)], inbox.put, clock=clock)
+    watcher.start()
+    try:
+        _burst(noisy, events=FLOOD_EVENTS + 30)
+        inbox.wait_for(Flooded(str(noisy), clock.now + FLOOD_WINDOW))
+        bind(noisy / "muted.sock")
+        bind(quiet / "foo.sock")
+        assert hint(noisy / "muted.sock") not in inbox.wait_for(hint(quiet / "foo.sock"))
+        assert watcher.up
+        assert watcher.refresh() is False  # still muted: nothing to re-arm yet
+        bind(noisy / "still.sock")
+        bind(quiet / "bar.sock")
+        assert hint(noisy / "still.sock") not in inbox.wait_for(hint(quiet / "bar.sock"))
+        clock.now += FLOOD_WINDOW
+        assert watcher.refresh() is False  # re-armed on purpose: not a restart
+        bind(noisy / "back.sock")
+        inbox.wait_for(hint(noisy / "back.sock"))
+    finally:
+        watcher.stop()
+        watcher.join(5.0)
+
+
+def test_at_most_max_folders_name_folders_are_watched(
+        base: Path, inbox: Inbox, watching: Callable[..., Watcher]) -> None:
+    """A dir with more <name>/ folders than MAX_FOLDERS gets exactly MAX_FOLDERS watched:
+    a socket in each is hinted for that many folders only (the scan finds the rest)."""
+    for i in range(MAX_FOLDERS + 5):
+        (base / f"p{i}").mkdir()
+    watching(base)
+    for i in range(MAX_FOLDERS + 5):
+        bind(base / f"p{i}/p{i}.sock")
+    bind(base / "sentinel.sock")
+    before = inbox.wait_for(hint(base / "sentinel.sock"))
+    depth = str(base).count("/") + 2  # base/pN/pN.sock
+    nested = [m for m in before if isinstance(m, FsHint) and m.path.count("/") == depth]
+    assert len(nested) == MAX_FOLDERS
+
+
+def test_a_chain_deeper_than_the_recursion_limit_costs_one_watch(
+        base: Path, inbox: Inbox, watching: Callable[..., Watcher]) -> None:
+    """A 1,100-deep chain in a <name>/ folder, there before the start and made while it
+    runs: the watcher stays up, refresh() is quiet, and hints still come."""
+    (base / "deep").mkdir()
+    make_chain(base / "deep")
+    watcher = watching(base)
+    (base / "late").mkdir()
+    inbox.wait_for(hint(base / "late"))
+    make_chain(base / "late")
+    assert watcher.refresh() is False
+    assert up(watcher)
+    bind(base / "late/late.sock")
+    inbox.wait_for(hint(base / "late/late.sock"))
+    for chain in ("deep", "late"):
+        remove_chain(base / chain)
+
+
+def test_read_ahead_past_its_bound_is_dropped_and_asks_for_a_rescan() -> None:
+    """More than MAX_BACKLOG buffers read ahead of the dispatcher are dropped, once,
+    with one overflow report (the rescan it asks for finds what they said)."""
+    overflows: list[bool] = []
+    reader = Reader(lambda: overflows.append(True))  # not started: the test dispatches
+    try:
+        for _ in range(MAX_BACKLOG + 10):
+            reader._raw_queue.put(b"buffer")
+        for _ in range(256):  # the bound is looked at every 256 events
+            reader.handle_event(InotifyEvent(WatchDescriptor(1), Mask(0x100), 0, b"x"))
+        assert overflows == [True]
+        assert reader._raw_queue.qsize() == 0
+        for _ in range(256):  # under the bound now: nothing more to say
+            reader.handle_event(InotifyEvent(WatchDescriptor(1), Mask(0x100), 0, b"x"))
+        assert overflows == [True]
+    finally:
+        reader.stop()
+        with reader._lock:
+            reader._close_resources()

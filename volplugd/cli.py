@@ -3,7 +3,9 @@
 ``volplugd [FLAGS]`` runs in the foreground; ``volplugd check-config [FLAGS]`` prints
 the effective configuration (defaults <- file <- flags) and exits; ``--version``.
 A bad configuration is one line on stderr, ``volplugd: config error: KEY: PROBLEM``,
-and exit status 2, like a usage error. Runs on: the main thread.
+and exit status 2, like a usage error; so is a folder volplugd would write in but may
+not (``config.check_folders``), in check-config and before the daemon starts.
+Runs on: the main thread.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from volplugd.config import (
     LOG_LEVELS,
     ConfigError,
     Settings,
+    check_folders,
     load_settings,
     settings_to_toml,
 )
@@ -50,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = flag_overrides(args)
     try:
         settings = load_settings(path, overrides)
+        check_folders(settings)
     except ConfigError as err:
         print(f"volplugd: config error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -30,10 +30,19 @@ class FsHint:
 @dataclass(frozen=True, slots=True)
 class Rescan:
     """Run a full scan. ``trigger`` is a metrics label: startup, periodic, overflow,
-    watcher_restart, manual, reload."""
+    watcher_restart, flood, manual, reload."""
 
     trigger: str
     reply: Future[RescanResult] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Flooded:
+    """The watcher muted plugin dir ``folder``: it sent more events than its share. At
+    ``until`` (the loop's clock) the loop re-arms the watcher and runs one full scan."""
+
+    folder: str
+    until: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +157,7 @@ class Observer(Protocol):
 
     def rescan(self, trigger: str) -> None:
         """A full scan ran; trigger: startup, periodic, overflow, watcher_restart,
-        manual, reload."""
+        flood, manual, reload."""
 
     def evicted(self, plugin: str, reason: str) -> None:
         """A plugin left the registry; reason: removed, replaced, reload."""
@@ -158,6 +167,9 @@ class Observer(Protocol):
 
     def probe_lateness(self, seconds: float) -> None:
         """A probe was dispatched ``seconds`` after it was due (the scheduler's slack)."""
+
+    def loop_error(self, code: int) -> None:
+        """The loop met an OSError (``errno`` ``code``) and went on."""
 
 
 class NullObserver:
@@ -185,4 +197,7 @@ class NullObserver:
         pass
 
     def probe_lateness(self, seconds: float) -> None:
+        pass
+
+    def loop_error(self, code: int) -> None:
         pass

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import grp
 import os
+import resource
 import signal
 import threading
 import time
@@ -76,6 +77,7 @@ class Daemon:
         self._stoppers: list[tuple[str, Callable[[], None], Callable[[float], None]]] = []
 
     def run(self) -> int:
+        raise_fd_limit()
         # Handlers first: a SIGHUP that arrives once the socket is visible must not kill us.
         previous = self._install_signals()
         threading.excepthook = _log_thread_crash
@@ -141,7 +143,8 @@ class Daemon:
             return None
         specs = SpecFiles(settings.docker_spec_dir) if settings.docker_specs else None
         gateway = Gateway(settings, self.supervisor, self.registry.wait,
-                          on_request=self.metrics.gateway_request, specs=specs)
+                          on_request=self.metrics.gateway_request, specs=specs,
+                          on_refused=self.metrics.gateway_refused)
         self._start("gateway", gateway.start, gateway.stop, gateway.join)
         logger.info("gateway_listening", dir=settings.dir,
                     docker_specs=settings.docker_spec_dir if specs else None)
@@ -203,6 +206,21 @@ class Daemon:
 
     def _status_page(self) -> bytes:
         return status_page(self.registry.snapshot(), __version__)
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise the descriptor soft limit to the hard limit (every plugin may hold a few);
+    log both. Refused (EPERM: the unit's seccomp filter denies @resources, and the unit
+    sets LimitNOFILE= itself), the limit stays as it is. Returns (soft, hard)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError) as err:
+            logger.warning("fd_limit_not_raised", soft=soft, hard=hard, error=str(err))
+    logger.info("fd_limit", soft=soft, hard=hard)
+    return soft, hard
 
 
 def _restore(previous: Mapping[int, Callable[[int, FrameType | None], object] | int]) -> None:

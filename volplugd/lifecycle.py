@@ -23,6 +23,7 @@ from volplugd import policy
 from volplugd.calls import Activated, Calls, Failed, Probed, Result
 from volplugd.config import Settings
 from volplugd.contracts import (
+    Flooded,
     Observer,
     OperationFailed,
     PluginBusy,
@@ -53,6 +54,7 @@ log = get_logger("volplugd.supervisor")
 
 SLOT_WAIT = 1.0  # an operation waits this long at most for one of its plugin's slots
 BUSY_RETRY_AFTER = 1  # seconds, the Retry-After of a 503 plugin_busy
+FLOOD_LOG_EVERY = 60.0  # seconds between two discovery_flooded lines for one folder
 
 _operation = threading.local()  # .active: this thread runs a volume operation now
 
@@ -69,6 +71,7 @@ class Lifecycle:
         self._wall = wall
         self._tokens = itertools.count(1)
         self._ignored_logged: set[tuple[str, str]] = set()
+        self._flood_logged: dict[str, float] = {}  # folder -> when it was last logged
 
     # --- discovery -> desired state -> plan ---------------------------------------------
     def scan(self, now: float) -> RescanResult:
@@ -88,6 +91,17 @@ class Lifecycle:
         for name in hints.names:
             self.reconcile(scan_one(name, discovery.dirs, discovery.trust), now, only=name)
         return hints.burst_at
+
+    def flooded(self, flooded: Flooded, due: float | None, now: float) -> float:
+        """The watcher muted a folder: when the one full scan that re-arms it is due (the
+        earlier of ``due`` and the mute's end). Logged once a minute per folder at most:
+        a storm must not flood the log too."""
+        folder, until = flooded.folder, flooded.until
+        last = self._flood_logged.get(folder)
+        if last is None or now - last >= FLOOD_LOG_EVERY:
+            self._flood_logged[folder] = now
+            log.warning("discovery_flooded", dir=folder, muted_for=max(0.0, until - now))
+        return until if due is None else min(due, until)
 
     def reconcile(self, found: ScanResult, now: float, only: str | None = None
                   ) -> RescanResult:

@@ -5,7 +5,8 @@ applies the results the poll returns (``Activated | Probed | Failed``), then the
 messages (filesystem hints, scan requests, commands), starts the work that is due and
 publishes an immutable snapshot. What happens to registrations is ``lifecycle``'s, their
 records are ``registrations``'s, and every timing decision is a pure function in
-``policy``; this module is the shell that runs them in order.
+``policy``; this module is the shell that runs them in order. Every step survives an
+OSError (``survival``): nothing a plugin folder holds ends the loop.
 
 Activations and probes of unix-socket plugins are non-blocking exchanges the loop
 multiplexes itself, so a probe costs no thread hand-off and a hung plugin costs only a
@@ -31,6 +32,7 @@ from volplugd.calls import Calls
 from volplugd.config import Settings
 from volplugd.contracts import (
     Commands,
+    Flooded,
     FsHint,
     NullObserver,
     Observer,
@@ -49,6 +51,7 @@ from volplugd.model import Event, EventType, PluginState, PluginView, RescanResu
 from volplugd.plugin.client import PluginClient
 from volplugd.registrations import Book
 from volplugd.registry import PendingEvent, Registry
+from volplugd.survival import Survival
 
 T = TypeVar("T")
 log = get_logger(__name__)
@@ -81,6 +84,7 @@ class Timers:
     beat: float = 0.0  # the heartbeat (systemd's watchdog), if there is one
     status: float = 0.0  # the earliest next status callback
     burst_scan: float | None = None  # one full scan that covers a burst of hints
+    flood: float | None = None  # a muted plugin dir is re-armed and rescanned
 
 
 class Supervisor(Commands):
@@ -119,6 +123,7 @@ class Supervisor(Commands):
         self._stopped = threading.Event()
         self._last_iteration = clock()
         self._last_counts: Mapping[str, int] | None = None
+        self._survive = Survival(self._observer, clock)
         self._thread: threading.Thread | None = None
 
     # --- the Commands interface (any thread) -------------------------------------
@@ -126,7 +131,7 @@ class Supervisor(Commands):
     def put(self, message: object) -> None:
         self._queue.put(message)
         if self._stopped.is_set():  # the loop has left (or is leaving): nobody else will
-            self._refuse_queued()
+            _refuse_queued(self._queue)
             return
         self._calls.wake()
 
@@ -187,15 +192,16 @@ class Supervisor(Commands):
     def run(self) -> None:
         """The loop. Returns after a Stop message, with workers told to stop."""
         try:
-            self._watcher.start()
-            self._full_scan("startup", self._clock())
+            self._survive(self._watcher.start)
+            self._survive(self._full_scan, "startup", self._clock())
             while self._iterate():
                 pass
         finally:
             self._shutdown()
 
     def _iterate(self) -> bool:
-        results = self._calls.poll(0.0 if not self._queue.empty() else self._sleep_time())
+        timeout = 0.0 if not self._queue.empty() else self._sleep_time()
+        results = self._survive(self._calls.poll, self._survive.pause(timeout)) or []
         batch: list[object] = []
         while len(batch) < MAX_BATCH:
             try:
@@ -208,14 +214,15 @@ class Supervisor(Commands):
                 _refuse(message)
             return False
         for result in results:  # the one way results reach the loop
-            self._plugins.apply(result, now)
+            self._survive(self._plugins.apply, result, now)
         for message in batch:
-            self._handle(message, now)
+            self._survive(self._handle, message, now)
         hints = [m.path for m in batch if isinstance(m, FsHint)]
         if hints:
-            self._timers.burst_scan = self._plugins.hints(hints, self._timers.burst_scan, now)
+            self._timers.burst_scan = self._survive(self._plugins.hints, hints,
+                                                    self._timers.burst_scan, now)
         self._check_started()
-        self._tick(now)
+        self._survive(self._tick, now)
         return True
 
     def _sleep_time(self) -> float:
@@ -229,7 +236,7 @@ class Supervisor(Commands):
             timers.beat if self._heartbeat is not None else None,
             None if book.lazy_since is None else book.lazy_since + policy.LAZY_PUBLISH,
             timers.status if status_pending else None,
-            book.next_due(), timers.burst_scan))
+            book.next_due(), timers.burst_scan, timers.flood))
 
     def _handle(self, message: object, now: float) -> None:
         match message:
@@ -239,6 +246,8 @@ class Supervisor(Commands):
                     self._check_started()
                     self._book.publish()  # what the answer names is in /v1/plugins by then
                     reply.set_result(result)
+            case Flooded():
+                self._timers.flood = self._plugins.flooded(message, self._timers.flood, now)
             case ProbeNow():
                 self._plugins.probe_now(message, now)
             case OperationFailed():
@@ -248,25 +257,27 @@ class Supervisor(Commands):
 
     def _tick(self, now: float) -> None:
         timers = self._timers
+        if self._heartbeat is not None and now >= timers.beat:  # first: whatever fails next
+            interval, beat = self._heartbeat
+            beat()
+            timers.beat = now + interval
         if timers.burst_scan is not None and now >= timers.burst_scan:
             timers.burst_scan = None
             self._plugins.scan(now)
             self._check_started()
         self._plugins.dispatch_due(now)
+        if timers.flood is not None and now >= timers.flood:
+            self._full_scan("flood", now)
         if now >= timers.rescan:
             self._full_scan("periodic", now)
             self._check_started()
-        if self._heartbeat is not None and now >= timers.beat:
-            interval, beat = self._heartbeat
-            beat()
-            timers.beat = now + interval
         if self._book.publish_due(now):
             self._book.publish()
         self._report_status(now)
 
     def _shutdown(self) -> None:
         self._stopped.set()  # before the drain: a later put() drains for itself
-        self._refuse_queued()
+        _refuse_queued(self._queue)
         self._watcher.stop()
         self._calls.close()
         self._plugins.close()
@@ -276,17 +287,15 @@ class Supervisor(Commands):
     # --- discovery ------------------------------------------------------------------
 
     def _full_scan(self, trigger: str, now: float) -> RescanResult:
-        self._timers.burst_scan = None  # this scan covers every hint so far
-        result = self._plugins.scan(now)
-        self._observer.rescan(trigger)
-        self._book.event(PendingEvent(EventType.RESCAN, reason=trigger))
+        """Re-arm the watcher, then scan (a change in between is hinted); covers all so far."""
+        self._timers.burst_scan = self._timers.flood = None
         self._timers.rescan = now + self._plugins.settings.discovery.rescan_interval
         if self._watcher.refresh():
             log.warning("watcher_restarted")
             self._observer.rescan("watcher_restart")
-            more = self._plugins.scan(now)
-            result = RescanResult(result.added + more.added, result.removed + more.removed,
-                                  result.changed + more.changed)
+        result = self._plugins.scan(now)
+        self._observer.rescan(trigger)
+        self._book.event(PendingEvent(EventType.RESCAN, reason=trigger))
         self._observer.watcher(self._watcher.up)
         if trigger == "startup":
             self._book.start_all()
@@ -323,13 +332,14 @@ class Supervisor(Commands):
         log.info("config_reloaded")
         self._full_scan("reload", now)
 
-    def _refuse_queued(self) -> None:
-        """Answer every queued request: nobody waits out a timeout for a loop that left."""
-        while True:
-            try:
-                _refuse(self._queue.get_nowait())
-            except queue.Empty:
-                return
+
+def _refuse_queued(messages: queue.SimpleQueue[object]) -> None:
+    """Answer every queued request: nobody waits out a timeout for a loop that left."""
+    while True:
+        try:
+            _refuse(messages.get_nowait())
+        except queue.Empty:
+            return
 
 
 def _refuse(message: object) -> None:

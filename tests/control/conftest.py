@@ -9,13 +9,11 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.control.memory import MemoryCommands, view
-from tests.control.otheruser import SCRIPT, Peer
 from tests.fakeplugin import FakePlugin
 from tests.fakeplugin import behaviours as b
 from volplugd.control import AccessPolicy, ControlServer, make_app
@@ -109,24 +107,3 @@ def live(sockdir: str) -> Iterator[Live]:
     with fake_backed(sockdir) as (cmds, fakes), \
             serving(build_app(cmds), path, read_timeout=5.0) as server:
         yield Live(server, cmds, path, fakes)
-
-
-@pytest.fixture
-def peer_script() -> Iterator[Path]:
-    """peer_client.py copied where any user can read it (the checkout may be 0700)."""
-    folder = Path(tempfile.mkdtemp(prefix="vp-peer-"))
-    folder.chmod(0o755)
-    copy = folder / "peer_client.py"
-    shutil.copyfile(SCRIPT, copy)
-    copy.chmod(0o644)
-    yield copy
-    shutil.rmtree(folder)
-
-
-@pytest.fixture
-def peers() -> Iterator[list[Peer]]:
-    """Peer clients started by a test; killed and reaped after it."""
-    started: list[Peer] = []
-    yield started
-    for peer in started:
-        peer.end()

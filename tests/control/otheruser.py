@@ -46,9 +46,10 @@ class Peer:
         result: list[Any] = json.loads(self.line())
         return result
 
-    def tell(self) -> None:
+    def tell(self, text: str = "") -> None:
+        """A line to the peer client (``text``: what ``repeat`` reads)."""
         assert self.proc.stdin is not None
-        self.proc.stdin.write(b"\n")
+        self.proc.stdin.write(text.encode() + b"\n")
         self.proc.stdin.flush()
 
     def end(self) -> None:

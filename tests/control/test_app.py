@@ -10,6 +10,7 @@ import pytest
 from tests.control.conftest import build_app
 from tests.control.helpers import ROOT, call
 from tests.control.memory import MemoryClient, MemoryCommands, view
+from volplugd.admission import Refusal
 from volplugd.contracts import Stopping
 from volplugd.control.app import ROUTES, openapi_document
 from volplugd.control.routing import Request
@@ -173,17 +174,22 @@ def test_follow_stream_yields_events_then_ends_when_stopping(commands: MemoryCom
 
 
 def test_follow_stream_limit_is_429(app) -> None:  # type: ignore[no-untyped-def]
-    """With no follow slot left the server's hook refuses and the app answers 429."""
-    ans = call(app, "GET", "/v1/events?follow=1", follow_slot=lambda: None)
+    """With no follow slot left the server's hook refuses and the app answers 429; the
+    message says whether the user's share or every slot is taken."""
+    ans = call(app, "GET", "/v1/events?follow=1", follow_slot=lambda p, g: Refusal.FULL)
     assert ans.status == 429
     assert ans.error == ("too_many_streams", "too many open follow streams; try again later")
+    ans = call(app, "GET", "/v1/events?follow=1", follow_slot=lambda p, g: Refusal.UID_LIMIT)
+    assert (ans.status, ans.error) == (429, (
+        "too_many_streams", "this user has as many follow streams open as one user may; "
+        "close one and try again"))
 
 
 def test_follow_slot_released_even_if_never_iterated(app) -> None:  # type: ignore[no-untyped-def]
     """close() on an un-iterated follow stream still gives the slot back."""
     released: list[bool] = []
     reply = app(Request("GET", "/v1/events", "follow=1", peer=ROOT, groups=frozenset({0}),
-                        follow_slot=lambda: lambda: released.append(True)))
+                        follow_slot=lambda p, g: lambda: released.append(True)))
     assert reply.status == 200
     reply.body.close()  # type: ignore[union-attr]
     reply.body.close()  # type: ignore[union-attr]

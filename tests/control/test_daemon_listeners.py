@@ -13,6 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.control.otheruser import CAN_SWITCH_USER, NOBODY, Peer
 from tests.harness import Daemon, call
 
+pytestmark = pytest.mark.system
+
 
 def _tcp(port: int, target: str, host: str) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import resource
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ from volplugd.plugin.address import (
     address_from_socket,
     address_from_spec,
     load_address,
+    read_plugin_file,
 )
 from volplugd.plugin.errors import PluginAddressError
 
@@ -145,3 +149,46 @@ def test_load_address_dispatches_on_the_suffix(tmp_path: Path) -> None:
     with pytest.raises(PluginAddressError) as caught:
         load_address(str(tmp_path / "d.txt"))
     assert caught.value.problem == "unknown plugin file type (want .sock, .spec or .json)"
+
+
+def test_read_plugin_file_judges_what_it_opened(tmp_path: Path) -> None:
+    """read_plugin_file refuses, without blocking or reading, a FIFO and /dev/zero (also
+    behind a symlink), a sparse file past MAX_FILE_BYTES, and with follow_symlinks=False
+    any symlink; a regular file gives its bytes."""
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "zero").symlink_to("/dev/zero")
+    (tmp_path / "to-fifo").symlink_to(tmp_path / "fifo")
+    with (tmp_path / "huge").open("wb") as f:
+        f.truncate(1 << 30)
+    (tmp_path / "ok").write_bytes(b"tcp://h:1\n")
+    (tmp_path / "link").symlink_to(tmp_path / "ok")
+    cases = {("fifo", True): "not a regular file", ("to-fifo", True): "not a regular file",
+             ("zero", True): "not a regular file",
+             ("huge", True): f"file is larger than {MAX_FILE_BYTES} bytes",
+             ("link", False): "a symlink (not followed here)"}
+    for (name, follow), problem in cases.items():
+        with pytest.raises(PluginAddressError) as caught:
+            read_plugin_file(str(tmp_path / name), follow_symlinks=follow)
+        assert caught.value.problem == problem, name
+    assert read_plugin_file(str(tmp_path / "link")) == b"tcp://h:1\n"
+    assert read_plugin_file(str(tmp_path / "ok"), follow_symlinks=False) == b"tcp://h:1\n"
+
+
+def test_running_out_of_descriptors_is_not_the_files_fault(tmp_path: Path) -> None:
+    """EMFILE at the open is raised as OSError (the process's trouble), not a problem of
+    the file that a scan would report and evict it for."""
+    path = write(tmp_path, "x.spec", "tcp://h:1\n")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(os.open("/dev/null", os.O_RDONLY))
+        with pytest.raises(OSError, match="Too many open files") as caught:
+            read_plugin_file(path)
+        assert caught.value.errno == errno.EMFILE
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

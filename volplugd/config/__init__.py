@@ -2,7 +2,8 @@
 
 Validation raises ConfigError naming the key and the problem. ``settings`` holds the
 dataclasses, each field with its default and its check (``checks``); ``loading`` reads
-and merges them and writes them back; ``tomlwriter`` is the one TOML writer (also the
+and merges them and writes them back; ``folders`` judges the folders they make volplugd write in (on
+disk: check-config and start-up); ``tomlwriter`` is the one TOML writer (also the
 Podman drop-in's). This module only re-exports their public names.
 Runs on: the main thread (start-up and SIGHUP reload).
 """
@@ -10,6 +11,7 @@ Runs on: the main thread (start-up and SIGHUP reload).
 from __future__ import annotations
 
 from volplugd.config.checks import UNIX_PATH_MAX, ConfigError, parse_listen
+from volplugd.config.folders import check_folders, written_folders
 from volplugd.config.loading import load_settings, settings_to_dict, settings_to_toml
 from volplugd.config.settings import (
     DEFAULT_CONFIG_PATH,
@@ -49,8 +51,10 @@ __all__ = [
     "PodmanSettings",
     "ProbeSettings",
     "Settings",
+    "check_folders",
     "load_settings",
     "parse_listen",
     "settings_to_dict",
     "settings_to_toml",
+    "written_folders",
 ]

@@ -81,9 +81,6 @@ def _build(raw: Mapping[str, Any]) -> Settings:
     if settings.gateway.docker_specs and not settings.gateway.enabled:
         raise ConfigError("gateway.docker_specs", "needs the gateway: set gateway.enabled "
                           "= true (or --gateway)")
-    if settings.gateway.enabled and settings.gateway.dir in settings.discovery.dirs:
-        raise ConfigError("gateway.dir", "is one of discovery.dirs: the plugins there would "
-                          "be hidden (discovery skips the gateway's folder); give it its own")
     return settings
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from importlib import resources
 from typing import Any, TypeVar
 
+from volplugd.admission import Refusal
 from volplugd.contracts import Commands, PluginBusy, PluginNotReady, UnknownPlugin
 from volplugd.control.access import AccessPolicy, decide
 from volplugd.control.errors import Forbidden, MetricsOff, TooManyStreams, error_reply
@@ -45,6 +46,7 @@ from volplugd.log import get_logger
 from volplugd.model import encode
 from volplugd.plugin.client import PluginClient
 from volplugd.plugin.errors import PluginError
+from volplugd.refusals import RefusalLog
 
 __all__ = ["ROUTES", "AccessPolicy", "make_app", "make_metrics_app", "openapi_document"]
 
@@ -94,6 +96,7 @@ class ControlApp(App):
         self._openapi = _openapi_bytes()
         self._version_json = encode(version)
         self._counts: tuple[object, bytes] = (None, b"")
+        self._refusals = RefusalLog(__name__)
         super().__init__(self._table(), on_request, error_reply)
 
     def _table(self) -> dict[str, dict[str, Handler]]:
@@ -123,11 +126,17 @@ class ControlApp(App):
     def admit(self, req: Request) -> None:
         peer = req.peer
         if not decide(self._access, peer, req.groups, req.method):
-            _log.warning("control_request_forbidden", method=req.method, path=req.path,
-                         uid=None if peer is None else peer.uid,
-                         pid=None if peer is None else peer.pid)
+            self._refused("control_request_forbidden", req, "forbidden")
             raise Forbidden
         super().admit(req)
+
+    def _refused(self, event: str, req: Request, reason: str) -> None:
+        """Log a refusal once per 10 s per uid and reason (each is counted by the
+        server's ``on_request``: ``volplugd_control_requests_total``)."""
+        peer = req.peer
+        self._refusals.refused(event, None if peer is None else peer.uid, reason,
+                               method=req.method, path=req.path,
+                               pid=None if peer is None else peer.pid)
 
     # -- reads: the snapshot and its pre-encoded JSON --
 
@@ -160,9 +169,11 @@ class ControlApp(App):
             lines = b"".join(ndjson(self._commands.events(since, wait=0.0)))
             return raw_reply(200, lines, NDJSON)
         release = follow_slot(req)
-        if release is None:
-            raise TooManyStreams
-        return Reply(200, FollowStream(self._commands, since, req, release), NDJSON)
+        if isinstance(release, Refusal):
+            self._refused("control_stream_refused", req, release.value)
+            raise TooManyStreams(release)
+        return Reply(200, FollowStream(self._commands, since, req, release, self._refusals),
+                     NDJSON)
 
     def metrics(self, req: Request) -> Reply:
         if self._metrics is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from volplugd.admission import Refusal
 from volplugd.contracts import PluginBusy, PluginNotReady, Stopping, UnknownPlugin
 from volplugd.control.inputs import BodyTooLarge, InvalidRequest
 from volplugd.control.routing import JSON, MethodNotAllowed, NotFound, Reply
@@ -34,7 +35,18 @@ class Forbidden(Exception):
 
 
 class TooManyStreams(Exception):
-    """Every follow-stream slot is taken (429 too_many_streams)."""
+    """No follow-stream slot for this peer (429 too_many_streams); the message says why."""
+
+    def __init__(self, why: Refusal):
+        super().__init__(_STREAM_REFUSALS[why])
+        self.why = why
+
+
+_STREAM_REFUSALS: Mapping[Refusal, str] = {
+    Refusal.UID_LIMIT: "this user has as many follow streams open as one user may; "
+                       "close one and try again",
+    Refusal.FULL: "too many open follow streams; try again later",
+}
 
 
 class MetricsOff(Exception):
@@ -69,7 +81,6 @@ _MESSAGES: Mapping[type[BaseException], str] = {
     Forbidden: "this user may not do that on the control socket",
     NotFound: "no such route",
     MetricsOff: "metrics are turned off",
-    TooManyStreams: "too many open follow streams; try again later",
     TimeoutError: "the daemon did not answer in time; try again",
 }
 

@@ -11,33 +11,34 @@ import errno
 import ipaddress
 import os
 import socket
-import stat
 from collections.abc import Callable
 from typing import cast
 
+from volplugd.admission import ConnectionBudget
 from volplugd.config import parse_listen
 from volplugd.control.access import AccessPolicy
 from volplugd.control.app import make_metrics_app
 from volplugd.control.routing import JSON, Application, Reply
 from volplugd.model import encode
-from volplugd.serving import (
-    BACKLOG,
-    FIRST_REQUEST_TIMEOUT,
-    Budget,
-    RefusalLog,
-    Rules,
-    Server,
-    loopback_host,
+from volplugd.refusals import RefusalLog
+from volplugd.safefs import Folder
+from volplugd.serving import BACKLOG, FIRST_REQUEST_TIMEOUT, Rules, Server, loopback_host
+from volplugd.unixsocket import (
+    MAX_UNIX_PATH,
+    AddressKept,
+    GroupRefused,
+    group_id,
+    listen_unix,
+    replaceable,
 )
-from volplugd.unixsocket import MAX_UNIX_PATH, GroupRefused, group_id, listen_unix
 
-__all__ = ["BACKLOG", "MAX_FOLLOW_PER_UID", "MAX_PER_UID", "PROTOCOL_ERRORS",
-           "RESERVED_FOLLOW", "RESERVED_SLOTS", "ControlServer", "ControlSocketError",
-           "TcpMetricsServer", "protocol_error"]
+__all__ = ["BACKLOG", "FOLLOW_PER_UID", "MAX_PER_UID", "PROTOCOL_ERRORS", "RESERVED_FOLLOW",
+           "RESERVED_SLOTS", "ControlServer", "ControlSocketError", "TcpMetricsServer",
+           "protocol_error"]
 
 MAX_PER_UID = 16  # control-socket connections one unprivileged uid may hold
 RESERVED_SLOTS = 8  # of max_connections, kept for root and the admin groups
-MAX_FOLLOW_PER_UID = 4  # follow streams one unprivileged uid may hold
+FOLLOW_PER_UID = 4  # follow streams one unprivileged uid may hold
 RESERVED_FOLLOW = 4  # of max_follow, kept for root and the admin groups
 _CODES = {405: "method_not_allowed", 413: "request_too_large", 414: "request_too_large",
           421: "misdirected_request", 431: "request_too_large", 500: "internal_error",
@@ -108,27 +109,30 @@ class _Listener:
 class ControlServer(_Listener):
     """The control API on a unix socket, created ``mode`` and owned by ``group``.
 
-    A stale socket file at ``path`` is replaced; a path that is not a socket, or a
-    socket someone still listens on, is refused. The file is removed by ``stop()``.
+    Its folder must be one volplugd may write in (``volplugd.safefs``: created 0755, or
+    refused when it is a symlink, owned by another user, or writable by group or
+    others); the socket is made through the folder's descriptor. A stale socket file at
+    ``path`` is replaced; a path that is not a socket, or a socket someone still listens
+    on, is refused. The file is removed by ``stop()``.
     With ``sock`` (systemd socket activation) that socket is served as it is and the
     file is never touched.
 
     Each connection's peer is read at accept, before any request: one uid holds at most
     ``max_per_uid`` connections, and ``reserved`` of ``max_connections`` are kept for
-    root and ``access``'s admin groups; follow streams alike (``max_follow``,
-    ``follow_per_uid``, ``follow_reserved``). ``on_refused(reason)`` is told each
-    refusal before the client sees it: "uid_limit" or "full" (503
-    too_many_connections), "follow_uid_limit" or "follow_full" (429).
+    root and ``access``'s admin groups (see ``ConnectionBudget``). ``on_refused(reason)``
+    is told each connection refused (503 too_many_connections): "uid_limit" or "full".
+    Follow streams are shared the same way: ``follow_per_uid`` of ``max_follow`` per
+    unprivileged uid, ``reserved_follow`` kept for root and admins.
     """
 
     def __init__(self, app: Application, *, path: str | None, mode: int,
                  group: str | None, sock: socket.socket | None = None,
                  max_connections: int = 64, max_follow: int = 16, read_timeout: float = 10.0,
                  access: AccessPolicy | None = None, max_per_uid: int = MAX_PER_UID,
-                 reserved: int = RESERVED_SLOTS, follow_per_uid: int = MAX_FOLLOW_PER_UID,
-                 follow_reserved: int = RESERVED_FOLLOW,
+                 reserved: int = RESERVED_SLOTS,
                  first_request_timeout: float = FIRST_REQUEST_TIMEOUT,
-                 on_refused: Callable[[str], None] | None = None):
+                 on_refused: Callable[[str], None] | None = None,
+                 follow_per_uid: int = FOLLOW_PER_UID, reserved_follow: int = RESERVED_FOLLOW):
         if sock is None and path is None:
             raise ValueError("ControlServer needs a path or an inherited socket")
         access = access or AccessPolicy()
@@ -136,38 +140,49 @@ class ControlServer(_Listener):
                       first_request_timeout=first_request_timeout)
         server = Server(
             rules, name="control",
-            budget=Budget(total=max_connections, per_uid=max_per_uid,
-                          reserved=min(reserved, max_connections - 1)),
-            follow=Budget(total=max_follow, per_uid=follow_per_uid,
-                          reserved=min(follow_reserved, max_follow - 1)),
-            refusals=RefusalLog("control_connection_refused", listener="control",
-                                on_refused=on_refused),
+            budget=ConnectionBudget(total=max_connections, per_uid=max_per_uid,
+                                    reserved=min(reserved, max_connections - 1)),
+            follow=ConnectionBudget(total=max_follow, per_uid=follow_per_uid,
+                                    reserved=min(reserved_follow, max_follow - 1)),
+            refusals=RefusalLog("volplugd.control.server"), on_refused=on_refused,
             privileged=access.keeps_reserved_slots)
         super().__init__("control", server, sock)
         self.path = path if sock is None else _name_of(sock)
         self._mode = mode
         self._group = group
         self._identity: tuple[int, int] | None = None
+        self._folder: Folder | None = None  # the socket's folder, open while it is served
 
     def _open(self) -> socket.socket:
         if self._inherited is not None:
             return self._inherited
         assert self.path is not None
-        sock = _bind_unix(self.path, self._mode, self._group)
-        st = os.stat(self.path)
-        self._identity = (st.st_dev, st.st_ino)
+        if len(os.fsencode(self.path)) > MAX_UNIX_PATH:
+            raise ControlSocketError(errno.ENAMETOOLONG,
+                                     f"unix socket path longer than {MAX_UNIX_PATH} bytes",
+                                     self.path)
+        folder = Folder.open(os.path.dirname(os.path.abspath(self.path)))
+        name = os.path.basename(self.path)
+        try:
+            sock = _bind_unix(folder, name, self._mode, self._group)
+        except BaseException:
+            folder.close()
+            raise
+        self._folder = folder
+        st = folder.lstat(name)
+        self._identity = None if st is None else (st.st_dev, st.st_ino)
         return sock
 
     def _release_address(self) -> None:
-        if self._identity is None or self.path is None:
+        folder, self._folder = self._folder, None
+        if folder is None or self.path is None:
             return
         identity, self._identity = self._identity, None
-        try:
-            st = os.lstat(self.path)
-            if (st.st_dev, st.st_ino) == identity:  # never remove a successor's socket
-                os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        name = os.path.basename(self.path)
+        st = folder.lstat(name)
+        if st is not None and (st.st_dev, st.st_ino) == identity:
+            folder.remove(name)  # never a successor's socket
+        folder.close()
 
 
 def _name_of(sock: socket.socket) -> str | None:
@@ -175,49 +190,22 @@ def _name_of(sock: socket.socket) -> str | None:
     return name if isinstance(name, str) and name else None
 
 
-def _bind_unix(path: str, mode: int, group: str | None) -> socket.socket:
-    """Replace a stale socket, then ``listen_unix``: the file appears at ``path`` only
+def _bind_unix(folder: Folder, name: str, mode: int, group: str | None) -> socket.socket:
+    """Replace a stale socket, then ``listen_unix``: the file appears at ``name`` only
     once it listens, with its mode and group."""
-    if len(os.fsencode(path)) > MAX_UNIX_PATH:
-        raise ControlSocketError(errno.ENAMETOOLONG,
-                                 f"unix socket path longer than {MAX_UNIX_PATH} bytes", path)
+    path = folder.join(name)
     try:
         gid = None if group is None else group_id(group)
     except LookupError as err:
         raise ControlSocketError(errno.EINVAL, str(err)) from None
-    if _check_replaceable(path):
-        os.unlink(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     try:
-        return listen_unix(path, mode, gid, BACKLOG)
+        replaceable(folder, name)  # a stale socket is replaced by the rename
+        return listen_unix(folder, name, mode, gid, BACKLOG)
+    except AddressKept as err:
+        raise ControlSocketError(err.errno, err.strerror, path) from err
     except GroupRefused as err:
         raise ControlSocketError(err.errno, f"cannot give the socket to group {group!r}: "
                                  f"{err.strerror}", path) from err
-
-
-def _check_replaceable(path: str) -> bool:
-    """True if a stale socket is there to remove; raises if the path must be kept."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    if not stat.S_ISSOCK(st.st_mode):
-        raise ControlSocketError(errno.EEXIST, "exists and is not a socket; not replacing it",
-                                 path)
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        return True  # stale: nobody listens
-    except FileNotFoundError:
-        return False
-    except OSError as err:
-        raise ControlSocketError(err.errno, f"cannot tell whether it is in use: {err}",
-                                 path) from err
-    finally:
-        probe.close()
-    raise ControlSocketError(errno.EADDRINUSE, "another process is listening on it", path)
 
 
 class TcpMetricsServer(_Listener):
@@ -263,10 +251,9 @@ class TcpMetricsServer(_Listener):
         rules = Rules(self._app, protocol_error, read_timeout=self._read_timeout,
                       first_request_timeout=self._first, read_only=True,
                       host_allowed=loopback_host if loopback else None)
-        return Server(rules, name="metrics", budget=Budget(total=self._max),
-                      follow=Budget(total=1),
-                      refusals=RefusalLog("control_connection_refused", listener="metrics"),
-                      prepare=_no_delay)
+        return Server(rules, name="metrics", budget=ConnectionBudget(total=self._max),
+                      follow=ConnectionBudget(total=1),
+                      refusals=RefusalLog("volplugd.control.server"), prepare=_no_delay)
 
     def _open(self) -> socket.socket:
         sock = self._inherited or _bind_tcp(self.host, self.port)

@@ -44,13 +44,23 @@ def seq(text: str) -> int:
     return int(text)
 
 
+_UNITS = (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0))
+
+
 def seconds(text: str) -> float:
+    """A positive duration: seconds as a number, or with a unit (``500ms``, ``60s``, ``2m``)."""
+    number, scale = text, 1.0
+    for unit, factor in _UNITS:
+        if text.endswith(unit):
+            number, scale = text[:-len(unit)], factor
+            break
     try:
-        value = float(text)
+        value = float(number) * scale
     except ValueError:
         value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"expected a positive duration (seconds, or with ms, s, m, h), got {text!r}")
     return value
 
 
@@ -61,8 +71,10 @@ def _global_options() -> argparse.ArgumentParser:
                         help=f"control socket (default: ${SOCKET_ENV}, then {DEFAULT_SOCKET})")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print the daemon's JSON as is (events: one JSON document a line)")
-    common.add_argument("--timeout", metavar="SECONDS", type=seconds, default=argparse.SUPPRESS,
-                        help=f"give up on an unanswered request (default: {DEFAULT_TIMEOUT:g})")
+    common.add_argument("--timeout", metavar="DURATION", type=seconds,
+                        default=argparse.SUPPRESS,
+                        help="give up on an unanswered request (default: "
+                             f"{DEFAULT_TIMEOUT:g}s); for wait: on the whole wait")
     return common
 
 
@@ -97,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     add(commands, "health", c.cmd_health, "show the daemon's health")
     add(commands, "capabilities", c.cmd_capabilities,
         "ask a plugin for its capabilities").add_argument("plugin", metavar="PLUGIN")
+    wait = add(commands, "wait", c.cmd_wait,
+               "wait until plugins are ready (exit 1 if --timeout, default "
+               f"{c.WAIT_TIMEOUT:g} s, passes first)")
+    wait.add_argument("names", nargs="*", metavar="NAME",
+                      help="plugins to wait for (default: every plugin present, but rejected "
+                           "ones)")
     _volume_commands(commands, common, add)
     return parser
 

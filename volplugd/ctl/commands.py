@@ -8,6 +8,7 @@ to ``main``. Runs on: the main thread of the volplugctl process.
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Iterator, Sequence
 
 from volplugd.ctl.client import Client, Unreachable, decode, one_line, quote
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     from typing import Any, TextIO
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+WAIT_TIMEOUT = 60.0  # `wait`'s --timeout when none is given: the whole wait, not one request
+WAIT_POLL = 0.2  # how often `wait` asks; one GET /v1/plugins is cheap for the daemon
 
 
 def complain(stream: TextIO, line: str) -> None:
@@ -116,6 +119,58 @@ def cmd_rescan(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_capabilities(ctx: Context, args: argparse.Namespace) -> int:
     _show(ctx, ctx.client.call("GET", plugin_url(args.plugin, "capabilities")))
     return EXIT_OK
+
+
+def cmd_wait(ctx: Context, args: argparse.Namespace) -> int:
+    """Exit 0 once every plugin waited for is ``ready``; 1 when ``--timeout`` passes first.
+
+    Named plugins are waited for even while volplugd does not know them yet (a plugin
+    may start after volplugd); with no name, every plugin present at each look is, but
+    rejected ones (they are not volume drivers and stay rejected until their file
+    changes). On a timeout each plugin that is not ready gets one line on stderr.
+    """
+    timeout = getattr(args, "timeout", WAIT_TIMEOUT)
+    deadline = time.monotonic() + timeout
+    while True:
+        ctx.client.timeout = max(deadline - time.monotonic(), WAIT_POLL)
+        data = ctx.client.call("GET", "/v1/plugins")
+        waited, pending = _waited(decode(data)["plugins"], args.names)
+        if not pending:
+            _print_ready(ctx, data, waited)
+            return EXIT_OK
+        left = deadline - time.monotonic()
+        if left <= 0:
+            for name, state in pending:
+                complain(ctx.err, f"timeout: after {timeout:g}s, plugin {printable(name)} is "
+                                  f"{state}")
+            return EXIT_ERROR
+        time.sleep(min(WAIT_POLL, left))
+
+
+def _waited(plugins: list[dict[str, Any]], names: Sequence[str]
+            ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """(the plugins waited for, (name, state text) of those not ready yet)."""
+    by_name = {p["name"]: p for p in plugins}
+    if names:
+        waited = [by_name[n] for n in dict.fromkeys(names) if n in by_name]
+        missing = [(n, "not known to volplugd") for n in dict.fromkeys(names) if n not in by_name]
+    else:
+        waited = [p for p in plugins if p["state"] != "rejected"]
+        missing = []
+    pending = [(p["name"], _state_text(p)) for p in waited if p["state"] != "ready"]
+    return waited, missing + pending
+
+
+def _state_text(plugin: dict[str, Any]) -> str:
+    error = plugin.get("last_error")
+    return f"{plugin['state']}: {one_line(error)}" if error else str(plugin["state"])
+
+
+def _print_ready(ctx: Context, data: bytes, waited: list[dict[str, Any]]) -> None:
+    if ctx.json:
+        ctx.raw(data)
+    else:
+        ctx.write([f"{printable(p['name'])}: ready" for p in waited])
 
 
 def cmd_events(ctx: Context, args: argparse.Namespace) -> int:

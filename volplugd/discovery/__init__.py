@@ -1,7 +1,8 @@
 """Discovery: which plugins the filesystem says should exist, and hints that it changed.
 
-``scan`` (pure, the truth; see ``scan.py``) and ``Watcher`` (inotify hints; see
-``watcher.py``) are siblings: the watcher uses the scan's path helpers, never the reverse.
+``scan`` (pure, the truth; see ``scan.py``) and ``Watcher`` (inotify hints, one level
+deep; see ``watcher.py``, and ``inotify.py`` for its reader and watch trees) are
+siblings: both use ``paths`` (which plugin a path concerns), neither imports the other.
 ``trust`` (which plugin folders may speak for root; see ``trust.py``) is used by the scan.
 This package only re-exports their public names.
 Runs on: nothing itself; see each module for its threads.

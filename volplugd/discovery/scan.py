@@ -2,34 +2,50 @@
 
 ``scan(dirs)`` is the truth: it reads the plugin directories (Docker's rules: sockets
 beat spec files, an earlier directory beats a later one) and returns the desired state.
-``scan_one`` answers the same for one name, ``plugin_path_of`` maps a changed path to the
-plugin it concerns. All are pure apart from reading the filesystem and never raise for
-filesystem trouble. A plugin whose name is not valid UTF-8 is skipped (``Ignored``, with
-its path escaped): it could be shown only by a name that is not its own. Each winner's
-folders are judged by ``trust`` (once per scan): an untrusted plugin leads its warnings
-with ``untrusted: <why>``, and its ``.json`` may not name key or certificate files.
-Runs on: the supervisor thread (``scan``/``scan_one``); ``plugin_path_of``,
-``normalized_dirs`` and ``is_inside`` also on watchdog's dispatcher thread, via the watcher.
+``scan_one`` answers the same for one name (``paths.plugin_path_of``, re-exported here
+with the other path helpers, maps a changed path to it). Both are pure apart from
+reading the filesystem and never raise for filesystem trouble; they raise OSError when
+the process is out of descriptors or memory (``EXHAUSTED``): a scan that could not look
+must not report every plugin gone. A plugin whose name is not valid UTF-8 is skipped
+(``Ignored``, with its path escaped): it could be shown only by a name that is not its
+own. Each winner's folders are judged by ``trust`` (once per scan): an untrusted plugin
+leads its warnings with ``untrusted: <why>``, and its ``.json`` may not name key or
+certificate files. Every plugin file is read through ``read_plugin_file`` (never
+blocks; no symlink followed in an untrusted folder). The scan reads one level of
+``<name>/`` folders, never deeper.
+Runs on: the supervisor thread.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import NamedTuple
 
+from volplugd.discovery.paths import (
+    is_inside,
+    is_plugin_folder,
+    is_plugin_name,
+    normalized_dirs,
+    plugin_path_of,
+)
 from volplugd.discovery.trust import UNTRUSTED, Trust
 from volplugd.model import DesiredPlugin, FileIdentity, Kind
-from volplugd.plugin.address import PluginAddress, address_from_socket, load_address
+from volplugd.plugin.address import (
+    EXHAUSTED,
+    PluginAddress,
+    address_from_socket,
+    load_address,
+    read_plugin_file,
+)
 from volplugd.plugin.errors import PluginAddressError
 from volplugd.plugin.text import is_utf8, safe_text
 
 __all__ = ["GATEWAY_MARK", "GENERATED_SPEC", "Ignored", "ScanResult", "is_inside",
-           "normalized_dirs", "plugin_path_of", "scan", "scan_one"]
+           "is_plugin_folder", "normalized_dirs", "plugin_path_of", "scan", "scan_one"]
 
 _KINDS = {".sock": Kind.SOCK, ".spec": Kind.SPEC, ".json": Kind.JSON}
 # Docker's order inside one directory: flat before nested, .spec before .json.
@@ -37,7 +53,6 @@ _POSITION = {(Kind.SOCK, False): 0, (Kind.SOCK, True): 1, (Kind.SPEC, False): 0,
              (Kind.SPEC, True): 1, (Kind.JSON, False): 2, (Kind.JSON, True): 3}
 _WRONG_TYPE = {Kind.SOCK: "not a socket", Kind.SPEC: "not a regular file",
                Kind.JSON: "not a regular file"}
-_MANAGED = re.compile(r"[0-9a-f]{64}")  # Docker's managed (v2) plugin folders
 # volplugd's own files are never plugins: a folder holding GATEWAY_MARK is a gateway
 # folder (its sockets lead back to volplugd), and a .json file starting with
 # GENERATED_SPEC is a Docker spec file volplugd wrote (see volplugd.gateway).
@@ -134,45 +149,16 @@ def scan_one(name: str, dirs: Sequence[str], trusted: Sequence[str] = ()) -> Sca
     only."""
     found = _Found(trusted)
     for order, root in _existing_dirs(dirs, found):
-        if not _is_plugin_name(name):
+        if not is_plugin_name(name):
             continue
         folder = os.path.join(root, name)
-        nested_ok = (not _MANAGED.fullmatch(name) and _may_hold(folder)
+        nested_ok = (is_plugin_folder(name) and _may_hold(folder)
                      and not _is_gateway(folder))
         for kind, suffix in ((Kind.SOCK, ".sock"), (Kind.SPEC, ".spec"), (Kind.JSON, ".json")):
             found.add(os.path.join(root, name + suffix), name, kind, order, nested=False)
             if nested_ok:
                 found.add(os.path.join(root, name, name + suffix), name, kind, order, nested=True)
     return found.result()
-
-
-def plugin_path_of(path: str, dirs: Sequence[str]) -> str | None:
-    """The plugin name whose files a changed ``path`` may concern, or None."""
-    path = os.path.abspath(path)
-    for root in normalized_dirs(dirs):
-        if not is_inside(path, root):
-            continue
-        first, _, rest = path[len(root):].lstrip("/").partition("/")
-        stem, suffix = os.path.splitext(first)
-        if not rest and suffix in _KINDS:
-            return stem if _is_plugin_name(stem) else None
-        # A plugin's folder, or something in it (Docker's managed folders are not ours).
-        return first if _is_plugin_name(first) and not _MANAGED.fullmatch(first) else None
-    return None
-
-
-def _is_plugin_name(name: str) -> bool:
-    return bool(name) and not name.startswith(".") and "/" not in name
-
-
-def normalized_dirs(dirs: Sequence[str]) -> tuple[str, ...]:
-    """The dirs as absolute paths, each once, in their configured order."""
-    return tuple(dict.fromkeys(os.path.abspath(d) for d in dirs))
-
-
-def is_inside(path: str, root: str) -> bool:
-    """True if ``path`` lies strictly below ``root`` (both absolute)."""
-    return path.startswith(root if root.endswith("/") else root + "/")
 
 
 def _existing_dirs(dirs: Sequence[str], found: _Found) -> list[tuple[int, str]]:
@@ -204,6 +190,8 @@ def _scan_dir(root: str, order: int, found: _Found) -> None:
     except FileNotFoundError:
         return  # removed while we looked: the next scan will not see it either
     except OSError as err:
+        if err.errno in EXHAUSTED:  # a scan that could not look must not say all went
+            raise
         found.ignored.append(Ignored(root, f"cannot read: {err.strerror}"))
 
 
@@ -216,7 +204,7 @@ def _consider(entry: os.DirEntry[str], order: int, found: _Found) -> None:
     kind = _KINDS.get(dot + suffix) if stem else None
     if kind is not None:
         found.add(entry.path, stem, kind, order, nested=False)
-    elif not _MANAGED.fullmatch(name) and _is_dir(entry):
+    elif is_plugin_folder(name) and _is_dir(entry):
         _scan_folder(entry.path, name, order, found)
 
 
@@ -226,7 +214,9 @@ def _scan_folder(folder: str, name: str, order: int, found: _Found) -> None:
     try:
         with os.scandir(folder) as entries:
             names = [(e.path, e.name) for e in entries]
-    except OSError:
+    except OSError as err:
+        if err.errno in EXHAUSTED:
+            raise
         return  # a folder we cannot read holds no plugin we could use
     if any(n == GATEWAY_MARK for _, n in names):
         return
@@ -251,10 +241,10 @@ def _is_gateway(folder: str) -> bool:
 
 
 def _generated(path: str) -> bool:
+    """volplugd writes its spec files as regular files: a symlink is never one of them."""
     try:
-        with open(path, "rb") as f:
-            return f.read(len(GENERATED_SPEC)) == GENERATED_SPEC
-    except OSError:
+        return read_plugin_file(path, follow_symlinks=False).startswith(GENERATED_SPEC)
+    except PluginAddressError:
         return False
 
 
@@ -329,8 +319,10 @@ def _address(candidate: _Candidate, ignored: list[Ignored], untrusted: str | Non
     try:
         if candidate.kind is Kind.SOCK:
             return address_from_socket(candidate.path)
-        # A file in an untrusted folder must not make root read key or certificate files.
-        return load_address(candidate.path, tls_files=untrusted is None)
+        # A file in an untrusted folder must not make root read key or certificate files,
+        # nor open what a symlink there names (a device, whatever it does when opened).
+        trusted = untrusted is None
+        return load_address(candidate.path, tls_files=trusted, follow_symlinks=trusted)
     except PluginAddressError as err:
         if os.path.lexists(candidate.path):  # else it vanished between stat and read
             reason = err.problem

@@ -30,6 +30,8 @@ import os
 import stat
 from collections.abc import Callable, Iterable, Sequence
 
+from volplugd.safefs import mode_text, writers
+
 __all__ = ["UNTRUSTED", "Trust", "untrusted_reason"]
 
 # The prefix of the view warning an untrusted plugin carries. The Podman drop-in reads
@@ -102,29 +104,36 @@ class Trust:
 
     def _ancestor(self, path: str) -> str | None:
         """An ancestor and its own ancestors up to ``/``, each looked at once per scan.
-        lstat, not realpath: only an ancestor that is a symlink costs a resolution."""
-        if path in self._ancestors:
-            return self._ancestors[path]
+        lstat, not realpath: only an ancestor that is a symlink costs a resolution.
+        Iterative, from the top down: a path may be thousands of folders deep."""
+        chain = []
+        while path not in self._ancestors:
+            chain.append(path)
+            if path == "/":
+                break
+            path = os.path.dirname(path)
+        above = self._ancestors.get(path) if path in self._ancestors else None
+        for step in reversed(chain):
+            above = self._one_ancestor(step) or above
+            self._ancestors[step] = above
+        return above
+
+    def _one_ancestor(self, path: str) -> str | None:
+        """What is wrong with one ancestor itself (not the ones above it)."""
         try:
             st = os.lstat(path)
         except OSError as err:
-            problem: str | None = _unstattable(path, err)
-        else:
-            if stat.S_ISLNK(st.st_mode):  # e.g. /var/run -> /run: judge where it leads
-                problem = self._ancestor(os.path.realpath(path))
-            else:
-                problem = self._owner(path, st) or _open_without_sticky(path, st)
-        if problem is None and path != "/":
-            problem = self._ancestor(os.path.dirname(path))
-        self._ancestors[path] = problem
-        return problem
+            return _unstattable(path, err)
+        if stat.S_ISLNK(st.st_mode):  # e.g. /var/run -> /run: judge where it leads
+            return self._ancestor(os.path.realpath(path))  # no symlinks: one level deeper
+        return self._owner(path, st) or _open_without_sticky(path, st)
 
     def _own(self, path: str, st: os.stat_result) -> str | None:
         """A folder or file whose owner speaks for the plugin: the owner, and no one else
         may write it."""
         problem = self._owner(path, st)
         if problem is None and st.st_mode & _WRITABLE:
-            problem = f"{path} is writable by {_who(st.st_mode)} (mode {_mode(st)})"
+            problem = f"{path} is writable by {writers(st.st_mode)} (mode {mode_text(st)})"
         return problem
 
     def _owner(self, path: str, st: os.stat_result) -> str | None:
@@ -140,19 +149,9 @@ class Trust:
 
 def _open_without_sticky(path: str, st: os.stat_result) -> str | None:
     if st.st_mode & _WRITABLE and not st.st_mode & stat.S_ISVTX:
-        return (f"{path} is writable by {_who(st.st_mode)} without the sticky bit "
-                f"(mode {_mode(st)})")
+        return (f"{path} is writable by {writers(st.st_mode)} without the sticky bit "
+                f"(mode {mode_text(st)})")
     return None
-
-
-def _who(mode: int) -> str:
-    if mode & stat.S_IWGRP and mode & stat.S_IWOTH:
-        return "group and others"
-    return "group" if mode & stat.S_IWGRP else "others"
-
-
-def _mode(st: os.stat_result) -> str:
-    return f"{stat.S_IMODE(st.st_mode):04o}"
 
 
 def _unstattable(path: str, err: OSError) -> str:

@@ -24,11 +24,12 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from volplugd.contracts import Commands, PluginBusy, PluginNotReady, UnknownPlugin
+from volplugd.limits import MAX_HEAD_BYTES, MAX_REQUEST_LINE
 from volplugd.model import PluginState
 from volplugd.plugin.client import PluginClient
 from volplugd.plugin.errors import PluginError
 from volplugd.plugin.protocol import ACTIVATE, KEYS
-from volplugd.serving import Reply, Request, RequestTimeout
+from volplugd.serving import HEAD_TOO_LARGE, Reply, Request, RequestTimeout
 
 __all__ = ["ERR_TYPE", "MAX_BODY", "Answer", "GatewayApp", "OnGatewayRequest", "answer",
            "endpoint_label", "error_reply", "protocol_error"]
@@ -56,7 +57,11 @@ def error_reply(message: str, outcome: str, status: int = 500) -> Answer:
 
 def protocol_error(status: int, message: str) -> Reply:
     """The gateway's answer to a request its server refuses by itself."""
-    if status in _MALFORMED:
+    if status == 414:
+        message = f"request line longer than {MAX_REQUEST_LINE} bytes"
+    elif status == 431 and message == HEAD_TOO_LARGE:
+        message = f"request head larger than {MAX_HEAD_BYTES} bytes"
+    elif status in _MALFORMED:
         message = f"malformed request: {message}"
     return error_reply(message, "bad_request", status).reply
 

@@ -1,15 +1,21 @@
 """The gateway: one v1-protocol unix socket per registered plugin, ``<dir>/<name>.sock``.
 
-The ``gateway`` thread follows the registry's snapshots: a plugin that is registered and
-not ``rejected`` gets a socket (bound, given ``mode`` and ``group``, and only then
-listening), one that leaves or is rejected loses it, and at a clean stop every socket is
-closed and removed. A name that cannot be a file name is skipped with one warning. The
-folder holds ``GATEWAY_MARK`` so that discovery never takes these sockets for plugins.
-Every socket is served by one ``serving.Server`` (its ``gateway-accept`` thread and a
-thread per connection): at most ``max_connections`` at once, ``max_per_uid`` of one
-unprivileged uid, ``reserved`` of them kept for root and ``gateway.group`` (Docker and
-Podman run as root); a connection refused gets ``503 {"Err": …}`` with ``Retry-After``
-at once. What a request gets is ``answer``'s job; Docker spec files are ``specs``'.
+The ``gateway`` thread follows the registry's snapshots: a plugin ``choice`` picks gets a
+socket (bound, given ``mode`` and ``group``, and only then listening), one that leaves
+or is no longer picked loses it, and at a clean
+stop every socket is closed and removed. A plugin whose socket cannot be made (EMFILE,
+ENOSPC, EACCES...) is logged once, not once per snapshot. The folder is
+one volplugd may write in (``volplugd.safefs``: created 0755, or refused), every file in
+it is made and removed through its descriptor, and an existing file at a socket's name
+is replaced only when it is a socket nobody listens on. The folder holds
+``GATEWAY_MARK`` so that discovery never takes these sockets for plugins.
+Every socket is served by one ``serving.Server`` (the server core of the control socket
+too: its ``gateway-accept`` thread and a thread per connection), at most
+``max_connections`` at once over all sockets, ``max_per_uid`` for a uid other than root,
+``reserved`` for root alone (Docker and Podman), so no member of ``gateway.group`` can
+keep them out; a connection over a bound gets its ``503 {"Err": …}`` with
+``Retry-After`` at once, and the refusal is logged once per 10 s per uid and reason.
+What a request gets is ``answer``'s job; Docker spec files are ``specs``'.
 
 Runs on: the ``gateway`` thread; the server's threads; ``start``/``stop``/``join`` from
 the daemon's main thread; ``socket_for`` on any thread.
@@ -17,57 +23,45 @@ the daemon's main thread; ``socket_for`` on any thread.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
-import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
 
+from volplugd.admission import ConnectionBudget, Peer, Refusal
 from volplugd.config import GatewaySettings
 from volplugd.contracts import Commands
 from volplugd.discovery.scan import GATEWAY_MARK
 from volplugd.gateway.answer import GatewayApp, OnGatewayRequest, protocol_error
+from volplugd.gateway.choice import Choice, socket_path
 from volplugd.gateway.specs import SpecFiles
 from volplugd.log import get_logger
-from volplugd.model import PluginState, PluginView, Snapshot
-from volplugd.serving import Budget, Peer, RefusalLog, Rules, Server, cached_groups
-from volplugd.unixsocket import MAX_UNIX_PATH, group_id, listen_unix
+from volplugd.model import PluginView, Snapshot
+from volplugd.refusals import RefusalLog
+from volplugd.safefs import Folder
+from volplugd.serving import Rules, Server
+from volplugd.unixsocket import group_id, listen_unix, replaceable
 
-__all__ = ["IDLE", "MAX_PER_UID", "READ", "RESERVED_SLOTS", "Gateway", "OnGatewayRequest",
-           "name_problem", "socket_path"]
+__all__ = ["IDLE", "MAX_CONNECTIONS", "MAX_PER_UID", "READ", "RESERVED", "Gateway",
+           "OnGatewayRequest"]
 
 log = get_logger(__name__)
 
 WaitSnapshot = Callable[[int, float], Snapshot]
-NAME_MAX = 255
 BACKLOG = 128
-SPECS_REFRESH = 30.0  # seconds between looks at unchanged spec files
+MAX_CONNECTIONS = 512  # client connections at once, over all gateway sockets
+MAX_PER_UID = 64  # of them, what one uid other than root may hold
+RESERVED = 64  # of them, kept for root (Docker, Podman)
 IDLE = 120.0  # seconds an idle keep-alive connection stays open (Go's client: 90 s)
 READ = 10.0  # seconds from a request's first byte to its last; each write
-MAX_PER_UID = 64  # gateway connections one unprivileged uid may hold
-RESERVED_SLOTS = 128  # of max_connections, kept for root and gateway.group
-
-
-def name_problem(directory: str, name: str) -> str | None:
-    """Why ``<directory>/<name>.sock`` cannot be a gateway socket, or None."""
-    if not name or name in (".", "..") or "/" in name or "\x00" in name:
-        return "cannot be a file name"
-    if name.startswith("."):
-        return "a hidden file name"
-    if len(os.fsencode(name + ".sock")) > NAME_MAX:
-        return f"{name}.sock is longer than {NAME_MAX} bytes"
-    if len(os.fsencode(os.path.join(directory, name + ".sock"))) > MAX_UNIX_PATH:
-        return f"the socket path would be longer than {MAX_UNIX_PATH} bytes"
-    return None
-
-
-def socket_path(directory: str, name: str) -> str | None:
-    """The gateway socket of plugin ``name``, or None if the name cannot have one."""
-    if name_problem(directory, name) is not None:
-        return None
-    return os.path.join(directory, name + ".sock")
+_REFUSALS = {
+    Refusal.UID_LIMIT: "this user has as many gateway connections open as one user may; "
+                       "close one and try again",
+    Refusal.FULL: "every gateway connection slot is taken; try again",
+}
+SPECS_REFRESH = 30.0  # seconds between looks at unchanged spec files
+MARK_TEXT = b"volplugd's gateway sockets: never plugins of their own\n"
 
 
 class Gateway:
@@ -76,8 +70,10 @@ class Gateway:
     def __init__(self, settings: GatewaySettings, commands: Commands,
                  wait_snapshot: WaitSnapshot, *, on_request: OnGatewayRequest | None = None,
                  specs: SpecFiles | None = None, tick: float = 0.5,
-                 max_connections: int = 512, max_per_uid: int = MAX_PER_UID,
-                 reserved: int = RESERVED_SLOTS, read_timeout: float = READ) -> None:
+                 max_connections: int = MAX_CONNECTIONS, max_per_uid: int = MAX_PER_UID,
+                 reserved: int = RESERVED,
+                 on_refused: Callable[[str], None] | None = None,
+                 read_timeout: float = READ) -> None:
         self._settings = settings
         self._dir = os.path.abspath(settings.dir)
         self._commands = commands
@@ -91,18 +87,20 @@ class Gateway:
             raise ValueError(f"gateway.group: {err}") from None
         self._listeners: dict[str, socket.socket] = {}  # name -> listening socket
         self._lock = threading.Lock()
-        self._skipped: set[str] = set()
-        self._stopping = threading.Event()
+        self._choice = Choice(self._dir)
+        self._failed: dict[str, str] = {}  # name -> the error its socket got (logged once)
+        self._inodes: dict[str, tuple[int, int]] = {}  # name -> its socket file's identity
+        self._folder: Folder | None = None
         rules = Rules(GatewayApp(commands, on_request, read_timeout), protocol_error,
                       read_timeout=read_timeout, first_request_timeout=IDLE,
                       idle_timeout=IDLE, events="gateway")
         self._server = Server(
             rules, name="gateway",
-            budget=Budget(total=max_connections, per_uid=max_per_uid,
-                          reserved=min(reserved, max_connections - 1)),
-            follow=Budget(total=1),
-            refusals=RefusalLog("gateway_connection_refused", listener="gateway"),
-            privileged=self._privileged)
+            budget=ConnectionBudget(total=max_connections, per_uid=max_per_uid,
+                                    reserved=min(reserved, max_connections - 1)),
+            follow=ConnectionBudget(total=1), refusals=RefusalLog(__name__),
+            privileged=_root, on_refused=on_refused, refused_messages=_REFUSALS)
+        self._stopping = threading.Event()
         self._follower = threading.Thread(target=self._follow, name="gateway", daemon=True)
         self._last: Snapshot | None = None
         self._specs_key: frozenset[tuple[str, str, str]] | None = None
@@ -113,8 +111,13 @@ class Gateway:
         return socket_path(self._dir, name)
 
     @property
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._listeners)
+
+    @property
     def connections(self) -> int:
-        """Client connections being served right now, on all the sockets."""
+        """Client connections admitted and not yet ended, over all gateway sockets."""
         return self._server.connections
 
     @property
@@ -122,18 +125,21 @@ class Gateway:
         """Of those, the ones waiting for a request (the ones a newcomer may displace)."""
         return self._server.idle
 
-    @property
-    def names(self) -> list[str]:
-        with self._lock:
-            return sorted(self._listeners)
-
     # --- life cycle ---------------------------------------------------------------
 
     def start(self) -> None:
-        """Create the folder and its mark (errors raise here), then start the threads."""
-        _make_dir(self._dir)
-        with open(os.path.join(self._dir, GATEWAY_MARK), "w") as f:
-            f.write("volplugd's gateway sockets: never plugins of their own\n")
+        """Open (or create) the folder and write its mark, open the spec folder (errors
+        raise here: UnsafeFolder for a folder volplugd may not write in), then start
+        the threads."""
+        folder = Folder.open(self._dir, 0o755)
+        try:
+            folder.write(GATEWAY_MARK, MARK_TEXT, 0o644)
+            if self._specs is not None:
+                self._specs.open()
+        except BaseException:
+            folder.close()
+            raise
+        self._folder = folder
         self._server.start()
         self._follower.start()
 
@@ -147,15 +153,6 @@ class Gateway:
         if self._follower.ident is not None:
             self._follower.join(timeout)
         self._server.join(timeout)
-
-    def _privileged(self, peer: Peer, groups: frozenset[int] | None) -> bool | None:
-        """Root and ``gateway.group`` keep the reserved slots; None: only the peer's
-        groups (not cached) can tell."""
-        if peer.uid == 0 or self._gid is None or peer.gid == self._gid:
-            return peer.uid == 0 or peer.gid == self._gid
-        if groups is None:
-            groups = cached_groups(peer.uid, peer.gid)
-        return None if groups is None else self._gid in groups
 
     # --- following the snapshots (the ``gateway`` thread) --------------------------
 
@@ -173,8 +170,8 @@ class Gateway:
     def update(self, snapshot: Snapshot) -> None:
         """Bring the sockets (and spec files) in step with ``snapshot``: one step."""
         self._last = snapshot
-        wanted = {name: view for name, view in snapshot.plugins.items()
-                  if view.state is not PluginState.REJECTED and self._usable(name)}
+        wanted = self._choice.wanted(snapshot)
+        self._failed = {n: error for n, error in self._failed.items() if n in wanted}
         with self._lock:
             gone = [n for n in self._listeners if n not in wanted]
         for name in gone:
@@ -202,34 +199,42 @@ class Gateway:
             self._specs_due = 0.0  # try again with the next snapshot
             log.error("docker_specs_failed", error=str(err))
 
-    def _usable(self, name: str) -> bool:
-        problem = name_problem(self._dir, name)
-        if problem is not None and name not in self._skipped:
-            self._skipped.add(name)
-            log.warning("gateway_plugin_skipped", plugin=name, reason=problem)
-        return problem is None
-
     def _path(self, name: str) -> str:
         return os.path.join(self._dir, name + ".sock")
 
     def _open(self, name: str) -> None:
-        path = self._path(name)
+        assert self._folder is not None
+        file = name + ".sock"
         try:
-            sock = _bind(path, self._settings.mode, self._gid)
+            replaceable(self._folder, file)  # a stale socket (ours, a crash's) is replaced
+            sock = listen_unix(self._folder, file, self._settings.mode, self._gid, BACKLOG)
+            st = self._folder.lstat(file)
         except OSError as err:
-            log.error("gateway_socket_failed", plugin=name, path=path, error=str(err))
+            error = str(err)
+            if self._failed.get(name) != error:
+                log.error("gateway_socket_failed", plugin=name, path=self._path(name),
+                          error=error)
+            self._failed[name] = error
             return
+        self._failed.pop(name, None)
+        if st is not None:
+            self._inodes[name] = (st.st_dev, st.st_ino)
         with self._lock:
             self._listeners[name] = sock
         self._server.add(sock, name)
-        log.info("gateway_socket_created", plugin=name, path=path)
+        log.info("gateway_socket_created", plugin=name, path=self._path(name))
 
     def _close(self, name: str) -> None:
+        """Remove the socket's file, then stop serving it: once ``names`` leaves it out,
+        its file is gone too."""
+        identity = self._inodes.pop(name, None)
+        if self._folder is not None:
+            st = self._folder.lstat(name + ".sock")
+            if st is not None and (st.st_dev, st.st_ino) == identity:
+                self._folder.remove(name + ".sock")  # never a file someone put there since
         with self._lock:
             sock = self._listeners.pop(name)
         self._server.remove(sock)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._path(name))
         log.info("gateway_socket_removed", plugin=name)
 
     def _finish(self) -> None:
@@ -241,27 +246,14 @@ class Gateway:
                 log.exception("gateway_specs_restore_failed")
         for name in self.names:
             self._close(name)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(self._dir, GATEWAY_MARK))
+        if self._folder is not None:
+            self._folder.remove(GATEWAY_MARK)
+            self._folder.close()
+        if self._specs is not None:
+            self._specs.close()
         self._server.stop()  # idle keep-alive clients see the end now, not at IDLE
 
 
-def _make_dir(path: str) -> None:
-    """Create ``path`` 0755 whatever the umask (the unit's is 0077: the socket modes
-    must decide who may connect); a folder that exists is left as it is."""
-    if not os.path.isdir(path):
-        os.makedirs(path, mode=0o755, exist_ok=True)
-        os.chmod(path, 0o755)  # noqa: S103 - a folder others must traverse, read-only
-
-
-def _bind(path: str, mode: int, gid: int | None) -> socket.socket:
-    """Replace a stale socket (ours, from a crash), bind, set mode and group, listen."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        pass
-    else:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise FileExistsError(f"{path} exists and is not a socket; not replacing it")
-        os.unlink(path)
-    return listen_unix(path, mode, gid, BACKLOG)
+def _root(peer: Peer, groups: frozenset[int] | None) -> bool:
+    """Only root (Docker, Podman) keeps the reserved slots."""
+    return peer.uid == 0

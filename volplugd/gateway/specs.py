@@ -2,30 +2,36 @@
 
 Docker looks for ``/run/docker/plugins/NAME.sock`` first, then ``NAME.spec`` and
 ``NAME.json`` in ``/etc/docker/plugins`` (then ``/usr/lib/docker/plugins``). For a
-plugin that volplugd found *outside* Docker's socket folder, this writes
+plugin from a *trusted* folder (discovery's rule, as for the Podman drop-in: an untrusted
+one never reaches root's configuration) that volplugd found *outside* Docker's socket
+folder, this writes
 ``<dir>/NAME.json`` = ``{"Generated-By": "volplugd …", "Addr": "unix://<gateway socket>"}``.
 A ``.json`` file, not a ``.spec``: a ``.spec`` holds nothing but the address, so it
 could not carry the mark by which volplugd knows its own files, and Docker's JSON
 decoder ignores the extra key. Files are written atomically, never over a file volplugd
 did not write (nor when the administrator has a ``NAME.spec`` there, which Docker reads
 first), removed when their plugin leaves, and at a clean stop rewritten to the plugin's
-own address (removed if that is an ``https`` one: its TLS settings are not copied).
+own address (removed if that is an ``https`` one: its TLS settings are not copied, or
+if the plugin is untrusted). The folder is one volplugd may write in
+(``volplugd.safefs``: created 0755 at ``open``, or refused); every file in it is read,
+written (``.NAME.json.tmp``, then renamed) and removed through its descriptor, and a
+symlink at a spec file's name is "not written by volplugd": left alone.
 
 Runs on: the gateway's ``gateway`` thread.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 
 from volplugd import __version__
 from volplugd.discovery.scan import GENERATED_SPEC, is_inside
+from volplugd.discovery.trust import untrusted_reason
 from volplugd.log import get_logger
 from volplugd.model import PluginView, Snapshot
+from volplugd.safefs import Folder
 
 __all__ = ["DOCKER_SOCKETS", "DOCKER_SPECS", "SpecFiles"]
 
@@ -34,6 +40,7 @@ log = get_logger(__name__)
 DOCKER_SOCKETS = "/run/docker/plugins"
 DOCKER_SPECS = "/etc/docker/plugins"
 _RESTORABLE = ("unix://", "tcp://", "http://")
+_READ_LIMIT = 64 * 1024
 
 
 class SpecFiles:
@@ -44,6 +51,21 @@ class SpecFiles:
         self.dir = os.path.abspath(directory)
         self._docker_sockets = os.path.abspath(docker_sockets)
         self._left: dict[str, str] = {}  # name -> why no file was written (logged once)
+        self._opened: Folder | None = None
+
+    def open(self) -> None:
+        """Open (or create) the folder now: UnsafeFolder if volplugd may not write in it."""
+        self._folder()
+
+    def close(self) -> None:
+        if self._opened is not None:
+            self._opened.close()
+            self._opened = None
+
+    def _folder(self) -> Folder:
+        if self._opened is None:
+            self._opened = Folder.open(self.dir, 0o755)  # Docker must read it; others too
+        return self._opened
 
     def path(self, name: str) -> str:
         return os.path.join(self.dir, name + ".json")
@@ -57,7 +79,8 @@ class SpecFiles:
             source = os.path.abspath(view.source)
             if is_inside(source, self._docker_sockets) or is_inside(source, self.dir):
                 continue  # Docker finds it there itself
-            why = self._foreign(name)
+            untrusted = untrusted_reason(view.warnings)
+            why = f"untrusted: {untrusted}" if untrusted is not None else self._foreign(name)
             if why is None:
                 wanted[name] = "unix://" + gateway
             else:
@@ -76,7 +99,8 @@ class SpecFiles:
         """A clean stop: each of our files points at its plugin's own address again."""
         for name in self.ours():
             view = snapshot.plugins.get(name)
-            address = "" if view is None else view.address
+            trusted = view is not None and untrusted_reason(view.warnings) is None
+            address = view.address if view is not None and trusted else ""
             if address.startswith(_RESTORABLE):
                 self._write(name, address)
             else:
@@ -84,63 +108,50 @@ class SpecFiles:
 
     def ours(self) -> list[str]:
         """Names of the spec files in the folder that volplugd wrote."""
-        try:
-            with os.scandir(self.dir) as entries:
-                names = [e.name[:-5] for e in entries if e.name.endswith(".json")]
-        except OSError:
-            return []
-        return sorted(n for n in names if _is_ours(self.path(n)))
+        folder = self._folder()
+        names = [n[:-5] for n in folder.names() if n.endswith(".json")]
+        return sorted(n for n in names if self._is_ours(n + ".json"))
 
     def _foreign(self, name: str) -> str | None:
         """Why the administrator's files must keep ``name`` (None: ours to write)."""
-        for other in (os.path.join(self.dir, name + ".spec"),
-                      os.path.join(self.dir, name, name + ".spec"),
-                      os.path.join(self.dir, name, name + ".json")):
-            if os.path.lexists(other):
-                return f"{other} exists (Docker reads it before {name}.json)"
-        path = self.path(name)
-        if os.path.lexists(path) and not _is_ours(path):
-            return f"{path} was not written by volplugd; not overwriting it"
+        folder = self._folder()
+        for other in (name + ".spec", os.path.join(name, name + ".spec"),
+                      os.path.join(name, name + ".json")):
+            if _lexists(folder, other):
+                return f"{folder.join(other)} exists (Docker reads it before {name}.json)"
+        file = name + ".json"
+        if folder.lstat(file) is not None and not self._is_ours(file):
+            return f"{folder.join(file)} was not written by volplugd; not overwriting it"
         return None
+
+    def _is_ours(self, file: str) -> bool:
+        """A regular file that starts with the mark (a symlink never is)."""
+        try:
+            data = self._folder().read(file, _READ_LIMIT)
+        except OSError:
+            return False
+        return data is not None and data.startswith(GENERATED_SPEC)
 
     def _write(self, name: str, address: str) -> None:
         data = (json.dumps({"Generated-By": f"volplugd {__version__}; rewritten when "
                             "volplugd starts and stops, do not edit", "Addr": address},
                            separators=(",", ":")) + "\n").encode()
-        path = self.path(name)
-        if _read(path) == data:
-            return
-        if not os.path.isdir(self.dir):  # Docker's folder: readable whatever the umask
-            os.makedirs(self.dir, mode=0o755, exist_ok=True)
-            os.chmod(self.dir, 0o755)  # noqa: S103 - Docker must read it; others too
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{name}.", suffix=".tmp")
+        folder = self._folder()
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                os.fchmod(f.fileno(), 0o644)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        log.info("docker_spec_written", plugin=name, path=path, address=address)
+            if folder.read(name + ".json", _READ_LIMIT) == data:
+                return
+        except OSError:
+            pass  # not a regular file we can read: replaced by the rename
+        folder.write(name + ".json", data, 0o644)
+        log.info("docker_spec_written", plugin=name, path=self.path(name), address=address)
 
     def _remove(self, name: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path(name))
+        if self._folder().remove(name + ".json"):
             log.info("docker_spec_removed", plugin=name)
 
 
-def _read(path: str) -> bytes | None:
+def _lexists(folder: Folder, name: str) -> bool:
     try:
-        with open(path, "rb") as f:
-            return f.read(64 * 1024)
-    except OSError:
-        return None
-
-
-def _is_ours(path: str) -> bool:
-    data = _read(path)
-    return data is not None and data.startswith(GENERATED_SPEC)
+        return folder.lstat(name) is not None
+    except OSError:  # e.g. NAME is a file, not a folder: nothing below it
+        return False

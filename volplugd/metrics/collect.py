@@ -55,12 +55,15 @@ def _counter(family: Family, label: str, counts: Mapping[str, int]) -> Metric:
 
 def _daemon(taken: Taken, version: str) -> list[Metric]:
     """The families about the daemon as a whole (DAEMON, in order)."""
-    build, plugins, watcher, discovery, rescans, evictions, lateness, control, refused = DAEMON
+    (build, plugins, watcher, discovery, rescans, evictions, lateness, control, refused,
+     loop_errors, gateway_refused) = DAEMON
     out = [_metric(build), _metric(plugins), _metric(watcher),
            _counter(discovery, "event", taken.discovery),
            _counter(rescans, "trigger", taken.rescans),
            _counter(evictions, "reason", taken.evictions),
-           _metric(lateness), _metric(control), _counter(refused, "reason", taken.refused)]
+           _metric(lateness), _metric(control), _counter(refused, "reason", taken.refused),
+           _counter(loop_errors, "errno", taken.loop_errors),
+           _counter(gateway_refused, "reason", taken.gateway_refused)]
     out[0].add_sample(build.name, {"version": safe_text(version, None)}, 1)
     for state in PluginState:
         out[1].add_sample(plugins.name, {"state": state.value},

@@ -46,8 +46,12 @@ CONTROL = Family("volplugd_control_requests_total", "counter",
                  "Control API requests answered, by route template and HTTP status code.")
 REFUSED = Family("volplugd_control_connections_refused_total", "counter",
                  "Control socket connections refused at accept (503), by reason.")
+LOOP_ERRORS = Family("volplugd_loop_errors_total", "counter",
+                     "OS errors the supervisor loop met and went on after, by errno name.")
+GATEWAY_REFUSED = Family("volplugd_gateway_connections_refused_total", "counter",
+                         "Gateway socket connections refused at accept (503 Err), by reason.")
 DAEMON = (BUILD_INFO, PLUGINS, WATCHER_UP, DISCOVERY, RESCANS, EVICTIONS, LATENESS, CONTROL,
-          REFUSED)
+          REFUSED, LOOP_ERRORS, GATEWAY_REFUSED)
 
 # Per plugin, straight from the snapshot's view.
 PLUGIN_GAUGES = (

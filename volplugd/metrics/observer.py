@@ -13,6 +13,7 @@ serve a scrape.
 
 from __future__ import annotations
 
+import errno
 import functools
 import math
 from bisect import bisect_left
@@ -61,9 +62,10 @@ GATEWAY_OUTCOMES = ("answered", "manifest", "not_ready", "busy", "timeout", "ref
 PROBE_RESULTS = ("success", "timeout", "refused", "bad_response", "error")
 OUTCOMES = ("success", "timeout", "refused", "bad_response", "plugin_error", "error")
 DISCOVERY_EVENTS = ("added", "removed", "changed", "ignored")
-RESCAN_TRIGGERS = ("startup", "periodic", "overflow", "watcher_restart", "manual", "reload")
+RESCAN_TRIGGERS = ("startup", "periodic", "overflow", "watcher_restart", "flood", "manual",
+                   "reload")
 EVICTION_REASONS = ("removed", "replaced", "reload")
-REFUSAL_REASONS = ("full", "uid_limit")  # serving.budget.Refusal's values
+REFUSAL_REASONS = ("full", "uid_limit")  # admission.Refusal's values
 ENDPOINTS = ("activate", "capabilities", "create", "remove", "get", "list", "path", "mount",
              "unmount")
 _ENDPOINT_LABEL = {
@@ -152,6 +154,8 @@ class Taken(NamedTuple):
     control: Mapping[tuple[str, str], int]  # (route, code) -> answers
     lateness: Histogram
     refused: Mapping[str, int]  # reason -> connections refused at accept
+    loop_errors: Mapping[str, int]  # errno name -> OS errors the loop went on after
+    gateway_refused: Mapping[str, int]  # reason -> gateway connections refused at accept
 
 
 class Observations:
@@ -167,6 +171,8 @@ class Observations:
         self._control: dict[tuple[str, str], int] = {}
         self._control_lock = Lock()  # the control loop's: it never waits for the supervisor
         self._refused = dict.fromkeys(REFUSAL_REASONS, 0)
+        self._loop_errors: dict[str, int] = {}
+        self._gateway_refused = dict.fromkeys(REFUSAL_REASONS, 0)
         self._routes: set[str] = set()
         self._watcher_up = watcher_up
         self._lateness = Histogram.empty(LATENESS_BUCKETS)
@@ -267,6 +273,18 @@ class Observations:
         too_many_connections), by reason (full, uid_limit; else "other")."""
         self._bump(self._refused, reason if reason in REFUSAL_REASONS else "other")
 
+    @_never_raise
+    def loop_error(self, code: int) -> None:
+        """Count one OS error the supervisor loop went on after, by its errno name (a
+        bounded set: the names of ``errno.errorcode``, else "other")."""
+        self._bump(self._loop_errors, errno.errorcode.get(code, "other"))
+
+    @_never_raise
+    def gateway_refused(self, reason: str) -> None:
+        """Count one connection a gateway socket refused at accept (503 Err), by reason
+        (full, uid_limit; else "other")."""
+        self._bump(self._gateway_refused, reason if reason in REFUSAL_REASONS else "other")
+
     def forget(self, plugin: str) -> None:
         """Remove every counter and histogram child of ``plugin``."""
         with self._lock:
@@ -298,7 +316,8 @@ class Observations:
                       {n: s for n, s in self._plugins.items() if n in plugins})
             return Taken(snapshot, dict(series), self._watcher_up, dict(self._discovery),
                          dict(self._rescans), dict(self._evictions), control,
-                         self._lateness, dict(self._refused))
+                         self._lateness, dict(self._refused), dict(self._loop_errors),
+                         dict(self._gateway_refused))
 
     def _series(self, plugin: str) -> PluginSeries:
         """The plugin's series, or an empty one (caller holds the lock and stores the

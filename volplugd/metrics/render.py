@@ -160,7 +160,8 @@ def _counter_lines(name: str, label: str, counts: Mapping[str, int]) -> str:
 
 def daemon_text(taken: Taken, version: str) -> str:
     """The families about the daemon as a whole (DAEMON, in order)."""
-    build, plugins, watcher, discovery, rescans, evictions, lateness, control, refused = DAEMON
+    (build, plugins, watcher, discovery, rescans, evictions, lateness, control, refused,
+     loop_errors, gateway_refused) = DAEMON
     counts = taken.snapshot.counts
     return "".join((
         build.header, f'volplugd_build_info{{version="{_label(version)}"}} 1\n',
@@ -175,6 +176,9 @@ def daemon_text(taken: Taken, version: str) -> str:
         *(f'{control.name}{{route="{_label(route)}",code="{code}"}} {count}\n'
           for (route, code), count in sorted(taken.control.items())),
         refused.header, _counter_lines(refused.name, "reason", taken.refused),
+        loop_errors.header, _counter_lines(loop_errors.name, "errno", taken.loop_errors),
+        gateway_refused.header,
+        _counter_lines(gateway_refused.name, "reason", taken.gateway_refused),
     ))
 
 

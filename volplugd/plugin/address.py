@@ -14,6 +14,7 @@ Runs on: whichever thread calls it (discovery's scan); no state, no network.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -26,6 +27,7 @@ from volplugd.plugin.errors import PluginAddressError
 from volplugd.plugin.text import is_utf8
 
 __all__ = [
+    "EXHAUSTED",
     "MAX_FILE_BYTES",
     "PLUGIN_FILE_SUFFIXES",
     "PluginAddress",
@@ -35,6 +37,7 @@ __all__ = [
     "address_from_spec",
     "load_address",
     "parse_url",
+    "read_plugin_file",
 ]
 
 Scheme = Literal["unix", "tcp", "http", "https"]
@@ -81,9 +84,10 @@ def address_from_socket(path: str) -> PluginAddress:
     return PluginAddress("unix", path)
 
 
-def address_from_spec(path: str) -> PluginAddress:
-    """A ``.spec`` file: one URL. Like Docker, https skips certificate verification."""
-    url = _read_text(path).strip()
+def address_from_spec(path: str, *, follow_symlinks: bool = True) -> PluginAddress:
+    """A ``.spec`` file: one URL. Like Docker, https skips certificate verification.
+    ``follow_symlinks=False``: a symlink at ``path`` is refused (see ``read_plugin_file``)."""
+    url = _read_text(path, follow_symlinks).strip()
     if not url:
         raise PluginAddressError(path, f"file is empty; want one URL {_WANT}")
     try:
@@ -95,14 +99,16 @@ def address_from_spec(path: str) -> PluginAddress:
     return address
 
 
-def address_from_json(path: str, *, tls_files: bool = True) -> PluginAddress:
+def address_from_json(path: str, *, tls_files: bool = True, follow_symlinks: bool = True
+                      ) -> PluginAddress:
     """A ``.json`` file: Docker's ``{"Name", "Addr", "TLSConfig"}`` (Name is ignored).
 
     With ``tls_files=False`` a TLSConfig that names a CAFile, CertFile or KeyFile is
     refused (PluginAddressError): the caller does not trust the file to choose which
     key and certificate files the process reads, so no address naming them is made.
+    ``follow_symlinks=False``: a symlink at ``path`` is refused (see ``read_plugin_file``).
     """
-    text = _read_text(path)
+    text = _read_text(path, follow_symlinks)
     if not text.strip():
         raise PluginAddressError(path, 'file is empty; want a JSON object with "Addr"')
     try:
@@ -122,20 +128,22 @@ def address_from_json(path: str, *, tls_files: bool = True) -> PluginAddress:
         raise PluginAddressError(path, str(err)) from None
 
 
-def load_address(path: str, *, tls_files: bool = True) -> PluginAddress:
+def load_address(path: str, *, tls_files: bool = True, follow_symlinks: bool = True
+                 ) -> PluginAddress:
     """Parse a plugin file by its suffix: ``.sock``, ``.spec`` or ``.json``.
 
     ``tls_files=False``: a ``.json`` may not name key or certificate files (see
-    ``address_from_json``).
+    ``address_from_json``). ``follow_symlinks=False``: a ``.spec`` or ``.json`` that is
+    a symlink is refused.
     """
     suffix = os.path.splitext(path)[1]
     if suffix == ".json":
-        return address_from_json(path, tls_files=tls_files)
-    loaders = {".sock": address_from_socket, ".spec": address_from_spec}
-    loader = loaders.get(suffix)
-    if loader is None:
-        raise PluginAddressError(path, "unknown plugin file type (want .sock, .spec or .json)")
-    return loader(path)
+        return address_from_json(path, tls_files=tls_files, follow_symlinks=follow_symlinks)
+    if suffix == ".spec":
+        return address_from_spec(path, follow_symlinks=follow_symlinks)
+    if suffix == ".sock":
+        return address_from_socket(path)
+    raise PluginAddressError(path, "unknown plugin file type (want .sock, .spec or .json)")
 
 
 def parse_url(url: str) -> PluginAddress:
@@ -196,22 +204,55 @@ def _port(scheme: str, text: str | None) -> int:
     return int(text)
 
 
-def _read_text(path: str) -> str:
-    """The file's text, at most MAX_FILE_BYTES; never blocks on a FIFO."""
+# Nothing at a plugin file's path may block the reader or choose what it opens: a FIFO or
+# a device swapped in after a stat opens at once (O_NONBLOCK) and is refused by the fstat
+# of the descriptor; a terminal never becomes the daemon's (O_NOCTTY).
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def read_plugin_file(path: str, *, follow_symlinks: bool = True) -> bytes:
+    """The content of the regular file at ``path``, at most MAX_FILE_BYTES; never blocks.
+
+    Opened non-blocking, then judged by an fstat of the descriptor (what was opened, not
+    what a stat saw before): anything but a regular file of at most MAX_FILE_BYTES is
+    refused before a byte is read. ``follow_symlinks=False`` adds O_NOFOLLOW: a symlink
+    at ``path`` is refused. Raises ``PluginAddressError(path, problem)`` for what the file
+    is; OSError when the process itself is out of descriptors or memory (``EXHAUSTED``):
+    that says nothing about the file.
+    """
+    flags = _OPEN_FLAGS | (0 if follow_symlinks else os.O_NOFOLLOW)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, flags)
     except OSError as err:
+        if err.errno in EXHAUSTED:
+            raise
+        if err.errno == errno.ELOOP and not follow_symlinks:
+            raise PluginAddressError(path, "a symlink (not followed here)") from None
         raise PluginAddressError(path, err.strerror or str(err)) from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise PluginAddressError(path, "not a regular file")
+        if st.st_size > MAX_FILE_BYTES:
+            raise PluginAddressError(path, _TOO_LARGE)
         data = os.read(fd, MAX_FILE_BYTES + 1)
     except OSError as err:
         raise PluginAddressError(path, err.strerror or str(err)) from None
     finally:
         os.close(fd)
-    if len(data) > MAX_FILE_BYTES:
-        raise PluginAddressError(path, f"file is larger than {MAX_FILE_BYTES} bytes")
+    if len(data) > MAX_FILE_BYTES:  # it grew since the fstat
+        raise PluginAddressError(path, _TOO_LARGE)
+    return data
+
+
+_TOO_LARGE = f"file is larger than {MAX_FILE_BYTES} bytes"
+# Errors about the process, not the file: no descriptor or memory left.
+EXHAUSTED = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS))
+
+
+def _read_text(path: str, follow_symlinks: bool) -> str:
+    """The file's text (see ``read_plugin_file``), which must be UTF-8."""
+    data = read_plugin_file(path, follow_symlinks=follow_symlinks)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:

@@ -159,7 +159,12 @@ class Multiplexer:
         sock = self._idle.pop(call.key, None)  # still registered, under the same key
         call.reused = sock is not None
         if sock is None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            try:  # no descriptor left (EMFILE, ENFILE): this call fails, the others go on
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            except OSError as err:
+                exchange.fail(err, self._clock())
+                self._end(call, exchange)
+                return
             sock.setblocking(False)
             code = sock.connect_ex(call.client.address.target)
             if code == errno.EAGAIN:  # the backlog is full: the plugin is not accepting

@@ -1,7 +1,10 @@
 """Podman drop-in writing: put the rendered drop-in on disk, and the thread that does it.
 
 ``write_if_changed`` replaces the file atomically and only when its bytes change; a file
-at the path that volplugd did not generate is never overwritten (``ForeignFileError``).
+at the path that volplugd did not generate is never overwritten (``ForeignFileError``),
+nor is anything that is not a regular file (a symlink is never followed). The folder is
+one volplugd may write in (``volplugd.safefs``: created 0755, or refused with
+UnsafeFolder); every read, write and removal goes through its descriptor.
 ``DropinWriter`` follows the registry's snapshots and keeps the drop-in in step with them.
 What the drop-in says is ``volplugd.podman.dropin``'s job.
 
@@ -15,10 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from volplugd.config import PodmanSettings
 from volplugd.log import get_logger
@@ -30,12 +32,15 @@ from volplugd.podman.dropin import (
     plan_dropin,
     render_plan,
 )
+from volplugd.safefs import Folder, NotAFile
 
 __all__ = ["DropinWriter", "ForeignFileError", "WaitSnapshot", "write_if_changed"]
 
 # The package's name, not this module's: log lines keep the logger they had before the
 # split into dropin/writer.
 log = get_logger("volplugd.podman")
+
+_MAX_DROPIN = 16 * 1024 * 1024  # read back to compare; ours are a few KiB
 
 
 class ForeignFileError(RuntimeError):
@@ -49,55 +54,53 @@ class ForeignFileError(RuntimeError):
 def write_if_changed(path: str, content: str) -> bool:
     """Atomically make ``path`` hold ``content``; False (and no write) if it already does.
 
-    Temp file in the same folder (named so Podman's ``*.conf`` glob never sees it),
-    fsync, rename over, fsync the folder: a reader sees the old file or the new one.
+    Temp file ``.NAME.tmp`` in the same folder (Podman's ``*.conf`` glob never sees it),
+    made with O_EXCL, fsync, renamed over, the folder fsynced: a reader sees the old
+    file or the new one.
     """
     data = content.encode()
-    if _read_or_none(path) == data:
-        return False
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
-                               suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), 0o644)  # rootless Podman users read the system drop-in
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    _fsync_dir(directory)
+    with _folder_of(path) as (folder, name):
+        if _read(folder, name) == data:
+            return False
+        folder.write(name, data, 0o644)  # rootless Podman users read the system drop-in
     return True
 
 
-def _read_or_none(path: str) -> bytes | None:
+@contextlib.contextmanager
+def _folder_of(path: str) -> Iterator[tuple[Folder, str]]:
+    folder = Folder.open(os.path.dirname(os.path.abspath(path)), 0o755)
     try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        return None
-
-
-def _unlink_quietly(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
+        yield folder, os.path.basename(path)
     finally:
-        os.close(fd)
+        folder.close()
+
+
+def _read(folder: Folder, name: str) -> bytes | None:
+    """The file's bytes; None if missing. Not a regular file: NotAFile."""
+    return folder.read(name, _MAX_DROPIN)
 
 
 def _is_ours(path: str) -> bool:
-    """Missing, empty, or starting with our mark: the file may be (re)written."""
-    data = _read_or_none(path)
+    """Missing, empty, or starting with our mark: the file may be (re)written. A symlink
+    or anything else that is not a regular file is not ours."""
+    with _folder_of(path) as (folder, name):
+        try:
+            data = _read(folder, name)
+        except NotAFile:
+            return False
     return not data or data.startswith(GENERATED_MARK.encode())
+
+
+def _remove_if_ours(path: str) -> bool:
+    """Remove our drop-in (never another file, never through a link); False if none."""
+    with _folder_of(path) as (folder, name):
+        try:
+            data = _read(folder, name)
+        except NotAFile:
+            return False
+        if data is None or (data and not data.startswith(GENERATED_MARK.encode())):
+            return False
+        return folder.remove(name)
 
 
 # --- The writer thread --------------------------------------------------------------
@@ -138,7 +141,11 @@ class DropinWriter:
         return self._settings.dropin
 
     def start(self) -> None:
+        """Start the thread; first the drop-in's folder is opened (created 0755 if
+        missing): UnsafeFolder here, at start, if volplugd may not write in it."""
         if not self._stopping.is_set() and not self._thread.is_alive():
+            with _folder_of(self.path):
+                pass
             self._thread.start()
 
     def stop(self) -> None:
@@ -218,8 +225,7 @@ class DropinWriter:
             self._unroute()
             return
         try:
-            if _read_or_none(self.path) is not None and _is_ours(self.path):
-                os.unlink(self.path)
+            if _remove_if_ours(self.path):
                 self._log.info("podman_dropin_removed")
         except OSError as err:
             self._log_error("podman_dropin_remove_failed", err)

@@ -25,13 +25,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from volplugd.admission import Refusal
 from volplugd.log import get_logger
 from volplugd.serving.head import READ_METHODS, BadHead, Head
 from volplugd.serving.messages import Application, Reply, Request, reply_head
 from volplugd.serving.peers import Peer, groups_of
 from volplugd.serving.wire import Body, HeadTooLarge, RequestTimeout, Wire
 
-__all__ = ["DRAIN_LIMIT", "FIRST_REQUEST_TIMEOUT", "Client", "Hooks", "Rules", "serve"]
+__all__ = ["DRAIN_LIMIT", "FIRST_REQUEST_TIMEOUT", "HEAD_TOO_LARGE", "Client", "Hooks",
+           "Rules", "serve"]
 
 # A new connection must deliver its first head this soon: a client that connects and says
 # nothing holds a slot (and a thread) for seconds at most, not a whole read_timeout.
@@ -39,7 +41,7 @@ FIRST_REQUEST_TIMEOUT = 2.0
 DRAIN_LIMIT = 64 * 1024  # an unread body up to this is skipped to keep the connection
 LINGER_BYTES, LINGER_SECONDS = 4 * 1024 * 1024, 2.0  # swallowed at most, before close
 _NO_BODY = (204, 304)
-_HEAD_TOO_LARGE = "request head is over the limit"
+HEAD_TOO_LARGE = "request head is over the limit"
 _MISDIRECTED = "this listener answers only requests for localhost, 127.0.0.0/8 or [::1]"
 
 _log = get_logger(__name__)
@@ -83,8 +85,8 @@ class Hooks:
         raise NotImplementedError
 
     def follow_slot(self, peer: Peer | None,
-                    groups: frozenset[int] | None = None) -> Callable[[], None] | None:
-        """One of this peer's follow-stream slots: its release, or None (refused)."""
+                    groups: frozenset[int]) -> Callable[[], None] | Refusal:
+        """One of this peer's follow-stream slots: its release, or why there is none."""
         raise NotImplementedError
 
 
@@ -156,7 +158,7 @@ class _Connection:
             if not self.hooks.set_waiting(self.sock, False):
                 return None  # evicted to make room while its head came in
         except HeadTooLarge:
-            self._refuse(431, _HEAD_TOO_LARGE)
+            self._refuse(431, HEAD_TOO_LARGE)
         except BadHead as bad:
             self._refuse(bad.status, bad.message)
         except RequestTimeout:
@@ -243,11 +245,8 @@ class _Connection:
             self.groups = _groups(peer)
         path, _, query_string = head.target.partition("?")
         return Request(head.method.upper(), path, query_string, length, self.body, peer,
-                       self.groups, self.stopping, self.wire.hung_up,
-                       self._follow_slot, self.listener)
-
-    def _follow_slot(self) -> Callable[[], None] | None:
-        return self.hooks.follow_slot(self.peer, self.groups)
+                       self.groups, self.stopping, self.wire.gone, self.hooks.follow_slot,
+                       self.listener)
 
     def _send(self, reply: Reply, keep: bool) -> bool:
         """Send the reply; whether the connection stays open after it."""

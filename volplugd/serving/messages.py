@@ -16,7 +16,7 @@ from email.utils import formatdate
 from types import MappingProxyType
 from typing import NamedTuple, Protocol
 
-from volplugd.serving.peers import Peer
+from volplugd.admission import Peer, Refusal
 
 __all__ = ["JSON", "Application", "BodyReader", "Reply", "Request", "reply_head"]
 
@@ -29,8 +29,8 @@ class BodyReader(Protocol):
     def read(self, size: int = -1, /) -> bytes | None: ...
 
 
-def _never() -> bool:
-    return False
+def _never() -> str | None:
+    return None
 
 
 _NONE: Mapping[str, str] = MappingProxyType({})
@@ -54,10 +54,12 @@ class Request:
     peer: Peer | None = None  # SO_PEERCRED; None: no credentials (TCP)
     groups: frozenset[int] = frozenset()  # the peer's groups (root: its own gid only)
     stopping: threading.Event | None = None  # set when the server stops (a stream ends)
-    disconnected: Callable[[], bool] = _never  # whether the client has hung up
-    # takes one of this peer's follow-stream slots: its release, or None when it may
-    # have no more; None: no limit (an app called without a server)
-    follow_slot: Callable[[], Callable[[], None] | None] | None = None
+    # why the client is gone ("hung_up", "not_reading"), or None (a follow stream ends)
+    disconnected: Callable[[], str | None] = _never
+    # takes a follow-stream slot for (peer, groups): its release, or why there is none;
+    # None: no limit (an app called without a server)
+    follow_slot: Callable[[Peer | None, frozenset[int]],
+                          Callable[[], None] | Refusal] | None = None
     listener: str = ""  # the name of the listening socket it came in on (a plugin's)
     params: Mapping[str, str] = field(default_factory=_none)
     query: Mapping[str, str] = field(default_factory=_none)

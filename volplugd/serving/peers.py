@@ -1,4 +1,4 @@
-"""Who is on the other end of a unix socket: its credentials (``peer_of``, one
+"""Who is on the other end of a unix socket: its credentials (``admission.peer_of``, one
 syscall at accept) and its groups (``groups_of``, the user database, cached briefly).
 
 ``groups_of`` asks without holding the GIL (``pwd.getpwuid``, and libc's
@@ -13,27 +13,12 @@ from __future__ import annotations
 import ctypes
 import os
 import pwd
-import socket
-import struct
 import threading
 import time
-from typing import NamedTuple
+
+from volplugd.admission import Peer, peer_of
 
 __all__ = ["Peer", "cached_groups", "groups_of", "peer_of"]
-
-
-class Peer(NamedTuple):
-    """SO_PEERCRED of one connection: the process that connected, as the kernel saw it."""
-
-    pid: int
-    uid: int
-    gid: int
-
-
-def peer_of(sock: socket.socket) -> Peer:
-    """The connected unix socket's peer (SO_PEERCRED): one syscall, no lookups."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return Peer(*struct.unpack("3i", raw))
 
 
 _CACHE_SECONDS = 10.0  # a group change reaches volplugd within this; NSS is not asked per request

@@ -26,18 +26,20 @@ connection threads.
 from __future__ import annotations
 
 import contextlib
+import functools
 import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from volplugd.admission import ConnectionBudget, Peer, Refusal, Ticket, peer_of
 from volplugd.log import get_logger
-from volplugd.serving.budget import Budget, Refusal, RefusalLog, Ticket
+from volplugd.refusals import RefusalLog
 from volplugd.serving.connection import Client, Hooks, Rules, serve
 from volplugd.serving.messages import reply_head
-from volplugd.serving.peers import Peer, groups_of, peer_of
+from volplugd.serving.peers import groups_of
 
 __all__ = ["BACKLOG", "SEND_BUFFER", "Server"]
 
@@ -60,9 +62,12 @@ class _Slot:
 class Server(Hooks):
     """Serves ``rules.app`` on the listening sockets given to ``add``."""
 
-    def __init__(self, rules: Rules, *, name: str, budget: Budget, follow: Budget,
-                 refusals: RefusalLog, privileged: Privileged | None = None,
-                 prepare: Callable[[socket.socket], None] | None = None):
+    def __init__(self, rules: Rules, *, name: str, budget: ConnectionBudget,
+                 follow: ConnectionBudget, refusals: RefusalLog,
+                 privileged: Privileged | None = None,
+                 prepare: Callable[[socket.socket], None] | None = None,
+                 on_refused: Callable[[str], None] | None = None,
+                 refused_messages: Mapping[Refusal, str] | None = None):
         self.rules = rules
         self._name = name
         self._budget = budget
@@ -70,6 +75,8 @@ class Server(Hooks):
         self._refusals = refusals
         self._privileged = privileged
         self._prepare = prepare
+        self._on_refused = on_refused
+        self._messages = refused_messages
         self._stopping = threading.Event()
         self._cond = threading.Condition()
         self._conns: dict[socket.socket, _Slot] = {}
@@ -232,7 +239,7 @@ class Server(Hooks):
             return
         ticket = self._admit(peer, privileged)
         if isinstance(ticket, Refusal):
-            self._refuse(conn, peer, ticket)
+            self._refuse(conn, peer, ticket, name)
             return
         self._start(client, ticket)
 
@@ -263,7 +270,7 @@ class Server(Hooks):
             if refusal is None:
                 self._asking[peer.uid] = asking + 1
         if refusal is not None:
-            self._refuse(client.sock, peer, refusal)
+            self._refuse(client.sock, peer, refusal, client.listener)
             return
         self._start(client, None)
 
@@ -282,7 +289,7 @@ class Server(Hooks):
         uid = None if peer is None else peer.uid
         with self._cond:
             while not self._stopping.is_set():
-                outcome = self._budget.take(uid, privileged)
+                outcome = self._budget.admit(uid, privileged)
                 if outcome is not Refusal.FULL or \
                         not self._evict_and_wait(privileged_too=privileged):
                     return outcome
@@ -308,11 +315,20 @@ class Server(Hooks):
         assert ticket is not None  # only connections with a slot are idle
         return ticket
 
-    def _refuse(self, conn: socket.socket, peer: Peer | None, why: Refusal) -> None:
-        """Answer 503 without blocking (it fits in a fresh socket's buffer) and close."""
+    def _refuse(self, conn: socket.socket, peer: Peer | None, why: Refusal,
+                plugin: str = "") -> None:
+        """Answer 503 without blocking (it fits in a fresh socket's buffer) and close.
+        The log line names the listening socket's plugin (the gateway's), else the
+        server."""
         uid = None if peer is None else peer.uid
-        self._refusals.refused(uid, why.value, pid=None if peer is None else peer.pid)
-        if why is Refusal.UID_LIMIT:
+        if self._on_refused is not None:  # counted before the client can see its 503
+            self._on_refused(why.value)
+        where = {"plugin": plugin} if plugin else {"listener": self._name}
+        self._refusals.refused(f"{self.rules.events}_connection_refused", uid, why.value,
+                               pid=None if peer is None else peer.pid, **where)
+        if self._messages is not None:
+            message = self._messages[why]
+        elif why is Refusal.UID_LIMIT:
             message = (f"this user has {self._budget.per_uid} connections open, the most "
                        "one user may; close one and try again")
         else:
@@ -331,7 +347,7 @@ class Server(Hooks):
         try:
             if ticket is None:
                 assert client.peer is not None
-                client.groups, ticket = self._looked_up(client.sock, client.peer)
+                client.groups, ticket = self._looked_up(client, client.peer)
                 if ticket is None:
                     return
             serve(client, self.rules, self, self._stopping)
@@ -340,7 +356,7 @@ class Server(Hooks):
         finally:
             self._release(client.sock)
 
-    def _looked_up(self, conn: socket.socket,
+    def _looked_up(self, client: Client,
                    peer: Peer) -> tuple[frozenset[int], Ticket | None]:
         """Ask the user database for ``peer``'s groups, then take its slot (None:
         refused, answered)."""
@@ -353,12 +369,13 @@ class Server(Hooks):
             left = self._asking.pop(peer.uid, 1) - 1
             if left:
                 self._asking[peer.uid] = left
+        conn = client.sock
         ticket = self._admit(peer, bool(self._privilege(peer, groups)))
         if isinstance(ticket, Refusal):
             with self._cond:
                 del self._conns[conn]  # never had a slot: _release must not give one back
                 self._cond.notify_all()
-            self._refuse(conn, peer, ticket)
+            self._refuse(conn, peer, ticket, client.listener)
             return groups, None
         with self._cond:
             self._conns[conn] = _Slot(ticket, self._conns[conn].thread)
@@ -393,16 +410,13 @@ class Server(Hooks):
         return len(self._conns) < self._budget.total
 
     def follow_slot(self, peer: Peer | None,
-                    groups: frozenset[int] | None = None) -> Callable[[], None] | None:
-        privileged = bool(self._privilege(peer, groups)) if peer is not None else False
-        uid = None if peer is None else peer.uid
+                    groups: frozenset[int]) -> Callable[[], None] | Refusal:
+        privileged = peer is not None and bool(self._privilege(peer, groups))
         with self._cond:
-            ticket = self._follow.take(uid, privileged)
+            ticket = self._follow.admit(None if peer is None else peer.uid, privileged)
         if isinstance(ticket, Refusal):
-            self._refusals.refused(uid, f"follow_{ticket.value}",
-                                   pid=None if peer is None else peer.pid)
-            return None
-        return lambda: self._release_follow(ticket)
+            return ticket
+        return functools.partial(self._release_follow, ticket)
 
     def _release_follow(self, ticket: Ticket) -> None:
         with self._cond:

@@ -11,20 +11,22 @@ Runs on: the connection's own thread.
 
 from __future__ import annotations
 
+import array
+import fcntl
 import io
 import select
 import socket
+import termios
 import time
 from collections.abc import Callable
 from typing import Any
 
+from volplugd.limits import MAX_HEAD_BYTES, MAX_REQUEST_LINE
 from volplugd.serving.head import MAX_FIELDS, BadHead, Head, parse_head
 
 __all__ = ["MAX_HEAD_BYTES", "MAX_REQUEST_LINE", "RECV_SIZE", "Body", "HeadTooLarge",
            "RequestTimeout", "Wire"]
 
-MAX_REQUEST_LINE = 8 * 1024
-MAX_HEAD_BYTES = 64 * 1024  # request line + headers; http.client alone allows 100 x 64 KiB
 RECV_SIZE = 64 * 1024
 
 
@@ -45,6 +47,7 @@ class Wire:
         self.deadline = float("inf")
         self.received = 0  # bytes read since the owner last reset it
         self._write_timeout = write_timeout
+        self._unread = (0, 0.0)  # bytes sent but not read by the client, and since when
 
     def fill(self, size: int = RECV_SIZE) -> bool:
         """One read (at most ``size`` bytes) into the buffer; False when the peer closed."""
@@ -65,6 +68,23 @@ class Wire:
         poller = select.poll()
         poller.register(self.sock, select.POLLRDHUP)
         return bool(poller.poll(0))
+
+    def gone(self) -> str | None:
+        """Why the client is gone: "hung_up", "not_reading" (``stalled``); None if not."""
+        if self.hung_up():
+            return "hung_up"
+        return "not_reading" if self.stalled() else None
+
+    def stalled(self) -> bool:
+        """True once bytes sent have lain unread by the client, their count not going
+        down, for the write timeout (a follow stream then ends): asked now and then, it
+        sees a client that never reads even when nothing fills the socket's buffers."""
+        unread, now = _unread(self.sock), time.monotonic()
+        last, since = self._unread
+        if unread == 0 or last == 0 or unread < last:  # all read, new bytes, or progress
+            self._unread = (unread, now)
+            return False
+        return now - since >= self._write_timeout
 
     def read_head(self) -> Head | None:
         """The next request head, parsed and taken from the buffer; None if the client
@@ -128,6 +148,17 @@ class Wire:
                 sent -= len(views.pop(0))
             if sent:
                 views[0] = memoryview(views[0])[sent:]
+
+
+def _unread(sock: socket.socket) -> int:
+    """Bytes sent on ``sock`` that its peer has not read yet (SIOCOUTQ; on a unix socket
+    the kernel's accounting of them: 0 exactly when all were read)."""
+    count = array.array("i", [0])
+    try:
+        fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, count)
+    except OSError:
+        return 0
+    return count[0]
 
 
 class Body(io.RawIOBase):

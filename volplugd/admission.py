@@ -1,45 +1,54 @@
 """Who gets a slot (a connection, a follow stream): a bound per uid, and headroom that
-root and the privileged groups always keep; and the one log of refusals. Pure
-bookkeeping: no sockets, no lock of its own (the caller serialises ``take`` and
-``release``, e.g. under its connection lock).
+privileged peers (root, the admin groups) always keep. Pure bookkeeping that any server
+can reuse (the control socket, the gateway): no sockets but ``peer_of``, no lock of its
+own (the caller serialises admit and release, e.g. under its connection lock; ``Slots``
+is a budget with a lock of its own, for callers that have none).
 
 Of ``total`` slots, unprivileged peers share ``total - reserved`` and each uid holds at
 most ``per_uid`` of them; privileged peers (root, admins) may take any free slot and
 have no per-uid bound. A peer without credentials (TCP) counts as unprivileged with no
 per-uid bound. Whether a uid is privileged is asked once while it has connections open,
 so refusing a uid that keeps reconnecting costs no user-database lookups.
-
-``RefusalLog`` writes one warning per uid and reason per ``REFUSAL_LOG_SECONDS``, with
-the count of refusals since the last line: a user who is refused 80,000 times a minute
-costs six lines, not 80,000.
-Runs on: the caller's threads (a server's accept thread takes slots; connection threads
-take stream slots and release).
+Runs on: the caller's threads (a listener's loop thread admits; the loop or a
+connection thread releases).
 """
 
 from __future__ import annotations
 
+import functools
+import socket
+import struct
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
-from volplugd.log import get_logger
+__all__ = ["ConnectionBudget", "Peer", "Refusal", "Slots", "Ticket", "peer_of"]
 
-__all__ = ["REFUSAL_LOG_SECONDS", "Budget", "Refusal", "RefusalLog", "Ticket"]
 
-REFUSAL_LOG_SECONDS = 10.0  # refusals are logged once per this per uid and reason
-_log = get_logger(__name__)
+class Peer(NamedTuple):
+    """SO_PEERCRED of one connection: the process that connected, as the kernel saw it."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_of(sock: socket.socket) -> Peer:
+    """The connected unix socket's peer (SO_PEERCRED): one syscall, no lookups."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return Peer(*struct.unpack("3i", raw))
 
 
 class Refusal(Enum):
-    UID_LIMIT = "uid_limit"  # this uid holds its ``per_uid`` slots already
+    UID_LIMIT = "uid_limit"  # this uid holds its ``per_uid`` connections already
     FULL = "full"  # no slot is free for this peer: free an idle one, or refuse
 
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Ticket:
-    """One slot taken; give it back with ``release`` exactly once."""
+    """One admitted connection's slot; give it back with ``release`` exactly once."""
 
     uid: int | None
     privileged: bool
@@ -51,8 +60,8 @@ class _Holder:
     privileged: bool
 
 
-class Budget:
-    """The counts behind one bound (a server's connections, its follow streams)."""
+class ConnectionBudget:
+    """The counts behind one bound of one server (its connections, its follow streams)."""
 
     def __init__(self, *, total: int, per_uid: int | None = None, reserved: int = 0):
         if total < 1 or not 0 <= reserved < total or (per_uid is not None and per_uid < 1):
@@ -79,8 +88,8 @@ class Budget:
         holder = self._holders.get(uid)
         return None if holder is None else holder.privileged
 
-    def take(self, uid: int | None, privileged: bool) -> Ticket | Refusal:
-        """A slot for ``uid``, or why there is none."""
+    def admit(self, uid: int | None, privileged: bool) -> Ticket | Refusal:
+        """A slot for a new connection of ``uid``, or why there is none."""
         if uid is None:
             privileged = False
         known = self.privilege_of(uid)
@@ -109,43 +118,26 @@ class Budget:
             del self._holders[ticket.uid]
 
 
-class RefusalLog:
-    """One warning ``event`` per (uid, reason) per REFUSAL_LOG_SECONDS, with the count of
-    refusals since its last line (``refused``); every refusal is also told to
-    ``on_refused(reason)`` (a metric) at once."""
+class Slots:
+    """A ``ConnectionBudget`` any thread may take from and give back to."""
 
-    def __init__(self, event: str, *, listener: str,
-                 on_refused: Callable[[str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
-        self._event = event
-        self._listener = listener
-        self._on_refused = on_refused
-        self._clock = clock
+    def __init__(self, budget: ConnectionBudget):
+        self._budget = budget
         self._lock = threading.Lock()
-        self._counts: dict[tuple[int | None, str], tuple[float, int]] = {}
 
-    def refused(self, uid: int | None, reason: str, **context: object) -> None:
-        """Count one refusal; log it if this uid's last line for ``reason`` is old."""
-        if self._on_refused is not None:
-            self._on_refused(reason)
-        now = self._clock()
-        key = (uid, reason)
+    @property
+    def in_use(self) -> int:
         with self._lock:
-            logged_at, count = self._counts.get(key, (now - REFUSAL_LOG_SECONDS, 0))
-            count += 1
-            due = now - logged_at >= REFUSAL_LOG_SECONDS
-            self._counts[key] = (now, 0) if due else (logged_at, count)
-            if due and len(self._counts) > _MAX_KEYS:
-                self._forget(now)
-        if due:
-            _log.warning(self._event, listener=self._listener, reason=reason, uid=uid,
-                         refused=count, **context)
+            return self._budget.in_use
 
-    def _forget(self, now: float) -> None:
-        """Drop the keys with nothing left to report (under the lock): bounded memory
-        whatever uids come and go."""
-        self._counts = {key: entry for key, entry in self._counts.items()
-                        if entry[1] or now - entry[0] < REFUSAL_LOG_SECONDS}
+    def take(self, uid: int | None, privileged: bool) -> Callable[[], None] | Refusal:
+        """A slot for ``uid``: its release (call it exactly once), or why there is none."""
+        with self._lock:
+            ticket = self._budget.admit(uid, privileged)
+        if not isinstance(ticket, Ticket):
+            return ticket
+        return functools.partial(self._release, ticket)
 
-
-_MAX_KEYS = 1024
+    def _release(self, ticket: Ticket) -> None:
+        with self._lock:
+            self._budget.release(ticket)
