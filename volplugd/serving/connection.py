@@ -76,7 +76,7 @@ class Client:
 class Hooks:
     """What a connection asks of its server (``serving.server.Server`` implements it)."""
 
-    def set_waiting(self, sock: socket.socket, waiting: bool) -> bool:
+    def set_idle(self, sock: socket.socket, idle: bool) -> bool:
         """The connection starts (True) or stops waiting for a head; False if its slot
         was taken away meanwhile (it must not serve a request)."""
         raise NotImplementedError
@@ -143,7 +143,7 @@ class _Connection:
         rules, wire = self.rules, self.wire
         wire.received, self.method = 0, ""
         idle = not first
-        self.hooks.set_waiting(self.sock, True)  # until its head is in, its slot may be taken
+        self.hooks.set_idle(self.sock, True)  # until its head is in, its slot may be taken
         try:
             started = self.accepted_at
             wire.deadline = started + min(rules.first_request_timeout, rules.read_timeout)
@@ -155,7 +155,7 @@ class _Connection:
                 wire.deadline = started + rules.read_timeout
                 idle = False
             head = wire.read_head()
-            if not self.hooks.set_waiting(self.sock, False):
+            if not self.hooks.set_idle(self.sock, False):
                 return None  # evicted to make room while its head came in
         except HeadTooLarge:
             self._refuse(431, HEAD_TOO_LARGE)
@@ -170,7 +170,7 @@ class _Connection:
                 wire.deadline = started + rules.read_timeout  # for the body
                 return self._accept(head)
         finally:
-            self.hooks.set_waiting(self.sock, False)
+            self.hooks.set_idle(self.sock, False)
         return None
 
     def _log_timeout(self, idle: bool) -> None:

@@ -4,7 +4,7 @@ gunicorn's sync worker: an accept thread, then a thread per connection.
 The accept thread waits on every listening socket the server holds (one for the control
 socket or the metrics port; one per plugin for the gateway) and a wake-up socket. For
 each client in a backlog it makes room first (at most ``budget.total`` connections:
-the longest-waiting one is closed, or the client waits in the backlog), accepts, reads
+the longest-idle one is closed, or the client waits in the backlog), accepts, reads
 the peer's credentials (``SO_PEERCRED``) and takes a slot of the per-uid ``budget``
 before the first byte is read: refused, the client gets the app's 503 with
 ``Retry-After`` at once, and the refusal goes to the one ``RefusalLog``. A connection
@@ -82,7 +82,7 @@ class Server(Hooks):
         self._conns: dict[socket.socket, _Slot] = {}
         self._idle: dict[socket.socket, None] = {}  # oldest first: the eviction order
         self._evicted: set[socket.socket] = set()
-        self._asking: dict[int, int] = {}  # uid -> connections waiting for its groups
+        self._asking: dict[int, int] = {}  # uid -> connections asking for its groups
         self._listeners: dict[socket.socket, str] = {}
         self._retired: list[socket.socket] = []  # closed by the accept thread
         self._wake_r, self._wake_w = socket.socketpair()
@@ -264,9 +264,9 @@ class Server(Hooks):
         per_uid = self._budget.per_uid or self._budget.total
         with self._cond:
             asking = self._asking.get(peer.uid, 0)
-            waiting = sum(self._asking.values())
+            asking_all = sum(self._asking.values())
             refusal = Refusal.UID_LIMIT if asking >= per_uid else \
-                Refusal.FULL if waiting + len(self._conns) >= self._budget.total else None
+                Refusal.FULL if asking_all + len(self._conns) >= self._budget.total else None
             if refusal is None:
                 self._asking[peer.uid] = asking + 1
         if refusal is not None:
@@ -395,11 +395,11 @@ class Server(Hooks):
 
     # -- what a connection asks (``connection.Hooks``) --
 
-    def set_waiting(self, sock: socket.socket, waiting: bool) -> bool:
+    def set_idle(self, sock: socket.socket, idle: bool) -> bool:
         with self._cond:
             if sock in self._evicted:
                 return False
-            if not waiting:
+            if not idle:
                 self._idle.pop(sock, None)
             elif sock not in self._idle:  # idle since accept keeps its place
                 self._idle[sock] = None  # the newest idle one: evicted last
