@@ -8,11 +8,11 @@ Runs on: connection threads.
 
 from __future__ import annotations
 
-import http
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from http.client import responses
 from types import MappingProxyType
 from typing import NamedTuple, Protocol
 
@@ -82,21 +82,16 @@ def reply_head(reply: Reply, length: int | None, *, keep: bool) -> bytes:
     """The status line and header lines of ``reply``, with ``Content-Length: length``
     (None: no length, for a stream or a 204/304) and ``Connection: close`` unless
     ``keep``."""
-    try:
-        phrase = http.HTTPStatus(reply.status).phrase
-    except ValueError:
-        phrase = "Unknown"
-    lines = [f"HTTP/1.1 {reply.status} {phrase}", "Server: volplugd",
-             f"Date: {formatdate(usegmt=True)}"]
-    lines += [f"{name}: {_header_text(value)}" for name, value in reply.headers]
+    phrase = responses.get(reply.status, "Unknown")
+    fields = "".join([f"{name}: {_header_text(value)}\r\n" for name, value in reply.headers])
     if reply.content_type is not None:
-        lines.append(f"Content-Type: {_header_text(reply.content_type)}")
+        fields += f"Content-Type: {_header_text(reply.content_type)}\r\n"
     if length is not None:
-        lines.append(f"Content-Length: {length}")
+        fields += f"Content-Length: {length}\r\n"
     if not keep:
-        lines.append("Connection: close")
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode("latin-1")
+        fields += "Connection: close\r\n"
+    return (f"HTTP/1.1 {reply.status} {phrase}\r\nServer: volplugd\r\n"
+            f"Date: {formatdate(usegmt=True)}\r\n{fields}\r\n").encode("latin-1")
 
 
 def _header_text(value: str) -> str:
