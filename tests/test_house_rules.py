@@ -1,6 +1,8 @@
-"""The size rules of issue 12, kept by a test so that no change breaks them silently:
-no module in ``volplugd/`` over 350 lines, the supervisor class under 250, no bench
-module over 350."""
+"""The size ceiling of the style guide (docs: STYLE.md, "Size follows concepts"): modules
+split along concepts, most under ~400 lines; this test holds only the hard ceiling, no
+module in ``volplugd/`` or ``bench/`` over 500 lines, and the supervisor class under
+250. A module near the ceiling is split where it has a second reason to change, never
+folded to fit."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MAX_MODULE_LINES = 350
+MAX_MODULE_LINES = 500
 MAX_SUPERVISOR_LINES = 250
 
 
@@ -18,11 +20,11 @@ def _too_long(folder: str) -> dict[str, int]:
     return {path: lines for path, lines in sizes.items() if lines > MAX_MODULE_LINES}
 
 
-def test_no_module_in_the_package_is_over_350_lines() -> None:
+def test_no_module_in_the_package_is_over_500_lines() -> None:
     assert _too_long("volplugd") == {}
 
 
-def test_no_bench_module_is_over_350_lines() -> None:
+def test_no_bench_module_is_over_500_lines() -> None:
     assert _too_long("bench") == {}
 
 

@@ -15,6 +15,7 @@ Runs on: the thread that creates the socket.
 from __future__ import annotations
 
 import errno
+import grp
 import hashlib
 import os
 import socket
@@ -22,10 +23,20 @@ import stat
 
 from volplugd.safefs import Folder
 
-__all__ = ["MAX_UNIX_PATH", "AddressKept", "GroupRefused", "listen_unix", "replaceable",
-           "staging_name"]
+__all__ = ["MAX_UNIX_PATH", "AddressKept", "GroupRefused", "group_id", "listen_unix",
+           "replaceable", "staging_name"]
 
 MAX_UNIX_PATH = 107  # sun_path is 108 bytes with the terminating NUL
+
+
+def group_id(group: str) -> int:
+    """The gid of ``group`` (a name, or digits); raises LookupError naming it."""
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise LookupError(f"no group named {group!r}") from None
 
 
 class GroupRefused(OSError):

@@ -15,8 +15,8 @@ import requests
 from requests_unixsocket.adapters import UnixAdapter
 
 from tests.harness import UnixHTTPConnection
-from volplugd.control.access import Peer
 from volplugd.control.routing import Application, Request
+from volplugd.serving import Peer
 
 ROOT = Peer(pid=4242, uid=0, gid=0)
 

@@ -17,9 +17,10 @@ from structlog.testing import capture_logs
 from tests.control.conftest import build_app, serving
 from tests.control.helpers import fetch, json_of, raw_exchange, status_of
 from tests.control.memory import MemoryCommands
-from volplugd.control import ControlServer, head
-from volplugd.control.head import MAX_FIELDS, BadHead, loopback_host, parse_head
-from volplugd.control.sockio import MAX_HEAD_BYTES, MAX_REQUEST_LINE, HeadTooLarge, Wire
+from volplugd.control import ControlServer
+from volplugd.serving import head
+from volplugd.serving.head import MAX_FIELDS, BadHead, loopback_host, parse_head
+from volplugd.serving.wire import MAX_HEAD_BYTES, MAX_REQUEST_LINE, HeadTooLarge, Wire
 
 
 def _parse(raw: bytes):  # type: ignore[no-untyped-def]
@@ -33,7 +34,7 @@ def test_a_well_formed_head_is_parsed() -> None:
                   b"X-A: 1\r\nx-a:  2 ")
     assert (head.method, head.target, head.version) == ("POST", "/v1/rescan?x=1", "HTTP/1.1")
     assert head.fields == (("Host", "x"), ("Content-Length", "12"), ("X-A", "1"), ("x-a", "2"))
-    assert head.get_all("X-A") == ["1", "2"]
+    assert head.by_name["x-a"] == ["1", "2"]
     assert head.content_length == 12
     assert head.keep_alive
     assert not head.expects_continue
@@ -195,14 +196,7 @@ def test_the_field_shortcut_agrees_with_the_checks(line: bytes) -> None:
     assert _outcome(head._field, line) == _outcome(head._checked_field, line)
 
 
-_LINE = st.one_of(
-    st.sampled_from([b"GET /v1/health HTTP/1.1", b"Host: localhost", b"Content-Length: 0",
-                     b"X-A:  b \t", b"", b" folded", b"G\x00T / HTTP/1.1", b"Bad Name: x"]),
-    _ODD, st.binary(max_size=30))
-_EOL = st.sampled_from([b"\r\n", b"\n", b"\r\r\n"])
-
-
-def _read(buffer: bytes, by_lines: bool) -> object:
+def _read(buffer: bytes) -> object:
     """What a Wire reads from ``buffer`` (the client then hung up), and what is left."""
     ours, theirs = socket.socketpair()
     theirs.close()
@@ -211,7 +205,7 @@ def _read(buffer: bytes, by_lines: bool) -> object:
         wire.deadline = time.monotonic() + 5
         wire.buf += buffer
         try:
-            got: object = wire._read_head_by_lines() if by_lines else wire.read_head()
+            got: object = wire.read_head()
         except BadHead as bad:
             got = (bad.status, bad.message)
         except HeadTooLarge:
@@ -219,40 +213,35 @@ def _read(buffer: bytes, by_lines: bool) -> object:
         return got, bytes(wire.buf)
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(_LINE, _EOL), max_size=6),
-       st.sampled_from([b"\r\n", b"\n", b""]), st.binary(max_size=20))
-def test_a_whole_head_at_once_reads_as_line_by_line(lines: list[tuple[bytes, bytes]],
-                                                    blank: bytes, after: bytes) -> None:
-    buffer = b"".join(line + eol for line, eol in lines) + blank + after
-    assert _read(buffer, by_lines=False) == _read(buffer, by_lines=True)
+def test_a_head_is_taken_from_the_buffer_and_what_follows_is_kept() -> None:
+    """LF or CRLF line ends; the bytes after the blank line (a body, the next request)
+    stay in the buffer; a client that closes before a byte is no head at all."""
+    got, left = _read(b"GET /v1/health HTTP/1.1\nHost: x\r\n\r\nbody")
+    assert isinstance(got, head.Head)
+    assert (got.target, got.fields, left) == ("/v1/health", (("Host", "x"),), b"body")
+    assert _read(b"") == (None, b"")
+    assert _read(b"GET / HTTP/1.1\r\nHost: x") == ((400, "the request head ended early"),
+                                                      b"GET / HTTP/1.1\r\nHost: x")
 
 
-def test_a_head_read_again_is_the_same_object_and_the_memo_stays_bounded() -> None:
-    """``parse_whole`` remembers valid heads of up to MEMO_HEAD_BYTES (the loop keys its
-    own per-head work on the object): equal bytes, the same Head; a longer head is
-    parsed alike but not kept; and however many heads a client sends, at most
-    MEMO_HEADS are kept."""
-    raw = b"GET /v1/health HTTP/1.1\r\nHost: localhost\r"
-    first = head.parse_whole(raw)
-    assert head.parse_whole(bytes(raw)) is first
-    assert first == _parse(b"GET /v1/health HTTP/1.1\r\nHost: localhost")
-    long = b"GET /v1/health HTTP/1.1\r\nX-Pad: " + b"a" * head.MEMO_HEAD_BYTES
-    assert head.parse_whole(long) == head.parse_whole(long)
-    assert head.parse_whole(long) is not head.parse_whole(long)
-    for i in range(head.MEMO_HEADS + 10):
-        head.parse_whole(b"GET /v1/plugins/p%d HTTP/1.1" % i)
-        assert len(head._parsed) <= head.MEMO_HEADS
-    with pytest.raises(BadHead, match="the method must be a token"):
-        head.parse_whole(b"G(T / HTTP/1.1")
-    assert b"G(T / HTTP/1.1" not in head._parsed
-
-
-@pytest.mark.parametrize("buffer", [
-    b"GET /" + b"a" * (MAX_REQUEST_LINE + 10) + b" HTTP/1.1\r\n\r\n",
-    b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: a\r\n" % i for i in range(MAX_FIELDS + 1)) + b"\r\n",
-    b"GET / HTTP/1.1\r\nX-Pad: " + b"a" * MAX_HEAD_BYTES + b"\r\n\r\n",
-    b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: a\r\n" % i for i in range(MAX_FIELDS)) + b"\r\n",
+@pytest.mark.parametrize(("buffer", "outcome"), [
+    (b"GET /" + b"a" * (MAX_REQUEST_LINE + 10) + b" HTTP/1.1\r\n\r\n",
+     (414, "request line is over the limit")),
+    (b"GET /" + b"a" * (MAX_REQUEST_LINE + 10), (414, "request line is over the limit")),
+    (b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: a\r\n" % i for i in range(MAX_FIELDS + 1))
+     + b"\r\n", (431, f"more than {MAX_FIELDS} header fields")),
+    (b"GET / HTTP/1.1\r\nX-Pad: " + b"a" * MAX_HEAD_BYTES + b"\r\n\r\n", "too large"),
 ])
-def test_heads_at_the_limits_read_the_same_both_ways(buffer: bytes) -> None:
-    assert _read(buffer, by_lines=False) == _read(buffer, by_lines=True)
+def test_heads_over_a_bound_are_refused_with_their_status(buffer: bytes,
+                                                          outcome: object) -> None:
+    """The request line, the number of fields and the head's bytes are each bounded."""
+    assert _read(buffer)[0] == outcome
+
+
+def test_a_head_at_every_bound_is_read() -> None:
+    """MAX_FIELDS fields are accepted."""
+    buffer = (b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: a\r\n" % i for i in range(MAX_FIELDS))
+              + b"\r\n")
+    got, left = _read(buffer)
+    assert isinstance(got, head.Head)
+    assert (len(got.fields), left) == (MAX_FIELDS, b"")

@@ -12,8 +12,8 @@ from tests.control.conftest import Live
 from tests.control.fuzz import fuzz_operations
 from tests.control.helpers import unix_session
 from volplugd.control import ROUTES, openapi_document
-from volplugd.control.connection import PROTOCOL_ERRORS
 from volplugd.control.errors import ERRORS
+from volplugd.control.server import PROTOCOL_ERRORS
 
 
 def test_document_is_valid_openapi_3_1() -> None:

@@ -14,7 +14,8 @@ from tests.control.conftest import build_app, serving
 from tests.control.helpers import fetch
 from tests.control.memory import MemoryCommands
 from tests.harness import NOBODY, SYSTEM_PYTHON, run_as, skip_unless_switching_to
-from volplugd.control import AccessPolicy, access
+from volplugd.control import AccessPolicy
+from volplugd.serving import peers as access
 
 CLIENT = r"""
 import http.client, json, socket, sys
@@ -127,19 +128,19 @@ def _nobodys_groups_held(sockdir: str, commands: MemoryCommands,
 def test_a_users_groups_are_asked_on_its_own_thread_never_the_loop(
         sockdir: str, commands: MemoryCommands, monkeypatch: pytest.MonkeyPatch) -> None:
     """The user database may be slow (a directory server that does not answer): a user's
-    groups, when not cached, are asked for on its connection's own thread, and the loop
-    answers root meanwhile (root's groups are never asked for: root may do everything)."""
+    groups, when not cached, are asked for on its connection's own thread, and root is
+    answered meanwhile (root's groups are never asked for: root may do everything)."""
     policy = AccessPolicy(read_gids=frozenset({NOBODY}))
     assert _nobodys_groups_held(sockdir, commands, monkeypatch, policy) == (
         200, ["control-conn"], [200])
 
 
-def test_at_accept_a_users_groups_are_asked_off_the_loop(
+def test_at_accept_a_users_groups_are_asked_off_the_accept_thread(
         sockdir: str, commands: MemoryCommands, monkeypatch: pytest.MonkeyPatch) -> None:
     """With admin groups configured, whether a user keeps the reserved slots depends on
-    its groups: when they are not cached, they are asked for on a lookup thread while
-    its connection waits, and the loop answers root meanwhile. Then its request is
-    served: one lookup in all (the connection finds the groups cached)."""
+    its groups: when they are not cached, its connection's own thread asks for them
+    before it takes a slot, and the accept thread lets root in meanwhile. Then its
+    request is served: one lookup in all (the connection reuses the groups found)."""
     policy = AccessPolicy(admin_gids=frozenset({NOBODY + 1}), read_gids=frozenset({NOBODY}))
     assert _nobodys_groups_held(sockdir, commands, monkeypatch, policy, access=policy) == (
-        200, ["control-lookup"], [200])
+        200, ["control-conn"], [200])

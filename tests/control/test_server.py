@@ -29,11 +29,11 @@ from tests.control.helpers import (
 from tests.control.memory import MemoryCommands
 from tests.waiting import wait_until
 from volplugd.control import ControlServer, ControlSocketError
-from volplugd.control.access import Peer
-from volplugd.control.connection import Connection
 from volplugd.control.routing import Reply, Request
-from volplugd.control.sockio import Body, Wire
 from volplugd.model import EventType
+from volplugd.serving import Peer
+from volplugd.serving.connection import Client
+from volplugd.serving.wire import Body, Wire
 
 
 def test_every_route_through_the_socket(live: Live) -> None:
@@ -443,7 +443,7 @@ def test_clients_beyond_the_bound_wait_in_the_backlog(sockdir: str,
                 h.connect(path)
                 h.sendall(b"POST /v1/plugins/demo/volumes HTTP/1.1\r\nHost: x\r\n"
                           b"Content-Length: 50\r\n\r\n{")
-            wait_until(lambda: server.connections == 2 and server.waiting == 0,
+            wait_until(lambda: server.connections == 2 and server.idle == 0,
                        message="both slots at work")
             answer: list[int] = []
             waiter = threading.Thread(
@@ -472,7 +472,7 @@ def test_idle_keep_alive_gives_its_slot_to_a_waiting_client(sockdir: str,
             resp = idle.getresponse()
             resp.read()
             assert resp.getheader("Connection") is None  # kept alive: there was room
-            wait_until(lambda: server.waiting == 1, message="idle waits for its next head")
+            wait_until(lambda: server.idle == 1, message="idle waits for its next head")
             holder.connect(path)
             wait_until(lambda: server.connections == 2, message="server full")
             assert fetch(path, "GET", "/v1/health").status == 200
@@ -651,4 +651,4 @@ def test_a_finished_connection_leaves_no_cycle_for_the_garbage_collector(
     assert left == []  # (the server's own objects, once per server, are not counted)
 
 
-PER_CONNECTION = (Connection, Wire, Body, Request, Peer)  # (its socket goes with them)
+PER_CONNECTION = (Client, Wire, Body, Request, Peer)  # (its socket goes with them)

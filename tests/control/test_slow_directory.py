@@ -1,5 +1,5 @@
 """A slow user database (a directory server that does not answer) must not freeze the
-daemon: ``access.groups_of`` asks libc's getgrouplist(3) without holding the GIL.
+daemon: ``serving.peers.groups_of`` asks libc's getgrouplist(3) without holding the GIL.
 
 The slow directory is real libc behaviour made slow: a tiny shim, compiled here and
 preloaded into a child Python, sleeps inside ``getgrouplist`` before calling the real
@@ -32,7 +32,7 @@ int getgrouplist(const char *user, gid_t group, gid_t *groups, int *ngroups) {
 """
 CHILD = r"""
 import json, os, threading, time
-from volplugd.control import access
+from volplugd.serving import peers as access
 ticks, ticking, done = [0], threading.Event(), threading.Event()
 def tick():
     while not done.is_set():

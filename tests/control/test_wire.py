@@ -1,4 +1,4 @@
-"""The control server's own HTTP/1.1 paths (connection.py, sockio.py), with apps that do
+"""The server core's own HTTP/1.1 paths (serving/connection.py, wire.py), with apps that do
 what the control app never does: crash, crash mid-stream, answer without a length, answer
 a HEAD with a stream, and answer big enough to fill a unix socket's default send buffer."""
 

@@ -4,7 +4,7 @@
 The contract is ``openapi.json`` beside this file, also served at ``GET /openapi.json``.
 """
 
-from volplugd.control.access import AccessPolicy, Peer
+from volplugd.control.access import AccessPolicy
 from volplugd.control.app import ROUTES, make_app, make_metrics_app, openapi_document
 from volplugd.control.server import ControlServer, ControlSocketError, TcpMetricsServer
 
@@ -13,7 +13,6 @@ __all__ = [
     "AccessPolicy",
     "ControlServer",
     "ControlSocketError",
-    "Peer",
     "TcpMetricsServer",
     "make_app",
     "make_metrics_app",

@@ -4,9 +4,8 @@ every failure goes through is ``control.errors``).
 Reads come from ``commands.snapshot()`` and its pre-encoded JSON (nothing re-encodes
 the plugin list per request); volume operations go through ``commands.call``, which
 fails fast for a plugin that is not ready. The server hands each ``Request`` over with
-the peer's credentials and its hooks (see ``control.connection``).
-Runs on: the control loop thread (the reads of ``INLINE_ROUTES``) and connection threads
-(everything else); never the supervisor thread.
+the peer's credentials and its hooks (see ``volplugd.serving``).
+Runs on: connection threads; never the supervisor thread.
 """
 
 from __future__ import annotations
@@ -37,7 +36,6 @@ from volplugd.control.routing import (
     NDJSON,
     App,
     Handler,
-    MustWait,
     Reply,
     Request,
     json_reply,
@@ -80,17 +78,6 @@ ROUTES: Mapping[str, frozenset[str]] = {
 }
 """Every route and its methods (HEAD is implied by GET); the OpenAPI test checks this."""
 
-INLINE_ROUTES = frozenset({
-    "/v1/health", "/v1/plugins", "/v1/plugins/{name}", "/v1/events",
-    "/openapi.json", "/v1/plugins/{name}/capabilities", "/v1/plugins/{name}/volumes",
-    "/v1/plugins/{name}/volumes/{volume}", "/v1/plugins/{name}/volumes/{volume}/path"})
-"""GET routes the server may answer on its event loop, each in microseconds: from the
-snapshot, the event log or cached bytes (``/v1/events`` unless it follows), and for a
-volume read its fail-fast refusal (404 unknown, 409 not ready); a read that must go to
-the plugin ``MustWait``. Not ``/metrics`` (or the status page): a render takes
-milliseconds, and on the loop every other client would wait for it."""
-
-
 class ControlApp(App):
     """The control socket's routes over a ``Commands``."""
 
@@ -110,10 +97,7 @@ class ControlApp(App):
         self._version_json = encode(version)
         self._counts: tuple[object, bytes] = (None, b"")
         self._refusals = RefusalLog(__name__)
-        super().__init__(self._table(), on_request, error_reply, INLINE_ROUTES)
-
-    def inline_query(self, template: str, query_string: str) -> bool:
-        return template != "/v1/events" or "follow" not in query_string  # a stream waits
+        super().__init__(self._table(), on_request, error_reply)
 
     def _table(self) -> dict[str, dict[str, Handler]]:
         handlers: dict[tuple[str, str], Handler] = {
@@ -174,7 +158,7 @@ class ControlApp(App):
 
     def plugin(self, req: Request) -> Reply:
         name = req.params["name"]
-        try:  # (not ``.get``: ``Mapping.get`` is one Python call more, on the loop)
+        try:
             return Reply(200, self._commands.snapshot().encoded[name])
         except KeyError:
             raise UnknownPlugin(name) from None
@@ -212,14 +196,8 @@ class ControlApp(App):
     # -- volume operations: through the plugin client, failing fast --
 
     def _call(self, req: Request, op: Callable[[PluginClient], T]) -> T:
-        """``commands.call`` for the request's plugin. Asked on the server's event loop,
-        only the fail-fast refusal is answered there; a call that would go to the plugin
-        raises ``MustWait``, and the server asks again on a thread."""
-        name = req.params["name"]
-        if req.inline:
-            self._commands.fail_fast(name)
-            raise MustWait
-        return self._commands.call(name, op)
+        """``commands.call`` for the request's plugin (which fails fast)."""
+        return self._commands.call(req.params["name"], op)
 
     def capabilities(self, req: Request) -> Reply:
         caps = self._call(req, lambda c: c.capabilities())
@@ -319,7 +297,7 @@ class _MetricsApp(App):
         routes: dict[str, dict[str, Handler]] = {"/metrics": {"GET": self.metrics}}
         if status_page is not None:
             routes["/"] = {"GET": self.index}
-        super().__init__(routes, on_request, error_reply)  # renders: never on the loop
+        super().__init__(routes, on_request, error_reply)
 
     def metrics(self, req: Request) -> Reply:
         body, content_type = self._metrics()

@@ -1,6 +1,6 @@
 """The control API's ONE error→HTTP table: every failure of a request, the app's own
 conditions and the daemon's and the plugin client's errors, becomes its JSON answer here.
-Runs on: the control loop thread and connection threads.
+Runs on: connection threads.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from volplugd.admission import Refusal
 from volplugd.contracts import PluginBusy, PluginNotReady, Stopping, UnknownPlugin
 from volplugd.control.inputs import BodyTooLarge, InvalidRequest
 from volplugd.control.routing import JSON, MethodNotAllowed, NotFound, Reply
-from volplugd.control.sockio import RequestTimeout
 from volplugd.log import get_logger
 from volplugd.model import encode
 from volplugd.plugin.errors import (
@@ -24,6 +23,7 @@ from volplugd.plugin.errors import (
     PluginTimeout,
     PluginUnreachable,
 )
+from volplugd.serving import RequestTimeout
 
 __all__ = ["ERRORS", "Forbidden", "MetricsOff", "TooManyStreams", "error_reply"]
 

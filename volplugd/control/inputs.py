@@ -5,7 +5,7 @@ what to fix. Text that is not valid UTF-8 (raw bytes in the path, percent-escape
 them, lone surrogates from JSON ``\ud800`` escapes) is refused here, where it enters;
 what an error quotes of the request passes ``safe_text``.
 Pure functions over what the head and body say.
-Runs on: the control loop and connection threads.
+Runs on: connection threads.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import urllib.parse
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from volplugd.model import PluginState
 from volplugd.plugin.text import is_utf8, safe_text
+from volplugd.serving import BodyReader
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -41,12 +42,6 @@ MAX_NAME_BYTES = 255  # NAME_MAX: plugins commonly turn a volume name into a dir
 _MAX_SEQ = 2**63 - 1
 _TRUE = frozenset({"1", "true", "yes"})
 _FALSE = frozenset({"0", "false", "no"})
-
-
-class BodyReader(Protocol):
-    """A request body: ``read(n)`` gives up to ``n`` bytes (fewer only at its end)."""
-
-    def read(self, size: int = -1, /) -> bytes | None: ...
 
 
 class InvalidRequest(ValueError):

@@ -1,52 +1,112 @@
-"""The two listeners: the control socket (AF_UNIX: mode, group, stale files, socket
-activation) and the read-only metrics port (TCP). Serving is ``Listener``'s job.
+"""The two listeners of the control API, each one ``serving.Server``: the control socket
+(AF_UNIX: mode, group, stale files, socket activation, per-uid slots) and the read-only
+metrics port (TCP, the loopback ``Host`` rule).
 
-Runs on: the caller's thread (start/stop/join); see ``listener`` for the rest.
+Runs on: the caller's thread (start/stop/join); the server's threads for the rest.
 """
 
 from __future__ import annotations
 
 import errno
-import grp
 import ipaddress
 import os
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
-from volplugd.admission import ConnectionBudget, Refusal
+from volplugd.admission import ConnectionBudget
 from volplugd.config import parse_listen
-from volplugd.control.access import AccessPolicy, Peer, peer_of
+from volplugd.control.access import AccessPolicy
 from volplugd.control.app import make_metrics_app
-from volplugd.control.head import loopback_host
-from volplugd.control.listener import BACKLOG, Listener
-from volplugd.control.site import FIRST_REQUEST_TIMEOUT
+from volplugd.control.routing import JSON, Application, Reply
+from volplugd.model import encode
+from volplugd.refusals import RefusalLog
 from volplugd.safefs import Folder
+from volplugd.serving import BACKLOG, FIRST_REQUEST_TIMEOUT, Rules, Server, loopback_host
 from volplugd.unixsocket import (
     MAX_UNIX_PATH,
     AddressKept,
     GroupRefused,
+    group_id,
     listen_unix,
     replaceable,
 )
 
-if TYPE_CHECKING:
-    from volplugd.control.routing import Application
-
-__all__ = ["BACKLOG", "FOLLOW_PER_UID", "MAX_PER_UID", "RESERVED_FOLLOW", "RESERVED_SLOTS",
-           "ControlServer", "ControlSocketError", "TcpMetricsServer"]
+__all__ = ["BACKLOG", "FOLLOW_PER_UID", "MAX_PER_UID", "PROTOCOL_ERRORS", "RESERVED_FOLLOW",
+           "RESERVED_SLOTS", "ControlServer", "ControlSocketError", "TcpMetricsServer",
+           "protocol_error"]
 
 MAX_PER_UID = 16  # control-socket connections one unprivileged uid may hold
 RESERVED_SLOTS = 8  # of max_connections, kept for root and the admin groups
 FOLLOW_PER_UID = 4  # follow streams one unprivileged uid may hold
 RESERVED_FOLLOW = 4  # of max_follow, kept for root and the admin groups
+_CODES = {405: "method_not_allowed", 413: "request_too_large", 414: "request_too_large",
+          421: "misdirected_request", 431: "request_too_large", 500: "internal_error",
+          503: "too_many_connections"}
+PROTOCOL_ERRORS = frozenset({"too_many_connections"})
+"""Codes the control socket's server answers by itself, beyond the app's error table
+(``misdirected_request`` is the TCP listener's only)."""
 
 
 class ControlSocketError(OSError):
     """The listening socket cannot be set up (path in use, not a socket, bad group…)."""
 
 
-class ControlServer(Listener):
+def protocol_error(status: int, message: str) -> Reply:
+    """The control API's answer to a request its server refuses by itself."""
+    code = _CODES.get(status, "invalid_request")
+    return Reply(status, encode({"error": {"code": code, "message": message}}), JSON)
+
+
+class _Listener:
+    """One ``Server`` on one listening socket, opened at ``start``."""
+
+    def __init__(self, name: str, server: Server, inherited: socket.socket | None):
+        self._name = name
+        self._server = server
+        self._inherited = inherited
+        self._started = False
+
+    def start(self) -> None:
+        """Bind (or adopt) the socket and start accepting. Raises ControlSocketError."""
+        if self._started:
+            raise RuntimeError(f"{self._name} can be started once")
+        self._started = True
+        sock = self._open()
+        self._server.add(sock)
+        self._server.start()
+
+    def stop(self) -> None:
+        """Stop accepting, end open connections and follow streams; idempotent."""
+        self._server.stop()
+        self._release_address()
+        if not self._started and self._inherited is not None:
+            self._inherited.close()  # ours since the constructor took it
+
+    def join(self, timeout: float | None = None) -> None:
+        self._server.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self._server.is_alive()
+
+    @property
+    def connections(self) -> int:
+        """Connections being served right now."""
+        return self._server.connections
+
+    @property
+    def idle(self) -> int:
+        """Of those, the ones waiting for a head (the ones a newcomer may displace)."""
+        return self._server.idle
+
+    def _open(self) -> socket.socket:
+        raise NotImplementedError
+
+    def _release_address(self) -> None:
+        """Undo what binding did to the filesystem (nothing for TCP)."""
+
+
+class ControlServer(_Listener):
     """The control API on a unix socket, created ``mode`` and owned by ``group``.
 
     Its folder must be one volplugd may write in (``volplugd.safefs``: created 0755, or
@@ -75,16 +135,18 @@ class ControlServer(Listener):
                  follow_per_uid: int = FOLLOW_PER_UID, reserved_follow: int = RESERVED_FOLLOW):
         if sock is None and path is None:
             raise ValueError("ControlServer needs a path or an inherited socket")
-        budget = ConnectionBudget(total=max_connections, per_uid=max_per_uid,
-                                  reserved=min(reserved, max_connections - 1))
-        follows = ConnectionBudget(total=max_follow, per_uid=follow_per_uid,
-                                   reserved=min(reserved_follow, max_follow - 1))
-        super().__init__(app, name="control", max_connections=max_connections,
-                         follows=follows, read_timeout=read_timeout, read_only=False,
-                         first_request_timeout=first_request_timeout, budget=budget)
-        self._access = access or AccessPolicy()
-        self._on_refused = on_refused
-        self._inherited = sock
+        access = access or AccessPolicy()
+        rules = Rules(app, protocol_error, read_timeout=read_timeout,
+                      first_request_timeout=first_request_timeout)
+        server = Server(
+            rules, name="control",
+            budget=ConnectionBudget(total=max_connections, per_uid=max_per_uid,
+                                    reserved=min(reserved, max_connections - 1)),
+            follow=ConnectionBudget(total=max_follow, per_uid=follow_per_uid,
+                                    reserved=min(reserved_follow, max_follow - 1)),
+            refusals=RefusalLog("volplugd.control.server"), on_refused=on_refused,
+            privileged=access.keeps_reserved_slots)
+        super().__init__("control", server, sock)
         self.path = path if sock is None else _name_of(sock)
         self._mode = mode
         self._group = group
@@ -111,21 +173,6 @@ class ControlServer(Listener):
         self._identity = None if st is None else (st.st_dev, st.st_ino)
         return sock
 
-    def _discard_unstarted(self) -> None:
-        if self._inherited is not None:
-            self._inherited.close()  # ours since the constructor took it
-
-    def _peer(self, conn: socket.socket) -> Peer:
-        return peer_of(conn)
-
-    def _privileged(self, peer: Peer, groups: frozenset[int] | None) -> bool | None:
-        return self._access.keeps_reserved_slots(peer, groups)
-
-    def _refuse(self, conn: socket.socket, peer: Peer | None, why: Refusal) -> None:
-        if self._on_refused is not None:  # counted before the client can see its 503
-            self._on_refused(why.value)
-        super()._refuse(conn, peer, why)
-
     def _release_address(self) -> None:
         folder, self._folder = self._folder, None
         if folder is None or self.path is None:
@@ -147,7 +194,10 @@ def _bind_unix(folder: Folder, name: str, mode: int, group: str | None) -> socke
     """Replace a stale socket, then ``listen_unix``: the file appears at ``name`` only
     once it listens, with its mode and group."""
     path = folder.join(name)
-    gid = None if group is None else _gid(group)
+    try:
+        gid = None if group is None else group_id(group)
+    except LookupError as err:
+        raise ControlSocketError(errno.EINVAL, str(err)) from None
     try:
         replaceable(folder, name)  # a stale socket is replaced by the rename
         return listen_unix(folder, name, mode, gid, BACKLOG)
@@ -158,16 +208,7 @@ def _bind_unix(folder: Folder, name: str, mode: int, group: str | None) -> socke
                                  f"{err.strerror}", path) from err
 
 
-def _gid(group: str) -> int:
-    if group.isdigit():
-        return int(group)
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise ControlSocketError(errno.EINVAL, f"no group named {group!r}") from None
-
-
-class TcpMetricsServer(Listener):
+class TcpMetricsServer(_Listener):
     """The metrics port: GET and HEAD only (anything else 405), so nothing on TCP can
     change state.
 
@@ -194,34 +235,39 @@ class TcpMetricsServer(Listener):
             metrics = cast("Callable[[], tuple[bytes, str]]", app)
             app = make_metrics_app(metrics, status_page if show_status_page else None,
                                    on_request)
-        super().__init__(cast("Application", app), name="metrics",
-                         max_connections=max_connections, follows=ConnectionBudget(total=1),
-                         read_timeout=read_timeout, read_only=True,
-                         first_request_timeout=first_request_timeout)
         if listen:
             host, port = parse_listen(listen)
         if sock is None and port is None:
             raise ValueError("TcpMetricsServer needs listen, host and port, or a socket")
         self.host = host or ""
         self.port = port or 0
-        self._inherited = sock
+        self._app = cast("Application", app)
+        self._max = max_connections
+        self._read_timeout = read_timeout
+        self._first = first_request_timeout
+        super().__init__("metrics", self._make_server(loopback=False), sock)
+
+    def _make_server(self, *, loopback: bool) -> Server:
+        rules = Rules(self._app, protocol_error, read_timeout=self._read_timeout,
+                      first_request_timeout=self._first, read_only=True,
+                      host_allowed=loopback_host if loopback else None)
+        return Server(rules, name="metrics", budget=ConnectionBudget(total=self._max),
+                      follow=ConnectionBudget(total=1),
+                      refusals=RefusalLog("volplugd.control.server"), prepare=_no_delay)
 
     def _open(self) -> socket.socket:
         sock = self._inherited or _bind_tcp(self.host, self.port)
         address = sock.getsockname()
         self.port = address[1]
         if ipaddress.ip_address(address[0].partition("%")[0]).is_loopback:
-            self.site.host_allowed = loopback_host
+            self._server.stop()  # never started: frees its wake-up socket
+            self._server = self._make_server(loopback=True)
         return sock
 
-    def _discard_unstarted(self) -> None:
-        if self._inherited is not None:
-            self._inherited.close()
 
-    def _prepare(self, conn: socket.socket) -> None:
-        conn.setblocking(True)
-        # headers and body leave in separate writes at times; no Nagle delay for them
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def _no_delay(conn: socket.socket) -> None:
+    # headers and body leave in separate writes at times; no Nagle delay for them
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _bind_tcp(host: str, port: int) -> socket.socket:

@@ -16,12 +16,12 @@ from collections.abc import Callable
 from volplugd.discovery.trust import untrusted_reason
 from volplugd.log import get_logger
 from volplugd.model import PluginState, PluginView, Snapshot
+from volplugd.unixsocket import MAX_UNIX_PATH
 
 __all__ = ["Choice", "name_problem", "serves", "socket_path"]
 
 log = get_logger("volplugd.gateway.server")  # the logger these lines always had
 
-UNIX_PATH_MAX = 107
 NAME_MAX = 255
 
 
@@ -33,8 +33,8 @@ def name_problem(directory: str, name: str) -> str | None:
         return "a hidden file name"
     if len(os.fsencode(name + ".sock")) > NAME_MAX:
         return f"{name}.sock is longer than {NAME_MAX} bytes"
-    if len(os.fsencode(os.path.join(directory, name + ".sock"))) > UNIX_PATH_MAX:
-        return f"the socket path would be longer than {UNIX_PATH_MAX} bytes"
+    if len(os.fsencode(os.path.join(directory, name + ".sock"))) > MAX_UNIX_PATH:
+        return f"the socket path would be longer than {MAX_UNIX_PATH} bytes"
     return None
 
 

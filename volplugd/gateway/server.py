@@ -9,48 +9,57 @@ one volplugd may write in (``volplugd.safefs``: created 0755, or refused), every
 it is made and removed through its descriptor, and an existing file at a socket's name
 is replaced only when it is a socket nobody listens on. The folder holds
 ``GATEWAY_MARK`` so that discovery never takes these sockets for plugins.
-The ``gateway-accept`` thread accepts on every socket and gives each connection its own
-thread (``connection.serve``), at most ``max_connections`` at once over all sockets,
-``max_per_uid`` for a uid other than root, ``reserved`` for root alone (Docker and
-Podman), so no member of ``gateway.group`` can keep them out; a connection over a bound
-gets its 503 at once (``admission``). What a request gets is ``answer``'s job; Docker
-spec files are ``specs``'.
+Every socket is served by one ``serving.Server`` (the server core of the control socket
+too: its ``gateway-accept`` thread and a thread per connection), at most
+``max_connections`` at once over all sockets, ``max_per_uid`` for a uid other than root,
+``reserved`` for root alone (Docker and Podman), so no member of ``gateway.group`` can
+keep them out; a connection over a bound gets its ``503 {"Err": …}`` with
+``Retry-After`` at once, and the refusal is logged once per 10 s per uid and reason.
+What a request gets is ``answer``'s job; Docker spec files are ``specs``'.
 
-Runs on: the ``gateway`` and ``gateway-accept`` threads, one thread per connection;
-``start``/``stop``/``join`` from the daemon's main thread; ``socket_for`` on any thread.
+Runs on: the ``gateway`` thread; the server's threads; ``start``/``stop``/``join`` from
+the daemon's main thread; ``socket_for`` on any thread.
 """
 
 from __future__ import annotations
 
-import contextlib
-import grp
 import os
-import selectors
 import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
 
+from volplugd.admission import ConnectionBudget, Peer, Refusal
 from volplugd.config import GatewaySettings
 from volplugd.contracts import Commands
 from volplugd.discovery.scan import GATEWAY_MARK
-from volplugd.gateway.admission import MAX_CONNECTIONS, MAX_PER_UID, RESERVED, Admission
-from volplugd.gateway.answer import Reply, Request, answer, endpoint_label
+from volplugd.gateway.answer import GatewayApp, OnGatewayRequest, protocol_error
 from volplugd.gateway.choice import Choice, socket_path
-from volplugd.gateway.connection import serve
 from volplugd.gateway.specs import SpecFiles
 from volplugd.log import get_logger
 from volplugd.model import PluginView, Snapshot
+from volplugd.refusals import RefusalLog
 from volplugd.safefs import Folder
-from volplugd.unixsocket import listen_unix, replaceable
+from volplugd.serving import Rules, Server
+from volplugd.unixsocket import group_id, listen_unix, replaceable
 
-__all__ = ["Gateway", "OnGatewayRequest"]
+__all__ = ["IDLE", "MAX_CONNECTIONS", "MAX_PER_UID", "READ", "RESERVED", "Gateway",
+           "OnGatewayRequest"]
 
 log = get_logger(__name__)
 
-OnGatewayRequest = Callable[[str, str, str, float], None]  # plugin, endpoint, outcome, s
 WaitSnapshot = Callable[[int, float], Snapshot]
 BACKLOG = 128
+MAX_CONNECTIONS = 512  # client connections at once, over all gateway sockets
+MAX_PER_UID = 64  # of them, what one uid other than root may hold
+RESERVED = 64  # of them, kept for root (Docker, Podman)
+IDLE = 120.0  # seconds an idle keep-alive connection stays open (Go's client: 90 s)
+READ = 10.0  # seconds from a request's first byte to its last; each write
+_REFUSALS = {
+    Refusal.UID_LIMIT: "this user has as many gateway connections open as one user may; "
+                       "close one and try again",
+    Refusal.FULL: "every gateway connection slot is taken; try again",
+}
 SPECS_REFRESH = 30.0  # seconds between looks at unchanged spec files
 MARK_TEXT = b"volplugd's gateway sockets: never plugins of their own\n"
 
@@ -63,7 +72,8 @@ class Gateway:
                  specs: SpecFiles | None = None, tick: float = 0.5,
                  max_connections: int = MAX_CONNECTIONS, max_per_uid: int = MAX_PER_UID,
                  reserved: int = RESERVED,
-                 on_refused: Callable[[str], None] | None = None) -> None:
+                 on_refused: Callable[[str], None] | None = None,
+                 read_timeout: float = READ) -> None:
         self._settings = settings
         self._dir = os.path.abspath(settings.dir)
         self._commands = commands
@@ -71,22 +81,27 @@ class Gateway:
         self._on_request = on_request
         self._specs = specs
         self._tick = tick
-        self._gid = None if settings.group is None else _gid(settings.group)
+        try:
+            self._gid = None if settings.group is None else group_id(settings.group)
+        except LookupError as err:
+            raise ValueError(f"gateway.group: {err}") from None
         self._listeners: dict[str, socket.socket] = {}  # name -> listening socket
-        self._retired: list[socket.socket] = []  # closed by the acceptor
         self._lock = threading.Lock()
         self._choice = Choice(self._dir)
         self._failed: dict[str, str] = {}  # name -> the error its socket got (logged once)
         self._inodes: dict[str, tuple[int, int]] = {}  # name -> its socket file's identity
         self._folder: Folder | None = None
-        self._admission = Admission(total=max_connections, per_uid=max_per_uid,
-                                    reserved=reserved, on_refused=on_refused)
-        self._live: set[socket.socket] = set()  # connections being served (under _lock)
+        rules = Rules(GatewayApp(commands, on_request, read_timeout), protocol_error,
+                      read_timeout=read_timeout, first_request_timeout=IDLE,
+                      idle_timeout=IDLE, events="gateway")
+        self._server = Server(
+            rules, name="gateway",
+            budget=ConnectionBudget(total=max_connections, per_uid=max_per_uid,
+                                    reserved=min(reserved, max_connections - 1)),
+            follow=ConnectionBudget(total=1), refusals=RefusalLog(__name__),
+            privileged=_root, on_refused=on_refused, refused_messages=_REFUSALS)
         self._stopping = threading.Event()
-        self._wake_r, self._wake_w = socket.socketpair()
         self._follower = threading.Thread(target=self._follow, name="gateway", daemon=True)
-        self._acceptor = threading.Thread(target=self._accept, name="gateway-accept",
-                                          daemon=True)
         self._last: Snapshot | None = None
         self._specs_key: frozenset[tuple[str, str, str]] | None = None
         self._specs_due = 0.0
@@ -103,7 +118,12 @@ class Gateway:
     @property
     def connections(self) -> int:
         """Client connections admitted and not yet ended, over all gateway sockets."""
-        return self._admission.in_use
+        return self._server.connections
+
+    @property
+    def idle(self) -> int:
+        """Of those, the ones waiting for a request (the ones a newcomer may displace)."""
+        return self._server.idle
 
     # --- life cycle ---------------------------------------------------------------
 
@@ -120,17 +140,19 @@ class Gateway:
             folder.close()
             raise
         self._folder = folder
+        self._server.start()
         self._follower.start()
-        self._acceptor.start()
 
     def stop(self) -> None:
+        """Stop following: the sockets go (``_finish``), then the server stops."""
         self._stopping.set()
-        self._wake()
+        if self._follower.ident is None:
+            self._server.stop()
 
     def join(self, timeout: float | None = None) -> None:
-        for thread in (self._follower, self._acceptor):
-            if thread.ident is not None:
-                thread.join(timeout)
+        if self._follower.ident is not None:
+            self._follower.join(timeout)
+        self._server.join(timeout)
 
     # --- following the snapshots (the ``gateway`` thread) --------------------------
 
@@ -159,7 +181,6 @@ class Gateway:
                 self._open(name)
         if self._specs is not None:
             self._update_specs(wanted)
-        self._wake()
 
     def _update_specs(self, wanted: Mapping[str, PluginView]) -> None:
         """Spec files follow the served plugins and their sources; unchanged, they are
@@ -187,7 +208,6 @@ class Gateway:
         try:
             replaceable(self._folder, file)  # a stale socket (ours, a crash's) is replaced
             sock = listen_unix(self._folder, file, self._settings.mode, self._gid, BACKLOG)
-            sock.setblocking(False)
             st = self._folder.lstat(file)
         except OSError as err:
             error = str(err)
@@ -201,6 +221,7 @@ class Gateway:
             self._inodes[name] = (st.st_dev, st.st_ino)
         with self._lock:
             self._listeners[name] = sock
+        self._server.add(sock, name)
         log.info("gateway_socket_created", plugin=name, path=self._path(name))
 
     def _close(self, name: str) -> None:
@@ -213,7 +234,7 @@ class Gateway:
                 self._folder.remove(name + ".sock")  # never a file someone put there since
         with self._lock:
             sock = self._listeners.pop(name)
-            self._retired.append(sock)
+        self._server.remove(sock)
         log.info("gateway_socket_removed", plugin=name)
 
     def _finish(self) -> None:
@@ -230,100 +251,9 @@ class Gateway:
             self._folder.close()
         if self._specs is not None:
             self._specs.close()
-        with self._lock:
-            live = list(self._live)
-        for conn in live:  # idle keep-alive clients see the end now, not at IDLE
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        self._wake()
-
-    # --- accepting (the ``gateway-accept`` thread) ---------------------------------
-
-    def _wake(self) -> None:
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"\0")
-
-    def _accept(self) -> None:
-        selector = selectors.DefaultSelector()
-        selector.register(self._wake_r, selectors.EVENT_READ, None)
-        registered: dict[socket.socket, str] = {}
-        try:
-            while True:
-                self._sync(selector, registered)
-                if self._stopping.is_set() and not self._follower.is_alive():
-                    return
-                for key, _ in selector.select(self._tick):
-                    if key.data is None:
-                        with contextlib.suppress(OSError):
-                            self._wake_r.recv(4096)
-                    else:
-                        self._take(key.fileobj, key.data)  # type: ignore[arg-type]
-        finally:
-            selector.close()
-            for sock in registered:
-                sock.close()
-            self._wake_r.close()
-            self._wake_w.close()
-
-    def _sync(self, selector: selectors.BaseSelector,
-              registered: dict[socket.socket, str]) -> None:
-        with self._lock:
-            current = {sock: name for name, sock in self._listeners.items()}
-            retired, self._retired = self._retired, []
-        for sock in [s for s in registered if s not in current]:
-            selector.unregister(sock)
-            del registered[sock]
-        for sock in retired:
-            sock.close()
-        for sock, name in current.items():
-            if sock not in registered:
-                selector.register(sock, selectors.EVENT_READ, name)
-                registered[sock] = name
-
-    def _take(self, listener: socket.socket, name: str) -> None:
-        try:
-            conn, _ = listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as err:
-            log.warning("gateway_accept_failed", plugin=name, error=str(err))
-            return
-        release = self._admission.admit(conn, name)
-        if release is None:
-            return
-        conn.setblocking(True)
-        thread = threading.Thread(target=self._serve, args=(conn, name, release),
-                                  name=f"gateway-conn {name}", daemon=True)
-        try:
-            thread.start()
-        except RuntimeError:
-            conn.close()
-            release()
-
-    def _serve(self, conn: socket.socket, name: str, release: Callable[[], None]) -> None:
-        with self._lock:
-            self._live.add(conn)
-        try:
-            if not self._stopping.is_set():
-                serve(conn, lambda request: answer(self._commands, name, request),
-                      lambda request, reply, seconds: self._count(name, request, reply,
-                                                                  seconds))
-        finally:
-            with self._lock:
-                self._live.discard(conn)
-            conn.close()
-            release()
-
-    def _count(self, name: str, request: Request, reply: Reply, seconds: float) -> None:
-        """Metrics only: a refusal is a hot path (no log line per request)."""
-        if self._on_request is not None:
-            self._on_request(name, endpoint_label(request.path), reply.outcome, seconds)
+        self._server.stop()  # idle keep-alive clients see the end now, not at IDLE
 
 
-def _gid(group: str) -> int:
-    if group.isdigit():
-        return int(group)
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise ValueError(f"gateway.group: no group named {group!r}") from None
+def _root(peer: Peer, groups: frozenset[int] | None) -> bool:
+    """Only root (Docker, Podman) keeps the reserved slots."""
+    return peer.uid == 0

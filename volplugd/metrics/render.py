@@ -1,11 +1,10 @@
 """The ``volplugd_`` families in the text format 0.0.4, from one ``Taken``.
 
-Per-plugin series dominate a big host's scrape (docs/performance.md, "`/metrics` with
-1000 plugins"), so each plugin's lines are rendered once per change and kept: its gauge
-lines until its state or last success changes, its counter and histogram lines until
-the observer replaced its ``PluginSeries`` (held here, so ``is`` tells). A scrape
-renders what changed since the last one, then joins the kept fragments family by family
-in name order.
+Per-plugin series dominate a big host's scrape (docs/performance.md, ``bench/scrape.py``),
+so each plugin's lines are rendered once per change and kept: its gauge lines until its state or
+last success changes, its counter and histogram lines until the observer replaced its
+``PluginSeries`` (held here, so ``is`` tells). A scrape renders what changed since the
+last one, then joins the kept fragments family by family in name order.
 
 Runs on: the threads that serve a scrape (one at a time: the cache has one lock).
 """

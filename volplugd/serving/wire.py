@@ -1,11 +1,12 @@
 """One connected socket as the HTTP layer needs it: a read buffer under one deadline
-per request, the request head read line by line within its byte budget, exact
-Content-Length bodies, and writes that give up on a client that stops reading.
+per request, the request head read within its bounds, exact Content-Length bodies, and
+writes that give up on a client that stops reading.
 
-On the listener's event loop the socket does not block: ``send`` writes what the kernel
-takes and keeps the rest in ``unsent`` for the thread that takes the connection over
-(``flush``); nothing reads there but the loop itself.
-Runs on: whichever thread owns the connection (the loop's, then its own).
+The head's bounds are the server's, whoever it serves: a request line of at most
+``MAX_REQUEST_LINE`` bytes (414), a head of at most ``MAX_HEAD_BYTES`` (431) and
+``MAX_FIELDS`` fields (431); a head cut short by the client is a 400. Each line then goes
+through the one parser, ``head.parse_head``.
+Runs on: the connection's own thread.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from volplugd.control.head import MAX_FIELDS, BadHead, Head, parse_head, parse_whole
 from volplugd.limits import MAX_HEAD_BYTES, MAX_REQUEST_LINE
+from volplugd.serving.head import MAX_FIELDS, BadHead, Head, parse_head
 
 __all__ = ["MAX_HEAD_BYTES", "MAX_REQUEST_LINE", "RECV_SIZE", "Body", "HeadTooLarge",
            "RequestTimeout", "Wire"]
@@ -30,23 +31,21 @@ RECV_SIZE = 64 * 1024
 
 
 class HeadTooLarge(Exception):
-    """The request head went over its byte budget."""
+    """The request head went over its byte budget (431)."""
 
 
 class RequestTimeout(TimeoutError):
-    """The client did not send its whole request within read_timeout (408)."""
+    """The client did not send its whole request within its deadline."""
 
 
 class Wire:
-    """A connected socket: buffered reads under ``deadline``, timed writes."""
+    """A connected, blocking socket: buffered reads under ``deadline``, timed writes."""
 
-    def __init__(self, sock: socket.socket, write_timeout: float, *, blocking: bool = True):
+    def __init__(self, sock: socket.socket, write_timeout: float):
         self.sock = sock
         self.buf = bytearray()
         self.deadline = float("inf")
         self.received = 0  # bytes read since the owner last reset it
-        self.blocking = blocking  # False: on the event loop, ``send`` never waits
-        self.unsent: list[bytes | memoryview] = []  # what a non-blocking send left over
         self._write_timeout = write_timeout
         self._unread = (0, 0.0)  # bytes sent but not read by the client, and since when
 
@@ -63,16 +62,6 @@ class Wire:
         self.received += len(data)
         self.buf += data
         return bool(data)
-
-    def has_head(self) -> bool:
-        """Whether the buffer holds a whole head: a blank line after the request line."""
-        return self._blank_line() is not None
-
-    def head_over_budget(self) -> bool:
-        """Whether the incomplete head in the buffer is already too long (a request line
-        over MAX_REQUEST_LINE, or the head over MAX_HEAD_BYTES)."""
-        buf = self.buf
-        return len(buf) >= MAX_HEAD_BYTES or (len(buf) > MAX_REQUEST_LINE and b"\n" not in buf)
 
     def hung_up(self) -> bool:
         """True once the client has hung up (a follow stream then ends)."""
@@ -100,37 +89,6 @@ class Wire:
     def read_head(self) -> Head | None:
         """The next request head, parsed and taken from the buffer; None if the client
         closed before sending a byte. Raises BadHead, HeadTooLarge, RequestTimeout."""
-        head = self.whole_head()
-        return self._read_head_by_lines() if head is None else head
-
-    def whole_head(self) -> Head | None:
-        """The head, parsed and taken from the buffer, if it is all there and within
-        every limit (the common case, at once); None otherwise, nothing read (then
-        ``read_head`` reads it line by line, which names what is wrong). Raises BadHead."""
-        found = self._blank_line()
-        if found is None:
-            return None
-        first, end, blank = found
-        if first >= MAX_REQUEST_LINE or end >= MAX_HEAD_BYTES or \
-                self.buf.count(b"\n", 0, end) > MAX_FIELDS:
-            return None
-        raw = bytes(self.buf[:end])
-        del self.buf[:end + 1 + blank]
-        return parse_whole(raw)
-
-    def _blank_line(self) -> tuple[int, int, int] | None:
-        """Where the request line ends, where the last line before the blank one ends,
-        and the blank line's length (CRLF or LF); None while no blank line is buffered."""
-        buf = self.buf
-        first = buf.find(b"\n")
-        if first < 0:
-            return None
-        crlf, lf = buf.find(b"\n\r\n", first), buf.find(b"\n\n", first)
-        if crlf < 0 and lf < 0:
-            return None
-        return (first, crlf, 2) if lf < 0 or 0 <= crlf < lf else (first, lf, 1)
-
-    def _read_head_by_lines(self) -> Head | None:
         buf = self.buf
         pos = 0
         request_line: bytes | None = None
@@ -180,35 +138,16 @@ class Wire:
         while self.received < limit and self.fill():
             self.buf.clear()
 
-    def send(self, *parts: bytes | memoryview) -> None:
-        """Write ``parts`` whole, within the write timeout of each partial write (not
-        blocking: what the kernel does not take now goes to ``unsent``)."""
-        if not self.blocking:  # (an empty part costs nothing: ``_advance`` drops it)
-            self.unsent += parts
-            self._send_now()
-            return
-        views = [p for p in parts if p]
+    def send(self, *parts: bytes) -> None:
+        """Write ``parts`` whole, each partial write within the write timeout."""
+        views: list[bytes | memoryview] = [p for p in parts if p]
         while views:
             self.sock.settimeout(self._write_timeout)
-            _advance(views, self.sock.sendmsg(views))
-
-    def flush(self) -> None:
-        """Become blocking and write what the loop could not."""
-        self.blocking = True
-        views, self.unsent = self.unsent, []
-        self.send(*views)
-
-    def _send_now(self) -> None:
-        views = self.unsent
-        while views:
-            try:
-                sent = self.sock.sendmsg(views)
-            except (BlockingIOError, InterruptedError):
-                return
-            if sent == sum(map(len, views)):  # the common case: all of it at once
-                views.clear()
-                return
-            _advance(views, sent)
+            sent = self.sock.sendmsg(views)
+            while views and sent >= len(views[0]):
+                sent -= len(views.pop(0))
+            if sent:
+                views[0] = memoryview(views[0])[sent:]
 
 
 def _unread(sock: socket.socket) -> int:
@@ -222,17 +161,9 @@ def _unread(sock: socket.socket) -> int:
     return count[0]
 
 
-def _advance(views: list[bytes | memoryview], sent: int) -> None:
-    """Drop the ``sent`` bytes from the front of ``views``."""
-    while views and sent >= len(views[0]):
-        sent -= len(views.pop(0))
-    if sent:
-        views[0] = memoryview(views[0])[sent:]
-
-
 class Body(io.RawIOBase):
-    """A request's body: exactly Content-Length bytes; asks for them (100 Continue)
-    lazily."""
+    """A request's body: exactly Content-Length bytes; asks for them (``ask``: the
+    100 Continue) only when first read."""
 
     def __init__(self, wire: Wire, length: int, ask: Callable[[], None]):
         self._wire = wire

@@ -1,5 +1,5 @@
-"""The request head, read strictly, and the loopback ``Host`` rule: pure functions that
-any server can reuse (they never touch a socket).
+"""The one request-head parser, strict, and the loopback ``Host`` rule: pure functions
+(they never touch a socket; ``wire.Wire.read_head`` finds the lines and bounds them).
 
 ``parse_head`` accepts what RFC 9112 calls a well-formed head and nothing else: one
 request line ``METHOD SP /path SP HTTP/1.x``, then ``name: value`` fields of printable
@@ -9,8 +9,7 @@ header folding, space before the colon, a version that is not ``HTTP/<digit>.<di
 ``Content-Length`` repeated, not a plain decimal, or too long to be a length at all, and
 ``Transfer-Encoding`` (bodies are framed by ``Content-Length`` only, so a request that
 sends both can never be read two ways). A repeated ``Host`` is refused too.
-``parse_whole`` remembers the valid heads it parsed, by their exact bytes.
-Runs on: any thread (the memo's dict steps are atomic: a race only parses twice).
+Runs on: any connection thread (pure).
 """
 
 from __future__ import annotations
@@ -20,11 +19,12 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["MAX_FIELDS", "MAX_LENGTH_DIGITS", "BadHead", "Head", "loopback_host",
-           "parse_head", "parse_whole"]
+__all__ = ["MAX_FIELDS", "MAX_LENGTH_DIGITS", "READ_METHODS", "BadHead", "Head",
+           "loopback_host", "parse_head"]
 
 MAX_FIELDS = 100  # header fields in one head (http.client's limit)
 MAX_LENGTH_DIGITS = 18  # a longer Content-Length is over any limit (and int() may refuse it)
+READ_METHODS = frozenset({"GET", "HEAD"})  # what a read-only listener or read access allows
 
 _METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}")
 _NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -38,12 +38,6 @@ _GOOD_REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}) (/[\x21-\
                                 rb"HTTP/1\.([0-9])")
 _GOOD_FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\x20-\x7e\t]*?)[ \t]*")
 _IPV6_LOOPBACK = ipaddress.IPv6Address("::1")
-# A client sends the same head again and again (a keep-alive poller, a scraper, Podman):
-# valid heads of up to this many bytes are remembered, up to this many, then all are
-# forgotten at once (the bytes and their Heads: ~2 MiB at most, whatever clients send).
-MEMO_HEAD_BYTES = 1024
-MEMO_HEADS = 1024
-_parsed: dict[bytes, Head] = {}
 
 
 class BadHead(Exception):
@@ -67,9 +61,6 @@ class Head:
     content_length: int  # 0 when absent
     by_name: Mapping[str, list[str]] = field(default_factory=dict, repr=False,
                                              compare=False)  # lower-case name -> values
-
-    def get_all(self, name: str) -> list[str]:
-        return list(self.by_name.get(name.lower(), ()))
 
     def get(self, name: str) -> str | None:
         values = self.by_name.get(name.lower())
@@ -105,21 +96,6 @@ def parse_head(request_line: bytes, field_lines: Sequence[bytes]) -> Head:
     if len(by_name.get("host", ())) > 1:
         raise BadHead(400, "Host given more than once")
     return Head(method, target, version, fields, length, by_name)
-
-
-def parse_whole(raw: bytes) -> Head:
-    """``parse_head`` of a head given whole: its bytes up to the line end of its last
-    field (lines end in LF or CRLF). The same bytes give the same (immutable) ``Head``
-    object while it is remembered."""
-    head = _parsed.get(raw)
-    if head is None:
-        lines = [line[:-1] if line.endswith(b"\r") else line for line in raw.split(b"\n")]
-        head = parse_head(lines[0], lines[1:])
-        if len(raw) <= MEMO_HEAD_BYTES:
-            if len(_parsed) >= MEMO_HEADS:
-                _parsed.clear()
-            _parsed[raw] = head
-    return head
 
 
 def _strip_eol(line: bytes) -> bytes:

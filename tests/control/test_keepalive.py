@@ -1,11 +1,10 @@
-"""The listener's event loop on a real unix socket: which requests it answers itself,
-which move their connection to a thread, and that nothing is lost or reordered when a
-connection moves (pipelined requests, an answer the client is slow to take, a head cut
-short, a malformed head)."""
+"""Keep-alive connections on a real unix socket: answers in order whatever each request
+does (a read from memory, a plugin call, a fail-fast refusal, pipelined requests), the
+same request answered afresh, and no client held up by another (one blocked in the app,
+one slow to take its answer); a head cut short, a malformed head after a good one."""
 
 from __future__ import annotations
 
-import io
 import os
 import socket
 import threading
@@ -15,19 +14,14 @@ from collections.abc import Iterator
 import pytest
 
 from tests.control.conftest import build_app, fake_backed, serving
-from tests.control.helpers import ROOT, json_of, raw_exchange, status_of
+from tests.control.helpers import json_of, raw_exchange, status_of
 from tests.control.memory import MemoryCommands, view
 from tests.waiting import wait_until
-from volplugd.admission import Refusal
 from volplugd.control import make_app
 from volplugd.control.access import AccessPolicy
-from volplugd.control.head import MEMO_HEADS, parse_head, parse_whole
-from volplugd.control.site import Site
-from volplugd.control.sockio import Body, Wire
 from volplugd.model import PluginState
 
 HEALTH = b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n"
-LOOP, CONN = "control-loop", "control-conn"
 
 
 def _answers(sock: socket.socket, count: int) -> list[tuple[int, bytes]]:
@@ -51,12 +45,12 @@ def _answers(sock: socket.socket, count: int) -> list[tuple[int, bytes]]:
 
 
 @pytest.fixture
-def threads_seen(sockdir: str) -> Iterator[tuple[str, list[tuple[str, int, str]]]]:
-    """A live server whose app notes, per answer, (route, status, thread name)."""
-    seen: list[tuple[str, int, str]] = []
+def threads_seen(sockdir: str) -> Iterator[tuple[str, list[tuple[str, int]]]]:
+    """A live server whose app notes, per answer, (route, status)."""
+    seen: list[tuple[str, int]] = []
 
     def note(route: str, status: int) -> None:
-        seen.append((route, status, threading.current_thread().name))
+        seen.append((route, status))
 
     path = os.path.join(sockdir, "control.sock")
     with fake_backed(sockdir) as (cmds, _fakes):
@@ -66,10 +60,10 @@ def threads_seen(sockdir: str) -> Iterator[tuple[str, list[tuple[str, int, str]]
             yield path, seen
 
 
-def test_reads_from_memory_are_answered_on_the_loop_and_plugin_calls_on_a_thread(
-        threads_seen: tuple[str, list[tuple[str, int, str]]]) -> None:
-    """One keep-alive connection: reads on the loop until a plugin call moves it to a
-    thread, where it stays; every answer in order."""
+def test_reads_and_plugin_calls_share_one_keep_alive_connection(
+        threads_seen: tuple[str, list[tuple[str, int]]]) -> None:
+    """One keep-alive connection: reads from memory, a plugin call, a read again; every
+    answer in order."""
     path, seen = threads_seen
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(10)
@@ -78,15 +72,14 @@ def test_reads_from_memory_are_answered_on_the_loop_and_plugin_calls_on_a_thread
                        "/v1/plugins/demo/volumes", "/v1/health"):
             sock.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % target.encode())
             assert _answers(sock, 1)[0][0] == 200
-    assert seen == [("/v1/health", 200, LOOP), ("/v1/plugins/{name}", 200, LOOP),
-                    ("/v1/events", 200, LOOP), ("/v1/plugins/{name}/volumes", 200, CONN),
-                    ("/v1/health", 200, CONN)]
+    assert seen == [("/v1/health", 200), ("/v1/plugins/{name}", 200), ("/v1/events", 200),
+                    ("/v1/plugins/{name}/volumes", 200), ("/v1/health", 200)]
 
 
-def test_the_fail_fast_refusals_are_answered_on_the_loop(
-        threads_seen: tuple[str, list[tuple[str, int, str]]]) -> None:
-    """A volume read of a plugin that is not ready (409) or unknown (404) never waits,
-    so the loop answers it, and the connection stays on the loop."""
+def test_the_fail_fast_refusals_keep_the_connection(
+        threads_seen: tuple[str, list[tuple[str, int]]]) -> None:
+    """A volume read of a plugin that is not ready (409) or unknown (404) is answered at
+    once, and the connection serves the next request."""
     path, seen = threads_seen
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(10)
@@ -97,13 +90,14 @@ def test_the_fail_fast_refusals_are_answered_on_the_loop(
         (sick, body), (fresh, _), (nope, _), (health, _) = _answers(sock, 4)
     assert (sick, fresh, nope, health) == (409, 409, 404, 200)
     assert json_of(b"\r\n\r\n" + body)["error"]["code"] == "plugin_not_ready"
-    assert seen == [("/v1/plugins/{name}/volumes", 409, LOOP),
-                    ("/v1/plugins/{name}/volumes/{volume}/path", 409, LOOP),
-                    ("/v1/plugins/{name}/capabilities", 404, LOOP), ("/v1/health", 200, LOOP)]
+    assert seen == [("/v1/plugins/{name}/volumes", 409),
+                    ("/v1/plugins/{name}/volumes/{volume}/path", 409),
+                    ("/v1/plugins/{name}/capabilities", 404), ("/v1/health", 200)]
 
 
-def test_a_follow_stream_and_a_body_are_served_on_a_thread(
-        threads_seen: tuple[str, list[tuple[str, int, str]]]) -> None:
+def test_a_follow_stream_and_a_body_are_served_and_counted(
+        threads_seen: tuple[str, list[tuple[str, int]]]) -> None:
+    """A request with a body, then a follow stream whose head comes at once."""
     path, seen = threads_seen
     raw = raw_exchange(path, b"POST /v1/rescan HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
                              b"Connection: close\r\n\r\n")
@@ -113,15 +107,14 @@ def test_a_follow_stream_and_a_body_are_served_on_a_thread(
         sock.connect(path)
         sock.sendall(b"GET /v1/events?since=0&follow=1 HTTP/1.1\r\nHost: x\r\n\r\n")
         assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK\r\n")
-        wait_until(lambda: ("/v1/events", 200, CONN) in seen, timeout=10,
+        wait_until(lambda: ("/v1/events", 200) in seen, timeout=10,
                    message="the follow stream was not counted")
-    assert seen[0] == ("/v1/rescan", 200, CONN)
+    assert seen[0] == ("/v1/rescan", 200)
 
 
-def test_pipelined_requests_are_all_answered_in_order_on_the_loop(
-        threads_seen: tuple[str, list[tuple[str, int, str]]]) -> None:
-    """Many requests in one write: each answered, in order, by the loop (one per turn),
-    and the connection stays."""
+def test_pipelined_requests_are_all_answered_in_order(
+        threads_seen: tuple[str, list[tuple[str, int]]]) -> None:
+    """Many requests in one write: each answered, in order, and the connection stays."""
     path, seen = threads_seen
     count = 49
     targets = [b"/v1/plugins/demo" if i % 2 else b"/v1/plugins/nope" for i in range(count)]
@@ -136,19 +129,17 @@ def test_pipelined_requests_are_all_answered_in_order_on_the_loop(
                    for status, body in answers if status == 200)
         sock.sendall(HEALTH)
         assert _answers(sock, 1)[0][0] == 200
-    assert {thread for _, _, thread in seen} == {LOOP}
     assert len(seen) == count + 1
 
 
 def test_the_same_request_sent_again_is_answered_afresh(sockdir: str) -> None:
-    """A poller sends the same bytes again and again on its connection: the loop reuses
-    what it made of them (head, request), never the answer. Each time the app is asked
-    and counted, and sees the daemon as it is now; a request that must now wait moves
-    to a thread; a different request in between is its own."""
-    seen: list[tuple[str, int, str]] = []
+    """A poller sends the same bytes again and again on its connection: each time the
+    app is asked and counted, and sees the daemon as it is now; a different request in
+    between is its own."""
+    seen: list[tuple[str, int]] = []
 
     def note(route: str, status: int) -> None:
-        seen.append((route, status, threading.current_thread().name))
+        seen.append((route, status))
 
     path = os.path.join(sockdir, "control.sock")
     demo = b"GET /v1/plugins/demo HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -179,48 +170,47 @@ def test_the_same_request_sent_again_is_answered_afresh(sockdir: str) -> None:
     assert statuses == [(200, "ok"), (200, "stalled"), (200, "stalled")]
     assert (first, again) == ("ready", "unhealthy")
     assert (refused, listed) == (409, (200, b'{"volumes":[]}'))
-    assert seen == [("/v1/health", 200, LOOP)] * 3 + [("/v1/plugins/{name}", 200, LOOP)] * 2 + [
-        ("/v1/plugins/{name}/volumes", 409, LOOP), ("/v1/plugins/{name}/volumes", 200, CONN)]
+    assert seen == [("/v1/health", 200)] * 3 + [("/v1/plugins/{name}", 200)] * 2 + [
+        ("/v1/plugins/{name}/volumes", 409), ("/v1/plugins/{name}/volumes", 200)]
 
 
-def test_a_client_that_pipelines_waits_its_turn(sockdir: str) -> None:
-    """While the loop is held up (in the first request's metrics hook), one client
-    pipelines 40 requests and another sends one: the loop answers one request of each
-    ready connection per turn, so the lone request is not served after the 40."""
+def test_a_connection_held_in_the_app_holds_up_no_other(sockdir: str) -> None:
+    """While one request is held in the app (its metrics hook waits), another client
+    pipelines 40 requests and a third sends one: both are answered meanwhile."""
     seen: list[str] = []
     held, gate = threading.Event(), threading.Event()
 
     def note(route: str, status: int) -> None:
-        if not seen:
+        if route == "/v1/events":
             held.set()
-            gate.wait(10)  # the loop thread stops here until both clients have sent
+            gate.wait(10)  # this connection's thread stops here until the others are served
         seen.append(route)
 
     path = os.path.join(sockdir, "control.sock")
     with fake_backed(sockdir) as (cmds, _fakes):
         app = make_app(cmds, metrics=lambda: (b"x 1\n", "text/plain"), on_request=note,
                        version="9.9.9", started_at=time.time(), access=AccessPolicy())
-        with serving(app, path, read_timeout=10.0) as server, \
+        with serving(app, path, read_timeout=10.0), \
                 socket.socket(socket.AF_UNIX) as first, \
                 socket.socket(socket.AF_UNIX) as greedy, socket.socket(socket.AF_UNIX) as lone:
             for sock in (first, greedy, lone):
                 sock.settimeout(10)
                 sock.connect(path)
-            wait_until(lambda: server.connections == 3, timeout=10,
-                       message="the three connections were not accepted")
             first.sendall(b"GET /v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
             assert held.wait(10), "the first request never reached the app"
             greedy.sendall(40 * b"GET /v1/plugins/demo HTTP/1.1\r\nHost: x\r\n\r\n")
             lone.sendall(HEALTH)
-            gate.set()
-            assert _answers(lone, 1)[0][0] == 200
-            assert len(_answers(greedy, 40)) == 40
-    assert seen[0] == "/v1/events"
-    assert seen.index("/v1/health") <= 2  # after at most one of the greedy client's
+            try:
+                assert _answers(lone, 1)[0][0] == 200
+                assert len(_answers(greedy, 40)) == 40
+            finally:
+                gate.set()
+            assert _answers(first, 1)[0][0] == 200
+    assert seen[-1] == "/v1/events"
     assert seen.count("/v1/plugins/{name}") == 40
 
 
-def test_an_answer_the_client_does_not_read_never_holds_the_loop(
+def test_an_answer_the_client_does_not_read_holds_up_no_other(
         sockdir: str, commands: MemoryCommands) -> None:
     """A plugin list bigger than the socket buffers, to a client that does not read:
     other clients are answered meanwhile, and the list then arrives whole."""
@@ -233,7 +223,7 @@ def test_an_answer_the_client_does_not_read_never_holds_the_loop(
         slow.settimeout(30)
         slow.connect(path)
         slow.sendall(b"GET /v1/plugins HTTP/1.1\r\nHost: x\r\n\r\n" + HEALTH)
-        wait_until(lambda: server.connections == 1 and server.waiting == 0, timeout=10,
+        wait_until(lambda: server.connections == 1 and server.idle == 0, timeout=10,
                    message="the list was never taken up")
         for _ in range(3):
             raw = raw_exchange(path, HEALTH.replace(b"\r\n\r\n", b"\r\nConnection: close"
@@ -257,8 +247,8 @@ def test_a_head_cut_short_by_the_client_gets_400(sockdir: str,
 
 def test_a_malformed_head_after_a_good_one_gets_its_4xx_after_the_good_answer(
         sockdir: str, commands: MemoryCommands) -> None:
-    """Read on the loop, refused by a thread: the first answer, then the 400, then the
-    close; the server serves others after."""
+    """Pipelined: the first answer, then the 400, then the close; the server serves
+    others after."""
     path = os.path.join(sockdir, "c.sock")
     with serving(build_app(commands), path):
         raw = raw_exchange(path, HEALTH + b"G\x00T / HTTP/1.1\r\n\r\n")
@@ -268,60 +258,3 @@ def test_a_malformed_head_after_a_good_one_gets_its_4xx_after_the_good_answer(
         assert rest.endswith(b'{"error":{"code":"invalid_request",'
                              b'"message":"the method must be a token"}}')
         assert status_of(raw_exchange(path, HEALTH, half_close=True)) == 200
-
-
-@pytest.mark.parametrize(("method", "target", "inline"), [
-    ("GET", "/v1/health", True),
-    ("HEAD", "/v1/plugins", True),
-    ("GET", "/v1/plugins/demo", True),
-    ("GET", "/v1/events?since=4", True),
-    ("GET", "/v1/events?since=4&follow=1", False),
-    ("GET", "/metrics", False),  # a render takes milliseconds: never on the loop
-    ("GET", "/openapi.json", True),
-    ("GET", "/v1/plugins/demo/volumes", True),  # its fail-fast answer; else MustWait
-    ("GET", "/v1/plugins/demo/capabilities", True),
-    ("GET", "/v1/plugins/demo/volumes/v/path", True),
-    ("GET", "/v1/plugins/demo/volumes/v/mount", False),
-    ("GET", "/v1/%70lugins", False),  # matches once decoded: served on a thread
-    ("GET", "/nowhere", False),
-])
-def test_which_routes_the_app_answers_from_memory(commands: MemoryCommands, method: str,
-                                                  target: str, inline: bool) -> None:
-    app = build_app(commands)
-    assert app.runs_inline(method, target) is inline
-
-
-def test_what_the_site_works_out_once_per_head_is_given_to_each_request(
-        commands: MemoryCommands) -> None:
-    """``Site`` remembers, per head object, whether the loop may answer it and what its
-    request line says; each request still gets a ``Request`` of its own, with its own
-    body, peer and hooks (its params read-only), and a head that merely looks alike is
-    worked out on its own."""
-    app = build_app(commands)
-    site = Site(app=app, read_timeout=5.0, read_only=False, stopping=threading.Event(),
-                follow_slot=lambda peer, groups: Refusal.FULL, may_keep_alive=lambda: True,
-                set_idle=lambda sock, idle: True, app_inline=app.runs_inline)
-    get = parse_whole(b"get /v1/plugins/demo?x=1 HTTP/1.1\r\nHost: a")
-    ours, theirs = socket.socketpair()
-    with ours, theirs:
-        body = Body(Wire(ours, 5.0), 0, lambda: None)
-        first = site.request(get, body, ROOT, frozenset({0}), inline=True,
-                             disconnected=lambda: None)
-        with pytest.raises(TypeError):  # read-only: the app's route memo hands them out
-            first.params["name"] = "changed"  # type: ignore[index]
-        second = site.request(get, io.BytesIO(), None, frozenset(), inline=False,
-                              disconnected=lambda: "hung_up")
-    assert (first.body, first.peer, first.inline, first.disconnected()) == (
-        body, ROOT, True, None)
-    assert (second.peer, second.groups, second.inline, second.disconnected()) == (
-        None, frozenset(), False, "hung_up")
-    assert (second.method, second.path, second.query_string) == ("GET", "/v1/plugins/demo", "x=1")
-    assert (second.params, second.content_length, second.stopping) == ({}, 0, site.stopping)
-    assert not site.inline(get)  # "get" is not a read method to the server
-    get = parse_whole(b"GET /v1/plugins/demo?x=1 HTTP/1.1\r\nHost: a")
-    assert site.inline(get)
-    posted = parse_head(b"GET /v1/plugins/demo HTTP/1.1", [b"Content-Length: 3"])
-    assert not site.inline(posted)  # a body is read on a thread
-    for i in range(MEMO_HEADS + 5):
-        site.inline(parse_head(b"GET /v1/plugins/p%d HTTP/1.1" % i, []))
-    assert len(site._prepared) <= MEMO_HEADS
