@@ -9,7 +9,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -120,23 +120,11 @@ def test_a_bus_that_closes_at_once_is_unreachable(short_tmp: Path) -> None:
     """A socket that reads the authentication and closes: UnitsUnreachable, the bus
     closed the connection."""
     path = str(short_tmp / "closing")
-    server = socket.socket(socket.AF_UNIX)
-    server.bind(path)
-    server.listen(8)
 
-    def close_each() -> None:
-        conn, _ = server.accept()
+    def close_at_once(conn: socket.socket) -> None:
         conn.recv(1024)
-        conn.close()
 
-    thread = threading.Thread(target=close_each)
-    thread.start()
-    try:
-        with pytest.raises(UnitsUnreachable) as caught:
-            SystemdManager(path).restart_unit("x.service", 5)
-    finally:
-        thread.join()
-        server.close()
+    caught = _restart_against(path, close_at_once)
     assert str(caught.value) == (f"restart x.service: the system bus is unreachable: {path}: "
                                  "authenticating: the bus closed the connection")
 
@@ -169,20 +157,34 @@ def test_a_bus_that_answers_garbage_is_unreachable(short_tmp: Path) -> None:
     """A "bus" that accepts the authentication, then sends bytes that are no D-Bus
     message: UnitsUnreachable, malformed message; nothing else escapes."""
     path = str(short_tmp / "garbage")
+
+    def answer_garbage(conn: socket.socket) -> None:
+        conn.recv(1024)  # the NUL and AUTH EXTERNAL
+        conn.sendall(b"OK 0123456789abcdef0123456789abcdef\r\n")
+        conn.recv(1024)  # BEGIN, Hello
+        conn.sendall(b"X" * 64)  # no endianness mark D-Bus knows
+        conn.recv(1024)
+
+    caught = _restart_against(path, answer_garbage)
+    assert str(caught.value) == (
+        f"restart x.service: the system bus is unreachable: {path}: Hello: the bus sent a "
+        "malformed message (KeyError)")
+
+
+def _restart_against(path: str, serve: Callable[[socket.socket], None]
+                     ) -> pytest.ExceptionInfo[UnitsUnreachable]:
+    """``restart_unit`` against a stand-in "bus" at ``path`` whose one connection
+    ``serve`` plays (then closes); the UnitsUnreachable it must end in."""
     server = socket.socket(socket.AF_UNIX)
     server.bind(path)
     server.listen(8)
 
-    def answer_garbage() -> None:
+    def serve_one() -> None:
         conn, _ = server.accept()
         with conn:
-            conn.recv(1024)  # the NUL and AUTH EXTERNAL
-            conn.sendall(b"OK 0123456789abcdef0123456789abcdef\r\n")
-            conn.recv(1024)  # BEGIN, Hello
-            conn.sendall(b"X" * 64)  # no endianness mark D-Bus knows
-            conn.recv(1024)
+            serve(conn)
 
-    thread = threading.Thread(target=answer_garbage)
+    thread = threading.Thread(target=serve_one)
     thread.start()
     try:
         with pytest.raises(UnitsUnreachable) as caught:
@@ -190,6 +192,4 @@ def test_a_bus_that_answers_garbage_is_unreachable(short_tmp: Path) -> None:
     finally:
         thread.join()
         server.close()
-    assert str(caught.value) == (
-        f"restart x.service: the system bus is unreachable: {path}: Hello: the bus sent a "
-        "malformed message (KeyError)")
+    return caught
