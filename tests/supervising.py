@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from volplugd.config import Settings
+from volplugd.registrations import Book
 from volplugd.registry import Registry
 from volplugd.supervisor import Supervisor
 
@@ -21,6 +22,15 @@ def plugins_dir(short_tmp: Path) -> Path:
     path = short_tmp / "plugins"
     path.mkdir(exist_ok=True)
     return path
+
+
+@pytest.fixture
+def book() -> Iterator[Book]:
+    """An empty book (its clock stands at 1 s); its records' clients closed after."""
+    subject = Book(Registry(), clock=lambda: 1.0)
+    yield subject
+    for r in subject:
+        r.client.close()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ eviction as one pop, and a publish that shows exactly the records."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import pytest
 
@@ -24,14 +23,6 @@ def record(name: str, token: int) -> Registration:
                          FileIdentity(1, token, 100), ())
     return Registration(policy.register(want, token, 0.0),
                         PluginClient(name, want.address), Slots(4))
-
-
-@pytest.fixture
-def book() -> Iterator[Book]:
-    subject = Book(Registry(), clock=lambda: 1.0)
-    yield subject
-    for r in subject:
-        r.client.close()
 
 
 def test_due_records_pop_in_time_order_and_replaced_times_are_skipped(book: Book) -> None:

@@ -3,22 +3,10 @@ found has been tried or is gone; once, with the snapshot published first."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from tests.test_registrations import record
 from volplugd.registrations import Book, Registration
 from volplugd.registry import Registry
 from volplugd.startup import Startup
-
-
-@pytest.fixture
-def book() -> Iterator[Book]:
-    subject = Book(Registry(), clock=lambda: 1.0)
-    yield subject
-    for r in subject:
-        r.client.close()
 
 
 def _added(book: Book, *records: Registration) -> tuple[Registration, ...]:
