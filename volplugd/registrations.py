@@ -31,6 +31,7 @@ from volplugd.log import get_logger
 from volplugd.model import EventType, PluginState, PluginView
 from volplugd.plugin.client import PluginClient
 from volplugd.registry import PendingEvent, Registry
+from volplugd.supervision.identity import ProcessInfo
 
 __all__ = ["Book", "Registration", "Slots"]
 
@@ -105,6 +106,7 @@ class Registration:
     serving: float | None = None  # the due time its call in flight serves (None: no call)
     second_chance: bool = False  # refused once right after discovery, retried soon
     waiters: list[Future[PluginView]] = field(default_factory=list)
+    process: ProcessInfo | None = None  # who serves it, from the kernel (None: not known)
 
     @property
     def name(self) -> str:
