@@ -656,7 +656,7 @@ def test_completion_of_commands_subcommands_and_flags() -> None:
                                                     "mount", "unmount"]
     assert complete("volplugctl", "events", "--f") == ["--follow"]
     assert complete("volplugctl", "volume", "mount", "p", "v", "--i") == ["--id"]
-    assert complete("volplugctl", "ls", "--state", "r") == ["ready", "rejected"]
+    assert complete("volplugctl", "ls", "--state", "r") == ["ready", "restarting", "rejected"]
     assert complete("volplugctl", "ls", "--state", "=", "u") == ["unhealthy"]
     assert complete("volplugctl", "--v") == ["--version"]
 

@@ -92,7 +92,7 @@ def text(metrics: Metrics) -> str:
 
 
 def test_build_info_and_every_state_count_exist_with_no_plugins() -> None:
-    """An empty daemon still exports build_info and all four state counts at 0."""
+    """An empty daemon still exports build_info and every state count at 0."""
     m, _ = make()
     assert m.registry.get_sample_value("volplugd_build_info", {"version": "1.2.3"}) == 1
     for state in PluginState:
@@ -103,7 +103,7 @@ def test_plugin_gauges_follow_the_snapshot() -> None:
     """plugins{state}, plugin_up, plugin_state and last success come from the snapshot."""
     m, _ = make(every_state())
     get = m.registry.get_sample_value
-    assert [get("volplugd_plugins", {"state": s.value}) for s in PluginState] == [1, 2, 1, 1]
+    assert [get("volplugd_plugins", {"state": s.value}) for s in PluginState] == [1, 2, 1, 0, 1]
     assert get("volplugd_plugin_up", {"plugin": "b-ready"}) == 1
     assert get("volplugd_plugin_up", {"plugin": HOSTILE}) == 1
     for name in ("a-activating", "c-unhealthy", "d-rejected"):
@@ -482,7 +482,7 @@ def test_status_page_shows_version_counts_plugins_and_metrics_link() -> None:
     """The page names the version, counts by state, one row per plugin, and links /metrics."""
     page = status_page(every_state(), "1.2.3").decode()
     assert "Version 1.2.3" in page
-    assert "activating: 1 · ready: 2 · unhealthy: 1 · rejected: 1" in page
+    assert "activating: 1 · ready: 2 · unhealthy: 1 · restarting: 0 · rejected: 1" in page
     assert page.count("<tr><td>") == 5
     assert '<a href="metrics">' in page
     assert "timeout after 5s" in page

@@ -26,7 +26,8 @@ def test_publish_encodes_each_view_once_and_counts_states() -> None:
     second = reg.publish(views(a, view("b")), changed={"b"})
     assert second.encoded["a"] is first.encoded["a"]
     assert second.encoded["b"] != first.encoded["b"]
-    assert dict(second.counts) == {"activating": 0, "ready": 2, "unhealthy": 0, "rejected": 0}
+    assert dict(second.counts) == {"activating": 0, "ready": 2, "unhealthy": 0,
+                                   "restarting": 0, "rejected": 0}
     assert second.generation == first.generation + 1
 
 
@@ -132,7 +133,7 @@ def test_incremental_publish_recounts_and_reencodes_only_changed_names() -> None
     second = reg.publish(views(a, b2, view("d", PluginState.REJECTED)), changed={"b", "c", "d"})
     full = Registry().publish(views(a, b2, view("d", PluginState.REJECTED)))
     assert dict(second.counts) == dict(full.counts) == {
-        "activating": 0, "ready": 2, "unhealthy": 0, "rejected": 1}
+        "activating": 0, "ready": 2, "unhealthy": 0, "restarting": 0, "rejected": 1}
     assert dict(second.encoded) == dict(full.encoded)
     assert second.encoded["a"] is first.encoded["a"]
     assert second.plugins_json() == full.plugins_json()

@@ -26,6 +26,7 @@ class PluginState(StrEnum):
     ACTIVATING = "activating"
     READY = "ready"
     UNHEALTHY = "unhealthy"
+    RESTARTING = "restarting"
     REJECTED = "rejected"
 
 

@@ -260,6 +260,7 @@ class Book:
 _STATE_EVENTS = {
     PluginState.READY: "plugin_ready",
     PluginState.UNHEALTHY: "plugin_unhealthy",
+    PluginState.RESTARTING: "plugin_restarting",
     PluginState.REJECTED: "plugin_rejected",
     PluginState.ACTIVATING: "plugin_activating",
 }

@@ -23,6 +23,7 @@ _CSS = (
     "table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:.25em .6em;"
     "text-align:left;vertical-align:top}th{background:#f4f4f4;white-space:nowrap}"
     ".ready{color:#1a7f37}.unhealthy{color:#c62828}.activating{color:#9a6700}"
+    ".restarting{color:#0969da}"
     ".rejected{color:#666}td.err{font-family:monospace;white-space:pre-wrap;max-width:40em}"
 )
 

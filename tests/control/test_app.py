@@ -39,7 +39,8 @@ def test_health_reports_version_uptime_and_counts(app) -> None:  # type: ignore[
     assert doc["status"] == "ok"
     assert doc["version"] == "9.9.9"
     assert doc["uptime_seconds"] >= 0
-    assert doc["plugins"] == {"activating": 1, "ready": 1, "unhealthy": 1, "rejected": 0}
+    assert doc["plugins"] == {"activating": 1, "ready": 1, "unhealthy": 1, "restarting": 0,
+                              "rejected": 0}
 
 
 def test_health_says_stalled_when_the_supervisor_loop_stopped_running(
@@ -68,7 +69,7 @@ def test_plugins_state_filter(app) -> None:  # type: ignore[no-untyped-def]
     bad = call(app, "GET", "/v1/plugins?state=dead")
     assert bad.status == 400
     assert bad.error == ("invalid_request",
-                         "state: must be one of activating, ready, unhealthy, rejected")
+                         "state: must be one of activating, ready, unhealthy, restarting, rejected")
 
 
 def test_plugin_by_name_and_unknown(app) -> None:  # type: ignore[no-untyped-def]

@@ -27,7 +27,7 @@ __all__ = ["DEFAULT_SOCKET", "SOCKET_ENV", "build_parser", "main", "socket_path"
 
 DEFAULT_SOCKET = "/run/volplugd/control.sock"
 SOCKET_ENV = "VOLPLUGD_SOCKET"
-STATES = ("activating", "ready", "unhealthy", "rejected")
+STATES = ("activating", "ready", "unhealthy", "restarting", "rejected")
 
 
 def option(text: str) -> tuple[str, str]:

@@ -24,7 +24,8 @@ __all__ = ["ago", "event_line", "fields", "paint", "printable", "table", "termin
            "truncate", "use_color"]
 
 STATE_COLORS: Mapping[str, str] = {  # SGR codes, as docker/podman-like tools colour them
-    "ready": "32", "unhealthy": "31", "activating": "33", "rejected": "35",
+    "ready": "32", "unhealthy": "31", "activating": "33", "restarting": "36",
+    "rejected": "35",
 }
 COLUMN_GAP = "   "
 MIN_FLEX_WIDTH = 12  # a truncated column keeps at least this many characters
