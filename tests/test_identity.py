@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests import pidns
+from volplugd import safefs
 from volplugd.supervision import identity
 from volplugd.supervision.cgroup import placement
 from volplugd.supervision.identity import (
@@ -132,7 +133,7 @@ def test_a_long_path_is_reached_through_its_folder(short_tmp: Path) -> None:
     finally:
         server.close()
         os.close(folder)
-    assert (len(str(deep / "p.sock")) > identity.MAX_UNIX_PATH, info.pid) == (True, os.getpid())
+    assert (len(str(deep / "p.sock")) > safefs.MAX_UNIX_PATH, info.pid) == (True, os.getpid())
 
 
 LISTENER_EXITS = """

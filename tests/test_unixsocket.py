@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from volplugd import unixsocket
+from volplugd import safefs, unixsocket
 from volplugd.safefs import Folder
 from volplugd.unixsocket import AddressKept, listen_unix, replaceable, staging_name
 
@@ -81,7 +81,7 @@ def test_on_failure_no_file_is_left(short_tmp: Path, folder: Folder,
 def test_a_name_of_any_length_binds_through_the_descriptor(short_tmp: Path,
                                                            folder: Folder) -> None:
     """The staging path is short whatever the name: a path at the limit binds too."""
-    name = "x" * (unixsocket.MAX_UNIX_PATH - len(str(short_tmp)) - 1)
+    name = "x" * (safefs.MAX_UNIX_PATH - len(str(short_tmp)) - 1)
     path = str(short_tmp / name)
     with listen_unix(folder, name, 0o600, None, 8), socket.socket(socket.AF_UNIX) as client:
         client.connect(path)

@@ -37,9 +37,10 @@ import stat
 
 from volplugd.plugin.text import safe_text
 
-__all__ = ["Folder", "NotAFile", "UnsafeFolder", "folder_problem", "inside", "mode_text",
-           "same_folder", "temp_name", "writers"]
+__all__ = ["MAX_UNIX_PATH", "Folder", "NotAFile", "UnsafeFolder", "folder_problem", "inside",
+           "mode_text", "same_folder", "temp_name", "writers"]
 
+MAX_UNIX_PATH = 107  # sun_path is 108 bytes with the terminating NUL: the one limit
 _WRITABLE = stat.S_IWGRP | stat.S_IWOTH
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 

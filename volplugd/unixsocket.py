@@ -21,12 +21,11 @@ import os
 import socket
 import stat
 
-from volplugd.safefs import Folder
+from volplugd.safefs import MAX_UNIX_PATH, Folder
 
 __all__ = ["MAX_UNIX_PATH", "AddressKept", "GroupRefused", "group_id", "listen_unix",
            "replaceable", "staging_name"]
 
-MAX_UNIX_PATH = 107  # sun_path is 108 bytes with the terminating NUL
 
 
 def group_id(group: str) -> int:

@@ -10,7 +10,7 @@ Runs on: the main thread (start-up and SIGHUP reload).
 
 from __future__ import annotations
 
-from volplugd.config.checks import UNIX_PATH_MAX, ConfigError, parse_listen
+from volplugd.config.checks import ConfigError, parse_listen
 from volplugd.config.folders import check_folders, written_folders
 from volplugd.config.loading import load_settings, settings_to_dict, settings_to_toml
 from volplugd.config.settings import (
@@ -41,7 +41,6 @@ __all__ = [
     "LOG_LEVELS",
     "PROBE_ENDPOINTS",
     "TIMEOUT_KEYS",
-    "UNIX_PATH_MAX",
     "ConfigError",
     "ControlSettings",
     "DiscoverySettings",

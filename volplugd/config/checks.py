@@ -16,8 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from volplugd.config.tomlwriter import toml_value
-
-UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
+from volplugd.safefs import MAX_UNIX_PATH
 
 Check = Callable[[str, Any], object]
 
@@ -103,8 +102,8 @@ def path(key: str, value: object) -> str:
 def socket_path(key: str, value: object) -> str:
     checked = path(key, value)
     size = len(checked.encode())
-    if size > UNIX_PATH_MAX:
-        raise ConfigError(key, f"must be at most {UNIX_PATH_MAX} bytes long, got {size}")
+    if size > MAX_UNIX_PATH:
+        raise ConfigError(key, f"must be at most {MAX_UNIX_PATH} bytes long, got {size}")
     return checked
 
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from volplugd.plugin.text import from_bytes
+from volplugd.safefs import MAX_UNIX_PATH
 from volplugd.supervision.cgroup import Container, placement
 from volplugd.supervision.pidfd import PidFd
 
@@ -47,7 +48,6 @@ __all__ = ["ListenerChanged", "NotListening", "OtherPidNamespace", "ProcessGone"
            "ProcessInfo", "ProcessUnknown", "SocketUnitLookup", "identify"]
 
 SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)  # Linux 6.5; Python 3.11 lacks the name
-MAX_UNIX_PATH = 107
 COMMAND_LIMIT = 1024  # bytes of the command line kept, marker included
 _CREDS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _PROC_READ_LIMIT = 64 * 1024
