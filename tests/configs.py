@@ -8,7 +8,9 @@ overriding them by name (``fast(failure_threshold=1)``), never by a copy of the 
 
 from __future__ import annotations
 
-__all__ = ["FAST", "PATIENT", "fast"]
+import os
+
+__all__ = ["FAST", "PATIENT", "fast", "gateway"]
 
 
 def fast(*, interval: float = 0.3, timeout: float = 0.3, failure_threshold: int = 2,
@@ -27,3 +29,18 @@ FAST = fast()
 #: Tests whose plugins are hostile or many (slower answers are expected, one failure
 #: makes a plugin unhealthy): longer intervals and deadlines, still quick.
 PATIENT = fast(interval=0.5, timeout=0.5, failure_threshold=1, activate=1.0, default=2.0)
+
+
+def gateway(tmp: str | os.PathLike[str], *, specs: str, dropin: str | None = None,
+            via_gateway: bool = False) -> str:
+    """TOML of a daemon with the gateway on (sockets in ``TMP/gw``, Docker spec files in
+    ``TMP/SPECS``) and, with ``dropin`` (a path below ``TMP``), the Podman drop-in;
+    probes every 0.2 s, one failure makes a plugin unhealthy."""
+    text = ("[probe]\ninterval = 0.2\ntimeout = 0.2\nfailure_threshold = 1\n"
+            f'[gateway]\nenabled = true\ndir = "{tmp}/gw"\nmode = "0600"\n'
+            f'docker_specs = true\ndocker_spec_dir = "{tmp}/{specs}"\n')
+    if dropin is not None:
+        text += f'[podman]\nenabled = true\ndropin = "{tmp}/{dropin}"\n'
+        if via_gateway:
+            text += "via_gateway = true\n"
+    return text

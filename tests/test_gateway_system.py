@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import configs
 from tests.fakeplugin import FakePlugin
 from tests.fakeplugin import behaviours as b
 from tests.harness import Daemon, call
@@ -23,22 +24,8 @@ pytestmark = pytest.mark.system
 
 
 def _config(tmp: Path) -> str:
-    return f"""
-[probe]
-interval = 0.2
-timeout = 0.2
-failure_threshold = 1
-[gateway]
-enabled = true
-dir = "{tmp}/gw"
-mode = "0600"
-docker_specs = true
-docker_spec_dir = "{tmp}/docker-specs"
-[podman]
-enabled = true
-dropin = "{tmp}/containers.conf.d/50-volplugd.conf"
-via_gateway = true
-"""
+    return configs.gateway(tmp, specs="docker-specs",
+                           dropin="containers.conf.d/50-volplugd.conf", via_gateway=True)
 
 
 def _listed(tmp: Path) -> dict[str, str]:

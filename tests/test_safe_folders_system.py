@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import configs
 from tests.fakeplugin import FakePlugin
 from tests.harness import Daemon
 from tests.test_gateway import Client
@@ -28,21 +29,7 @@ DROPIN = "50-volplugd.conf"
 
 
 def _config(tmp: Path, *, podman: bool = True) -> str:
-    text = f"""
-[probe]
-interval = 0.2
-timeout = 0.2
-failure_threshold = 1
-[gateway]
-enabled = true
-dir = "{tmp}/gw"
-mode = "0600"
-docker_specs = true
-docker_spec_dir = "{tmp}/specs"
-"""
-    if podman:
-        text += f'[podman]\nenabled = true\ndropin = "{tmp}/conf.d/{DROPIN}"\n'
-    return text
+    return configs.gateway(tmp, specs="specs", dropin=f"conf.d/{DROPIN}" if podman else None)
 
 
 class Secret:
