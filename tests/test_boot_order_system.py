@@ -177,14 +177,38 @@ def test_engine_starts_only_after_a_slow_plugin_is_ready(box: Container, engine:
     engine_answers(box, engine)
 
 
-def short_timeout(box: Container, engine: str) -> None:
-    """The engine's copy of the drop-in, with ``--timeout 2s`` instead of 60s."""
+def edit_copy(box: Container, engine: str, tail: str) -> None:
+    """The engine's copy of the drop-in, its ``--timeout 60s`` replaced by ``tail``, as an
+    operator edits it (docs/install.md)."""
     text = box.run(["cat", SHIPPED]).stdout
     shipped = f"ExecStartPre=-{VOLPLUGCTL} wait --timeout 60s\n"
     assert text.count(shipped) == 1
     box.write(f"/etc/systemd/system/{engine}.d/volplugd-wait.conf",
-              text.replace(shipped, shipped.replace("60s", "2s")))
+              text.replace(shipped, shipped.replace("--timeout 60s", tail)))
     box.systemctl("daemon-reload")
+
+
+def short_timeout(box: Container, engine: str) -> None:
+    edit_copy(box, engine, "--timeout 2s")
+
+
+def test_a_named_plugin_is_waited_for_before_it_appears(box: Container, engine: str) -> None:
+    """With the plugin's name added, the engine waits for a plugin that volplugd does not
+    know yet (no socket file at all), and starts once it has appeared and is ready."""
+    edit_copy(box, engine, "--timeout 60s slow")
+    cursor = box.cursor()
+    box.systemctl("start", "--no-block", engine)
+    box.wait_for(lambda: box.show(engine, "SubState") == "start-pre",
+                 message=f"{engine} in ExecStartPre=")
+    assert box.show(SERVICE, "ActiveState") == "active"
+    assert state(box, "slow") is None
+    assert box.show(engine, "SubState") == "start-pre"
+    start_plugin(box)
+    box.wait_for(lambda: box.show(engine, "ActiveState") == "active", timeout=90.0,
+                 message=f"{engine} active")
+    assert start_pre(box, engine) == "code=exited ; status=0"
+    assert "volplugctl: slow: ready" in messages(box, cursor, engine)
+    engine_answers(box, engine)
 
 
 def test_timeout_starts_the_engine_anyway(box: Container, engine: str) -> None:
