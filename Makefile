@@ -90,6 +90,12 @@ install:
 	for u in volplugd.service volplugd.socket; do \
 	  sed "s|/opt/volplugd/|$(PREFIX)/|g" systemd/$$u > $(DESTDIR)$(UNITDIR)/$$u && \
 	  chmod 0644 $(DESTDIR)$(UNITDIR)/$$u || exit 1; done
+	@# The drop-in that starts docker.service/podman-restart.service after the plugins; the
+	@# operator copies it into place (docs/install.md, "Order at boot").
+	install -d $(DESTDIR)$(PREFIX)/share/volplugd/systemd
+	sed "s|/opt/volplugd/|$(PREFIX)/|g" systemd/volplugd-wait.conf \
+	  > $(DESTDIR)$(PREFIX)/share/volplugd/systemd/volplugd-wait.conf
+	chmod 0644 $(DESTDIR)$(PREFIX)/share/volplugd/systemd/volplugd-wait.conf
 	install -D -m 0644 docs/install.md $(DESTDIR)$(PREFIX)/share/doc/volplugd/install.md
 	install -d $(DESTDIR)$(BINDIR)
 	ln -sfn $(PREFIX)/bin/volplugd $(DESTDIR)$(BINDIR)/volplugd
