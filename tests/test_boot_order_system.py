@@ -259,9 +259,8 @@ def test_mute_volplugd_starts_the_engine_after_the_timeout(box: Container, engin
     box.systemctl("start", engine)
     assert box.show(engine, "ActiveState") == "active"
     assert start_pre(box, engine) == "code=exited ; status=1"
-    mute = re.compile(r"volplugctl: volplugctl: timeout: volplugd did not answer within "
-                      r"(2|1\.9\d*)s")
-    assert [line for line in messages(box, cursor, engine) if mute.fullmatch(line)] != []
+    mute = "volplugctl: volplugctl: timeout: volplugd did not answer within 2s"
+    assert mute in messages(box, cursor, engine)
     assert box.show(SOCKET, "ActiveState") == "active"
     engine_answers(box, engine)
 

@@ -741,6 +741,17 @@ def test_wait_without_a_daemon_exits_3(short_tmp: Path) -> None:
                    f"{HINT}\n")
 
 
+def test_wait_on_a_daemon_that_never_answers_names_the_whole_timeout(short_tmp: Path) -> None:
+    """A socket that listens but never answers: exit 1 once --timeout has passed, and the
+    line names the --timeout given (not what was left of it at the last look)."""
+    path = str(short_tmp / "mute.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as mute:
+        mute.bind(path)
+        mute.listen(8)
+        assert run(path, "wait", "--timeout", "300ms", "a") == (
+            1, "", "volplugctl: timeout: volplugd did not answer within 0.3s\n")
+
+
 def test_wait_passes_on_a_daemon_error(canned: Canned) -> None:
     """An error answer (here 403) is exit 1 with its code, not a wait until the timeout."""
     canned.on("GET", "/v1/plugins", Answer(403, {"error": {"code": "forbidden",

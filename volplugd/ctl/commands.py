@@ -11,7 +11,7 @@ import argparse
 import time
 from collections.abc import Iterator, Sequence
 
-from volplugd.ctl.client import Client, Unreachable, decode, one_line, quote
+from volplugd.ctl.client import Client, DaemonError, Unreachable, decode, one_line, quote
 from volplugd.ctl.render import ago, event_line, fields, printable, table
 
 TYPE_CHECKING = False  # typing costs ~3 ms at start-up: the types are for mypy only
@@ -133,7 +133,13 @@ def cmd_wait(ctx: Context, args: argparse.Namespace) -> int:
     deadline = time.monotonic() + timeout
     while True:
         ctx.client.timeout = max(deadline - time.monotonic(), WAIT_POLL)
-        data = ctx.client.call("GET", "/v1/plugins")
+        try:
+            data = ctx.client.call("GET", "/v1/plugins")
+        except DaemonError as err:  # the client names what was left of the timeout
+            if err.code == "timeout":
+                raise DaemonError("timeout", f"volplugd did not answer within {timeout:g}s"
+                                  ) from None
+            raise
         waited, pending = _waited(decode(data)["plugins"], args.names)
         if not pending:
             _print_ready(ctx, data, waited)
