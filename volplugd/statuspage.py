@@ -46,7 +46,8 @@ def status_page(snapshot: Snapshot, version: str) -> bytes:
         f'<a href="metrics">Metrics</a></p>'
         f"<p>{counts}{updated}</p>"
         "<table><thead><tr><th>Plugin</th><th>State</th><th>Address</th><th>Process</th>"
-        f"<th>Last probe</th><th>Last error</th></tr></thead><tbody>{rows}</tbody></table></body></html>\n"
+        "<th>Last probe</th><th>Last error</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table></body></html>\n"
     )
     return page.encode()
 
