@@ -149,10 +149,18 @@ def lookup(name: str, token: int, path: str, systemd: Systemd) -> Identified:
         return Identified(name, token, None, problem=err.reason)
     except OSError as err:  # volplugd itself lacks something (EMFILE)
         return Identified(name, token, None, problem=f"cannot identify: {err.strerror}")
-    if info.socket_unit is None or info.unit is None:
+    if not _service_manager(info):
         return Identified(name, token, info, pidfd)
     pidfd.close()  # the service manager's: it never exits for us
+    if info.socket_unit is None or info.unit is None:  # systemd did not say which unit
+        return Identified(name, token, info)
     return _main_process(name, token, info, systemd)
+
+
+def _service_manager(info: ProcessInfo) -> bool:
+    """The listener is systemd itself: the plugin is socket-activated."""
+    return info.pid == 1 or info.socket_unit is not None or any(
+        problem.startswith("socket-activated:") for problem in info.problems)
 
 
 def _main_process(name: str, token: int, info: ProcessInfo,
