@@ -271,7 +271,8 @@ class Lifecycle:
             self._book.at(record, policy.suspect_due(due, now))
         else:
             self._book.at(record, policy.probe_due(due, settings.interval, now))
-        if label == "success" and (exited is not None or recovered):
+        unwatched = self._processes.watched(record.name, record.token) is None
+        if label == "success" and (exited is not None or (recovered and unwatched)):
             self._identify(record)  # the socket was handed on, or it is back: who now?
 
     # --- who serves a plugin, and suspicion ----------------------------------------------
