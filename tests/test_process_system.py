@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,43 @@ def test_a_plugin_hanging_on_everything_is_unhealthy_after_threshold_suspect_pro
         fp.stop()
         thread.join(30)
     assert answer
+    assert answer[0][0] in (502, 504)
+
+
+def test_a_suspects_probe_replaces_a_slower_regular_probe_in_flight(
+        daemon: Callable[..., Daemon], fakes_at: Callable[..., FakePlugin]) -> None:
+    """A probe asked for (POST .../probe) more than a second after a Create began hangs
+    with its 5 s deadline; when the Create turns the plugin suspect, that probe is dropped
+    for a suspect's (1 s): four probes reach the plugin, three count, and the one asked
+    for is answered with the first suspect probe's result."""
+    d = daemon(config=fast(interval=3600.0, timeout=5.0, failure_threshold=3,
+                           default=30.0)).start()
+    fp = fakes_at(d.plugin_dirs[0] / "late.sock")
+    d.wait_state("late", "ready")
+    fp.set("*", b.Hang())
+    thread, answer = create_in_background(d, "late")
+    asked: list[Any] = []
+    prober = threading.Thread(target=lambda: asked.append(
+        d.call("POST", "/v1/plugins/late/probe")))
+    try:
+        fp.wait_requests(len(fp.requests) + 1)  # the Create is in the plugin
+        began = time.monotonic()
+        # The regular probe must start over a second after the Create (and well before
+        # the 5 s suspicion) for the suspect's probe to end sooner than it.
+        wait_until(lambda: time.monotonic() > began + 1.2, 5.0, message="a second to pass")
+        prober.start()
+        plugin = d.wait_state("late", "unhealthy", timeout=30.0)
+        assert plugin["consecutive_failures"] == 3
+        assert probes_since(fp, "/Plugin.Activate", "/VolumeDriver.Create") == 4
+        prober.join(30)
+        assert asked[0][0] == 200
+        assert (asked[0][1]["state"], asked[0][1]["consecutive_failures"]) == ("ready", 1)
+    finally:
+        fp.reset()
+        fp.stop()
+        thread.join(30)
+        if prober.ident is not None:  # started
+            prober.join(30)
     assert answer[0][0] in (502, 504)
 
 
