@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests import pidns, tiers
 from tests.configs import fast
 from tests.fakeplugin import FakePlugin
 from tests.fakeplugin import behaviours as b
@@ -322,3 +323,38 @@ def test_the_process_shows_safely_in_json_inspect_status_page_and_metrics(
     unit = unit_of(proc.pid) or ""
     assert status == 200
     assert f'volplugd_plugin_info{{plugin="argv",unit="{unit}"}} 1' in scrape.decode()
+
+
+@pytest.mark.peer  # unshare (util-linux)
+def test_a_daemon_that_cannot_name_the_listener_shows_why_and_probes_still_work(
+        daemon: Callable[..., Daemon], processes: list[subprocess.Popen[bytes]]) -> None:
+    """volplugd in a new pid namespace: the kernel gives a host plugin's pid as 0, so
+    there is no process to show or watch (the exact warning); the plugin is ready, and
+    its kill -9 is still found by the probes (failure_threshold of them)."""
+    unshare = tiers.tool("unshare", "util-linux")
+    if os.geteuid() != 0:
+        pytest.skip("needs root: a new pid namespace")
+    d = daemon(config=fast(failure_threshold=2),
+               wrapper=[unshare, "--pid", "--fork", "--mount-proc", "--kill-child", "--"])
+    d.start()
+    try:
+        proc = fake_plugin(processes, d.plugin_dirs[0] / "far.sock")
+        d.wait_state("far", "ready")
+        warning = ("process: the listener is in another pid namespace (the kernel gives "
+                   "its pid as 0)")
+        wait_until(lambda: warning in d.plugins()["far"]["warnings"], 15.0,
+                   message="the warning")
+        assert d.plugins()["far"]["process"] is None
+        assert d.wait_log("plugin_process_unknown")["reason"] == warning.removeprefix(
+            "process: ")
+        proc.kill()
+        d.wait_state("far", "unhealthy")
+        assert events(d, "far")[-1] == (
+            "state_changed", "unhealthy", f"sending request to plugin far activation "
+            f"endpoint: dial unix {d.plugin_dirs[0]}/far.sock: connect: connection refused")
+        assert d.wait_log("plugin_unhealthy")["reason"] == events(d, "far")[-1][2]
+    finally:
+        assert d.proc is not None
+        os.kill(pidns.child_of(d.proc.pid), signal.SIGTERM)  # unshare passes none on
+        assert d.proc.wait(10) == 0
+
