@@ -42,7 +42,11 @@ via_gateway = true
 
 
 def _listed(tmp: Path) -> dict[str, str]:
-    text = (tmp / "containers.conf.d" / "50-volplugd.conf").read_text()
+    """The drop-in's plugins ({} until its writer thread first wrote it)."""
+    path = tmp / "containers.conf.d" / "50-volplugd.conf"
+    if not path.exists():
+        return {}
+    text = path.read_text()
     plugins: dict[str, str] = tomllib.loads(text)["engine"]["volume_plugins"]
     return plugins
 
