@@ -52,7 +52,11 @@ def _listed(tmp: Path) -> dict[str, str]:
 
 
 def _spec(tmp: Path, name: str) -> str:
-    address: str = json.loads((tmp / "docker-specs" / f"{name}.json").read_text())["Addr"]
+    """The spec file's address ("" until it is written)."""
+    path = tmp / "docker-specs" / f"{name}.json"
+    if not path.exists():
+        return ""
+    address: str = json.loads(path.read_text())["Addr"]
     return address
 
 
