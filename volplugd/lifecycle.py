@@ -7,15 +7,23 @@ registration through the pure transitions of ``policy``; volume operations run o
 threads within the plugin's fair-share ``Slots``. Every timing decision is a ``policy``
 function.
 
+Who serves each ready unix-socket plugin is looked up and its process watched
+(``watching``): when it exits, a probe at once tells whether the socket was handed on
+(the process is looked up again) or the plugin is unhealthy at once. An operation still
+running after ``probe.timeout`` makes its plugin *suspect*: probed at once, then every
+second (``policy.SUSPECT_EVERY``) until a probe succeeds or it is unhealthy.
+
 Runs on: the supervisor thread; ``call`` (and the client's ``on_request``) on API
 threads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 import threading
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import TypeVar
@@ -43,8 +51,10 @@ from volplugd.plugin.errors import (
     PluginUnreachable,
 )
 from volplugd.plugin.failures import Failure, classify
+from volplugd.processes import Processes
 from volplugd.registrations import Book, Registration, Slots
 from volplugd.registry import PendingEvent
+from volplugd.watching import Watching, exit_error
 
 __all__ = ["BUSY_RETRY_AFTER", "SLOT_WAIT", "Lifecycle"]
 
@@ -61,13 +71,16 @@ class Lifecycle:
     """Registers, evicts, calls and updates the registrations of one ``Book``."""
 
     def __init__(self, settings: Settings, book: Book, calls: Calls, observer: Observer,
-                 wall: Callable[[], float]) -> None:
+                 wall: Callable[[], float], *, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
         self.settings = settings  # replaced by ``reload``
         self._book = book
         self._calls = calls
         self._observer = observer
         self._wall = wall
         self._tokens = itertools.count(1)
+        self._watching = Watching(book, Processes(calls), lambda: self.settings.probe,
+                                  self._probe_at_once, clock)
 
     # --- a scan's desired state -> plan ---------------------------------------------------
     def reconcile(self, found: ScanResult, now: float, only: str | None = None
@@ -110,6 +123,7 @@ class Lifecycle:
     def evict(self, name: str, reason: str) -> None:
         record = self._book.pop(name)
         self._calls.forget(record.token)  # its call, if any, never reports
+        self._watching.forget(record)
         record.client.close()
         self._book.event(PendingEvent(EventType.EVICTED, name, record.state, None, reason))
         self._observer.evicted(name, reason)
@@ -155,7 +169,11 @@ class Lifecycle:
         record.serving = due
         if record.probing:
             self._observer.probe_lateness(now - due)
-            self._calls.probe(record.name, record.token, record.client, self.settings.probe)
+            settings = self.settings.probe
+            if record.suspect:
+                settings = dataclasses.replace(
+                    settings, timeout=policy.suspect_timeout(settings.timeout))
+            self._calls.probe(record.name, record.token, record.client, settings)
         else:
             timeout = self.settings.plugin.timeouts.get("activate")  # for Capabilities
             self._calls.activate(record.name, record.token, record.client, timeout)
@@ -199,6 +217,7 @@ class Lifecycle:
                             warning=found.warning)
             book.at(record, policy.first_probe(now, self.settings.probe.interval,
                                                random.random()))  # noqa: S311 - jitter
+            self._watching.identify(record)
             return True
         error = result.error
         if isinstance(error, NotAVolumePlugin):
@@ -221,15 +240,58 @@ class Lifecycle:
     def _probed(self, record: Registration, result: Probed | Failed, due: float,
                 now: float) -> None:
         settings, wall, seconds = self.settings.probe, self._wall(), result.seconds
+        exited, record.exited = record.exited, None
         if isinstance(result, Failed):
             label = _probe_label(result.error)
-            new = policy.probe_failed(record.tracked, settings, _describe(result.error), wall)
+            if exited is not None:  # its process exited and nobody answers: at once
+                new = policy.process_exited(record.tracked, exit_error(record, exited), wall)
+            else:
+                new = policy.probe_failed(record.tracked, settings, _describe(result.error),
+                                          wall)
         else:
             label = "success"
             new = policy.probe_succeeded(record.tracked, settings, wall, seconds)
         self._observer.probe(record.name, label, seconds)
+        recovered = record.state is PluginState.UNHEALTHY and new.state is PluginState.READY
         self._book.update(record, new)
-        self._book.at(record, policy.probe_due(due, settings.interval, now))
+        if record.suspect and not policy.still_suspect(new, label == "success"):
+            record.suspect = False
+            log.info("plugin_suspect_ended", plugin=record.name, state=new.state.value)
+        if record.suspect:
+            self._book.at(record, policy.suspect_due(due, now))
+        else:
+            self._book.at(record, policy.probe_due(due, settings.interval, now))
+        unwatched = not self._watching.watched(record)
+        if label == "success" and (exited is not None or (recovered and unwatched)):
+            self._watching.identify(record)  # handed on, or back: who serves it now?
+
+    # --- who serves a plugin, and suspicion (``watching``) -----------------------------
+    def processes(self, now: float) -> None:
+        """Apply what the processes room found since the last iteration."""
+        self._watching.take(now)
+
+    def wake_at(self) -> float | None:
+        """When the next volume operation running becomes overdue (None: none)."""
+        return self._watching.wake_at()
+
+    def suspects(self, now: float) -> None:
+        """Probe, at once, the plugins an overdue operation makes suspect."""
+        self._watching.suspects(now)
+
+    def _probe_at_once(self, record: Registration, now: float, sooner: bool) -> None:
+        """A probe now, or (one is in flight) its result decides. ``sooner``: a suspect's
+        probe replaces a regular one in flight that would end later than it (unix
+        sockets: their call is dropped without a result)."""
+        if record.serving is not None:
+            settings = self.settings.probe
+            ends = record.serving + settings.timeout
+            if not (sooner and record.client.address.is_unix
+                    and ends > now + policy.suspect_timeout(settings.timeout)):
+                return
+            self._calls.forget(record.token)
+            record.serving = None
+        record.due = None
+        self.dispatch(record, now, now)
 
     def operation_failed(self, failed: OperationFailed) -> None:
         record = self._book.current(failed.name, failed.token)
@@ -250,16 +312,19 @@ class Lifecycle:
             raise PluginBusy(view.name, record.slots.limit, BUSY_RETRY_AFTER)
         client = record.client
         _operation.active = True
+        ticket = self._watching.begin(view.name, record.token)
         try:
             return op(client)
         except (PluginTimeout, PluginUnreachable, PluginRemoved) as err:
             put(OperationFailed(view.name, str(err), err.outcome, record.token))
             raise
         finally:
+            self._watching.end(ticket)
             _operation.active = False
             record.slots.release()
 
     def close(self) -> None:
+        self._watching.close()
         for record in self._book:
             record.client.close()
             record.fail_waiters(UnknownPlugin(record.name))

@@ -80,6 +80,26 @@ DesiredState = Mapping[str, DesiredPlugin]
 
 
 @dataclass(frozen=True, slots=True)
+class ProcessView:
+    """The process that serves a unix-socket plugin, as the kernel told it (the plugin
+    view's ``process``): ``command`` is safe text of at most 1 KiB (None: unreadable);
+    ``unit`` the systemd unit that runs it (for a socket-activated plugin, the service
+    behind its ``.socket`` unit); ``container`` the ``(engine, id)`` it runs in."""
+
+    pid: int
+    uid: int
+    command: str | None = None
+    unit: str | None = None
+    container: tuple[str, str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        container = None if self.container is None else {
+            "engine": self.container[0], "id": self.container[1]}
+        return {"pid": self.pid, "uid": self.uid, "command": self.command,
+                "unit": self.unit, "container": container}
+
+
+@dataclass(frozen=True, slots=True)
 class PluginView:
     """The published record of one plugin: the control API's ``Plugin`` object."""
 
@@ -97,6 +117,7 @@ class PluginView:
     probe_latency_seconds: float | None = None
     scope: str | None = None
     warnings: tuple[str, ...] = ()
+    process: ProcessView | None = None  # unix-socket plugins, once identified
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -114,6 +135,7 @@ class PluginView:
             "probe_latency_seconds": self.probe_latency_seconds,
             "capabilities": None if self.scope is None else {"scope": self.scope},
             "warnings": list(self.warnings),
+            "process": None if self.process is None else self.process.to_json(),
         }
 
 
