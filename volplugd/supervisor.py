@@ -55,6 +55,7 @@ from volplugd.plugin.client import PluginClient
 from volplugd.registrations import Book
 from volplugd.registry import Registry
 from volplugd.scanning import Scans, WatcherLike
+from volplugd.stalesockets import StaleSockets
 from volplugd.startup import Startup
 from volplugd.survival import Survival
 
@@ -112,6 +113,7 @@ class Supervisor(Commands):
         self._book = Book(registry, clock)
         self._plugins = Lifecycle(settings, self._book, self._calls, self._observer, wall)
         self._scans = Scans(self._plugins, self._book, self._watcher, self._observer)
+        self._stale = StaleSockets(self._plugins, self._book, self._observer)
         self._startup = Startup(on_started)
         self._timers = Timers()
         self._stopped = threading.Event()
@@ -224,7 +226,7 @@ class Supervisor(Commands):
             now + LIVENESS,
             timers.beat if self._heartbeat is not None else None,
             timers.status if status_pending else None,
-            self._book.wake_at(), *self._scans.wake_at()))
+            self._book.wake_at(), *self._scans.wake_at(), self._stale.wake_at()))
 
     def _handle(self, message: object, now: float) -> None:
         match message:
@@ -254,6 +256,9 @@ class Supervisor(Commands):
         self._plugins.dispatch_due(now)
         if self._scans.due(now):
             self._startup.check(self._book)
+        removed = self._survive(self._stale.due, now)
+        if removed:  # evicted now, in the publish that carries the removal's event
+            self._scans.hints(removed, now)
         if self._book.publish_due(now):
             self._book.publish()
         self._report_status(now)
