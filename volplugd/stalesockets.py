@@ -169,7 +169,7 @@ class StaleSockets:
             self._keep(name, path, file, f"untrusted: {problem}")
             return False
         try:
-            outcome = remove_socket(folder, base, *file)
+            outcome = remove_socket(folder, base, *file, read_bound=self._read_bound)
         except OSError as err:
             self._keep(name, path, file, err.strerror or str(err))
             return False

@@ -21,9 +21,12 @@ Two facts from the kernel, both needed (``StaleSockets`` in the loop decides whe
 opens the folder (``O_DIRECTORY | O_NOFOLLOW``), checks ``name`` there without following
 a link (a socket, with that device and inode), then *moves it aside* (``rename`` to a
 hidden name in the same folder, one atomic step that takes whatever is at ``name`` at
-that instant), checks what it moved, and only then unlinks it. A file that replaced the
-socket between the check and the move is linked back to ``name`` (``link``: never over
-anything that appeared there since) and kept.
+that instant), and checks what it moved: the same device and inode, a connect to it
+still refused, and no socket bound to ``name`` in a fresh ``/proc/net/unix`` (a plugin
+that came back binds a new socket, and the file system may give it the inode number the
+old one freed: the numbers alone cannot tell them apart). Only then is it unlinked. A
+file that replaced the socket between the check and the move is linked back to
+``name`` (``link``: never over anything that appeared there since) and kept.
 
 Runs on: the supervisor thread (every call is non-blocking or a read of procfs).
 """
@@ -35,6 +38,7 @@ import hashlib
 import os
 import socket
 import stat
+from collections.abc import Callable
 from enum import StrEnum
 
 __all__ = ["MAX_UNIX_PATH", "PROC_NET_UNIX", "Bound", "Removal", "aside_name", "connect_code",
@@ -141,10 +145,14 @@ def aside_name(name: str) -> str:
     return f".volplugd-{digest}.stale"
 
 
-def remove_socket(folder: str, name: str, dev: int, ino: int) -> Removal:
-    """Remove ``folder``/``name`` if, and only if, it is the socket ``(dev, ino)``.
-    Raises OSError when the folder cannot be opened or the file cannot be moved or
-    unlinked (a read-only mount, permissions): then nothing was changed."""
+def remove_socket(folder: str, name: str, dev: int, ino: int,
+                  read_bound: Callable[[], bytes] = lambda: read_proc_net_unix()) -> Removal:
+    """Remove ``folder``/``name`` if, and only if, it is the socket ``(dev, ino)`` and,
+    once moved aside, it still refuses connections and no socket is bound to ``name``
+    (``read_bound``: the text of ``/proc/net/unix``). The second look is what tells a
+    plugin that came back: its new socket may well get the freed inode number. Raises
+    OSError when the folder cannot be opened or the file cannot be moved or unlinked (a
+    read-only mount, permissions): then nothing was changed."""
     fd = os.open(folder, _DIR_FLAGS)
     try:
         found = _judge(fd, name, dev, ino)
@@ -152,13 +160,21 @@ def remove_socket(folder: str, name: str, dev: int, ino: int) -> Removal:
             return found
         aside = aside_name(name)
         os.rename(name, aside, src_dir_fd=fd, dst_dir_fd=fd)
-        moved = _judge(fd, aside, dev, ino)
-        if moved is Removal.REMOVED:
+        if _judge(fd, aside, dev, ino) is Removal.REMOVED \
+                and connect_code(os.path.join(folder, aside)) == errno.ECONNREFUSED \
+                and not _bound_or_unknown(read_bound, os.path.join(folder, name)):
             os.unlink(aside, dir_fd=fd)
             return Removal.REMOVED
         return _put_back(fd, aside, name)
     finally:
         os.close(fd)
+
+
+def _bound_or_unknown(read_bound: Callable[[], bytes], path: str) -> bool:
+    try:
+        return Bound(read_bound()).holds(path)
+    except OSError:
+        return True
 
 
 def _judge(fd: int, name: str, dev: int, ino: int) -> Removal:
