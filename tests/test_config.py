@@ -198,7 +198,8 @@ ERRORS = [
      'number of seconds or a duration such as "2m" (ms, s, m, h), got "2 min"'),
     ('[discovery]\nremove_stale_after = "-2m"\n', 'discovery.remove_stale_after: must be a '
      'number of seconds or a duration such as "2m" (ms, s, m, h), got "-2m"'),
-    ('[discovery]\nremove_stale_after = "0s"\n', "discovery.remove_stale_after: must be > 0, got 0"),
+    ('[discovery]\nremove_stale_after = "0s"\n',
+     "discovery.remove_stale_after: must be > 0, got 0"),
     ("[discovery]\nremove_stale_after = 0\n", "discovery.remove_stale_after: must be > 0, got 0"),
     ("[discovery]\nremove_stale_after = true\n",
      "discovery.remove_stale_after: must be a number of seconds, got true"),

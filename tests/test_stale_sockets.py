@@ -298,7 +298,6 @@ def test_gone_and_a_folder_that_is_a_symlink(
     (short_tmp / "real").mkdir()
     dev, ino = stale_at(short_tmp / "real" / "p.sock", sockets)
     (short_tmp / "link").symlink_to(short_tmp / "real")
-    with pytest.raises(OSError) as caught:
+    with pytest.raises(NotADirectoryError):
         remove_socket(str(short_tmp / "link"), "p.sock", dev, ino)
-    assert caught.value.errno == errno.ENOTDIR
     assert (short_tmp / "real" / "p.sock").exists()

@@ -38,7 +38,7 @@ import hashlib
 import os
 import socket
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 
 __all__ = ["MAX_UNIX_PATH", "PROC_NET_UNIX", "Bound", "Removal", "aside_name", "connect_code",
@@ -100,20 +100,12 @@ def read_proc_net_unix(path: str = PROC_NET_UNIX) -> bytes:
 class Bound:
     """The file names the sockets of this network namespace are bound to, listening or
     not, from the text of ``/proc/net/unix``; abstract names (``@...``) and unbound
-    sockets are left out, and so is a line that is not an entry (the header, the rest of
-    a name with a newline in it)."""
+    sockets never hold a path, nor does a line that is not an entry (the header, the
+    rest of a name with a newline in it). Only the lines that hold the file name asked
+    about are parsed: a host has thousands of entries, a look asks about a few."""
 
     def __init__(self, text: bytes) -> None:
-        self._by_name: dict[bytes, list[bytes]] = {}
-        for line in text.split(b"\n"):
-            fields = line.split(None, _FIELDS)
-            if len(fields) == _FIELDS + 1 and fields[0].endswith(b":") \
-                    and not fields[_FIELDS].startswith(b"@"):
-                bound = fields[_FIELDS]
-                self._by_name.setdefault(os.path.basename(bound), []).append(bound)
-
-    def __len__(self) -> int:
-        return sum(len(names) for names in self._by_name.values())
+        self._text = text
 
     def holds(self, path: str) -> bool:
         """Whether a socket bound under some name may be the one at ``path``: the same
@@ -121,8 +113,21 @@ class Bound:
         apart (a relative name, one through ``/proc``, a folder that cannot be looked
         at). A doubt keeps the file."""
         wanted = os.fsencode(path)
-        entries = self._by_name.get(os.path.basename(wanted), ())
-        return any(_same_file(entry, wanted) for entry in entries)
+        return any(_same_file(entry, wanted) for entry in self._named(os.path.basename(wanted)))
+
+    def _named(self, name: bytes) -> Iterator[bytes]:
+        """The bound names whose file name is ``name``."""
+        text, at = self._text, self._text.find(name)
+        while at >= 0:
+            start = text.rfind(b"\n", 0, at) + 1
+            end = text.find(b"\n", at)
+            end = len(text) if end < 0 else end
+            fields = text[start:end].split(None, _FIELDS)
+            if len(fields) == _FIELDS + 1 and fields[0].endswith(b":") \
+                    and not fields[_FIELDS].startswith(b"@") \
+                    and os.path.basename(fields[_FIELDS]) == name:
+                yield fields[_FIELDS]
+            at = text.find(name, end)
 
 
 def _same_file(entry: bytes, wanted: bytes) -> bool:
@@ -146,7 +151,7 @@ def aside_name(name: str) -> str:
 
 
 def remove_socket(folder: str, name: str, dev: int, ino: int,
-                  read_bound: Callable[[], bytes] = lambda: read_proc_net_unix()) -> Removal:
+                  read_bound: Callable[[], bytes] = read_proc_net_unix) -> Removal:
     """Remove ``folder``/``name`` if, and only if, it is the socket ``(dev, ino)`` and,
     once moved aside, it still refuses connections and no socket is bound to ``name``
     (``read_bound``: the text of ``/proc/net/unix``). The second look is what tells a
