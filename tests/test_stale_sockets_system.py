@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from tests import tiers
 from tests.configs import FAST
 from tests.fakeplugin import FakePlugin
 from tests.harness import Daemon
@@ -218,3 +219,36 @@ def test_off_keeps_a_stale_socket_and_a_reload_that_sets_it_removes_it(
     wait_removed(d, "dead")
     assert not path.exists()
     assert stale_events(d) == [("dead", "activating", reason(path))]
+
+
+@pytest.mark.peer  # unshare (util-linux)
+def test_a_read_only_plugin_folder_keeps_the_socket_logged_once_and_serving(
+        daemon: Callable[..., Daemon], short_tmp: Path,
+        fakes_at: Callable[..., FakePlugin]) -> None:
+    """volplugd.service mounts /run read-only: the move aside fails with EROFS. One
+    stale_socket_kept line per file (never tried again), nothing removed, no event, the
+    counter at 0, and the ready plugin beside it served all along."""
+    unshare = tiers.tool("unshare", "util-linux")
+    if os.geteuid() != 0:
+        pytest.skip("needs root: a mount namespace with a read-only bind mount")
+    folder = short_tmp / "plugins"
+    folder.mkdir()
+    read_only = ['mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"']
+    d = daemon(config=STALE, plugin_dirs=[folder], wrapper=[
+        unshare, "--mount", "--propagation", "private", "sh", "-c", *read_only, str(folder)])
+    fakes_at(folder / "alive.sock")
+    d.start()
+    d.wait_state("alive", "ready")
+    leave_stale(folder / "first.sock")
+    first = d.wait_log("stale_socket_kept")
+    leave_stale(folder / "second.sock")
+    second = d.wait_log("stale_socket_kept", nth=2)
+    assert [(line["plugin"], line["path"], line["reason"]) for line in (first, second)] == [
+        ("first", str(folder / "first.sock"), "Read-only file system"),
+        ("second", str(folder / "second.sock"), "Read-only file system")]
+    assert [e["plugin"] for e in d.log_events() if e["event"] == "stale_socket_kept"] == [
+        "first", "second"]
+    assert sorted(p.name for p in folder.iterdir()) == ["alive.sock", "first.sock",
+                                                        "second.sock"]
+    assert (stale_events(d), removed_count(d)) == ([], 0)
+    assert d.plugins()["alive"]["state"] == "ready"
