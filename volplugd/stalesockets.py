@@ -91,7 +91,8 @@ class StaleSockets:
         self._book = book
         self._observer = observer
         self._read_bound = read_bound
-        self.look_at: float | None = None  # the next look (None: at the first due())
+        self.look_at: float | None = None  # the next look (None: at the next due())
+        self._looked_with: float | None = None  # the remove_stale_after of look_at
         self._silent: dict[str, Silence] = {}
         self._kept: set[tuple[str, File]] = set()  # could not be removed: logged, left
         self._bound_failed = False  # /proc/net/unix could not be read: logged once
@@ -111,9 +112,9 @@ class StaleSockets:
             self._silent.clear()
             self.look_at = None
             return []
-        if self.look_at is not None and now < self.look_at:
+        if self.look_at is not None and now < self.look_at and after == self._looked_with:
             return []
-        self.look_at = now + after / LOOKS
+        self.look_at, self._looked_with = now + after / LOOKS, after
         return self._look(now, after)
 
     def _look(self, now: float, after: float) -> list[str]:
@@ -124,14 +125,14 @@ class StaleSockets:
                 watched[record.name] = (record, path)
         self._silent = {n: s for n, s in self._silent.items() if n in watched}
         self._kept = {kept for kept in self._kept if kept[0] in watched}
-        refused = [n for n, (_, path) in watched.items()
-                   if connect_code(path) == errno.ECONNREFUSED]
+        refused = {n for n, (_, path) in watched.items()
+                   if connect_code(path) == errno.ECONNREFUSED}
         self._silent = {n: s for n, s in self._silent.items() if n in refused}
         if not refused:
             return []
         bound = self._bound()
         removed = []
-        for name in refused:
+        for name in sorted(refused):
             record, path = watched[name]
             identity = record.tracked.desired.identity
             file = (identity.dev, identity.ino)

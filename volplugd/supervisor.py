@@ -256,12 +256,17 @@ class Supervisor(Commands):
         self._plugins.dispatch_due(now)
         if self._scans.due(now):
             self._startup.check(self._book)
-        removed = self._survive(self._stale.due, now)
-        if removed:  # evicted now, in the publish that carries the removal's event
-            self._scans.hints(removed, now)
+        self._survive(self._stale_sockets, now)
         if self._book.publish_due(now):
             self._book.publish()
         self._report_status(now)
+
+    def _stale_sockets(self, now: float) -> None:
+        """A look for stale sockets, if due; what it removed is evicted now, in the
+        publish that carries the removal's event."""
+        removed = self._stale.due(now)
+        if removed:
+            self._scans.hints(removed, now)
 
     def _shutdown(self) -> None:
         self._stopped.set()  # before the drain: a later put() drains for itself
