@@ -5,19 +5,30 @@ the unlink included."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import socket
 import stat
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
+from volplugd.calls import Calls
+from volplugd.config import DiscoverySettings, Settings
+from volplugd.contracts import NullObserver
+from volplugd.discovery import scan
 from volplugd.discovery.trust import UNTRUSTED
-from volplugd.model import DesiredPlugin, FileIdentity, Kind, PluginState
+from volplugd.lifecycle import Lifecycle
+from volplugd.model import DesiredPlugin, EventType, FileIdentity, Kind, PluginState
 from volplugd.plugin.address import address_from_socket
-from volplugd.stalesockets import Silence, silence, watched_path
+from volplugd.registrations import Book
+from volplugd.registry import Registry
+from volplugd.stalesockets import Silence, StaleSockets, silence, watched_path
 from volplugd.supervision import stale
 from volplugd.supervision.stale import (
     Bound,
@@ -301,3 +312,108 @@ def test_gone_and_a_folder_that_is_a_symlink(
     with pytest.raises(NotADirectoryError):
         remove_socket(str(short_tmp / "link"), "p.sock", dev, ino)
     assert (short_tmp / "real" / "p.sock").exists()
+
+
+# --- the loop's room, over a real book and a real stale socket ---------------------------
+
+class Counting(NullObserver):
+    def __init__(self) -> None:
+        self.removed = 0
+
+    def stale_socket_removed(self) -> None:
+        self.removed += 1
+
+
+@dataclass
+class Room:
+    stale: StaleSockets
+    plugins: Lifecycle
+    book: Book
+    registry: Registry
+    observer: Counting
+    calls: Calls
+    path: Path
+
+    def set_state(self, state: PluginState) -> None:
+        record = self.book.records["p"]
+        view = dataclasses.replace(record.tracked.view, state=state)
+        self.book.update(record, dataclasses.replace(record.tracked, view=view))
+
+    def stale_events(self) -> list[tuple[str | None, str | None, str]]:
+        self.book.publish()
+        return [(e.plugin, e.from_state, e.reason) for e in self.registry.events(0)
+                if e.type is EventType.STALE_SOCKET_REMOVED]
+
+
+def make_room(folder: Path, after: float | None,
+              read_bound: Callable[[], bytes] = read_proc_net_unix) -> Room:
+    settings = Settings(discovery=DiscoverySettings(dirs=(str(folder),),
+                                                    remove_stale_after=after))
+    registry = Registry()
+    book = Book(registry, clock=lambda: 0.0)
+    observer = Counting()
+    calls = Calls(workers=1)
+    plugins = Lifecycle(settings, book, calls, observer, wall=lambda: 1.0)
+    plugins.reconcile(scan([str(folder)]), 0.0)
+    return Room(StaleSockets(plugins, book, observer, read_bound), plugins, book, registry,
+                observer, calls, folder / "p.sock")
+
+
+@pytest.fixture
+def rooms(short_tmp: Path, sockets: Callable[..., socket.socket]
+          ) -> Iterator[Callable[..., Room]]:
+    """A room over ``short_tmp`` holding one stale socket, p.sock, registered."""
+    made: list[Room] = []
+
+    def make(after: float | None, **kw: Any) -> Room:
+        stale_at(short_tmp / "p.sock", sockets)
+        made.append(make_room(short_tmp, after, **kw))
+        return made[-1]
+
+    yield make
+    for room in made:
+        room.plugins.close()
+        room.calls.close()
+
+
+def test_a_restarting_plugins_socket_is_never_removed_and_counts_from_zero_after(
+        rooms: Callable[..., Room]) -> None:
+    """Restarting through 40 looks and 10 times the delay: kept. Unhealthy from t=10: its
+    first silent look is at 10.25 (the next one due), and it is removed at the look a
+    whole delay after that, with its event and count."""
+    room = rooms(1.0)
+    room.set_state(PluginState.RESTARTING)
+    assert [room.stale.due(t / 4) for t in range(41)] == [[]] * 41
+    assert room.path.exists()
+    room.set_state(PluginState.UNHEALTHY)
+    assert [room.stale.due(10.0 + t / 4) for t in range(5)] == [[]] * 5
+    assert room.stale.due(11.25) == [str(room.path)]
+    assert not room.path.exists()
+    assert (room.stale_events(), room.observer.removed) == (
+        [("p", PluginState.UNHEALTHY,
+          f"{room.path} refused connections and no process had it bound for 1 s")], 1)
+
+
+def test_off_never_looks_and_wants_no_wake_up(rooms: Callable[..., Room]) -> None:
+    """remove_stale_after unset: no wake-up asked for, no look, the socket kept."""
+    looked: list[int] = []
+    room = rooms(None, read_bound=lambda: looked.append(1) or b"")
+    assert room.stale.wake_at() is None
+    assert [room.stale.due(float(t)) for t in (0, 100, 10_000)] == [[], [], []]
+    assert (room.path.exists(), looked, room.stale.wake_at()) == (True, [], None)
+
+
+def test_an_unreadable_proc_net_unix_removes_nothing_and_is_logged_once(
+        rooms: Callable[..., Room]) -> None:
+    """Without the kernel's second opinion every socket counts as held: nothing removed,
+    one stale_sockets_unknown line however many looks."""
+    def unreadable() -> bytes:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    room = rooms(1.0, read_bound=unreadable)
+    room.set_state(PluginState.UNHEALTHY)
+    with capture_logs() as logs:
+        assert [room.stale.due(t / 4) for t in range(20)] == [[]] * 20
+    assert [(e["event"], e["error"]) for e in logs] == [
+        ("stale_sockets_unknown", "Permission denied")]
+    assert (room.path.exists(), room.stale_events(), room.observer.removed) == (True, [], 0)
