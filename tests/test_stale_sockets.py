@@ -242,6 +242,21 @@ def test_what_is_not_a_socket_is_never_removed(
     assert sorted(os.listdir(short_tmp)) == ["p.sock", "target.sock"]
 
 
+def test_a_crash_leftover_at_the_aside_name_is_replaced_anything_else_there_kept(
+        short_tmp: Path, sockets: Callable[..., socket.socket]) -> None:
+    """A socket left at the aside name by a crash goes with the next removal; a regular
+    file there is never replaced: ASIDE_TAKEN, the stale socket and the file both kept."""
+    dev, ino = stale_at(short_tmp / "p.sock", sockets)
+    stale_at(short_tmp / aside_name("p.sock"), sockets)
+    assert remove_socket(str(short_tmp), "p.sock", dev, ino) is Removal.REMOVED
+    assert sorted(os.listdir(short_tmp)) == []
+    dev, ino = stale_at(short_tmp / "p.sock", sockets)
+    (short_tmp / aside_name("p.sock")).write_bytes(b"keep")
+    assert remove_socket(str(short_tmp), "p.sock", dev, ino) is Removal.ASIDE_TAKEN
+    assert (short_tmp / aside_name("p.sock")).read_bytes() == b"keep"
+    assert os.lstat(short_tmp / "p.sock").st_ino == ino
+
+
 @pytest.mark.parametrize("listen", [8, None])
 def test_a_socket_that_replaced_the_judged_one_is_kept(
         short_tmp: Path, sockets: Callable[..., socket.socket], listen: int | None) -> None:

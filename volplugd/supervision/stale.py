@@ -58,6 +58,7 @@ class Removal(StrEnum):
     REPLACED = "replaced"  # something else is at the name now: kept
     NOT_A_SOCKET = "not a socket"  # kept (a symlink, a file, a FIFO, a folder)
     MISPLACED = "moved aside, could not be put back"  # the replacement keeps its hidden name
+    ASIDE_TAKEN = "its aside name holds something that is not a socket"  # kept, both
 
 
 def readable_path(path: str) -> bool:
@@ -145,7 +146,8 @@ def _same_file(entry: bytes, wanted: bytes) -> bool:
 
 def aside_name(name: str) -> str:
     """Where ``remove_socket`` moves ``name`` before it unlinks it: hidden, not a plugin
-    file name, the same each time (a crash's leftover is replaced by the next one)."""
+    file name, the same each time (a crash's leftover socket is replaced by the next
+    one; anything else found there is left, and so is the socket)."""
     digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
     return f".volplugd-{digest}.stale"
 
@@ -164,6 +166,8 @@ def remove_socket(folder: str, name: str, dev: int, ino: int,
         if found is not Removal.REMOVED:
             return found
         aside = aside_name(name)
+        if _judge(fd, aside, -1, -1) is Removal.NOT_A_SOCKET:  # not a crash's leftover
+            return Removal.ASIDE_TAKEN
         os.rename(name, aside, src_dir_fd=fd, dst_dir_fd=fd)
         if _judge(fd, aside, dev, ino) is Removal.REMOVED \
                 and connect_code(os.path.join(folder, aside)) == errno.ECONNREFUSED \
