@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from tests.rawsockets import leave_stale
 from volplugd.calls import Calls
 from volplugd.config import DiscoverySettings, Settings
 from volplugd.contracts import NullObserver
@@ -40,31 +41,6 @@ from volplugd.supervision.stale import (
 )
 
 F, G = (1, 10), (1, 11)  # two socket files (device, inode)
-
-
-@pytest.fixture
-def sockets() -> Iterator[Callable[..., socket.socket]]:
-    """Bind (and, unless told, listen on) unix sockets; all closed after the test."""
-    made: list[socket.socket] = []
-
-    def bind(path: Path | str, listen: int | None = 8) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        made.append(sock)
-        sock.bind(str(path))
-        if listen is not None:
-            sock.listen(listen)
-        return sock
-
-    yield bind
-    for sock in made:
-        sock.close()
-
-
-def stale_at(path: Path, sockets: Callable[..., socket.socket]) -> tuple[int, int]:
-    """A socket file nobody listens on (its socket closed): (device, inode)."""
-    sockets(path).close()
-    st = os.lstat(path)
-    return st.st_dev, st.st_ino
 
 
 def desired(source: str, kind: Kind = Kind.SOCK, warnings: tuple[str, ...] = ()
@@ -161,7 +137,7 @@ def test_the_real_proc_net_unix_shows_bound_sockets_until_they_close(
     listening, bound_only = short_tmp / "l.sock", short_tmp / "b.sock"
     sockets(listening)
     quiet = sockets(bound_only, listen=None)
-    gone = stale_at(short_tmp / "gone.sock", sockets)
+    gone = leave_stale(short_tmp / "gone.sock")
     assert gone
     now = Bound(read_proc_net_unix())
     assert (now.holds(str(listening)), now.holds(str(bound_only)),
@@ -174,7 +150,7 @@ def test_connect_is_refused_only_where_nobody_listens(
         short_tmp: Path, sockets: Callable[..., socket.socket]) -> None:
     """Refused: a closed socket's file, one bound but not listening, a regular file and a
     FIFO (so the file type is checked apart); a full backlog is EAGAIN, a listener 0."""
-    stale_at(short_tmp / "dead.sock", sockets)
+    leave_stale(short_tmp / "dead.sock")
     sockets(short_tmp / "bound.sock", listen=None)
     sockets(short_tmp / "live.sock")
     sockets(short_tmp / "full.sock", listen=0)
@@ -211,20 +187,18 @@ def test_a_path_too_long_for_sun_path_is_reached_through_its_folder(
 
 # --- removing exactly that socket ---------------------------------------------------------
 
-def test_the_stale_socket_judged_is_removed_and_nothing_is_left(
-        short_tmp: Path, sockets: Callable[..., socket.socket]) -> None:
+def test_the_stale_socket_judged_is_removed_and_nothing_is_left(short_tmp: Path) -> None:
     """REMOVED: the file is gone, no aside name left."""
-    dev, ino = stale_at(short_tmp / "p.sock", sockets)
+    dev, ino = leave_stale(short_tmp / "p.sock")
     assert remove_socket(str(short_tmp), "p.sock", dev, ino) is Removal.REMOVED
     assert sorted(os.listdir(short_tmp)) == []
 
 
 @pytest.mark.parametrize("kind", ["file", "fifo", "folder", "symlink"])
-def test_what_is_not_a_socket_is_never_removed(
-        short_tmp: Path, sockets: Callable[..., socket.socket], kind: str) -> None:
+def test_what_is_not_a_socket_is_never_removed(short_tmp: Path, kind: str) -> None:
     """A regular file, a FIFO, a folder, a symlink to the very socket: kept, as they are
     (the symlink's target too)."""
-    dev, ino = stale_at(short_tmp / "target.sock", sockets)
+    dev, ino = leave_stale(short_tmp / "target.sock")
     path = short_tmp / "p.sock"
     if kind == "file":
         path.write_bytes(b"keep")
@@ -243,14 +217,14 @@ def test_what_is_not_a_socket_is_never_removed(
 
 
 def test_a_crash_leftover_at_the_aside_name_is_replaced_anything_else_there_kept(
-        short_tmp: Path, sockets: Callable[..., socket.socket]) -> None:
+        short_tmp: Path) -> None:
     """A socket left at the aside name by a crash goes with the next removal; a regular
     file there is never replaced: ASIDE_TAKEN, the stale socket and the file both kept."""
-    dev, ino = stale_at(short_tmp / "p.sock", sockets)
-    stale_at(short_tmp / aside_name("p.sock"), sockets)
+    dev, ino = leave_stale(short_tmp / "p.sock")
+    leave_stale(short_tmp / aside_name("p.sock"))
     assert remove_socket(str(short_tmp), "p.sock", dev, ino) is Removal.REMOVED
     assert sorted(os.listdir(short_tmp)) == []
-    dev, ino = stale_at(short_tmp / "p.sock", sockets)
+    dev, ino = leave_stale(short_tmp / "p.sock")
     (short_tmp / aside_name("p.sock")).write_bytes(b"keep")
     assert remove_socket(str(short_tmp), "p.sock", dev, ino) is Removal.ASIDE_TAKEN
     assert (short_tmp / aside_name("p.sock")).read_bytes() == b"keep"
@@ -263,7 +237,7 @@ def test_a_socket_that_replaced_the_judged_one_is_kept(
     """Another socket at the name (a plugin that came back, listening or bound only):
     REPLACED and kept, even where it got the old one's inode number (ext4 gives it)."""
     path = short_tmp / "p.sock"
-    dev, ino = stale_at(path, sockets)
+    dev, ino = leave_stale(path)
     path.unlink()
     sockets(path, listen=listen)
     new = os.lstat(path).st_ino
@@ -278,7 +252,7 @@ def test_a_socket_swapped_in_between_the_check_and_the_unlink_is_put_back(
     """The swap lands after the check, just before the file is moved aside: what was
     moved is the new socket, so it gets its name back, same inode, still listening."""
     path = short_tmp / "p.sock"
-    dev, ino = stale_at(path, sockets)
+    dev, ino = leave_stale(path)
     real_rename = os.rename
     swapped: list[int] = []
 
@@ -301,7 +275,7 @@ def test_a_replacement_that_cannot_get_its_name_back_keeps_the_aside_name(
     """Swapped, moved aside, and a third file at the name before the link back: nothing
     is overwritten nor removed (MISPLACED; the replacement is at the aside name)."""
     path = short_tmp / "p.sock"
-    dev, ino = stale_at(path, sockets)
+    dev, ino = leave_stale(path)
     real_rename = os.rename
 
     def swap_rename_and_take_the_name(*args: object, **kw: object) -> None:
@@ -317,12 +291,11 @@ def test_a_replacement_that_cannot_get_its_name_back_keeps_the_aside_name(
     assert connect_code(str(short_tmp / aside_name("p.sock"))) == 0
 
 
-def test_gone_and_a_folder_that_is_a_symlink(
-        short_tmp: Path, sockets: Callable[..., socket.socket]) -> None:
+def test_gone_and_a_folder_that_is_a_symlink(short_tmp: Path) -> None:
     """Nothing at the name: GONE. A folder reached through a symlink is not opened."""
     assert remove_socket(str(short_tmp), "none.sock", 1, 1) is Removal.GONE
     (short_tmp / "real").mkdir()
-    dev, ino = stale_at(short_tmp / "real" / "p.sock", sockets)
+    dev, ino = leave_stale(short_tmp / "real" / "p.sock")
     (short_tmp / "link").symlink_to(short_tmp / "real")
     with pytest.raises(NotADirectoryError):
         remove_socket(str(short_tmp / "link"), "p.sock", dev, ino)
@@ -375,13 +348,12 @@ def make_room(folder: Path, after: float | None,
 
 
 @pytest.fixture
-def rooms(short_tmp: Path, sockets: Callable[..., socket.socket]
-          ) -> Iterator[Callable[..., Room]]:
+def rooms(short_tmp: Path) -> Iterator[Callable[..., Room]]:
     """A room over ``short_tmp`` holding one stale socket, p.sock, registered."""
     made: list[Room] = []
 
     def make(after: float | None, **kw: Any) -> Room:
-        stale_at(short_tmp / "p.sock", sockets)
+        leave_stale(short_tmp / "p.sock")
         made.append(make_room(short_tmp, after, **kw))
         return made[-1]
 

@@ -26,6 +26,7 @@ from tests import tiers
 from tests.configs import FAST
 from tests.fakeplugin import FakePlugin
 from tests.harness import Daemon
+from tests.rawsockets import leave_stale
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.system
@@ -59,32 +60,6 @@ def removed_count(d: Daemon) -> int:
 def wait_removed(d: Daemon, name: str, timeout: float = 15.0) -> None:
     wait_until(lambda: any(p == name for p, _, _ in stale_events(d)), timeout,
                message=f"stale_socket_removed for {name}; log:\n{d.log()[-3000:]}")
-
-
-@pytest.fixture
-def sockets() -> Iterator[Callable[..., socket.socket]]:
-    """Unix sockets of the test's own, bound (and listening unless told); closed after."""
-    made: list[socket.socket] = []
-
-    def bind(path: Path, listen: int | None = 8) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        made.append(sock)
-        sock.bind(str(path))
-        if listen is not None:
-            sock.listen(listen)
-        return sock
-
-    yield bind
-    for sock in made:
-        sock.close()
-
-
-def leave_stale(path: Path) -> None:
-    """A socket file whose socket is closed: what a dead plugin leaves."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(str(path))
-    sock.listen(1)
-    sock.close()
 
 
 @pytest.fixture
