@@ -6,7 +6,8 @@ returns (``Activated | Probed | Failed``), then the queued messages (filesystem 
 scan requests, commands), starts the work that is due and publishes an immutable
 snapshot. When the folders are scanned is ``scanning``'s, what happens to registrations
 ``lifecycle``'s, their records and due times ``registrations``'s, when the daemon counts
-as started ``startup``'s, and every timing decision is a pure function in ``policy``;
+as started ``startup``'s, which stale sockets go ``stalesockets``', and every timing
+decision is a pure function in ``policy``;
 this module is the shell that runs them in order and sleeps until the earliest thing
 any of them waits for. Every step survives an OSError (``survival``): nothing a plugin
 folder holds ends the loop.
