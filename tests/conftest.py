@@ -16,6 +16,7 @@ from tests import tiers
 from tests.control.otheruser import SCRIPT, Peer
 from tests.fakes import fakes, fakes_at  # noqa: F401 - fixtures
 from tests.harness import Daemon
+from tests.rawsockets import sockets  # noqa: F401 - fixture
 from tests.realsystemd import wheelhouse  # noqa: F401 - fixture
 from tests.supervising import book, plugins_dir, supervisors  # noqa: F401 - fixtures
 from tests.waiting import wait_until

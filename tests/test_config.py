@@ -75,12 +75,14 @@ def test_the_shipped_example_file_sets_every_key() -> None:
     in_file = {f"{s}.{k}" for s, table in parsed.items() for k in table}
     assert in_file == all_keys(Settings())
     assert "# volume_plugin_timeout = " in EXAMPLE.read_text(encoding="utf-8")
+    assert '# remove_stale_after = "2m"' in EXAMPLE.read_text(encoding="utf-8")
 
 
 def test_the_docs_name_every_key_and_flag() -> None:
     """docs/config.md has a row for every dotted key and every flag of the CLI."""
     text = DOCS.read_text(encoding="utf-8")
-    keys = all_keys(Settings()) | {"podman.volume_plugin_timeout"}
+    keys = all_keys(Settings()) | {"podman.volume_plugin_timeout",
+                                   "discovery.remove_stale_after"}
     assert {k for k in keys if f"`{k}`" not in text} == set()
     for flag in ("--config", "--plugin-dir", "--control-socket", "--metrics-listen",
                  "--no-metrics", "--probe-interval", "--probe-timeout", "--failure-threshold",
@@ -192,6 +194,15 @@ ERRORS = [
      'probe.endpoint: must be one of "/Plugin.Activate", "/VolumeDriver.Capabilities", '
      '"/VolumeDriver.List", got "/VolumeDriver.Get"'),
     ("[discovery]\nrescan_interval = -0.5\n", "discovery.rescan_interval: must be > 0, got -0.5"),
+    ('[discovery]\nremove_stale_after = "2 min"\n', 'discovery.remove_stale_after: must be a '
+     'number of seconds or a duration such as "2m" (ms, s, m, h), got "2 min"'),
+    ('[discovery]\nremove_stale_after = "-2m"\n', 'discovery.remove_stale_after: must be a '
+     'number of seconds or a duration such as "2m" (ms, s, m, h), got "-2m"'),
+    ('[discovery]\nremove_stale_after = "0s"\n',
+     "discovery.remove_stale_after: must be > 0, got 0"),
+    ("[discovery]\nremove_stale_after = 0\n", "discovery.remove_stale_after: must be > 0, got 0"),
+    ("[discovery]\nremove_stale_after = true\n",
+     "discovery.remove_stale_after: must be a number of seconds, got true"),
     ("[plugin]\nmax_response_bytes = 0\n", "plugin.max_response_bytes: must be >= 1, got 0"),
     ("[plugin]\ntimeouts = 5\n", "plugin.timeouts: must be a table, got 5"),
     ("[plugin]\ntimeouts = { mount = -2 }\n", "plugin.timeouts.mount: must be > 0, got -2"),
@@ -432,3 +443,20 @@ def test_restart_settings_load_with_their_unit_names(tmp_path: Path) -> None:
                                         'units = ["buttervolume.service", "plug@a.service"]\n'))
     assert got.restart == RestartSettings(enabled=True, after=2.5, burst=5, units=(
         "buttervolume.service", "plug@a.service"))
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    ('"2m"', 120.0), ('"90s"', 90.0), ('"500ms"', 0.5), ('"1.5h"', 5400.0), ("45", 45.0),
+    ("0.25", 0.25)])
+def test_remove_stale_after_takes_seconds_or_a_duration(
+        tmp_path: Path, value: str, seconds: float) -> None:
+    """A number of seconds, or text with ms, s, m or h; written back as seconds, read equal."""
+    got = load_settings(write(tmp_path, f"[discovery]\nremove_stale_after = {value}\n"))
+    assert got.discovery.remove_stale_after == seconds
+    assert load_settings_from_text(settings_to_toml(got)) == got
+
+
+def test_remove_stale_after_is_off_unless_set() -> None:
+    """The default is None (never remove), and check-config leaves the key out."""
+    assert Settings().discovery.remove_stale_after is None
+    assert "remove_stale_after" not in settings_to_dict(Settings())["discovery"]

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from tests.waiting import terminal_lines
+from tests.waiting import terminal_lines, wait_until
 from volplugd.ctl import cli, render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -730,6 +730,30 @@ def test_wait_times_out_with_each_plugins_state_on_stderr(canned: Canned) -> Non
         "volplugctl: timeout: after 0.3s, plugin bad\\x1b is activating",
     ]
     assert len(canned.seen) >= 2  # it asked again before giving up
+
+
+def test_wait_waits_for_a_restarting_plugin_until_it_is_ready(canned: Canned) -> None:
+    """`restarting` is not ready: wait keeps asking, and exits 0 once the plugin is ready."""
+    canned.on("GET", "/v1/plugins", {"plugins": [
+        plugin("a", state="restarting", last_error="process 7 (vp) exited")]})
+    done: list[tuple[int, str, str]] = []
+    waiting = threading.Thread(target=lambda: done.append(run(canned, "wait", "a")))
+    waiting.start()
+    try:
+        wait_until(lambda: len(canned.seen) >= 3, message="wait asked again")
+        assert done == []
+    finally:
+        canned.on("GET", "/v1/plugins", {"plugins": [plugin("a")]})
+        waiting.join(30)
+    assert done == [(0, "a: ready\n", "")]
+
+
+def test_wait_times_out_on_a_plugin_still_restarting(canned: Canned) -> None:
+    """Exit 1, the state and last error on stderr, as for any plugin not ready."""
+    canned.on("GET", "/v1/plugins", {"plugins": [
+        plugin("a", state="restarting", last_error="process 7 (vp) exited")]})
+    assert run(canned, "wait", "--timeout", "300ms", "a") == (1, "", (
+        "volplugctl: timeout: after 0.3s, plugin a is restarting: process 7 (vp) exited\n"))
 
 
 def test_wait_without_a_daemon_exits_3(short_tmp: Path) -> None:

@@ -392,6 +392,7 @@ def feed_everything(m: Observations, names: list[str], rounds: int) -> None:
         m.control_refused(("uid_limit", "full", "odd")[i % 3])
         m.gateway_refused(("full", "odd", "uid_limit")[i % 3])
         m.probe_lateness(0.05 * i)
+        m.stale_socket_removed()
 
 
 NAMES = ["a-activating", "b-ready", "c-unhealthy", "d-rejected", HOSTILE, "\udcff-x"]
@@ -414,7 +415,7 @@ def test_registry_holds_what_the_text_says() -> None:
         feed_everything(m, NAMES[step:], 2)
         registry = [f for f in m.registry.collect() if f.name.startswith("volplugd_")]
         assert volplugd_families(m.exposition()[0]) == registry
-        assert len(registry) == 22
+        assert len(registry) == 23
 
 
 def test_kept_fragments_render_the_same_bytes_as_a_fresh_render() -> None:
@@ -616,3 +617,14 @@ def test_live_daemon_scrape_covers_every_state_and_probe_result(
     wait_until(lambda: 'plugin="ok"' not in scrape(d), timeout=10,
                message="the evicted plugin's series to vanish")
     assert sample(scrape(d), "volplugd_evictions_total", reason="removed") == 1
+
+
+def test_stale_sockets_removed_is_a_daemon_counter_from_zero() -> None:
+    """volplugd_stale_sockets_removed_total: 0 before any removal, then one per removal,
+    in the text and in the registry alike (it outlives the plugin, which is evicted)."""
+    m, _ = make(snap())
+    assert "volplugd_stale_sockets_removed_total 0\n" in m.exposition()[0].decode()
+    m.stale_socket_removed()
+    m.stale_socket_removed()
+    assert "volplugd_stale_sockets_removed_total 2\n" in m.exposition()[0].decode()
+    assert m.registry.get_sample_value("volplugd_stale_sockets_removed_total") == 2

@@ -67,10 +67,13 @@ def listed(text: str) -> dict[str, Any]:
      "/run/docker/plugins/p.sock"),
     (Kind.SOCK, PluginState.UNHEALTHY, "/run/docker/plugins/p.sock",
      "/run/docker/plugins/p.sock"),
+    (Kind.SOCK, PluginState.RESTARTING, "/run/docker/plugins/p.sock",
+     "/run/docker/plugins/p.sock"),
     (Kind.SOCK, PluginState.ACTIVATING, "/run/docker/plugins/p.sock", None),
     (Kind.SOCK, PluginState.REJECTED, "/run/docker/plugins/p.sock", None),
     (Kind.SPEC, PluginState.READY, "unix:///run/p/p.sock", "/run/p/p.sock"),
     (Kind.SPEC, PluginState.UNHEALTHY, "unix:///run/p/p.sock", "/run/p/p.sock"),
+    (Kind.SPEC, PluginState.RESTARTING, "unix:///run/p/p.sock", "/run/p/p.sock"),
     (Kind.SPEC, PluginState.ACTIVATING, "unix:///run/p/p.sock", None),
     (Kind.JSON, PluginState.READY, "unix:///run/p/p.sock", "/run/p/p.sock"),
     (Kind.JSON, PluginState.REJECTED, "unix:///run/p/p.sock", None),
@@ -80,9 +83,10 @@ def listed(text: str) -> dict[str, Any]:
     (Kind.SPEC, PluginState.READY, "unix://relative/p.sock", None),
     (Kind.SOCK, PluginState.READY, "relative/p.sock", None),
 ])
-def test_lists_unix_plugins_that_are_ready_or_unhealthy(
+def test_lists_unix_plugins_that_are_ready_unhealthy_or_restarting(
         kind: Kind, state: PluginState, address: str, expected: str | None) -> None:
-    """Only unix-socket plugins in state ready or unhealthy reach Podman, by socket path."""
+    """Only unix-socket plugins in state ready, unhealthy or restarting reach Podman, by
+    socket path."""
     text = render_dropin(snapshot(view("p", address, kind=kind, state=state)), NO_TIMEOUT,
                          declared={})
     assert listed(text) == ({} if expected is None else {"p": expected})
@@ -385,6 +389,17 @@ def test_update_writes_then_reports_no_change(dropin: str, snapshots: Snapshots)
     assert listed(Path(dropin).read_text()) == {"btrfs": "/run/docker/plugins/btrfs.sock"}
     assert [e["event"] for e in logs] == ["podman_dropin_written"]
     assert logs[0]["plugins"] == ["btrfs"]
+
+
+def test_a_restart_cycle_never_rewrites_the_dropin(dropin: str, snapshots: Snapshots) -> None:
+    """ready -> unhealthy -> restarting -> ready: written once, the plugin listed all along."""
+    writer = make_writer(dropin, snapshots)
+    states = (PluginState.READY, PluginState.UNHEALTHY, PluginState.RESTARTING,
+              PluginState.READY)
+    written = [writer.update(snapshot(view("btrfs", state=state), generation=generation))
+               for generation, state in enumerate(states, 1)]
+    assert written == [True, False, False, False]
+    assert listed(Path(dropin).read_text()) == {"btrfs": "/run/docker/plugins/btrfs.sock"}
 
 
 def test_update_excludes_what_the_admin_files_declare(tmp_path: Path, dropin: str,

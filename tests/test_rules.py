@@ -16,6 +16,7 @@ import yaml
 from tests import tiers
 from tests.test_metrics import every_state, make
 from volplugd.metrics.observer import ENDPOINTS, EVICTION_REASONS, PROBE_RESULTS
+from volplugd.model import PluginState
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = REPO / "etc/prometheus/volplugd.rules.yml"
@@ -157,6 +158,25 @@ def test_dashboard_has_the_required_panels() -> None:
         "p50", "p90", "p99"]
     assert "Operations by endpoint" in by_title
     assert "Operation errors" in by_title
+
+
+def test_dashboard_shows_every_state_each_in_its_colour() -> None:
+    """Every state has its colour in "Plugins by state" and its own value in "Plugin
+    state"; "Plugins not ready" counts every state but ready and rejected."""
+    by_title = {p["title"]: p for p in dashboard()["panels"]}
+    colours = {o["matcher"]["options"]: o["properties"][0]["value"]["fixedColor"]
+               for o in by_title["Plugins by state"]["fieldConfig"]["overrides"]}
+    assert colours == {"ready": "green", "activating": "yellow", "unhealthy": "red",
+                       "restarting": "blue", "rejected": "text"}
+    timeline = by_title["Plugin state"]
+    mapping = timeline["fieldConfig"]["defaults"]["mappings"][0]["options"]
+    coded = re.findall(r'state="(\w+)"\} \* (\d+)', timeline["targets"][0]["expr"])
+    assert {state: mapping[code] for state, code in coded} == {
+        state: {"text": state, "color": colours[state]} for state in colours}
+    assert {s.value for s in PluginState} == set(colours)
+    not_ready = re.search(r'state=~"([^"]+)"', by_title["Plugins not ready"]["targets"][0]["expr"])
+    assert not_ready is not None
+    assert set(not_ready[1].split("|")) == {s.value for s in PluginState} - {"ready", "rejected"}
 
 
 def test_dashboard_queries_name_only_exported_metrics() -> None:

@@ -117,7 +117,8 @@ def test_start_returns_once_ready(box: Container) -> None:
     start(box)
     assert box.show(SERVICE, "ActiveState") == "active"
     box.wait_for(lambda: box.show(SERVICE, "StatusText")
-                 == "0 activating, 0 ready, 0 unhealthy, 0 rejected", message="STATUS=")
+                 == "0 activating, 0 ready, 0 unhealthy, 0 restarting, 0 rejected",
+                 message="STATUS=")
 
 
 def test_reload_rereads_and_keeps_serving(box: Container) -> None:

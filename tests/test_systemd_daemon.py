@@ -220,8 +220,9 @@ def plugins(short_tmp: Path) -> Iterator[Callable[[str], FakePlugin]]:
 
 
 def status_text(activating: int = 0, ready: int = 0, unhealthy: int = 0,
-                rejected: int = 0) -> str:
-    return f"{activating} activating, {ready} ready, {unhealthy} unhealthy, {rejected} rejected"
+                restarting: int = 0, rejected: int = 0) -> str:
+    return (f"{activating} activating, {ready} ready, {unhealthy} unhealthy, "
+            f"{restarting} restarting, {rejected} rejected")
 
 
 def assert_from(d: ServiceDaemon, datagrams: Sequence[Datagram]) -> None:

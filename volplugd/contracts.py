@@ -171,6 +171,9 @@ class Observer(Protocol):
     def loop_error(self, code: int) -> None:
         """The loop met an OSError (``errno`` ``code``) and went on."""
 
+    def stale_socket_removed(self) -> None:
+        """A stale plugin socket was removed (``discovery.remove_stale_after``)."""
+
 
 class NullObserver:
     """An Observer that records nothing (library use and unit tests)."""
@@ -200,4 +203,7 @@ class NullObserver:
         pass
 
     def loop_error(self, code: int) -> None:
+        pass
+
+    def stale_socket_removed(self) -> None:
         pass

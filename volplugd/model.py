@@ -41,6 +41,7 @@ class EventType(StrEnum):
     STATE_CHANGED = "state_changed"
     EVICTED = "evicted"
     RESCAN = "rescan"
+    STALE_SOCKET_REMOVED = "stale_socket_removed"
 
 
 def rfc3339(ts: float | None) -> str | None:

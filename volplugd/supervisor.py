@@ -8,9 +8,9 @@ messages (filesystem hints, scan requests, commands), starts the work that is du
 the probes of suspect plugins) and publishes an immutable snapshot. When the folders
 are scanned is ``scanning``'s, what happens to registrations ``lifecycle``'s, their
 records and due times ``registrations``'s, when the daemon counts as started
-``startup``'s, and every timing decision is a pure function in ``policy``; this module
-is the shell that runs them in order and sleeps until the earliest thing
-any of them waits for. Every step survives an OSError (``survival``): nothing a plugin
+``startup``'s, which stale sockets go ``stalesockets``', and every timing decision is
+a pure function in ``policy``; this module is the shell that runs them in order and
+sleeps until the earliest thing any of them waits for. Every step survives an OSError (``survival``): nothing a plugin
 folder holds ends the loop.
 
 Activations and probes of unix-socket plugins are non-blocking exchanges the loop
@@ -57,6 +57,7 @@ from volplugd.plugin.client import PluginClient
 from volplugd.registrations import Book
 from volplugd.registry import Registry
 from volplugd.scanning import Scans, WatcherLike
+from volplugd.stalesockets import StaleSockets
 from volplugd.startup import Startup
 from volplugd.survival import Survival
 
@@ -115,6 +116,7 @@ class Supervisor(Commands):
         self._plugins = Lifecycle(settings, self._book, self._calls, self._observer, wall,
                                   clock=clock)
         self._scans = Scans(self._plugins, self._book, self._watcher, self._observer)
+        self._stale = StaleSockets(self._plugins, self._book, self._observer)
         self._startup = Startup(on_started)
         self._timers = Timers()
         self._stopped = threading.Event()
@@ -228,7 +230,8 @@ class Supervisor(Commands):
             now + LIVENESS,
             timers.beat if self._heartbeat is not None else None,
             timers.status if status_pending else None,
-            self._book.wake_at(), self._plugins.wake_at(), *self._scans.wake_at()))
+            self._book.wake_at(), self._plugins.wake_at(), *self._scans.wake_at(),
+            self._stale.wake_at()))
 
     def _handle(self, message: object, now: float) -> None:
         match message:
@@ -259,9 +262,17 @@ class Supervisor(Commands):
         self._plugins.dispatch_due(now)
         if self._scans.due(now):
             self._startup.check(self._book)
+        self._survive(self._stale_sockets, now)
         if self._book.publish_due(now):
             self._book.publish()
         self._report_status(now)
+
+    def _stale_sockets(self, now: float) -> None:
+        """A look for stale sockets, if due; what it removed is evicted now, in the
+        publish that carries the removal's event."""
+        removed = self._stale.due(now)
+        if removed:
+            self._scans.hints(removed, now)
 
     def _shutdown(self) -> None:
         self._stopped.set()  # before the drain: a later put() drains for itself

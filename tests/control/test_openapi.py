@@ -76,3 +76,12 @@ def test_documented_example_answers_validate(live: Live, path: str) -> None:
     ans = fetch(live.path, "GET", path)
     assert ans.status == 200
     json.loads(ans.body)
+
+
+def test_event_and_state_enums_are_the_models() -> None:
+    """The Event type enum is EventType's values, the PluginState schema PluginState's."""
+    from volplugd.model import EventType, PluginState
+
+    schemas = openapi_document()["components"]["schemas"]
+    assert schemas["Event"]["properties"]["type"]["enum"] == [t.value for t in EventType]
+    assert schemas["PluginState"]["enum"] == [s.value for s in PluginState]

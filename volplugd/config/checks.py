@@ -68,6 +68,21 @@ def seconds(key: str, value: object) -> float:
     return float(value)
 
 
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration(key: str, value: object) -> float:
+    """Seconds > 0 as a number, or as text with a unit: "500ms", "90s", "2m", "1h"."""
+    if isinstance(value, str):
+        match = _DURATION.fullmatch(value)
+        if match is None:
+            raise ConfigError(key, f'must be a number of seconds or a duration such as "2m" '
+                                   f"(ms, s, m, h), got {show(value)}")
+        value = float(match[1]) * _DURATION_UNITS[match[2]]
+    return seconds(key, value)
+
+
 def count(key: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(key, f"must be an integer, got {show(value)}")

@@ -59,6 +59,8 @@ class DiscoverySettings:
     rescan_interval: float = setting(30.0, c.seconds)
     # folders trusted whatever their owner and modes
     trust: tuple[str, ...] = setting((), c.array_of(c.path, allow_empty=True))
+    # a socket nobody listens on this long is removed (None: never; docs/supervision.md)
+    remove_stale_after: float | None = setting(None, c.duration)
 
 
 @dataclass(frozen=True, slots=True)

@@ -127,7 +127,8 @@ def cmd_wait(ctx: Context, args: argparse.Namespace) -> int:
     Named plugins are waited for even while volplugd does not know them yet (a plugin
     may start after volplugd); with no name, every plugin present at each look is, but
     rejected ones (they are not volume drivers and stay rejected until their file
-    changes). On a timeout each plugin that is not ready gets one line on stderr.
+    changes). Any state but ``ready`` is waited on (``restarting`` too: it is on its
+    way to ``ready``). On a timeout each plugin that is not ready gets one line on stderr.
     """
     timeout = getattr(args, "timeout", WAIT_TIMEOUT)
     deadline = time.monotonic() + timeout

@@ -37,7 +37,9 @@ __all__ = ["ERR_TYPE", "MAX_BODY", "Answer", "GatewayApp", "OnGatewayRequest", "
 ERR_TYPE = "application/vnd.docker.plugins.v1+json"  # what Docker's plugin helpers send
 MAX_BODY = 1024 * 1024  # v1 request bodies are a name and a few options
 _ENDPOINT = re.compile(r"/VolumeDriver\.[A-Za-z][A-Za-z0-9.]{0,63}")
-_MANIFEST_STATES = (PluginState.READY, PluginState.UNHEALTHY)
+# Once a volume driver, answered from its manifest: the call behind Activate then fails
+# fast with the state and last error (or, restarting, is held: ``restart.hold``).
+_MANIFEST_STATES = (PluginState.READY, PluginState.UNHEALTHY, PluginState.RESTARTING)
 _MALFORMED = (400, 411, 413, 414, 431, 505)  # what the server's head parser answers
 OnGatewayRequest = Callable[[str, str, str, float], None]  # plugin, endpoint, outcome, s
 

@@ -50,7 +50,9 @@ def serves(view: PluginView, listening: Callable[[str], bool]) -> str | None:
     ``rejected``, nor from an untrusted folder, nor, while it has never been activated
     (``activating`` with no success yet), when nobody listens on its own unix socket
     (``listening(path)``): a folder of stale sockets costs no descriptors. A plugin once
-    ready keeps its socket while it is ``unhealthy``: it is answered at once, fail-fast."""
+    ready keeps its socket while it is ``unhealthy`` (answered at once, fail-fast) and
+    while it is ``restarting``, whether anyone listens or not: its calls wait there for
+    the restarted plugin (``restart.hold``), and Docker and Podman never see it vanish."""
     if view.state is PluginState.REJECTED:
         return "rejected"
     untrusted = untrusted_reason(view.warnings)

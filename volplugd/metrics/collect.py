@@ -58,19 +58,21 @@ def _counter(family: Family, label: str, counts: Mapping[str, int]) -> Metric:
 def _daemon(taken: Taken, version: str) -> list[Metric]:
     """The families about the daemon as a whole (DAEMON, in order)."""
     (build, plugins, watcher, discovery, rescans, evictions, lateness, control, refused,
-     loop_errors, gateway_refused) = DAEMON
+     loop_errors, gateway_refused, stale_removed) = DAEMON
     out = [_metric(build), _metric(plugins), _metric(watcher),
            _counter(discovery, "event", taken.discovery),
            _counter(rescans, "trigger", taken.rescans),
            _counter(evictions, "reason", taken.evictions),
            _metric(lateness), _metric(control), _counter(refused, "reason", taken.refused),
            _counter(loop_errors, "errno", taken.loop_errors),
-           _counter(gateway_refused, "reason", taken.gateway_refused)]
+           _counter(gateway_refused, "reason", taken.gateway_refused),
+           _metric(stale_removed)]
     out[0].add_sample(build.name, {"version": safe_text(version, None)}, 1)
     for state in PluginState:
         out[1].add_sample(plugins.name, {"state": state.value},
                           taken.snapshot.counts[state.value])
     out[2].add_sample(watcher.name, {}, 1 if taken.watcher_up else 0)
+    out[-1].add_sample(stale_removed.name, {}, taken.stale_sockets_removed)
     _histogram(out[6], {}, LATENESS_BUCKETS, taken.lateness)
     for (route, code), count in sorted(taken.control.items()):
         out[7].add_sample(control.name, {"route": safe_text(route, None), "code": code},

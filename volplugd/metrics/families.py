@@ -50,8 +50,10 @@ LOOP_ERRORS = Family("volplugd_loop_errors_total", "counter",
                      "OS errors the supervisor loop met and went on after, by errno name.")
 GATEWAY_REFUSED = Family("volplugd_gateway_connections_refused_total", "counter",
                          "Gateway socket connections refused at accept (503 Err), by reason.")
+STALE_REMOVED = Family("volplugd_stale_sockets_removed_total", "counter",
+                       "Plugin socket files removed as stale (discovery.remove_stale_after).")
 DAEMON = (BUILD_INFO, PLUGINS, WATCHER_UP, DISCOVERY, RESCANS, EVICTIONS, LATENESS, CONTROL,
-          REFUSED, LOOP_ERRORS, GATEWAY_REFUSED)
+          REFUSED, LOOP_ERRORS, GATEWAY_REFUSED, STALE_REMOVED)
 
 # Per plugin, straight from the snapshot's view.
 PLUGIN_GAUGES = (

@@ -156,6 +156,7 @@ class Taken(NamedTuple):
     refused: Mapping[str, int]  # reason -> connections refused at accept
     loop_errors: Mapping[str, int]  # errno name -> OS errors the loop went on after
     gateway_refused: Mapping[str, int]  # reason -> gateway connections refused at accept
+    stale_sockets_removed: int
 
 
 class Observations:
@@ -173,6 +174,7 @@ class Observations:
         self._refused = dict.fromkeys(REFUSAL_REASONS, 0)
         self._loop_errors: dict[str, int] = {}
         self._gateway_refused = dict.fromkeys(REFUSAL_REASONS, 0)
+        self._stale_sockets_removed = 0
         self._routes: set[str] = set()
         self._watcher_up = watcher_up
         self._lateness = Histogram.empty(LATENESS_BUCKETS)
@@ -285,6 +287,12 @@ class Observations:
         (full, uid_limit; else "other")."""
         self._bump(self._gateway_refused, reason if reason in REFUSAL_REASONS else "other")
 
+    @_never_raise
+    def stale_socket_removed(self) -> None:
+        """Count one stale plugin socket removed."""
+        with self._lock:
+            self._stale_sockets_removed += 1
+
     def forget(self, plugin: str) -> None:
         """Remove every counter and histogram child of ``plugin``."""
         with self._lock:
@@ -317,7 +325,7 @@ class Observations:
             return Taken(snapshot, dict(series), self._watcher_up, dict(self._discovery),
                          dict(self._rescans), dict(self._evictions), control,
                          self._lateness, dict(self._refused), dict(self._loop_errors),
-                         dict(self._gateway_refused))
+                         dict(self._gateway_refused), self._stale_sockets_removed)
 
     def _series(self, plugin: str) -> PluginSeries:
         """The plugin's series, or an empty one (caller holds the lock and stores the

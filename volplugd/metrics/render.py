@@ -170,7 +170,7 @@ def _counter_lines(name: str, label: str, counts: Mapping[str, int]) -> str:
 def daemon_text(taken: Taken, version: str) -> str:
     """The families about the daemon as a whole (DAEMON, in order)."""
     (build, plugins, watcher, discovery, rescans, evictions, lateness, control, refused,
-     loop_errors, gateway_refused) = DAEMON
+     loop_errors, gateway_refused, stale_removed) = DAEMON
     counts = taken.snapshot.counts
     return "".join((
         build.header, f'volplugd_build_info{{version="{_label(version)}"}} 1\n',
@@ -188,6 +188,7 @@ def daemon_text(taken: Taken, version: str) -> str:
         loop_errors.header, _counter_lines(loop_errors.name, "errno", taken.loop_errors),
         gateway_refused.header,
         _counter_lines(gateway_refused.name, "reason", taken.gateway_refused),
+        stale_removed.header, f"{stale_removed.name} {taken.stale_sockets_removed}\n",
     ))
 
 
