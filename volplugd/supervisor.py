@@ -10,8 +10,8 @@ are scanned is ``scanning``'s, what happens to registrations ``lifecycle``'s, th
 records and due times ``registrations``'s, when the daemon counts as started
 ``startup``'s, which stale sockets go ``stalesockets``', and every timing decision is
 a pure function in ``policy``; this module is the shell that runs them in order and
-sleeps until the earliest thing any of them waits for. Every step survives an OSError (``survival``): nothing a plugin
-folder holds ends the loop.
+sleeps until the earliest thing any of them waits for. Every step survives an OSError
+(``survival``): nothing a plugin folder holds ends the loop.
 
 Activations and probes of unix-socket plugins are non-blocking exchanges the loop
 multiplexes itself, so a probe costs no thread hand-off and a hung plugin costs only a
