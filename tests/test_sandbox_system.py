@@ -249,9 +249,9 @@ def test_inotify_and_connect_work_in_the_sandbox(box: Container) -> None:
     assert box.run(["volplugctl", "probe", "sbx"]).returncode == 0
 
 
-def _docs_dropin(heading: str) -> str:
-    """The first ```ini block after ``heading`` in docs/install.md."""
-    text = (REPO / "docs/install.md").read_text()
+def _docs_dropin(heading: str, doc: str = "docs/install.md") -> str:
+    """The first ```ini block after ``heading`` in ``doc``."""
+    text = (REPO / doc).read_text()
     after = text[text.index(heading):]
     match = re.search(r"```ini\n(.*?)```", after, re.DOTALL)
     assert match is not None
@@ -287,3 +287,48 @@ def test_enabled_features_write_their_folders(box: Container) -> None:
         ["cat", PODMAN_DROPIN], check=False).stdout,
         message="the Podman drop-in naming sbx")
     assert "Read-only file system" not in box.journal(SERVICE, cursor=cursor)
+
+
+def test_stale_sockets_need_the_documented_dropin(box: Container) -> None:
+    """``discovery.remove_stale_after`` under the shipped unit: /run is read-only, so a
+    dead plugin's socket is kept with one exact line; with the drop-in from
+    docs/supervision.md it is removed (event, log line) and /run stays read-only."""
+    path = "/run/docker/plugins/gone.sock"
+    box.run(["sed", "-i", 's/^# remove_stale_after = "2m"/remove_stale_after = 1/', CONF])
+
+    def killed_plugin() -> None:
+        box.systemctl("reset-failed", "vp-fake-gone.service", check=False)  # killed before
+        fake_plugin(box, "gone", path)
+        box.wait_for(lambda: plugin_state(box, "gone") == "ready", message="gone ready")
+        box.systemctl("kill", "--signal=SIGKILL", "vp-fake-gone.service")
+        box.wait_for(lambda: plugin_state(box, "gone") == "unhealthy",
+                     message="gone unhealthy")
+
+    cursor = box.cursor()
+    start(box)
+    killed_plugin()
+    kept = '"event": "stale_socket_kept"'
+    box.wait_for(lambda: kept in box.journal(SERVICE, cursor=cursor),
+                 message="the socket kept on a read-only /run")
+    line = next(x for x in box.journal(SERVICE, cursor=cursor).splitlines() if kept in x)
+    assert '"reason": "Read-only file system"' in line
+    assert box.run(["test", "-S", path], check=False).returncode == 0
+    assert plugin_state(box, "gone") == "unhealthy"
+
+    box.systemctl("stop", SERVICE)
+    box.remove(path)
+    box.add_dropin(SERVICE, "stale-sockets",
+                   _docs_dropin("**Under volplugd.service.**", "docs/supervision.md"),
+                   runtime=False)
+    cursor = box.cursor()
+    pid = start(box)
+    killed_plugin()
+    box.wait_for(lambda: plugin_state(box, "gone") is None, message="the stale socket gone")
+    assert box.run(["test", "-e", path], check=False).returncode == 1
+    log = box.journal(SERVICE, cursor=cursor)
+    assert '"event": "stale_socket_removed"' in log and kept not in log
+    events = [e["type"] for e in map(json.loads, box.run(
+        ["volplugctl", "--json", "events"]).stdout.splitlines()) if e["plugin"] == "gone"]
+    assert events[-2:] == ["stale_socket_removed", "evicted"]
+    assert touch_inside(box, pid, "/run/probe") == (1, EROFS.format("/run/probe"))
+    assert ctl(box, "health")["status"] == "ok"
