@@ -98,7 +98,7 @@ def reply_head(reply: Reply, length: int | None, *, keep: bool) -> bytes:
 
 
 def http_date(when: float | None = None) -> str:
-    """``when`` (seconds since the epoch, years 1000 to 9999; None: now) as an HTTP
+    """``when`` (seconds since the epoch, up to the year 9999; None: now) as an HTTP
     date, the IMF-fixdate of RFC 9110 section 5.6.7: ``email.utils.formatdate(when,
     usegmt=True)``'s text, without the datetime objects it makes on the way. The day
     and month names are English whatever the locale (strftime writes only numbers)."""

@@ -113,7 +113,11 @@ class Wire:
             return None
         end = self.buf.find(b"\r\n\r\n", 0, MAX_REQUEST_LINE + 2)
         if end >= 0:
-            head = parse_common_head(self.buf[:end + 4].decode("latin-1"))
+            try:
+                head = parse_common_head(self.buf[:end + 4].decode("latin-1"))
+            except BadHead:  # well-formed lines, wrong framing: taken from the buffer too
+                del self.buf[:end + 4]
+                raise
             if head is not None:
                 del self.buf[:end + 4]
                 return head
