@@ -5,7 +5,8 @@ writes that give up on a client that stops reading.
 The head's bounds are the server's, whoever it serves: a request line of at most
 ``MAX_REQUEST_LINE`` bytes (414), a head of at most ``MAX_HEAD_BYTES`` (431) and
 ``MAX_FIELDS`` fields (431); a head cut short by the client is a 400. Each line then goes
-through the one parser, ``head.parse_head``.
+through the one parser, ``head.parse_head`` (a common head whole in the buffer through
+its one-match shortcut, ``head.parse_common_head``).
 Runs on: the connection's own thread.
 """
 
@@ -61,8 +62,8 @@ class Wire:
 
         The kernel's wait is set anew only when it would outlast the deadline; a wait
         that runs out before the deadline is set again to what is left. So a kept-alive
-        connection asks for no setsockopt() per request, and a read never waits past
-        its deadline."""
+        connection asks for no setsockopt() per request, and a read does not wait past
+        its deadline (unless a signal interrupts it: Python then restarts the wait)."""
         while True:
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
@@ -189,8 +190,8 @@ class Wire:
 
 
 def _timeval(seconds: float) -> bytes:
-    """A wait of ``seconds`` (infinite: no limit) as the kernel's ``struct timeval``;
-    at least 1 µs, since 0 would mean no limit."""
+    """A wait of ``seconds`` (infinite: no limit) as the kernel's ``struct timeval``
+    (two C longs on Linux); at least 1 µs, since 0 would mean no limit."""
     if seconds == float("inf"):
         return struct.pack("@ll", 0, 0)
     whole, micros = divmod(max(1, round(seconds * 1e6)), 1_000_000)
