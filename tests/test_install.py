@@ -4,6 +4,8 @@ PREFIX, the config that is never overwritten once changed, and the removal.
 One real install (a virtual environment, ~15-40 s) is shared by the module; tests
 that change a tree work on their own copy of it, so no test depends on another.
 A PREFIX other than the default proves that every path is rewritten to it.
+System tier (tests/tiers.py): each test runs the installer (make, venv, pip) or the
+volplugd it installed.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import tiers
 from volplugd import __version__
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,11 +26,13 @@ PREFIX = "/srv/volplugd-test"
 CONF = "etc/volplugd/volplugd.toml"
 UNITDIR = "etc/systemd/system"
 
-pytestmark = pytest.mark.timeout(900)  # a venv and a pip install on a shared machine
+pytestmark = [pytest.mark.system,
+              pytest.mark.timeout(900)]  # a venv and a pip install on a shared machine
 
 
 def make(target: str, destdir: Path) -> subprocess.CompletedProcess[str]:
     """Run `make <target> DESTDIR=… PREFIX=…` in the repository, not inheriting any make flags."""
+    tiers.require("system", f"runs make {target}")
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     out = subprocess.run(["make", "--no-print-directory", "-C", str(REPO), target,
                           f"DESTDIR={destdir}", f"PREFIX={PREFIX}"],

@@ -283,6 +283,27 @@ def test_concurrent_observations_are_all_counted_while_scraping() -> None:
         assert get("volplugd_plugin_probes_total", {"plugin": name, "result": "success"}) == 1000
 
 
+def test_control_requests_from_many_threads_are_all_counted_while_scraping() -> None:
+    """Answers counted on 4 connection threads at once, new keys among them, during
+    scrapes: every one is in the total, none twice."""
+    m, _ = make()
+    def work() -> None:
+        for i in range(2000):
+            m.control_request("/v1/health" if i % 3 else "/v1/plugins", 200 + i % 2)
+    threads = [threading.Thread(target=work, name=f"conn-{i}") for i in range(4)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        m.exposition()
+    for t in threads:
+        t.join()
+    samples = {(s.labels["route"], s.labels["code"]): s.value
+               for f in text_string_to_metric_families(text(m)) for s in f.samples
+               if s.name == "volplugd_control_requests_total"}
+    assert samples == {("/v1/health", "200"): 2664, ("/v1/health", "201"): 2668,
+                       ("/v1/plugins", "200"): 1336, ("/v1/plugins", "201"): 1332}
+
+
 # ---------------------------------------------------------------- series lifetime
 
 

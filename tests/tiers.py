@@ -2,8 +2,8 @@
 
 Two markers split the suite (``pyproject.toml``):
 
-* ``system``: the test starts the volplugd process (``tests/harness.py``) or a real
-  systemd;
+* ``system``: the test starts the volplugd process (``tests/harness.py``), a real
+  systemd, or the installer (``make install``: a virtual environment and pip, ~15-40 s);
 * ``peer``: the test runs a real third-party program: buttervolume, Docker, Podman,
   Prometheus or promtool, Chromium, systemd's own tools.
 

@@ -196,8 +196,9 @@ def test_the_field_shortcut_agrees_with_the_checks(line: bytes) -> None:
     assert _outcome(head._field, line) == _outcome(head._checked_field, line)
 
 
-def _read(buffer: bytes) -> object:
-    """What a Wire reads from ``buffer`` (the client then hung up), and what is left."""
+def _read(buffer: bytes, by_lines: bool = False) -> object:
+    """What a Wire reads from ``buffer`` (the client then hung up), and what is left;
+    ``by_lines``: without the whole-head shortcut."""
     ours, theirs = socket.socketpair()
     theirs.close()
     with ours:
@@ -205,12 +206,44 @@ def _read(buffer: bytes) -> object:
         wire.deadline = time.monotonic() + 5
         wire.buf += buffer
         try:
-            got: object = wire.read_head()
+            got: object = wire.read_head_by_lines() if by_lines else wire.read_head()
         except BadHead as bad:
             got = (bad.status, bad.message)
         except HeadTooLarge:
             got = "too large"
         return got, bytes(wire.buf)
+
+
+_LINE = st.one_of(
+    st.sampled_from([b"GET /v1/health HTTP/1.1", b"POST /v1/rescan HTTP/1.0", b"GET / HTTP/1.9",
+                     b"Host: localhost", b"Content-Length: 0", b"Content-Length: 12",
+                     b"content-length: 1", b"Transfer-Encoding: chunked", b"Host: b",
+                     b"X-A:\t 1 \t", b"x:", b"Connection: close", b"Expect: 100-continue",
+                     b"", b" folded", b"X : a", b"GET  / HTTP/1.1", b"GET / HTTP/2.0"]),
+    _ODD, _ANY)
+_EOL = st.sampled_from([b"\r\n", b"\r\n", b"\r\n", b"\n", b"\r", b""])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_LINE, _EOL), max_size=8).map(
+    lambda lines: b"".join(line + eol for line, eol in lines)), st.sampled_from([b"", b"\r\n"]))
+def test_the_whole_head_shortcut_agrees_with_reading_line_by_line(buffer: bytes,
+                                                                   end: bytes) -> None:
+    """``read_head`` (one match for a common head whole in the buffer) gives what
+    ``read_head_by_lines`` gives: the same Head or error, the same bytes left over."""
+    assert _read(buffer + end) == _read(buffer + end, by_lines=True)
+
+
+def test_the_whole_head_shortcut_keeps_the_bounds() -> None:
+    """At MAX_FIELDS fields the shortcut reads the head; one more, and the lines are
+    read one by one, to their exact 431."""
+    fields = b"".join(b"X-%d: a\r\n" % i for i in range(MAX_FIELDS))
+    common = head.parse_common_head((b"GET / HTTP/1.1\r\n" + fields + b"\r\n").decode())
+    assert common is not None
+    assert len(common.fields) == MAX_FIELDS
+    over = b"GET / HTTP/1.1\r\n" + fields + b"X-last: a\r\n\r\n"
+    assert head.parse_common_head(over.decode()) is None
+    assert _read(over) == ((431, f"more than {MAX_FIELDS} header fields"), over)
 
 
 def test_a_head_is_taken_from_the_buffer_and_what_follows_is_kept() -> None:

@@ -1,20 +1,29 @@
-"""The server core's own HTTP/1.1 paths (serving/connection.py, wire.py), with apps that do
-what the control app never does: crash, crash mid-stream, answer without a length, answer
-a HEAD with a stream, and answer big enough to fill a unix socket's default send buffer."""
+"""The server core's own HTTP/1.1 paths (serving/connection.py, wire.py, messages.py), with
+apps that do what the control app never does: crash, crash mid-stream, answer without a
+length, answer a HEAD with a stream, and answer big enough to fill a unix socket's default
+send buffer; the kernel's waits under a Wire's reads and writes; the Date of an answer."""
 
 from __future__ import annotations
 
 import os
 import socket
+import struct
 import threading
+import time
 from collections.abc import Iterator
+from email.utils import formatdate
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from tests.control.conftest import serving
 from tests.control.helpers import json_of, raw_exchange, status_of
 from tests.waiting import wait_until
 from volplugd.control.routing import NDJSON, Reply, Request
+from volplugd.serving.messages import http_date
+from volplugd.serving.wire import Wire
 
 BIG = b"[" + b"0," * 300_000 + b"0]"  # 600 KB: over the ~200 KiB default send buffer
 GET = b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n"
@@ -163,3 +172,77 @@ def test_head_of_a_stream_sends_the_head_alone_and_keeps_the_connection(
     assert rest.startswith(b"HTTP/1.1 200 OK\r\n")
     assert rest.endswith(b"\r\n\r\nsmall")
     assert closed == [True]
+
+
+# --- the kernel's waits under a Wire, and the Date --------------------------------
+
+
+def _read_wait(sock: socket.socket) -> float:
+    """The socket's SO_RCVTIMEO, in seconds (0: none)."""
+    whole, micros = struct.unpack("@ll", sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                                                        struct.calcsize("@ll")))
+    return whole + micros / 1e6
+
+
+def test_a_read_never_waits_past_its_deadline_and_outlasts_a_shorter_kernel_wait() -> None:
+    """The kernel's read wait is at most what is left of the deadline; once a read has
+    had a short wait, a read under a later deadline waits on past it (the wait is set
+    again to what is left) and takes bytes that come after the short wait ran out."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        wire = Wire(ours, 5.0)
+        theirs.sendall(b"a")
+        wire.deadline = time.monotonic() + 0.2
+        assert wire.fill()
+        assert 0 < _read_wait(ours) <= 0.2
+        wire.deadline = time.monotonic() + 30
+        got: list[bool] = []
+        reader = threading.Thread(target=lambda: got.append(wire.fill()))
+        reader.start()
+        wait_until(lambda: _read_wait(ours) > 1.0, message="the short wait to run out")
+        theirs.sendall(b"b")
+        reader.join(30)
+        assert (got, bytes(wire.buf)) == ([True], b"ab")
+        assert _read_wait(ours) <= 30
+
+
+def test_a_write_the_client_does_not_take_gives_up_after_the_write_timeout() -> None:
+    """Bytes that no one reads: the write ends with TimeoutError("timed out") (what the
+    connection logs as ``*_client_write_failed``), not a wait without end."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        with pytest.raises(TimeoutError, match=r"^timed out$"):
+            Wire(ours, 0.2).send(BIG, BIG)
+
+
+def test_a_client_that_stops_reading_its_answer_is_dropped_and_others_are_served(
+        sockdir: str) -> None:
+    """An 8 MB answer (over the server's send buffer) to a client that reads nothing:
+    after the write timeout its connection ends, logged once as
+    control_client_write_failed ("timed out"), and another client is answered meanwhile
+    and after."""
+    huge = b"0" * (8 << 20)
+
+    def app(req: Request) -> Reply:
+        return Reply(200, huge if req.path == "/big" else b"small")
+
+    path = os.path.join(sockdir, "w.sock")
+    with capture_logs() as logs, serving(app, path, read_timeout=0.5) as server, \
+            socket.socket(socket.AF_UNIX) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(path)
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert raw_exchange(path, b"GET /small HTTP/1.0\r\n\r\n").endswith(b"small")
+        wait_until(lambda: server.connections == 0, message="the reader that reads not dropped")
+        assert raw_exchange(path, b"GET /small HTTP/1.0\r\n\r\n").endswith(b"small")
+    failed = [e for e in logs if e["event"] == "control_client_write_failed"]
+    assert [(e["log_level"], e["error"]) for e in failed] == [("info", "timed out")]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(0, 253402300799), st.sampled_from([0.0, 0.25, 0.5, 0.999]))
+def test_the_date_is_the_http_date_of_the_standard_library(second: int, part: float) -> None:
+    """From 1970 to the year 9999, whole seconds or not: the text of
+    ``email.utils.formatdate``."""
+    assert http_date(second + part) == formatdate(second + part, usegmt=True)

@@ -169,7 +169,7 @@ class Observations:
         self._discovery = dict.fromkeys(DISCOVERY_EVENTS, 0)
         self._rescans = dict.fromkeys(RESCAN_TRIGGERS, 0)
         self._evictions = dict.fromkeys(EVICTION_REASONS, 0)
-        self._control: dict[tuple[str, str], int] = {}
+        self._control: dict[tuple[str, int], int] = {}  # (route, status) -> answers
         self._control_lock = Lock()  # the control loop's: it never waits for the supervisor
         self._refused = dict.fromkeys(REFUSAL_REASONS, 0)
         self._loop_errors: dict[str, int] = {}
@@ -255,19 +255,29 @@ class Observations:
     # ------------------------------------------------------------ other inputs
 
     def control_request(self, route: str, code: int) -> None:
-        """Count one control API answer; ``route`` is the route template, not the path.
-        Asked for every answer, most on the control loop: a lock of its own, and the
-        guard of ``_never_raise`` written in (one call frame less)."""
+        """Count one control API answer; ``route`` is the route template, not the path
+        (past ``MAX_ROUTES`` of them, a new one counts as "other").
+        Asked for every answer, on every connection thread: a lock of its own, a key
+        seen before costs one lookup under it, and the guard of ``_never_raise`` is
+        written in (one call frame less)."""
+        key = (route, code)
         try:
             with self._control_lock:
-                if route not in self._routes:
-                    if len(self._routes) >= MAX_ROUTES:
-                        route = "other"
-                    self._routes.add(route)
-                key = (route, str(code))
-                self._control[key] = self._control.get(key, 0) + 1
+                count = self._control.get(key)
+                if count is None:  # a new route or status
+                    key = self._control_key(route, code)
+                    count = self._control.get(key, 0)
+                self._control[key] = count + 1
         except Exception:  # logged, not raised: the answer matters more
             log.exception("metrics_observer_failed", method="control_request")
+
+    def _control_key(self, route: str, code: int) -> tuple[str, int]:
+        """The key a new (route, status) counts under (caller holds the lock)."""
+        if route not in self._routes:
+            if len(self._routes) >= MAX_ROUTES:
+                route = "other"
+            self._routes.add(route)
+        return route, code
 
     @_never_raise
     def control_refused(self, reason: str) -> None:
@@ -311,7 +321,8 @@ class Observations:
         """
         plugins = snapshot.plugins
         with self._control_lock:
-            control = dict(self._control)
+            counted = list(self._control.items())
+        control = {(route, str(code)): n for (route, code), n in counted}
         with self._lock:
             absent = [name for name in self._plugins if name not in plugins]
             for name in absent:

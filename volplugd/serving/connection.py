@@ -143,6 +143,7 @@ class _Connection:
         rules, wire = self.rules, self.wire
         wire.received, self.method = 0, ""
         idle = not first
+        head = None
         self.hooks.set_idle(self.sock, True)  # until its head is in, its slot may be taken
         try:
             started = self.accepted_at
@@ -155,8 +156,6 @@ class _Connection:
                 wire.deadline = started + rules.read_timeout
                 idle = False
             head = wire.read_head()
-            if not self.hooks.set_idle(self.sock, False):
-                return None  # evicted to make room while its head came in
         except HeadTooLarge:
             self._refuse(431, HEAD_TOO_LARGE)
         except BadHead as bad:
@@ -165,13 +164,12 @@ class _Connection:
             self._log_timeout(idle)
         except OSError:
             pass  # reset, or shut down by stop() or to make room
-        else:
-            if head is not None:
-                wire.deadline = started + rules.read_timeout  # for the body
-                return self._accept(head)
         finally:
-            self.hooks.set_idle(self.sock, False)
-        return None
+            kept = self.hooks.set_idle(self.sock, False)  # False: evicted meanwhile
+        if head is None or not kept:
+            return None  # closed, refused, or evicted to make room while its head came in
+        wire.deadline = started + rules.read_timeout  # for the body
+        return self._accept(head)
 
     def _log_timeout(self, idle: bool) -> None:
         """An idle keep-alive connection, or one that never sent a byte, timing out is

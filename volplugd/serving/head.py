@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 __all__ = ["MAX_FIELDS", "MAX_LENGTH_DIGITS", "READ_METHODS", "BadHead", "Head",
-           "loopback_host", "parse_head"]
+           "loopback_host", "parse_common_head", "parse_head"]
 
 MAX_FIELDS = 100  # header fields in one head (http.client's limit)
 MAX_LENGTH_DIGITS = 18  # a longer Content-Length is over any limit (and int() may refuse it)
@@ -37,6 +37,11 @@ _PORT = re.compile(r"[0-9]{1,5}")
 _GOOD_REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}) (/[\x21-\x7e]*) "
                                 rb"HTTP/1\.([0-9])")
 _GOOD_FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\x20-\x7e\t]*?)[ \t]*")
+# A whole head of those shapes with CRLF line ends, as text (latin-1), in one match; then
+# its fields, each as _GOOD_FIELD takes it.
+_GOOD_HEAD = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}) (/[\x21-\x7e]*) HTTP/1\.([0-9])"
+                        r"\r\n((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\x20-\x7e\t]*\r\n)*)\r\n")
+_GOOD_FIELD_LINE = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\x20-\x7e\t]*?)[ \t]*\r\n")
 _IPV6_LOOPBACK = ipaddress.IPv6Address("::1")
 
 
@@ -89,6 +94,27 @@ def parse_head(request_line: bytes, field_lines: Sequence[bytes]) -> Head:
     if len(field_lines) > MAX_FIELDS:
         raise BadHead(431, f"more than {MAX_FIELDS} header fields")
     fields = tuple(_field(_strip_eol(line)) for line in field_lines)
+    return _assembled(method, target, version, fields)
+
+
+def parse_common_head(text: str) -> Head | None:
+    """``text``, a whole head through its blank line (its bytes as latin-1), in one match
+    when it has the common shape: CRLF line ends, a request line and at most
+    ``MAX_FIELDS`` fields as the shortcuts below take them. Then it is the Head
+    ``parse_head`` makes of its lines (or raises its BadHead: a framing or ``Host``
+    error); None for any other shape, which ``parse_head`` checks line by line."""
+    good = _GOOD_HEAD.fullmatch(text)
+    if good is None:
+        return None
+    fields: tuple[tuple[str, str], ...] = tuple(_GOOD_FIELD_LINE.findall(good[4]))
+    if len(fields) > MAX_FIELDS:
+        return None
+    return _assembled(good[1], good[2], "HTTP/1.0" if good[3] == "0" else "HTTP/1.1", fields)
+
+
+def _assembled(method: str, target: str, version: str,
+               fields: tuple[tuple[str, str], ...]) -> Head:
+    """The Head of well-formed lines, once its framing and ``Host`` are checked."""
     by_name: dict[str, list[str]] = {}
     for name, value in fields:
         by_name.setdefault(name.lower(), []).append(value)

@@ -9,18 +9,21 @@ Runs on: connection threads.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from email.utils import formatdate
 from http.client import responses
 from types import MappingProxyType
 from typing import NamedTuple, Protocol
 
 from volplugd.admission import Peer, Refusal
 
-__all__ = ["JSON", "Application", "BodyReader", "Reply", "Request", "reply_head"]
+__all__ = ["JSON", "Application", "BodyReader", "Reply", "Request", "http_date", "reply_head"]
 
 JSON = "application/json"
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")  # tm_wday 0 is Monday
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov",
+           "Dec")
 
 
 class BodyReader(Protocol):
@@ -91,7 +94,16 @@ def reply_head(reply: Reply, length: int | None, *, keep: bool) -> bytes:
     if not keep:
         fields += "Connection: close\r\n"
     return (f"HTTP/1.1 {reply.status} {phrase}\r\nServer: volplugd\r\n"
-            f"Date: {formatdate(usegmt=True)}\r\n{fields}\r\n").encode("latin-1")
+            f"Date: {http_date()}\r\n{fields}\r\n").encode("latin-1")
+
+
+def http_date(when: float | None = None) -> str:
+    """``when`` (seconds since the epoch, up to the year 9999; None: now) as an HTTP
+    date, the IMF-fixdate of RFC 9110 section 5.6.7: ``email.utils.formatdate(when,
+    usegmt=True)``'s text, without the datetime objects it makes on the way. The day
+    and month names are English whatever the locale (strftime writes only numbers)."""
+    t = time.gmtime(when)
+    return time.strftime(f"{_DAYS[t.tm_wday]}, %d {_MONTHS[t.tm_mon - 1]} %Y %H:%M:%S GMT", t)
 
 
 def _header_text(value: str) -> str:

@@ -5,7 +5,8 @@ writes that give up on a client that stops reading.
 The head's bounds are the server's, whoever it serves: a request line of at most
 ``MAX_REQUEST_LINE`` bytes (414), a head of at most ``MAX_HEAD_BYTES`` (431) and
 ``MAX_FIELDS`` fields (431); a head cut short by the client is a 400. Each line then goes
-through the one parser, ``head.parse_head``.
+through the one parser, ``head.parse_head`` (a common head whole in the buffer through
+its one-match shortcut, ``head.parse_common_head``).
 Runs on: the connection's own thread.
 """
 
@@ -16,13 +17,14 @@ import fcntl
 import io
 import select
 import socket
+import struct
 import termios
 import time
 from collections.abc import Callable
 from typing import Any
 
 from volplugd.limits import MAX_HEAD_BYTES, MAX_REQUEST_LINE
-from volplugd.serving.head import MAX_FIELDS, BadHead, Head, parse_head
+from volplugd.serving.head import MAX_FIELDS, BadHead, Head, parse_common_head, parse_head
 
 __all__ = ["MAX_HEAD_BYTES", "MAX_REQUEST_LINE", "RECV_SIZE", "Body", "HeadTooLarge",
            "RequestTimeout", "Wire"]
@@ -39,7 +41,11 @@ class RequestTimeout(TimeoutError):
 
 
 class Wire:
-    """A connected, blocking socket: buffered reads under ``deadline``, timed writes."""
+    """A connected, blocking socket: buffered reads under ``deadline``, timed writes.
+
+    The waits are the kernel's (``SO_RCVTIMEO``, ``SO_SNDTIMEO``), not a Python socket
+    timeout, which would add a poll() before every recv and send: the socket must stay
+    in blocking mode (``settimeout(None)``) for the Wire's life."""
 
     def __init__(self, sock: socket.socket, write_timeout: float):
         self.sock = sock
@@ -48,17 +54,28 @@ class Wire:
         self.received = 0  # bytes read since the owner last reset it
         self._write_timeout = write_timeout
         self._unread = (0, 0.0)  # bytes sent but not read by the client, and since when
+        self._read_wait = float("inf")  # the kernel's wait for a read (SO_RCVTIMEO)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(write_timeout))
 
     def fill(self, size: int = RECV_SIZE) -> bool:
-        """One read (at most ``size`` bytes) into the buffer; False when the peer closed."""
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            raise RequestTimeout("the request did not arrive within the read timeout")
-        self.sock.settimeout(remaining)
-        try:
-            data = self.sock.recv(size)
-        except TimeoutError:
-            raise RequestTimeout("the request did not arrive within the read timeout") from None
+        """One read (at most ``size`` bytes) into the buffer; False when the peer closed.
+
+        The kernel's wait is set anew only when it would outlast the deadline; a wait
+        that runs out before the deadline is set again to what is left. So a kept-alive
+        connection asks for no setsockopt() per request, and a read does not wait past
+        its deadline (unless a signal interrupts it: Python then restarts the wait)."""
+        while True:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise RequestTimeout("the request did not arrive within the read timeout")
+            if remaining < self._read_wait:
+                self._read_wait = remaining
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(remaining))
+            try:
+                data = self.sock.recv(size)
+                break
+            except BlockingIOError:  # the kernel's wait ran out, maybe before the deadline
+                self._read_wait = float("inf")
         self.received += len(data)
         self.buf += data
         return bool(data)
@@ -88,7 +105,27 @@ class Wire:
 
     def read_head(self) -> Head | None:
         """The next request head, parsed and taken from the buffer; None if the client
-        closed before sending a byte. Raises BadHead, HeadTooLarge, RequestTimeout."""
+        closed before sending a byte. Raises BadHead, HeadTooLarge, RequestTimeout.
+
+        A head already whole in the buffer, within ``MAX_REQUEST_LINE`` bytes in all (so
+        within every bound), is first tried in one match (``parse_common_head``); any
+        other is read line by line (``read_head_by_lines``), with the same outcome."""
+        if not self.buf and not self.fill(MAX_HEAD_BYTES):
+            return None
+        end = self.buf.find(b"\r\n\r\n", 0, MAX_REQUEST_LINE + 2)
+        if end >= 0:
+            try:
+                head = parse_common_head(self.buf[:end + 4].decode("latin-1"))
+            except BadHead:  # well-formed lines, wrong framing: taken from the buffer too
+                del self.buf[:end + 4]
+                raise
+            if head is not None:
+                del self.buf[:end + 4]
+                return head
+        return self.read_head_by_lines()
+
+    def read_head_by_lines(self) -> Head | None:
+        """``read_head`` for any head: each line found and bounded as it comes in."""
         buf = self.buf
         pos = 0
         request_line: bytes | None = None
@@ -142,12 +179,23 @@ class Wire:
         """Write ``parts`` whole, each partial write within the write timeout."""
         views: list[bytes | memoryview] = [p for p in parts if p]
         while views:
-            self.sock.settimeout(self._write_timeout)
-            sent = self.sock.sendmsg(views)
+            try:
+                sent = self.sock.sendmsg(views)
+            except BlockingIOError:  # the kernel's wait ran out with nothing sent
+                raise TimeoutError("timed out") from None
             while views and sent >= len(views[0]):
                 sent -= len(views.pop(0))
             if sent:
                 views[0] = memoryview(views[0])[sent:]
+
+
+def _timeval(seconds: float) -> bytes:
+    """A wait of ``seconds`` (infinite: no limit) as the kernel's ``struct timeval``
+    (two C longs on Linux); at least 1 µs, since 0 would mean no limit."""
+    if seconds == float("inf"):
+        return struct.pack("@ll", 0, 0)
+    whole, micros = divmod(max(1, round(seconds * 1e6)), 1_000_000)
+    return struct.pack("@ll", whole, micros)
 
 
 def _unread(sock: socket.socket) -> int:
