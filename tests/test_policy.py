@@ -8,7 +8,7 @@ import pytest
 
 from volplugd import policy
 from volplugd.config import ProbeSettings
-from volplugd.model import DesiredPlugin, FileIdentity, Kind, PluginState
+from volplugd.model import DesiredPlugin, FileIdentity, Kind, PluginState, RestartView
 from volplugd.plugin.address import PluginAddress
 
 PROBE = ProbeSettings(failure_threshold=3, success_threshold=2)
@@ -161,7 +161,8 @@ def test_a_probe_success_keeps_every_field_it_does_not_set() -> None:
     t = tracked("a", state=PluginState.UNHEALTHY, warnings=("shadows b",))
     t = dataclasses.replace(t, view=dataclasses.replace(
         t.view, implements=("VolumeDriver",), last_probe_at=1.0, last_success_at=0.5,
-        last_error="boom", consecutive_failures=4, probe_latency_seconds=0.3, scope="global"))
+        last_error="boom", consecutive_failures=4, probe_latency_seconds=0.3, scope="global",
+        restart=RestartView("unit a.service", 0.5, "done")))
     defaults = {f.name: f.default for f in dataclasses.fields(t.view)}
     assert [n for n, d in defaults.items() if getattr(t.view, n) == d] == []  # all set
     t = dataclasses.replace(t, notes=("odd",), activation_failures=2)

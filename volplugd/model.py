@@ -41,6 +41,9 @@ class EventType(StrEnum):
     STATE_CHANGED = "state_changed"
     EVICTED = "evicted"
     RESCAN = "rescan"
+    RESTART_STARTED = "restart_started"  # reason: what is restarted ("unit x.service")
+    RESTART_DONE = "restart_done"  # reason: "OUTCOME: text" (docs/supervision.md)
+    RESTART_GIVEN_UP = "restart_given_up"  # reason: the budget that ran out
 
 
 def rfc3339(ts: float | None) -> str | None:
@@ -80,6 +83,28 @@ DesiredState = Mapping[str, DesiredPlugin]
 
 
 @dataclass(frozen=True, slots=True)
+class RestartView:
+    """The plugin view's ``restart`` object: volplugd's last restart of what serves it.
+
+    ``target``: what was restarted (``unit x.service``, ``docker container ID``);
+    ``outcome``: None while under way, else the word it ended with (``done``: ready
+    again; docs/supervision.md lists the others) and ``error`` the exact text of a
+    failure; ``recent``: restarts within ``restart.interval``; ``given_up``: the budget
+    ran out, no more restarts until the plugin is ready again or an admin asks."""
+
+    target: str
+    at: float  # wall-clock time the last restart began
+    outcome: str | None = None
+    error: str | None = None
+    recent: int = 1
+    given_up: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target": self.target, "at": rfc3339(self.at), "outcome": self.outcome,
+                "error": self.error, "recent": self.recent, "given_up": self.given_up}
+
+
+@dataclass(frozen=True, slots=True)
 class PluginView:
     """The published record of one plugin: the control API's ``Plugin`` object."""
 
@@ -97,6 +122,7 @@ class PluginView:
     probe_latency_seconds: float | None = None
     scope: str | None = None
     warnings: tuple[str, ...] = ()
+    restart: RestartView | None = None  # None: volplugd never restarted it
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -114,6 +140,7 @@ class PluginView:
             "probe_latency_seconds": self.probe_latency_seconds,
             "capabilities": None if self.scope is None else {"scope": self.scope},
             "warnings": list(self.warnings),
+            "restart": None if self.restart is None else self.restart.to_json(),
         }
 
 

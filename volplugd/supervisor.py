@@ -42,6 +42,7 @@ from volplugd.contracts import (
     PluginNotReady,
     ProbeNow,
     Rescan,
+    RestartNow,
     Stop,
     Stopping,
     UnknownPlugin,
@@ -54,8 +55,10 @@ from volplugd.model import Event, PluginState, PluginView, RescanResult, Snapsho
 from volplugd.plugin.client import PluginClient
 from volplugd.registrations import Book
 from volplugd.registry import Registry
+from volplugd.restarts import RestartEnded, Restarts
 from volplugd.scanning import Scans, WatcherLike
 from volplugd.startup import Startup
+from volplugd.supervision.restart import Restarter, restart
 from volplugd.survival import Survival
 
 T = TypeVar("T")
@@ -96,6 +99,7 @@ class Supervisor(Commands):
         on_status: Callable[[Mapping[str, int]], None] | None = None,
         on_started: Callable[[], None] | None = None,
         workers: int = 16,
+        restarter: Restarter = restart,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ):
@@ -112,6 +116,8 @@ class Supervisor(Commands):
         self._book = Book(registry, clock)
         self._plugins = Lifecycle(settings, self._book, self._calls, self._observer, wall)
         self._scans = Scans(self._plugins, self._book, self._watcher, self._observer)
+        self._restarts = Restarts(settings, self._book, self._calls, self._observer, self.put,
+                                  restarter=restarter, wall=wall)
         self._startup = Startup(on_started)
         self._timers = Timers()
         self._stopped = threading.Event()
@@ -148,7 +154,14 @@ class Supervisor(Commands):
         self._ask(ProbeNow(name, reply))
         return reply.result(timeout)
 
-    def _ask(self, message: Rescan | ProbeNow) -> None:
+    def restart(self, name: str, timeout: float) -> PluginView:
+        if name not in self.snapshot().plugins:
+            raise UnknownPlugin(name)
+        reply: Future[PluginView] = Future()
+        self._ask(RestartNow(name, reply))
+        return reply.result(timeout)
+
+    def _ask(self, message: Rescan | ProbeNow | RestartNow) -> None:
         if self._stopped.is_set():
             raise Stopping()
         self.put(message)
@@ -160,6 +173,12 @@ class Supervisor(Commands):
         return view
 
     def call(self, name: str, op: Callable[[PluginClient], T]) -> T:
+        """``op`` on the plugin's client; while the plugin is ``restarting``, after up to
+        ``restart.hold`` s waiting for it to be ready (then as ``fail_fast`` says)."""
+        view = self.snapshot().plugins.get(name)
+        if view is not None and view.state is PluginState.RESTARTING:
+            self._registry.wait_for(lambda s: _not_restarting(s, name),
+                                    self._plugins.settings.restart.hold)
         return self._plugins.call(self.fail_fast(name), op, self.put)
 
     def wait_started(self, timeout: float) -> bool:
@@ -224,7 +243,7 @@ class Supervisor(Commands):
             now + LIVENESS,
             timers.beat if self._heartbeat is not None else None,
             timers.status if status_pending else None,
-            self._book.wake_at(), *self._scans.wake_at()))
+            self._book.wake_at(), self._restarts.wake_at(), *self._scans.wake_at()))
 
     def _handle(self, message: object, now: float) -> None:
         match message:
@@ -240,6 +259,10 @@ class Supervisor(Commands):
                 self._plugins.probe_now(message, now)
             case OperationFailed():
                 self._plugins.operation_failed(message)
+            case RestartNow():
+                self._restarts.restart_now(message, now)
+            case RestartEnded():
+                self._restarts.ended(message, now)
             case Reload():
                 self._apply_reload(now)
 
@@ -251,6 +274,7 @@ class Supervisor(Commands):
             timers.beat = now + interval
         if self._scans.burst(now):
             self._startup.check(self._book)
+        self._restarts.tick(now)
         self._plugins.dispatch_due(now)
         if self._scans.due(now):
             self._startup.check(self._book)
@@ -265,6 +289,7 @@ class Supervisor(Commands):
         self._calls.close()
         self._mailbox.close()
         self._plugins.close()
+        self._restarts.close()
         self._watcher.join(2.0)
         self._startup.stopped()
 
@@ -285,10 +310,16 @@ class Supervisor(Commands):
             return
         old = self._plugins.settings
         self._plugins.reload(new)
+        self._restarts.settings = new
         if new.discovery.dirs != old.discovery.dirs:
             self._watcher.set_dirs(new.discovery.dirs)
         log.info("config_reloaded")
         self._scans.full_scan("reload", now)
+
+
+def _not_restarting(snapshot: Snapshot, name: str) -> bool:
+    view = snapshot.plugins.get(name)
+    return view is None or view.state is not PluginState.RESTARTING
 
 
 def _refuse_all(messages: list[object]) -> None:
@@ -299,6 +330,6 @@ def _refuse_all(messages: list[object]) -> None:
 
 def _refuse(message: object) -> None:
     """Answer a request that the loop will never handle."""
-    reply = message.reply if isinstance(message, Rescan | ProbeNow) else None
+    reply = message.reply if isinstance(message, Rescan | ProbeNow | RestartNow) else None
     if reply is not None and not reply.done():
         reply.set_exception(Stopping())

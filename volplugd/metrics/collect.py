@@ -88,7 +88,7 @@ def families(taken: Taken, version: str) -> list[Metric]:
         state.add_sample(state.name, {**labels, "state": view.state.value}, 1)
         if view.last_success_at is not None:
             last.add_sample(last.name, labels, view.last_success_at)
-    probes, probe_hist, requests, request_hists, busy, gateway, gateway_hists = (
+    probes, probe_hist, requests, request_hists, busy, gateway, gateway_hists, restarts = (
         _metric(f) for f in PLUGIN_COUNTERS)
     # a counter's samples are named as in the family table (with _total), not as its Metric
     for view in views:
@@ -112,8 +112,10 @@ def families(taken: Taken, version: str) -> list[Metric]:
                                {**labels, "endpoint": endpoint, "outcome": outcome}, count)
         for endpoint, hist in sorted(s.gateway_hists.items()):
             _histogram(gateway_hists, {**labels, "endpoint": endpoint}, GATEWAY_BUCKETS, hist)
+        for outcome, count in sorted(s.restarts.items()):
+            restarts.add_sample(PLUGIN_COUNTERS[7].name, {**labels, "outcome": outcome}, count)
     return [*_daemon(taken, version), up, state, last, probes, probe_hist, requests,
-            request_hists, busy, gateway, gateway_hists]
+            request_hists, busy, gateway, gateway_hists, restarts]
 
 
 class RegistryCollector:

@@ -77,4 +77,7 @@ PLUGIN_COUNTERS = (
            "Requests on gateway sockets by endpoint and outcome."),
     Family("volplugd_gateway_request_duration_seconds", "histogram",
            "Time from a gateway request to its answer, by endpoint."),
+    Family("volplugd_plugin_restarts_total", "counter",
+           "Restarts of what serves the plugin, by outcome (given_up: its restart "
+           "budget ran out)."),
 )

@@ -23,6 +23,7 @@ from typing import NamedTuple, ParamSpec
 
 from volplugd.log import get_logger
 from volplugd.model import Snapshot
+from volplugd.supervision.restart import OUTCOMES as RESTART_OUTCOMES
 
 __all__ = [
     "DISCOVERY_EVENTS",
@@ -124,6 +125,7 @@ class PluginSeries(NamedTuple):
     request_hists: Mapping[str, Histogram] = {}
     gateway: Mapping[tuple[str, str], int] = {}  # (endpoint, outcome) -> requests
     gateway_hists: Mapping[str, Histogram] = {}
+    restarts: Mapping[str, int] = {}  # outcome -> restarts ended so (or budgets given up)
 
 
 def _plus(counts: Mapping[str, int], key: str) -> dict[str, int]:
@@ -249,6 +251,14 @@ class Observations:
         seconds = _seconds(seconds)
         with self._lock:
             self._lateness = self._lateness.observe(LATENESS_BUCKETS, seconds)
+
+    @_never_raise
+    def restart(self, plugin: str, outcome: str) -> None:
+        """Count one restart of what serves the plugin by outcome (or a budget given up)."""
+        outcome = outcome if outcome in RESTART_OUTCOMES else "error"
+        with self._lock:
+            s = self._series(plugin)
+            self._plugins[plugin] = s._replace(restarts=_plus(s.restarts, outcome))
 
     # ------------------------------------------------------------ other inputs
 
