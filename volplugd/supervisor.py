@@ -318,8 +318,10 @@ class Supervisor(Commands):
 
 
 def _not_restarting(snapshot: Snapshot, name: str) -> bool:
+    """Held no longer: the plugin is there and not restarting (a restarted process that
+    binds a new socket leaves the plugin unregistered for a moment: still held)."""
     view = snapshot.plugins.get(name)
-    return view is None or view.state is not PluginState.RESTARTING
+    return view is not None and view.state is not PluginState.RESTARTING
 
 
 def _refuse_all(messages: list[object]) -> None:

@@ -14,10 +14,12 @@ bounded by its timeout).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
+from volplugd.supervision.dbus import SYSTEM_BUS
 from volplugd.supervision.engine import (
+    ENGINE_SOCKETS,
     ContainerGone,
     EngineError,
     EngineTimeout,
@@ -75,16 +77,18 @@ def target_of(process: ProcessInfo | None, units: Collection[str]) -> Target | s
 Restarter = Callable[[Target, float], tuple[str, str]]
 
 
-def restart(target: Target, timeout: float) -> tuple[str, str]:
-    """Restart ``target`` within ``timeout`` s: ``(outcome, text)`` (module docstring)."""
+def restart(target: Target, timeout: float, *, bus: str = SYSTEM_BUS,
+            engines: Mapping[str, str] = ENGINE_SOCKETS) -> tuple[str, str]:
+    """Restart ``target`` within ``timeout`` s: ``(outcome, text)`` (module docstring).
+    ``bus``: the system bus socket; ``engines``: each engine's API socket."""
     try:
         if target.engine is None:
-            job = SystemdManager().restart_unit(target.name, timeout)
+            job = SystemdManager(bus).restart_unit(target.name, timeout)
             word = job.result if job.result == "done" or job.result in JOB_RESULTS \
                 else "failed"
             return word, f"restart {job.unit}: job {job.job} {job.result}"
-        restart_container(target.engine, target.name, stop_timeout=max(1, int(timeout) // 2),
-                          margin=timeout / 2)
+        restart_container(target.engine, target.name, engines.get(target.engine),
+                          stop_timeout=max(1, int(timeout) // 2), margin=timeout / 2)
     except Exception as err:  # noqa: BLE001 - every failure is an outcome for the loop
         return outcome_of(err), str(err) or type(err).__name__
     return "done", f"{target} restarted"
