@@ -241,10 +241,14 @@ def test_what_is_not_restarted_says_why(
     with pytest.raises(NotRestartable) as refused:
         sup.restart("svc", 5)
     assert str(refused.value) == f"plugin svc cannot be restarted: {why}"
-    fp.stop(unlink=False)
-    wait_state(sup, "svc", PluginState.UNHEALTHY)
-    sup.probe("svc", 5)  # a few loop turns past restart.after
-    sup.probe("svc", 5)
+    with capture_logs() as logs:
+        fp.stop(unlink=False)
+        wait_state(sup, "svc", PluginState.UNHEALTHY)
+        wait_until(lambda: any(e["event"] == "plugin_not_restarted" for e in logs), 10,
+                   message="the decision")
+    assert [e for e in logs if e["event"] == "plugin_not_restarted"] == [
+        {"event": "plugin_not_restarted", "log_level": "info",
+         "logger_name": "volplugd.restarts", "plugin": "svc", "reason": why}]
     assert restarter.targets == []
     assert restart_events(sup, "svc") == []
 

@@ -130,11 +130,11 @@ class Restarts:
                  detail=message.text)
         if message.outcome != "done":
             self._end(message.name, plugin, message.outcome, message.text, now)
-        elif record is not None and record.state is PluginState.RESTARTING:
-            plugin.ready_by = now + self.settings.restart.after
+            return
+        # ready by then; unregistered meanwhile, it may be binding its new socket
+        plugin.ready_by = now + self.settings.restart.after
+        if record is not None and record.state is PluginState.RESTARTING:
             self._book.at(record, now)  # activate it again now
-        else:  # gone meanwhile, or already ready: nothing waits for it
-            plugin.ready_by = None
 
     def restart_now(self, message: RestartNow, now: float) -> None:
         """An admin's restart: at once, on a fresh budget (a give-up lifted)."""
@@ -287,7 +287,8 @@ class Restarts:
             return
         log.warning("plugin_restart_failed", plugin=name, target=view.target,
                     outcome=outcome, error=text)
-        if record is None:
+        if record is None:  # gone for good: so is its budget
+            self._plugins.pop(name, None)
             return
         self._calls.forget(record.token)  # an activation in flight: probes from now on
         record.serving = None
