@@ -28,6 +28,7 @@ from volplugd.model import (
     Kind,
     PluginState,
     PluginView,
+    ProcessView,
     Snapshot,
     encode,
 )
@@ -45,7 +46,9 @@ PAGE_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "p", "a", "
 
 def view_of(name: str, **extra: Any) -> PluginView:
     fields: dict[str, Any] = {"address": f"unix:///run/{name}.sock", "source": f"/run/{name}",
-                              "warnings": (f"shadows /x/{name}",)}
+                              "warnings": (f"shadows /x/{name}",),
+                              "process": ProcessView(4242, 0, f"/usr/bin/plugin {name}",
+                                                     f"{name}.service")}
     fields.update(extra)
     return PluginView(name=name, kind=Kind.SOCK, state=PluginState.UNHEALTHY,
                       registered_at=1_700_000_000.0, implements=("VolumeDriver", name),
@@ -87,6 +90,11 @@ class Everywhere:
                    for s in family.samples if s.name == "volplugd_plugin_up"]
         assert sorted(s.labels["plugin"] for s in samples) == sorted(
             safe_text(n, None) for n in snapshot.plugins)
+        info = [s for family in text_string_to_metric_families(body.decode("utf-8"))
+                for s in family.samples if s.name == "volplugd_plugin_info"]
+        assert sorted((s.labels["plugin"], s.labels["unit"]) for s in info) == sorted(
+            (safe_text(v.name, None), safe_text(_unit(v), None))
+            for v in snapshot.plugins.values())
         openmetrics, _ = metrics.exposition("application/openmetrics-text")
         openmetrics.decode("utf-8")
         return body
@@ -96,10 +104,11 @@ class Everywhere:
         parser.feed(status_page(snapshot, "1.0").decode("utf-8"))
         parser.close()
         assert set(parser.tags) <= PAGE_TAGS, parser.tags
-        rows = [parser.cells[i:i + 5] for i in range(0, len(parser.cells), 5)]
+        rows = [parser.cells[i:i + 6] for i in range(0, len(parser.cells), 6)]
         views = sorted(snapshot.plugins.values(), key=lambda v: v.name)
         assert [r[0] for r in rows] == [printable(v.name) for v in views]
-        assert [r[4] for r in rows] == [printable(v.last_error or "") for v in views]
+        assert [r[3] for r in rows] == [_process_cell(v.process) for v in views]
+        assert [r[5] for r in rows] == [printable(v.last_error or "") for v in views]
         for cell in parser.cells:
             assert CONTROL.search(cell) is None
 
@@ -136,6 +145,20 @@ class Everywhere:
         lines += [render.event_line(e, False) for e in events]
         for line in lines:
             assert CONTROL.search(line) is None, repr(line)
+
+
+def _process_cell(process: ProcessView | None) -> str:
+    """What the status page's Process cell shows of ``process`` (as text, unescaped)."""
+    if process is None:
+        return ""
+    runs = process.unit if process.container is None else ":".join(process.container)
+    where = f" · {printable(runs)}" if runs else ""
+    command = f": {printable(process.command)}" if process.command else ""
+    return f"pid {process.pid}{where}{command}"
+
+
+def _unit(view: PluginView) -> str:
+    return "" if view.process is None or view.process.unit is None else view.process.unit
 
 
 def _json(data: bytes) -> Any:

@@ -301,8 +301,8 @@ def test_series_appear_with_a_plugin_and_vanish_when_it_is_evicted() -> None:
     m, holder = make(snap(view("p"), view("q")))
     feed(m, "p")
     feed(m, "q")
-    # up, state; probes_total, 9 buckets + sum + count; requests_total, 10 + 2
-    assert len(per_plugin_series(m, "p")) == 2 + 1 + 11 + 1 + 12
+    # up, state, info; probes_total, 9 buckets + sum + count; requests_total, 10 + 2
+    assert len(per_plugin_series(m, "p")) == 3 + 1 + 11 + 1 + 12
     holder.current = snap(view("q"))
     m.evicted("p", "removed")
     assert per_plugin_series(m, "p") == []
@@ -319,7 +319,7 @@ def test_forget_drops_counters_of_a_plugin_still_in_the_snapshot() -> None:
     feed(m, "p")
     m.forget("p")
     assert [line.split("{")[0] for line in per_plugin_series(m, "p")] == [
-        "volplugd_plugin_up", "volplugd_plugin_state"]
+        "volplugd_plugin_up", "volplugd_plugin_state", "volplugd_plugin_info"]
 
 
 def test_late_observation_of_an_evicted_plugin_is_hidden_then_dropped() -> None:
@@ -476,7 +476,7 @@ def test_status_page_escapes_untrusted_names_and_errors() -> None:
     assert "img" not in parser.tags
     assert parser.cells[0] == printable(HOSTILE)  # the newline shows as \n
     assert parser.cells[1] == "unhealthy"
-    assert parser.cells[4] == '<img src=x onerror="alert(2)">'
+    assert parser.cells[5] == '<img src=x onerror="alert(2)">'
 
 
 def test_status_page_shows_version_counts_plugins_and_metrics_link() -> None:
@@ -508,7 +508,7 @@ def test_status_page_renders_in_headless_chromium(tmp_path: Path) -> None:
                    timeout=90, check=True)
     parser = PageCells()
     parser.feed(dom)
-    assert parser.cells[::5] == sorted(["a-activating", "b-ready", "c-unhealthy", "d-rejected",
+    assert parser.cells[::6] == sorted(["a-activating", "b-ready", "c-unhealthy", "d-rejected",
                                         printable(HOSTILE)])
     assert "script" not in parser.tags[parser.tags.index("body"):]
     assert shot.read_bytes().startswith(b"\x89PNG")

@@ -8,7 +8,14 @@ import pytest
 
 from volplugd import policy
 from volplugd.config import ProbeSettings
-from volplugd.model import DesiredPlugin, FileIdentity, Kind, PluginState, RestartView
+from volplugd.model import (
+    DesiredPlugin,
+    FileIdentity,
+    Kind,
+    PluginState,
+    ProcessView,
+    RestartView,
+)
 from volplugd.plugin.address import PluginAddress
 
 PROBE = ProbeSettings(failure_threshold=3, success_threshold=2)
@@ -162,15 +169,102 @@ def test_a_probe_success_keeps_every_field_it_does_not_set() -> None:
     t = dataclasses.replace(t, view=dataclasses.replace(
         t.view, implements=("VolumeDriver",), last_probe_at=1.0, last_success_at=0.5,
         last_error="boom", consecutive_failures=4, probe_latency_seconds=0.3, scope="global",
+        process=ProcessView(7, 0, "plugin --serve", "p.service"),
         restart=RestartView("unit a.service", 0.5, "done")))
     defaults = {f.name: f.default for f in dataclasses.fields(t.view)}
     assert [n for n, d in defaults.items() if getattr(t.view, n) == d] == []  # all set
-    t = dataclasses.replace(t, notes=("odd",), activation_failures=2)
+    t = dataclasses.replace(t, notes=("odd",), activation_failures=2,
+                            process_notes=("process: x",))
     new = policy.probe_succeeded(t, PROBE, 9.0, 0.002)  # 1 of 2 successes: still unhealthy
-    assert (new.notes, new.activation_failures, new.successes) == (("odd",), 2, 1)
+    assert (new.notes, new.activation_failures, new.successes, new.process_notes) == (
+        ("odd",), 2, 1, ("process: x",))
     assert new.view == dataclasses.replace(
         t.view, last_probe_at=9.0, last_success_at=9.0, consecutive_failures=0,
         probe_latency_seconds=0.002)
+
+
+# --- who serves a plugin: its process exits; suspicion ---------------------------------
+
+@pytest.mark.parametrize(("state", "failures", "expected"), [
+    (PluginState.READY, 0, PluginState.UNHEALTHY),  # at once, not after 3 failures
+    (PluginState.UNHEALTHY, 5, PluginState.UNHEALTHY),
+])
+def test_a_process_exit_with_a_failed_probe_is_unhealthy_at_once(
+        state: PluginState, failures: int, expected: PluginState) -> None:
+    """process_exited: unhealthy whatever failure_threshold says, its error the exit's."""
+    t = tracked("a", state=state)
+    t = dataclasses.replace(t, view=dataclasses.replace(t.view, consecutive_failures=failures),
+                            successes=1)
+    new = policy.process_exited(t, "process 7 (plugin) exited", 4.0)
+    assert (new.state, new.view.last_error, new.view.consecutive_failures, new.successes,
+            new.view.last_probe_at) == (expected, "process 7 (plugin) exited",
+                                        failures + 1, 0, 4.0)
+
+
+@pytest.mark.parametrize(("pid", "command", "text"), [
+    (4242, "python -m plugin --sock /run/p.sock", "process 4242 (python -m plugin --sock "
+                                                  "/run/p.sock) exited"),
+    (4242, None, "process 4242 exited"),  # its command could not be read
+])
+def test_the_exit_text_names_pid_and_command(pid: int, command: str | None, text: str) -> None:
+    """The last_error of an exited process: "process PID (COMMAND) exited"."""
+    assert policy.exited_text(pid, command) == text
+
+
+def test_identified_shows_the_process_and_its_problems_after_other_warnings() -> None:
+    """The process goes in the view; its problems are warnings after the file's and the
+    activation's, and a new identification replaces the old problems."""
+    t = dataclasses.replace(tracked("a", warnings=("shadows b",)), notes=("odd",))
+    process = ProcessView(7, 0, "plugin", "p.service", ("docker", "ab" * 32))
+    t = policy.identified(t, process, ("/proc/7/cgroup: Permission denied",))
+    assert t.view.process == process
+    assert t.view.warnings == ("shadows b", "odd", "process: /proc/7/cgroup: Permission denied")
+    t = policy.identified(t, None, ("the listener is in another pid namespace",))
+    assert (t.view.process, t.view.warnings) == (
+        None, ("shadows b", "odd", "process: the listener is in another pid namespace"))
+    assert policy.rewarned(t, desired("a")).view.warnings == (
+        "odd", "process: the listener is in another pid namespace")
+    again = policy.activated(t, ("VolumeDriver",), "local", 5.0, 0.001)
+    assert again.view.warnings == ("shadows b", "process: the listener is in another pid "
+                                                "namespace")
+
+
+@pytest.mark.parametrize(("timeout", "expected"), [(5.0, 1.0), (0.2, 0.2)])
+def test_a_suspect_plugins_probes_wait_a_second_at_most(timeout: float, expected: float) -> None:
+    """A suspect plugin's probe deadline: probe.timeout, but at most SUSPECT_EVERY."""
+    assert policy.suspect_timeout(timeout) == expected
+
+
+@pytest.mark.parametrize(("started", "now", "expected"), [
+    (10.0, 10.004, 11.0),  # answered (or failed) fast: a second after it started
+    (10.0, 11.0, 11.0),  # timed out after its second: the next at once
+])
+def test_a_suspect_plugin_is_probed_every_second(started: float, now: float,
+                                                 expected: float) -> None:
+    """suspect_due: one probe a second, back to back when each takes the whole second."""
+    assert policy.suspect_due(started, now) == expected
+
+
+@pytest.mark.parametrize(("state", "succeeded", "expected"), [
+    (PluginState.READY, False, True),  # failed, not yet unhealthy: probe again in 1 s
+    (PluginState.READY, True, False),  # answered: no longer suspect
+    (PluginState.UNHEALTHY, False, False),  # failure_threshold reached: settled
+])
+def test_suspicion_ends_on_a_success_or_when_unhealthy(state: PluginState, succeeded: bool,
+                                                       expected: bool) -> None:
+    """still_suspect after a probe."""
+    assert policy.still_suspect(tracked("a", state=state), succeeded) is expected
+
+
+def test_three_failed_suspect_probes_make_a_ready_plugin_unhealthy() -> None:
+    """Suspect probes count like any: failure_threshold of them in a row → unhealthy."""
+    t = tracked("a")
+    states = []
+    for now in (5.0, 6.0, 7.0):
+        t = policy.probe_failed(t, PROBE, "timeout after 1.0s", now)
+        states.append((t.state, policy.still_suspect(t, False)))
+    assert states == [(PluginState.READY, True), (PluginState.READY, True),
+                      (PluginState.UNHEALTHY, False)]
 
 
 # --- timing decisions -----------------------------------------------------------------

@@ -32,6 +32,7 @@ from tests.renderers import (
 from volplugd import log
 from volplugd.ctl import render
 from volplugd.discovery.scan import NOT_UTF8, scan, scan_one
+from volplugd.model import ProcessView
 from volplugd.plugin import PluginAddress, PluginClient, PluginReportedError
 from volplugd.plugin.address import load_address
 from volplugd.plugin.errors import PluginAddressError, PluginError
@@ -342,6 +343,19 @@ def test_every_renderer_survives_any_str_even_surrogates(name: str, error: str,
     JSON, metrics, HTML, both log formats and volplugctl."""
     view = view_of(name, last_error=error, address=address)
     Everywhere().render([view], [event_of(name, error)], log_values=[("error", error)])
+
+
+@settings(max_examples=60, deadline=None)
+@given(command=ANY_TEXT, unit=ANY_TEXT, container=ANY_TEXT)
+def test_every_renderer_survives_any_process_command_and_unit(command: str, unit: str,
+                                                              container: str) -> None:
+    """A plugin process's command line is the process's own text (its argv), and its
+    unit comes from a cgroup name: any str in either, and in a container id, renders in
+    JSON, the info metric's unit label, HTML and volplugctl."""
+    views = [view_of("p", process=ProcessView(7, 0, command, unit)),
+             view_of("q", process=ProcessView(8, 0, command, None, ("docker", container))),
+             view_of("r", process=None)]
+    Everywhere().render(views, [], log_values=[("command", command)])
 
 
 def test_a_traceback_in_the_console_log_is_escaped_too() -> None:

@@ -7,15 +7,23 @@ registration through the pure transitions of ``policy``; volume operations run o
 threads within the plugin's fair-share ``Slots``. Every timing decision is a ``policy``
 function.
 
+Who serves each ready unix-socket plugin is looked up (``processes``) and its process
+watched: when it exits, a probe at once tells whether the socket was handed on (the
+process is looked up again) or the plugin is unhealthy at once. An operation still
+running after ``probe.timeout`` (``overdue``) makes its plugin *suspect*: probed at once,
+then every second (``policy.SUSPECT_EVERY``) until a probe succeeds or it is unhealthy.
+
 Runs on: the supervisor thread; ``call`` (and the client's ``on_request``) on API
 threads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 import threading
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import TypeVar
@@ -33,7 +41,15 @@ from volplugd.contracts import (
 )
 from volplugd.discovery import ScanResult
 from volplugd.log import get_logger
-from volplugd.model import DesiredPlugin, EventType, PluginState, PluginView, RescanResult
+from volplugd.model import (
+    DesiredPlugin,
+    EventType,
+    PluginState,
+    PluginView,
+    ProcessView,
+    RescanResult,
+)
+from volplugd.overdue import Overdue
 from volplugd.plugin.client import PluginClient
 from volplugd.plugin.errors import (
     NotAVolumePlugin,
@@ -43,8 +59,10 @@ from volplugd.plugin.errors import (
     PluginUnreachable,
 )
 from volplugd.plugin.failures import Failure, classify
+from volplugd.processes import Exited, Fact, Identified, Processes
 from volplugd.registrations import Book, Registration, Slots
 from volplugd.registry import PendingEvent
+from volplugd.supervision.identity import ProcessInfo
 
 __all__ = ["BUSY_RETRY_AFTER", "SLOT_WAIT", "Lifecycle"]
 
@@ -61,13 +79,17 @@ class Lifecycle:
     """Registers, evicts, calls and updates the registrations of one ``Book``."""
 
     def __init__(self, settings: Settings, book: Book, calls: Calls, observer: Observer,
-                 wall: Callable[[], float]) -> None:
+                 wall: Callable[[], float], *, clock: Callable[[], float] = time.monotonic,
+                 processes: Processes | None = None) -> None:
         self.settings = settings  # replaced by ``reload``
         self._book = book
         self._calls = calls
         self._observer = observer
         self._wall = wall
+        self._clock = clock
         self._tokens = itertools.count(1)
+        self._processes = Processes(calls) if processes is None else processes
+        self._overdue = Overdue()
 
     # --- a scan's desired state -> plan ---------------------------------------------------
     def reconcile(self, found: ScanResult, now: float, only: str | None = None
@@ -110,6 +132,7 @@ class Lifecycle:
     def evict(self, name: str, reason: str) -> None:
         record = self._book.pop(name)
         self._calls.forget(record.token)  # its call, if any, never reports
+        self._processes.forget(name, record.token)
         record.client.close()
         self._book.event(PendingEvent(EventType.EVICTED, name, record.state, None, reason))
         self._observer.evicted(name, reason)
@@ -155,7 +178,11 @@ class Lifecycle:
         record.serving = due
         if record.probing:
             self._observer.probe_lateness(now - due)
-            self._calls.probe(record.name, record.token, record.client, self.settings.probe)
+            settings = self.settings.probe
+            if record.suspect:
+                settings = dataclasses.replace(
+                    settings, timeout=policy.suspect_timeout(settings.timeout))
+            self._calls.probe(record.name, record.token, record.client, settings)
         else:
             timeout = self.settings.plugin.timeouts.get("activate")  # for Capabilities
             self._calls.activate(record.name, record.token, record.client, timeout)
@@ -199,6 +226,7 @@ class Lifecycle:
                             warning=found.warning)
             book.at(record, policy.first_probe(now, self.settings.probe.interval,
                                                random.random()))  # noqa: S311 - jitter
+            self._identify(record)
             return True
         error = result.error
         if isinstance(error, NotAVolumePlugin):
@@ -221,15 +249,101 @@ class Lifecycle:
     def _probed(self, record: Registration, result: Probed | Failed, due: float,
                 now: float) -> None:
         settings, wall, seconds = self.settings.probe, self._wall(), result.seconds
+        exited, record.exited = record.exited, None
         if isinstance(result, Failed):
             label = _probe_label(result.error)
-            new = policy.probe_failed(record.tracked, settings, _describe(result.error), wall)
+            if exited is not None:  # its process exited and nobody answers: at once
+                new = policy.process_exited(record.tracked,
+                                            _exited_text(record.process, exited), wall)
+            else:
+                new = policy.probe_failed(record.tracked, settings, _describe(result.error),
+                                          wall)
         else:
             label = "success"
             new = policy.probe_succeeded(record.tracked, settings, wall, seconds)
         self._observer.probe(record.name, label, seconds)
+        recovered = record.state is PluginState.UNHEALTHY and new.state is PluginState.READY
         self._book.update(record, new)
-        self._book.at(record, policy.probe_due(due, settings.interval, now))
+        if record.suspect and not policy.still_suspect(new, label == "success"):
+            record.suspect = False
+            log.info("plugin_suspect_ended", plugin=record.name, state=new.state.value)
+        if record.suspect:
+            self._book.at(record, policy.suspect_due(due, now))
+        else:
+            self._book.at(record, policy.probe_due(due, settings.interval, now))
+        if label == "success" and (exited is not None or recovered):
+            self._identify(record)  # the socket was handed on, or it is back: who now?
+
+    # --- who serves a plugin, and suspicion ----------------------------------------------
+    def _identify(self, record: Registration) -> None:
+        """Look up who serves a ready unix-socket plugin (a fact follows)."""
+        address = record.tracked.desired.address
+        if address.is_unix:
+            self._processes.identify(record.name, record.token, address.target)
+
+    def processes(self, now: float) -> None:
+        """Apply what the processes room found since the last iteration."""
+        for fact in self._processes.take():
+            self._process_fact(fact, now)
+
+    def _process_fact(self, fact: Fact, now: float) -> None:
+        record = self._book.current(fact.name, fact.token)
+        if isinstance(fact, Identified):
+            if record is None:  # evicted or replaced meanwhile
+                if fact.pidfd is not None:
+                    fact.pidfd.close()
+                return
+            self._identified(record, fact)
+        elif record is not None and record.probing:
+            self._exited(record, fact, now)
+
+    def _identified(self, record: Registration, fact: Identified) -> None:
+        info = fact.info
+        record.process = info
+        if fact.pidfd is not None:
+            self._processes.watch(record.name, record.token, fact.pidfd)
+        else:
+            self._processes.forget(record.name, record.token)
+        problems = (fact.problem,) if fact.problem is not None else (
+            () if info is None else info.problems)
+        self._book.update(record, policy.identified(record.tracked, _process_view(info),
+                                                    problems), urgent=True)
+        if info is None:
+            log.warning("plugin_process_unknown", plugin=record.name, reason=fact.problem)
+        else:
+            log.info("plugin_process", plugin=record.name, pid=info.pid, uid=info.uid,
+                     command=info.command, unit=info.unit,
+                     watched=self._processes.watched(record.name, record.token),
+                     problems=list(info.problems))
+
+    def _exited(self, record: Registration, fact: Exited, now: float) -> None:
+        """Its process exited: probe at once (``_probed`` tells what it means)."""
+        record.exited = fact.pid
+        log.info("plugin_process_exited", plugin=record.name, pid=fact.pid)
+        self._probe_at_once(record, now)
+
+    def _probe_at_once(self, record: Registration, now: float) -> None:
+        """A probe now, or (one is in flight) its result decides."""
+        if record.serving is None:
+            record.due = None
+            self.dispatch(record, now, now)
+
+    def wake_at(self) -> float | None:
+        """When the next volume operation running becomes overdue (None: none)."""
+        return self._overdue.wake_at()
+
+    def suspects(self, now: float) -> None:
+        """Plugins with an operation still running after ``probe.timeout`` are suspect:
+        probed at once, then every second until a probe succeeds or they are unhealthy."""
+        for name, token in self._overdue.due(now):
+            record = self._book.current(name, token)
+            if record is None or record.state is not PluginState.READY or record.suspect:
+                continue
+            record.suspect = True
+            log.warning("plugin_suspect", plugin=name,
+                        reason=f"a volume operation has waited more than "
+                               f"{self.settings.probe.timeout:g}s")
+            self._probe_at_once(record, now)
 
     def operation_failed(self, failed: OperationFailed) -> None:
         record = self._book.current(failed.name, failed.token)
@@ -250,16 +364,20 @@ class Lifecycle:
             raise PluginBusy(view.name, record.slots.limit, BUSY_RETRY_AFTER)
         client = record.client
         _operation.active = True
+        ticket = self._overdue.begin(view.name, record.token,
+                                     self._clock() + self.settings.probe.timeout)
         try:
             return op(client)
         except (PluginTimeout, PluginUnreachable, PluginRemoved) as err:
             put(OperationFailed(view.name, str(err), err.outcome, record.token))
             raise
         finally:
+            self._overdue.end(ticket)
             _operation.active = False
             record.slots.release()
 
     def close(self) -> None:
+        self._processes.close()
         for record in self._book:
             record.client.close()
             record.fail_waiters(UnknownPlugin(record.name))
@@ -271,6 +389,20 @@ def _log_warnings(want: DesiredPlugin, known: tuple[str, ...] = ()) -> None:
     for warning in want.warnings:
         if warning not in known:
             log.warning("plugin_warning", plugin=want.name, warning=warning)
+
+
+def _process_view(info: ProcessInfo | None) -> ProcessView | None:
+    if info is None:
+        return None
+    container = None if info.container is None else (info.container.engine,
+                                                     info.container.id)
+    return ProcessView(info.pid, info.uid, info.command, info.unit, container)
+
+
+def _exited_text(info: ProcessInfo | None, pid: int) -> str:
+    """"process PID (COMMAND) exited", with the command known for that pid."""
+    command = info.command if info is not None and info.pid == pid else None
+    return policy.exited_text(pid, command)
 
 
 def _refused(error: BaseException) -> bool:

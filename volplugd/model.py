@@ -83,6 +83,26 @@ DesiredState = Mapping[str, DesiredPlugin]
 
 
 @dataclass(frozen=True, slots=True)
+class ProcessView:
+    """The process that serves a unix-socket plugin, as the kernel told it (the plugin
+    view's ``process``): ``command`` is safe text of at most 1 KiB (None: unreadable);
+    ``unit`` the systemd unit that runs it (for a socket-activated plugin, the service
+    behind its ``.socket`` unit); ``container`` the ``(engine, id)`` it runs in."""
+
+    pid: int
+    uid: int
+    command: str | None = None
+    unit: str | None = None
+    container: tuple[str, str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        container = None if self.container is None else {
+            "engine": self.container[0], "id": self.container[1]}
+        return {"pid": self.pid, "uid": self.uid, "command": self.command,
+                "unit": self.unit, "container": container}
+
+
+@dataclass(frozen=True, slots=True)
 class RestartView:
     """The plugin view's ``restart`` object: volplugd's last restart of what serves it.
 
@@ -122,6 +142,7 @@ class PluginView:
     probe_latency_seconds: float | None = None
     scope: str | None = None
     warnings: tuple[str, ...] = ()
+    process: ProcessView | None = None  # unix-socket plugins, once identified
     restart: RestartView | None = None  # None: volplugd never restarted it
 
     def to_json(self) -> dict[str, Any]:
@@ -140,6 +161,7 @@ class PluginView:
             "probe_latency_seconds": self.probe_latency_seconds,
             "capabilities": None if self.scope is None else {"scope": self.scope},
             "warnings": list(self.warnings),
+            "process": None if self.process is None else self.process.to_json(),
             "restart": None if self.restart is None else self.restart.to_json(),
         }
 

@@ -13,7 +13,14 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from volplugd.config import ProbeSettings
-from volplugd.model import DesiredPlugin, DesiredState, PluginState, PluginView, RestartView
+from volplugd.model import (
+    DesiredPlugin,
+    DesiredState,
+    PluginState,
+    PluginView,
+    ProcessView,
+    RestartView,
+)
 
 BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 30.0
@@ -25,7 +32,8 @@ class Tracked:
 
     ``token`` is unique per registration, so a result that arrives after the plugin
     was evicted or replaced is recognised as stale and dropped. ``notes`` are the last
-    activation's warnings; the view shows the file's warnings, then these.
+    activation's warnings and ``process_notes`` what could not be told about its
+    process; the view shows the file's warnings, then these, then those.
     """
 
     desired: DesiredPlugin
@@ -34,6 +42,7 @@ class Tracked:
     activation_failures: int = 0
     successes: int = 0
     notes: tuple[str, ...] = ()
+    process_notes: tuple[str, ...] = ()
 
     @property
     def state(self) -> PluginState:
@@ -86,7 +95,7 @@ def register(want: DesiredPlugin, token: int, now: float) -> Tracked:
 
 
 def rewarned(t: Tracked, want: DesiredPlugin) -> Tracked:
-    view = dataclasses.replace(t.view, warnings=want.warnings + t.notes)
+    view = dataclasses.replace(t.view, warnings=want.warnings + t.notes + t.process_notes)
     return dataclasses.replace(t, desired=want, view=view)
 
 
@@ -98,7 +107,8 @@ def activated(t: Tracked, implements: tuple[str, ...], scope: str, now: float,
     view = dataclasses.replace(
         t.view, state=PluginState.READY, implements=implements, scope=scope,
         last_probe_at=now, last_success_at=now, last_error=None, consecutive_failures=0,
-        probe_latency_seconds=latency, warnings=t.desired.warnings + notes,
+        probe_latency_seconds=latency,
+        warnings=t.desired.warnings + notes + t.process_notes,
     )
     return dataclasses.replace(t, view=view, activation_failures=0, successes=0,
                                notes=notes)
@@ -131,8 +141,9 @@ def probe_succeeded(t: Tracked, settings: ProbeSettings, now: float, latency: fl
                       v.implements, last_probe_at=now, last_success_at=now,
                       last_error=None if state is PluginState.READY else v.last_error,
                       consecutive_failures=0, probe_latency_seconds=latency, scope=v.scope,
-                      warnings=v.warnings, restart=v.restart)
-    return Tracked(t.desired, view, t.token, t.activation_failures, successes, t.notes)
+                      warnings=v.warnings, process=v.process, restart=v.restart)
+    return Tracked(t.desired, view, t.token, t.activation_failures, successes, t.notes,
+                   t.process_notes)
 
 
 def probe_failed(t: Tracked, settings: ProbeSettings, error: str, now: float) -> Tracked:
@@ -143,6 +154,30 @@ def probe_failed(t: Tracked, settings: ProbeSettings, error: str, now: float) ->
         state = PluginState.UNHEALTHY
     view = dataclasses.replace(t.view, state=state, last_probe_at=now, last_error=error,
                                consecutive_failures=failures)
+    return dataclasses.replace(t, view=view, successes=0)
+
+
+def identified(t: Tracked, process: ProcessView | None, problems: tuple[str, ...]) -> Tracked:
+    """Who serves the plugin (None: not known), and what could not be told about it
+    (shown as warnings after the file's and the activation's)."""
+    notes = tuple(f"process: {problem}" for problem in problems)
+    view = dataclasses.replace(t.view, process=process,
+                               warnings=t.desired.warnings + t.notes + notes)
+    return dataclasses.replace(t, view=view, process_notes=notes)
+
+
+def exited_text(pid: int, command: str | None) -> str:
+    """The ``last_error`` of a plugin whose process exited (and whose probe then failed)."""
+    return f"process {pid} exited" if command is None else f"process {pid} ({command}) exited"
+
+
+def process_exited(t: Tracked, error: str, now: float) -> Tracked:
+    """Its process exited and a probe right after failed: a ready plugin is unhealthy at
+    once, without waiting for ``failure_threshold`` failures; ``error`` says which
+    process exited (``exited_text``)."""
+    state = PluginState.UNHEALTHY if t.state is PluginState.READY else t.state
+    view = dataclasses.replace(t.view, state=state, last_probe_at=now, last_error=error,
+                               consecutive_failures=t.view.consecutive_failures + 1)
     return dataclasses.replace(t, view=view, successes=0)
 
 
@@ -198,6 +233,7 @@ FIRST_PROBE = (0.1, 1.0)  # the first probe after activation: this share of the 
 HINTS_PER_SCAN = 32  # more hinted names than this in one batch: one full scan is cheaper
 BURST_SCAN_DELAY = 0.25  # during a burst, one full scan covers the hints of this long
 LAZY_PUBLISH = 0.5  # seconds a timestamp-only change may wait before it is published
+SUSPECT_EVERY = 1.0  # a suspect plugin is probed this often, each probe this long at most
 
 
 def second_chance(refused: bool, activation_failures: int, given: bool) -> float | None:
@@ -207,6 +243,24 @@ def second_chance(refused: bool, activation_failures: int, given: bool) -> float
     right after discovery is that moment. It is looked at again once, soon, before the
     back-off; any other failure, or a second refusal, backs off."""
     return SECOND_CHANCE if refused and not activation_failures and not given else None
+
+
+def suspect_timeout(probe_timeout: float) -> float:
+    """The deadline of a suspect plugin's probe: a plugin that answers at all answers a
+    probe in milliseconds, so one that has not within SUSPECT_EVERY is taken to hang."""
+    return min(probe_timeout, SUSPECT_EVERY)
+
+
+def suspect_due(started: float, now: float) -> float:
+    """When a suspect plugin's next probe is due: SUSPECT_EVERY after the last one
+    started, or now if that one took as long."""
+    return max(started + SUSPECT_EVERY, now)
+
+
+def still_suspect(t: Tracked, succeeded: bool) -> bool:
+    """Whether a suspect plugin stays suspect after a probe: until a probe succeeds, or
+    the failed ones have made it unhealthy (the suspicion is settled either way)."""
+    return not succeeded and t.state is not PluginState.UNHEALTHY
 
 
 def early_window(interval: float) -> float:

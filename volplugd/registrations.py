@@ -4,7 +4,9 @@ carries; and the ``Slots`` that bound one registration's volume operations in fl
 A ``Registration`` holds all the loop knows about one registration of a plugin name:
 its ``policy.Tracked`` (desired entry, view, token, retry state), its client and the
 fair-share ``Slots`` of its volume operations, when it next needs work, the call in
-flight, its second chance, and the ``probe`` requests waiting for its next result.
+flight, its second chance, the ``probe`` requests waiting for its next result, and who
+serves it (``process``; ``exited`` and ``suspect`` while a probe is to tell whether it
+still does).
 Evicting a plugin is one ``pop``.
 
 The ``Book`` keeps the records by name, a heap of due times (lazily deleted: an entry
@@ -107,6 +109,8 @@ class Registration:
     second_chance: bool = False  # refused once right after discovery, retried soon
     waiters: list[Future[PluginView]] = field(default_factory=list)
     process: ProcessInfo | None = None  # who serves it, from the kernel (None: not known)
+    exited: int | None = None  # pid of its watched process that exited; the next probe decides
+    suspect: bool = False  # an operation waited past probe.timeout: probed every second
 
     @property
     def name(self) -> str:

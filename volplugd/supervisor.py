@@ -1,13 +1,15 @@
 """The supervisor: THE loop that owns plugin state, and the Commands the API uses.
 
 Each iteration waits on its plugins' sockets and its mailbox at once (``Calls.poll``,
-which can wait on more descriptors: ``Calls.watch``), applies the results the poll
-returns (``Activated | Probed | Failed``), then the queued messages (filesystem hints,
-scan requests, commands), starts the work that is due and publishes an immutable
-snapshot. When the folders are scanned is ``scanning``'s, what happens to registrations
-``lifecycle``'s, their records and due times ``registrations``'s, when the daemon counts
-as started ``startup``'s, and every timing decision is a pure function in ``policy``;
-this module is the shell that runs them in order and sleeps until the earliest thing
+which can wait on more descriptors: ``Calls.watch``, e.g. the plugin processes' pidfds),
+applies the results the poll returns (``Activated | Probed | Failed``) and what the
+processes room found (who serves a plugin, a process that exited), then the queued
+messages (filesystem hints, scan requests, commands), starts the work that is due (and
+the probes of suspect plugins) and publishes an immutable snapshot. When the folders
+are scanned is ``scanning``'s, what happens to registrations ``lifecycle``'s, their
+records and due times ``registrations``'s, when the daemon counts as started
+``startup``'s, and every timing decision is a pure function in ``policy``; this module
+is the shell that runs them in order and sleeps until the earliest thing
 any of them waits for. Every step survives an OSError (``survival``): nothing a plugin
 folder holds ends the loop.
 
@@ -114,7 +116,8 @@ class Supervisor(Commands):
         self._calls = Calls(workers=workers, clock=clock)
         self._calls.watch(self._mailbox.fileno())  # _iterate takes the messages
         self._book = Book(registry, clock)
-        self._plugins = Lifecycle(settings, self._book, self._calls, self._observer, wall)
+        self._plugins = Lifecycle(settings, self._book, self._calls, self._observer, wall,
+                                  clock=clock)
         self._scans = Scans(self._plugins, self._book, self._watcher, self._observer)
         self._restarts = Restarts(settings, self._book, self._calls, self._observer, self.put,
                                   restarter=restarter, wall=wall)
@@ -224,6 +227,7 @@ class Supervisor(Commands):
         for result in results:  # the one way results reach the loop
             if self._survive(self._plugins.apply, result, now):
                 self._startup.tried(result.name, result.token)
+        self._survive(self._plugins.processes, now)  # who serves plugins; exits
         for message in batch:
             self._survive(self._handle, message, now)
         hints = [m.path for m in batch if isinstance(m, FsHint)]
@@ -243,7 +247,8 @@ class Supervisor(Commands):
             now + LIVENESS,
             timers.beat if self._heartbeat is not None else None,
             timers.status if status_pending else None,
-            self._book.wake_at(), self._restarts.wake_at(), *self._scans.wake_at()))
+            self._book.wake_at(), self._plugins.wake_at(), self._restarts.wake_at(),
+            *self._scans.wake_at()))
 
     def _handle(self, message: object, now: float) -> None:
         match message:
@@ -275,6 +280,7 @@ class Supervisor(Commands):
         if self._scans.burst(now):
             self._startup.check(self._book)
         self._restarts.tick(now)
+        self._plugins.suspects(now)
         self._plugins.dispatch_due(now)
         if self._scans.due(now):
             self._startup.check(self._book)

@@ -138,7 +138,21 @@ def _value(key: str, value: Any, now: float, color: bool) -> str:
         return paint(printable(str(value)), str(value), color)
     if key.endswith(("_at", "time")) and isinstance(value, str):
         return printable(f"{value} ({ago(value, now)})")
+    if key == "process" and isinstance(value, dict):
+        return printable(_process(value))
     return printable(_plain(value))
+
+
+def _process(process: Mapping[str, Any]) -> str:
+    """A plugin's ``process`` on one line: pid, uid, what runs it, then its command."""
+    container = process.get("container")
+    parts = [f"pid {process.get('pid')}", f"uid {process.get('uid')}"]
+    if process.get("unit"):
+        parts.append(f"unit {process['unit']}")
+    if isinstance(container, dict):
+        parts.append(f"container {container.get('engine')}:{container.get('id')}")
+    command = process.get("command")
+    return ", ".join(parts) + (f": {command}" if command else "")
 
 
 def _plain(value: Any) -> str:

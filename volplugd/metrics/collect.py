@@ -25,7 +25,7 @@ from volplugd.metrics.observer import (
     Histogram,
     Taken,
 )
-from volplugd.metrics.render import number
+from volplugd.metrics.render import number, unit_of
 from volplugd.model import PluginState
 from volplugd.plugin.text import safe_text
 
@@ -81,13 +81,14 @@ def _daemon(taken: Taken, version: str) -> list[Metric]:
 def families(taken: Taken, version: str) -> list[Metric]:
     """Every ``volplugd_`` family of ``taken``, in the text renderer's order."""
     views = [taken.snapshot.plugins[name] for name in taken.snapshot.names]
-    up, state, last = (_metric(f) for f in PLUGIN_GAUGES)
+    up, state, last, info = (_metric(f) for f in PLUGIN_GAUGES)
     for view in views:
         labels = {"plugin": safe_text(view.name, None)}
         up.add_sample(up.name, labels, 1 if view.state is PluginState.READY else 0)
         state.add_sample(state.name, {**labels, "state": view.state.value}, 1)
         if view.last_success_at is not None:
             last.add_sample(last.name, labels, view.last_success_at)
+        info.add_sample(info.name, {**labels, "unit": safe_text(unit_of(view), None)}, 1)
     probes, probe_hist, requests, request_hists, busy, gateway, gateway_hists, restarts = (
         _metric(f) for f in PLUGIN_COUNTERS)
     # a counter's samples are named as in the family table (with _total), not as its Metric
@@ -114,7 +115,7 @@ def families(taken: Taken, version: str) -> list[Metric]:
             _histogram(gateway_hists, {**labels, "endpoint": endpoint}, GATEWAY_BUCKETS, hist)
         for outcome, count in sorted(s.restarts.items()):
             restarts.add_sample(PLUGIN_COUNTERS[7].name, {**labels, "outcome": outcome}, count)
-    return [*_daemon(taken, version), up, state, last, probes, probe_hist, requests,
+    return [*_daemon(taken, version), up, state, last, info, probes, probe_hist, requests,
             request_hists, busy, gateway, gateway_hists, restarts]
 
 

@@ -60,6 +60,8 @@ PLUGIN_GAUGES = (
            "Always 1; the state label is the plugin's current state."),
     Family("volplugd_plugin_last_success_timestamp_seconds", "gauge",
            "Unix time of the plugin's last successful probe or activation."),
+    Family("volplugd_plugin_info", "gauge", "Always 1; the unit label is the systemd unit "
+           "that runs the plugin's process (empty when none is known)."),
 )
 
 # Per plugin, from the observer's series (only plugins with observations have samples).

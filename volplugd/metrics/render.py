@@ -81,12 +81,20 @@ def _last_success(labels: str, last: float | None) -> bytes:
     return f"volplugd_plugin_last_success_timestamp_seconds{{{labels}}} {number(last)}\n".encode()
 
 
+def unit_of(view: PluginView) -> str:
+    """The ``unit`` label of ``volplugd_plugin_info``: the unit that runs the plugin's
+    process, or "" when none is known."""
+    process = view.process
+    return "" if process is None or process.unit is None else process.unit
+
+
 def _gauges(labels: str, view: PluginView) -> tuple[bytes, ...]:
     """The plugin's lines of PLUGIN_GAUGES, one UTF-8 string per family."""
     up = 1 if view.state is PluginState.READY else 0
     return (f"volplugd_plugin_up{{{labels}}} {up}\n".encode(),
             f'volplugd_plugin_state{{{labels},state="{view.state.value}"}} 1\n'.encode(),
-            _last_success(labels, view.last_success_at))
+            _last_success(labels, view.last_success_at),
+            f'volplugd_plugin_info{{{labels},unit="{_label(unit_of(view))}"}} 1\n'.encode())
 
 
 def _probe_lines(labels: str, s: PluginSeries) -> tuple[bytes, bytes]:
@@ -153,6 +161,7 @@ class _Fragments(NamedTuple):
 
     labels: str  # plugin="<escaped name>"
     state: PluginState
+    unit: str
     last_success: float | None
     gauges: tuple[bytes, ...]
     series: PluginSeries | None
@@ -217,19 +226,19 @@ class TextRenderer:
             view, s, row = plugins[name], series.get(name), kept.get(name)
             if row is None:
                 labels = f'plugin="{_label(name)}"'
-                row = _Fragments(labels, view.state, view.last_success_at,
+                row = _Fragments(labels, view.state, unit_of(view), view.last_success_at,
                                  _gauges(labels, view), s, _counters(labels, s, None, ()))
             else:
                 labels, gauges, counters = row.labels, row.gauges, row.counters
-                last = view.last_success_at
-                if row.state is not view.state:
+                last, unit = view.last_success_at, unit_of(view)
+                if row.state is not view.state or row.unit != unit:
                     gauges = _gauges(labels, view)
                 elif row.last_success != last:  # a probe succeeded
-                    gauges = (*gauges[:2], _last_success(labels, last))
+                    gauges = (*gauges[:2], _last_success(labels, last), gauges[3])
                 if row.series is not s:
                     counters = _counters(labels, s, row.series, counters)
                 if gauges is not row.gauges or counters is not row.counters:
-                    row = _Fragments(labels, view.state, last, gauges, s, counters)
+                    row = _Fragments(labels, view.state, unit, last, gauges, s, counters)
             fresh[name] = row
         self._kept = fresh
         return list(fresh.values())

@@ -31,6 +31,7 @@ Runs on: a worker thread (it does blocking /proc reads); no state.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import socket
@@ -44,7 +45,7 @@ from volplugd.supervision.cgroup import Container, placement
 from volplugd.supervision.pidfd import PidFd
 
 __all__ = ["ListenerChanged", "NotListening", "OtherPidNamespace", "ProcessGone",
-           "ProcessInfo", "ProcessUnknown", "SocketUnitLookup", "identify"]
+           "ProcessInfo", "ProcessUnknown", "SocketUnitLookup", "identify", "served_by"]
 
 SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)  # Linux 6.5; Python 3.11 lacks the name
 MAX_UNIX_PATH = 107
@@ -124,6 +125,26 @@ def identify(path: str, socket_units: SocketUnitLookup | None = None, *,
         pidfd.close()
         raise
     return info, pidfd
+
+
+def served_by(info: ProcessInfo, pidfd: PidFd) -> ProcessInfo:
+    """A socket-activated plugin's ``info`` (its listener is the service manager) with
+    the service's main process in its place: ``pidfd``'s pid, owner (of ``/proc/PID``)
+    and command; the unit, manager and socket unit stay. ``ProcessGone`` if that process
+    exited while it was looked at."""
+    pid = pidfd.pid
+    problems = list(info.problems)
+    try:
+        owner = os.stat(f"/proc/{pid}")
+    except OSError as err:
+        raise ProcessGone(f"/proc/{pid}", f"the main process (pid {pid}) exited: "
+                                          f"{err.strerror}") from None
+    command, _ = _read_proc(pid, problems)
+    if pidfd.exited():
+        raise ProcessGone(f"/proc/{pid}", f"the main process (pid {pid}) exited "
+                                          "while it was looked at")
+    return dataclasses.replace(info, pid=pid, uid=owner.st_uid, gid=owner.st_gid,
+                               command=command, problems=tuple(problems))
 
 
 def _listener(path: str, peer_pidfd: bool) -> tuple[PidFd, int, int]:
