@@ -415,7 +415,7 @@ def test_registry_holds_what_the_text_says() -> None:
         feed_everything(m, NAMES[step:], 2)
         registry = [f for f in m.registry.collect() if f.name.startswith("volplugd_")]
         assert volplugd_families(m.exposition()[0]) == registry
-        assert len(registry) == 22
+        assert len(registry) == 23
 
 
 def test_kept_fragments_render_the_same_bytes_as_a_fresh_render() -> None:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.fakeplugin import FakePlugin
 from tests.harness import NOBODY, SYSTEM_PYTHON, Daemon, readable_package, run_as
+from tests.plugin.test_client_tcp import TCPPlugin
 from tests.test_ctl_system import volplugctl
 
 pytestmark = pytest.mark.system
@@ -31,15 +32,25 @@ def started(daemon: Callable[..., Daemon], fakes_at: Callable[..., FakePlugin],
     return d
 
 
+@pytest.fixture
+def over_tcp(short_tmp: Path) -> Iterator[TCPPlugin]:
+    """Plugin "fake" over TCP (a .spec file): no process volplugd could know."""
+    plugin = TCPPlugin()
+    (short_tmp / "plugins").mkdir(exist_ok=True)
+    (short_tmp / "plugins" / "fake.spec").write_text(f"tcp://127.0.0.1:{plugin.port}\n")
+    yield plugin
+    plugin.stop()
+
+
 @pytest.mark.parametrize(("config", "why"), [
     (RESTART_ON, "no unit or container known for it (its process was not identified)"),
     ("", "restarts are turned off (restart.enabled = false)"),
 ])
 def test_nothing_to_restart_is_409_with_the_reason(
-        daemon: Callable[..., Daemon], fakes_at: Callable[..., FakePlugin],
-        short_tmp: Path, config: str, why: str) -> None:
+        daemon: Callable[..., Daemon], over_tcp: TCPPlugin, config: str, why: str) -> None:
     """409 not_restartable saying why; volplugctl exits 1 with it; the plugin stays ready."""
-    d = started(daemon, fakes_at, short_tmp, config)
+    d = daemon(config=config).start()
+    d.wait_state("fake", "ready")
     status, body = d.call("POST", "/v1/plugins/fake/restart")
     message = f"plugin fake cannot be restarted: {why}"
     assert (status, body) == (409, {"error": {"code": "not_restartable", "message": message}})

@@ -36,6 +36,8 @@ def process(unit: str | None = "p.service", manager: str | None = "system",
     (process("p.service", "user@1000.service"), (),
      "its unit p.service runs under user@1000.service, not the system manager"),
     (process(None, None), (), "no unit or container known for it"),
+    (process("session-3.scope"), (), "its unit session-3.scope is not a service"),
+    (process("user@0.service"), ("user@0.service",), Target("user@0.service")),
     (None, (), "no unit or container known for it (its process was not identified)"),
     # a container wins over its scope unit, and restart.units names units only
     (process("docker-x.scope", "system", Container("docker", CID)), ("q.service",),

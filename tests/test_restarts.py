@@ -3,8 +3,9 @@ metrics; only what restarts (systemd, an engine) is a stand-in here, a function 
 starts the fake plugin again or answers as systemd would. The real systemd restarts
 real units in tests/test_restart_system.py.
 
-Until the loop identifies each plugin's process (issue 23 §2, another branch), a test
-tells the record who serves it (``serve_as``), as identification will.
+The loop identifies each plugin's process from the kernel: here that is this test
+process, in no unit. Once identified, a test tells the record who serves it
+(``serve_as``): the unit or container a real plugin would run in.
 """
 
 from __future__ import annotations
@@ -83,7 +84,10 @@ def wait_state(sup: Supervisor, name: str, state: PluginState) -> PluginView:
 
 
 def serve_as(sup: Supervisor, name: str, process: ProcessInfo) -> None:
-    """What identification will do: the record learns who serves it, from the kernel."""
+    """Once the loop has identified the plugin's process: say it runs in ``process``'s
+    unit or container."""
+    wait_until(lambda: view_of(sup, name).process is not None, 10,
+               message=f"{name}'s process identified")
     sup._book.records[name].process = process
 
 
@@ -220,24 +224,24 @@ _NONE = _Nothing()
 
 
 @pytest.mark.parametrize(("process", "units", "why"), [
-    (None, (), "no unit or container known for it (its process was not identified)"),
     (ProcessInfo(1, 0, 0, "x", None, None, None), (), "no unit or container known for it"),
+    (ProcessInfo(1, 0, 0, "x", "session-2.scope", "system", None), (),
+     "its unit session-2.scope is not a service"),
     (ProcessInfo(1, 1000, 1000, "x", "p.service", "user@1000.service", None), (),
      "its unit p.service runs under user@1000.service, not the system manager"),
     (UNIT, ("other.service",), "its unit vp-svc.service is not in restart.units"),
 ])
 def test_what_is_not_restarted_says_why(
         run: Callable[..., tuple[Supervisor, Observations]],
-        fakes: Callable[..., FakePlugin], process: ProcessInfo | None,
+        fakes: Callable[..., FakePlugin], process: ProcessInfo,
         units: tuple[str, ...], why: str) -> None:
-    """No kernel-found process, a user unit, a unit outside restart.units: an admin's
+    """No unit, a scope, a user's unit, a unit outside restart.units: an admin's
     restart is refused with the reason, and an unhealthy plugin is never restarted."""
     restarter = Restarter(lambda target: ("done", "restarted"))
     sup, _ = run(restarter, units=units)
     fp = fakes("svc")
     wait_state(sup, "svc", PluginState.READY)
-    if process is not None:
-        serve_as(sup, "svc", process)
+    serve_as(sup, "svc", process)
     with pytest.raises(NotRestartable) as refused:
         sup.restart("svc", 5)
     assert str(refused.value) == f"plugin svc cannot be restarted: {why}"

@@ -1,9 +1,9 @@
 """What volplugd may restart for a plugin, and the restart itself as one outcome word.
 
 ``target_of(process, units)`` turns what the kernel told about a plugin's listener
-(``identity.ProcessInfo``) into a ``Target``: a system unit (``manager == "system"``,
-and in ``units`` when that is not empty) or a Docker/Podman container; else the reason
-there is none. ``restart(target, timeout)`` restarts it (``units.SystemdManager``, the
+(``identity.ProcessInfo``) into a ``Target``: a service of the system manager
+(``manager == "system"``, a ``.service``, and in ``units`` when that is not empty) or a
+Docker/Podman container; else the reason there is none. ``restart(target, timeout)`` restarts it (``units.SystemdManager``, the
 job awaited; ``engine.restart_container``) and returns ``(outcome, text)``: ``done``, or
 a word from ``OUTCOMES`` with the exact text of what went wrong. It never raises for a
 failure of systemd, the bus or the engine: each is an outcome.
@@ -67,6 +67,8 @@ def target_of(process: ProcessInfo | None, units: Collection[str]) -> Target | s
         return Target(process.container.id, process.container.engine)
     if process.unit is None:
         return "no unit or container known for it"
+    if not process.unit.endswith(".service"):  # a scope (a login session...) is no service
+        return f"its unit {process.unit} is not a service"
     if process.manager != "system":
         return f"its unit {process.unit} runs under {process.manager}, not the system manager"
     if units and process.unit not in units:
