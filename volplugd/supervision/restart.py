@@ -3,9 +3,10 @@
 ``target_of(process, units)`` turns what the kernel told about a plugin's listener
 (``identity.ProcessInfo``) into a ``Target``: a service of the system manager
 (``manager == "system"``, a ``.service``, and in ``units`` when that is not empty) or a
-Docker/Podman container; else the reason there is none. ``restart(target, timeout)`` restarts it (``units.SystemdManager``, the
-job awaited; ``engine.restart_container``) and returns ``(outcome, text)``: ``done``, or
-a word from ``OUTCOMES`` with the exact text of what went wrong. It never raises for a
+Docker/Podman container; else the reason there is none. ``restart(target, timeout)``
+restarts it (``units.SystemdManager``, the job awaited; ``engine.restart_container``)
+and returns ``(outcome, text)``: ``done``, or a word from ``OUTCOMES`` with the exact
+text of what went wrong. It never raises for a
 failure of systemd, the bus or the engine: each is an outcome.
 
 Runs on: ``target_of`` anywhere (pure); ``restart`` on a worker thread (blocking,
@@ -67,13 +68,18 @@ def target_of(process: ProcessInfo | None, units: Collection[str]) -> Target | s
         return Target(process.container.id, process.container.engine)
     if process.unit is None:
         return "no unit or container known for it"
-    if not process.unit.endswith(".service"):  # a scope (a login session...) is no service
-        return f"its unit {process.unit} is not a service"
-    if process.manager != "system":
-        return f"its unit {process.unit} runs under {process.manager}, not the system manager"
-    if units and process.unit not in units:
-        return f"its unit {process.unit} is not in restart.units"
-    return Target(process.unit)
+    return _unit_problem(process.unit, process.manager, units) or Target(process.unit)
+
+
+def _unit_problem(unit: str, manager: str | None, units: Collection[str]) -> str | None:
+    """Why volplugd may not restart ``unit`` of ``manager``, or None."""
+    if not unit.endswith(".service"):  # a scope (a login session...) is no service
+        return f"its unit {unit} is not a service"
+    if manager != "system":
+        return f"its unit {unit} runs under {manager}, not the system manager"
+    if units and unit not in units:
+        return f"its unit {unit} is not in restart.units"
+    return None
 
 
 Restarter = Callable[[Target, float], tuple[str, str]]
