@@ -387,6 +387,7 @@ def feed_everything(m: Observations, names: list[str], rounds: int) -> None:
             if i % 2:
                 m.busy(name)
             m.restart(name, ("done", "no_such_unit", "bogus")[i % 3])
+            m.restart_given_up(name, bool(i % 2))
         m.discovery(("added", "ignored", "strange")[i % 3])
         m.rescan(("startup", "reload", "whim")[i % 3])
         m.control_request(f'/v1/"{i % 2}"', 200 + i)
@@ -415,7 +416,7 @@ def test_registry_holds_what_the_text_says() -> None:
         feed_everything(m, NAMES[step:], 2)
         registry = [f for f in m.registry.collect() if f.name.startswith("volplugd_")]
         assert volplugd_families(m.exposition()[0]) == registry
-        assert len(registry) == 23
+        assert len(registry) == 24
 
 
 def test_kept_fragments_render_the_same_bytes_as_a_fresh_render() -> None:

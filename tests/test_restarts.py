@@ -32,7 +32,7 @@ from volplugd.metrics.observer import Observations
 from volplugd.model import EventType, PluginState, PluginView
 from volplugd.supervision.cgroup import Container
 from volplugd.supervision.identity import ProcessInfo
-from volplugd.supervision.restart import Target
+from volplugd.supervision.restart import OUTCOMES, Target
 from volplugd.supervisor import Supervisor
 
 FAST = ProbeSettings(interval=0.2, timeout=0.3, failure_threshold=2, success_threshold=1)
@@ -98,8 +98,16 @@ def restart_events(sup: Supervisor, name: str) -> list[tuple[str, str]]:
 
 
 def restarts_counted(observer: Observations, sup: Supervisor, name: str) -> dict[str, int]:
+    """The plugin's restart counters that are not 0 (all exist from its first restart)."""
     series = observer.take(sup.snapshot()).series.get(name)
-    return {} if series is None else dict(series.restarts)
+    assert series is not None
+    assert set(series.restarts) == set(OUTCOMES)
+    return {outcome: n for outcome, n in series.restarts.items() if n}
+
+
+def given_up_gauge(observer: Observations, sup: Supervisor, name: str) -> bool | None:
+    series = observer.take(sup.snapshot()).series.get(name)
+    return None if series is None else series.given_up
 
 
 def ready_fake(sup: Supervisor, fakes: Callable[..., FakePlugin], name: str,
@@ -192,11 +200,13 @@ def test_past_its_budget_it_is_given_up_once_until_an_admin_asks(
     assert view.restart is not None
     assert (view.restart.given_up, view.restart.recent) == (True, 2)
     assert restarts_counted(observer, sup, "svc") == {"failed": 2, "given_up": 1}
+    assert given_up_gauge(observer, sup, "svc") is True
     assert sup.restart("svc", 5).state is PluginState.RESTARTING
     wait_until(lambda: len(restarter.targets) == 3, 10, message="the admin's restart")
     wait_until(lambda: restart_events(sup, "svc")[-1][0] == "restart_done", 10,
                message="the admin's restart to end")
     assert view_of(sup, "svc").restart.given_up is False  # type: ignore[union-attr]
+    assert given_up_gauge(observer, sup, "svc") is False
 
 
 def test_ready_again_by_itself_lifts_a_give_up(
@@ -204,7 +214,7 @@ def test_ready_again_by_itself_lifts_a_give_up(
         fakes: Callable[..., FakePlugin]) -> None:
     """Given up, then the plugin is back (started by hand): ready lifts the give-up."""
     restarter = Restarter(lambda target: ("failed", "job failed"))
-    sup, _ = run(restarter, burst=1)
+    sup, observer = run(restarter, burst=1)
     ready_fake(sup, fakes, "svc").stop(unlink=False)
     wait_until(lambda: (view_of(sup, "svc").restart or _NONE).given_up, 10,
                message="given up")
@@ -214,6 +224,7 @@ def test_ready_again_by_itself_lifts_a_give_up(
                message="the give-up lifted")
     assert view.restart is not None
     assert view.restart.outcome == "failed"
+    assert given_up_gauge(observer, sup, "svc") is False
 
 
 class _Nothing:

@@ -84,9 +84,9 @@ def names_in(expr: str) -> set[str]:
 
 @pytest.mark.peer
 def test_promtool_check_rules_passes() -> None:
-    """`promtool check rules` accepts the rules file (3 recording rules, 10 alerts)."""
+    """`promtool check rules` accepts the rules file (3 recording rules, 14 alerts)."""
     code, out = run("check", "rules", RULES)
-    assert (code, out.strip().splitlines()[-1].strip()) == (0, "SUCCESS: 15 rules found")
+    assert (code, out.strip().splitlines()[-1].strip()) == (0, "SUCCESS: 17 rules found")
 
 
 @pytest.mark.peer
@@ -108,7 +108,8 @@ def test_rule_tests_cover_every_alert_firing_and_not_firing() -> None:
                       "VolplugdPluginStuckActivating", "VolplugdProbesLate",
                       "VolplugdPluginBusy", "VolplugdGatewayRefusing",
                       "VolplugdControlRefusing", "VolplugdGatewayConnectionsRefused",
-                      "VolplugdLoopErrors"}
+                      "VolplugdLoopErrors", "VolplugdPluginRestartsGivenUp",
+                      "VolplugdPluginRestartedOften"}
     assert (firing, quiet) == (alerts, alerts)
 
 

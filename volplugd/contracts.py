@@ -197,6 +197,10 @@ class Observer(Protocol):
         """A restart of what serves the plugin ended with ``outcome`` (or its budget
         was given up: ``given_up``)."""
 
+    def restart_given_up(self, plugin: str, given_up: bool) -> None:
+        """volplugd gave up restarting the plugin (True), or began a restart of it or
+        lifted the give-up (False)."""
+
 
 class NullObserver:
     """An Observer that records nothing (library use and unit tests)."""
@@ -229,4 +233,7 @@ class NullObserver:
         pass
 
     def restart(self, plugin: str, outcome: str) -> None:
+        pass
+
+    def restart_given_up(self, plugin: str, given_up: bool) -> None:
         pass

@@ -194,6 +194,7 @@ class Restarts:
             self._end(name, plugin, "done", "ready again", now)
         elif plugin.budget.given_up:
             plugin.budget = dataclasses.replace(plugin.budget, given_up=False)
+            self._observer.restart_given_up(name, False)
             self._show(name, plugin, dataclasses.replace(_shown(plugin), given_up=False))
 
     # --- deciding and starting ----------------------------------------------------------
@@ -242,6 +243,7 @@ class Restarts:
         self._book.update(record, policy.restarting(record.tracked, plugin.view))
         self._book.event(PendingEvent(EventType.RESTART_STARTED, record.name,
                                       reason=str(target)))
+        self._observer.restart_given_up(record.name, False)
         log.warning("plugin_restart_started", plugin=record.name, target=str(target),
                     reason=record.view.last_error, recent=plugin.view.recent)
         record.answer_waiters()
@@ -259,6 +261,7 @@ class Restarts:
                                                             recent=len(plugin.budget.restarts)))
         self._book.event(PendingEvent(EventType.RESTART_GIVEN_UP, record.name, reason=why))
         self._observer.restart(record.name, "given_up")
+        self._observer.restart_given_up(record.name, True)
         log.error("plugin_restart_given_up", plugin=record.name, target=str(target),
                   reason=why)
 

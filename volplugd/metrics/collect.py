@@ -89,7 +89,7 @@ def families(taken: Taken, version: str) -> list[Metric]:
         if view.last_success_at is not None:
             last.add_sample(last.name, labels, view.last_success_at)
         info.add_sample(info.name, {**labels, "unit": safe_text(unit_of(view), None)}, 1)
-    probes, probe_hist, requests, request_hists, busy, gateway, gateway_hists, restarts = (
+    probes, probe_hist, requests, request_hists, busy, gateway, gateway_hists, restarts, given_up = (
         _metric(f) for f in PLUGIN_COUNTERS)
     # a counter's samples are named as in the family table (with _total), not as its Metric
     for view in views:
@@ -115,8 +115,10 @@ def families(taken: Taken, version: str) -> list[Metric]:
             _histogram(gateway_hists, {**labels, "endpoint": endpoint}, GATEWAY_BUCKETS, hist)
         for outcome, count in sorted(s.restarts.items()):
             restarts.add_sample(PLUGIN_COUNTERS[7].name, {**labels, "outcome": outcome}, count)
+        if s.given_up is not None:
+            given_up.add_sample(given_up.name, labels, int(s.given_up))
     return [*_daemon(taken, version), up, state, last, info, probes, probe_hist, requests,
-            request_hists, busy, gateway, gateway_hists, restarts]
+            request_hists, busy, gateway, gateway_hists, restarts, given_up]
 
 
 class RegistryCollector:

@@ -126,6 +126,7 @@ class PluginSeries(NamedTuple):
     gateway: Mapping[tuple[str, str], int] = {}  # (endpoint, outcome) -> requests
     gateway_hists: Mapping[str, Histogram] = {}
     restarts: Mapping[str, int] = {}  # outcome -> restarts ended so (or budgets given up)
+    given_up: bool | None = None  # None: volplugd never restarted it
 
 
 def _plus(counts: Mapping[str, int], key: str) -> dict[str, int]:
@@ -258,7 +259,17 @@ class Observations:
         outcome = outcome if outcome in RESTART_OUTCOMES else "error"
         with self._lock:
             s = self._series(plugin)
-            self._plugins[plugin] = s._replace(restarts=_plus(s.restarts, outcome))
+            self._plugins[plugin] = s._replace(
+                restarts=_plus(s.restarts or _NO_RESTARTS, outcome))
+
+    @_never_raise
+    def restart_given_up(self, plugin: str, given_up: bool) -> None:
+        """Whether volplugd has given up restarting the plugin. Its restart counters
+        exist (at 0) from the first call on, so a rate over them sees the first one."""
+        with self._lock:
+            s = self._series(plugin)
+            self._plugins[plugin] = s._replace(given_up=bool(given_up),
+                                               restarts=s.restarts or _NO_RESTARTS)
 
     # ------------------------------------------------------------ other inputs
 
@@ -342,3 +353,4 @@ class Observations:
 
 
 _EMPTY_SERIES = PluginSeries()
+_NO_RESTARTS = dict.fromkeys(RESTART_OUTCOMES, 0)
