@@ -39,9 +39,12 @@ def process(unit: str | None = "p.service", manager: str | None = "system",
     (process("session-3.scope"), (), "its unit session-3.scope is not a service"),
     (process("user@0.service"), ("user@0.service",), Target("user@0.service")),
     (None, (), "no unit or container known for it (its process was not identified)"),
-    # a container wins over its scope unit, and restart.units names units only
-    (process("docker-x.scope", "system", Container("docker", CID)), ("q.service",),
+    # a container wins over its scope unit; restart.units names the only units to restart
+    (process("docker-x.scope", "system", Container("docker", CID)), (),
      Target(CID, "docker")),
+    (process("docker-x.scope", "system", Container("docker", CID)), ("q.service",),
+     "its docker container is not a unit, and restart.units names the only units to "
+     "restart"),
     (process(None, None, Container("podman", CID)), (), Target(CID, "podman")),
 ])
 def test_what_may_be_restarted(found: ProcessInfo | None, units: tuple[str, ...],

@@ -273,7 +273,7 @@ def test_a_container_is_restarted_through_its_engine(
         fakes: Callable[..., FakePlugin]) -> None:
     """A plugin in a container: the target is the container (engine and id)."""
     restarter = Restarter(lambda target: ("container_gone", "docker container ab: gone"))
-    sup, _ = run(restarter, burst=1, units=("only-this.service",))
+    sup, _ = run(restarter, burst=1)
     cid = "ab" * 32
     ready_fake(sup, fakes, "svc", ProcessInfo(
         7, 0, 0, "x", "docker-x.scope", "system", Container("docker", cid))).stop(unlink=False)

@@ -161,8 +161,8 @@ class Restarts:
     # --- following the book ---------------------------------------------------------------
     def _moved(self, name: str, now: float) -> None:
         record, plugin = self._book.get(name), self._plugins.get(name)
-        if record is None:  # evicted for good (a replacement would be here again)
-            if plugin is not None and plugin.job is None:
+        if record is None:  # evicted; while restarting, its new socket may be on its way
+            if plugin is not None and not plugin.under_way:
                 del self._plugins[name]
             return
         if plugin is None:

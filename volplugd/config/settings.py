@@ -127,7 +127,8 @@ class RestartSettings:
     burst: int = setting(3, c.count)  # at most burst restarts per interval, then give up
     interval: float = setting(600.0, c.seconds)
     hold: float = setting(15.0, c.seconds)  # a call waits this long for a restarting plugin
-    # only these units may be restarted (empty: any unit or container found from the kernel)
+    # only these units may be restarted, and no container (empty: any service or container
+    # found from the kernel)
     units: tuple[str, ...] = setting((), c.array_of(c.unit_name, allow_empty=True))
 
 

@@ -2,8 +2,8 @@
 
 ``target_of(process, units)`` turns what the kernel told about a plugin's listener
 (``identity.ProcessInfo``) into a ``Target``: a service of the system manager
-(``manager == "system"``, a ``.service``, and in ``units`` when that is not empty) or a
-Docker/Podman container; else the reason there is none. ``restart(target, timeout)``
+(``manager == "system"``, a ``.service``, and in ``units`` when that is not empty) or,
+when ``units`` is empty, a Docker/Podman container; else the reason there is none. ``restart(target, timeout)``
 restarts it (``units.SystemdManager``, the job awaited; ``engine.restart_container``)
 and returns ``(outcome, text)``: ``done``, or a word from ``OUTCOMES`` with the exact
 text of what went wrong. It never raises for a
@@ -65,6 +65,9 @@ def target_of(process: ProcessInfo | None, units: Collection[str]) -> Target | s
     if process is None:
         return "no unit or container known for it (its process was not identified)"
     if process.container is not None:
+        if units:  # the operator named what may be restarted: units only
+            return (f"its {process.container.engine} container is not a unit, and "
+                    "restart.units names the only units to restart")
         return Target(process.container.id, process.container.engine)
     if process.unit is None:
         return "no unit or container known for it"
