@@ -3,11 +3,11 @@
 ``target_of(process, units)`` turns what the kernel told about a plugin's listener
 (``identity.ProcessInfo``) into a ``Target``: a service of the system manager
 (``manager == "system"``, a ``.service``, and in ``units`` when that is not empty) or,
-when ``units`` is empty, a Docker/Podman container; else the reason there is none. ``restart(target, timeout)``
-restarts it (``units.SystemdManager``, the job awaited; ``engine.restart_container``)
-and returns ``(outcome, text)``: ``done``, or a word from ``OUTCOMES`` with the exact
-text of what went wrong. It never raises for a
-failure of systemd, the bus or the engine: each is an outcome.
+when ``units`` is empty, a Docker/Podman container; else the reason there is none.
+``restart(target, timeout)`` restarts it (``units.SystemdManager``, the job awaited;
+``engine.restart_container``) and returns ``(outcome, text)``: ``done``, or a word from
+``OUTCOMES`` with the exact text of what went wrong. It never raises for a failure of
+systemd, the bus or the engine: each is an outcome.
 
 Runs on: ``target_of`` anywhere (pure); ``restart`` on a worker thread (blocking,
 bounded by its timeout).
