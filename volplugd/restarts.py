@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from volplugd import policy
 from volplugd.calls import Calls, WorkerPool
 from volplugd.config import Settings
-from volplugd.contracts import NotRestartable, Observer, RestartNow, UnknownPlugin
+from volplugd.contracts import NotRestartable, Observer, UnknownPlugin
 from volplugd.discovery.trust import untrusted_reason
 from volplugd.log import get_logger
 from volplugd.model import EventType, PluginState, PluginView, RestartView
@@ -136,23 +136,22 @@ class Restarts:
         if record is not None and record.state is PluginState.RESTARTING:
             self._book.at(record, now)  # activate it again now
 
-    def restart_now(self, message: RestartNow, now: float) -> None:
-        """An admin's restart: at once, on a fresh budget (a give-up lifted)."""
-        record = self._book.get(message.name)
+    def restart_now(self, name: str, now: float) -> PluginView:
+        """An admin's restart: at once, on a fresh budget (a give-up lifted); the view
+        as the restart begins. Raises UnknownPlugin, NotRestartable."""
+        record = self._book.get(name)
         if record is None:
-            message.reply.set_exception(UnknownPlugin(message.name))
-            return
-        plugin = self._plugins.get(message.name) or _Plugin()
+            raise UnknownPlugin(name)
+        plugin = self._plugins.get(name) or _Plugin()
         why = self._refusal(record, plugin)
         target = why if why is not None else self._target(record)
         if isinstance(target, str):
-            message.reply.set_exception(NotRestartable(message.name, target))
-            return
-        self._plugins[message.name] = plugin
-        log.info("plugin_restart_requested", plugin=message.name, target=str(target))
+            raise NotRestartable(name, target)
+        self._plugins[name] = plugin
+        log.info("plugin_restart_requested", plugin=name, target=str(target))
         plugin.budget = Budget()
         self._start(record, plugin, target, now)
-        message.reply.set_result(record.view)
+        return record.view
 
     def close(self) -> None:
         if self._pool is not None:

@@ -38,6 +38,7 @@ from volplugd.contracts import (
     Commands,
     Flooded,
     FsHint,
+    NotRestartable,
     NullObserver,
     Observer,
     OperationFailed,
@@ -264,8 +265,14 @@ class Supervisor(Commands):
                 self._plugins.probe_now(message, now)
             case OperationFailed():
                 self._plugins.operation_failed(message)
-            case RestartNow():
-                self._restarts.restart_now(message, now)
+            case RestartNow(name=name, reply=reply):
+                try:
+                    view = self._restarts.restart_now(name, now)
+                except (UnknownPlugin, NotRestartable) as refused:
+                    reply.set_exception(refused)
+                else:
+                    self._book.publish()  # /v1/plugins shows it restarting by the answer
+                    reply.set_result(view)
             case RestartEnded():
                 self._restarts.ended(message, now)
             case Reload():
