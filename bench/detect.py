@@ -9,11 +9,12 @@ client following volplugd sees), on the one monotonic clock.
 1. **kill -9 → unhealthy, pidfd path** (N samples, one plugin at a time): the bench opens
    its own pidfd of the plugin's process before the kill and waits on it right after:
    **the raw pidfd** on the same kill is the floor. Goal p99 ≤ 5 ms.
-2. **kill -9 → unhealthy, probe-only path**: the same plugin run in a new pid namespace
-   (``unshare --pid``), where the kernel cannot name its listener to volplugd (pid 0): no
-   pidfd, only the regular probes (every 10 s, 3 failures). P plugins killed at once, so
-   each lands at its own phase. ``--quick`` prints the estimate instead (the kill lands
-   uniformly in an interval: (failure_threshold - U) * interval).
+2. **kill -9 → unhealthy, probe-only path**: a second daemon, run in a new pid namespace
+   (``unshare --pid``), where the kernel cannot name a host process to it (pid 0): no
+   pidfd, only the regular probes (every 10 s, 3 failures), as before supervision. P
+   plugins killed at once, so each lands at its own phase. ``--quick`` (or no root)
+   prints the estimate instead (the kill lands uniformly in an interval:
+   (failure_threshold - U) * interval).
 3. **hang → unhealthy**: H plugins hang on everything while a volume operation (List) is
    in flight to each: suspect after ``probe.timeout`` (5 s), then probes of at most 1 s.
    Goal ≤ 10 s. Beside it (full run only), H plugins that hang with no operation in
@@ -39,11 +40,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import _common as c
 
 from tests.fakeplugin import FakePlugin
 from tests.fakeplugin import behaviours as b
+from tests.harness import Daemon as HarnessDaemon
+from tests.harness import call
 
 KILL_GOAL = 0.005
 HANG_GOAL = 10.0
@@ -65,6 +69,10 @@ class Arrivals:
         self._thread.start()
 
     def _read(self) -> None:
+        with contextlib.suppress(OSError):  # closed at the end
+            self._follow()
+
+    def _follow(self) -> None:
         pending = b""
         head_done = False
         while data := self._sock.recv(65536):
@@ -101,32 +109,24 @@ class Plugins:
         self.folder = folder
         self._procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, name: str, *, other_namespace: bool = False) -> int:
-        """A plugin listening at ``folder/name.sock``; the pid to kill (in ours)."""
+    def start(self, name: str) -> int:
+        """A plugin listening at ``folder/name.sock``; its pid."""
         argv = [sys.executable, "-m", "tests.handoff", str(self.folder / f"{name}.sock")]
-        if other_namespace:
-            argv = ["unshare", "--pid", "--fork", "--kill-child", *argv]
         proc = subprocess.Popen(argv, cwd=c.REPO, stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE)
         self._procs.append(proc)
         assert proc.stdout is not None
         if not proc.stdout.readline().startswith(b"listening "):
             raise SystemExit(f"plugin {name} did not start")
-        return _child_of(proc.pid) if other_namespace else proc.pid
+        return proc.pid
 
     def stop(self) -> None:
         for proc in self._procs:
-            proc.kill()  # unshare's --kill-child takes the plugin along
+            proc.kill()
             proc.wait()
             for stream in (proc.stdin, proc.stdout):
                 if stream is not None:
                     stream.close()
-
-
-def _child_of(pid: int) -> int:
-    """The one child of ``unshare`` (the plugin, pid 1 of its namespace), in our pids."""
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return int(f.read().split()[0])
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
@@ -137,12 +137,12 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = WAIT) -> Non
         time.sleep(0.005)
 
 
-def plugin(daemon: c.Daemon, name: str) -> dict[str, object]:
-    status, body = daemon.client.get(f"/v1/plugins/{name}")
-    return json.loads(body) if status == 200 else {}
+def plugin(daemon: HarnessDaemon, name: str) -> dict[str, Any]:
+    status, body = call(daemon.socket, "GET", f"/v1/plugins/{name}")
+    return body if status == 200 and isinstance(body, dict) else {}
 
 
-def watched(daemon: c.Daemon, name: str, pid: int) -> bool:
+def watched(daemon: HarnessDaemon, name: str, pid: int) -> bool:
     process = plugin(daemon, name).get("process")
     return isinstance(process, dict) and process.get("pid") == pid
 
@@ -168,14 +168,43 @@ def kill_samples(daemon: c.Daemon, plugins: Plugins, events: Arrivals,
     return seen, floor
 
 
-def probe_only_samples(daemon: c.Daemon, plugins: Plugins, events: Arrivals,
+def blind_daemon(stack: contextlib.ExitStack, work: Path) -> tuple[HarnessDaemon, Arrivals]:
+    """A daemon with the default settings in a new pid namespace: it cannot name (nor
+    watch) the host's plugin processes. Its plugin folder is ``work/blind``."""
+    (work / "blind").mkdir()
+    daemon = HarnessDaemon(work / "blind", plugin_dirs=[work / "blind" / "plugins"],
+                           env={"PYTHONPATH": str(c.REPO)}, log_level="info",
+                           wrapper=["unshare", "--pid", "--fork", "--mount-proc",
+                                    "--kill-child", "--"])
+    daemon.start()
+    stack.callback(_stop_inside, daemon)
+    events = Arrivals(daemon.socket)
+    stack.callback(events.close)
+    return daemon, events
+
+
+def _stop_inside(daemon: HarnessDaemon) -> None:
+    """SIGTERM to the daemon itself (``unshare`` passes no signal on), then reap both."""
+    assert daemon.proc is not None
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        pid = daemon.proc.pid
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            os.kill(int(f.read().split()[0]), signal.SIGTERM)
+    try:
+        daemon.proc.wait(10)
+    except subprocess.TimeoutExpired:
+        daemon.proc.kill()  # --kill-child takes the daemon along
+        daemon.proc.wait()
+
+
+def probe_only_samples(daemon: HarnessDaemon, plugins: Plugins, events: Arrivals,
                        count: int) -> list[float]:
     """kill -9 → unhealthy for plugins volplugd cannot name (no pidfd), killed at once."""
-    pids = {f"n{i}": plugins.start(f"n{i}", other_namespace=True) for i in range(count)}
+    pids = {f"n{i}": plugins.start(f"n{i}") for i in range(count)}
     for name in pids:
         wait_for(lambda n=name: plugin(daemon, n).get("state") == "ready", f"{name} ready")
-        wait_for(lambda n=name: any("another pid namespace" in w for w in
-                                    plugin(daemon, n).get("warnings", ())),  # type: ignore[attr-defined]
+        wait_for(lambda n=name: any("another pid namespace" in w
+                                    for w in plugin(daemon, n).get("warnings", ())),
                  f"{name} not watchable")
     t0 = time.monotonic()
     for pid in pids.values():
@@ -247,8 +276,11 @@ def main() -> int:
             estimate = [(THRESHOLD - u / 100) * INTERVAL for u in range(100)]
             rows.append(row("kill -9, probe-only (estimate)", estimate, floor_p99))
         else:
+            blind, blind_events = blind_daemon(stack, work)
+            outside = Plugins(blind.plugin_dirs[0])
+            stack.callback(outside.stop)
             rows.append(row("kill -9, probe-only path", probe_only_samples(
-                daemon, plugins, events, parallel), floor_p99))
+                blind, outside, blind_events, parallel), floor_p99))
         hung = hang_samples(daemon, folder, events, parallel, with_operation=True)
         rows.append(row("hang + operation → unhealthy", hung))
         if not args.quick:

@@ -1,6 +1,7 @@
 """A plugin process that hands its listening socket to a child, then exits (for tests).
 
     python -m tests.handoff SOCKET [--relisten]
+    python -m tests.handoff --activated      # under systemd: serve the socket it passes
 
 It listens on SOCKET and answers Docker's v1 plugin protocol itself (Activate names
 VolumeDriver; every other endpoint answers ``{}``, HTTP/1.0, one request per
@@ -8,7 +9,8 @@ connection), printing ``listening PID``. A line on its stdin makes it fork: the 
 keeps the socket and serves on, printing ``child PID``; the parent exits. With
 ``--relisten`` the child calls ``listen()`` again first, so the kernel names the child
 as the listener (``SO_PEERCRED`` reports whoever called ``listen()`` last); without it,
-the kernel still names the exited parent.
+the kernel still names the exited parent. With ``--activated`` it serves the one socket
+systemd passed (``LISTEN_FDS=1``, fd 3) until it is killed: a socket-activated plugin.
 
 Runs on: one thread per process (no threads: it forks).
 """
@@ -64,6 +66,11 @@ def serve(listener: socket.socket, stdin: int | None) -> bool:
 
 
 def main(argv: list[str]) -> int:
+    if argv == ["--activated"]:
+        if os.environ.get("LISTEN_FDS") != "1":
+            raise SystemExit("--activated: systemd passed no socket (LISTEN_FDS)")
+        serve(socket.socket(fileno=3), None)
+        return 0
     path, relisten = argv[0], "--relisten" in argv[1:]
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)

@@ -7,11 +7,11 @@ registration through the pure transitions of ``policy``; volume operations run o
 threads within the plugin's fair-share ``Slots``. Every timing decision is a ``policy``
 function.
 
-Who serves each ready unix-socket plugin is looked up (``processes``) and its process
-watched: when it exits, a probe at once tells whether the socket was handed on (the
-process is looked up again) or the plugin is unhealthy at once. An operation still
-running after ``probe.timeout`` (``overdue``) makes its plugin *suspect*: probed at once,
-then every second (``policy.SUSPECT_EVERY``) until a probe succeeds or it is unhealthy.
+Who serves each ready unix-socket plugin is looked up and its process watched
+(``watching``): when it exits, a probe at once tells whether the socket was handed on
+(the process is looked up again) or the plugin is unhealthy at once. An operation still
+running after ``probe.timeout`` makes its plugin *suspect*: probed at once, then every
+second (``policy.SUSPECT_EVERY``) until a probe succeeds or it is unhealthy.
 
 Runs on: the supervisor thread; ``call`` (and the client's ``on_request``) on API
 threads.
@@ -41,15 +41,7 @@ from volplugd.contracts import (
 )
 from volplugd.discovery import ScanResult
 from volplugd.log import get_logger
-from volplugd.model import (
-    DesiredPlugin,
-    EventType,
-    PluginState,
-    PluginView,
-    ProcessView,
-    RescanResult,
-)
-from volplugd.overdue import Overdue
+from volplugd.model import DesiredPlugin, EventType, PluginState, PluginView, RescanResult
 from volplugd.plugin.client import PluginClient
 from volplugd.plugin.errors import (
     NotAVolumePlugin,
@@ -59,10 +51,10 @@ from volplugd.plugin.errors import (
     PluginUnreachable,
 )
 from volplugd.plugin.failures import Failure, classify
-from volplugd.processes import Exited, Fact, Identified, Processes
+from volplugd.processes import Processes
 from volplugd.registrations import Book, Registration, Slots
 from volplugd.registry import PendingEvent
-from volplugd.supervision.identity import ProcessInfo
+from volplugd.watching import Watching, exit_error
 
 __all__ = ["BUSY_RETRY_AFTER", "SLOT_WAIT", "Lifecycle"]
 
@@ -86,10 +78,9 @@ class Lifecycle:
         self._calls = calls
         self._observer = observer
         self._wall = wall
-        self._clock = clock
         self._tokens = itertools.count(1)
-        self._processes = Processes(calls) if processes is None else processes
-        self._overdue = Overdue()
+        self._watching = Watching(book, Processes(calls) if processes is None else processes,
+                                  lambda: self.settings.probe, self._probe_at_once, clock)
 
     # --- a scan's desired state -> plan ---------------------------------------------------
     def reconcile(self, found: ScanResult, now: float, only: str | None = None
@@ -132,7 +123,7 @@ class Lifecycle:
     def evict(self, name: str, reason: str) -> None:
         record = self._book.pop(name)
         self._calls.forget(record.token)  # its call, if any, never reports
-        self._processes.forget(name, record.token)
+        self._watching.forget(record)
         record.client.close()
         self._book.event(PendingEvent(EventType.EVICTED, name, record.state, None, reason))
         self._observer.evicted(name, reason)
@@ -226,7 +217,7 @@ class Lifecycle:
                             warning=found.warning)
             book.at(record, policy.first_probe(now, self.settings.probe.interval,
                                                random.random()))  # noqa: S311 - jitter
-            self._identify(record)
+            self._watching.identify(record)
             return True
         error = result.error
         if isinstance(error, NotAVolumePlugin):
@@ -253,8 +244,7 @@ class Lifecycle:
         if isinstance(result, Failed):
             label = _probe_label(result.error)
             if exited is not None:  # its process exited and nobody answers: at once
-                new = policy.process_exited(record.tracked,
-                                            _exited_text(record.process, exited), wall)
+                new = policy.process_exited(record.tracked, exit_error(record, exited), wall)
             else:
                 new = policy.probe_failed(record.tracked, settings, _describe(result.error),
                                           wall)
@@ -271,79 +261,37 @@ class Lifecycle:
             self._book.at(record, policy.suspect_due(due, now))
         else:
             self._book.at(record, policy.probe_due(due, settings.interval, now))
-        if label == "success" and (exited is not None or recovered):
-            self._identify(record)  # the socket was handed on, or it is back: who now?
+        unwatched = not self._watching.watched(record)
+        if label == "success" and (exited is not None or (recovered and unwatched)):
+            self._watching.identify(record)  # handed on, or back: who serves it now?
 
-    # --- who serves a plugin, and suspicion ----------------------------------------------
-    def _identify(self, record: Registration) -> None:
-        """Look up who serves a ready unix-socket plugin (a fact follows)."""
-        address = record.tracked.desired.address
-        if address.is_unix:
-            self._processes.identify(record.name, record.token, address.target)
-
+    # --- who serves a plugin, and suspicion (``watching``) -----------------------------
     def processes(self, now: float) -> None:
         """Apply what the processes room found since the last iteration."""
-        for fact in self._processes.take():
-            self._process_fact(fact, now)
-
-    def _process_fact(self, fact: Fact, now: float) -> None:
-        record = self._book.current(fact.name, fact.token)
-        if isinstance(fact, Identified):
-            if record is None:  # evicted or replaced meanwhile
-                if fact.pidfd is not None:
-                    fact.pidfd.close()
-                return
-            self._identified(record, fact)
-        elif record is not None and record.probing:
-            self._exited(record, fact, now)
-
-    def _identified(self, record: Registration, fact: Identified) -> None:
-        info = fact.info
-        record.process = info
-        if fact.pidfd is not None:
-            self._processes.watch(record.name, record.token, fact.pidfd)
-        else:
-            self._processes.forget(record.name, record.token)
-        problems = (fact.problem,) if fact.problem is not None else (
-            () if info is None else info.problems)
-        self._book.update(record, policy.identified(record.tracked, _process_view(info),
-                                                    problems), urgent=True)
-        if info is None:
-            log.warning("plugin_process_unknown", plugin=record.name, reason=fact.problem)
-        else:
-            log.info("plugin_process", plugin=record.name, pid=info.pid, uid=info.uid,
-                     command=info.command, unit=info.unit,
-                     watched=self._processes.watched(record.name, record.token),
-                     problems=list(info.problems))
-
-    def _exited(self, record: Registration, fact: Exited, now: float) -> None:
-        """Its process exited: probe at once (``_probed`` tells what it means)."""
-        record.exited = fact.pid
-        log.info("plugin_process_exited", plugin=record.name, pid=fact.pid)
-        self._probe_at_once(record, now)
-
-    def _probe_at_once(self, record: Registration, now: float) -> None:
-        """A probe now, or (one is in flight) its result decides."""
-        if record.serving is None:
-            record.due = None
-            self.dispatch(record, now, now)
+        self._watching.take(now)
 
     def wake_at(self) -> float | None:
         """When the next volume operation running becomes overdue (None: none)."""
-        return self._overdue.wake_at()
+        return self._watching.wake_at()
 
     def suspects(self, now: float) -> None:
-        """Plugins with an operation still running after ``probe.timeout`` are suspect:
-        probed at once, then every second until a probe succeeds or they are unhealthy."""
-        for name, token in self._overdue.due(now):
-            record = self._book.current(name, token)
-            if record is None or record.state is not PluginState.READY or record.suspect:
-                continue
-            record.suspect = True
-            log.warning("plugin_suspect", plugin=name,
-                        reason=f"a volume operation has waited more than "
-                               f"{self.settings.probe.timeout:g}s")
-            self._probe_at_once(record, now)
+        """Probe, at once, the plugins an overdue operation makes suspect."""
+        self._watching.suspects(now)
+
+    def _probe_at_once(self, record: Registration, now: float, sooner: bool) -> None:
+        """A probe now, or (one is in flight) its result decides. ``sooner``: a suspect's
+        probe replaces a regular one in flight that would end later than it (unix
+        sockets: their call is dropped without a result)."""
+        if record.serving is not None:
+            settings = self.settings.probe
+            ends = record.serving + settings.timeout
+            if not (sooner and record.client.address.is_unix
+                    and ends > now + policy.suspect_timeout(settings.timeout)):
+                return
+            self._calls.forget(record.token)
+            record.serving = None
+        record.due = None
+        self.dispatch(record, now, now)
 
     def operation_failed(self, failed: OperationFailed) -> None:
         record = self._book.current(failed.name, failed.token)
@@ -364,20 +312,19 @@ class Lifecycle:
             raise PluginBusy(view.name, record.slots.limit, BUSY_RETRY_AFTER)
         client = record.client
         _operation.active = True
-        ticket = self._overdue.begin(view.name, record.token,
-                                     self._clock() + self.settings.probe.timeout)
+        ticket = self._watching.begin(view.name, record.token)
         try:
             return op(client)
         except (PluginTimeout, PluginUnreachable, PluginRemoved) as err:
             put(OperationFailed(view.name, str(err), err.outcome, record.token))
             raise
         finally:
-            self._overdue.end(ticket)
+            self._watching.end(ticket)
             _operation.active = False
             record.slots.release()
 
     def close(self) -> None:
-        self._processes.close()
+        self._watching.close()
         for record in self._book:
             record.client.close()
             record.fail_waiters(UnknownPlugin(record.name))
@@ -389,20 +336,6 @@ def _log_warnings(want: DesiredPlugin, known: tuple[str, ...] = ()) -> None:
     for warning in want.warnings:
         if warning not in known:
             log.warning("plugin_warning", plugin=want.name, warning=warning)
-
-
-def _process_view(info: ProcessInfo | None) -> ProcessView | None:
-    if info is None:
-        return None
-    container = None if info.container is None else (info.container.engine,
-                                                     info.container.id)
-    return ProcessView(info.pid, info.uid, info.command, info.unit, container)
-
-
-def _exited_text(info: ProcessInfo | None, pid: int) -> str:
-    """"process PID (COMMAND) exited", with the command known for that pid."""
-    command = info.command if info is not None and info.pid == pid else None
-    return policy.exited_text(pid, command)
 
 
 def _refused(error: BaseException) -> bool:

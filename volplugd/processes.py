@@ -19,6 +19,7 @@ Runs on: the supervisor thread; identify jobs on the ``volplugd-identify`` threa
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -86,6 +87,8 @@ class Processes:
         self._done: Mailbox[Identified] = Mailbox()
         self._watch: ProcessWatch[Key] = ProcessWatch()
         self._fired = False
+        self._closed = False
+        self._closing = threading.Lock()  # a job's fact is queued, or closed, never lost
         calls.watch(self._done.fileno())  # ``take`` drains it after every poll
         calls.watch(self._watch.fileno(), self._exited)
 
@@ -121,9 +124,10 @@ class Processes:
         self._calls.unwatch(self._watch.fileno())
         self._calls.unwatch(self._done.fileno())
         self._watch.close()
-        for fact in self._done.take():  # outcomes nobody will apply
-            if fact.pidfd is not None:
-                fact.pidfd.close()
+        with self._closing:
+            self._closed = True
+            for fact in self._done.take():  # outcomes nobody will apply
+                _drop(fact)
         self._done.close()
         if self._pool is not None:
             self._pool.stop()
@@ -138,7 +142,16 @@ class Processes:
             fact = lookup(name, token, path, self._systemd)
         except Exception as err:  # noqa: BLE001 - a failed lookup is a fact for the loop
             fact = Identified(name, token, None, problem=f"{type(err).__name__}: {err}")
-        self._done.put(fact)
+        with self._closing:
+            if self._closed:
+                _drop(fact)
+            else:
+                self._done.put(fact)
+
+
+def _drop(fact: Identified) -> None:
+    if fact.pidfd is not None:
+        fact.pidfd.close()
 
 
 def lookup(name: str, token: int, path: str, systemd: Systemd) -> Identified:
