@@ -313,6 +313,26 @@ def test_series_appear_with_a_plugin_and_vanish_when_it_is_evicted() -> None:
     assert m.registry.get_sample_value("volplugd_plugin_up", {"plugin": "p"}) == 1
 
 
+def test_restart_series_outlive_a_replacement_not_an_absence() -> None:
+    """A restarted plugin's new socket replaces its registration: its restart counters
+    and given-up gauge stay (its other counters go); absent for two scrapes, they go too."""
+    m, holder = make(snap(view("p")))
+    feed(m, "p")
+    m.restart_given_up("p", False)
+    m.restart("p", "done")
+    m.evicted("p", "replaced")
+    get = m.registry.get_sample_value
+    assert get("volplugd_plugin_restarts_total", {"plugin": "p", "outcome": "done"}) == 1
+    assert get("volplugd_plugin_restarts_total", {"plugin": "p", "outcome": "failed"}) == 0
+    assert get("volplugd_plugin_restart_given_up", {"plugin": "p"}) == 0
+    assert get("volplugd_plugin_probes_total", {"plugin": "p", "result": "success"}) is None
+    holder.current = EMPTY_SNAPSHOT  # gone for good
+    text(m)
+    text(m)
+    holder.current = snap(view("p"))
+    assert get("volplugd_plugin_restarts_total", {"plugin": "p", "outcome": "done"}) is None
+
+
 def test_forget_drops_counters_of_a_plugin_still_in_the_snapshot() -> None:
     """forget() alone removes the plugin's counters and histograms, not its gauges."""
     m, _ = make(snap(view("p")))

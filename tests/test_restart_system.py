@@ -49,7 +49,7 @@ failure_threshold = 2
 enabled = true
 after = 2.0
 burst = 2
-hold = 15.0
+hold = 3.0
 units = ["vp-fake.service", "vp-dies.service"]
 
 [gateway]
@@ -98,8 +98,7 @@ def box(wheelhouse: Path) -> Iterator[Container]:
         container.install_volplugd(wheelhouse)
         container.write("/usr/local/lib/vp-engine.py", ENGINE)
         for name, text in UNITS.items():
-            container.write(f"/etc/systemd/system/{name}", text)
-        container.systemctl("daemon-reload")
+            container.add_unit(name, text)
         yield container
 
 
@@ -203,6 +202,10 @@ def test_killed_plugin_is_restarted_by_volplugd_and_serves_the_gateway(box: Cont
     assert json.loads(created) == {"Err": ""}
     listed = ctl(box, "volume", "ls", "vpfake")["volumes"]
     assert [v["name"] for v in listed] == ["after-restart"]
+    samples = restart_samples(box.run(["curl", "-sS", "http://127.0.0.1:9612/metrics"]).stdout)
+    assert {s: v for s, v in samples.items() if v != "0"} == {
+        'volplugd_plugin_restarts_total{plugin="vpfake",outcome="done"}': "1"}
+    assert samples['volplugd_plugin_restart_given_up{plugin="vpfake"}'] == "0"
 
 
 def test_a_plugin_that_dies_at_every_start_is_given_up(box: Container, tmp_path: Path
@@ -221,7 +224,7 @@ def test_a_plugin_that_dies_at_every_start_is_given_up(box: Container, tmp_path:
                              for kind, _ in restart_events(box, "vpdies")),
                  timeout=120, message="volplugd to give vpdies up")
     sock = f"{PLUGINS}/vpdies.sock"
-    not_ready = ("not_ready: not ready within 2 s of its restart: sending request to plugin "
+    not_ready = ("not_ready: not ready within 3 s of its restart: sending request to plugin "
                  f"vpdies activation endpoint: dial unix {sock}: connect: connection refused")
     given_up = "2 restarts within 600 s: no more until it is ready again or an admin asks"
     assert restart_events(box, "vpdies") == [
@@ -312,7 +315,7 @@ def test_the_sandbox_reaches_the_engines(box: Container) -> None:
         assert ("restart_done", f"container_gone: {text}") in restart_events(box, name)
         assert (plugin(box, name) or {})["restart"]["error"] == text
         sock = ENGINES[engine][0]
-        assert box.run(["cat", f"{sock}.log"]).stdout == f"POST /containers/{CID}/restart?t=7\n"
+        assert box.run(["cat", f"{sock}.log"]).stdout == f"POST /containers/{CID}/restart?t=1\n"
 
 
 def _identified(box: Container, name: str) -> dict[str, Any] | None:

@@ -143,7 +143,7 @@ def test_an_unhealthy_plugin_is_restarted_and_ready_again(
     states = [(e.from_state, e.to_state) for e in sup.events(0)
               if e.plugin == "svc" and e.type is EventType.STATE_CHANGED]
     assert (PluginState.UNHEALTHY, PluginState.RESTARTING) in states
-    assert states[-1] == (PluginState.RESTARTING, PluginState.READY)
+    assert (PluginState.RESTARTING, PluginState.READY) in states
     assert restarts_counted(observer, sup, "svc") == {"done": 1}
 
 

@@ -9,11 +9,11 @@ outlives the new registration a restarted plugin's new socket makes) decides:
 
 * ``RESTART`` — the plugin turns ``restarting``, event ``restart_started``; the
   restart runs on a worker thread (never the loop) and comes back as ``RestartEnded``.
-  A finished job lets the plugin be activated again: ``ready`` within ``restart.after``
-  ends the restart ``done``; otherwise it ends ``not_ready``. A failed job ends with its
-  word (``supervision.restart.OUTCOMES``). Either way: event ``restart_done``
-  (``OUTCOME: text``), the view's ``restart`` object, the metric; a failure makes it
-  ``unhealthy`` again, and the budget counts it.
+  A finished job lets the plugin be activated again: ``ready`` within ``restart.hold``
+  (as long as the calls held meanwhile wait) ends the restart ``done``; otherwise it
+  ends ``not_ready``. A failed job ends with its word (``supervision.restart.OUTCOMES``).
+  Either way: event ``restart_done`` (``OUTCOME: text``), the view's ``restart``
+  object, the metric; a failure makes it ``unhealthy`` again, and the budget counts it.
 * ``WAIT`` — decided again at the time the budget allows.
 * ``GIVE_UP`` — once: event ``restart_given_up``, one log line, ``given_up`` in the
   view; no restart until the plugin is ``ready`` again (which lifts the give-up, but
@@ -21,7 +21,9 @@ outlives the new registration a restarted plugin's new socket makes) decides:
   (``POST /v1/plugins/{name}/restart``: a fresh budget).
 
 The room learns of registrations added, evicted or changing state from the book
-(``Book.moved``), so it sees every transition, whoever made it.
+(``Book.moved``), so it sees every transition, whoever made it. A plugin that leaves the
+registry keeps its restart state for ``restart.interval`` (a restarted or restarted-by-
+hand plugin's socket is unlinked and bound again: its budget must not start afresh).
 
 Runs on: the supervisor thread; the restarts themselves on the ``volplugd-restart``
 worker threads, which only ``put`` their result.
@@ -72,6 +74,7 @@ class _Plugin:
     ready_by: float | None = None  # restarted: ready by then, or not_ready
     job: int | None = None  # the restart job in flight
     like: PluginView | None = None  # the view the restart began from
+    gone_at: float | None = None  # unregistered since (its socket may come back)
 
     @property
     def under_way(self) -> bool:
@@ -112,8 +115,11 @@ class Restarts:
         moved, self._book.moved = self._book.moved, set()
         for name in sorted(moved):
             self._moved(name, now)
+        interval = self.settings.restart.interval
         for name, plugin in list(self._plugins.items()):
-            if plugin.ready_by is not None and plugin.ready_by <= now and plugin.job is None:
+            if plugin.gone_at is not None and now - plugin.gone_at >= interval:
+                del self._plugins[name]  # its budget has nothing left to count
+            elif plugin.ready_by is not None and plugin.ready_by <= now and plugin.job is None:
                 self._not_ready(name, plugin, now)
             elif plugin.decide_at is not None and plugin.decide_at <= now:
                 plugin.decide_at = None
@@ -132,7 +138,7 @@ class Restarts:
             self._end(message.name, plugin, message.outcome, message.text, now)
             return
         # ready by then; unregistered meanwhile, it may be binding its new socket
-        plugin.ready_by = now + self.settings.restart.after
+        plugin.ready_by = now + self.settings.restart.hold
         if record is not None and record.state is PluginState.RESTARTING:
             self._book.at(record, now)  # activate it again now
 
@@ -160,15 +166,15 @@ class Restarts:
     # --- following the book ---------------------------------------------------------------
     def _moved(self, name: str, now: float) -> None:
         record, plugin = self._book.get(name), self._plugins.get(name)
-        if record is None:  # evicted; while restarting, its new socket may be on its way
+        if record is None:  # evicted: its socket may come back (a restarted plugin's does)
             if plugin is not None and not plugin.under_way:
-                del self._plugins[name]
+                plugin.gone_at = now
             return
         if plugin is None:
-            if record.state is PluginState.UNHEALTHY and self.settings.restart.enabled:
-                plugin = self._plugins[name] = _Plugin()
-            else:
+            if record.state is not PluginState.UNHEALTHY or not self.settings.restart.enabled:
                 return
+            plugin = self._plugins[name] = _Plugin()
+        plugin.gone_at = None
         state = record.state
         if record.view.restart is not plugin.view and state is not PluginState.RESTARTING:
             self._book.update(record, policy.restart_noted(record.tracked, plugin.view))
@@ -268,7 +274,7 @@ class Restarts:
     def _not_ready(self, name: str, plugin: _Plugin, now: float) -> None:
         record = self._book.get(name)
         error = None if record is None else record.view.last_error
-        text = f"not ready within {self.settings.restart.after:g} s of its restart" + (
+        text = f"not ready within {self.settings.restart.hold:g} s of its restart" + (
             f": {error}" if error else "")
         self._end(name, plugin, "not_ready", text, now)
 
@@ -289,8 +295,11 @@ class Restarts:
             return
         log.warning("plugin_restart_failed", plugin=name, target=view.target,
                     outcome=outcome, error=text)
-        if record is None:  # gone for good: so is its budget
-            self._plugins.pop(name, None)
+        if record is None:  # unregistered: its budget is kept a while
+            plugin.gone_at = now
+            return
+        if record.state is not PluginState.RESTARTING:  # moved on meanwhile (rejected)
+            self._book.update(record, policy.restart_noted(record.tracked, view))
             return
         self._calls.forget(record.token)  # an activation in flight: probes from now on
         record.serving = None

@@ -152,17 +152,18 @@ class Supervisor(Commands):
         return reply.result(timeout)
 
     def probe(self, name: str, timeout: float) -> PluginView:
-        if name not in self.snapshot().plugins:
-            raise UnknownPlugin(name)
-        reply: Future[PluginView] = Future()
-        self._ask(ProbeNow(name, reply))
-        return reply.result(timeout)
+        return self._ask_about(ProbeNow, name, timeout)
 
     def restart(self, name: str, timeout: float) -> PluginView:
+        return self._ask_about(RestartNow, name, timeout)
+
+    def _ask_about(self, kind: type[ProbeNow | RestartNow], name: str,
+                   timeout: float) -> PluginView:
+        """Ask the loop to act on one plugin now; its view once it has (or its error)."""
         if name not in self.snapshot().plugins:
             raise UnknownPlugin(name)
         reply: Future[PluginView] = Future()
-        self._ask(RestartNow(name, reply))
+        self._ask(kind(name, reply))
         return reply.result(timeout)
 
     def _ask(self, message: Rescan | ProbeNow | RestartNow) -> None:

@@ -237,9 +237,15 @@ class Observations:
 
     @_never_raise
     def evicted(self, plugin: str, reason: str) -> None:
-        """Count an eviction and drop the plugin's counters and histograms."""
+        """Count an eviction and drop the plugin's counters and histograms, but for its
+        restart series: a restarted plugin's new socket is a new registration of the same
+        plugin. They go once the plugin stays away (``take``: two scrapes)."""
         self._bump(self._evictions, reason if reason in EVICTION_REASONS else "other")
-        self.forget(plugin)
+        with self._lock:
+            s = self._plugins.pop(plugin, None)
+            self._stale.discard(plugin)
+            if s is not None and s.given_up is not None:
+                self._plugins[plugin] = PluginSeries(restarts=s.restarts, given_up=s.given_up)
 
     @_never_raise
     def watcher(self, up: bool) -> None:

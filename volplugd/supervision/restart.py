@@ -42,7 +42,7 @@ __all__ = ["JOB_RESULTS", "OUTCOMES", "Restarter", "Target", "outcome_of", "rest
 #: The words a systemd job ends with besides ``done`` (``JobRemoved``'s result).
 JOB_RESULTS = ("failed", "timeout", "canceled", "dependency", "skipped")
 #: Every outcome of a restart (the metric's ``outcome`` label): ``done`` (ready again),
-#: ``not_ready`` (restarted, not ready within ``restart.after``), systemd's job words,
+#: ``not_ready`` (restarted, not ready within ``restart.hold``), systemd's job words,
 #: what went wrong asking, and ``given_up`` (the budget ran out; no restart).
 OUTCOMES = ("done", "not_ready", *JOB_RESULTS, "no_such_unit", "unreachable", "error",
             "container_gone", "given_up")
