@@ -19,6 +19,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.fakeplugin import FakePlugin
+from tests.trusting import folder, trusted_base
 from tests.waiting import wait_until
 from volplugd.config import (
     DiscoverySettings,
@@ -358,3 +359,33 @@ def test_past_the_hold_a_call_fails_as_before(
         sup.call("svc", lambda c: c.list())
     assert str(refused.value) == "plugin svc is restarting"
     restarter.release.set()
+
+
+def test_a_plugin_in_an_untrusted_folder_is_never_restarted(
+        supervisors: Callable[..., Supervisor], fakes_at: Callable[..., FakePlugin]) -> None:
+    """A folder others may write: whatever serves its plugin is never restarted, by the
+    loop or by an admin, and the refusal names the folder's problem."""
+    restarter = Restarter(lambda target: ("done", "restarted"))
+    with trusted_base() as base:
+        shared = folder(base / "shared", 0o777)
+        settings = Settings(discovery=DiscoverySettings(dirs=(str(shared),)), probe=FAST,
+                            plugin=PluginSettings(timeouts=TIMEOUTS),
+                            restart=RestartSettings(enabled=True, after=0.2))
+        sup = supervisors(settings, workers=4, restarter=restarter)
+        fp = fakes_at(shared / "svc.sock")
+        view = wait_state(sup, "svc", PluginState.READY)
+        serve_as(sup, "svc", UNIT)
+        untrusted = view.warnings[0].removeprefix("untrusted: ")
+        assert view.warnings[0] == f"untrusted: {untrusted}"
+        why = f"plugin svc cannot be restarted: its folder is untrusted: {untrusted}"
+        with pytest.raises(NotRestartable) as refused:
+            sup.restart("svc", 5)
+        assert str(refused.value) == why
+        with capture_logs() as logs:
+            fp.stop(unlink=False)
+            wait_state(sup, "svc", PluginState.UNHEALTHY)
+            wait_until(lambda: any(e["event"] == "plugin_not_restarted" for e in logs), 10,
+                       message="the decision")
+        assert [e["reason"] for e in logs if e["event"] == "plugin_not_restarted"] == [
+            f"its folder is untrusted: {untrusted}"]
+        assert restarter.targets == []
