@@ -107,6 +107,8 @@ def fresh(box: Container) -> Container:
     """volplugd, the plugin units, engines and scopes stopped; no plugin sockets."""
     box.systemctl("stop", SERVICE, "vp-*.service", "docker-*.scope", "libpod-*.scope",
                   check=False)
+    box.remove("/run/systemd/system/vp-fake.service.d")
+    box.systemctl("daemon-reload")
     box.systemctl("reset-failed", check=False)
     box.remove(PLUGINS, ONCE, "/run/docker.sock", "/run/docker.sock.log", "/run/podman")
     box.run(["mkdir", "-p", PLUGINS, "/run/podman"])
@@ -321,3 +323,24 @@ def test_the_sandbox_reaches_the_engines(box: Container) -> None:
 def _identified(box: Container, name: str) -> dict[str, Any] | None:
     view = plugin(box, name)
     return view if view is not None and view["state"] == "ready" and view["process"] else None
+
+
+def test_a_restart_job_that_fails_is_told_with_systemds_word(box: Container) -> None:
+    """The unit's start fails (ExecStartPre=/bin/false): systemd's job ends `failed`, and
+    the restart ends so with the job's exact text (event, log line). The fake plugin,
+    stopped cleanly by the restart, removed its socket: the plugin left the registry."""
+    box.systemctl("start", "vp-fake.service")
+    start_volplugd(box)
+    ready_as(box, "vpfake", "vp-fake.service")
+    box.add_dropin("vp-fake.service", "fail", "[Service]\nExecStartPre=/bin/false\n")
+    cursor = box.cursor()
+    assert ctl(box, "restart", "vpfake")["state"] == "restarting"
+    done = box.wait_for(lambda: [reason for kind, reason in restart_events(box, "vpfake")
+                                 if kind == "restart_done"], message="the restart to end")
+    job = re.fullmatch(r"failed: (restart vp-fake\.service: job "
+                       r"/org/freedesktop/systemd1/job/\d+ failed)", done[0])
+    assert job is not None, done
+    assert [(e["outcome"], e["error"]) for e in logged(box, "plugin_restart_failed", cursor)] \
+        == [("failed", job.group(1))]
+    assert box.show("vp-fake.service", "ActiveState") == "failed"
+    assert plugin(box, "vpfake") is None
