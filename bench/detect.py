@@ -48,6 +48,7 @@ from tests.fakeplugin import FakePlugin
 from tests.fakeplugin import behaviours as b
 from tests.harness import Daemon as HarnessDaemon
 from tests.harness import call
+from tests.pidns import child_of
 
 KILL_GOAL = 0.005
 HANG_GOAL = 10.0
@@ -187,9 +188,7 @@ def _stop_inside(daemon: HarnessDaemon) -> None:
     """SIGTERM to the daemon itself (``unshare`` passes no signal on), then reap both."""
     assert daemon.proc is not None
     with contextlib.suppress(OSError, IndexError, ValueError):
-        pid = daemon.proc.pid
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            os.kill(int(f.read().split()[0]), signal.SIGTERM)
+        os.kill(child_of(daemon.proc.pid), signal.SIGTERM)
     try:
         daemon.proc.wait(10)
     except subprocess.TimeoutExpired:

@@ -45,3 +45,10 @@ def run(code: str, timeout: float = 60) -> dict[str, Any]:
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
     return result
+
+
+def child_of(pid: int) -> int:
+    """The one child of process ``pid`` (``unshare --fork``'s: the first process of the
+    new pid namespace), as this namespace numbers it."""
+    with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+        return int(f.read().split()[0])

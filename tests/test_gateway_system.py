@@ -42,13 +42,21 @@ via_gateway = true
 
 
 def _listed(tmp: Path) -> dict[str, str]:
-    text = (tmp / "containers.conf.d" / "50-volplugd.conf").read_text()
+    """The drop-in's plugins ({} until its writer thread first wrote it)."""
+    path = tmp / "containers.conf.d" / "50-volplugd.conf"
+    if not path.exists():
+        return {}
+    text = path.read_text()
     plugins: dict[str, str] = tomllib.loads(text)["engine"]["volume_plugins"]
     return plugins
 
 
 def _spec(tmp: Path, name: str) -> str:
-    address: str = json.loads((tmp / "docker-specs" / f"{name}.json").read_text())["Addr"]
+    """The spec file's address ("" until it is written)."""
+    path = tmp / "docker-specs" / f"{name}.json"
+    if not path.exists():
+        return ""
+    address: str = json.loads(path.read_text())["Addr"]
     return address
 
 

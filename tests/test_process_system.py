@@ -11,12 +11,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests import pidns, tiers
 from tests.configs import fast
 from tests.fakeplugin import FakePlugin
 from tests.fakeplugin import behaviours as b
@@ -219,6 +221,43 @@ def test_a_plugin_hanging_on_everything_is_unhealthy_after_threshold_suspect_pro
     assert answer[0][0] in (502, 504)
 
 
+def test_a_suspects_probe_replaces_a_slower_regular_probe_in_flight(
+        daemon: Callable[..., Daemon], fakes_at: Callable[..., FakePlugin]) -> None:
+    """A probe asked for (POST .../probe) more than a second after a Create began hangs
+    with its 5 s deadline; when the Create turns the plugin suspect, that probe is dropped
+    for a suspect's (1 s): four probes reach the plugin, three count, and the one asked
+    for is answered with the first suspect probe's result."""
+    d = daemon(config=fast(interval=3600.0, timeout=5.0, failure_threshold=3,
+                           default=30.0)).start()
+    fp = fakes_at(d.plugin_dirs[0] / "late.sock")
+    d.wait_state("late", "ready")
+    fp.set("*", b.Hang())
+    thread, answer = create_in_background(d, "late")
+    asked: list[Any] = []
+    prober = threading.Thread(target=lambda: asked.append(
+        d.call("POST", "/v1/plugins/late/probe")))
+    try:
+        fp.wait_requests(len(fp.requests) + 1)  # the Create is in the plugin
+        began = time.monotonic()
+        # The regular probe must start over a second after the Create (and well before
+        # the 5 s suspicion) for the suspect's probe to end sooner than it.
+        wait_until(lambda: time.monotonic() > began + 1.2, 5.0, message="a second to pass")
+        prober.start()
+        plugin = d.wait_state("late", "unhealthy", timeout=30.0)
+        assert plugin["consecutive_failures"] == 3
+        assert probes_since(fp, "/Plugin.Activate", "/VolumeDriver.Create") == 4
+        prober.join(30)
+        assert asked[0][0] == 200
+        assert (asked[0][1]["state"], asked[0][1]["consecutive_failures"]) == ("ready", 1)
+    finally:
+        fp.reset()
+        fp.stop()
+        thread.join(30)
+        if prober.ident is not None:  # started
+            prober.join(30)
+    assert answer[0][0] in (502, 504)
+
+
 def test_a_slow_operation_with_probes_answered_ends_the_suspicion(
         daemon: Callable[..., Daemon], fakes_at: Callable[..., FakePlugin]) -> None:
     """A plugin slow on a Create but answering probes is probed once, stays ready, and
@@ -284,3 +323,38 @@ def test_the_process_shows_safely_in_json_inspect_status_page_and_metrics(
     unit = unit_of(proc.pid) or ""
     assert status == 200
     assert f'volplugd_plugin_info{{plugin="argv",unit="{unit}"}} 1' in scrape.decode()
+
+
+@pytest.mark.peer  # unshare (util-linux)
+def test_a_daemon_that_cannot_name_the_listener_shows_why_and_probes_still_work(
+        daemon: Callable[..., Daemon], processes: list[subprocess.Popen[bytes]]) -> None:
+    """volplugd in a new pid namespace: the kernel gives a host plugin's pid as 0, so
+    there is no process to show or watch (the exact warning); the plugin is ready, and
+    its kill -9 is still found by the probes (failure_threshold of them)."""
+    unshare = tiers.tool("unshare", "util-linux")
+    if os.geteuid() != 0:
+        pytest.skip("needs root: a new pid namespace")
+    d = daemon(config=fast(failure_threshold=2),
+               wrapper=[unshare, "--pid", "--fork", "--mount-proc", "--kill-child", "--"])
+    d.start()
+    try:
+        proc = fake_plugin(processes, d.plugin_dirs[0] / "far.sock")
+        d.wait_state("far", "ready")
+        warning = ("process: the listener is in another pid namespace (the kernel gives "
+                   "its pid as 0)")
+        wait_until(lambda: warning in d.plugins()["far"]["warnings"], 15.0,
+                   message="the warning")
+        assert d.plugins()["far"]["process"] is None
+        assert d.wait_log("plugin_process_unknown")["reason"] == warning.removeprefix(
+            "process: ")
+        proc.kill()
+        d.wait_state("far", "unhealthy")
+        assert events(d, "far")[-1] == (
+            "state_changed", "unhealthy", f"sending request to plugin far activation "
+            f"endpoint: dial unix {d.plugin_dirs[0]}/far.sock: connect: connection refused")
+        assert d.wait_log("plugin_unhealthy")["reason"] == events(d, "far")[-1][2]
+    finally:
+        assert d.proc is not None
+        os.kill(pidns.child_of(d.proc.pid), signal.SIGTERM)  # unshare passes none on
+        assert d.proc.wait(10) == 0
+

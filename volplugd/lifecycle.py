@@ -71,16 +71,16 @@ class Lifecycle:
     """Registers, evicts, calls and updates the registrations of one ``Book``."""
 
     def __init__(self, settings: Settings, book: Book, calls: Calls, observer: Observer,
-                 wall: Callable[[], float], *, clock: Callable[[], float] = time.monotonic,
-                 processes: Processes | None = None) -> None:
+                 wall: Callable[[], float], *, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
         self.settings = settings  # replaced by ``reload``
         self._book = book
         self._calls = calls
         self._observer = observer
         self._wall = wall
         self._tokens = itertools.count(1)
-        self._watching = Watching(book, Processes(calls) if processes is None else processes,
-                                  lambda: self.settings.probe, self._probe_at_once, clock)
+        self._watching = Watching(book, Processes(calls), lambda: self.settings.probe,
+                                  self._probe_at_once, clock)
 
     # --- a scan's desired state -> plan ---------------------------------------------------
     def reconcile(self, found: ScanResult, now: float, only: str | None = None

@@ -36,7 +36,7 @@ from volplugd.supervision.identity import (
 from volplugd.supervision.pidfd import PidFd, ProcessWatch
 from volplugd.supervision.units import SystemdManager, UnitsError
 
-__all__ = ["Exited", "Fact", "Identified", "Processes", "Systemd"]
+__all__ = ["Exited", "Fact", "Identified", "Processes", "Systemd", "lookup"]
 
 WORKERS = 2  # identify jobs are short: a connect, two /proc reads (D-Bus: rare)
 

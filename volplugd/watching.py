@@ -83,8 +83,9 @@ class Watching:
             self.forget(record)
         problems = (fact.problem,) if fact.problem is not None else (
             () if info is None else info.problems)
-        self._book.update(record, policy.identified(record.tracked, _view(info), problems),
-                          urgent=True)
+        # Not urgent: a lazy publish carries it within LAZY_PUBLISH, so the thousand
+        # lookups after a start cost a few publishes, not one each.
+        self._book.update(record, policy.identified(record.tracked, _view(info), problems))
         if info is None:
             log.warning("plugin_process_unknown", plugin=record.name, reason=fact.problem)
         else:
