@@ -194,8 +194,8 @@ def test_killed_plugin_is_restarted_by_volplugd_and_serves_the_gateway(box: Cont
     assert [(j["plugin"], j["outcome"]) for j in jobs] == [("vpfake", "done")]
     assert re.fullmatch(r"restart vp-fake\.service: job /org/freedesktop/systemd1/job/\d+ "
                         r"done", jobs[0]["detail"]), jobs[0]
-    box.wait_for(lambda: (plugin(box, "vpfake") or {}).get("process", {}).get("pid") == new,
-                 message="the new process identified")
+    box.wait_for(lambda: ((plugin(box, "vpfake") or {}).get("process") or {}).get("pid")
+                 == new, message="the new process identified")
     gateway = "/run/volplugd/gateway/vpfake.sock"
     created = box.run(["curl", "-sS", "--unix-socket", gateway, "-X", "POST",
                        "-H", "Content-Type: application/json",
@@ -312,8 +312,8 @@ def test_the_sandbox_reaches_the_engines(box: Container) -> None:
         assert view["process"]["container"] == {"engine": engine, "id": CID}
         assert ctl(box, "restart", name)["state"] == "restarting"
         text = f"{engine} container {CID}: no such container: No such container: {CID}"
-        box.wait_for(lambda n=name: (plugin(box, n) or {}).get("restart", {}).get("outcome")
-                     == "container_gone", message=f"{name}'s restart to end")
+        box.wait_for(lambda n=name: ((plugin(box, n) or {}).get("restart") or {})
+                     .get("outcome") == "container_gone", message=f"{name}'s restart to end")
         assert ("restart_done", f"container_gone: {text}") in restart_events(box, name)
         assert (plugin(box, name) or {})["restart"]["error"] == text
         sock = ENGINES[engine][0]
