@@ -34,7 +34,7 @@ from volplugd.model import EventType, PluginState, PluginView
 from volplugd.supervision.cgroup import Container
 from volplugd.supervision.identity import ProcessInfo
 from volplugd.supervision.restart import OUTCOMES, Target
-from volplugd.supervisor import Supervisor
+from volplugd.supervisor import Reload, Supervisor
 
 FAST = ProbeSettings(interval=0.2, timeout=0.3, failure_threshold=2, success_threshold=1)
 TIMEOUTS = {"activate": 0.5, "default": 0.5}
@@ -389,3 +389,23 @@ def test_a_plugin_in_an_untrusted_folder_is_never_restarted(
         assert [e["reason"] for e in logs if e["event"] == "plugin_not_restarted"] == [
             f"its folder is untrusted: {untrusted}"]
         assert restarter.targets == []
+
+
+def test_turned_on_by_a_reload_it_restarts_a_plugin_already_unhealthy(
+        plugins_dir: Path, supervisors: Callable[..., Supervisor],
+        fakes: Callable[..., FakePlugin]) -> None:
+    """Unhealthy while restarts were off; SIGHUP turns them on: it is restarted."""
+    def settings(enabled: bool) -> Settings:
+        return Settings(discovery=DiscoverySettings(dirs=(str(plugins_dir),)), probe=FAST,
+                        plugin=PluginSettings(timeouts=TIMEOUTS),
+                        restart=RestartSettings(enabled=enabled, after=0.2))
+
+    restarter = Restarter(lambda target: ("no_such_unit", "Unit vp-svc.service not found."))
+    sup = supervisors(settings(False), workers=4, restarter=restarter,
+                      reload=lambda: settings(True))
+    ready_fake(sup, fakes, "svc").stop(unlink=False)
+    wait_state(sup, "svc", PluginState.UNHEALTHY)
+    assert restarter.targets == []
+    sup.put(Reload())
+    wait_until(lambda: restarter.targets, 10, message="the restart after the reload")
+    assert restarter.targets == [Target("vp-svc.service")]

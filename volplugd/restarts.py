@@ -87,7 +87,7 @@ class Restarts:
     def __init__(self, settings: Settings, book: Book, calls: Calls, observer: Observer,
                  put: Callable[[object], None], *, restarter: Restarter = restart,
                  wall: Callable[[], float]) -> None:
-        self.settings = settings  # replaced by the supervisor's reload
+        self.settings = settings  # replaced by ``reload``
         self._book = book
         self._calls = calls
         self._observer = observer
@@ -158,6 +158,12 @@ class Restarts:
         plugin.budget = Budget()
         self._start(record, plugin, target, now)
         return record.view
+
+    def reload(self, new: Settings) -> None:
+        """New settings: every unhealthy plugin is looked at again (restarts may just
+        have been turned on, or its unit added to ``restart.units``)."""
+        self.settings = new
+        self._book.moved.update(r.name for r in self._book if r.state is PluginState.UNHEALTHY)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -324,7 +324,7 @@ class Supervisor(Commands):
             return
         old = self._plugins.settings
         self._plugins.reload(new)
-        self._restarts.settings = new
+        self._restarts.reload(new)
         if new.discovery.dirs != old.discovery.dirs:
             self._watcher.set_dirs(new.discovery.dirs)
         log.info("config_reloaded")
