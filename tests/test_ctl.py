@@ -412,6 +412,35 @@ def test_probe_exits_0_when_ready_and_1_otherwise(canned: Canned) -> None:
     assert err == "volplugctl: plugin_not_ready: plugin bad is unhealthy: timeout after 5.0s\n"
 
 
+def test_restart_posts_and_prints_the_plugin_restarting(canned: Canned) -> None:
+    """restart POSTs (exit 0 with the record); a refusal is exit 1 with the daemon's reason;
+    inspect prints the restart object on one line."""
+    began = stamp(2)
+    doc = {**plugin("p", "restarting"), "restart": {
+        "target": "unit p.service", "at": began, "outcome": None, "error": None,
+        "recent": 1, "given_up": False}}
+    canned.on("POST", "/v1/plugins/p/restart", Answer(202, json.dumps(doc).encode()))
+    status, out, err = run(canned, "restart", "p")
+    assert (status, err) == (0, "")
+    assert "state:                 restarting" in out.splitlines()
+    assert ("restart:               unit p.service: under way, began "
+            f"{began} (2s ago), 1 within restart.interval") in out.splitlines()
+    assert canned.seen[-1].method == "POST"
+    failed = {**doc, "state": "unhealthy", "restart": {**doc["restart"], "recent": 3,
+              "outcome": "no_such_unit", "error": "Unit p.service not found.",
+              "given_up": True}}
+    canned.on("GET", "/v1/plugins/p", failed)
+    assert ("restart:               unit p.service: no_such_unit, began "
+            f"{began} (2s ago), 3 within restart.interval; error: Unit p.service not "
+            "found.; given up") in run(canned, "inspect", "p")[1].splitlines()
+    canned.on("POST", "/v1/plugins/q/restart", Answer(409, json.dumps({"error": {
+        "code": "not_restartable",
+        "message": "plugin q cannot be restarted: it is restarting already"}}).encode()))
+    assert run(canned, "restart", "q") == (
+        1, "", "volplugctl: not_restartable: plugin q cannot be restarted: it is restarting "
+               "already\n")
+
+
 def test_health_rescan_and_capabilities(canned: Canned) -> None:
     """health, rescan (a POST) and capabilities print their documents as key: value."""
     canned.on("GET", "/v1/health", {"status": "ok", "version": "0.1.0", "uptime_seconds": 12.5,
@@ -650,8 +679,9 @@ def complete(*words: str, socket_path: str | None = None) -> list[str]:
 def test_completion_of_commands_subcommands_and_flags() -> None:
     """Commands, volume subcommands, per-command flags and --state values complete."""
     assert complete("volplugctl", "vol") == ["volume"]
-    assert complete("volplugctl", "") == ["ls", "inspect", "probe", "events", "rescan",
-                                          "health", "capabilities", "wait", "volume"]
+    assert complete("volplugctl", "") == ["ls", "inspect", "probe", "restart", "events",
+                                          "rescan", "health", "capabilities", "wait",
+                                          "volume"]
     assert complete("volplugctl", "volume", "") == ["ls", "create", "inspect", "rm", "path",
                                                     "mount", "unmount"]
     assert complete("volplugctl", "events", "--f") == ["--follow"]
@@ -671,6 +701,7 @@ def test_completion_of_plugin_and_volume_names(canned: Canned) -> None:
     assert complete("volplugctl", "volume", "path", "alpha", "d",
                     socket_path=canned.path) == ["data"]
     assert complete("volplugctl", "--socket", canned.path, "probe", "b") == ["beta"]
+    assert complete("volplugctl", "restart", "a", socket_path=canned.path) == ["alpha"]
     assert complete("volplugctl", "wait", "alpha", "", socket_path=canned.path) == ["alpha",
                                                                                     "beta"]
 

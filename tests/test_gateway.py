@@ -27,6 +27,7 @@ from volplugd.config import (
     GatewaySettings,
     PluginSettings,
     ProbeSettings,
+    RestartSettings,
     Settings,
 )
 from volplugd.discovery.scan import GATEWAY_MARK
@@ -34,6 +35,8 @@ from volplugd.gateway import Gateway
 from volplugd.gateway.answer import MAX_BODY
 from volplugd.model import PluginState, PluginView
 from volplugd.registry import Registry
+from volplugd.supervision.identity import ProcessInfo
+from volplugd.supervision.restart import Restarter, Target
 from volplugd.supervisor import Supervisor
 
 # Probes on List, so an Activate reaching a plugin after its activation came from elsewhere.
@@ -112,14 +115,18 @@ class World:
     def start(self, *, probe: ProbeSettings = PROBE, max_in_flight: int = 4,
               dirs: tuple[str, ...] | None = None, group: str | None = None,
               max_connections: int = 512, max_per_uid: int = 64, reserved: int = 64,
-              mode: int = 0o600, read_timeout: float = 10.0) -> tuple[Supervisor, Gateway]:
+              mode: int = 0o600, read_timeout: float = 10.0,
+              restart: RestartSettings | None = None,
+              restarter: Restarter | None = None) -> tuple[Supervisor, Gateway]:
         settings = Settings(
             discovery=DiscoverySettings(dirs=dirs or (str(self.plugins),)), probe=probe,
             plugin=PluginSettings(timeouts=TIMEOUTS, max_in_flight=max_in_flight),
             gateway=GatewaySettings(enabled=True, dir=str(self.gw_dir), mode=mode,
-                                    group=group))
+                                    group=group),
+            restart=restart or RestartSettings())
         registry = Registry()
-        self.sup = Supervisor(settings, registry, workers=2)
+        self.sup = Supervisor(settings, registry, workers=2,
+                              **({} if restarter is None else {"restarter": restarter}))
         self.gateway = Gateway(settings.gateway, self.sup, registry.wait,
                                on_request=self.recorder, tick=0.05,
                                max_connections=max_connections, max_per_uid=max_per_uid,
@@ -567,3 +574,34 @@ def test_pipelined_requests_are_answered_in_order(world: World) -> None:
     operations = [(r.path, r.body) for r in fake.requests
                   if r.path in ("/VolumeDriver.Create", "/VolumeDriver.Get")]
     assert operations == [("/VolumeDriver.Create", one), ("/VolumeDriver.Get", two)]
+
+
+def test_a_forward_is_held_while_the_plugin_restarts(world: World) -> None:
+    """restarting: the gateway's forward waits (restart.hold) until the restarted plugin
+    is ready, then goes to it; nothing answers the caller meanwhile."""
+    released = threading.Event()
+
+    def restart(target: Target, timeout: float) -> tuple[str, str]:
+        released.wait(10)
+        world.plugin("p")  # the restarted process, with its new socket
+        return "done", "restarted"
+
+    world.plugin("p")
+    sup, _ = world.start(restart=RestartSettings(enabled=True, hold=30.0),
+                         restarter=restart)
+    world.wait_state("p", PluginState.READY)
+    wait_until(lambda: sup.snapshot().plugins["p"].process is not None,
+               message="p's process identified")
+    sup._book.records["p"].process = ProcessInfo(1, 0, 0, "p", "p.service", "system", None)
+    client = Client(world.sock("p"))
+    assert sup.restart("p", 5).state is PluginState.RESTARTING
+    answers: list[tuple[int, str | None, bytes]] = []
+    caller = threading.Thread(target=lambda: answers.append(
+        client.post("/VolumeDriver.Create", b'{"Name":"held","Opts":{}}')))
+    caller.start()
+    world.wait_state("p", PluginState.RESTARTING)
+    assert answers == []
+    released.set()
+    caller.join(15)
+    assert answers == [(200, DEFAULT_CONTENT_TYPE, b'{"Err": ""}')]
+    assert "held" in world.fakes[-1].volumes

@@ -334,6 +334,26 @@ def test_series_appear_with_a_plugin_and_vanish_when_it_is_evicted() -> None:
     assert m.registry.get_sample_value("volplugd_plugin_up", {"plugin": "p"}) == 1
 
 
+def test_restart_series_outlive_a_replacement_not_an_absence() -> None:
+    """A restarted plugin's new socket replaces its registration: its restart counters
+    and given-up gauge stay (its other counters go); absent for two scrapes, they go too."""
+    m, holder = make(snap(view("p")))
+    feed(m, "p")
+    m.restart_given_up("p", False)
+    m.restart("p", "done")
+    m.evicted("p", "replaced")
+    get = m.registry.get_sample_value
+    assert get("volplugd_plugin_restarts_total", {"plugin": "p", "outcome": "done"}) == 1
+    assert get("volplugd_plugin_restarts_total", {"plugin": "p", "outcome": "failed"}) == 0
+    assert get("volplugd_plugin_restart_given_up", {"plugin": "p"}) == 0
+    assert get("volplugd_plugin_probes_total", {"plugin": "p", "result": "success"}) is None
+    holder.current = EMPTY_SNAPSHOT  # gone for good
+    text(m)
+    text(m)
+    holder.current = snap(view("p"))
+    assert get("volplugd_plugin_restarts_total", {"plugin": "p", "outcome": "done"}) is None
+
+
 def test_forget_drops_counters_of_a_plugin_still_in_the_snapshot() -> None:
     """forget() alone removes the plugin's counters and histograms, not its gauges."""
     m, _ = make(snap(view("p")))
@@ -407,6 +427,8 @@ def feed_everything(m: Observations, names: list[str], rounds: int) -> None:
                               ("answered", "busy", "odd")[i % 3], 0.02 * i)
             if i % 2:
                 m.busy(name)
+            m.restart(name, ("done", "no_such_unit", "bogus")[i % 3])
+            m.restart_given_up(name, bool(i % 2))
         m.discovery(("added", "ignored", "strange")[i % 3])
         m.rescan(("startup", "reload", "whim")[i % 3])
         m.control_request(f'/v1/"{i % 2}"', 200 + i)
@@ -436,7 +458,7 @@ def test_registry_holds_what_the_text_says() -> None:
         feed_everything(m, NAMES[step:], 2)
         registry = [f for f in m.registry.collect() if f.name.startswith("volplugd_")]
         assert volplugd_families(m.exposition()[0]) == registry
-        assert len(registry) == 23
+        assert len(registry) == 25
 
 
 def test_kept_fragments_render_the_same_bytes_as_a_fresh_render() -> None:

@@ -8,7 +8,14 @@ import pytest
 
 from volplugd import policy
 from volplugd.config import ProbeSettings
-from volplugd.model import DesiredPlugin, FileIdentity, Kind, PluginState, ProcessView
+from volplugd.model import (
+    DesiredPlugin,
+    FileIdentity,
+    Kind,
+    PluginState,
+    ProcessView,
+    RestartView,
+)
 from volplugd.plugin.address import PluginAddress
 
 PROBE = ProbeSettings(failure_threshold=3, success_threshold=2)
@@ -162,7 +169,8 @@ def test_a_probe_success_keeps_every_field_it_does_not_set() -> None:
     t = dataclasses.replace(t, view=dataclasses.replace(
         t.view, implements=("VolumeDriver",), last_probe_at=1.0, last_success_at=0.5,
         last_error="boom", consecutive_failures=4, probe_latency_seconds=0.3, scope="global",
-        process=ProcessView(7, 0, "plugin --serve", "p.service")))
+        process=ProcessView(7, 0, "plugin --serve", "p.service"),
+        restart=RestartView("unit a.service", 0.5, "done")))
     defaults = {f.name: f.default for f in dataclasses.fields(t.view)}
     assert [n for n, d in defaults.items() if getattr(t.view, n) == d] == []  # all set
     t = dataclasses.replace(t, notes=("odd",), activation_failures=2,
@@ -334,3 +342,79 @@ def test_publishing_is_at_once_or_lazy(urgent: bool, lazy_since: float | None, n
 def test_the_loop_sleeps_until_its_earliest_timer(
         wake_at: tuple[float | None, ...], expected: float) -> None:
     assert policy.sleep_time(10.0, wake_at) == pytest.approx(expected)
+
+
+# --- restarts -------------------------------------------------------------------------
+
+RESTART = RestartView("unit a.service", 5.0)
+
+
+def viewed(state: PluginState, **view: object) -> policy.Tracked:
+    """Plugin "a" in ``state`` with these view fields."""
+    t = tracked("a", state)
+    return dataclasses.replace(t, view=dataclasses.replace(t.view, **view))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("failures", "after", "delay"), [
+    (3, 10.0, 10.0),  # failure_threshold failed probes: restart.after
+    (4, 10.0, 10.0),
+    (1, 10.0, policy.EXIT_GRACE),  # unhealthy at once (its process exited): the grace
+    (0, 10.0, policy.EXIT_GRACE),
+    (1, 0.5, 0.5),  # restart.after shorter than the grace: restart.after
+])
+def test_restart_delay_is_after_or_the_grace_when_unhealthy_at_once(
+        failures: int, after: float, delay: float) -> None:
+    t = viewed(state=PluginState.UNHEALTHY, consecutive_failures=failures)
+    assert policy.restart_delay(t.view, PROBE, after) == delay
+
+
+@pytest.mark.parametrize("state", [PluginState.UNHEALTHY, PluginState.READY,
+                                   PluginState.ACTIVATING])
+def test_restarting_keeps_what_it_implements_and_why(state: PluginState) -> None:
+    """Any state may be restarted (an admin's restart: ready too); the view keeps its
+    manifest and last error, shows the restart, and retries count afresh."""
+    t = viewed(state=state, implements=("VolumeDriver",), scope="global",
+                last_error="boom")
+    t = dataclasses.replace(t, activation_failures=3, successes=1)
+    new = policy.restarting(t, RESTART)
+    assert new.view == dataclasses.replace(t.view, state=PluginState.RESTARTING,
+                                           restart=RESTART)
+    assert (new.activation_failures, new.successes) == (0, 0)
+
+
+def test_a_new_registration_restarting_is_like_the_one_restarted() -> None:
+    """The restarted process made a new socket: the new registration (activating, no
+    manifest yet) is restarting with the manifest, scope and error of the old one."""
+    old = viewed(state=PluginState.UNHEALTHY, implements=("VolumeDriver",),
+                  scope="global", last_error="boom").view
+    new = policy.restarting(viewed(state=PluginState.ACTIVATING, registered_at=9.0),
+                            RESTART, like=old)
+    assert (new.state, new.view.implements, new.view.scope, new.view.last_error,
+            new.view.registered_at, new.view.restart) == (
+        PluginState.RESTARTING, ("VolumeDriver",), "global", "boom", 9.0, RESTART)
+
+
+def test_a_failed_restart_is_unhealthy_with_its_text() -> None:
+    t = dataclasses.replace(viewed(state=PluginState.RESTARTING), successes=1)
+    failed = dataclasses.replace(RESTART, outcome="no_such_unit", error="gone")
+    new = policy.restart_failed(t, failed, "restart no_such_unit: gone", 7.0)
+    assert new.view == dataclasses.replace(t.view, state=PluginState.UNHEALTHY,
+                                           restart=failed, last_probe_at=7.0,
+                                           last_error="restart no_such_unit: gone")
+    assert new.successes == 0
+
+
+@pytest.mark.parametrize("state", list(PluginState))
+def test_a_restart_noted_changes_nothing_else(state: PluginState) -> None:
+    t = viewed(state=state, last_error="x")
+    assert policy.restart_noted(t, RESTART).view == dataclasses.replace(t.view,
+                                                                        restart=RESTART)
+    assert policy.restart_noted(t, None).view == t.view
+
+
+def test_a_probe_success_ends_no_restart_itself() -> None:
+    """Only an activation makes a restarting plugin ready: a late probe answer does not
+    (its manifest may have changed with the restart)."""
+    t = viewed(state=PluginState.RESTARTING)
+    assert policy.probe_succeeded(t, PROBE, 1.0, 0.001).state is PluginState.RESTARTING
+    assert policy.probe_failed(t, PROBE, "x", 1.0).state is PluginState.RESTARTING

@@ -51,6 +51,7 @@ def exported_names() -> set[str]:
     m.busy("b-ready")
     m.gateway_request("b-ready", "create", "not_ready", 0.0004)
     m.loop_error(errno.EMFILE)
+    m.restart_given_up("b-ready", True)
     body, _ = m.exposition()
     lines = body.decode().splitlines()
     return {re.split(r"[{ ]", line, maxsplit=1)[0] for line in lines if not line.startswith("#")}
@@ -85,9 +86,9 @@ def names_in(expr: str) -> set[str]:
 
 @pytest.mark.peer
 def test_promtool_check_rules_passes() -> None:
-    """`promtool check rules` accepts the rules file (3 recording rules, 10 alerts)."""
+    """`promtool check rules` accepts the rules file (3 recording rules, 14 alerts)."""
     code, out = run("check", "rules", RULES)
-    assert (code, out.strip().splitlines()[-1].strip()) == (0, "SUCCESS: 15 rules found")
+    assert (code, out.strip().splitlines()[-1].strip()) == (0, "SUCCESS: 17 rules found")
 
 
 @pytest.mark.peer
@@ -109,7 +110,8 @@ def test_rule_tests_cover_every_alert_firing_and_not_firing() -> None:
                       "VolplugdPluginStuckActivating", "VolplugdProbesLate",
                       "VolplugdPluginBusy", "VolplugdGatewayRefusing",
                       "VolplugdControlRefusing", "VolplugdGatewayConnectionsRefused",
-                      "VolplugdLoopErrors"}
+                      "VolplugdLoopErrors", "VolplugdPluginRestartsGivenUp",
+                      "VolplugdPluginRestartedOften"}
     assert (firing, quiet) == (alerts, alerts)
 
 

@@ -371,11 +371,11 @@ def test_a_restarting_plugins_socket_is_never_removed_and_counts_from_zero_after
     whole delay after that, with its event and count."""
     room = rooms(1.0)
     room.set_state(PluginState.RESTARTING)
-    assert [room.stale.due(t / 4) for t in range(41)] == [[]] * 41
+    assert [room.stale.remove_stale(t / 4) for t in range(41)] == [[]] * 41
     assert room.path.exists()
     room.set_state(PluginState.UNHEALTHY)
-    assert [room.stale.due(10.0 + t / 4) for t in range(5)] == [[]] * 5
-    assert room.stale.due(11.25) == [str(room.path)]
+    assert [room.stale.remove_stale(10.0 + t / 4) for t in range(5)] == [[]] * 5
+    assert room.stale.remove_stale(11.25) == [str(room.path)]
     assert not room.path.exists()
     assert (room.stale_events(), room.observer.removed) == (
         [("p", PluginState.UNHEALTHY,
@@ -387,7 +387,7 @@ def test_off_never_looks_and_wants_no_wake_up(rooms: Callable[..., Room]) -> Non
     looked: list[int] = []
     room = rooms(None, read_bound=lambda: looked.append(1) or b"")
     assert room.stale.wake_at() is None
-    assert [room.stale.due(float(t)) for t in (0, 100, 10_000)] == [[], [], []]
+    assert [room.stale.remove_stale(float(t)) for t in (0, 100, 10_000)] == [[], [], []]
     assert (room.path.exists(), looked, room.stale.wake_at()) == (True, [], None)
 
 
@@ -401,7 +401,7 @@ def test_an_unreadable_proc_net_unix_removes_nothing_and_is_logged_once(
     room = rooms(1.0, read_bound=unreadable)
     room.set_state(PluginState.UNHEALTHY)
     with capture_logs() as logs:
-        assert [room.stale.due(t / 4) for t in range(20)] == [[]] * 20
+        assert [room.stale.remove_stale(t / 4) for t in range(20)] == [[]] * 20
     assert [(e["event"], e["error"]) for e in logs] == [
         ("stale_sockets_unknown", "Permission denied")]
     assert (room.path.exists(), room.stale_events(), room.observer.removed) == (True, [], 0)

@@ -54,6 +54,15 @@ class ProbeNow:
 
 
 @dataclass(frozen=True, slots=True)
+class RestartNow:
+    """An admin asks: restart what serves ``name`` now (a fresh budget); answer with its
+    view once the restart has begun (``restarting``)."""
+
+    name: str
+    reply: Future[PluginView]
+
+
+@dataclass(frozen=True, slots=True)
 class OperationFailed:
     """A volume operation through the control API hit a timeout or transport failure."""
 
@@ -92,6 +101,14 @@ class PluginNotReady(RuntimeError):
         self.view = view
 
 
+class NotRestartable(RuntimeError):
+    """volplugd cannot restart the plugin now; the message says why (409 not_restartable)."""
+
+    def __init__(self, name: str, why: str):
+        super().__init__(f"plugin {name} cannot be restarted: {why}")
+        self.name = name
+
+
 class PluginBusy(RuntimeError):
     """The plugin has its most operations in flight and no slot came free within the
     short wait: refused at once, nothing sent (503 plugin_busy, ``Retry-After``)."""
@@ -120,6 +137,11 @@ class Commands(Protocol):
     def rescan(self, timeout: float) -> RescanResult: ...
 
     def probe(self, name: str, timeout: float) -> PluginView: ...
+
+    def restart(self, name: str, timeout: float) -> PluginView:
+        """Restart what serves ``name`` now (UnknownPlugin, NotRestartable); its view
+        once the restart has begun."""
+        ...
 
     def fail_fast(self, name: str) -> PluginView:
         """Raise what ``call`` would raise at once, without contacting the plugin, for a
@@ -174,6 +196,14 @@ class Observer(Protocol):
     def stale_socket_removed(self) -> None:
         """A stale plugin socket was removed (``discovery.remove_stale_after``)."""
 
+    def restart(self, plugin: str, outcome: str) -> None:
+        """A restart of what serves the plugin ended with ``outcome`` (or its budget
+        was given up: ``given_up``)."""
+
+    def restart_given_up(self, plugin: str, given_up: bool) -> None:
+        """volplugd gave up restarting the plugin (True), or began a restart of it or
+        lifted the give-up (False)."""
+
 
 class NullObserver:
     """An Observer that records nothing (library use and unit tests)."""
@@ -206,4 +236,10 @@ class NullObserver:
         pass
 
     def stale_socket_removed(self) -> None:
+        pass
+
+    def restart(self, plugin: str, outcome: str) -> None:
+        pass
+
+    def restart_given_up(self, plugin: str, given_up: bool) -> None:
         pass

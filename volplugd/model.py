@@ -42,6 +42,9 @@ class EventType(StrEnum):
     EVICTED = "evicted"
     RESCAN = "rescan"
     STALE_SOCKET_REMOVED = "stale_socket_removed"
+    RESTART_STARTED = "restart_started"  # reason: what is restarted ("unit x.service")
+    RESTART_DONE = "restart_done"  # reason: "OUTCOME: text" (docs/supervision.md)
+    RESTART_GIVEN_UP = "restart_given_up"  # reason: the budget that ran out
 
 
 def rfc3339(ts: float | None) -> str | None:
@@ -101,6 +104,28 @@ class ProcessView:
 
 
 @dataclass(frozen=True, slots=True)
+class RestartView:
+    """The plugin view's ``restart`` object: volplugd's last restart of what serves it.
+
+    ``target``: what was restarted (``unit x.service``, ``docker container ID``);
+    ``outcome``: None while under way, else the word it ended with (``done``: ready
+    again; docs/supervision.md lists the others) and ``error`` the exact text of a
+    failure; ``recent``: restarts within ``restart.interval``; ``given_up``: the budget
+    ran out, no more restarts until the plugin is ready again or an admin asks."""
+
+    target: str
+    at: float  # wall-clock time the last restart began
+    outcome: str | None = None
+    error: str | None = None
+    recent: int = 1
+    given_up: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target": self.target, "at": rfc3339(self.at), "outcome": self.outcome,
+                "error": self.error, "recent": self.recent, "given_up": self.given_up}
+
+
+@dataclass(frozen=True, slots=True)
 class PluginView:
     """The published record of one plugin: the control API's ``Plugin`` object."""
 
@@ -119,6 +144,7 @@ class PluginView:
     scope: str | None = None
     warnings: tuple[str, ...] = ()
     process: ProcessView | None = None  # unix-socket plugins, once identified
+    restart: RestartView | None = None  # None: volplugd never restarted it
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -137,6 +163,7 @@ class PluginView:
             "capabilities": None if self.scope is None else {"scope": self.scope},
             "warnings": list(self.warnings),
             "process": None if self.process is None else self.process.to_json(),
+            "restart": None if self.restart is None else self.restart.to_json(),
         }
 
 

@@ -13,7 +13,14 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from volplugd.config import ProbeSettings
-from volplugd.model import DesiredPlugin, DesiredState, PluginState, PluginView, ProcessView
+from volplugd.model import (
+    DesiredPlugin,
+    DesiredState,
+    PluginState,
+    PluginView,
+    ProcessView,
+    RestartView,
+)
 
 BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 30.0
@@ -134,7 +141,7 @@ def probe_succeeded(t: Tracked, settings: ProbeSettings, now: float, latency: fl
                       v.implements, last_probe_at=now, last_success_at=now,
                       last_error=None if state is PluginState.READY else v.last_error,
                       consecutive_failures=0, probe_latency_seconds=latency, scope=v.scope,
-                      warnings=v.warnings, process=v.process)
+                      warnings=v.warnings, process=v.process, restart=v.restart)
     return Tracked(t.desired, view, t.token, t.activation_failures, successes, t.notes,
                    t.process_notes)
 
@@ -178,6 +185,43 @@ def probe_due(last_due: float, interval: float, now: float) -> float:
     """The next probe keeps the plugin's phase (no drift), but never lies in the past."""
     due = last_due + interval
     return due if due > now else now + interval * 0.5
+
+
+# --- restarts (``restarts``: when; these: what each step does to a plugin) -------------
+
+EXIT_GRACE = 1.0  # unhealthy at once (its process exited): a new listener may appear
+
+
+def restart_delay(view: PluginView, settings: ProbeSettings, after: float) -> float:
+    """How long an ``unhealthy`` plugin waits before volplugd restarts what serves it:
+    ``after``, or at most EXIT_GRACE when it turned unhealthy at once, before
+    ``failure_threshold`` failed probes (its process was seen to exit)."""
+    if view.consecutive_failures < settings.failure_threshold:
+        return min(after, EXIT_GRACE)
+    return after
+
+
+def restarting(t: Tracked, restart: RestartView, like: PluginView | None = None) -> Tracked:
+    """A restart began: ``restarting`` until its next successful activation. ``like``:
+    the view the restart began from, when this is a new registration of the same plugin
+    (its socket was replaced by the restarted process): what it implements is kept."""
+    base = t.view if like is None else like
+    view = dataclasses.replace(t.view, state=PluginState.RESTARTING, restart=restart,
+                               implements=base.implements, scope=base.scope,
+                               last_error=base.last_error)
+    return dataclasses.replace(t, view=view, activation_failures=0, successes=0)
+
+
+def restart_failed(t: Tracked, restart: RestartView, error: str, now: float) -> Tracked:
+    """The restart failed, or the plugin was not ready in time: ``unhealthy`` again."""
+    view = dataclasses.replace(t.view, state=PluginState.UNHEALTHY, restart=restart,
+                               last_error=error, last_probe_at=now)
+    return dataclasses.replace(t, view=view, successes=0)
+
+
+def restart_noted(t: Tracked, restart: RestartView | None) -> Tracked:
+    """The plugin's view with ``restart`` as its restart object (no state change)."""
+    return dataclasses.replace(t, view=dataclasses.replace(t.view, restart=restart))
 
 
 # --- timing: when the loop does what -----------------------------------------------------

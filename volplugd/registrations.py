@@ -158,6 +158,7 @@ class Book:
         self._events: list[PendingEvent] = []  # events that go out with that publish
         self.urgent = False  # publish at the end of this iteration
         self.lazy_since: float | None = None  # a timestamp-only change waits since then
+        self.moved: set[str] = set()  # added, popped or changed state: ``restarts`` reads it
 
     # -- records ---------------------------------------------------------------------
     def get(self, name: str) -> Registration | None:
@@ -174,11 +175,13 @@ class Book:
     def add(self, record: Registration) -> None:
         self.records[record.name] = record
         self._changed.add(record.name)
+        self.moved.add(record.name)
 
     def pop(self, name: str) -> Registration:
         """Evict: the record and everything about it goes; its heap entries go stale."""
         record = self.records.pop(name)
         self._changed.add(name)
+        self.moved.add(name)
         return record
 
     # -- due times ---------------------------------------------------------------------
@@ -220,6 +223,7 @@ class Book:
         old, record.tracked = record.tracked, new
         self._changed.add(record.name)
         if old.state is not new.state:
+            self.moved.add(record.name)
             reason = new.view.last_error or "ok"
             self.event(PendingEvent(EventType.STATE_CHANGED, record.name, old.state,
                                     new.state, reason))

@@ -100,6 +100,13 @@ class Registry:
             self._changed.wait_for(lambda: self._snapshot.generation > after_generation, timeout)
             return self._snapshot
 
+    def wait_for(self, predicate: Callable[[Snapshot], bool], timeout: float) -> Snapshot:
+        """The first snapshot for which ``predicate`` holds (tested on each publish), or
+        the current one after ``timeout`` s."""
+        with self._changed:
+            self._changed.wait_for(lambda: predicate(self._snapshot), timeout)
+            return self._snapshot
+
     def record(self, type_: EventType, plugin: str | None = None,
                from_state: PluginState | None = None, to_state: PluginState | None = None,
                reason: str = "") -> Event:

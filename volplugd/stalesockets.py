@@ -86,8 +86,10 @@ class StaleSockets:
     """The loop's looks for stale sockets: when the next is due, and what each does."""
 
     def __init__(self, plugins: Lifecycle, book: Book, observer: Observer,
-                 read_bound: Callable[[], bytes] = read_proc_net_unix) -> None:
+                 read_bound: Callable[[], bytes] = read_proc_net_unix, *,
+                 evict: Callable[[list[str], float], None] | None = None) -> None:
         self._plugins = plugins
+        self._evict = evict  # told the paths removed (the scans' hints), in the same step
         self._book = book
         self._observer = observer
         self._read_bound = read_bound
@@ -105,8 +107,9 @@ class StaleSockets:
         """When the next look is due (None: the setting is off)."""
         return None if self._after is None else self.look_at
 
-    def due(self, now: float) -> list[str]:
-        """Look, if a look is due; the paths of the sockets removed."""
+    def remove_stale(self, now: float) -> list[str]:
+        """Look, if a look is due, and remove what has been stale long enough; the
+        paths of the sockets removed (also told to ``evict``)."""
         after = self._after
         if after is None:
             self._silent.clear()
@@ -115,7 +118,10 @@ class StaleSockets:
         if self.look_at is not None and now < self.look_at and after == self._looked_with:
             return []
         self.look_at, self._looked_with = now + after / LOOKS, after
-        return self._look(now, after)
+        removed = self._look(now, after)
+        if removed and self._evict is not None:  # evicted in the publish with the event
+            self._evict(removed, now)
+        return removed
 
     def _look(self, now: float, after: float) -> list[str]:
         watched = {}

@@ -38,12 +38,14 @@ from volplugd.contracts import (
     Commands,
     Flooded,
     FsHint,
+    NotRestartable,
     NullObserver,
     Observer,
     OperationFailed,
     PluginNotReady,
     ProbeNow,
     Rescan,
+    RestartNow,
     Stop,
     Stopping,
     UnknownPlugin,
@@ -56,9 +58,11 @@ from volplugd.model import Event, PluginState, PluginView, RescanResult, Snapsho
 from volplugd.plugin.client import PluginClient
 from volplugd.registrations import Book
 from volplugd.registry import Registry
+from volplugd.restarts import RestartEnded, Restarts
 from volplugd.scanning import Scans, WatcherLike
 from volplugd.stalesockets import StaleSockets
 from volplugd.startup import Startup
+from volplugd.supervision.restart import Restarter, restart
 from volplugd.survival import Survival
 
 T = TypeVar("T")
@@ -99,6 +103,7 @@ class Supervisor(Commands):
         on_status: Callable[[Mapping[str, int]], None] | None = None,
         on_started: Callable[[], None] | None = None,
         workers: int = 16,
+        restarter: Restarter = restart,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ):
@@ -116,7 +121,10 @@ class Supervisor(Commands):
         self._plugins = Lifecycle(settings, self._book, self._calls, self._observer, wall,
                                   clock=clock)
         self._scans = Scans(self._plugins, self._book, self._watcher, self._observer)
-        self._stale = StaleSockets(self._plugins, self._book, self._observer)
+        self._stale = StaleSockets(self._plugins, self._book, self._observer,
+                                   evict=self._scans.hints)
+        self._restarts = Restarts(settings, self._book, self._calls, self._observer, self.put,
+                                  restarter=restarter, wall=wall)
         self._startup = Startup(on_started)
         self._timers = Timers()
         self._stopped = threading.Event()
@@ -147,13 +155,21 @@ class Supervisor(Commands):
         return reply.result(timeout)
 
     def probe(self, name: str, timeout: float) -> PluginView:
+        return self._ask_about(ProbeNow, name, timeout)
+
+    def restart(self, name: str, timeout: float) -> PluginView:
+        return self._ask_about(RestartNow, name, timeout)
+
+    def _ask_about(self, kind: type[ProbeNow | RestartNow], name: str,
+                   timeout: float) -> PluginView:
+        """Ask the loop to act on one plugin now; its view once it has (or its error)."""
         if name not in self.snapshot().plugins:
             raise UnknownPlugin(name)
         reply: Future[PluginView] = Future()
-        self._ask(ProbeNow(name, reply))
+        self._ask(kind(name, reply))
         return reply.result(timeout)
 
-    def _ask(self, message: Rescan | ProbeNow) -> None:
+    def _ask(self, message: Rescan | ProbeNow | RestartNow) -> None:
         if self._stopped.is_set():
             raise Stopping()
         self.put(message)
@@ -165,6 +181,12 @@ class Supervisor(Commands):
         return view
 
     def call(self, name: str, op: Callable[[PluginClient], T]) -> T:
+        """``op`` on the plugin's client; while the plugin is ``restarting``, after up to
+        ``restart.hold`` s waiting for it to be ready (then as ``fail_fast`` says)."""
+        view = self.snapshot().plugins.get(name)
+        if view is not None and view.state is PluginState.RESTARTING:
+            self._registry.wait_for(lambda s: _not_restarting(s, name),
+                                    self._plugins.settings.restart.hold)
         return self._plugins.call(self.fail_fast(name), op, self.put)
 
     def wait_started(self, timeout: float) -> bool:
@@ -230,8 +252,8 @@ class Supervisor(Commands):
             now + LIVENESS,
             timers.beat if self._heartbeat is not None else None,
             timers.status if status_pending else None,
-            self._book.wake_at(), self._plugins.wake_at(), *self._scans.wake_at(),
-            self._stale.wake_at()))
+            self._book.wake_at(), self._plugins.wake_at(), self._restarts.wake_at(),
+            *self._scans.wake_at(), self._stale.wake_at()))
 
     def _handle(self, message: object, now: float) -> None:
         match message:
@@ -247,6 +269,16 @@ class Supervisor(Commands):
                 self._plugins.probe_now(message, now)
             case OperationFailed():
                 self._plugins.operation_failed(message)
+            case RestartNow(name=name, reply=reply):
+                try:
+                    view = self._restarts.restart_now(name, now)
+                except (UnknownPlugin, NotRestartable) as refused:
+                    reply.set_exception(refused)
+                else:
+                    self._book.publish()  # /v1/plugins shows it restarting by the answer
+                    reply.set_result(view)
+            case RestartEnded():
+                self._restarts.ended(message, now)
             case Reload():
                 self._apply_reload(now)
 
@@ -258,21 +290,15 @@ class Supervisor(Commands):
             timers.beat = now + interval
         if self._scans.burst(now):
             self._startup.check(self._book)
+        self._restarts.tick(now)
         self._plugins.suspects(now)
         self._plugins.dispatch_due(now)
         if self._scans.due(now):
             self._startup.check(self._book)
-        self._survive(self._stale_sockets, now)
+        self._survive(self._stale.remove_stale, now)
         if self._book.publish_due(now):
             self._book.publish()
         self._report_status(now)
-
-    def _stale_sockets(self, now: float) -> None:
-        """A look for stale sockets, if due; what it removed is evicted now, in the
-        publish that carries the removal's event."""
-        removed = self._stale.due(now)
-        if removed:
-            self._scans.hints(removed, now)
 
     def _shutdown(self) -> None:
         self._stopped.set()  # before the drain: a later put() drains for itself
@@ -281,6 +307,7 @@ class Supervisor(Commands):
         self._calls.close()
         self._mailbox.close()
         self._plugins.close()
+        self._restarts.close()
         self._watcher.join(2.0)
         self._startup.stopped()
 
@@ -301,10 +328,18 @@ class Supervisor(Commands):
             return
         old = self._plugins.settings
         self._plugins.reload(new)
+        self._restarts.reload(new)
         if new.discovery.dirs != old.discovery.dirs:
             self._watcher.set_dirs(new.discovery.dirs)
         log.info("config_reloaded")
         self._scans.full_scan("reload", now)
+
+
+def _not_restarting(snapshot: Snapshot, name: str) -> bool:
+    """Held no longer: the plugin is there and not restarting (a restarted process that
+    binds a new socket leaves the plugin unregistered for a moment: still held)."""
+    view = snapshot.plugins.get(name)
+    return view is not None and view.state is not PluginState.RESTARTING
 
 
 def _refuse_all(messages: list[object]) -> None:
@@ -315,6 +350,6 @@ def _refuse_all(messages: list[object]) -> None:
 
 def _refuse(message: object) -> None:
     """Answer a request that the loop will never handle."""
-    reply = message.reply if isinstance(message, Rescan | ProbeNow) else None
+    reply = message.reply if isinstance(message, Rescan | ProbeNow | RestartNow) else None
     if reply is not None and not reply.done():
         reply.set_exception(Stopping())

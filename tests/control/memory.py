@@ -143,6 +143,7 @@ class MemoryCommands:
     rescan_result: RescanResult = field(default_factory=RescanResult)
     probe_error: BaseException | None = None
     rescan_error: BaseException | None = None
+    restart_error: BaseException | None = None
     calls_seen: int = 0
     _cond: threading.Condition = field(default_factory=threading.Condition)
 
@@ -186,6 +187,13 @@ class MemoryCommands:
                          probe_latency_seconds=0.001)
         self.views[name] = probed
         return probed
+
+    def restart(self, name: str, timeout: float) -> PluginView:
+        if name not in self.views:
+            raise UnknownPlugin(name)
+        if self.restart_error is not None:
+            raise self.restart_error
+        return replace(self.views[name], state=PluginState.RESTARTING)
 
     def fail_fast(self, name: str) -> PluginView:
         if name not in self.views:

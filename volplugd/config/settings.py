@@ -128,8 +128,11 @@ class RestartSettings:
     after: float = setting(10.0, c.seconds)  # unhealthy this long: restart
     burst: int = setting(3, c.count)  # at most burst restarts per interval, then give up
     interval: float = setting(600.0, c.seconds)
-    hold: float = setting(15.0, c.seconds)  # a call waits this long for a restarting plugin
-    # only these units may be restarted (empty: any unit or container found from the kernel)
+    # a call waits this long for a restarting plugin, and a restarted one has this long
+    # to be ready
+    hold: float = setting(15.0, c.seconds)
+    # only these units may be restarted, and no container (empty: any service or container
+    # found from the kernel)
     units: tuple[str, ...] = setting((), c.array_of(c.unit_name, allow_empty=True))
 
 

@@ -65,6 +65,7 @@ ROUTES: Mapping[str, frozenset[str]] = {
     "/v1/plugins": frozenset({"GET"}),
     "/v1/plugins/{name}": frozenset({"GET"}),
     "/v1/plugins/{name}/probe": frozenset({"POST"}),
+    "/v1/plugins/{name}/restart": frozenset({"POST"}),
     "/v1/plugins/{name}/capabilities": frozenset({"GET"}),
     "/v1/plugins/{name}/volumes": frozenset({"GET", "POST"}),
     "/v1/plugins/{name}/volumes/{volume}": frozenset({"GET", "DELETE"}),
@@ -105,6 +106,7 @@ class ControlApp(App):
             ("/v1/plugins", "GET"): self.plugins,
             ("/v1/plugins/{name}", "GET"): self.plugin,
             ("/v1/plugins/{name}/probe", "POST"): self.probe,
+            ("/v1/plugins/{name}/restart", "POST"): self.restart,
             ("/v1/plugins/{name}/capabilities", "GET"): self.capabilities,
             ("/v1/plugins/{name}/volumes", "GET"): self.volumes,
             ("/v1/plugins/{name}/volumes", "POST"): self.create_volume,
@@ -189,6 +191,11 @@ class ControlApp(App):
     def probe(self, req: Request) -> Reply:
         view = self._commands.probe(req.params["name"], self._probe_timeout)
         return json_reply(200, view.to_json())
+
+    def restart(self, req: Request) -> Reply:
+        """202: the restart has begun (``restarting``); ``volplugctl wait`` waits for ready."""
+        view = self._commands.restart(req.params["name"], self._probe_timeout)
+        return json_reply(202, view.to_json())
 
     def rescan(self, req: Request) -> Reply:
         return json_reply(200, self._commands.rescan(self._rescan_timeout).to_json())

@@ -8,7 +8,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from volplugd.admission import Refusal
-from volplugd.contracts import PluginBusy, PluginNotReady, Stopping, UnknownPlugin
+from volplugd.contracts import (
+    NotRestartable,
+    PluginBusy,
+    PluginNotReady,
+    Stopping,
+    UnknownPlugin,
+)
 from volplugd.control.inputs import BodyTooLarge, InvalidRequest
 from volplugd.control.routing import JSON, MethodNotAllowed, NotFound, Reply
 from volplugd.log import get_logger
@@ -62,6 +68,7 @@ ERRORS: Mapping[type[BaseException], tuple[int, str]] = {
     MethodNotAllowed: (405, "method_not_allowed"),
     RequestTimeout: (408, "request_timeout"),
     PluginNotReady: (409, "plugin_not_ready"),
+    NotRestartable: (409, "not_restartable"),
     BodyTooLarge: (413, "request_too_large"),
     TooManyStreams: (429, "too_many_streams"),
     PluginReportedError: (502, "plugin_error"),

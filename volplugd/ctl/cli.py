@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     add(commands, "inspect", c.cmd_inspect, "show one plugin").add_argument("name", metavar="NAME")
     add(commands, "probe", c.cmd_probe,
         "probe a plugin now (exit 1 unless it is ready)").add_argument("name", metavar="NAME")
+    add(commands, "restart", c.cmd_restart,
+        "restart what serves a plugin now (its unit or container; admin only)"
+        ).add_argument("name", metavar="NAME")
     events = add(commands, "events", c.cmd_events, "show the event log")
     events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     events.add_argument("--since", type=seq, default=0, metavar="SEQ",

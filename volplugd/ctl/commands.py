@@ -99,6 +99,13 @@ def cmd_probe(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_ERROR
 
 
+def cmd_restart(ctx: Context, args: argparse.Namespace) -> int:
+    """Exit 0 once volplugd has begun the restart (``volplugctl wait NAME`` waits for
+    ready); 1 with the daemon's reason when it will not (not_restartable, forbidden)."""
+    _show(ctx, ctx.client.call("POST", plugin_url(args.name, "restart")))
+    return EXIT_OK
+
+
 def cmd_health(ctx: Context, args: argparse.Namespace) -> int:
     """Exit 0 only if the daemon reports "ok" (not, say, "stalled"), for health checks."""
     health = _show(ctx, ctx.client.call("GET", "/v1/health"))

@@ -140,7 +140,19 @@ def _value(key: str, value: Any, now: float, color: bool) -> str:
         return printable(f"{value} ({ago(value, now)})")
     if key == "process" and isinstance(value, dict):
         return printable(_process(value))
+    if key == "restart" and isinstance(value, dict):
+        return printable(_restart(value, now))
     return printable(_plain(value))
+
+
+def _restart(restart: Mapping[str, Any], now: float) -> str:
+    """A plugin's last ``restart`` on one line: what, how it ended, when, the budget."""
+    began = restart.get("at")
+    text = (f"{restart.get('target')}: {restart.get('outcome') or 'under way'}, began "
+            f"{began} ({ago(began, now)}), {restart.get('recent')} within restart.interval")
+    if restart.get("error"):
+        text += f"; error: {restart['error']}"
+    return text + ("; given up" if restart.get("given_up") else "")
 
 
 def _process(process: Mapping[str, Any]) -> str:

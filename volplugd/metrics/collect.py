@@ -23,6 +23,7 @@ from volplugd.metrics.observer import (
     PROBE_BUCKETS,
     REQUEST_BUCKETS,
     Histogram,
+    PluginSeries,
     Taken,
 )
 from volplugd.metrics.render import number, unit_of
@@ -91,32 +92,39 @@ def families(taken: Taken, version: str) -> list[Metric]:
         if view.last_success_at is not None:
             last.add_sample(last.name, labels, view.last_success_at)
         info.add_sample(info.name, {**labels, "unit": safe_text(unit_of(view), None)}, 1)
-    probes, probe_hist, requests, request_hists, busy, gateway, gateway_hists = (
-        _metric(f) for f in PLUGIN_COUNTERS)
-    # a counter's samples are named as in the family table (with _total), not as its Metric
+    counters = tuple(_metric(f) for f in PLUGIN_COUNTERS)
     for view in views:
         s = taken.series.get(view.name)
-        if s is None:
-            continue
-        labels = {"plugin": safe_text(view.name, None)}
-        for result, count in sorted(s.probes.items()):
-            probes.add_sample(PLUGIN_COUNTERS[0].name, {**labels, "result": result}, count)
-        if s.probes:
-            _histogram(probe_hist, labels, PROBE_BUCKETS, s.probe_hist)
-        for (endpoint, outcome), count in sorted(s.requests.items()):
-            requests.add_sample(PLUGIN_COUNTERS[2].name,
-                                {**labels, "endpoint": endpoint, "outcome": outcome}, count)
-        for endpoint, hist in sorted(s.request_hists.items()):
-            _histogram(request_hists, {**labels, "endpoint": endpoint}, REQUEST_BUCKETS, hist)
-        if s.busy:
-            busy.add_sample(PLUGIN_COUNTERS[4].name, labels, s.busy)
-        for (endpoint, outcome), count in sorted(s.gateway.items()):
-            gateway.add_sample(PLUGIN_COUNTERS[5].name,
-                               {**labels, "endpoint": endpoint, "outcome": outcome}, count)
-        for endpoint, hist in sorted(s.gateway_hists.items()):
-            _histogram(gateway_hists, {**labels, "endpoint": endpoint}, GATEWAY_BUCKETS, hist)
-    return [*_daemon(taken, version), up, state, last, info, probes, probe_hist, requests,
-            request_hists, busy, gateway, gateway_hists]
+        if s is not None:
+            _add_series(counters, {"plugin": safe_text(view.name, None)}, s)
+    return [*_daemon(taken, version), up, state, last, info, *counters]
+
+
+def _add_series(counters: tuple[Metric, ...], labels: Labels, s: PluginSeries) -> None:
+    """One plugin's samples of PLUGIN_COUNTERS (a counter's samples are named as in the
+    family table, with _total, not as its Metric)."""
+    (probes, probe_hist, requests, request_hists, busy, gateway, gateway_hists, restarts,
+     given_up) = counters
+    for result, count in sorted(s.probes.items()):
+        probes.add_sample(PLUGIN_COUNTERS[0].name, {**labels, "result": result}, count)
+    if s.probes:
+        _histogram(probe_hist, labels, PROBE_BUCKETS, s.probe_hist)
+    for (endpoint, outcome), count in sorted(s.requests.items()):
+        requests.add_sample(PLUGIN_COUNTERS[2].name,
+                            {**labels, "endpoint": endpoint, "outcome": outcome}, count)
+    for endpoint, hist in sorted(s.request_hists.items()):
+        _histogram(request_hists, {**labels, "endpoint": endpoint}, REQUEST_BUCKETS, hist)
+    if s.busy:
+        busy.add_sample(PLUGIN_COUNTERS[4].name, labels, s.busy)
+    for (endpoint, outcome), count in sorted(s.gateway.items()):
+        gateway.add_sample(PLUGIN_COUNTERS[5].name,
+                           {**labels, "endpoint": endpoint, "outcome": outcome}, count)
+    for endpoint, hist in sorted(s.gateway_hists.items()):
+        _histogram(gateway_hists, {**labels, "endpoint": endpoint}, GATEWAY_BUCKETS, hist)
+    for outcome, count in sorted(s.restarts.items()):
+        restarts.add_sample(PLUGIN_COUNTERS[7].name, {**labels, "outcome": outcome}, count)
+    if s.given_up is not None:
+        given_up.add_sample(given_up.name, labels, int(s.given_up))
 
 
 class RegistryCollector:

@@ -81,4 +81,10 @@ PLUGIN_COUNTERS = (
            "Requests on gateway sockets by endpoint and outcome."),
     Family("volplugd_gateway_request_duration_seconds", "histogram",
            "Time from a gateway request to its answer, by endpoint."),
+    Family("volplugd_plugin_restarts_total", "counter",
+           "Restarts of what serves the plugin, by outcome (given_up: its restart "
+           "budget ran out)."),
+    Family("volplugd_plugin_restart_given_up", "gauge",
+           "1 while volplugd has given up restarting the plugin (its restart budget ran "
+           "out), else 0; only for plugins volplugd has restarted."),
 )

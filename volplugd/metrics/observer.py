@@ -23,6 +23,7 @@ from typing import NamedTuple, ParamSpec
 
 from volplugd.log import get_logger
 from volplugd.model import Snapshot
+from volplugd.supervision.restart import OUTCOMES as RESTART_OUTCOMES
 
 __all__ = [
     "DISCOVERY_EVENTS",
@@ -124,6 +125,8 @@ class PluginSeries(NamedTuple):
     request_hists: Mapping[str, Histogram] = {}
     gateway: Mapping[tuple[str, str], int] = {}  # (endpoint, outcome) -> requests
     gateway_hists: Mapping[str, Histogram] = {}
+    restarts: Mapping[str, int] = {}  # outcome -> restarts ended so (or budgets given up)
+    given_up: bool | None = None  # None: volplugd never restarted it
 
 
 def _plus(counts: Mapping[str, int], key: str) -> dict[str, int]:
@@ -236,9 +239,15 @@ class Observations:
 
     @_never_raise
     def evicted(self, plugin: str, reason: str) -> None:
-        """Count an eviction and drop the plugin's counters and histograms."""
+        """Count an eviction and drop the plugin's counters and histograms, but for its
+        restart series: a restarted plugin's new socket is a new registration of the same
+        plugin. They go once the plugin stays away (``take``: two scrapes)."""
         self._bump(self._evictions, reason if reason in EVICTION_REASONS else "other")
-        self.forget(plugin)
+        with self._lock:
+            s = self._plugins.pop(plugin, None)
+            self._stale.discard(plugin)
+            if s is not None and s.given_up is not None:
+                self._plugins[plugin] = PluginSeries(restarts=s.restarts, given_up=s.given_up)
 
     @_never_raise
     def watcher(self, up: bool) -> None:
@@ -251,6 +260,24 @@ class Observations:
         seconds = _seconds(seconds)
         with self._lock:
             self._lateness = self._lateness.observe(LATENESS_BUCKETS, seconds)
+
+    @_never_raise
+    def restart(self, plugin: str, outcome: str) -> None:
+        """Count one restart of what serves the plugin by outcome (or a budget given up)."""
+        outcome = outcome if outcome in RESTART_OUTCOMES else "error"
+        with self._lock:
+            s = self._series(plugin)
+            self._plugins[plugin] = s._replace(
+                restarts=_plus(s.restarts or _NO_RESTARTS, outcome))
+
+    @_never_raise
+    def restart_given_up(self, plugin: str, given_up: bool) -> None:
+        """Whether volplugd has given up restarting the plugin. Its restart counters
+        exist (at 0) from the first call on, so a rate over them sees the first one."""
+        with self._lock:
+            s = self._series(plugin)
+            self._plugins[plugin] = s._replace(given_up=bool(given_up),
+                                               restarts=s.restarts or _NO_RESTARTS)
 
     # ------------------------------------------------------------ other inputs
 
@@ -351,3 +378,4 @@ class Observations:
 
 
 _EMPTY_SERIES = PluginSeries()
+_NO_RESTARTS = dict.fromkeys(RESTART_OUTCOMES, 0)

@@ -129,6 +129,14 @@ def _busy_line(labels: str, s: PluginSeries) -> bytes:
     return f"volplugd_plugin_busy_total{{{labels}}} {s.busy}\n".encode() if s.busy else b""
 
 
+def _restart_lines(labels: str, s: PluginSeries) -> tuple[bytes, bytes]:
+    given_up = b"" if s.given_up is None else \
+        f"volplugd_plugin_restart_given_up{{{labels}}} {int(s.given_up)}\n".encode()
+    return ("".join(f'volplugd_plugin_restarts_total{{{labels},outcome="{outcome}"}} '
+                    f'{count}\n' for outcome, count in sorted(s.restarts.items())).encode(),
+            given_up)
+
+
 def _counters(labels: str, s: PluginSeries | None, old: PluginSeries | None,
               kept: tuple[bytes, ...]) -> tuple[bytes, ...]:
     """The plugin's lines of PLUGIN_COUNTERS, one UTF-8 string per family. ``kept`` were
@@ -138,7 +146,7 @@ def _counters(labels: str, s: PluginSeries | None, old: PluginSeries | None,
         return _NO_COUNTERS
     if old is None:
         return (*_probe_lines(labels, s), *_request_lines(labels, s), _busy_line(labels, s),
-                *_gateway_lines(labels, s))
+                *_gateway_lines(labels, s), *_restart_lines(labels, s))
     return (
         *(kept[0:2] if old.probes is s.probes and old.probe_hist is s.probe_hist
           else _probe_lines(labels, s)),
@@ -147,6 +155,8 @@ def _counters(labels: str, s: PluginSeries | None, old: PluginSeries | None,
         kept[4] if old.busy == s.busy else _busy_line(labels, s),
         *(kept[5:7] if old.gateway is s.gateway and old.gateway_hists is s.gateway_hists
           else _gateway_lines(labels, s)),
+        *(kept[7:9] if old.restarts is s.restarts and old.given_up == s.given_up
+          else _restart_lines(labels, s)),
     )
 
 
