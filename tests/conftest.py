@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -139,3 +141,26 @@ def peers() -> Iterator[list[Peer]]:
     yield started
     for peer in started:
         peer.end()
+
+
+@pytest.fixture
+def plugin_process() -> Iterator[Callable[[Path], subprocess.Popen[str]]]:
+    """``python -m tests.fakeplugin SOCK`` in a subprocess, listening when returned;
+    each is killed after the test."""
+    made: list[subprocess.Popen[str]] = []
+
+    def start(path: Path) -> subprocess.Popen[str]:
+        proc = subprocess.Popen([sys.executable, "-m", "tests.fakeplugin", str(path)],
+                                cwd=Path(__file__).resolve().parents[1],
+                                stdout=subprocess.PIPE, text=True)
+        made.append(proc)
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("fakeplugin listening on ")
+        return proc
+
+    yield start
+    for proc in made:
+        proc.kill()
+        proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,28 +33,6 @@ BOTH_WAYS = pytest.mark.parametrize("peer_pidfd", [True, False],
                                     ids=["SO_PEERPIDFD", "pidfd_open+recheck"])
 
 
-@pytest.fixture
-def plugin_process(short_tmp: Path) -> Iterator[Callable[[str], subprocess.Popen[str]]]:
-    """``python -m tests.fakeplugin SOCK`` in a subprocess, listening when returned."""
-    made: list[subprocess.Popen[str]] = []
-
-    def start(name: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen([sys.executable, "-m", "tests.fakeplugin",
-                                 str(short_tmp / name)], cwd=REPO, stdout=subprocess.PIPE,
-                                text=True)
-        made.append(proc)
-        assert proc.stdout is not None
-        assert proc.stdout.readline().startswith("fakeplugin listening on ")
-        return proc
-
-    yield start
-    for proc in made:
-        proc.kill()
-        proc.wait()
-        assert proc.stdout is not None
-        proc.stdout.close()
-
-
 def expected_info(proc: subprocess.Popen[str], sock: str) -> ProcessInfo:
     """What /proc says of ``proc`` (read here, independently)."""
     with open(f"/proc/{proc.pid}/cgroup", encoding="utf-8") as f:
@@ -67,11 +45,11 @@ def expected_info(proc: subprocess.Popen[str], sock: str) -> ProcessInfo:
 
 @BOTH_WAYS
 def test_the_fake_plugin_process_is_identified_with_a_pidfd_of_it(
-        plugin_process: Callable[[str], subprocess.Popen[str]], short_tmp: Path,
+        plugin_process: Callable[[Path], subprocess.Popen[str]], short_tmp: Path,
         peer_pidfd: bool) -> None:
     """pid, uid, gid, command and the unit/container /proc gives; the pidfd fires on
     kill -9, and then the socket refuses (the file is left behind)."""
-    proc = plugin_process("p.sock")
+    proc = plugin_process(short_tmp / "p.sock")
     sock = str(short_tmp / "p.sock")
     info, pidfd = identify(sock, peer_pidfd=peer_pidfd)
     with pidfd:
@@ -220,9 +198,9 @@ def test_a_socket_activated_listener_is_pid_1_and_its_unit_comes_from_the_lookup
 
 @pytest.mark.peer  # unshare (util-linux)
 def test_a_listener_outside_our_pid_namespace_is_pid_0(
-        plugin_process: Callable[[str], subprocess.Popen[str]], short_tmp: Path) -> None:
+        plugin_process: Callable[[Path], subprocess.Popen[str]], short_tmp: Path) -> None:
     """Asked from inside a new pid namespace, a host plugin's pid is 0: OtherPidNamespace."""
-    plugin_process("host.sock")
+    plugin_process(short_tmp / "host.sock")
     sock = str(short_tmp / "host.sock")
     result = pidns.run(f"""
         import json, sys
@@ -239,12 +217,12 @@ def test_a_listener_outside_our_pid_namespace_is_pid_0(
 
 
 def test_a_listener_replaced_between_the_two_connections_is_listener_changed(
-        plugin_process: Callable[[str], subprocess.Popen[str]], short_tmp: Path,
+        plugin_process: Callable[[Path], subprocess.Popen[str]], short_tmp: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Older kernels' way: another plugin's socket renamed over the path right after the
     first look (while the pidfd is opened) makes the second connection reach another
     pid: ListenerChanged naming both; no pidfd is left open."""
-    first, second = plugin_process("a.sock"), plugin_process("b.sock")
+    first, second = plugin_process(short_tmp / "a.sock"), plugin_process(short_tmp / "b.sock")
     sock = str(short_tmp / "a.sock")
     opened = PidFd.open
 

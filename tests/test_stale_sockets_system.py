@@ -15,8 +15,7 @@ import os
 import signal
 import socket
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,27 +59,6 @@ def removed_count(d: Daemon) -> int:
 def wait_removed(d: Daemon, name: str, timeout: float = 15.0) -> None:
     wait_until(lambda: any(p == name for p, _, _ in stale_events(d)), timeout,
                message=f"stale_socket_removed for {name}; log:\n{d.log()[-3000:]}")
-
-
-@pytest.fixture
-def plugin_process() -> Iterator[Callable[[Path], subprocess.Popen[str]]]:
-    """``python -m tests.fakeplugin SOCK`` in a subprocess, listening when returned."""
-    made: list[subprocess.Popen[str]] = []
-
-    def start(path: Path) -> subprocess.Popen[str]:
-        proc = subprocess.Popen([sys.executable, "-m", "tests.fakeplugin", str(path)],
-                                cwd=REPO, stdout=subprocess.PIPE, text=True)
-        made.append(proc)
-        assert proc.stdout is not None
-        assert proc.stdout.readline().startswith("fakeplugin listening on ")
-        return proc
-
-    yield start
-    for proc in made:
-        proc.kill()
-        proc.wait()
-        assert proc.stdout is not None
-        proc.stdout.close()
 
 
 def test_a_killed_plugins_socket_is_removed_with_its_event_log_line_and_count(
