@@ -26,7 +26,9 @@ PREFIX = "/srv/volplugd-test"
 CONF = "etc/volplugd/volplugd.toml"
 UNITDIR = "etc/systemd/system"
 
-pytestmark = [pytest.mark.system,
+# One worker runs the module: two `make install`s of one checkout at once race in
+# setuptools' build/ folder ("File exists: build/bdist.linux-x86_64/wheel/...").
+pytestmark = [pytest.mark.system, pytest.mark.xdist_group("make-install"),
               pytest.mark.timeout(900)]  # a venv and a pip install on a shared machine
 
 
