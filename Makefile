@@ -77,7 +77,12 @@ install:
 	@case "$$(realpath $(DESTDIR)$(PREFIX)/bin/python)" in /root/*|/home/*) echo "install: \
 	WARNING: the venv's Python is under /root or /home, hidden from the service by its \
 	sandbox (ProtectHome=yes); reinstall with PYTHON=/usr/bin/python3" >&2;; esac
-	$(DESTDIR)$(PREFIX)/bin/python -m pip install -q --disable-pip-version-check --no-compile .
+	@# setuptools builds in the checkout's build/ by default: it would ship modules deleted
+	@# since the last build, and two installs at once collide there. A fresh folder each time.
+	build=$$(mktemp -d) && printf '[build]\nbuild_base = %s/build\n[egg_info]\negg_base = %s\n' \
+	  "$$build" "$$build" >"$$build/setup.cfg" && \
+	DIST_EXTRA_CONFIG="$$build/setup.cfg" $(DESTDIR)$(PREFIX)/bin/python -m pip install -q \
+	  --disable-pip-version-check --no-compile .; status=$$?; rm -rf "$$build"; exit $$status
 	@# pip and venv wrote $(DESTDIR)$(PREFIX) into #! lines, activate scripts and pyvenv.cfg.
 	@if [ -n "$(DESTDIR)" ]; then \
 	  for f in $$(grep -lIF "$(DESTDIR)$(PREFIX)" $(DESTDIR)$(PREFIX)/pyvenv.cfg \

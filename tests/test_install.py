@@ -26,8 +26,8 @@ PREFIX = "/srv/volplugd-test"
 CONF = "etc/volplugd/volplugd.toml"
 UNITDIR = "etc/systemd/system"
 
-# One worker runs the module: two `make install`s of one checkout at once race in
-# setuptools' build/ folder ("File exists: build/bdist.linux-x86_64/wheel/...").
+# One worker runs the module: test_install_ships_exactly_the_sources plants a file in the
+# checkout's build/ that no other install may see.
 pytestmark = [pytest.mark.system, pytest.mark.xdist_group("make-install"),
               pytest.mark.timeout(900)]  # a venv and a pip install on a shared machine
 
@@ -85,6 +85,25 @@ def test_tree(installed: Path) -> None:
         assert os.readlink(installed / "usr/local/bin" / command) == f"{PREFIX}/bin/{command}"
     completion = installed / "usr/share/bash-completion/completions/volplugctl"
     assert completion.read_bytes() == (REPO / "etc/bash_completion.d/volplugctl").read_bytes()
+
+
+def test_install_ships_exactly_the_sources(tmp_path: Path) -> None:
+    """A module left in the checkout's build/lib by an earlier build (deleted from the
+    sources since) is not installed: each install builds in a fresh folder."""
+    stale = REPO / "build/lib/volplugd/_deleted_since.py"
+    made = [p for p in (REPO / "build", REPO / "build/lib", stale.parent) if not p.exists()]
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text("GONE = True\n")
+    try:
+        make("install", tmp_path)
+    finally:
+        stale.unlink()
+        for folder in reversed(made):
+            folder.rmdir()
+    site = next(root(tmp_path, PREFIX).glob("lib/python3*/site-packages/volplugd"))
+    installed = {str(p.relative_to(site)) for p in site.rglob("*.py")}
+    sources = {str(p.relative_to(REPO / "volplugd")) for p in (REPO / "volplugd").rglob("*.py")}
+    assert installed == sources
 
 
 def test_units_name_prefix(installed: Path) -> None:
