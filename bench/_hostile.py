@@ -37,6 +37,8 @@ BEHAVIOURS = {
     "closemid": ["/VolumeDriver.List=close-mid"],
     "badactivate": ["/Plugin.Activate=garbage"],  # never activated, retried with back-off
 }
+# Those that answer their activation (and so become ready before the volume calls start).
+ACTIVATED = {"drip", "huge", "garbage", "closemid"}
 
 # Answers Activate and Capabilities (one request a connection, then close); on any other
 # request it prints "call" and keeps the connection open, waiting to be killed.

@@ -84,6 +84,7 @@ class Report:
     settled: bool
     readers: list[Reader]
     calls: Counter[str]  # "name status" -> count, the volume calls to hostile plugins
+    refused: Counter[str]  # "name: message" -> count, their 409 answers (why not ready)
     bad_calls: list[str]  # 500s among them (bodies), and calls that got no answer
     kills: int
     killed: Counter[int]  # volplugd's answers to the calls whose plugin was killed
@@ -170,8 +171,9 @@ def cycles(s: c.Setup, count: int, rate: float, window: int) -> dict[int, int]:
 
 
 def call_hostile(control: str, stop: threading.Event, calls: Counter[str],
-                 bad: list[str]) -> None:
-    """Volume calls through volplugd to the hostile plugins, one after another."""
+                 refused: Counter[str], bad: list[str]) -> None:
+    """Volume calls through volplugd to the hostile plugins, one after another; each 409's
+    message counted in ``refused`` ("name: message")."""
     client = c.RawClient(control, timeout=30.0)
     try:
         while not stop.is_set():
@@ -183,6 +185,8 @@ def call_hostile(control: str, stop: threading.Event, calls: Counter[str],
                     client.close()
                     continue
                 calls[f"{name} {status}"] += 1
+                if status == 409:
+                    refused[f"{name}: {json.loads(body)['error']['message']}"] += 1
                 if status == 500:
                     bad.append(f"GET /v1/plugins/{name}/volumes: 500 {body[:300]!r}")
     finally:
@@ -190,18 +194,19 @@ def call_hostile(control: str, stop: threading.Event, calls: Counter[str],
 
 
 def storm(s: c.Setup, count: int, rate: float, window: int
-          ) -> tuple[Counter[str], list[str], h.Killer, dict[int, int]]:
+          ) -> tuple[Counter[str], Counter[str], list[str], h.Killer, dict[int, int]]:
     """The cycles, with the hostile plugins and the volume calls to them; all stopped
     when it returns."""
     calls: Counter[str] = Counter()
+    refused: Counter[str] = Counter()
     bad_calls: list[str] = []
     hostile = h.Hostile(s.plugins)
     killer = h.Killer(s.plugins, s.daemon.socket)
     stop = threading.Event()
     caller = threading.Thread(target=call_hostile, name="soak calls",
-                              args=(s.daemon.socket, stop, calls, bad_calls))
+                              args=(s.daemon.socket, stop, calls, refused, bad_calls))
     try:
-        listed(s.daemon, set(h.BEHAVIOURS))
+        listed(s.daemon, set(h.BEHAVIOURS), h.ACTIVATED)
         killer.start()
         caller.start()
         rss = cycles(s, count, rate, window)
@@ -215,21 +220,24 @@ def storm(s: c.Setup, count: int, rate: float, window: int
         if killer.is_alive():
             killer.stop()
         hostile.stop()
-    return calls, bad_calls, killer, rss
+    return calls, refused, bad_calls, killer, rss
 
 
-def listed(daemon: c.Daemon, names: set[str], timeout: float = 60.0) -> None:
-    """Wait until volplugd lists every one of ``names`` (in any state)."""
+def listed(daemon: c.Daemon, names: set[str], ready: set[str], timeout: float = 60.0) -> None:
+    """Wait until volplugd lists every one of ``names``, and those of ``ready`` are ready
+    (a call to a plugin still activating is refused, 409, whatever the plugin would do)."""
     deadline = time.monotonic() + timeout
     try:
         while True:
             status, body = daemon.client.get("/v1/plugins")
-            have = {p["name"] for p in json.loads(body)["plugins"]} if status == 200 \
-                else set()
-            if names <= have:
+            states = {p["name"]: p["state"] for p in json.loads(body)["plugins"]} \
+                if status == 200 else {}
+            missing = names - set(states) | {n for n in ready if states.get(n) != "ready"}
+            if not missing:
                 return
             if time.monotonic() > deadline:
-                raise RuntimeError(f"not listed after {timeout} s: {sorted(names - have)}")
+                raise RuntimeError(f"not listed or not ready after {timeout} s: "
+                                   f"{sorted(missing)}: {states}")
             time.sleep(0.05)
     finally:
         daemon.client.close()  # the storm's connections are its own threads' only
@@ -278,14 +286,14 @@ def soak(count: int, *, rate: float = 200.0, window: int = 100, base: float = 10
                   f"{count} cycles at {rate:.0f}/s")
         phase[0] = "storm"
         started, cpu_before = time.monotonic(), cpu(pid)
-        calls, bad_calls, killer, rss = storm(s, count, rate, window)
+        calls, refused, bad_calls, killer, rss = storm(s, count, rate, window)
         storm_seconds = time.monotonic() - started
         used = tuple((b - a) / storm_seconds for a, b in zip(cpu_before, cpu(pid), strict=True))
         at_end = metric_lines(control)
         phase[0] = "settle"
         settled, after = settle(s.daemon, before)
     added = 'volplugd_discovery_events_total{event="added"}'
-    return Report(before, after, settled, readers, calls, bad_calls + killer.bad,
+    return Report(before, after, settled, readers, calls, refused, bad_calls + killer.bad,
                   killer.kills, killer.statuses,
                   int(counter(at_end, added) - counter(at_storm, added)),
                   {"base": p99_bound(lateness_buckets(first), lateness_buckets(at_storm)),
@@ -311,6 +319,8 @@ def show(r: Report, count: int) -> bool:
                          "no answer"]))
     print("volume calls to hostile plugins (name status: count): "
           + ", ".join(f"{k}: {v}" for k, v in sorted(r.calls.items())))
+    print("why not ready (name: message: count): "
+          + "; ".join(f"{k}: {v}" for k, v in r.refused.most_common(8)))
     print(f"calls whose plugin was killed mid-call: {r.kills}, answered "
           + ", ".join(f"{k}: {v}" for k, v in sorted(r.killed.items())))
     for line in [x for rd in r.readers for x in rd.five_xx + rd.failures][:5] + r.bad_calls[:5]:
