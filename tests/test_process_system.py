@@ -4,6 +4,7 @@ real processes (the fake plugin, tests/handoff.py) or the in-process fake plugin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -174,13 +175,24 @@ def test_a_replaced_plugin_shows_its_new_process(
         "evicted", None, "replaced") in events(d, "swap")
 
 
-def create_in_background(d: Daemon, name: str) -> tuple[threading.Thread, list[Any]]:
-    """POST a volume create to plugin ``name`` on a thread; the answer lands in the list."""
+@contextlib.contextmanager
+def a_create_left_hanging(d: Daemon, fp: FakePlugin, name: str,
+                          endpoint: str = "*") -> Iterator[None]:
+    """``fp`` hangs on ``endpoint`` and a volume Create to plugin ``name`` waits on a
+    thread while the body runs; then ``fp`` answers again and stops, and the Create must
+    have ended with the plugin's failure (502 or 504)."""
+    fp.set(endpoint, b.Hang())
     answer: list[Any] = []
     thread = threading.Thread(
         target=lambda: answer.append(d.call("POST", f"/v1/plugins/{name}/volumes", CREATE)))
     thread.start()
-    return thread, answer
+    try:
+        yield
+    finally:
+        fp.reset()
+        fp.stop()
+        thread.join(30)
+    assert [status for status, _ in answer] in ([502], [504])
 
 
 def probes_since(fp: FakePlugin, endpoint: str, after: str) -> int:
@@ -198,9 +210,7 @@ def test_a_plugin_hanging_on_everything_is_unhealthy_after_threshold_suspect_pro
     fp = fakes_at(d.plugin_dirs[0] / "stuck.sock")
     fakes_at(d.plugin_dirs[0] / "other.sock")
     d.wait_state("stuck", "ready")
-    fp.set("*", b.Hang())
-    thread, answer = create_in_background(d, "stuck")
-    try:
+    with a_create_left_hanging(d, fp, "stuck"):
         plugin = d.wait_state("stuck", "unhealthy", timeout=20.0)
         assert (plugin["consecutive_failures"], plugin["last_error"]) == (
             3, "sending request to plugin stuck activation endpoint: timed out: no complete "
@@ -213,12 +223,6 @@ def test_a_plugin_hanging_on_everything_is_unhealthy_after_threshold_suspect_pro
         assert (ended["plugin"], ended["state"]) == ("stuck", "unhealthy")
         status, body = d.call("POST", "/v1/plugins/other/volumes", CREATE)
         assert (status, body["name"]) == (201, "v1")
-    finally:
-        fp.reset()
-        fp.stop()
-        thread.join(30)
-    assert answer
-    assert answer[0][0] in (502, 504)
 
 
 def test_a_suspects_probe_replaces_a_slower_regular_probe_in_flight(
@@ -231,12 +235,10 @@ def test_a_suspects_probe_replaces_a_slower_regular_probe_in_flight(
                            default=30.0)).start()
     fp = fakes_at(d.plugin_dirs[0] / "late.sock")
     d.wait_state("late", "ready")
-    fp.set("*", b.Hang())
-    thread, answer = create_in_background(d, "late")
     asked: list[Any] = []
     prober = threading.Thread(target=lambda: asked.append(
-        d.call("POST", "/v1/plugins/late/probe")))
-    try:
+        d.call("POST", "/v1/plugins/late/probe")), daemon=True)
+    with a_create_left_hanging(d, fp, "late"):
         fp.wait_requests(len(fp.requests) + 1)  # the Create is in the plugin
         began = time.monotonic()
         # The regular probe must start over a second after the Create (and well before
@@ -249,13 +251,6 @@ def test_a_suspects_probe_replaces_a_slower_regular_probe_in_flight(
         prober.join(30)
         assert asked[0][0] == 200
         assert (asked[0][1]["state"], asked[0][1]["consecutive_failures"]) == ("ready", 1)
-    finally:
-        fp.reset()
-        fp.stop()
-        thread.join(30)
-        if prober.ident is not None:  # started
-            prober.join(30)
-    assert answer[0][0] in (502, 504)
 
 
 def test_a_slow_operation_with_probes_answered_ends_the_suspicion(
@@ -265,19 +260,11 @@ def test_a_slow_operation_with_probes_answered_ends_the_suspicion(
     d = daemon(config=RARE_PROBES).start()
     fp = fakes_at(d.plugin_dirs[0] / "slowcreate.sock")
     d.wait_state("slowcreate", "ready")
-    fp.set("/VolumeDriver.Create", b.Hang())
-    thread, answer = create_in_background(d, "slowcreate")
-    try:
+    with a_create_left_hanging(d, fp, "slowcreate", "/VolumeDriver.Create"):
         ended = d.wait_log("plugin_suspect_ended")
         assert (ended["plugin"], ended["state"]) == ("slowcreate", "ready")
         assert probes_since(fp, "/Plugin.Activate", "/VolumeDriver.Create") == 1
         assert d.plugins()["slowcreate"]["state"] == "ready"
-    finally:
-        fp.reset()
-        fp.stop()
-        thread.join(30)
-    assert answer
-    assert answer[0][0] in (502, 504)
 
 
 HOSTILE_ARGV = (b"\x1b]0;PWNED\x07", b"<script>alert(1)</script>", b'"q"\\b', b"\xff\xfe",
