@@ -89,7 +89,10 @@ def test_a_socket_activated_plugin_is_its_services_main_process() -> None:
         from volplugd.supervision.units import SystemdManager, UnitsUnreachable
         sock = "/tmp/vp-act-%d.sock" % os.getppid()
         s = socket.socket(socket.AF_UNIX); s.bind(sock); s.listen(8)
-        service = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        # Popen returns once exec began; its argv shows in /proc only once the child runs.
+        service = subprocess.Popen([sys.executable, "-c", "print(); import time; time.sleep(600)"],
+                                   stdout=subprocess.PIPE)
+        service.stdout.readline()
         class Systemd:
             def __init__(self, main):
                 self.main = main
@@ -117,7 +120,7 @@ def test_a_socket_activated_plugin_is_its_services_main_process() -> None:
     service, sock = result["service"], result["sock"]
     assert result["out"] == [
         [service, "plug.service", "plug.socket", [], service,
-         f"{sys.executable} -c import time; time.sleep(600)"],
+         f"{sys.executable} -c print(); import time; time.sleep(600)"],
         [1, "plug.service", "plug.socket",
          ["socket-activated: plug.service has no main process"], None, None],
         [1, "plug.service", "plug.socket",
