@@ -347,6 +347,73 @@ def test_calls_are_held_while_restarting_then_forwarded(
     assert "held" in plugin[0].volumes
 
 
+def evictions(sup: Supervisor, name: str) -> list[str]:
+    return [e.reason for e in sup.events(0) if e.plugin == name and e.type is EventType.EVICTED]
+
+
+def test_a_restarting_plugin_whose_socket_file_goes_is_kept_until_it_is_back(
+        run: Callable[..., tuple[Supervisor, Observations]],
+        fakes: Callable[..., FakePlugin]) -> None:
+    """A restarted process that removes its socket as it stops and binds a new one later
+    (buttervolume does): while the file is gone the plugin stays registered, restarting
+    (so its gateway socket stays and calls are held); the new socket replaces it."""
+    plugin: list[FakePlugin] = []
+
+    def slow_start(target: Target) -> tuple[str, str]:
+        restarter.release.wait(10)
+        plugin.append(fakes("svc"))
+        return "done", "ok"
+
+    restarter = Restarter(slow_start)
+    sup, _ = run(restarter, hold=30.0)
+    old = ready_fake(sup, fakes, "svc")
+    with capture_logs() as logs:
+        sup.restart("svc", 5)
+        old.stop()  # unlinks its socket file
+        wait_until(lambda: any(e["event"] == "plugin_kept_while_restarting" for e in logs),
+                   10, message="the loop seeing the file gone")
+        assert (view_of(sup, "svc").state, evictions(sup, "svc")) == (
+            PluginState.RESTARTING, [])
+        answer: list[object] = []
+        caller = threading.Thread(target=lambda: answer.append(
+            sup.call("svc", lambda c: c.create("held", {}))))
+        caller.start()
+        restarter.release.set()
+        caller.join(15)
+    assert answer == [None]
+    assert "held" in plugin[0].volumes
+    assert [e for e in logs if e["event"] == "plugin_kept_while_restarting"] == [
+        {"event": "plugin_kept_while_restarting", "log_level": "info",
+         "logger_name": "volplugd.lifecycle", "plugin": "svc",
+         "reason": "its socket file went while it restarts"}]
+    assert evictions(sup, "svc") == ["replaced"]
+    assert restart_events(sup, "svc") == [("restart_started", "unit vp-svc.service"),
+                                          ("restart_done", "done: ready again")]
+
+
+def test_a_kept_plugin_whose_restart_ends_without_its_file_is_evicted(
+        run: Callable[..., tuple[Supervisor, Observations]],
+        fakes: Callable[..., FakePlugin]) -> None:
+    """The job is done but no new socket comes within restart.hold: the restart ends
+    not_ready, and the plugin, its file still gone, is evicted (removed)."""
+    restarter = Restarter(lambda target: ("done", "ok"))
+    sup, _ = run(restarter, hold=0.3)
+    old = ready_fake(sup, fakes, "svc")
+    with capture_logs() as logs:
+        old.stop()  # gone before the restart: no restart of a plugin not there
+        wait_until(lambda: "svc" not in sup.snapshot().plugins, 10, message="evicted")
+    assert [e["event"] for e in logs if e["event"] == "plugin_kept_while_restarting"] == []
+    new = ready_fake(sup, fakes, "svc")
+    restarter.then = lambda target: (new.stop(), ("done", "ok"))[1]
+    sup.restart("svc", 5)
+    wait_until(lambda: "svc" not in sup.snapshot().plugins, 10, message="evicted")
+    assert evictions(sup, "svc") == ["removed", "removed"]
+    assert restart_events(sup, "svc") == [
+        ("restart_started", "unit vp-svc.service"),
+        ("restart_done", "not_ready: not ready within 0.3 s of its restart: svc: plugin is "
+                         "no longer available (shut down?)")]
+
+
 def test_past_the_hold_a_call_fails_as_before(
         run: Callable[..., tuple[Supervisor, Observations]],
         fakes: Callable[..., FakePlugin]) -> None:

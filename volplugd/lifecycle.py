@@ -13,6 +13,12 @@ Who serves each ready unix-socket plugin is looked up and its process watched
 running after ``probe.timeout`` makes its plugin *suspect*: probed at once, then every
 second (``policy.SUSPECT_EVERY``) until a probe succeeds or it is unhealthy.
 
+A ``restarting`` plugin whose socket file goes (a restarted process may remove it as it
+stops or starts, before it binds a new one) is *kept*: not evicted, so its gateway socket
+and the calls held for it stay, until its file is back (then it is replaced, as any
+changed file is) or its restart ends (``released``: the loop looks at it again, and
+evicts it if its file is still gone).
+
 Runs on: the supervisor thread; ``call`` (and the client's ``on_request``) on API
 threads.
 """
@@ -79,6 +85,7 @@ class Lifecycle:
         self._observer = observer
         self._wall = wall
         self._tokens = itertools.count(1)
+        self._kept: set[str] = set()  # restarting plugins whose socket file went
         self._watching = Watching(book, Processes(calls), lambda: self.settings.probe,
                                   self._probe_at_once, clock)
 
@@ -91,8 +98,13 @@ class Lifecycle:
             records = {only: records[only]} if only in records else {}
         actual = {name: record.tracked for name, record in records.items()}
         plan = policy.plan(found.desired, actual)
+        removed = []
         for name in plan.remove:
+            if records[name].state is PluginState.RESTARTING:
+                self._keep(name)
+                continue
             self.evict(name, "removed")
+            removed.append(name)
         for want in plan.replace:
             self.evict(want.name, "replaced")
             self.register(want, now)
@@ -104,10 +116,25 @@ class Lifecycle:
             self._book.update(record, policy.rewarned(record.tracked, want), urgent=True)
         if plan:
             self._book.urgent = True
-        return RescanResult(tuple(w.name for w in plan.add), plan.remove,
+        return RescanResult(tuple(w.name for w in plan.add), tuple(removed),
                             tuple(w.name for w in plan.replace))
 
+    def _keep(self, name: str) -> None:
+        if name not in self._kept:
+            self._kept.add(name)
+            log.info("plugin_kept_while_restarting", plugin=name,
+                     reason="its socket file went while it restarts")
+
+    def released(self) -> list[str]:
+        """The kept plugins whose restart has ended (or that left the book): the loop
+        resolves each again, which evicts it if its file is still gone."""
+        done = sorted(name for name in self._kept if (record := self._book.get(name)) is None
+                      or record.state is not PluginState.RESTARTING)
+        self._kept.difference_update(done)
+        return done
+
     def register(self, want: DesiredPlugin, now: float) -> None:
+        self._kept.discard(want.name)  # its file is back (a replacement)
         tracked = policy.register(want, next(self._tokens), self._wall())
         record = Registration(tracked, self._make_client(want),
                               Slots(self.settings.plugin.max_in_flight))

@@ -85,10 +85,20 @@ class Scans:
         if hints.full:
             self._scan(now)
         for name in hints.names:
-            found = scan_one(name, discovery.dirs, discovery.trust)
-            self._log_ignored(found, partial=True)
-            self._plugins.reconcile(found, now, only=name)
+            self._resolve(name, now)
         self.burst_at = hints.burst_at
+
+    def released(self, now: float) -> None:
+        """Resolve again the plugins kept while restarting whose restart has ended
+        (``Lifecycle.released``): one whose file is still gone is evicted now."""
+        for name in self._plugins.released():
+            self._resolve(name, now)
+
+    def _resolve(self, name: str, now: float) -> None:
+        discovery = self._plugins.settings.discovery
+        found = scan_one(name, discovery.dirs, discovery.trust)
+        self._log_ignored(found, partial=True)
+        self._plugins.reconcile(found, now, only=name)
 
     def burst(self, now: float) -> bool:
         """The scan that covers a burst of hints, once it is due; True if it ran."""

@@ -291,6 +291,7 @@ class Supervisor(Commands):
         if self._scans.burst(now):
             self._startup.check(self._book)
         self._restarts.tick(now)
+        self._scans.released(now)
         self._plugins.suspects(now)
         self._plugins.dispatch_due(now)
         if self._scans.due(now):
