@@ -114,9 +114,10 @@ def _locked() -> Iterator[None]:
 class Container:
     """One booted container. Made by ``boot``; every method runs on the host."""
 
-    def __init__(self, name: str, folder: Path):
+    def __init__(self, name: str, folder: Path, binds: Sequence[tuple[Path, str]] = ()):
         self.name = name
         self.folder = folder
+        self.binds = tuple(binds)  # (host folder, where it appears inside): nspawn --bind=
         self.root = folder / "root"  # the overlay: the container's "/" as the host sees it
         self.log = folder / "nspawn.log"  # nspawn's and the console's output
         self.nspawn: subprocess.Popen[bytes] | None = None
@@ -241,7 +242,8 @@ class Container:
         procs = " ".join(str(c / self.name / "cgroup.procs") for c in _cgroup_roots())
         argv = ["sh", "-c", f'for f in {procs}; do echo $$ > "$f"; done; exec "$@"', "sh",
                 "systemd-nspawn", "-D", str(self.root), "-M", self.name, "--keep-unit",
-                "--register=no", "--private-network", "--console=read-only", "-b", "--",
+                "--register=no", "--private-network", "--console=read-only",
+                *(f"--bind={host}:{inside}" for host, inside in self.binds), "-b", "--",
                 "systemd.unit=basic.target"]
         with self.log.open("wb") as log:
             self.nspawn = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
@@ -342,15 +344,23 @@ def _check(argv: Sequence[str]) -> None:
 
 
 @contextlib.contextmanager
-def boot(label: str = "test") -> Iterator[Container]:
+def boot(label: str = "test", *, binds: Sequence[tuple[Path, str]] = ()
+         ) -> Iterator[Container]:
     """Boot a container (skipping the test, with the reason, where that cannot work) and
-    yield it; on leaving, stop it and remove everything it made, even after a failure."""
+    yield it; on leaving, stop it and remove everything it made, even after a failure.
+
+    ``binds``: host folders shown inside, each ``(host, inside)`` (nspawn ``--bind=``,
+    recursive, read-write). The overlay shows only the host's root file system, not what
+    is mounted below it, and the container may open no block device (nspawn's device
+    policy: no ``/dev/loop*``), so a file system a test mounts on the host (a
+    loop-mounted btrfs) reaches the container only this way. The caller mounts before
+    the boot and unmounts after the block: the container's bind is gone by then."""
     tiers.require("system", "boots a real systemd")
     reason = skip_reason()
     if reason is not None:
         pytest.skip(reason)
     name = f"vpn-{label}-{os.getpid()}-{next(_serial)}"
-    box = Container(name, Path(tempfile.mkdtemp(prefix=f"{name}-", dir="/tmp")))
+    box = Container(name, Path(tempfile.mkdtemp(prefix=f"{name}-", dir="/tmp")), binds)
     try:
         with _locked():
             box._start()
