@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests import tiers
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCHER = REPO.parent / "shared" / "peers" / "start-buttervolume.sh"
@@ -60,8 +61,8 @@ def loop_btrfs(folder: Path, size: str = "256M") -> Iterator[Path]:
     """A new btrfs in ``folder/btrfs.img`` (sparse, ``size``) on a loop device of its own,
     mounted on ``folder/btrfs``, with ``volumes/`` and ``snapshots/`` made; yields the
     mount point. On leaving, even after a failure: unmounted, the loop device detached,
-    and no loop device left on the image (checked). Skips, with the reason, where no loop
-    device can be had or the kernel does not mount it."""
+    and no loop device left on the image (waited for, with a deadline). Skips, with the
+    reason, where no loop device can be had or the kernel does not mount it."""
     image, mount = folder / "btrfs.img", folder / "btrfs"
     mount.mkdir()
     _run(["truncate", "-s", size, str(image)])
@@ -83,9 +84,11 @@ def loop_btrfs(folder: Path, size: str = "256M") -> Iterator[Path]:
         finally:
             _run(["umount", str(mount)])
     finally:
+        # A container's copy of the mount may outlive it briefly (its mount namespace is
+        # freed after its last process): the device is then detached once it is released.
         _run(["losetup", "--detach", device])
-        left = _run(["losetup", "--associated", str(image)])
-        assert left == "", f"a loop device still on {image}: {left}"
+        wait_until(lambda: _run(["losetup", "--associated", str(image)]) == "", timeout=30,
+                   interval=0.1, message=f"no loop device left on {image}")
 
 
 def subvolumes(mount: Path) -> list[str]:

@@ -15,7 +15,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from tests.realsystemd import Container
+from tests.realsystemd import Container, message
 
 SERVICE = "volplugd.service"
 CONF = "/etc/volplugd/volplugd.toml"
@@ -96,10 +96,10 @@ def restart_events(box: Container, name: str) -> list[tuple[str, str]]:
 
 def logged(box: Container, event: str, cursor: str) -> list[dict[str, Any]]:
     """volplugd's JSON log lines of ``event`` since ``cursor``."""
-    out = box.run(["journalctl", "--no-pager", "-o", "cat", "-u", SERVICE,
-                   "--after-cursor", cursor]).stdout
-    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    return [line for line in lines if line.get("event") == event]
+    lines = [message(e) for e in box.entries(SERVICE, cursor=cursor)
+             if e.get("_SYSTEMD_UNIT") == SERVICE]
+    return [line for line in map(json.loads, (t for t in lines if t.startswith("{")))
+            if line.get("event") == event]
 
 
 def start_volplugd(box: Container) -> int:

@@ -16,6 +16,7 @@ Use (the tests of issue 21 do; later issues reuse it for restarts of real units)
         box.wait_for(lambda: box.show("volplugd.service", "ActiveState") == "active",
                      message="volplugd active")
         box.journal("volplugd.service")       # what systemd and volplugd logged
+        box.entries("volplugd.service", cursor=box.cursor())  # the same, as JSON, later
 
 ``boot`` cleans up everything it made when the block ends, failing or not: the container
 (SIGTERM to nspawn, SIGKILL after a deadline), the overlay and tmpfs mounts, its cgroups,
@@ -44,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -53,7 +55,7 @@ import tempfile
 import tomllib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -154,15 +156,29 @@ class Container:
         """The unit's MainPID (a pid of the container's namespace; 0: none)."""
         return int(self.show(unit, "MainPID"))
 
-    def journal(self, unit: str | None = None, *, cursor: str | None = None) -> str:
-        """The journal (of ``unit``, after ``cursor``) as short lines, flushed first."""
+    def entries(self, unit: str | None = None, *, cursor: str | None = None
+                ) -> list[dict[str, Any]]:
+        """The journal's entries (of ``unit``, after ``cursor``; flushed first), each as
+        ``journalctl -o json`` gives it. ``unit`` is matched here, as ``journalctl -u``
+        matches (what the unit logged, and what PID 1 and root logged about it):
+        journalctl 252 given ``-u`` with ``--after-cursor`` drops the first entry that
+        matches (systemd/systemd#30288, fixed in 255)."""
         self.run(["journalctl", "--sync"], check=False)
-        argv = ["journalctl", "--no-pager", "-o", "short-monotonic"]
-        if unit is not None:
-            argv += ["-u", unit]
+        argv = ["journalctl", "--no-pager", "-o", "json"]
         if cursor is not None:
             argv += ["--after-cursor", cursor]
-        return self.run(argv, check=False).stdout
+        lines = self.run(argv, check=False).stdout.splitlines()
+        found = [json.loads(line) for line in lines if line.startswith("{")]
+        return [e for e in found if unit is None or unit in (
+            e.get("_SYSTEMD_UNIT"), e.get("UNIT") if e.get("_PID") == "1" else None,
+            e.get("OBJECT_SYSTEMD_UNIT") if e.get("_UID") == "0" else None)]
+
+    def journal(self, unit: str | None = None, *, cursor: str | None = None) -> str:
+        """The journal (of ``unit``, after ``cursor``; see ``entries``) as lines
+        ``[MONOTONIC] IDENTIFIER[PID]: MESSAGE``."""
+        return "".join(f"[{int(e['__MONOTONIC_TIMESTAMP']) / 1e6:12.6f}] "
+                       f"{e.get('SYSLOG_IDENTIFIER', '?')}[{e.get('_PID', '?')}]: "
+                       f"{message(e)}\n" for e in self.entries(unit, cursor=cursor))
 
     def cursor(self) -> str:
         """The journal's current end, for ``journal(cursor=...)``: only what comes later."""
@@ -302,6 +318,15 @@ class Container:
         for cgroup in _cgroup_roots():
             _remove_cgroup(cgroup / self.name)
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def message(entry: dict[str, Any]) -> str:
+    """An entry's MESSAGE as text (journalctl's JSON gives one that is not UTF-8 as a list
+    of byte values)."""
+    text = entry.get("MESSAGE", "")
+    if isinstance(text, list):
+        return bytes(text).decode(errors="backslashreplace")
+    return str(text)
 
 
 def _kill_cgroup(top: Path) -> bool:

@@ -45,6 +45,7 @@ deletes the subvolumes first.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,9 +55,11 @@ import pytest
 from tests import buttervolume
 from tests.installed import (
     CONF,
+    GATEWAY,
     PLUGINS,
     SERVICE,
     config,
+    ctl,
     events,
     gateway_post,
     logged,
@@ -67,7 +70,7 @@ from tests.installed import (
     restart_samples,
     start_volplugd,
 )
-from tests.realsystemd import Container, boot
+from tests.realsystemd import PYTHON, Container, boot
 
 pytestmark = [pytest.mark.system, pytest.mark.peer, pytest.mark.timeout(600),
               pytest.mark.xdist_group("realsystemd-buttervolume")]  # one container
@@ -78,6 +81,8 @@ SOCK = f"{PLUGINS}/{NAME}.sock"
 BTRFS = "/srv/vp-btrfs"  # the host's loop-mounted btrfs, inside
 VENV = buttervolume.VENV
 COMMAND = f"{VENV}/bin/python3 {VENV}/bin/buttervolume run"  # its /proc/PID/cmdline
+REFUSED = (f"sending request to plugin {NAME} activation endpoint: dial unix {SOCK}: "
+           "connect: connection refused")
 SERVICE_TEXT = f"""\
 [Unit]
 Description=buttervolume {buttervolume.VERSION}, volumes on the btrfs at {BTRFS}
@@ -96,6 +101,29 @@ Environment=DOCKER_HOST=unix:///run/vp-butter/no-docker.sock
 ExecStart={VENV}/bin/buttervolume run
 """
 
+# Connects to a unix socket every 5 ms (and closes at once) until STOP exists; then
+# writes each attempt's outcome to OUT, in order: "ok" or the errno's name.
+KNOCK = """\
+import errno, json, os, socket, sys, time
+path, out, stop = sys.argv[1:4]
+seen = []
+while not os.path.exists(stop):
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(path)
+            seen.append("ok")
+        except OSError as err:
+            seen.append(errno.errorcode.get(err.errno, str(err.errno)))
+    time.sleep(0.005)
+with open(out + ".new", "w") as f:
+    json.dump(seen, f)
+os.rename(out + ".new", out)
+"""
+
+GAP = ("a known gap: a restarted plugin that removes its socket file (buttervolume at each "
+       "stop and start) is evicted, and its gateway socket goes with it until volplugd finds "
+       "the new socket")
+
 
 @pytest.fixture(scope="module")
 def btrfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
@@ -112,15 +140,16 @@ def box(wheelhouse: Path, btrfs: Path) -> Iterator[Container]:
     with boot("butter", binds=[(btrfs, BTRFS)]) as container:
         container.install_volplugd(wheelhouse)
         container.add_unit(UNIT, SERVICE_TEXT)
+        container.write("/usr/local/lib/vp-knock.py", KNOCK)
         yield container
 
 
 @pytest.fixture(autouse=True)
 def fresh(box: Container, btrfs: Path) -> Container:
     """volplugd and buttervolume stopped, no plugin sockets, no subvolumes."""
-    box.systemctl("stop", SERVICE, UNIT, check=False)
+    box.systemctl("stop", SERVICE, UNIT, "vp-knock.service", check=False)
     box.systemctl("reset-failed", check=False)
-    box.remove(PLUGINS)
+    box.remove(PLUGINS, "/run/vp-knock.json", "/run/vp-knock.stop")
     box.run(["mkdir", "-p", PLUGINS])
     box.write(CONF, config([UNIT]))
     buttervolume.delete_subvolumes(btrfs, buttervolume.subvolumes(btrfs))
@@ -156,10 +185,17 @@ def test_killed_buttervolume_is_restarted_by_volplugd_and_makes_a_subvolume(
             view["restart"]["given_up"]) == (f"unit {UNIT}", None, 1, False)
     assert restart_events(box, NAME) == [("restart_started", f"unit {UNIT}"),
                                          ("restart_done", "done: ready again")]
-    assert_moves(box, [e for e in events(box, NAME) if e["seq"] > seen], old, cursor)
+    # restarting keeps the last error: that the process exited or, when a regular probe
+    # of the stale socket came first, that it refused
+    exited = f"process {old} ({COMMAND}) exited"
+    after = [e for e in events(box, NAME) if e["seq"] > seen]
+    last = after[1]["reason"] if len(after) > 1 else None
+    assert last in (exited, REFUSED), after
+    assert_moves(box, after, [("state_changed", "ready", "unhealthy", exited),
+                              ("state_changed", "unhealthy", "restarting", last)], cursor)
     started = logged(box, "plugin_restart_started", cursor)
     assert [(e["plugin"], e["target"], e["reason"], e["recent"]) for e in started] == [
-        (NAME, f"unit {UNIT}", f"process {old} ({COMMAND}) exited", 1)]
+        (NAME, f"unit {UNIT}", last, 1)]
     jobs = logged(box, "plugin_restart_job_ended", cursor)
     assert [(j["plugin"], j["outcome"]) for j in jobs] == [(NAME, "done")]
     assert jobs[0]["detail"].startswith(f"restart {UNIT}: job /org/freedesktop/systemd1/job/")
@@ -186,23 +222,77 @@ def test_killed_buttervolume_is_restarted_by_volplugd_and_makes_a_subvolume(
     assert samples[f'volplugd_plugin_restart_given_up{{plugin="{NAME}"}}'] == "0"
 
 
-def assert_moves(box: Container, after_kill: list[dict[str, Any]], old: int,
-                 cursor: str) -> None:
-    """The plugin's events after the kill, exactly: unhealthy at once (its process
-    exited), restarting, then ready again. ``restarting`` carries the plugin's last error
-    when the restart began: that its process exited or, when a regular probe of the stale
-    socket came first, that the socket refused. Between the two, when volplugd's watcher
-    saw buttervolume's stale socket removed before its new bind: evicted, discovered at
-    once, restarting again; its gateway socket removed and made again, and only then."""
-    exited = f"process {old} ({COMMAND}) exited"
-    refused = (f"sending request to plugin {NAME} activation endpoint: dial unix {SOCK}: "
-               "connect: connection refused")
-    moves = [(e["type"], e["from"], e["to"], e["reason"]) for e in after_kill]
-    last = moves[1][3] if len(moves) > 1 else None
-    assert last in (exited, refused), moves
-    head = [("state_changed", "ready", "unhealthy", exited),
-            ("state_changed", "unhealthy", "restarting", last),
-            ("restart_started", None, None, f"unit {UNIT}")]
+def test_an_admins_restart_stops_buttervolume_cleanly_and_it_comes_back(
+        box: Container, btrfs: Path) -> None:
+    """``volplugctl restart``: systemd stops buttervolume with SIGTERM, which removes its
+    socket and exits 0, and starts it again; it is ready again with its volumes, and the
+    restarted buttervolume (its socket absent at import) asked no dockerd."""
+    box.systemctl("start", UNIT)
+    start_volplugd(box)
+    ready_as(box, NAME, UNIT)
+    old = box.main_pid(UNIT)
+    assert gateway_post(box, NAME, "VolumeDriver.Create",
+                        {"Name": "kept", "Opts": {}}) == {"Err": ""}
+    seen = max(e["seq"] for e in events(box, NAME))
+    cursor = box.cursor()
+    assert ctl(box, "restart", NAME)["state"] == "restarting"
+
+    view = restart_ended(box, NAME)
+    assert (view["restart"]["target"], view["restart"]["error"], view["restart"]["recent"]) \
+        == (f"unit {UNIT}", None, 1)
+    assert_moves(box, [e for e in events(box, NAME) if e["seq"] > seen],
+                 [("state_changed", "ready", "restarting", "ok")], cursor)
+    assert [(e["plugin"], e["target"]) for e in logged(box, "plugin_restart_requested",
+                                                       cursor)] == [(NAME, f"unit {UNIT}")]
+    journal = box.journal(UNIT, cursor=cursor)
+    for line in ("INFO:root:Shutting down buttervolume...",
+                 f"INFO:root:Cleaned up socket: {SOCK}", f"{UNIT}: Deactivated successfully.",
+                 f"INFO:waitress:Serving on http://unix:{SOCK}"):
+        assert journal.count(line) == 1, (line, journal)
+    assert "Removed stale socket" not in journal
+    assert box.main_pid(UNIT) not in (0, old)
+    assert box.show("docker.service", "ActiveState") == "inactive"
+    assert gateway_post(box, NAME, "VolumeDriver.Create",
+                        {"Name": "new", "Opts": {}}) == {"Err": ""}
+    listed = gateway_post(box, NAME, "VolumeDriver.List", {})
+    assert sorted(v["Name"] for v in listed["Volumes"]) == ["kept", "new"]
+    assert buttervolume.subvolumes(btrfs) == ["volumes/kept", "volumes/new"]
+
+
+def test_the_gateway_socket_stays_while_buttervolume_restarts(box: Container) -> None:
+    """docs/gateway.md's promise for a ``restarting`` plugin: Docker and Podman never see
+    it vanish. Connects to its gateway socket every 5 ms, from before an admin's restart
+    until after it is done: every one succeeds — or, the known gap (GAP), one stretch of
+    them fails with ENOENT, and the test is reported as an expected failure saying so."""
+    box.systemctl("start", UNIT)
+    start_volplugd(box)
+    ready_as(box, NAME, UNIT)
+    box.run(["systemd-run", "--unit=vp-knock", PYTHON, "/usr/local/lib/vp-knock.py",
+             f"{GATEWAY}/{NAME}.sock", "/run/vp-knock.json", "/run/vp-knock.stop"])
+    assert ctl(box, "restart", NAME)["state"] == "restarting"
+    restart_ended(box, NAME)
+    box.write("/run/vp-knock.stop", "")
+    box.wait_for(lambda: box.run(["test", "-e", "/run/vp-knock.json"], check=False)
+                 .returncode == 0, message="the knocks written")
+    knocks = json.loads(box.run(["cat", "/run/vp-knock.json"]).stdout)
+    gap = [k for k in knocks if k != "ok"]
+    start = knocks.index(gap[0]) if gap else len(knocks)
+    assert (knocks[0], knocks[-1]) == ("ok", "ok"), knocks
+    assert knocks[start:start + len(gap)] == gap == ["ENOENT"] * len(gap), knocks  # one stretch
+    if gap:
+        pytest.xfail(f"{GAP}: {len(gap)} of {len(knocks)} connects failed with ENOENT")
+
+
+def assert_moves(box: Container, after: list[dict[str, Any]],
+                 before: list[tuple[str, str | None, str | None, str]], cursor: str) -> None:
+    """The plugin's events ``after`` the restart was caused, exactly: ``before`` (its way
+    to ``restarting``, whose reason the plugin keeps until it is ready), the restart,
+    then ready again. Between the two, when volplugd's watcher saw buttervolume's socket
+    file gone before its new bind: evicted, discovered at once, restarting again; and
+    its gateway socket removed and made again, and only then."""
+    last = before[-1][3]
+    moves = [(e["type"], e["from"], e["to"], e["reason"]) for e in after]
+    head = [*before, ("restart_started", None, None, f"unit {UNIT}")]
     again = [("evicted", "restarting", None, "removed"),
              ("discovered", None, "activating", SOCK),
              ("state_changed", "activating", "restarting", last)]
