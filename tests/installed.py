@@ -5,8 +5,8 @@ operator drives it: ``volplugctl --json``, its events, its JSON log lines in the
 with buttervolume).
 
 Every helper runs on the host and reaches volplugd inside the container with
-``Container.run``; none waits except ``ready_as`` and ``restart_ended``, which wait on the
-plugin's view with the container's deadline (``Container.wait_for``).
+``Container.run``; none waits except ``ready_as``, ``restart_ended`` and
+``gateway_answers``, which wait with the container's deadline (``Container.wait_for``).
 """
 
 from __future__ import annotations
@@ -118,6 +118,15 @@ def gateway_post(box: Container, name: str, endpoint: str, body: dict[str, Any])
                       "-H", "Content-Type: application/json", "-d", json.dumps(body),
                       f"http://localhost/{endpoint}"]).stdout
     return json.loads(answer)
+
+
+def gateway_answers(box: Container, name: str) -> None:
+    """Wait until the plugin's gateway socket answers (an Activate): the gateway makes it
+    on its own thread, after the snapshot that shows the plugin."""
+    argv = ["curl", "-sS", "--unix-socket", f"{GATEWAY}/{name}.sock", "-X", "POST",
+            "http://localhost/Plugin.Activate"]
+    box.wait_for(lambda: box.run(argv, check=False).returncode == 0,
+                 message=f"{name}'s gateway socket to answer")
 
 
 def restart_samples(box: Container) -> dict[str, str]:

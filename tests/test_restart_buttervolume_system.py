@@ -24,12 +24,12 @@ What it took, found here (docs/supervision.md, "buttervolume under the real syst
   system, so the overlay shows it (it is made before the boot); its ``python3`` links to
   the host's pyenv interpreter under ``/root``, which the overlay shows too. The plugin's
   unit has no sandbox (no ``ProtectHome=``), so it runs as it is.
-* **Docker at import.** When its socket does not exist yet (its first start),
-  buttervolume runs ``docker plugin inspect``. The container has the host's docker CLI
-  and ``docker.socket`` listening (``basic.target`` pulls in ``sockets.target``): that
-  first start socket-activated a whole dockerd inside. The unit points ``DOCKER_HOST``
-  at a socket nobody listens on, and the test checks that ``docker.service`` stays
-  inactive.
+* **Docker at import.** When its socket does not exist yet (its first start, and each
+  start after a clean stop), buttervolume runs ``docker plugin inspect``. The container
+  has the host's docker CLI and ``docker.socket`` listening (``basic.target`` pulls in
+  ``sockets.target``): that first start socket-activated a whole dockerd inside. The
+  unit points ``DOCKER_HOST`` at a socket nobody listens on, and the tests check that
+  ``docker.service`` stays inactive.
 * **Its socket after ``kill -9``.** The file stays; volplugd's first activation after
   the restart job is refused and tried again. The restarted buttervolume removes the
   stale file itself (it logs ``Removed stale socket: PATH``) and binds again: nothing of
@@ -38,6 +38,12 @@ What it took, found here (docs/supervision.md, "buttervolume under the real syst
   and found again at once, still ``restarting`` (its restart goes on), and its gateway
   socket is removed and made again (a connect in that gap fails). Whether it sees it
   depends on when the watcher looks, so both sequences are accepted, each exactly.
+* **An admin's restart.** systemd's SIGTERM makes buttervolume remove its socket and
+  exit 0; the new one binds ~0.35 s later. Meanwhile the plugin is out of the registry
+  and so is its gateway socket: connects to it fail with ENOENT. That breaks
+  docs/gateway.md's promise for a ``restarting`` plugin (never seen to vanish); the last
+  test shows the gap as an expected failure (xfail, with the count) until volplugd
+  closes it, and passes once it is closed.
 
 One container and one btrfs for the module; each test stops the units and volplugd and
 deletes the subvolumes first.
@@ -61,6 +67,7 @@ from tests.installed import (
     config,
     ctl,
     events,
+    gateway_answers,
     gateway_post,
     logged,
     plugin,
@@ -101,19 +108,22 @@ Environment=DOCKER_HOST=unix:///run/vp-butter/no-docker.sock
 ExecStart={VENV}/bin/buttervolume run
 """
 
-# Connects to a unix socket every 5 ms (and closes at once) until STOP exists; then
-# writes each attempt's outcome to OUT, in order: "ok" or the errno's name.
+# Connects to a unix socket every 5 ms (and closes at once), the last time after STOP
+# exists; then writes each attempt's outcome to OUT, in order: "ok" or the errno's name.
 KNOCK = """\
 import errno, json, os, socket, sys, time
 path, out, stop = sys.argv[1:4]
 seen = []
-while not os.path.exists(stop):
+while True:
+    last = os.path.exists(stop)
     with socket.socket(socket.AF_UNIX) as s:
         try:
             s.connect(path)
             seen.append("ok")
         except OSError as err:
             seen.append(errno.errorcode.get(err.errno, str(err.errno)))
+    if last:
+        break
     time.sleep(0.005)
 with open(out + ".new", "w") as f:
     json.dump(seen, f)
@@ -207,6 +217,7 @@ def test_killed_buttervolume_is_restarted_by_volplugd_and_makes_a_subvolume(
 
     box.wait_for(lambda: ((plugin(box, NAME) or {}).get("process") or {}).get("pid") == new,
                  message="the new process identified")
+    gateway_answers(box, NAME)
     assert gateway_post(box, NAME, "VolumeDriver.Create",
                         {"Name": "after-restart", "Opts": {}}) == {"Err": ""}
     assert gateway_post(box, NAME, "VolumeDriver.Get", {"Name": "after-restart"}) == {
@@ -252,6 +263,7 @@ def test_an_admins_restart_stops_buttervolume_cleanly_and_it_comes_back(
     assert "Removed stale socket" not in journal
     assert box.main_pid(UNIT) not in (0, old)
     assert box.show("docker.service", "ActiveState") == "inactive"
+    gateway_answers(box, NAME)
     assert gateway_post(box, NAME, "VolumeDriver.Create",
                         {"Name": "new", "Opts": {}}) == {"Err": ""}
     listed = gateway_post(box, NAME, "VolumeDriver.List", {})
@@ -271,6 +283,7 @@ def test_the_gateway_socket_stays_while_buttervolume_restarts(box: Container) ->
              f"{GATEWAY}/{NAME}.sock", "/run/vp-knock.json", "/run/vp-knock.stop"])
     assert ctl(box, "restart", NAME)["state"] == "restarting"
     restart_ended(box, NAME)
+    gateway_answers(box, NAME)
     box.write("/run/vp-knock.stop", "")
     box.wait_for(lambda: box.run(["test", "-e", "/run/vp-knock.json"], check=False)
                  .returncode == 0, message="the knocks written")
@@ -298,7 +311,7 @@ def assert_moves(box: Container, after: list[dict[str, Any]],
              ("state_changed", "activating", "restarting", last)]
     tail = [("state_changed", "restarting", "ready", "ok"),
             ("restart_done", None, None, "done: ready again")]
-    assert moves in (head + tail, head + again + tail), moves
+    assert moves in (head + tail, head + again + tail), "\n".join(map(repr, moves))
     gateway = [(e["event"], e["plugin"]) for e in logged(box, "gateway_socket_removed", cursor)
                + logged(box, "gateway_socket_created", cursor)]
     evicted = moves == head + again + tail
