@@ -16,6 +16,7 @@ Use (the tests of issue 21 do; later issues reuse it for restarts of real units)
         box.wait_for(lambda: box.show("volplugd.service", "ActiveState") == "active",
                      message="volplugd active")
         box.journal("volplugd.service")       # what systemd and volplugd logged
+        box.entries("volplugd.service", cursor=box.cursor())  # the same, as JSON, later
 
 ``boot`` cleans up everything it made when the block ends, failing or not: the container
 (SIGTERM to nspawn, SIGKILL after a deadline), the overlay and tmpfs mounts, its cgroups,
@@ -44,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -53,7 +55,7 @@ import tempfile
 import tomllib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -114,9 +116,10 @@ def _locked() -> Iterator[None]:
 class Container:
     """One booted container. Made by ``boot``; every method runs on the host."""
 
-    def __init__(self, name: str, folder: Path):
+    def __init__(self, name: str, folder: Path, binds: Sequence[tuple[Path, str]] = ()):
         self.name = name
         self.folder = folder
+        self.binds = tuple(binds)  # (host folder, where it appears inside): nspawn --bind=
         self.root = folder / "root"  # the overlay: the container's "/" as the host sees it
         self.log = folder / "nspawn.log"  # nspawn's and the console's output
         self.nspawn: subprocess.Popen[bytes] | None = None
@@ -153,15 +156,29 @@ class Container:
         """The unit's MainPID (a pid of the container's namespace; 0: none)."""
         return int(self.show(unit, "MainPID"))
 
-    def journal(self, unit: str | None = None, *, cursor: str | None = None) -> str:
-        """The journal (of ``unit``, after ``cursor``) as short lines, flushed first."""
+    def entries(self, unit: str | None = None, *, cursor: str | None = None
+                ) -> list[dict[str, Any]]:
+        """The journal's entries (of ``unit``, after ``cursor``; flushed first), each as
+        ``journalctl -o json`` gives it. ``unit`` is matched here, as ``journalctl -u``
+        matches (what the unit logged, and what PID 1 and root logged about it):
+        journalctl 252 given ``-u`` with ``--after-cursor`` drops the first entry that
+        matches (systemd/systemd#30288, fixed in 255)."""
         self.run(["journalctl", "--sync"], check=False)
-        argv = ["journalctl", "--no-pager", "-o", "short-monotonic"]
-        if unit is not None:
-            argv += ["-u", unit]
+        argv = ["journalctl", "--no-pager", "-o", "json"]
         if cursor is not None:
             argv += ["--after-cursor", cursor]
-        return self.run(argv, check=False).stdout
+        lines = self.run(argv, check=False).stdout.splitlines()
+        found = [json.loads(line) for line in lines if line.startswith("{")]
+        return [e for e in found if unit is None or unit in (
+            e.get("_SYSTEMD_UNIT"), e.get("UNIT") if e.get("_PID") == "1" else None,
+            e.get("OBJECT_SYSTEMD_UNIT") if e.get("_UID") == "0" else None)]
+
+    def journal(self, unit: str | None = None, *, cursor: str | None = None) -> str:
+        """The journal (of ``unit``, after ``cursor``; see ``entries``) as lines
+        ``[MONOTONIC] IDENTIFIER[PID]: MESSAGE``."""
+        return "".join(f"[{int(e['__MONOTONIC_TIMESTAMP']) / 1e6:12.6f}] "
+                       f"{e.get('SYSLOG_IDENTIFIER', '?')}[{e.get('_PID', '?')}]: "
+                       f"{message(e)}\n" for e in self.entries(unit, cursor=cursor))
 
     def cursor(self) -> str:
         """The journal's current end, for ``journal(cursor=...)``: only what comes later."""
@@ -241,7 +258,8 @@ class Container:
         procs = " ".join(str(c / self.name / "cgroup.procs") for c in _cgroup_roots())
         argv = ["sh", "-c", f'for f in {procs}; do echo $$ > "$f"; done; exec "$@"', "sh",
                 "systemd-nspawn", "-D", str(self.root), "-M", self.name, "--keep-unit",
-                "--register=no", "--private-network", "--console=read-only", "-b", "--",
+                "--register=no", "--private-network", "--console=read-only",
+                *(f"--bind={host}:{inside}" for host, inside in self.binds), "-b", "--",
                 "systemd.unit=basic.target"]
         with self.log.open("wb") as log:
             self.nspawn = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
@@ -302,6 +320,15 @@ class Container:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def message(entry: dict[str, Any]) -> str:
+    """An entry's MESSAGE as text (journalctl's JSON gives one that is not UTF-8 as a list
+    of byte values)."""
+    text = entry.get("MESSAGE", "")
+    if isinstance(text, list):
+        return bytes(text).decode(errors="backslashreplace")
+    return str(text)
+
+
 def _kill_cgroup(top: Path) -> bool:
     """SIGKILL every process in ``top`` and below; True if there was none."""
     found = False
@@ -342,15 +369,23 @@ def _check(argv: Sequence[str]) -> None:
 
 
 @contextlib.contextmanager
-def boot(label: str = "test") -> Iterator[Container]:
+def boot(label: str = "test", *, binds: Sequence[tuple[Path, str]] = ()
+         ) -> Iterator[Container]:
     """Boot a container (skipping the test, with the reason, where that cannot work) and
-    yield it; on leaving, stop it and remove everything it made, even after a failure."""
+    yield it; on leaving, stop it and remove everything it made, even after a failure.
+
+    ``binds``: host folders shown inside, each ``(host, inside)`` (nspawn ``--bind=``,
+    recursive, read-write). The overlay shows only the host's root file system, not what
+    is mounted below it, and the container may open no block device (nspawn's device
+    policy: no ``/dev/loop*``), so a file system a test mounts on the host (a
+    loop-mounted btrfs) reaches the container only this way. The caller mounts before
+    the boot and unmounts after the block: the container's bind is gone by then."""
     tiers.require("system", "boots a real systemd")
     reason = skip_reason()
     if reason is not None:
         pytest.skip(reason)
     name = f"vpn-{label}-{os.getpid()}-{next(_serial)}"
-    box = Container(name, Path(tempfile.mkdtemp(prefix=f"{name}-", dir="/tmp")))
+    box = Container(name, Path(tempfile.mkdtemp(prefix=f"{name}-", dir="/tmp")), binds)
     try:
         with _locked():
             box._start()

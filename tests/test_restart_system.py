@@ -28,33 +28,30 @@ from typing import Any
 import pytest
 
 from tests import tiers
+from tests.installed import (
+    CONF,
+    PLUGINS,
+    SERVICE,
+    config,
+    ctl,
+    gateway_post,
+    logged,
+    plugin,
+    ready_as,
+    restart_ended,
+    restart_events,
+    restart_samples,
+    start_volplugd,
+)
 from tests.realsystemd import SOURCE, Container, boot
 
 pytestmark = [pytest.mark.system, pytest.mark.peer, pytest.mark.timeout(600),
               pytest.mark.xdist_group("realsystemd-restart")]  # one container for the module
 
 REPO = Path(__file__).resolve().parent.parent
-SERVICE = "volplugd.service"
-CONF = "/etc/volplugd/volplugd.toml"
-PLUGINS = "/run/docker/plugins"
 ONCE = "/run/vp-dies.started"
 CID = "0123456789abcdef" * 4  # a container id as the engines write them (64 hex digits)
-CONFIG = """\
-[probe]
-interval = 1.0
-timeout = 1.0
-failure_threshold = 2
-
-[restart]
-enabled = true
-after = 2.0
-burst = 2
-hold = 3.0
-units = ["vp-fake.service", "vp-dies.service"]
-
-[gateway]
-enabled = true
-"""
+CONFIG = config(["vp-fake.service", "vp-dies.service"])
 UNITS = {
     "vp-fake.service": f"""[Service]
 ExecStart=/usr/bin/python3 -m tests.fakeplugin {PLUGINS}/vpfake.sock
@@ -116,46 +113,6 @@ def fresh(box: Container) -> Container:
     return box
 
 
-def ctl(box: Container, *args: str) -> Any:
-    return json.loads(box.run(["volplugctl", "--json", *args]).stdout)
-
-
-def plugin(box: Container, name: str) -> dict[str, Any] | None:
-    return {p["name"]: p for p in ctl(box, "ls")["plugins"]}.get(name)
-
-
-def ready_as(box: Container, name: str, unit: str) -> dict[str, Any]:
-    """Wait until ``name`` is ready with its process identified as ``unit``'s."""
-    def check() -> dict[str, Any] | None:
-        view = plugin(box, name)
-        ready = view is not None and view["state"] == "ready" and view["process"]
-        return view if ready and view["process"]["unit"] == unit else None
-
-    return box.wait_for(check, message=f"{name} ready, served by {unit}")
-
-
-def restart_events(box: Container, name: str) -> list[tuple[str, str]]:
-    lines = box.run(["volplugctl", "--json", "events"]).stdout.splitlines()
-    events = [json.loads(line) for line in lines if line.strip()]
-    return [(e["type"], e["reason"]) for e in events
-            if e["plugin"] == name and e["type"].startswith("restart_")]
-
-
-def logged(box: Container, event: str, cursor: str) -> list[dict[str, Any]]:
-    """volplugd's JSON log lines of ``event`` since ``cursor``."""
-    out = box.run(["journalctl", "--no-pager", "-o", "cat", "-u", SERVICE,
-                   "--after-cursor", cursor]).stdout
-    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    return [line for line in lines if line.get("event") == event]
-
-
-def start_volplugd(box: Container) -> int:
-    box.systemctl("start", SERVICE)
-    pid = box.main_pid(SERVICE)
-    assert pid > 0
-    return pid
-
-
 def test_sandboxed_volplugd_may_restart(box: Container) -> None:
     """The restarts below come from volplugd in its sandbox: no capabilities, seccomp on."""
     pid = start_volplugd(box)
@@ -176,13 +133,7 @@ def test_killed_plugin_is_restarted_by_volplugd_and_serves_the_gateway(box: Cont
     cursor = box.cursor()
     box.run(["kill", "-9", str(old)])
 
-    def restarted() -> dict[str, Any] | None:
-        view = plugin(box, "vpfake")
-        done = view is not None and view["state"] == "ready" and view["restart"] \
-            and view["restart"]["outcome"] == "done"
-        return view if done else None
-
-    view = box.wait_for(restarted, message="vpfake restarted by volplugd and ready")
+    view = restart_ended(box, "vpfake")
     new = box.main_pid("vp-fake.service")
     assert new not in (0, old)
     assert box.show("vp-fake.service", "NRestarts") == "0"
@@ -196,15 +147,12 @@ def test_killed_plugin_is_restarted_by_volplugd_and_serves_the_gateway(box: Cont
                         r"done", jobs[0]["detail"]), jobs[0]
     box.wait_for(lambda: ((plugin(box, "vpfake") or {}).get("process") or {}).get("pid")
                  == new, message="the new process identified")
-    gateway = "/run/volplugd/gateway/vpfake.sock"
-    created = box.run(["curl", "-sS", "--unix-socket", gateway, "-X", "POST",
-                       "-H", "Content-Type: application/json",
-                       "-d", '{"Name": "after-restart", "Opts": {}}',
-                       "http://localhost/VolumeDriver.Create"]).stdout
-    assert json.loads(created) == {"Err": ""}
+    created = gateway_post(box, "vpfake", "VolumeDriver.Create",
+                           {"Name": "after-restart", "Opts": {}})
+    assert created == {"Err": ""}
     listed = ctl(box, "volume", "ls", "vpfake")["volumes"]
     assert [v["name"] for v in listed] == ["after-restart"]
-    samples = restart_samples(box.run(["curl", "-sS", "http://127.0.0.1:9612/metrics"]).stdout)
+    samples = restart_samples(box)
     assert {s: v for s, v in samples.items() if v != "0"} == {
         'volplugd_plugin_restarts_total{plugin="vpfake",outcome="done"}': "1"}
     assert samples['volplugd_plugin_restart_given_up{plugin="vpfake"}'] == "0"
@@ -244,24 +192,13 @@ def test_a_plugin_that_dies_at_every_start_is_given_up(box: Container, tmp_path:
     assert (view["state"], view["restart"]["given_up"], view["restart"]["recent"]) == (
         "unhealthy", True, 2)
     assert plugin(box, "vpfake")["state"] == "ready"  # type: ignore[index]
-    samples = restart_samples(box.run(["curl", "-sS", "http://127.0.0.1:9612/metrics"]).stdout)
+    samples = restart_samples(box)
     assert samples['volplugd_plugin_restart_given_up{plugin="vpdies"}'] == "1"
     assert samples['volplugd_plugin_restarts_total{plugin="vpdies",outcome="not_ready"}'] \
         == "2"
     assert samples['volplugd_plugin_restarts_total{plugin="vpdies",outcome="given_up"}'] \
         == "1"
     assert_alert_fires(tmp_path, samples, "VolplugdPluginRestartsGivenUp", "vpdies")
-
-
-def restart_samples(exposition: str) -> dict[str, str]:
-    """The restart families' samples of a scrape: ``name{labels}`` → value."""
-    found = {}
-    for line in exposition.splitlines():
-        if line.startswith(("volplugd_plugin_restart_given_up{",
-                            "volplugd_plugin_restarts_total{")):
-            series, value = line.rsplit(" ", 1)
-            found[series] = value
-    return found
 
 
 def assert_alert_fires(folder: Path, samples: dict[str, str], alert: str,
@@ -304,7 +241,7 @@ def test_the_sandbox_reaches_the_engines(box: Container) -> None:
                      message=f"the fake {engine} engine")
         box.sh(f"cd {SOURCE} && systemd-run --scope --unit={scope} -- /usr/bin/python3 "
                f"-m tests.fakeplugin {PLUGINS}/vp{engine}.sock >/dev/null 2>&1 &")
-    box.write(CONF, CONFIG.replace('units = ["vp-fake.service", "vp-dies.service"]\n', ""))
+    box.write(CONF, config([]))
     start_volplugd(box)
     for engine in ENGINES:
         name = f"vp{engine}"
