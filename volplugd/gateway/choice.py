@@ -52,8 +52,8 @@ def serves(view: PluginView, listening: Callable[[str], bool]) -> str | None:
     (``listening(path)``): a folder of stale sockets costs no descriptors. A plugin once
     ready keeps its socket while it is ``unhealthy`` (answered at once, fail-fast) and
     while it is ``restarting``, whether anyone listens or not: its calls wait there for
-    the restarted plugin (``restart.hold``), and Docker and Podman do not see it vanish
-    (unless its own socket file is gone for a moment: it is then evicted, and not here)."""
+    the restarted plugin (``restart.hold``), and Docker and Podman never see it vanish
+    (the lifecycle keeps a restarting plugin whose own socket file is gone a moment)."""
     if view.state is PluginState.REJECTED:
         return "rejected"
     untrusted = untrusted_reason(view.warnings)
