@@ -319,18 +319,25 @@ def test_restart_turned_off_refuses_an_admin(
                                   "(restart.enabled = false)")
 
 
+def starting_on_release(fakes: Callable[..., FakePlugin],
+                        started: list[FakePlugin]) -> Restarter:
+    """A restart that waits for its ``release``, then binds the fake plugin svc again
+    (appended to ``started``) and is done."""
+    def then(target: Target) -> tuple[str, str]:
+        restarter.release.wait(10)
+        started.append(fakes("svc"))
+        return "done", "ok"
+
+    restarter = Restarter(then)
+    return restarter
+
+
 def test_calls_are_held_while_restarting_then_forwarded(
         run: Callable[..., tuple[Supervisor, Observations]],
         fakes: Callable[..., FakePlugin]) -> None:
     """A volume operation while restarting waits for ready (restart.hold), then runs."""
     plugin: list[FakePlugin] = []
-
-    def slow_start(target: Target) -> tuple[str, str]:
-        restarter.release.wait(10)
-        plugin.append(fakes("svc"))
-        return "done", "ok"
-
-    restarter = Restarter(slow_start)
+    restarter = starting_on_release(fakes, plugin)
     sup, _ = run(restarter, hold=30.0)
     ready_fake(sup, fakes, "svc")
     sup.restart("svc", 5)
@@ -358,13 +365,7 @@ def test_a_restarting_plugin_whose_socket_file_goes_is_kept_until_it_is_back(
     (buttervolume does): while the file is gone the plugin stays registered, restarting
     (so its gateway socket stays and calls are held); the new socket replaces it."""
     plugin: list[FakePlugin] = []
-
-    def slow_start(target: Target) -> tuple[str, str]:
-        restarter.release.wait(10)
-        plugin.append(fakes("svc"))
-        return "done", "ok"
-
-    restarter = Restarter(slow_start)
+    restarter = starting_on_release(fakes, plugin)
     sup, _ = run(restarter, hold=30.0)
     old = ready_fake(sup, fakes, "svc")
     with capture_logs() as logs:
