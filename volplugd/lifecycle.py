@@ -15,9 +15,10 @@ second (``policy.SUSPECT_EVERY``) until a probe succeeds or it is unhealthy.
 
 A ``restarting`` plugin whose socket file goes (a restarted process may remove it as it
 stops or starts, before it binds a new one) is *kept*: not evicted, so its gateway socket
-and the calls held for it stay, until its file is back (then it is replaced, as any
-changed file is) or its restart ends (``released``: the loop looks at it again, and
-evicts it if its file is still gone).
+and the calls held for it stay, and not called (a call could reach the new socket before
+the registration for it exists). The loop resolves each kept plugin again on every turn
+(``kept``): a new file replaces it, as any changed file does; the same file back lets it
+be activated again; its file still gone once its restart has ended evicts it.
 
 Runs on: the supervisor thread; ``call`` (and the client's ``on_request``) on API
 threads.
@@ -110,6 +111,9 @@ class Lifecycle:
             self.register(want, now)
         for want in plan.add:
             self.register(want, now)
+        for name in self._kept & found.desired.keys():  # back unchanged: activate it again
+            self._kept.discard(name)
+            self._book.at(self._book.records[name], now)
         for want in plan.rewarn:
             record = self._book.records[want.name]
             _log_warnings(want, known=record.tracked.desired.warnings)
@@ -125,16 +129,11 @@ class Lifecycle:
             log.info("plugin_kept_while_restarting", plugin=name,
                      reason="its socket file went while it restarts")
 
-    def released(self) -> list[str]:
-        """The kept plugins whose restart has ended (or that left the book): the loop
-        resolves each again, which evicts it if its file is still gone."""
-        done = sorted(name for name in self._kept if (record := self._book.get(name)) is None
-                      or record.state is not PluginState.RESTARTING)
-        self._kept.difference_update(done)
-        return done
+    def kept(self) -> list[str]:
+        """The plugins kept while restarting, for the loop to resolve again."""
+        return sorted(self._kept)
 
     def register(self, want: DesiredPlugin, now: float) -> None:
-        self._kept.discard(want.name)  # its file is back (a replacement)
         tracked = policy.register(want, next(self._tokens), self._wall())
         record = Registration(tracked, self._make_client(want),
                               Slots(self.settings.plugin.max_in_flight))
@@ -148,6 +147,7 @@ class Lifecycle:
         self._book.at(record, now)
 
     def evict(self, name: str, reason: str) -> None:
+        self._kept.discard(name)
         record = self._book.pop(name)
         self._calls.forget(record.token)  # its call, if any, never reports
         self._watching.forget(record)
@@ -191,7 +191,7 @@ class Lifecycle:
 
     def dispatch(self, record: Registration, due: float, now: float) -> None:
         """Start the work a registration needs; ``due`` keeps the probe phase."""
-        if record.serving is not None:
+        if record.serving is not None or record.name in self._kept:
             return
         record.serving = due
         if record.probing:

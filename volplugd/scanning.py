@@ -88,10 +88,11 @@ class Scans:
             self._resolve(name, now)
         self.burst_at = hints.burst_at
 
-    def released(self, now: float) -> None:
-        """Resolve again the plugins kept while restarting whose restart has ended
-        (``Lifecycle.released``): one whose file is still gone is evicted now."""
-        for name in self._plugins.released():
+    def kept(self, now: float) -> None:
+        """Resolve again each plugin kept while restarting (``Lifecycle.kept``), before
+        the restarts room follows the book: its new socket replaces it, and the new
+        registration is ``restarting`` before it is published."""
+        for name in self._plugins.kept():
             self._resolve(name, now)
 
     def _resolve(self, name: str, now: float) -> None:

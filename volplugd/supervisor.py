@@ -290,8 +290,8 @@ class Supervisor(Commands):
             timers.beat = now + interval
         if self._scans.burst(now):
             self._startup.check(self._book)
+        self._scans.kept(now)
         self._restarts.tick(now)
-        self._scans.released(now)
         self._plugins.suspects(now)
         self._plugins.dispatch_due(now)
         if self._scans.due(now):
