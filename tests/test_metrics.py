@@ -264,19 +264,24 @@ def test_observer_methods_never_raise() -> None:
                                        {"route": "/v1/health", "code": "200"}) == 1
 
 
-def test_concurrent_observations_are_all_counted_while_scraping() -> None:
-    """Probes from 4 threads during scrapes are neither lost nor torn."""
-    m, _ = make(snap(view("p"), view("q")))
-    def work() -> None:
-        for i in range(500):
-            m.probe("p" if i % 2 else "q", "success", 0.001)
-    threads = [threading.Thread(target=work, name=f"probe-{i}") for i in range(4)]
+def on_four_threads_while_scraping(m: Metrics, work: Callable[[], None]) -> None:
+    """Run ``work`` on four threads at once, rendering the exposition until all end."""
+    threads = [threading.Thread(target=work, name=f"work-{i}") for i in range(4)]
     for t in threads:
         t.start()
     while any(t.is_alive() for t in threads):
         m.exposition()
     for t in threads:
         t.join()
+
+
+def test_concurrent_observations_are_all_counted_while_scraping() -> None:
+    """Probes from 4 threads during scrapes are neither lost nor torn."""
+    m, _ = make(snap(view("p"), view("q")))
+    def work() -> None:
+        for i in range(500):
+            m.probe("p" if i % 2 else "q", "success", 0.001)
+    on_four_threads_while_scraping(m, work)
     get = m.registry.get_sample_value
     for name in ("p", "q"):
         assert get("volplugd_plugin_probe_duration_seconds_count", {"plugin": name}) == 1000
@@ -290,13 +295,7 @@ def test_control_requests_from_many_threads_are_all_counted_while_scraping() -> 
     def work() -> None:
         for i in range(2000):
             m.control_request("/v1/health" if i % 3 else "/v1/plugins", 200 + i % 2)
-    threads = [threading.Thread(target=work, name=f"conn-{i}") for i in range(4)]
-    for t in threads:
-        t.start()
-    while any(t.is_alive() for t in threads):
-        m.exposition()
-    for t in threads:
-        t.join()
+    on_four_threads_while_scraping(m, work)
     samples = {(s.labels["route"], s.labels["code"]): s.value
                for f in text_string_to_metric_families(text(m)) for s in f.samples
                if s.name == "volplugd_control_requests_total"}
